@@ -1,0 +1,371 @@
+//! Request context: what a layer needs to know about a request, carried in
+//! [`http::Extensions`].
+//!
+//! Every type here is set by the caller (or by the pipeline) as a request
+//! extension and read by the layers, with a sensible default when absent:
+//!
+//! | type | meaning | default when absent |
+//! | --- | --- | --- |
+//! | [`OperationType`] | what the request is for | [`OperationType::Download`] |
+//! | [`Provider`] | who is being called | the request's host |
+//! | [`IdempotencyKey`] | stable key of one logical operation | none (the idempotency layer derives one) |
+//! | [`WorkId`] | the work this request serves | none |
+//! | [`AttemptNumber`] | which attempt of the operation this is (set by the retry layer) | 1 |
+//!
+//! The partition key, [`PartitionKey`] = `(provider, host)`, is shared by the
+//! rate limiter, the learner, the Retry-After cool-down and the retry budget.
+//!
+//! # Example
+//!
+//! ```
+//! use contentdownload::context::{OperationType, PartitionKey, Provider, RequestContextExt, WorkId};
+//!
+//! let mut req = http::Request::get("https://api.unpaywall.org/v2/10.1000/xyz")
+//!     .extension(OperationType::Resolve)
+//!     .extension(Provider::new("unpaywall"))
+//!     .body(())
+//!     .unwrap();
+//! req.set_work_id(WorkId::new("W2741809807"));
+//!
+//! assert_eq!(req.operation(), OperationType::Resolve);
+//! let key = PartitionKey::of(&mut req);
+//! assert_eq!(key.provider().as_str(), "unpaywall");
+//! assert_eq!(key.host(), "api.unpaywall.org");
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::{Request, Uri};
+use serde::{Deserialize, Serialize};
+
+/// What a request is for; the retry policy (and the stack) is chosen by it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationType {
+    /// Fetching a payload (a PDF). The default.
+    #[default]
+    Download,
+    /// Checking a candidate URL (a HEAD or a ranged GET).
+    Validate,
+    /// Asking a resolver API where a work's PDF lives.
+    Resolve,
+    /// Extracting links from a landing page.
+    Extract,
+    /// Fetching a page of a listing (an OpenAlex search page).
+    ManifestFetch,
+}
+
+impl OperationType {
+    /// Every operation type, in declaration order.
+    pub const ALL: [OperationType; 5] = [
+        OperationType::Download,
+        OperationType::Validate,
+        OperationType::Resolve,
+        OperationType::Extract,
+        OperationType::ManifestFetch,
+    ];
+
+    /// The stable snake_case name (`"manifest_fetch"`), as used in telemetry and configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OperationType::Download => "download",
+            OperationType::Validate => "validate",
+            OperationType::Resolve => "resolve",
+            OperationType::Extract => "extract",
+            OperationType::ManifestFetch => "manifest_fetch",
+        }
+    }
+
+    /// The operation type of a request: its extension, or [`OperationType::Download`].
+    pub fn of<B>(req: &Request<B>) -> OperationType {
+        req.extensions().get::<OperationType>().copied().unwrap_or_default()
+    }
+}
+
+impl fmt::Display for OperationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error returned when a string names no [`OperationType`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown operation type {0:?}: expected one of download, validate, resolve, extract, manifest_fetch")]
+pub struct ParseOperationTypeError(String);
+
+impl FromStr for OperationType {
+    type Err = ParseOperationTypeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = s.trim().to_ascii_lowercase().replace('-', "_");
+        OperationType::ALL
+            .into_iter()
+            .find(|op| op.as_str() == norm || (norm == "manifestfetch" && *op == OperationType::ManifestFetch))
+            .ok_or_else(|| ParseOperationTypeError(s.to_owned()))
+    }
+}
+
+macro_rules! shared_str {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Wraps a string; cloning the value afterwards is a reference-count increment.
+            pub fn new(value: impl Into<Arc<str>>) -> Self {
+                $name(value.into())
+            }
+
+            /// The value as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                $name::new(value)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(value: String) -> Self {
+                $name::new(value)
+            }
+        }
+    };
+}
+
+shared_str! {
+    /// Who is being called (`"unpaywall"`, `"crossref"`, ...). Together with the host it
+    /// partitions rate limits, learning and cool-downs. Defaults to the request's host.
+    Provider
+}
+
+shared_str! {
+    /// The stable key of one logical operation, the same across its retries. Sent as the
+    /// `Idempotency-Key` header on unsafe methods by the idempotency layer.
+    IdempotencyKey
+}
+
+shared_str! {
+    /// The work a request serves (an OpenAlex id such as `W2741809807`, or a DOI), for
+    /// telemetry, the ledger and the manifest.
+    WorkId
+}
+
+/// Which attempt of one logical operation a request is: 1 for the first send, 2 for the
+/// first resend, and so on. The retry layer sets it on every attempt; absent means 1.
+///
+/// OpenTelemetry's `http.request.resend_count` is `AttemptNumber - 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptNumber(pub u32);
+
+impl AttemptNumber {
+    /// The attempt number of a request (1 when unset).
+    pub fn of<B>(req: &Request<B>) -> u32 {
+        req.extensions().get::<AttemptNumber>().map_or(1, |a| a.0.max(1))
+    }
+}
+
+/// The partition `(provider, host)` shared by the rate limiter, the learner, the
+/// Retry-After cool-down and the retry budget.
+///
+/// The host is lower-cased and carries the port when the URI names one explicitly
+/// (`127.0.0.1:8080`), so two local servers are two partitions. Cloning is cheap (two
+/// reference counts).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionKey {
+    provider: Provider,
+    host: Arc<str>,
+}
+
+impl PartitionKey {
+    /// A partition from its parts.
+    pub fn new(provider: impl Into<Provider>, host: impl AsRef<str>) -> Self {
+        PartitionKey {
+            provider: provider.into(),
+            host: Arc::from(host.as_ref().to_ascii_lowercase()),
+        }
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// The host (with `:port` when the URI gave one).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The partition of a request, computed without caching it: the [`Provider`] extension
+    /// (or the host) and the URI's host. A request with no host (a relative URI) gets the
+    /// host `""`.
+    pub fn compute<B>(req: &Request<B>) -> PartitionKey {
+        if let Some(key) = req.extensions().get::<PartitionKey>() {
+            return key.clone();
+        }
+        let host: Arc<str> = Arc::from(host_of(req.uri()));
+        let provider = req
+            .extensions()
+            .get::<Provider>()
+            .cloned()
+            .unwrap_or_else(|| Provider(host.clone()));
+        PartitionKey { provider, host }
+    }
+
+    /// The partition of a request, cached in its extensions so that the layers below
+    /// find it without recomputing (the first layer to ask pays one allocation).
+    pub fn of<B>(req: &mut Request<B>) -> PartitionKey {
+        let key = PartitionKey::compute(req);
+        req.extensions_mut().insert(key.clone());
+        key
+    }
+}
+
+impl fmt::Debug for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PartitionKey({}@{})", self.provider, self.host)
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.provider, self.host)
+    }
+}
+
+fn host_of(uri: &Uri) -> String {
+    match (uri.host(), uri.port_u16()) {
+        (Some(h), Some(p)) => format!("{}:{p}", h.to_ascii_lowercase()),
+        (Some(h), None) => h.to_ascii_lowercase(),
+        (None, _) => String::new(),
+    }
+}
+
+/// Reading and setting the request context on an [`http::Request`].
+pub trait RequestContextExt {
+    /// The operation type (default [`OperationType::Download`]).
+    fn operation(&self) -> OperationType;
+    /// The provider: the extension, or the request's host.
+    fn provider(&self) -> Provider;
+    /// The work id, if set.
+    fn work_id(&self) -> Option<&WorkId>;
+    /// The idempotency key, if set.
+    fn idempotency_key(&self) -> Option<&IdempotencyKey>;
+    /// Sets the operation type.
+    fn set_operation(&mut self, op: OperationType);
+    /// Sets the provider (and forgets a cached [`PartitionKey`]).
+    fn set_provider(&mut self, provider: Provider);
+    /// Sets the work id.
+    fn set_work_id(&mut self, work: WorkId);
+    /// Sets the idempotency key.
+    fn set_idempotency_key(&mut self, key: IdempotencyKey);
+}
+
+impl<B> RequestContextExt for Request<B> {
+    fn operation(&self) -> OperationType {
+        OperationType::of(self)
+    }
+
+    fn provider(&self) -> Provider {
+        match self.extensions().get::<Provider>() {
+            Some(p) => p.clone(),
+            None => Provider::new(host_of(self.uri())),
+        }
+    }
+
+    fn work_id(&self) -> Option<&WorkId> {
+        self.extensions().get::<WorkId>()
+    }
+
+    fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.extensions().get::<IdempotencyKey>()
+    }
+
+    fn set_operation(&mut self, op: OperationType) {
+        self.extensions_mut().insert(op);
+    }
+
+    fn set_provider(&mut self, provider: Provider) {
+        self.extensions_mut().remove::<PartitionKey>();
+        self.extensions_mut().insert(provider);
+    }
+
+    fn set_work_id(&mut self, work: WorkId) {
+        self.extensions_mut().insert(work);
+    }
+
+    fn set_idempotency_key(&mut self, key: IdempotencyKey) {
+        self.extensions_mut().insert(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_absent() {
+        let req = Request::get("https://Example.org/x").body(()).unwrap();
+        assert_eq!(req.operation(), OperationType::Download);
+        assert_eq!(req.provider().as_str(), "example.org");
+        assert!(req.work_id().is_none());
+        assert!(req.idempotency_key().is_none());
+        assert_eq!(AttemptNumber::of(&req), 1);
+        let key = PartitionKey::compute(&req);
+        assert_eq!(key, PartitionKey::new("example.org", "example.org"));
+    }
+
+    #[test]
+    fn explicit_port_is_part_of_the_host() {
+        let mut req = Request::get("http://127.0.0.1:8080/x").body(()).unwrap();
+        req.set_provider(Provider::new("crossref"));
+        let key = PartitionKey::of(&mut req);
+        assert_eq!(key.host(), "127.0.0.1:8080");
+        assert_eq!(key.provider().as_str(), "crossref");
+        // cached
+        assert_eq!(req.extensions().get::<PartitionKey>(), Some(&key));
+        // changing the provider drops the cache
+        req.set_provider(Provider::new("unpaywall"));
+        assert_eq!(PartitionKey::compute(&req).provider().as_str(), "unpaywall");
+    }
+
+    #[test]
+    fn operation_names_round_trip() {
+        for op in OperationType::ALL {
+            assert_eq!(op.as_str().parse::<OperationType>().unwrap(), op);
+            let json = serde_json::to_string(&op).unwrap();
+            assert_eq!(json, format!("\"{}\"", op.as_str()));
+        }
+        assert_eq!(
+            "Manifest-Fetch".parse::<OperationType>().unwrap(),
+            OperationType::ManifestFetch
+        );
+        let err = "nope".parse::<OperationType>().unwrap_err();
+        assert!(err.to_string().contains("unknown operation type"));
+    }
+}

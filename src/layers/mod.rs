@@ -1,0 +1,7 @@
+//! The tower layers, one folder each.
+//!
+//! The stack order, outer to inner, is:
+//! telemetry (operation) → idempotency → contextual retry → telemetry (attempt) →
+//! Retry-After cool-down → provider learning → rate limit → tower-http layers → client.
+//! Each layer reads the request context (see [`crate::context`]) from the request's
+//! extensions and can be left out of a `ServiceBuilder` with `option_layer`.

@@ -1,0 +1,190 @@
+//! [`HttpClient`]: the one pooled hyper client every stack wraps.
+
+use std::fmt;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, USER_AGENT};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::util::MapErr;
+use tower_http::follow_redirect::FollowRedirect;
+use tower_http::set_header::SetRequestHeader;
+use tower_service::Service;
+
+use super::config::HttpConfig;
+use super::error::ConfigError;
+use super::future::ResponseFuture;
+use super::redirect::RedirectPolicy;
+use super::tls;
+use crate::error::BoxError;
+
+type Connector = HttpsConnector<HttpConnector>;
+type MapErrFn = fn(hyper_util::client::legacy::Error) -> BoxError;
+type Inner<B> = FollowRedirect<SetRequestHeader<MapErr<Client<Connector, B>, MapErrFn>, HeaderValue>, RedirectPolicy>;
+
+/// The shared HTTP client: one pooled `hyper_util` legacy client over hyper-rustls
+/// (HTTP/1.1 and HTTP/2 by ALPN, webpki roots), with the polite User-Agent set by
+/// tower-http's `SetRequestHeader`, redirects followed by tower-http's `FollowRedirect`
+/// (bounded, http/https only, credentials dropped across origins), a connect timeout and
+/// an idle read timeout.
+///
+/// Cloning is cheap and every clone shares the connection pool, so build one per process
+/// and clone it into every stack.
+///
+/// It is a [`tower::Service`] from `Request<B>` to [`Response<ResponseBody>`](super::ResponseBody);
+/// errors are [`BoxError`] and can be downcast to [`TooManyRedirects`](super::TooManyRedirects),
+/// [`UnsupportedRedirectScheme`](super::UnsupportedRedirectScheme),
+/// [`ReadTimeout`](super::ReadTimeout) or `hyper_util::client::legacy::Error` (connect
+/// errors, including the connect timeout, report `is_connect()`).
+///
+/// # Example
+///
+/// ```no_run
+/// use contentdownload::service::{HttpClient, HttpConfig};
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # async fn demo() -> Result<(), contentdownload::error::BoxError> {
+/// let client = HttpClient::new(&HttpConfig {
+///     mailto: Some("me@example.org".into()),
+///     ..HttpConfig::default()
+/// })?;
+/// // Any tower layer wraps it; here, a concurrency cap and an overall timeout.
+/// let svc = ServiceBuilder::new()
+///     .concurrency_limit(64)
+///     .timeout(Duration::from_secs(120))
+///     .service(client.clone());
+/// let req = http::Request::get("https://api.openalex.org/works/W2741809807")
+///     .body(Default::default())?;
+/// let response = svc.oneshot(req).await?;
+/// println!("{}", response.status());
+/// # Ok(()) }
+/// ```
+pub struct HttpClient<B = Full<Bytes>> {
+    inner: Inner<B>,
+    read_timeout: Duration,
+    metadata_limit: usize,
+}
+
+impl<B> Clone for HttpClient<B> {
+    fn clone(&self) -> Self {
+        HttpClient {
+            inner: self.inner.clone(),
+            read_timeout: self.read_timeout,
+            metadata_limit: self.metadata_limit,
+        }
+    }
+}
+
+impl<B> fmt::Debug for HttpClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The User-Agent may carry the operator's address: not printed.
+        f.debug_struct("HttpClient")
+            .field("read_timeout", &self.read_timeout)
+            .field("metadata_limit", &self.metadata_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn box_client_error(e: hyper_util::client::legacy::Error) -> BoxError {
+    Box::new(e)
+}
+
+impl<B> HttpClient<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Builds the client. Fails with a [`ConfigError`] naming the field when a value
+    /// cannot be used (a User-Agent with control characters, a zero timeout).
+    pub fn new(config: &HttpConfig) -> Result<Self, ConfigError> {
+        if config.connect_timeout_ms == 0 {
+            return Err(invalid("connect_timeout_ms", "must be greater than 0"));
+        }
+        if config.read_timeout_ms == 0 {
+            return Err(invalid("read_timeout_ms", "must be greater than 0"));
+        }
+        let user_agent = HeaderValue::from_str(&config.user_agent()).map_err(|_| {
+            let field = if config.user_agent.is_some() {
+                "user_agent"
+            } else {
+                "mailto"
+            };
+            invalid(field, "contains characters not allowed in a header value")
+        })?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout()));
+
+        let tls = tls::client_config(config.danger_accept_invalid_certs)?;
+        let https = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let https = if config.http2 {
+            https.enable_http1().enable_http2().wrap_connector(http)
+        } else {
+            https.enable_http1().wrap_connector(http)
+        };
+
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout())
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(https);
+        let client = MapErr::new(client, box_client_error as MapErrFn);
+        let client = SetRequestHeader::if_not_present(client, USER_AGENT, user_agent);
+        let inner = FollowRedirect::with_policy(client, RedirectPolicy::new(config.max_redirects));
+        Ok(HttpClient {
+            inner,
+            read_timeout: config.read_timeout(),
+            metadata_limit: config.max_metadata_body_bytes,
+        })
+    }
+}
+
+impl<B> HttpClient<B> {
+    /// The configured metadata body limit, for [`read_metadata`](super::read_metadata).
+    pub fn metadata_limit(&self) -> usize {
+        self.metadata_limit
+    }
+
+    /// The idle read timeout.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+}
+
+fn invalid(field: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.to_owned(),
+    }
+}
+
+impl<B> Service<Request<B>> for HttpClient<B>
+where
+    B: Body + Clone + Default + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<super::ResponseBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<<Inner<B> as Service<Request<B>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture::new(self.inner.call(req), self.read_timeout)
+    }
+}
