@@ -12,6 +12,9 @@
 //! | [`WorkId`] | the work this request serves | none |
 //! | [`AttemptNumber`] | which attempt of the operation this is (set by the retry layer) | 1 |
 //!
+//! Layers report back to the ones above them through response extensions:
+//! [`RetryAfterHint`], [`RateLimitWait`] and [`CooldownWait`].
+//!
 //! The partition key, [`PartitionKey`] = `(provider, host)`, is shared by the
 //! rate limiter, the learner, the Retry-After cool-down and the retry budget.
 //!
@@ -189,6 +192,23 @@ impl AttemptNumber {
         req.extensions().get::<AttemptNumber>().map_or(1, |a| a.0.max(1))
     }
 }
+
+/// Response extension: the provider's hint of when to try again (from `Retry-After`,
+/// `X-RateLimit-Reset` or `RateLimit: t=`), attached by the Retry-After layer and read by
+/// the retry policy, the learner and telemetry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryAfterHint {
+    /// How long the provider asked to wait, capped at 900 s.
+    pub delay: std::time::Duration,
+}
+
+/// Response extension: how long the rate limiter held this attempt before sending it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitWait(pub std::time::Duration);
+
+/// Response extension: how long a partition's cool-down held this attempt before sending it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CooldownWait(pub std::time::Duration);
 
 /// The partition `(provider, host)` shared by the rate limiter, the learner, the
 /// Retry-After cool-down and the retry budget.
