@@ -46,9 +46,12 @@
 #![forbid(unsafe_code)]
 
 pub mod context;
+pub mod download;
 pub mod error;
 pub mod layers;
+pub mod reason;
 pub mod service;
+pub mod works;
 
 #[cfg(feature = "simulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
