@@ -50,6 +50,7 @@ pub mod download;
 pub mod error;
 pub mod layers;
 pub mod reason;
+pub mod resolvers;
 pub mod service;
 pub mod works;
 
