@@ -49,6 +49,7 @@ pub mod context;
 pub mod download;
 pub mod error;
 pub mod layers;
+pub mod manifest;
 pub mod reason;
 pub mod resolvers;
 pub mod service;
