@@ -153,3 +153,30 @@ async fn a_stem_that_could_escape_is_refused_before_any_request() {
     }
     assert_eq!(sim.count("/p.pdf"), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_download_leaves_no_partial_file() {
+    let sim = Simulator::start().await.unwrap();
+    // 500 bytes (not enough for a verdict), then the body stalls
+    sim.on("/slow.pdf", [Reply::ok().body_spec(BodySpec::StallAfter { sent: 500 })]);
+    let out = tempfile::tempdir().unwrap();
+    let client = HttpClient::new(&HttpConfig::default()).unwrap();
+    let options = DownloadOptions::default();
+    let staging =
+        contentdownload::download::stage_pdf(client, get(&sim.url("/slow.pdf")), out.path(), "W5-0", &options);
+    // the paused clock jumps to the deadline while the body stalls; the future is dropped
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), staging).await;
+    assert!(
+        result.is_err(),
+        "the stalled download should still be running at the deadline"
+    );
+    assert!(
+        out.path().join(PARTIAL_DIR).is_dir(),
+        "the download had started writing"
+    );
+    assert_eq!(
+        partial_files(out.path()),
+        0,
+        "the dropped download removed its partial file"
+    );
+}

@@ -1,6 +1,6 @@
 //! Validated streaming downloads: the payload streams to `<out>/.partial/<stem>.part`
 //! while it is hashed (SHA-256) and checked ([`PayloadCheck`]), is fsynced, and only then
-//! renamed to `<out>/<stem>.pdf`. A payload that fails a check is removed, with a
+//! renamed to `<out>/<stem>.pdf` ([`download_pdf`], or [`stage_pdf`] and [`Staged::commit`]). A payload that fails a check is removed, with a
 //! [`ReasonCode`] saying why. Nothing of the payload is held in memory beyond one frame.
 //!
 //! # Example
@@ -107,7 +107,8 @@ impl DownloadFailure {
     }
 }
 
-/// Sends `request` through `service` and streams a valid PDF to `<out_dir>/<stem>.pdf`.
+/// Sends `request` through `service` and streams a valid PDF to `<out_dir>/<stem>.pdf`:
+/// [`stage_pdf`] then [`Staged::commit`].
 ///
 /// `stem` must be a plain file name (see [`file_stem`]); anything else fails with
 /// [`ReasonCode::Other`] before any request is sent.
@@ -123,16 +124,88 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    let final_path = safe_join(out_dir, stem, "pdf").ok_or_else(|| not_plain(stem))?;
+    let staged = stage_pdf(service, request, out_dir, stem, options).await?;
+    staged.commit(&final_path).await
+}
+
+fn not_plain(name: &str) -> DownloadFailure {
+    DownloadFailure::new(ReasonCode::Other, None, format!("{name:?} is not a plain file name"))
+}
+
+/// A payload that passed every check, still in `<out>/.partial/`. Commit it to put it in
+/// place; drop it to delete it (also when the future that staged it is cancelled).
+#[derive(Debug)]
+pub struct Staged {
+    guard: PartialGuard,
+    /// SHA-256 of the payload, lower-case hex.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// The response status.
+    pub status: StatusCode,
+}
+
+impl Staged {
+    /// Where the payload is now.
+    pub fn partial_path(&self) -> &Path {
+        &self.guard.path
+    }
+
+    /// Renames the payload to `final_path` (in the same file system) and returns where it is.
+    pub async fn commit(mut self, final_path: &Path) -> Result<Downloaded, DownloadFailure> {
+        let from = self.guard.path.clone();
+        if let Err(e) = tokio::fs::rename(&from, final_path).await {
+            return Err(DownloadFailure::new(
+                ReasonCode::IoError,
+                Some(self.status),
+                format!("cannot move the download into {}: {e}", final_path.display()),
+            ));
+        }
+        self.guard.armed = false;
+        Ok(Downloaded {
+            path: final_path.to_owned(),
+            sha256: std::mem::take(&mut self.sha256),
+            bytes: self.bytes,
+            status: self.status,
+        })
+    }
+}
+
+/// Deletes the partial file when dropped while armed: a failed, rejected or cancelled
+/// download leaves nothing behind.
+#[derive(Debug)]
+struct PartialGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for PartialGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            // A small synchronous unlink: Drop cannot await, and the file may be half written.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Sends `request` through `service` and streams the payload to
+/// `<out_dir>/.partial/<key>.part` while hashing and checking it. Several candidates of one
+/// work can be staged at once under different keys; commit the first that succeeds.
+pub async fn stage_pdf<S, B>(
+    service: S,
+    request: Request<Full<Bytes>>,
+    out_dir: &Path,
+    key: &str,
+    options: &DownloadOptions,
+) -> Result<Staged, DownloadFailure>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let partial_dir = out_dir.join(PARTIAL_DIR);
-    let (Some(final_path), Some(partial_path)) =
-        (safe_join(out_dir, stem, "pdf"), safe_join(&partial_dir, stem, "part"))
-    else {
-        return Err(DownloadFailure::new(
-            ReasonCode::Other,
-            None,
-            format!("{stem:?} is not a plain file name"),
-        ));
-    };
+    let partial_path = safe_join(&partial_dir, key, "part").ok_or_else(|| not_plain(key))?;
     let response = service
         .oneshot(request)
         .await
@@ -174,22 +247,14 @@ where
     let file = tokio::fs::File::create(&partial_path)
         .await
         .map_err(|e| io_failure("cannot create", &partial_path, e))?;
-
-    let body = std::pin::pin!(response.into_body());
-    let streamed = stream_to(body, file, &partial_path, status, options).await;
-    let (sha256, bytes) = match streamed {
-        Ok(done) => done,
-        Err(failure) => {
-            let _ = tokio::fs::remove_file(&partial_path).await;
-            return Err(failure);
-        }
+    let guard = PartialGuard {
+        path: partial_path,
+        armed: true,
     };
-    if let Err(e) = tokio::fs::rename(&partial_path, &final_path).await {
-        let _ = tokio::fs::remove_file(&partial_path).await;
-        return Err(io_failure("cannot move the download into", &final_path, e));
-    }
-    Ok(Downloaded {
-        path: final_path,
+    let body = std::pin::pin!(response.into_body());
+    let (sha256, bytes) = stream_to(body, file, &guard.path, status, options).await?;
+    Ok(Staged {
+        guard,
         sha256,
         bytes,
         status,
