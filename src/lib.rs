@@ -50,6 +50,7 @@ pub mod download;
 pub mod error;
 pub mod layers;
 pub mod manifest;
+pub mod pipeline;
 pub mod reason;
 pub mod resolvers;
 pub mod service;

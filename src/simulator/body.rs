@@ -49,7 +49,18 @@ impl SimBody {
             }
             BodySpec::Bytes(b) => (b.clone(), b.len() as u64, End::Finish, Some(b.len() as u64)),
             BodySpec::Stream { len, chunk, fill } => (filled(*chunk, *fill), *len, End::Finish, Some(*len)),
-            BodySpec::Truncated { declared, sent } => (filled(64 * 1024, b'x'), *sent, End::Abort, Some(*declared)),
+            BodySpec::Truncated { declared, sent } => {
+                // a PDF that is cut: its head, then filler, then the connection drops
+                let head = Bytes::from_static(b"%PDF-1.7\n");
+                let sent = (*sent).max(head.len() as u64);
+                prefix = Some(head.clone());
+                (
+                    filled(64 * 1024, b'0'),
+                    sent - head.len() as u64,
+                    End::Abort,
+                    Some(*declared),
+                )
+            }
             BodySpec::ResetAfter { sent } => (filled(64 * 1024, b'x'), *sent, End::Abort, None),
             BodySpec::StallAfter { sent } => (filled(64 * 1024, b'x'), *sent, End::Stall, None),
         };

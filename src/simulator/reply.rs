@@ -20,8 +20,8 @@ pub enum BodySpec {
         /// The byte every position holds.
         fill: u8,
     },
-    /// `Content-Length: declared`, then only `sent` bytes, then the connection is closed:
-    /// the client sees an incomplete body.
+    /// `Content-Length: declared`, then only `sent` bytes of a PDF (`%PDF-1.7` and filler),
+    /// then the connection is closed: the client sees an incomplete body.
     Truncated {
         /// The length announced in the header.
         declared: u64,
