@@ -35,9 +35,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(done.bytes, len);
     assert_eq!(std::fs::metadata(&done.path)?.len(), len);
-    println!("streamed {mib} MiB to disk in {secs:.2} s ({:.0} MiB/s), sha256 {}", mib as f64 / secs, &done.sha256[..16]);
+    println!(
+        "streamed {mib} MiB to disk in {secs:.2} s ({:.0} MiB/s), sha256 {}",
+        mib as f64 / secs,
+        &done.sha256[..16]
+    );
     match (before, peak_rss_kib()) {
-        (Some(b), Some(a)) => println!("peak RSS: {:.1} MiB before, {:.1} MiB after", b as f64 / 1024.0, a as f64 / 1024.0),
+        (Some(b), Some(a)) => println!(
+            "peak RSS: {:.1} MiB before, {:.1} MiB after",
+            b as f64 / 1024.0,
+            a as f64 / 1024.0
+        ),
         _ => println!("peak RSS: not available on this platform"),
     }
     Ok(())

@@ -53,6 +53,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod reason;
 pub mod resolvers;
+pub mod runner;
 pub mod service;
 pub mod works;
 
