@@ -326,3 +326,60 @@ async fn cooling_down_and_rate_limit_errors_are_throttling_with_a_hint() {
         Some(Some(Duration::from_secs(3)))
     );
 }
+
+mod span_field {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::Instrument;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    use super::*;
+
+    /// Collects every value recorded as `contentdownload.retry.decision`.
+    #[derive(Clone, Default)]
+    struct Decisions(Arc<Mutex<Vec<String>>>);
+
+    impl Visit for Decisions {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == DECISION_FIELD {
+                self.0.lock().unwrap().push(value.to_owned());
+            }
+        }
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Decisions {
+        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+            attrs.record(&mut self.clone());
+        }
+        fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            values.record(&mut self.clone());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decisions_are_recorded_on_the_current_span() {
+        let decisions = Decisions::default();
+        let subscriber = tracing_subscriber::registry().with(decisions.clone());
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let layer = ContextualRetryLayer::contextual();
+        let (mock, mut handle) = mock::pair::<Request<&'static str>, Res>();
+        let span = tracing::info_span!("operation", "contentdownload.retry.decision" = tracing::field::Empty);
+        let call = layer
+            .layer(mock)
+            .oneshot(get(OperationType::Validate, false))
+            .instrument(span);
+        let answer = async {
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(Response::builder().status(503).body("").unwrap());
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(Response::builder().status(429).body("").unwrap());
+        };
+        let (result, ()) = tokio::join!(call, answer);
+        assert!(result.unwrap_err().is::<Deferred>());
+        assert_eq!(*decisions.0.lock().unwrap(), ["retry", "defer"]);
+    }
+}
