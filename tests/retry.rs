@@ -286,3 +286,74 @@ async fn every_attempt_carries_its_number() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(*seen.lock().unwrap(), [Some(1), Some(2), Some(3)]);
 }
+
+/// A listener whose accept queue is full: the kernel drops new SYNs, so a connect hangs
+/// (as in tests/client.rs).
+fn saturated_listener() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => return (listener, held),
+        }
+    }
+    panic!("the accept queue of a listen(1) socket never filled up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_timeout_is_a_timeout() {
+    let (listener, _held) = saturated_listener();
+    let url = format!("http://{}/x", listener.local_addr().unwrap());
+    let (stack, _) = stack();
+    let started = Instant::now();
+    // Validate defers on a timeout: one attempt, ended by the 10 s connect timeout
+    let err = send(&stack, req(Method::GET, &url, OperationType::Validate))
+        .await
+        .unwrap_err();
+    let deferred = err.downcast_ref::<Deferred>().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(deferred.attempts, 1);
+    assert_eq!(deferred.reason, "timed out");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_before_the_response_is_retried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // a bare loopback server: the first connection is closed after reading the request
+    // (hyper reports an incomplete message), the second one is answered
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for n in 0..2 {
+            let (mut conn, _) = listener.accept().await?;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await?;
+            if n == 1 {
+                conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await?;
+            }
+            conn.shutdown().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let (stack, _) = stack();
+    let started = Instant::now();
+    let res = send(
+        &stack,
+        req(Method::GET, &format!("http://{addr}/x"), OperationType::Download),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // resent by this layer after its first backoff (not by hyper's pool)
+    assert_eq!(started.elapsed(), Duration::from_millis(200));
+    server.await.unwrap().unwrap();
+}
