@@ -171,7 +171,8 @@ impl OperationPolicy {
 /// The retry layer keeps a copy of every request it may retry; a body whose
 /// `try_clone_body` returns `None` (a stream) is sent once. Buffered bodies (`Full`,
 /// `Empty`, `Bytes`, `String`, `Vec<u8>`, `()`, `&'static str`) clone cheaply; hyper's
-/// streaming `Incoming` and the boxed bodies of `http-body-util` never do. Implement it for your own body type to use the layer.
+/// streaming `Incoming` and the boxed bodies of `http-body-util` never do. Implement it
+/// for your own body type to use the layer.
 pub trait CloneBody: Sized {
     /// A copy of the body for another attempt, or `None` if it cannot be replayed.
     fn try_clone_body(&self) -> Option<Self>;
