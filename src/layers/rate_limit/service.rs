@@ -1,0 +1,81 @@
+//! [`RateLimit`].
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::RateLimiter;
+use crate::context::PartitionKey;
+use crate::error::BoxError;
+
+/// Holds each request until its partition's bucket has a token, then sends it.
+///
+/// The partition is [`PartitionKey::of`] the request. The wait happens in the response
+/// future on a tokio timer (the service itself stays ready), in the order the requests
+/// were called; a wait over the limiter's maximum fails at once with
+/// [`RateLimitTimeout`](crate::error::RateLimitTimeout). The time waited is attached to the
+/// response as [`RateLimitWait`](crate::context::RateLimitWait).
+///
+/// Clones share the limiter's buckets.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: RateLimiter,
+}
+
+impl<S> RateLimit<S> {
+    /// Wraps `inner`, taking tokens from `limiter`.
+    pub fn new(inner: S, limiter: RateLimiter) -> Self {
+        RateLimit { inner, limiter }
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the wrapper.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Request<ReqB>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let key = PartitionKey::of(&mut req);
+        match self.limiter.reserve(&key) {
+            Err(timeout) => ResponseFuture::failed(timeout),
+            Ok(wait) if wait.is_zero() => ResponseFuture::called(self.inner.call(req)),
+            Ok(wait) => {
+                // Take the service that is ready; it is polled again after the wait.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(ready, req, wait)
+            }
+        }
+    }
+}
