@@ -287,3 +287,61 @@ async fn against_the_simulator_the_server_sees_the_configured_rate() {
     assert!(total_wait > Duration::ZERO);
     let _ = svc.get_ref();
 }
+
+#[tokio::test(start_paused = true)]
+async fn lowering_the_rate_respaces_requests_already_waiting() {
+    let lim = RateLimiter::new(RateLimitConfig {
+        default: Quota::per_second(10.0),
+        max_wait: Duration::from_secs(3),
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let key = PartitionKey::new("p", "example.org");
+    let (svc, times) = recording_stack(&lim);
+    let start = Instant::now();
+    // five requests reserve slots at 0, 100, 200, 300, 400 ms
+    let mut s = svc.clone();
+    let mut pending = Vec::new();
+    for _ in 0..5 {
+        pending.push(s.ready().await.unwrap().call(req("p")));
+    }
+    // the provider pushes back: 2 req/s from now; the four waiting are re-spaced at 500 ms
+    lim.set_rate(&key, 2.0);
+    let mut results = Vec::new();
+    for p in pending {
+        results.push(p.await);
+    }
+    let offsets: Vec<u128> = times.lock().unwrap().iter().map(|t| (*t - start).as_millis()).collect();
+    assert_eq!(offsets, vec![0, 500, 1000, 1500, 2000]);
+    let waits: Vec<u128> = results
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .unwrap()
+                .extensions()
+                .get::<RateLimitWait>()
+                .unwrap()
+                .0
+                .as_millis()
+        })
+        .collect();
+    assert_eq!(waits, offsets, "the wait reported is the time actually waited");
+
+    // a drop so large that a waiter's slot moves past the maximum wait fails it
+    let mut s = svc.clone();
+    let mut late = Vec::new();
+    for _ in 0..4 {
+        late.push(s.ready().await.unwrap().call(req("p")));
+    }
+    lim.set_rate(&key, 0.5);
+    let outcomes = futures_util::future::join_all(late).await;
+    let timeouts = outcomes
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .is_err_and(|e| e.downcast_ref::<RateLimitTimeout>().is_some())
+        })
+        .count();
+    assert!(timeouts >= 1, "{outcomes:?}");
+    assert!(Instant::now() - start <= Duration::from_secs(2) + Duration::from_secs(3));
+}

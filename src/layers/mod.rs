@@ -6,4 +6,5 @@
 //! Each layer reads the request context (see [`crate::context`]) from the request's
 //! extensions and can be left out of a `ServiceBuilder` with `option_layer`.
 
+pub mod learning;
 pub mod rate_limit;

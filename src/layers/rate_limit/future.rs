@@ -10,7 +10,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::context::RateLimitWait;
+use super::RateLimiter;
+use crate::context::{PartitionKey, RateLimitWait};
 use crate::error::{BoxError, RateLimitTimeout};
 
 pin_project! {
@@ -23,10 +24,23 @@ pin_project! {
     }
 }
 
+/// A slot less than this far away when a waiter wakes is taken as come: a timer fires at
+/// millisecond granularity, and sleeping again for a rounding error would cost a tick.
+const RECHECK_SLACK: Duration = Duration::from_millis(1);
+
+/// What a waiting request needs to check its slot again when it wakes up.
+#[derive(Debug)]
+pub(super) struct Recheck {
+    pub(super) limiter: RateLimiter,
+    pub(super) key: PartitionKey,
+    pub(super) index: u64,
+    pub(super) started: Instant,
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S, Req, F> {
-        Waiting { #[pin] sleep: Sleep, pending: Option<(S, Req)> },
+        Waiting { #[pin] sleep: Sleep, pending: Option<(S, Req)>, recheck: Recheck },
         Called { #[pin] future: F },
         Failed { error: Option<RateLimitTimeout> },
     }
@@ -54,11 +68,12 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
         }
     }
 
-    pub(super) fn waiting(service: S, request: Req, wait: Duration) -> Self {
+    pub(super) fn waiting(service: S, request: Req, wait: Duration, recheck: Recheck) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                sleep: tokio::time::sleep_until(Instant::now() + wait),
+                sleep: tokio::time::sleep_until(recheck.started + wait),
                 pending: Some((service, request)),
+                recheck,
             },
             wait,
         }
@@ -84,8 +99,29 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting { sleep, pending } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Waiting {
+                    mut sleep,
+                    pending,
+                    recheck,
+                } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    let now = Instant::now();
+                    let remaining = recheck.limiter.slot_of(&recheck.key, recheck.index);
+                    if remaining > RECHECK_SLACK {
+                        // The rate was lowered while we slept: our slot moved later.
+                        let total = now + remaining - recheck.started;
+                        let max_wait = recheck.limiter.config().max_wait;
+                        if total > max_wait {
+                            return Poll::Ready(Err(Box::new(RateLimitTimeout {
+                                partition: recheck.key.clone(),
+                                wait: total,
+                                max_wait,
+                            })));
+                        }
+                        sleep.reset(now + remaining);
+                        continue;
+                    }
+                    *this.wait = now - recheck.started;
                     let (svc, _) = pending.as_mut().expect("polled after the request was sent");
                     ready!(svc.poll_ready(cx)).map_err(Into::into)?;
                     let (mut svc, req) = pending.take().expect("checked just above");

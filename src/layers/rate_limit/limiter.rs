@@ -20,44 +20,89 @@ use crate::error::RateLimitTimeout;
 const SHARDS: usize = 16;
 
 /// One partition's bucket, kept as a GCRA "theoretical arrival time" (`tat`): the time
-/// at which the bucket would be full again. It is one number per key, so taking a token
-/// is a comparison and an addition under a short lock.
+/// at which the bucket would be full again. Reservations are numbered (`issued`), and the
+/// time of reservation `i` is linear in `i` from an anchor, so that a rate change can move
+/// the slots of requests already waiting (they check again when they wake up): see
+/// [`RateLimiter::slot_of`].
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     rate: f64,
     burst: u32,
-    /// 1 / rate.
-    interval: Duration,
-    /// Offset from the limiter's epoch.
-    tat: Duration,
+    /// 1 / rate, in seconds.
+    interval: f64,
+    /// `tat` of reservation number `anchor_index`, in seconds from the limiter's epoch.
+    anchor_time: f64,
+    anchor_index: f64,
+    /// How many reservations were handed out.
+    issued: u64,
 }
 
 impl Bucket {
-    fn new(quota: Quota, now: Duration) -> Bucket {
+    fn new(quota: Quota, now: f64) -> Bucket {
         let rate = quota.rate.max(MIN_RATE);
         Bucket {
             rate,
             burst: quota.burst.max(1),
-            interval: Duration::from_secs_f64(1.0 / rate),
-            tat: now,
+            interval: 1.0 / rate,
+            anchor_time: now,
+            anchor_index: 0.0,
+            issued: 0,
         }
     }
 
-    /// How far ahead of `tat` a request may be admitted: `burst - 1` intervals.
-    fn tolerance(&self) -> Duration {
-        self.interval.saturating_mul(self.burst - 1)
+    /// The bucket's theoretical arrival time before reservation `index`.
+    fn tat_of(&self, index: f64) -> f64 {
+        self.anchor_time + (index - self.anchor_index) * self.interval
     }
+
+    fn tat(&self) -> f64 {
+        self.tat_of(self.issued as f64)
+    }
+
+    /// How far ahead of `tat` a request may be admitted: `burst - 1` intervals.
+    fn tolerance(&self) -> f64 {
+        f64::from(self.burst - 1) * self.interval
+    }
+
+    /// The send time of reservation `index`.
+    fn slot_of(&self, index: u64) -> f64 {
+        self.tat_of(index as f64) - self.tolerance()
+    }
+
+    /// Moves the anchor to `tat = at` for the next reservation.
+    fn anchor(&mut self, at: f64) {
+        self.anchor_time = at;
+        self.anchor_index = self.issued as f64;
+    }
+}
+
+/// A non-negative number of seconds as a duration; float noise under a microsecond (and
+/// any negative value) is zero, so that a slot that has come is not waited for again.
+fn secs(d: f64) -> Duration {
+    if d < 1e-6 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(d).unwrap_or(Duration::ZERO)
+}
+
+/// A reservation handed out by [`RateLimiter::reserve_ticket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// How long to wait before sending (zero when a token was there).
+    pub wait: Duration,
+    /// The reservation's number in its bucket, for [`RateLimiter::slot_of`].
+    pub index: u64,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     buckets: HashMap<PartitionKey, Bucket>,
-    last_sweep: Duration,
+    last_sweep: f64,
 }
 
 impl Shard {
-    fn sweep(&mut self, now: Duration, idle: Duration) {
-        self.buckets.retain(|_, b| b.tat + idle > now);
+    fn sweep(&mut self, now: f64, idle: f64) {
+        self.buckets.retain(|_, b| b.tat() + idle > now);
         self.last_sweep = now;
     }
 }
@@ -152,8 +197,11 @@ impl RateLimiter {
         self.shared.config.quota_for(key.provider().as_str(), key.host())
     }
 
-    fn now(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.shared.epoch)
+    /// Seconds since the limiter's epoch, on tokio's clock.
+    fn now(&self) -> f64 {
+        Instant::now()
+            .saturating_duration_since(self.shared.epoch)
+            .as_secs_f64()
     }
 
     fn shard(&self, key: &PartitionKey) -> MutexGuard<'_, Shard> {
@@ -164,11 +212,11 @@ impl RateLimiter {
     /// Runs `f` on the partition's bucket, creating it from the configuration if absent,
     /// and sweeps idle buckets of the shard now and then (amortised: at most once per
     /// `idle_timeout` per shard).
-    fn with_bucket<T>(&self, key: &PartitionKey, f: impl FnOnce(&mut Bucket, Duration) -> T) -> T {
+    fn with_bucket<T>(&self, key: &PartitionKey, f: impl FnOnce(&mut Bucket, f64) -> T) -> T {
         let now = self.now();
-        let idle = self.shared.config.idle_timeout;
+        let idle = self.shared.config.idle_timeout.as_secs_f64();
         let mut shard = self.shard(key);
-        if now.saturating_sub(shard.last_sweep) >= idle {
+        if now - shard.last_sweep >= idle {
             shard.sweep(now, idle);
         }
         if let Some(bucket) = shard.buckets.get_mut(key) {
@@ -188,11 +236,21 @@ impl RateLimiter {
     /// Fails at once, reserving nothing, when the slot is further away than
     /// [`RateLimitConfig::max_wait`].
     pub fn reserve(&self, key: &PartitionKey) -> Result<Duration, RateLimitTimeout> {
+        self.reserve_ticket(key).map(|t| t.wait)
+    }
+
+    /// As [`reserve`](Self::reserve), also returning the reservation's number, so that a
+    /// waiter can ask [`slot_of`](Self::slot_of) again when it wakes up (the rate may have
+    /// dropped meanwhile).
+    pub fn reserve_ticket(&self, key: &PartitionKey) -> Result<Ticket, RateLimitTimeout> {
         let max_wait = self.shared.config.max_wait;
         self.with_bucket(key, |b, now| {
-            let tat = b.tat.max(now);
-            let slot = tat.saturating_sub(b.tolerance()).max(now);
-            let wait = slot - now;
+            if b.tat() < now {
+                // No backlog: every slot handed out is in the past. Re-anchor at now (a
+                // full bucket does not bank tokens beyond its burst).
+                b.anchor(now);
+            }
+            let wait = secs(b.slot_of(b.issued) - now);
             if wait > max_wait {
                 return Err(RateLimitTimeout {
                     partition: key.clone(),
@@ -200,9 +258,23 @@ impl RateLimiter {
                     max_wait,
                 });
             }
-            b.tat = tat + b.interval;
-            Ok(wait)
+            let index = b.issued;
+            b.issued += 1;
+            Ok(Ticket { wait, index })
         })
+    }
+
+    /// How long from now until reservation `index` of the partition may be sent, at the
+    /// current rate: zero once its slot has come (or the bucket was evicted). A rate
+    /// lowered since the reservation moves the slot later; a raised rate does not bring
+    /// it earlier than first promised (the waiter's timer is already set).
+    pub fn slot_of(&self, key: &PartitionKey, index: u64) -> Duration {
+        let now = self.now();
+        let shard = self.shard(key);
+        match shard.buckets.get(key) {
+            Some(b) if index < b.issued => secs(b.slot_of(index) - now),
+            _ => Duration::ZERO,
+        }
     }
 
     /// The partition's current rate in requests per second: the last
@@ -227,15 +299,13 @@ impl RateLimiter {
             if b.rate == rate {
                 return;
             }
-            let interval = Duration::from_secs_f64(1.0 / rate);
-            // The backlog (tat - now) is a number of reserved intervals; keep the number,
-            // change their length.
-            if let Some(backlog) = b.tat.checked_sub(now) {
-                let scaled = backlog.as_secs_f64() * interval.as_secs_f64() / b.interval.as_secs_f64();
-                b.tat = now + Duration::from_secs_f64(scaled);
-            }
+            // The backlog, in intervals: reservations still ahead of now. They keep their
+            // order and are re-spaced at the new interval from now on.
+            let pending = ((b.tat() - now) / b.interval).max(0.0);
+            b.anchor_time = now;
+            b.anchor_index = b.issued as f64 - pending;
             b.rate = rate;
-            b.interval = interval;
+            b.interval = 1.0 / rate;
         });
     }
 
@@ -243,11 +313,11 @@ impl RateLimiter {
     /// said its quota is spent until then). A later `until` than the current backlog wins;
     /// an earlier one changes nothing.
     pub fn hold_until(&self, key: &PartitionKey, until: Instant) {
-        let until = until.saturating_duration_since(self.shared.epoch);
+        let until = until.saturating_duration_since(self.shared.epoch).as_secs_f64();
         self.with_bucket(key, |b, _| {
             let held = until + b.tolerance();
-            if held > b.tat {
-                b.tat = held;
+            if held > b.tat() {
+                b.anchor(held);
             }
         });
     }
@@ -256,7 +326,7 @@ impl RateLimiter {
     /// than on the next sweep.
     pub fn evict_idle(&self) {
         let now = self.now();
-        let idle = self.shared.config.idle_timeout;
+        let idle = self.shared.config.idle_timeout.as_secs_f64();
         for shard in self.shared.shards.iter() {
             lock(shard).sweep(now, idle);
         }

@@ -5,7 +5,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use tokio::time::Instant;
+
+use super::future::{Recheck, ResponseFuture};
 use super::RateLimiter;
 use crate::context::PartitionKey;
 use crate::error::BoxError;
@@ -14,7 +16,8 @@ use crate::error::BoxError;
 ///
 /// The partition is [`PartitionKey::of`] the request. The wait happens in the response
 /// future on a tokio timer (the service itself stays ready), in the order the requests
-/// were called; a wait over the limiter's maximum fails at once with
+/// were called; a waiter whose slot moved later meanwhile (the rate was lowered) sleeps
+/// again until the new slot. A wait over the limiter's maximum fails with
 /// [`RateLimitTimeout`](crate::error::RateLimitTimeout). The time waited is attached to the
 /// response as [`RateLimitWait`](crate::context::RateLimitWait).
 ///
@@ -67,14 +70,20 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let key = PartitionKey::of(&mut req);
-        match self.limiter.reserve(&key) {
+        match self.limiter.reserve_ticket(&key) {
             Err(timeout) => ResponseFuture::failed(timeout),
-            Ok(wait) if wait.is_zero() => ResponseFuture::called(self.inner.call(req)),
-            Ok(wait) => {
+            Ok(ticket) if ticket.wait.is_zero() => ResponseFuture::called(self.inner.call(req)),
+            Ok(ticket) => {
                 // Take the service that is ready; it is polled again after the wait.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(ready, req, wait)
+                let recheck = Recheck {
+                    limiter: self.limiter.clone(),
+                    key,
+                    index: ticket.index,
+                    started: Instant::now(),
+                };
+                ResponseFuture::waiting(ready, req, ticket.wait, recheck)
             }
         }
     }
