@@ -337,3 +337,155 @@ async fn adaptive_finds_a_hidden_rate_and_rises_when_it_loosens() {
         "goodput {goodput2:.2}/s after the server loosened to 50/s"
     );
 }
+
+fn learned(path: &std::path::Path) -> Learner {
+    Learner::with_persistence(limiter(10.0, 1), LearningPolicy::default(), path).unwrap()
+}
+
+fn aside_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".corrupt-"))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn persistence_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("learning.json");
+    let a = learned(&path);
+    assert!(a.statuses().is_empty(), "a missing file starts fresh");
+    let k = key();
+    for _ in 0..3 {
+        a.observe(&k, Instant::now(), &status(429));
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    a.observe(&k, Instant::now(), &status(200));
+    a.observe(&PartitionKey::new("other", "b.example"), Instant::now(), &status(200));
+    a.persist().unwrap();
+
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["policy"], "adaptive");
+
+    let b = learned(&path);
+    let (sa, sb) = (
+        a.status("p", "example.org").unwrap(),
+        b.status("p", "example.org").unwrap(),
+    );
+    assert!((sa.rate - sb.rate).abs() < 1e-9 && sb.rate < 10.0, "{sa:?} vs {sb:?}");
+    assert_eq!((sb.throttles, sb.successes, sb.phase), (3, 1, Phase::Recovering));
+    assert_eq!(sb.recovery_times.len(), 1);
+    assert!((sb.recovery_times[0].as_secs_f64() - sa.recovery_times[0].as_secs_f64()).abs() < 1e-6);
+    assert_eq!(b.limiter().rate(&k), sb.rate, "loaded rates reach the limiter");
+    assert_eq!(b.statuses().len(), 2);
+    // and it recovers from where it left off
+    tokio::time::advance(Duration::from_secs(30)).await;
+    b.observe(&k, Instant::now(), &status(200));
+    assert_eq!(b.rate(&k), 10.0);
+}
+
+#[tokio::test]
+async fn a_corrupt_or_foreign_file_is_moved_aside_and_learning_starts_fresh() {
+    for content in [
+        "{ not json".to_owned(),
+        r#"{"version": 99, "partitions": []}"#.to_owned(),
+        r#"{"partitions": []}"#.to_owned(),
+        r#"{"version": 1, "partitions": "nope"}"#.to_owned(),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("learning.json");
+        std::fs::write(&path, &content).unwrap();
+        let learner = learned(&path);
+        assert!(learner.statuses().is_empty(), "{content}");
+        assert!(!path.exists(), "{content}: the bad file should have been moved");
+        let aside = aside_files(dir.path());
+        assert_eq!(aside.len(), 1, "{content}: {aside:?}");
+        assert_eq!(std::fs::read_to_string(dir.path().join(&aside[0])).unwrap(), content);
+        // a fresh file is written where the bad one was
+        learner.observe(&key(), Instant::now(), &status(429));
+        learner.persist().unwrap();
+        assert_eq!(learned(&path).statuses().len(), 1);
+    }
+    // a record with an impossible rate is skipped, the rest kept
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("learning.json");
+    let text = r#"{"version":1,"policy":"adaptive","saved_at_unix":0,"partitions":[
+        {"provider":"p","host":"a","rate":-3.0},{"provider":"p","host":"b","rate":2.5}]}"#;
+    std::fs::write(&path, text).unwrap();
+    let learner = learned(&path);
+    assert_eq!(learner.statuses().len(), 1);
+    assert_eq!(learner.status("p", "b").unwrap().rate, 2.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_leave_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("learning.json");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && reads < 100_000 {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    let json: serde_json::Value = serde_json::from_slice(&bytes).expect("a complete JSON file");
+                    assert_eq!(json["version"], 1);
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // separate learners (as separate processes would be), each with its own state
+                let learner = Learner::with_persistence(limiter(10.0, 1), LearningPolicy::default(), &path).unwrap();
+                for p in 0..=w {
+                    learner.record_throttle(&PartitionKey::new(format!("w{w}"), format!("h{p}")), Instant::now());
+                }
+                for _ in 0..25 {
+                    learner.persist().unwrap();
+                }
+                w + 1
+            })
+        })
+        .collect();
+    let sizes: Vec<usize> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0);
+    // the file is one writer's complete state
+    let last = learned(&path).statuses();
+    assert!(sizes.contains(&last.len()), "{} partitions", last.len());
+    let provider = last[0].partition.provider().clone();
+    assert!(last.iter().all(|s| s.partition.provider() == &provider));
+    assert!(aside_files(dir.path()).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_saves_and_a_final_save_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("learning.json");
+    let learner = learned(&path);
+    let task = learner.spawn_persist_task(Duration::from_secs(60));
+    learner.observe(&key(), Instant::now(), &status(429));
+    assert!(!path.exists());
+    // the save at 60 s runs in spawn_blocking, which holds the paused clock until it is done
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(learned(&path).statuses().len(), 1, "saved after one period");
+    learner.observe(&PartitionKey::new("q", "example.org"), Instant::now(), &status(429));
+    task.shutdown().await.unwrap();
+    assert_eq!(learned(&path).statuses().len(), 2, "saved on shutdown");
+    // without a path, persist does nothing
+    assert!(Learner::new(limiter(1.0, 1), LearningPolicy::Progressive)
+        .unwrap()
+        .persist()
+        .is_ok());
+}

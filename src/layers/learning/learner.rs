@@ -95,7 +95,11 @@ impl Learner {
     ) -> Result<Learner, LearningConfigError> {
         policy.validate()?;
         let path = path.into();
-        let states = persist::load(&path, &limiter, SystemTime::now());
+        let mut states = persist::load(&path, &limiter, SystemTime::now());
+        let now = Instant::now();
+        for state in states.values_mut() {
+            state.start_recovery(&policy, now);
+        }
         let learner = Learner::build(limiter, policy, Some(path), states);
         for (key, state) in learner.states().iter() {
             learner.shared.limiter.set_rate(key, state.rate);

@@ -178,10 +178,9 @@ impl PartitionState {
         let t0 = match self.last_decrease {
             Some(t0) => t0,
             None => {
-                // Below the ceiling with no decrease on record (loaded from a file, or the
-                // ceiling rose): start a curve through the current rate.
-                self.w_max = self.rate / cfg.beta;
-                self.last_decrease = Some(now);
+                // Below the ceiling with no decrease on record (the ceiling rose): start a
+                // curve through the current rate.
+                self.start_recovery(policy, now);
                 now
             }
         };
@@ -193,6 +192,17 @@ impl PartitionState {
         }
         if self.rate >= ceiling {
             self.last_decrease = None;
+        }
+    }
+
+    /// Adaptive, below the ceiling: recover from `now` along a curve through the current
+    /// rate (as if it had just been decreased to it). Used for states loaded from a file.
+    pub(super) fn start_recovery(&mut self, policy: &LearningPolicy, now: Instant) {
+        if let LearningPolicy::Adaptive(cfg) = policy {
+            if self.rate < self.ceiling() {
+                self.w_max = self.rate / cfg.beta;
+                self.last_decrease = Some(now);
+            }
         }
     }
 
