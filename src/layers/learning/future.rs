@@ -8,12 +8,13 @@ use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::Learner;
+use super::{LearnedRate, Learner};
 use crate::context::PartitionKey;
 
 pin_project! {
     /// Response future of [`ProviderLearning`](super::ProviderLearning): passes the inner
-    /// result through after showing a response to the learner.
+    /// result through after showing a response to the learner (and attaching the
+    /// partition's [`LearnedRate`] to it).
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -43,9 +44,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        if let Ok(response) = &result {
-            this.learner.observe(this.key, *this.sent_at, response);
+        let mut result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &mut result {
+            let rate = this.learner.observe(this.key, *this.sent_at, response);
+            response.extensions_mut().insert(LearnedRate(rate));
         }
         Poll::Ready(result)
     }

@@ -149,8 +149,11 @@ impl Learner {
     /// the request actually left. The adaptive policy ignores a 429 for a request that left
     /// before its last decrease (it was sent at the old rate), so that one burst of 429s
     /// counts once. The `Retry-After` header is read here, as is a [`RetryAfterHint`]
-    /// extension.
-    pub fn observe<B>(&self, key: &PartitionKey, sent_at: Instant, response: &Response<B>) {
+    /// extension. Returns the partition's rate afterwards.
+    ///
+    /// The limiter is set to the learned rate on every call, so a bucket the limiter
+    /// evicted while idle gets its learned rate back with the next response.
+    pub fn observe<B>(&self, key: &PartitionKey, sent_at: Instant, response: &Response<B>) -> f64 {
         let sent_at = sent_at
             + response
                 .extensions()
@@ -175,6 +178,7 @@ impl Learner {
         if let Some(hold) = advertised.exhausted_for {
             self.shared.limiter.hold_until(key, now + hold);
         }
+        rate
     }
 
     /// Records a throttling response for `key` (what [`observe`](Self::observe) does for

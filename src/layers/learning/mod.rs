@@ -63,6 +63,11 @@ mod service;
 mod state;
 
 pub use self::layer::ProviderLearningLayer;
+
+/// Response extension set by [`ProviderLearning`]: the partition's learned rate, in
+/// requests per second, after this response (for telemetry's `contentdownload.learning.rate`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearnedRate(pub f64);
 pub use self::learner::Learner;
 pub use self::persist::{PersistError, PersistTask, FORMAT_VERSION};
 pub use self::policy::{

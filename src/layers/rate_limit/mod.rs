@@ -47,12 +47,14 @@
 //! next slot at call time (the generic cell rate algorithm) gives each request its exact
 //! send time in call order: one timer per waiting request, no retries, fair per key.
 
+mod bucket;
 mod config;
 pub mod future;
 mod layer;
 mod limiter;
 mod service;
 
+pub use self::bucket::Ticket;
 pub use self::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
 pub use self::layer::RateLimitLayer;
 pub use self::limiter::RateLimiter;

@@ -88,3 +88,77 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+    use tower_test::mock;
+
+    use super::*;
+    use crate::context::RateLimitWait;
+    use crate::error::RateLimitTimeout;
+    use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimitLayer};
+
+    fn layer(max_wait: Duration) -> RateLimitLayer {
+        RateLimitLayer::new(
+            RateLimiter::new(RateLimitConfig {
+                default: Quota::per_second(1.0),
+                max_wait,
+                ..RateLimitConfig::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    fn req() -> Request<&'static str> {
+        Request::get("https://example.org/x").body("x").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_second_request_reaches_the_service_after_one_interval() {
+        let (mut svc, mut handle) = mock::spawn_layer::<Request<&str>, Response<()>, _>(layer(Duration::from_secs(5)));
+        assert_ready_ok!(svc.poll_ready());
+        let mut first = tokio_test::task::spawn(svc.call(req()));
+        assert_ready_ok!(svc.poll_ready());
+        let mut second = tokio_test::task::spawn(svc.call(req()));
+
+        assert_pending!(first.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(()));
+        let res = assert_ready_ok!(first.poll());
+        assert_eq!(
+            res.extensions().get::<RateLimitWait>(),
+            Some(&RateLimitWait(Duration::ZERO))
+        );
+
+        assert_pending!(second.poll());
+        assert_pending!(handle.poll_request(), "not sent before its slot");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_pending!(second.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_pending!(second.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(()));
+        let res = assert_ready_ok!(second.poll());
+        assert_eq!(
+            res.extensions().get::<RateLimitWait>(),
+            Some(&RateLimitWait(Duration::from_secs(1)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn over_the_bound_the_error_is_immediate_and_typed() {
+        let (mut svc, mut handle) = mock::spawn_layer::<Request<&str>, Response<()>, _>(layer(Duration::ZERO));
+        assert_ready_ok!(svc.poll_ready());
+        let _first = svc.call(req());
+        assert_ready_ok!(svc.poll_ready());
+        let mut second = tokio_test::task::spawn(svc.call(req()));
+        let err = assert_ready!(second.poll()).unwrap_err();
+        let timeout = err.downcast_ref::<RateLimitTimeout>().unwrap();
+        assert_eq!(timeout.wait, Duration::from_secs(1));
+        let (_, _send) = handle.next_request().await.unwrap(); // the first
+        assert_pending!(handle.poll_request(), "the second never reaches the service");
+    }
+}
