@@ -294,4 +294,40 @@ mod tests {
         assert_eq!(classify(StatusCode::NOT_FOUND, &none, None), Signal::Accepted);
         assert_eq!(classify(StatusCode::BAD_GATEWAY, &none, None), Signal::Neutral);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_values_parse_without_panic(
+            limit in "\\PC{0,12}",
+            interval in "\\PC{0,8}",
+            policy in "[0-9a-z\"=;, .-]{0,40}",
+            ratelimit in "[0-9a-z\"=;, .-]{0,40}",
+            remaining in "-?[0-9]{0,12}",
+            reset in "-?[0-9]{0,20}",
+            now in 0u64..4_000_000_000,
+        ) {
+            let mut h = HeaderMap::new();
+            for (name, value) in [
+                ("x-rate-limit-limit", &limit),
+                ("x-rate-limit-interval", &interval),
+                ("ratelimit-policy", &policy),
+                ("ratelimit", &ratelimit),
+                ("x-ratelimit-remaining", &remaining),
+                ("x-ratelimit-reset", &reset),
+                ("retry-after", &reset),
+            ] {
+                if let Ok(v) = http::HeaderValue::from_str(value) {
+                    h.insert(name, v);
+                }
+            }
+            let adv = parse(&h, at(now));
+            if let Some(c) = adv.ceiling {
+                proptest::prop_assert!(c.is_finite() && c > 0.0);
+            }
+            if let Some(d) = adv.exhausted_for {
+                proptest::prop_assert!(d > Duration::ZERO && d <= MAX_HOLD);
+            }
+            let _ = classify(StatusCode::SERVICE_UNAVAILABLE, &h, None);
+        }
+    }
 }

@@ -332,4 +332,37 @@ mod tests {
         assert_eq!(lim.reserve(&k).unwrap(), Duration::from_secs(2));
         assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(2100));
     }
+
+    proptest::proptest! {
+        /// Whatever the sequence of rate changes, holds and time steps, a reservation never
+        /// exceeds the maximum wait and a rate read back is the one set (or the minimum).
+        #[test]
+        fn waits_stay_bounded(ops in proptest::collection::vec((0u8..4, 0.0f64..1000.0, 0u64..3000), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let lim = RateLimiter::new(RateLimitConfig {
+                    default: Quota::new(5.0, 3),
+                    max_wait: Duration::from_secs(2),
+                    ..RateLimitConfig::default()
+                })
+                .unwrap();
+                let k = key("a");
+                for (op, x, ms) in ops {
+                    match op {
+                        0 => {
+                            lim.set_rate(&k, x);
+                            assert_eq!(lim.rate(&k), x.max(MIN_RATE));
+                        }
+                        1 => lim.hold_until(&k, Instant::now() + Duration::from_millis(ms)),
+                        2 => tokio::time::advance(Duration::from_millis(ms)).await,
+                        _ => {
+                            if let Ok(wait) = lim.reserve(&k) {
+                                assert!(wait <= Duration::from_secs(2));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
 }
