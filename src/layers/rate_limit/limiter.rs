@@ -53,8 +53,11 @@ struct Shared {
 /// with [`RateLimitTimeout`].
 ///
 /// Rates change at run time with [`set_rate`](Self::set_rate) (the provider-learning layer
-/// drives them). Buckets unused for [`RateLimitConfig::idle_timeout`] are evicted, so
-/// memory stays bounded by the partitions seen recently.
+/// drives them), at once: the next reservation uses the new rate, and requests already
+/// waiting are re-spaced when the rate drops (each checks [`slot_of`](Self::slot_of) when
+/// it wakes), so a provider's push-back is not delayed by a queue reserved at the old
+/// rate. Buckets unused for [`RateLimitConfig::idle_timeout`] are evicted, so memory stays
+/// bounded by the partitions seen recently.
 ///
 /// Why our own code and not `governor`: governor's quotas are fixed once a limiter is
 /// built, and learning needs to change a key's rate while requests are waiting.
