@@ -8,3 +8,5 @@
 
 pub mod retry;
 pub mod retry_after;
+pub mod learning;
+pub mod rate_limit;

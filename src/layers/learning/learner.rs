@@ -1,0 +1,253 @@
+//! [`Learner`]: the shared learning state that drives a [`RateLimiter`]'s rates.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use http::Response;
+use tokio::time::Instant;
+
+use super::advertised::{self, Signal};
+use super::persist::{self, PersistError};
+use super::policy::{LearningConfigError, LearningPolicy};
+use super::state::{PartitionState, PartitionStatus, Phase};
+use crate::context::{PartitionKey, RateLimitWait, RetryAfterHint};
+use crate::layers::rate_limit::RateLimiter;
+
+/// Past this many partitions, those back to normal are forgotten (they hold nothing a
+/// fresh state would not), so memory stays bounded with many hosts.
+const MAX_PARTITIONS: usize = 10_000;
+
+pub(super) struct Shared {
+    pub(super) limiter: RateLimiter,
+    pub(super) policy: LearningPolicy,
+    pub(super) states: Mutex<HashMap<PartitionKey, PartitionState>>,
+    pub(super) path: Option<PathBuf>,
+    /// Serialises this process's writes of the file (other processes are safe through
+    /// the atomic rename).
+    pub(super) write_lock: Mutex<()>,
+}
+
+/// What the provider-learning layer knows, per partition, behind a cheap cloneable handle:
+/// every clone (and every stack it is given to) shares the same state and drives the same
+/// [`RateLimiter`].
+///
+/// Each response's signal (throttled: 429, or 503 with Retry-After; accepted: any other
+/// status below 500; 5xx: nothing) moves the partition's rate by the [`LearningPolicy`],
+/// and the limiter is set to it. Advertised limits (see the module docs) set the ceiling,
+/// and a spent quota holds the partition until its reset.
+///
+/// # Example
+///
+/// ```
+/// use contentdownload::context::PartitionKey;
+/// use contentdownload::layers::learning::{Learner, LearningPolicy, Phase};
+/// use contentdownload::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = RateLimiter::new(RateLimitConfig::default().provider("crossref", Quota::new(50.0, 5)))?;
+/// let learner = Learner::new(limiter.clone(), LearningPolicy::default())?;
+/// let key = PartitionKey::new("crossref", "api.crossref.org");
+///
+/// let throttled = http::Response::builder().status(429).body(())?;
+/// learner.observe(&key, tokio::time::Instant::now(), &throttled);
+/// let status = learner.status("crossref", "api.crossref.org").expect("seen");
+/// assert_eq!(status.phase, Phase::Reducing);
+/// assert_eq!(limiter.rate(&key), 35.0); // 50 × 0.7
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Learner {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Learner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Learner")
+            .field("policy", &self.shared.policy)
+            .field("path", &self.shared.path)
+            .field("partitions", &self.states().len())
+            .finish()
+    }
+}
+
+impl Learner {
+    /// A learner with no persistence, driving `limiter`.
+    pub fn new(limiter: RateLimiter, policy: LearningPolicy) -> Result<Learner, LearningConfigError> {
+        policy.validate()?;
+        Ok(Learner::build(limiter, policy, None, HashMap::new()))
+    }
+
+    /// A learner that loads its state from `path` (JSON) and saves it there with
+    /// [`persist`](Self::persist) or a [`PersistTask`](super::PersistTask).
+    ///
+    /// A missing file starts fresh. A corrupt file, or one written by an unknown format
+    /// version, is renamed aside (`<name>.corrupt-<unix time>`) with a warning, and
+    /// learning starts fresh: a bad file never stops a run. Loaded rates are applied to
+    /// the limiter at once.
+    pub fn with_persistence(
+        limiter: RateLimiter,
+        policy: LearningPolicy,
+        path: impl Into<PathBuf>,
+    ) -> Result<Learner, LearningConfigError> {
+        policy.validate()?;
+        let path = path.into();
+        let mut states = persist::load(&path, &limiter, SystemTime::now());
+        let now = Instant::now();
+        for state in states.values_mut() {
+            state.start_recovery(&policy, now);
+        }
+        let learner = Learner::build(limiter, policy, Some(path), states);
+        for (key, state) in learner.states().iter() {
+            learner.shared.limiter.set_rate(key, state.rate);
+        }
+        Ok(learner)
+    }
+
+    fn build(
+        limiter: RateLimiter,
+        policy: LearningPolicy,
+        path: Option<PathBuf>,
+        states: HashMap<PartitionKey, PartitionState>,
+    ) -> Learner {
+        Learner {
+            shared: Arc::new(Shared {
+                limiter,
+                policy,
+                states: Mutex::new(states),
+                path,
+                write_lock: Mutex::new(()),
+            }),
+        }
+    }
+
+    pub(super) fn states(&self) -> MutexGuard<'_, HashMap<PartitionKey, PartitionState>> {
+        // A poisoned lock only means a panic elsewhere; the numbers are still usable.
+        self.shared.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The limiter this learner drives.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.shared.limiter
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &LearningPolicy {
+        &self.shared.policy
+    }
+
+    /// The persistence file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.shared.path.as_deref()
+    }
+
+    /// Learns from one attempt's response: `sent_at` is when the request went to the
+    /// layers below; a [`RateLimitWait`] on the response is added to it, giving the time
+    /// the request actually left. The adaptive policy ignores a 429 for a request that left
+    /// before its last decrease (it was sent at the old rate), so that one burst of 429s
+    /// counts once. The `Retry-After` header is read here, as is a [`RetryAfterHint`]
+    /// extension. Returns the partition's rate afterwards.
+    ///
+    /// The limiter is set to the learned rate on every call, so a bucket the limiter
+    /// evicted while idle gets its learned rate back with the next response.
+    pub fn observe<B>(&self, key: &PartitionKey, sent_at: Instant, response: &Response<B>) -> f64 {
+        let sent_at = sent_at
+            + response
+                .extensions()
+                .get::<RateLimitWait>()
+                .map_or(Duration::ZERO, |w| w.0);
+        let headers = response.headers();
+        let hint = response.extensions().get::<RetryAfterHint>();
+        let signal = advertised::classify(response.status(), headers, hint);
+        let advertised = advertised::parse(headers, SystemTime::now());
+        let now = Instant::now();
+        let rate = self.update(key, |state, policy| {
+            if let Some(ceiling) = advertised.ceiling {
+                state.set_advertised(ceiling);
+            }
+            match signal {
+                Signal::Throttled => state.on_throttle(policy, now, sent_at),
+                Signal::Accepted => state.on_success(policy, now),
+                Signal::Neutral => {}
+            }
+        });
+        self.shared.limiter.set_rate(key, rate);
+        if let Some(hold) = advertised.exhausted_for {
+            self.shared.limiter.hold_until(key, now + hold);
+        }
+        rate
+    }
+
+    /// Records a throttling response for `key` (what [`observe`](Self::observe) does for
+    /// a 429), for callers that see throttling some other way.
+    pub fn record_throttle(&self, key: &PartitionKey, sent_at: Instant) {
+        let now = Instant::now();
+        let rate = self.update(key, |s, p| s.on_throttle(p, now, sent_at));
+        self.shared.limiter.set_rate(key, rate);
+    }
+
+    /// Records an accepted response for `key`.
+    pub fn record_success(&self, key: &PartitionKey) {
+        let now = Instant::now();
+        let rate = self.update(key, |s, p| s.on_success(p, now));
+        self.shared.limiter.set_rate(key, rate);
+    }
+
+    fn update(&self, key: &PartitionKey, f: impl FnOnce(&mut PartitionState, &LearningPolicy)) -> f64 {
+        let policy = &self.shared.policy;
+        let mut states = self.states();
+        if let Some(state) = states.get_mut(key) {
+            f(state, policy);
+            return state.rate;
+        }
+        if states.len() >= MAX_PARTITIONS {
+            states.retain(|_, s| s.phase() != Phase::Normal);
+        }
+        let mut state = PartitionState::new(self.shared.limiter.configured(key).rate);
+        f(&mut state, policy);
+        let rate = state.rate;
+        states.insert(key.clone(), state);
+        rate
+    }
+
+    /// The learned rate of a partition: what the limiter is set to.
+    pub fn rate(&self, key: &PartitionKey) -> f64 {
+        self.shared.limiter.rate(key)
+    }
+
+    /// What the learner knows about `(provider, host)` (the host with `:port` when the
+    /// URI named one), or `None` if it has seen no response from it.
+    pub fn status(&self, provider: &str, host: &str) -> Option<PartitionStatus> {
+        let key = PartitionKey::new(provider, host);
+        self.states().get(&key).map(|s| s.status(&key, &self.shared.policy))
+    }
+
+    /// Every partition's status, sorted by partition (for the runner's `status` command
+    /// and the learned-rate gauge).
+    pub fn statuses(&self) -> Vec<PartitionStatus> {
+        let mut all: Vec<PartitionStatus> = self
+            .states()
+            .iter()
+            .map(|(k, s)| s.status(k, &self.shared.policy))
+            .collect();
+        all.sort_by(|a, b| a.partition.cmp(&b.partition));
+        all
+    }
+
+    /// Saves the state to the persistence file now (does nothing without one). The write
+    /// is atomic: a temporary file in the same folder, flushed, then renamed over the old
+    /// one, so readers and concurrent writers never see a partial file. Blocking file I/O:
+    /// from async code, call it in `spawn_blocking` (as [`PersistTask`](super::PersistTask)
+    /// does).
+    pub fn persist(&self) -> Result<(), PersistError> {
+        let Some(path) = self.shared.path.as_deref() else {
+            return Ok(());
+        };
+        let snapshot = persist::snapshot(&self.states(), &self.shared.policy, SystemTime::now());
+        let _guard = self.shared.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        persist::write_atomic(path, &snapshot)
+    }
+}

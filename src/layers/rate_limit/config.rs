@@ -1,0 +1,169 @@
+//! Configuration of the rate limiter: a [`Quota`] per provider (or host) and a default.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The smallest rate a bucket accepts (one request every ~17 minutes); lower values,
+/// including zero, are raised to it so that a bucket always refills.
+pub const MIN_RATE: f64 = 0.001;
+
+/// A token bucket's shape: `rate` tokens per second refill, `burst` tokens of capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// Refill rate in requests per second (> 0).
+    pub rate: f64,
+    /// Capacity: how many requests may go back to back after an idle period (≥ 1).
+    pub burst: u32,
+}
+
+impl Quota {
+    /// A quota of `rate` requests per second with a burst of `burst`.
+    pub const fn new(rate: f64, burst: u32) -> Quota {
+        Quota { rate, burst }
+    }
+
+    /// A quota of `rate` requests per second with no burst (requests evenly spaced).
+    pub const fn per_second(rate: f64) -> Quota {
+        Quota { rate, burst: 1 }
+    }
+
+    fn validate(&self, field: &str) -> Result<(), RateLimitConfigError> {
+        if !self.rate.is_finite() || self.rate < MIN_RATE {
+            return Err(RateLimitConfigError::new(
+                format!("{field}.rate"),
+                format!(
+                    "must be a finite number of requests per second ≥ {MIN_RATE}, got {}",
+                    self.rate
+                ),
+            ));
+        }
+        if self.burst == 0 {
+            return Err(RateLimitConfigError::new(
+                format!("{field}.burst"),
+                "must be at least 1 (1 means no burst)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of a [`RateLimiter`](super::RateLimiter).
+///
+/// `providers` is keyed by provider name (`"crossref"`) or by host (`"api.crossref.org"`,
+/// with `:port` when the URI names one); the provider name wins when both match. Any
+/// other partition gets `default`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// The quota of partitions that `providers` does not name. Default: 5 req/s, burst 5.
+    pub default: Quota,
+    /// Quotas by provider name or host.
+    pub providers: HashMap<String, Quota>,
+    /// The longest a request may wait for its slot; past it the request fails at once
+    /// with [`RateLimitTimeout`](crate::error::RateLimitTimeout). Default: 30 s.
+    pub max_wait: Duration,
+    /// A partition unused for this long is forgotten (its bucket is full again by then,
+    /// so nothing is lost except a run-time `set_rate`). Default: 5 minutes.
+    pub idle_timeout: Duration,
+    /// A global cap on requests in flight, shared by every stack built from the same
+    /// limiter (see [`RateLimiter::global_concurrency_layer`](super::RateLimiter::global_concurrency_layer)).
+    /// Default: none.
+    pub max_in_flight: Option<usize>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            default: Quota::new(5.0, 5),
+            providers: HashMap::new(),
+            max_wait: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            max_in_flight: None,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Adds (or replaces) the quota of a provider name or host.
+    pub fn provider(mut self, name_or_host: impl Into<String>, quota: Quota) -> Self {
+        self.providers.insert(name_or_host.into(), quota);
+        self
+    }
+
+    /// Checks every field; the error names the one that is wrong.
+    pub fn validate(&self) -> Result<(), RateLimitConfigError> {
+        self.default.validate("default")?;
+        for (name, quota) in &self.providers {
+            quota.validate(&format!("providers.{name}"))?;
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(RateLimitConfigError::new(
+                "idle_timeout".to_owned(),
+                "must be longer than zero".to_owned(),
+            ));
+        }
+        if self.max_in_flight == Some(0) {
+            return Err(RateLimitConfigError::new(
+                "max_in_flight".to_owned(),
+                "must be at least 1, or unset for no cap".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The quota of a partition: by provider name, then by host, then the default.
+    pub fn quota_for(&self, provider: &str, host: &str) -> Quota {
+        self.providers
+            .get(provider)
+            .or_else(|| self.providers.get(host))
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// A [`RateLimitConfig`] field is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid rate limit configuration: `{field}` {reason}")]
+pub struct RateLimitConfigError {
+    /// The field, as a path (`providers.crossref.rate`).
+    pub field: String,
+    /// What is wrong with it and what is expected.
+    pub reason: String,
+}
+
+impl RateLimitConfigError {
+    fn new(field: String, reason: String) -> Self {
+        RateLimitConfigError { field, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_by_provider_then_host_then_default() {
+        let cfg = RateLimitConfig::default()
+            .provider("crossref", Quota::new(50.0, 10))
+            .provider("api.unpaywall.org", Quota::per_second(10.0));
+        assert_eq!(cfg.quota_for("crossref", "api.crossref.org").rate, 50.0);
+        assert_eq!(cfg.quota_for("unpaywall", "api.unpaywall.org").rate, 10.0);
+        assert_eq!(cfg.quota_for("other", "example.org"), cfg.default);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cfg = RateLimitConfig::default().provider("crossref", Quota::new(0.0, 1));
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.field, "providers.crossref.rate");
+        let cfg = RateLimitConfig {
+            default: Quota::new(1.0, 0),
+            ..RateLimitConfig::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("`default.burst`"));
+        let cfg = RateLimitConfig {
+            max_in_flight: Some(0),
+            ..RateLimitConfig::default()
+        };
+        assert_eq!(cfg.validate().unwrap_err().field, "max_in_flight");
+    }
+}

@@ -1,0 +1,371 @@
+//! [`RateLimiter`]: keyed GCRA token buckets behind a cloneable handle.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use super::bucket::{secs, Bucket, Ticket};
+use super::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
+use crate::context::PartitionKey;
+use crate::error::RateLimitTimeout;
+
+/// Number of independently locked shards of the key map. A power of two, so that a
+/// partition's shard is a mask of its hash; 16 keeps contention low with a few cores
+/// without costing much memory for one key.
+const SHARDS: usize = 16;
+
+#[derive(Debug, Default)]
+struct Shard {
+    buckets: HashMap<PartitionKey, Bucket>,
+    last_sweep: f64,
+}
+
+impl Shard {
+    fn sweep(&mut self, now: f64, idle: f64) {
+        self.buckets.retain(|_, b| b.tat() + idle > now);
+        self.last_sweep = now;
+    }
+}
+
+struct Shared {
+    config: RateLimitConfig,
+    epoch: Instant,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    semaphore: Option<Arc<Semaphore>>,
+}
+
+/// Keyed token buckets, one per partition `(provider, host)`, behind a cheap cloneable
+/// handle: every clone (and every stack the handle is given to) shares the same buckets,
+/// so a provider's rate holds across all operation types.
+///
+/// Each bucket is a GCRA (generic cell rate algorithm) cell: taking a token *reserves*
+/// the next free slot for the key and returns how long to wait for it, so waiters are
+/// served in the order they asked (FIFO per key; one busy task cannot starve others) and
+/// nobody polls in a loop — the caller sleeps on a tokio timer until its slot. A slot
+/// further away than [`RateLimitConfig::max_wait`] is not reserved: the call fails at once
+/// with [`RateLimitTimeout`].
+///
+/// Rates change at run time with [`set_rate`](Self::set_rate) (the provider-learning layer
+/// drives them), at once: the next reservation uses the new rate, and requests already
+/// waiting are re-spaced when the rate drops (each checks [`slot_of`](Self::slot_of) when
+/// it wakes), so a provider's push-back is not delayed by a queue reserved at the old
+/// rate. Buckets unused for [`RateLimitConfig::idle_timeout`] are evicted, so memory stays
+/// bounded by the partitions seen recently.
+///
+/// Why our own code and not `governor`: governor's quotas are fixed once a limiter is
+/// built, and learning needs to change a key's rate while requests are waiting.
+///
+/// # Example
+///
+/// ```
+/// use contentdownload::context::PartitionKey;
+/// use contentdownload::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = RateLimiter::new(RateLimitConfig::default().provider("crossref", Quota::new(50.0, 10)))?;
+/// let key = PartitionKey::new("crossref", "api.crossref.org");
+/// assert_eq!(limiter.rate(&key), 50.0);
+/// limiter.set_rate(&key, 20.0);
+/// assert_eq!(limiter.rate(&key), 20.0);
+/// let wait = limiter.reserve(&key)?; // the bucket is full: no wait
+/// assert!(wait.is_zero());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RateLimiter {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("config", &self.shared.config)
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A poisoned shard only means a thread panicked while holding it; the buckets are
+    // plain numbers and still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RateLimiter {
+    /// A limiter with the given configuration, checked first.
+    pub fn new(config: RateLimitConfig) -> Result<RateLimiter, RateLimitConfigError> {
+        config.validate()?;
+        let semaphore = config.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
+        Ok(RateLimiter {
+            shared: Arc::new(Shared {
+                config,
+                epoch: Instant::now(),
+                hasher: RandomState::new(),
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                semaphore,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.shared.config
+    }
+
+    /// The configured quota of a partition (by provider, then host, then the default),
+    /// ignoring any run-time [`set_rate`](Self::set_rate).
+    pub fn configured(&self, key: &PartitionKey) -> Quota {
+        self.shared.config.quota_for(key.provider().as_str(), key.host())
+    }
+
+    /// Seconds since the limiter's epoch, on tokio's clock.
+    fn now(&self) -> f64 {
+        Instant::now()
+            .saturating_duration_since(self.shared.epoch)
+            .as_secs_f64()
+    }
+
+    fn shard(&self, key: &PartitionKey) -> MutexGuard<'_, Shard> {
+        let idx = (self.shared.hasher.hash_one(key) as usize) & (SHARDS - 1);
+        lock(&self.shared.shards[idx])
+    }
+
+    /// Runs `f` on the partition's bucket, creating it from the configuration if absent,
+    /// and sweeps idle buckets of the shard now and then (amortised: at most once per
+    /// `idle_timeout` per shard).
+    fn with_bucket<T>(&self, key: &PartitionKey, f: impl FnOnce(&mut Bucket, f64) -> T) -> T {
+        let now = self.now();
+        let idle = self.shared.config.idle_timeout.as_secs_f64();
+        let mut shard = self.shard(key);
+        if now - shard.last_sweep >= idle {
+            shard.sweep(now, idle);
+        }
+        if let Some(bucket) = shard.buckets.get_mut(key) {
+            return f(bucket, now);
+        }
+        let bucket = shard
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| Bucket::new(self.configured(key), now));
+        f(bucket, now)
+    }
+
+    /// Takes a token for the partition: reserves its next free slot and returns how long
+    /// to wait for it (zero when the bucket has a token now). The caller must wait that
+    /// long before sending; [`RateLimit`](super::RateLimit) does so on a tokio timer.
+    ///
+    /// Fails at once, reserving nothing, when the slot is further away than
+    /// [`RateLimitConfig::max_wait`].
+    pub fn reserve(&self, key: &PartitionKey) -> Result<Duration, RateLimitTimeout> {
+        self.reserve_ticket(key).map(|t| t.wait)
+    }
+
+    /// As [`reserve`](Self::reserve), also returning the reservation's number, so that a
+    /// waiter can ask [`slot_of`](Self::slot_of) again when it wakes up (the rate may have
+    /// dropped meanwhile).
+    pub fn reserve_ticket(&self, key: &PartitionKey) -> Result<Ticket, RateLimitTimeout> {
+        let max_wait = self.shared.config.max_wait;
+        self.with_bucket(key, |b, now| {
+            if b.tat() < now {
+                // No backlog: every slot handed out is in the past. Re-anchor at now (a
+                // full bucket does not bank tokens beyond its burst).
+                b.anchor(now);
+            }
+            let wait = secs(b.slot_of(b.issued) - now);
+            if wait > max_wait {
+                return Err(RateLimitTimeout {
+                    partition: key.clone(),
+                    wait,
+                    max_wait,
+                });
+            }
+            let index = b.issued;
+            b.issued += 1;
+            Ok(Ticket { wait, index })
+        })
+    }
+
+    /// How long from now until reservation `index` of the partition may be sent, at the
+    /// current rate: zero once its slot has come (or the bucket was evicted). A rate
+    /// lowered since the reservation moves the slot later; a raised rate does not bring
+    /// it earlier than first promised (the waiter's timer is already set).
+    pub fn slot_of(&self, key: &PartitionKey, index: u64) -> Duration {
+        let now = self.now();
+        let shard = self.shard(key);
+        match shard.buckets.get(key) {
+            Some(b) if index < b.issued => secs(b.slot_of(index) - now),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The partition's current rate in requests per second: the last
+    /// [`set_rate`](Self::set_rate), or the configured rate.
+    pub fn rate(&self, key: &PartitionKey) -> f64 {
+        let shard = self.shard(key);
+        match shard.buckets.get(key) {
+            Some(b) => b.rate,
+            None => self.configured(key).rate,
+        }
+    }
+
+    /// Changes the partition's rate at once (values below 0.001 req/s are raised to it;
+    /// a non-finite value is ignored). Slots already handed out stand; the requests queued
+    /// behind them are re-spaced at the new rate, so the next reservation reflects it.
+    pub fn set_rate(&self, key: &PartitionKey, rate: f64) {
+        if !rate.is_finite() {
+            return;
+        }
+        let rate = rate.max(MIN_RATE);
+        self.with_bucket(key, |b, now| {
+            if b.rate == rate {
+                return;
+            }
+            // The backlog, in intervals: reservations still ahead of now. They keep their
+            // order and are re-spaced at the new interval from now on.
+            let pending = ((b.tat() - now) / b.interval).max(0.0);
+            b.anchor_time = now;
+            b.anchor_index = b.issued as f64 - pending;
+            b.rate = rate;
+            b.interval = 1.0 / rate;
+        });
+    }
+
+    /// Holds the partition until `until`: no slot is handed out before it (a provider
+    /// said its quota is spent until then). A later `until` than the current backlog wins;
+    /// an earlier one changes nothing.
+    pub fn hold_until(&self, key: &PartitionKey, until: Instant) {
+        let until = until.saturating_duration_since(self.shared.epoch).as_secs_f64();
+        self.with_bucket(key, |b, _| {
+            let held = until + b.tolerance();
+            if held > b.tat() {
+                b.anchor(held);
+            }
+        });
+    }
+
+    /// Forgets every bucket unused for [`RateLimitConfig::idle_timeout`] now, rather
+    /// than on the next sweep.
+    pub fn evict_idle(&self) {
+        let now = self.now();
+        let idle = self.shared.config.idle_timeout.as_secs_f64();
+        for shard in self.shared.shards.iter() {
+            lock(shard).sweep(now, idle);
+        }
+    }
+
+    /// How many partitions have a bucket.
+    pub fn len(&self) -> usize {
+        self.shared.shards.iter().map(|s| lock(s).buckets.len()).sum()
+    }
+
+    /// Whether no partition has a bucket.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A tower layer capping requests in flight across every stack that adds it (they
+    /// share one semaphore of [`RateLimitConfig::max_in_flight`] permits); `None` when
+    /// no cap is configured.
+    ///
+    /// Put it above the per-attempt layers (around the whole stack, or above retry) so that
+    /// it counts operations in flight; a request waiting for a rate-limit slot below it
+    /// holds its permit while it waits.
+    pub fn global_concurrency_layer(&self) -> Option<GlobalConcurrencyLimitLayer> {
+        self.shared
+            .semaphore
+            .clone()
+            .map(GlobalConcurrencyLimitLayer::with_semaphore)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(p: &str) -> PartitionKey {
+        PartitionKey::new(p, "example.org")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_spacing() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(10.0, 3),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("a");
+        let waits: Vec<u128> = (0..5).map(|_| lim.reserve(&k).unwrap().as_millis()).collect();
+        assert_eq!(waits, vec![0, 0, 0, 100, 200]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_rate_respaces_the_backlog() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::per_second(1.0),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("a");
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::ZERO);
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::from_secs(1));
+        lim.set_rate(&k, 10.0);
+        // two reserved intervals of 1 s become two of 100 ms
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(200));
+        lim.set_rate(&k, f64::NAN);
+        assert_eq!(lim.rate(&k), 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_until_delays_the_next_slot() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(10.0, 5),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("a");
+        lim.hold_until(&k, Instant::now() + Duration::from_secs(2));
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::from_secs(2));
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(2100));
+    }
+
+    proptest::proptest! {
+        /// Whatever the sequence of rate changes, holds and time steps, a reservation never
+        /// exceeds the maximum wait and a rate read back is the one set (or the minimum).
+        #[test]
+        fn waits_stay_bounded(ops in proptest::collection::vec((0u8..4, 0.0f64..1000.0, 0u64..3000), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let lim = RateLimiter::new(RateLimitConfig {
+                    default: Quota::new(5.0, 3),
+                    max_wait: Duration::from_secs(2),
+                    ..RateLimitConfig::default()
+                })
+                .unwrap();
+                let k = key("a");
+                for (op, x, ms) in ops {
+                    match op {
+                        0 => {
+                            lim.set_rate(&k, x);
+                            assert_eq!(lim.rate(&k), x.max(MIN_RATE));
+                        }
+                        1 => lim.hold_until(&k, Instant::now() + Duration::from_millis(ms)),
+                        2 => tokio::time::advance(Duration::from_millis(ms)).await,
+                        _ => {
+                            if let Ok(wait) = lim.reserve(&k) {
+                                assert!(wait <= Duration::from_secs(2));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+}

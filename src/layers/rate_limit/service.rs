@@ -1,0 +1,164 @@
+//! [`RateLimit`].
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use tokio::time::Instant;
+
+use super::future::{Recheck, ResponseFuture};
+use super::RateLimiter;
+use crate::context::PartitionKey;
+use crate::error::BoxError;
+
+/// Holds each request until its partition's bucket has a token, then sends it.
+///
+/// The partition is [`PartitionKey::of`] the request. The wait happens in the response
+/// future on a tokio timer (the service itself stays ready), in the order the requests
+/// were called; a waiter whose slot moved later meanwhile (the rate was lowered) sleeps
+/// again until the new slot. A wait over the limiter's maximum fails with
+/// [`RateLimitTimeout`](crate::error::RateLimitTimeout). The time waited is attached to the
+/// response as [`RateLimitWait`](crate::context::RateLimitWait).
+///
+/// Clones share the limiter's buckets.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: RateLimiter,
+}
+
+impl<S> RateLimit<S> {
+    /// Wraps `inner`, taking tokens from `limiter`.
+    pub fn new(inner: S, limiter: RateLimiter) -> Self {
+        RateLimit { inner, limiter }
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the wrapper.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Request<ReqB>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let key = PartitionKey::of(&mut req);
+        match self.limiter.reserve_ticket(&key) {
+            Err(timeout) => ResponseFuture::failed(timeout),
+            Ok(ticket) if ticket.wait.is_zero() => ResponseFuture::called(self.inner.call(req)),
+            Ok(ticket) => {
+                // Take the service that is ready; it is polled again after the wait.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let recheck = Recheck {
+                    limiter: self.limiter.clone(),
+                    key,
+                    index: ticket.index,
+                    started: Instant::now(),
+                };
+                ResponseFuture::waiting(ready, req, ticket.wait, recheck)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+    use tower_test::mock;
+
+    use super::*;
+    use crate::context::RateLimitWait;
+    use crate::error::RateLimitTimeout;
+    use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimitLayer};
+
+    fn layer(max_wait: Duration) -> RateLimitLayer {
+        RateLimitLayer::new(
+            RateLimiter::new(RateLimitConfig {
+                default: Quota::per_second(1.0),
+                max_wait,
+                ..RateLimitConfig::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    fn req() -> Request<&'static str> {
+        Request::get("https://example.org/x").body("x").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_second_request_reaches_the_service_after_one_interval() {
+        let (mut svc, mut handle) = mock::spawn_layer::<Request<&str>, Response<()>, _>(layer(Duration::from_secs(5)));
+        assert_ready_ok!(svc.poll_ready());
+        let mut first = tokio_test::task::spawn(svc.call(req()));
+        assert_ready_ok!(svc.poll_ready());
+        let mut second = tokio_test::task::spawn(svc.call(req()));
+
+        assert_pending!(first.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(()));
+        let res = assert_ready_ok!(first.poll());
+        assert_eq!(
+            res.extensions().get::<RateLimitWait>(),
+            Some(&RateLimitWait(Duration::ZERO))
+        );
+
+        assert_pending!(second.poll());
+        assert_pending!(handle.poll_request(), "not sent before its slot");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_pending!(second.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_pending!(second.poll());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(()));
+        let res = assert_ready_ok!(second.poll());
+        assert_eq!(
+            res.extensions().get::<RateLimitWait>(),
+            Some(&RateLimitWait(Duration::from_secs(1)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn over_the_bound_the_error_is_immediate_and_typed() {
+        let (mut svc, mut handle) = mock::spawn_layer::<Request<&str>, Response<()>, _>(layer(Duration::ZERO));
+        assert_ready_ok!(svc.poll_ready());
+        let _first = svc.call(req());
+        assert_ready_ok!(svc.poll_ready());
+        let mut second = tokio_test::task::spawn(svc.call(req()));
+        let err = assert_ready!(second.poll()).unwrap_err();
+        let timeout = err.downcast_ref::<RateLimitTimeout>().unwrap();
+        assert_eq!(timeout.wait, Duration::from_secs(1));
+        let (_, _send) = handle.next_request().await.unwrap(); // the first
+        assert_pending!(handle.poll_request(), "the second never reaches the service");
+    }
+}
