@@ -48,6 +48,7 @@
 pub mod context;
 pub mod error;
 pub mod layers;
+pub mod ledger;
 pub mod service;
 
 #[cfg(feature = "simulator")]
