@@ -67,6 +67,7 @@ use std::time::Duration;
 pub use self::connect::{LedgerClock, LedgerConfig, SQLITE_FILE_NAME};
 pub use self::error::LedgerError;
 pub use self::jobs::Claim;
+pub(crate) use self::types::hex;
 pub use self::types::{Job, JobId, JobResult, JobState, NewJob, Op, OpKey, OpStart, OpStatus, Reconciled, StateCounts};
 
 use self::connect::Backend;
