@@ -185,6 +185,13 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
             message: format!("not a usable sqlite URL ({e}); write sqlite://<path>?mode=rwc"),
         })?
     } else {
+        // a plain path: make its folder, as the output folder may not exist yet
+        if let Some(parent) = Path::new(url).parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| LedgerError::Config {
+                field: "url",
+                message: format!("cannot create the ledger's folder {}: {e}", parent.display()),
+            })?;
+        }
         SqliteConnectOptions::new().filename(url)
     };
     let opts = opts

@@ -176,17 +176,22 @@ impl Ledger {
             (true, true) => LEASE_RUN_PG,
         };
         let mut jobs = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let rows = sqlx::query(sql)
+            let q = sqlx::query(sql)
                 .bind(owner)
                 .bind(now.saturating_add(ms(ttl)))
                 .bind(now)
                 .bind(i64::from(max))
-                .bind(run.unwrap_or(""))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(LedgerError::db("lease jobs"))?;
-            tx.commit().await.map_err(LedgerError::db("commit leased jobs"))?;
+                .bind(run.unwrap_or(""));
+            // PostgreSQL: one statement is its own transaction, the CTE locks what it picks.
+            // SQLite: BEGIN IMMEDIATE takes the write lock before anything is read.
+            let rows = if pg {
+                q.fetch_all(pool).await.map_err(LedgerError::db("lease jobs"))?
+            } else {
+                let mut tx = pool.begin_write().await?;
+                let rows = q.fetch_all(&mut *tx).await.map_err(LedgerError::db("lease jobs"))?;
+                tx.commit().await.map_err(LedgerError::db("commit leased jobs"))?;
+                rows
+            };
             rows.iter().map(row::job).collect::<Result<Vec<_>, _>>()?
         });
         jobs.sort_by_key(|j| j.id);
