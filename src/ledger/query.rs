@@ -98,4 +98,17 @@ impl Ledger {
             Ok(counts)
         })
     }
+
+    /// The newest schema migration applied (from sqlx's `_sqlx_migrations` table).
+    pub async fn schema_version(&self) -> Result<i64, LedgerError> {
+        with_pool!(self, pool => {
+            let r = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+                .map_err(LedgerError::db("read the schema version"))?;
+            use sqlx::Row;
+            let v: Option<i64> = r.try_get(0).map_err(LedgerError::db("read the schema version"))?;
+            Ok(v.unwrap_or(0))
+        })
+    }
 }

@@ -55,15 +55,16 @@ impl<S> Idempotency<S> {
 }
 
 /// Sets the request's key (keeping one the caller set) and, on unsafe methods, its header
-/// (keeping one the caller set). Returns the key and the canonical URL.
-fn prepare<B>(req: &mut Request<B>) -> Result<(IdempotencyKey, String), BoxError> {
-    let url = canonical_url(req.uri());
-    let key = match req.idempotency_key() {
-        Some(k) => k.clone(),
+/// (keeping one the caller set). Returns the key and, when it was computed (a derived key, or
+/// `want_url`), the canonical URL.
+fn prepare<B>(req: &mut Request<B>, want_url: bool) -> Result<(IdempotencyKey, Option<String>), BoxError> {
+    let (key, url) = match req.idempotency_key() {
+        Some(k) => (k.clone(), want_url.then(|| canonical_url(req.uri()))),
         None => {
+            let url = canonical_url(req.uri());
             let k = derive_key(req.operation(), req.work_id(), &url);
             req.set_idempotency_key(k.clone());
-            k
+            (k, Some(url))
         }
     };
     if !req.method().is_safe() && !req.headers().contains_key(&IDEMPOTENCY_KEY) {
@@ -92,13 +93,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (key, url) = match prepare(&mut req) {
+        let (key, url) = match prepare(&mut req, self.gate.is_some()) {
             Ok(prepared) => prepared,
             Err(e) => return ResponseFuture::failed(e),
         };
         let Some(gate) = &self.gate else {
             return ResponseFuture::direct(self.inner.call(req));
         };
+        let url = url.unwrap_or_else(|| canonical_url(req.uri()));
         let job = NewJob {
             run_id: gate.run_id.clone(),
             work_id: req.work_id().cloned().unwrap_or_else(|| WorkId::new(url.as_str())),
