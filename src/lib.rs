@@ -47,10 +47,17 @@
 #![forbid(unsafe_code)]
 
 pub mod context;
+pub mod download;
 pub mod error;
 pub mod layers;
 pub mod ledger;
+pub mod manifest;
+pub mod pipeline;
+pub mod reason;
+pub mod resolvers;
+pub mod runner;
 pub mod service;
+pub mod works;
 
 #[cfg(feature = "simulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]

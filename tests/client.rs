@@ -108,7 +108,7 @@ async fn user_agent_with_mailto_reaches_the_server() {
 
 #[tokio::test]
 async fn a_bad_mailto_is_a_config_error_naming_the_field() {
-    let err = HttpClient::<Full<Bytes>>::new(&HttpConfig {
+    let err = HttpClient::new(&HttpConfig {
         mailto: Some("bad\naddress".into()),
         ..HttpConfig::default()
     })

@@ -288,3 +288,82 @@ async fn finishing_can_be_left_to_the_caller() {
         .unwrap();
     assert_eq!(ledger.get(ticket.job).await.unwrap().unwrap().result.bytes, Some(4096));
 }
+
+mod with_the_contextual_retry_layer {
+    use super::*;
+    use contentdownload::error::Deferred;
+    use contentdownload::layers::retry::{ContextualRetryLayer, RetryConfig};
+
+    /// The real stack order: idempotency → contextual retry → client; backoff of `base_ms`.
+    fn stack(
+        layer: IdempotencyLayer,
+        base_ms: u64,
+    ) -> impl Service<Req, Response = Response<ResponseBody>, Error = BoxError, Future: Send> + Clone {
+        let mut config = RetryConfig::default();
+        for op in OperationType::ALL {
+            let p = config.policy_mut(op);
+            p.jitter = false;
+            p.backoff_base_ms = base_ms;
+            p.backoff_cap_ms = base_ms * 4;
+        }
+        ServiceBuilder::new()
+            .layer(layer)
+            .layer(ContextualRetryLayer::new(config).expect("valid retry config"))
+            .service(client())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_is_resent_with_the_same_key() {
+        let sim = Simulator::start().await.unwrap();
+        sim.on("/orders", [Reply::status(503), Reply::status(503), Reply::ok()]);
+        let res = stack(IdempotencyLayer::new(), 200)
+            .oneshot(request("POST", &sim.url("/orders"), "W1"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let seen = sim.requests_to("/orders");
+        // the retry layer resends a POST only because it carries the key
+        assert_eq!(seen.len(), 3);
+        let key = seen[0].header("idempotency-key").expect("the header is set");
+        assert!(key.starts_with('"') && key.ends_with('"') && key.len() == 66, "{key}");
+        assert!(seen.iter().all(|r| r.header("idempotency-key") == Some(key)));
+    }
+
+    #[tokio::test]
+    async fn with_a_ledger_retries_are_one_job_and_a_deferral_is_recorded() {
+        let sim = Simulator::start().await.unwrap();
+        sim.on("/a.pdf", [Reply::status(503), Reply::status(502), Reply::ok()]);
+        sim.on("/check", [Reply::status(429)]);
+        let (ledger, _dir) = sqlite_ledger().await;
+        // a 1 ms backoff: the test does not wait on it, the retry layer does
+        let svc = stack(IdempotencyLayer::with_ledger(ledger.clone(), "run", "w"), 1);
+
+        let res = svc
+            .clone()
+            .oneshot(request("GET", &sim.url("/a.pdf"), "W1"))
+            .await
+            .unwrap();
+        assert_eq!(sim.count("/a.pdf"), 3);
+        let job = ledger
+            .get(res.extensions().get::<LedgerJob>().unwrap().job)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Finalized, 1));
+
+        let mut validate = request("HEAD", &sim.url("/check"), "W2");
+        validate.set_operation(OperationType::Validate);
+        let err = svc.oneshot(validate).await.unwrap_err();
+        assert!(err.downcast_ref::<Deferred>().is_some(), "{err}");
+        let key = derive_key(
+            OperationType::Validate,
+            Some(&WorkId::new("W2")),
+            &canonical_url(&sim.uri("/check")),
+        );
+        let job = ledger.get_by_key(&key).await.unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.result.outcome.as_deref()),
+            (JobState::Deferred, Some("deferred"))
+        );
+    }
+}

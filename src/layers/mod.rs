@@ -7,3 +7,5 @@
 //! extensions and can be left out of a `ServiceBuilder` with `option_layer`.
 
 pub mod idempotency;
+pub mod retry;
+pub mod retry_after;

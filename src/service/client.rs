@@ -97,15 +97,25 @@ fn box_client_error(e: hyper_util::client::legacy::Error) -> BoxError {
     Box::new(e)
 }
 
+impl HttpClient {
+    /// Builds the client for `Full<Bytes>` request bodies (the usual case; for another body
+    /// type use [`with_body_type`](HttpClient::with_body_type)). Fails with a
+    /// [`ConfigError`] naming the field when a value cannot be used (a User-Agent with
+    /// control characters, a zero timeout).
+    pub fn new(config: &HttpConfig) -> Result<Self, ConfigError> {
+        HttpClient::with_body_type(config)
+    }
+}
+
 impl<B> HttpClient<B>
 where
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// Builds the client. Fails with a [`ConfigError`] naming the field when a value
-    /// cannot be used (a User-Agent with control characters, a zero timeout).
-    pub fn new(config: &HttpConfig) -> Result<Self, ConfigError> {
+    /// Builds the client for request bodies of type `B`
+    /// (`HttpClient::<Empty<Bytes>>::with_body_type(&config)`).
+    pub fn with_body_type(config: &HttpConfig) -> Result<Self, ConfigError> {
         if config.connect_timeout_ms == 0 {
             return Err(invalid("connect_timeout_ms", "must be greater than 0"));
         }

@@ -18,11 +18,15 @@ pub(crate) struct ScriptedAbort;
 
 enum End {
     Finish,
+    /// Yield once (so hyper flushes what it has), then fail.
     Abort,
+    Aborting,
     Stall,
 }
 
 pub(crate) struct SimBody {
+    prefix: Option<Bytes>,
+    suffix: Option<Bytes>,
     chunk: Bytes,
     remaining: u64,
     end: End,
@@ -32,10 +36,31 @@ pub(crate) struct SimBody {
 
 impl SimBody {
     pub(crate) fn new(spec: &BodySpec, sent: Arc<AtomicU64>) -> (SimBody, Option<u64>) {
+        let (mut prefix, mut suffix) = (None, None);
         let (chunk, remaining, end, declared) = match spec {
+            BodySpec::Pdf { len } => {
+                let len = (*len).max(64);
+                let head = Bytes::from_static(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n");
+                let tail = Bytes::from_static(b"\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n");
+                let filler = len - head.len() as u64 - tail.len() as u64;
+                prefix = Some(head);
+                suffix = Some(tail);
+                (filled(64 * 1024, b'0'), filler, End::Finish, Some(len))
+            }
             BodySpec::Bytes(b) => (b.clone(), b.len() as u64, End::Finish, Some(b.len() as u64)),
             BodySpec::Stream { len, chunk, fill } => (filled(*chunk, *fill), *len, End::Finish, Some(*len)),
-            BodySpec::Truncated { declared, sent } => (filled(64 * 1024, b'x'), *sent, End::Abort, Some(*declared)),
+            BodySpec::Truncated { declared, sent } => {
+                // a PDF that is cut: its head, then filler, then the connection drops
+                let head = Bytes::from_static(b"%PDF-1.7\n");
+                let sent = (*sent).max(head.len() as u64);
+                prefix = Some(head.clone());
+                (
+                    filled(64 * 1024, b'0'),
+                    sent - head.len() as u64,
+                    End::Abort,
+                    Some(*declared),
+                )
+            }
             BodySpec::ResetAfter { sent } => (filled(64 * 1024, b'x'), *sent, End::Abort, None),
             BodySpec::StallAfter { sent } => (filled(64 * 1024, b'x'), *sent, End::Stall, None),
         };
@@ -45,6 +70,8 @@ impl SimBody {
         };
         (
             SimBody {
+                prefix,
+                suffix,
                 chunk,
                 remaining,
                 end,
@@ -64,29 +91,45 @@ impl Body for SimBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            this.sent.fetch_add(prefix.len() as u64, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         if this.remaining > 0 {
             let n = (this.chunk.len() as u64).min(this.remaining) as usize;
             this.remaining -= n as u64;
             this.sent.fetch_add(n as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(this.chunk.slice(..n)))));
         }
+        if let Some(suffix) = this.suffix.take() {
+            this.sent.fetch_add(suffix.len() as u64, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(suffix))));
+        }
         match this.end {
             End::Finish => Poll::Ready(None),
-            End::Abort => Poll::Ready(Some(Err(Box::new(ScriptedAbort)))),
+            End::Abort => {
+                this.end = End::Aborting;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            End::Aborting => Poll::Ready(Some(Err(Box::new(ScriptedAbort)))),
             // Never woken: the connection stays open with nothing to send.
             End::Stall => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0 && matches!(self.end, End::Finish)
+        self.prefix.is_none() && self.suffix.is_none() && self.remaining == 0 && matches!(self.end, End::Finish)
     }
 
     fn size_hint(&self) -> SizeHint {
         match (self.exact, &self.end) {
-            (Some(_), End::Finish) => SizeHint::with_exact(self.remaining),
+            (Some(_), End::Finish) => {
+                let extra = self.prefix.as_ref().map_or(0, Bytes::len) + self.suffix.as_ref().map_or(0, Bytes::len);
+                SizeHint::with_exact(self.remaining + extra as u64)
+            }
             _ => SizeHint::default(),
         }
     }

@@ -20,8 +20,8 @@ pub enum BodySpec {
         /// The byte every position holds.
         fill: u8,
     },
-    /// `Content-Length: declared`, then only `sent` bytes, then the connection is closed:
-    /// the client sees an incomplete body.
+    /// `Content-Length: declared`, then only `sent` bytes of a PDF (`%PDF-1.7` and filler),
+    /// then the connection is closed: the client sees an incomplete body.
     Truncated {
         /// The length announced in the header.
         declared: u64,
@@ -32,6 +32,13 @@ pub enum BodySpec {
     ResetAfter {
         /// The bytes sent before the abort.
         sent: u64,
+    },
+    /// A well-formed PDF-looking payload of exactly `len` bytes (at least 64): `%PDF-1.7`,
+    /// filler streamed in 64 KiB chunks, then `%%EOF`. Passes the payload checks when
+    /// `len` >= 1 KiB.
+    Pdf {
+        /// Total length.
+        len: u64,
     },
     /// `sent` bytes (chunked), then nothing more, ever: the connection stays open and idle.
     StallAfter {
@@ -121,6 +128,14 @@ impl Reply {
             chunk: 64 * 1024,
             fill: b'x',
         })
+    }
+
+    /// A PDF-looking body of `len` bytes (see [`BodySpec::Pdf`]) with
+    /// `Content-Type: application/pdf`.
+    pub fn pdf(len: u64) -> Reply {
+        Reply::ok()
+            .header("content-type", "application/pdf")
+            .body_spec(BodySpec::Pdf { len })
     }
 
     /// Any [`BodySpec`].

@@ -1,0 +1,187 @@
+//! [`Budgets`]: a retry budget per partition, shared across clones.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use super::config::BudgetConfig;
+use crate::context::PartitionKey;
+
+/// Above this many partitions, the ones idle longer than the budget's window are dropped
+/// when a new one is added (a fresh budget for them is as good as the old one).
+const SWEEP_AT: usize = 1024;
+
+/// One retry budget per [`PartitionKey`], each a tower
+/// [`TpsBudget`](tower::retry::budget::TpsBudget): every first attempt deposits, every
+/// retry withdraws, and a retry without funds is not made. So an outage of one provider
+/// adds at most `retry_ratio` (plus a small floor) on top of its normal traffic, and does
+/// not eat into the budget of the others.
+///
+/// The budgets sit behind an `Arc`: clones of the handle (and every service built by one
+/// [`ContextualRetryLayer`](super::ContextualRetryLayer)) share them. Finding a partition's
+/// budget is a short critical section (a hash-map lookup); the budget itself is atomic.
+#[derive(Clone)]
+pub struct Budgets {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: BudgetConfig,
+    map: Mutex<HashMap<PartitionKey, Entry>>,
+}
+
+struct Entry {
+    budget: Arc<TpsBudget>,
+    last_used: Instant,
+}
+
+/// One partition's budget, held by a request while it runs.
+#[derive(Clone, Debug)]
+pub struct PartitionBudget(Arc<TpsBudget>);
+
+impl PartitionBudget {
+    /// Counts a first attempt.
+    pub fn deposit(&self) {
+        self.0.deposit();
+    }
+
+    /// Takes the funds for one retry; `false` if there are none.
+    pub fn withdraw(&self) -> bool {
+        self.0.withdraw()
+    }
+}
+
+impl Budgets {
+    /// Budgets with this configuration. The configuration must be valid
+    /// ([`RetryConfig::validate`](super::RetryConfig::validate)); out-of-range values are
+    /// clamped rather than trusted.
+    pub fn new(config: BudgetConfig) -> Self {
+        Budgets {
+            inner: Arc::new(Shared {
+                config,
+                map: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<PartitionKey, Entry>> {
+        // a panic elsewhere while holding the lock leaves a valid map
+        self.inner.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether budgets are enforced at all.
+    pub fn enabled(&self) -> bool {
+        self.inner.config.enabled
+    }
+
+    /// The budget of a partition (created on first use); `None` when budgets are off.
+    pub fn get(&self, partition: &PartitionKey) -> Option<PartitionBudget> {
+        if !self.enabled() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut map = self.lock();
+        if let Some(entry) = map.get_mut(partition) {
+            entry.last_used = now;
+            return Some(PartitionBudget(entry.budget.clone()));
+        }
+        let ttl = self.ttl();
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, e| now.saturating_duration_since(e.last_used) <= ttl);
+        }
+        let budget = Arc::new(self.build());
+        map.insert(
+            partition.clone(),
+            Entry {
+                budget: budget.clone(),
+                last_used: now,
+            },
+        );
+        Some(PartitionBudget(budget))
+    }
+
+    /// How many partitions have a budget.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no partition has a budget yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.inner.config.ttl_secs.clamp(1, 60))
+    }
+
+    fn build(&self) -> TpsBudget {
+        // TpsBudget asserts its ranges: clamp so that a config that skipped validation
+        // cannot panic here.
+        let c = &self.inner.config;
+        let ratio = if c.retry_ratio.is_finite() {
+            c.retry_ratio.clamp(0.0, 1000.0)
+        } else {
+            0.0
+        };
+        TpsBudget::new(self.ttl(), c.min_retries_per_sec.min(i32::MAX as u32 - 1), ratio)
+    }
+}
+
+impl fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budgets")
+            .field("config", &self.inner.config)
+            .field("partitions", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_are_a_bounded_fraction_per_partition() {
+        let budgets = Budgets::new(BudgetConfig {
+            enabled: true,
+            ttl_secs: 10,
+            min_retries_per_sec: 0,
+            retry_ratio: 0.2,
+        });
+        let a = budgets.get(&PartitionKey::new("a", "a")).unwrap();
+        let b = budgets.clone().get(&PartitionKey::new("b", "b")).unwrap();
+        for _ in 0..10 {
+            a.deposit();
+        }
+        let granted = (0..10).filter(|_| a.withdraw()).count();
+        assert_eq!(granted, 2, "20% of 10 first attempts");
+        assert!(!b.withdraw(), "b's budget is its own");
+        // the same partition gets the same budget
+        assert!(!budgets.get(&PartitionKey::new("a", "a")).unwrap().withdraw());
+        assert_eq!(budgets.len(), 2);
+    }
+
+    #[test]
+    fn disabled_budgets_hand_out_nothing() {
+        let budgets = Budgets::new(BudgetConfig {
+            enabled: false,
+            ..BudgetConfig::default()
+        });
+        assert!(budgets.get(&PartitionKey::new("a", "a")).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_range_config_is_clamped_not_a_panic() {
+        let budgets = Budgets::new(BudgetConfig {
+            enabled: true,
+            ttl_secs: 0,
+            min_retries_per_sec: u32::MAX,
+            retry_ratio: f32::NAN,
+        });
+        assert!(budgets.get(&PartitionKey::new("a", "a")).is_some());
+    }
+}

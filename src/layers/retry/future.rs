@@ -1,0 +1,195 @@
+//! Future types.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::budget::PartitionBudget;
+use super::classify::{classify_error, classify_response, Class};
+use super::config::RetryConfig;
+use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp};
+use crate::context::{AttemptNumber, OperationType};
+use crate::error::{BoxError, Deferred, FailedOver};
+
+/// The span field the decision is recorded on (declared by the telemetry layer's
+/// operation span; recording on a span without it does nothing).
+pub const DECISION_FIELD: &str = "contentdownload.retry.decision";
+
+/// What a [`ResponseFuture`] needs to know about its operation, fixed at `call`.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) config: Arc<RetryConfig>,
+    pub(crate) operation: OperationType,
+    pub(crate) started: Instant,
+    pub(crate) has_key: bool,
+    pub(crate) resendable: Result<(), &'static str>,
+    pub(crate) budget: Option<PartitionBudget>,
+}
+
+pin_project! {
+    /// Response future of [`ContextualRetry`](super::ContextualRetry): an attempt in
+    /// flight, a backoff, or a wait for the inner service's readiness, in a loop until the
+    /// policy decides.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, S, B> {
+        #[pin]
+        state: State<F>,
+        service: S,
+        spare: Option<Request<B>>,
+        attempt: u32,
+        plan: Plan,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F> {
+        Called { #[pin] future: F },
+        Backoff { #[pin] sleep: Sleep },
+        Ready,
+    }
+}
+
+impl<F, S, B> ResponseFuture<F, S, B> {
+    pub(crate) fn new(future: F, service: S, spare: Option<Request<B>>, plan: Plan) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            service,
+            spare,
+            attempt: 1,
+            plan,
+        }
+    }
+}
+
+impl<F, S, B, ResB, E> Future for ResponseFuture<F, S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F>,
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+    B: CloneBody,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let plan = &*this.plan;
+        let policy = plan.config.policy(plan.operation);
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let (class, hint) = match &result {
+                        Ok(res) => classify_response(policy, res),
+                        Err(err) => classify_error(&**err),
+                    };
+                    let attempt = Attempt {
+                        number: *this.attempt,
+                        elapsed: plan.started.elapsed(),
+                        has_key: plan.has_key,
+                        // no copy in hand when the body could not be cloned (or, harmlessly, when
+                        // no attempt is left, which `decide` checks first)
+                        resendable: match (&*this.spare, plan.resendable) {
+                            (Some(_), _) => Ok(()),
+                            (None, Err(why)) => Err(why),
+                            (None, Ok(())) => Err("the request body cannot be cloned, so it is not resent"),
+                        },
+                    };
+                    let (mut decision, mut gave_up) = policy.decide(class, hint, attempt);
+                    if matches!(decision, Decision::Retry(_)) && plan.budget.as_ref().is_some_and(|b| !b.withdraw()) {
+                        (decision, gave_up) = policy.budget_refused();
+                    }
+                    tracing::Span::current().record(DECISION_FIELD, decision.as_str());
+                    let status = result.as_ref().ok().map(Response::status);
+                    match decision {
+                        Decision::Retry(wait) => {
+                            tracing::debug!(
+                                operation = plan.operation.as_str(),
+                                attempt = *this.attempt,
+                                reason = class.describe(),
+                                status = status.map(|s| s.as_u16()),
+                                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                                "retrying"
+                            );
+                            drop(result);
+                            if wait.is_zero() {
+                                this.state.set(State::Ready);
+                            } else {
+                                this.state.set(State::Backoff {
+                                    sleep: tokio::time::sleep(wait),
+                                });
+                            }
+                        }
+                        Decision::Done | Decision::Fail => {
+                            if let Some(why) = gave_up {
+                                tracing::debug!(
+                                    operation = plan.operation.as_str(),
+                                    attempts = *this.attempt,
+                                    reason = class.describe(),
+                                    "giving up: {why}"
+                                );
+                            }
+                            return Poll::Ready(result);
+                        }
+                        Decision::Defer => {
+                            let e = Deferred {
+                                operation: plan.operation,
+                                status,
+                                retry_after: hint,
+                                attempts: *this.attempt,
+                                reason: reason(class, status, gave_up),
+                            };
+                            return Poll::Ready(Err(Box::new(e)));
+                        }
+                        Decision::Failover => {
+                            let e = FailedOver {
+                                operation: plan.operation,
+                                status,
+                                retry_after: hint,
+                                attempts: *this.attempt,
+                                reason: reason(class, status, gave_up),
+                            };
+                            return Poll::Ready(Err(Box::new(e)));
+                        }
+                    }
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(mut req) = this.spare.take() else {
+                        // unreachable: a Retry is only decided with a spare request in hand
+                        return Poll::Ready(Err("retry: no copy of the request left to resend".into()));
+                    };
+                    *this.attempt += 1;
+                    req.extensions_mut().insert(AttemptNumber(*this.attempt));
+                    if *this.attempt < policy.max_attempts {
+                        *this.spare = clone_request(&req);
+                    }
+                    let future = this.service.call(req);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+fn reason(class: Class, status: Option<StatusCode>, gave_up: Option<GaveUp>) -> String {
+    let what = match status {
+        Some(s) => format!("{} ({})", class.describe(), s.as_u16()),
+        None => class.describe().to_owned(),
+    };
+    match gave_up {
+        Some(why) => format!("{what}; gave up: {why}"),
+        None => what,
+    }
+}

@@ -1,0 +1,79 @@
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::budget::Budgets;
+use super::config::{RetryConfig, RetryConfigError};
+use super::service::ContextualRetry;
+
+/// Applies [`ContextualRetry`] to a service: retries chosen by the request's
+/// [`OperationType`](crate::context::OperationType).
+///
+/// The layer holds the (validated) configuration and a handle to the per-partition retry
+/// [`Budgets`]; every service it builds, and every clone of the layer, shares them.
+#[derive(Clone, Debug)]
+pub struct ContextualRetryLayer {
+    config: Arc<RetryConfig>,
+    budgets: Budgets,
+}
+
+impl ContextualRetryLayer {
+    /// A layer with this configuration; fails with the name of the first field that
+    /// cannot be used.
+    pub fn new(config: RetryConfig) -> Result<Self, RetryConfigError> {
+        config.validate()?;
+        let budgets = Budgets::new(config.budget.clone());
+        Ok(ContextualRetryLayer {
+            config: Arc::new(config),
+            budgets,
+        })
+    }
+
+    /// The default contextual table (see [`RetryConfig::default`]).
+    pub fn contextual() -> Self {
+        Self::from_valid(RetryConfig::default())
+    }
+
+    /// Contextual retry switched off: every operation gets the standard policy.
+    pub fn standard() -> Self {
+        Self::from_valid(RetryConfig::standard())
+    }
+
+    fn from_valid(config: RetryConfig) -> Self {
+        let budgets = Budgets::new(config.budget.clone());
+        ContextualRetryLayer {
+            config: Arc::new(config),
+            budgets,
+        }
+    }
+
+    /// Shares these budgets (for example with the layers of the other operation stacks).
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.budgets = budgets;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RetryConfig {
+        &self.config
+    }
+
+    /// The per-partition retry budgets the built services share.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+}
+
+impl Default for ContextualRetryLayer {
+    fn default() -> Self {
+        Self::contextual()
+    }
+}
+
+impl<S> Layer<S> for ContextualRetryLayer {
+    type Service = ContextualRetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ContextualRetry::new(inner, self.config.clone(), self.budgets.clone())
+    }
+}

@@ -1,0 +1,113 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::HeaderName;
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::budget::Budgets;
+use super::config::RetryConfig;
+use super::future::{Plan, ResponseFuture};
+use super::policy::{clone_request, CloneBody};
+use crate::context::{AttemptNumber, IdempotencyKey, OperationType, PartitionKey};
+use crate::error::BoxError;
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Retries a request by the policy of its [`OperationType`]: sets
+/// [`AttemptNumber`] on every attempt, waits the backoff or the server's hint, and ends
+/// with the response, the error, or a typed [`Deferred`](crate::error::Deferred) /
+/// [`FailedOver`](crate::error::FailedOver).
+///
+/// Clones share the configuration and the per-partition budgets (behind `Arc`s).
+#[derive(Clone, Debug)]
+pub struct ContextualRetry<S> {
+    inner: S,
+    config: Arc<RetryConfig>,
+    budgets: Budgets,
+}
+
+impl<S> ContextualRetry<S> {
+    /// Wraps `inner`. The configuration should be validated
+    /// ([`RetryConfig::validate`]); [`ContextualRetryLayer::new`](super::ContextualRetryLayer::new) does.
+    pub fn new(inner: S, config: Arc<RetryConfig>, budgets: Budgets) -> Self {
+        ContextualRetry { inner, config, budgets }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RetryConfig {
+        &self.config
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for ContextualRetry<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: CloneBody,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let operation = OperationType::of(&req);
+        let policy = self.config.policy(operation);
+        req.extensions_mut().insert(AttemptNumber(1));
+        let has_key =
+            req.headers().contains_key(&IDEMPOTENCY_KEY) || req.extensions().get::<IdempotencyKey>().is_some();
+        let may_retry = policy.max_attempts > 1;
+        let mut resendable = if req.method().is_idempotent() || has_key {
+            Ok(())
+        } else {
+            Err("an unsafe method without an Idempotency-Key is sent once")
+        };
+        let budget = if may_retry && self.budgets.enabled() {
+            self.budgets.get(&PartitionKey::of(&mut req))
+        } else {
+            None
+        };
+        if let Some(budget) = &budget {
+            budget.deposit();
+        }
+        let spare = if may_retry && resendable.is_ok() {
+            let spare = clone_request(&req);
+            if spare.is_none() {
+                resendable = Err("the request body cannot be cloned, so it is sent once");
+            }
+            spare
+        } else {
+            None
+        };
+        let future = self.inner.call(req);
+        let plan = Plan {
+            config: self.config.clone(),
+            operation,
+            started: Instant::now(),
+            has_key,
+            resendable,
+            budget,
+        };
+        ResponseFuture::new(future, self.inner.clone(), spare, plan)
+    }
+}

@@ -1,0 +1,151 @@
+//! Future types.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::parse::hint_from_headers;
+use super::state::Cooldowns;
+use crate::context::{CooldownWait, PartitionKey, RetryAfterHint};
+use crate::error::{BoxError, CoolingDown};
+
+pin_project! {
+    /// Response future of [`RetryAfter`](super::RetryAfter): waits out the partition's
+    /// cool-down (if any), calls the inner service, then reads the response's hint.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, S, Req> {
+        #[pin]
+        state: State<F, S, Req>,
+        partition: PartitionKey,
+        max_wait: Duration,
+        cooldowns: Cooldowns,
+        waited_since: Option<Instant>,
+        waited: Option<Duration>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F, S, Req> {
+        Waiting { #[pin] sleep: Sleep, service: Option<S>, request: Option<Req> },
+        Called { #[pin] future: F },
+        Failed { error: Option<CoolingDown> },
+    }
+}
+
+impl<F, S, Req> ResponseFuture<F, S, Req> {
+    pub(crate) fn called(future: F, partition: PartitionKey, max_wait: Duration, cooldowns: Cooldowns) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            partition,
+            max_wait,
+            cooldowns,
+            waited_since: None,
+            waited: None,
+        }
+    }
+
+    pub(crate) fn waiting(
+        service: S,
+        request: Req,
+        until: Instant,
+        partition: PartitionKey,
+        max_wait: Duration,
+        cooldowns: Cooldowns,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Waiting {
+                sleep: tokio::time::sleep_until(until),
+                service: Some(service),
+                request: Some(request),
+            },
+            partition,
+            max_wait,
+            cooldowns,
+            waited_since: Some(Instant::now()),
+            waited: None,
+        }
+    }
+
+    pub(crate) fn failed(error: CoolingDown) -> Self {
+        ResponseFuture {
+            partition: error.partition.clone(),
+            state: State::Failed { error: Some(error) },
+            max_wait: Duration::ZERO,
+            cooldowns: Cooldowns::new(),
+            waited_since: None,
+            waited: None,
+        }
+    }
+}
+
+impl<F, S, B, ResB, E> Future for ResponseFuture<F, S, Request<B>>
+where
+    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F>,
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(match error.take() {
+                        Some(e) => Box::new(e),
+                        None => "retry_after::ResponseFuture polled after completion".into(),
+                    }))
+                }
+                StateProj::Waiting {
+                    mut sleep,
+                    service,
+                    request,
+                } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    // Another 429 may have pushed the cool-down further while we slept.
+                    if let Some(until) = this.cooldowns.until(this.partition) {
+                        let started = this.waited_since.unwrap_or_else(Instant::now);
+                        if until.saturating_duration_since(started) > *this.max_wait {
+                            let error = CoolingDown {
+                                partition: this.partition.clone(),
+                                until,
+                            };
+                            this.state.set(State::Failed { error: Some(error) });
+                        } else {
+                            sleep.reset(until);
+                        }
+                        continue;
+                    }
+                    let (Some(mut service), Some(request)) = (service.take(), request.take()) else {
+                        return Poll::Ready(Err("retry_after::ResponseFuture polled after completion".into()));
+                    };
+                    *this.waited = this.waited_since.map(|since| since.elapsed());
+                    let future = service.call(request);
+                    this.state.set(State::Called { future });
+                }
+                StateProj::Called { future } => {
+                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let status = response.status();
+                    if let Some(delay) = hint_from_headers(status, response.headers(), SystemTime::now()) {
+                        response.extensions_mut().insert(RetryAfterHint { delay });
+                        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+                            this.cooldowns.extend(this.partition.clone(), Instant::now() + delay);
+                        }
+                    }
+                    if let Some(waited) = *this.waited {
+                        response.extensions_mut().insert(CooldownWait(waited));
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The manifest: `<out>/manifest.jsonl`, one JSON object a line, saying what happened to
+//! every work.
+//!
+//! Every line carries `schema_version`, `run_id` and `record_type`:
+//! - `"attempt"`: one HTTP attempt (the telemetry layer's attempt record);
+//! - `"work"`: the outcome of one work ([`WorkRecord`]);
+//! - `"summary"`: the totals of a run, last ([`SummaryRecord`]).
+//!
+//! # Example
+//!
+//! ```
+//! use contentdownload::manifest::{ManifestLine, Outcome, WorkRecord};
+//!
+//! let line = ManifestLine::work("run-1", WorkRecord::new("W1", Outcome::Downloaded));
+//! let json = serde_json::to_string(&line).unwrap();
+//! assert!(json.starts_with(r#"{"schema_version":1,"run_id":"run-1","record_type":"work","work_id":"W1""#));
+//! let back: ManifestLine = serde_json::from_str(&json).unwrap();
+//! assert_eq!(back, line);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::reason::ReasonCode;
+
+/// The manifest's schema version, on every line.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The manifest's file name inside the output folder.
+pub const MANIFEST_FILE: &str = "manifest.jsonl";
+
+/// What happened to a work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A valid PDF was downloaded in this run.
+    Downloaded,
+    /// Nothing to do: already downloaded (by an earlier run or another worker).
+    Skipped,
+    /// No valid PDF could be had.
+    Failed,
+    /// Put off; still deferred when the run ended.
+    Deferred,
+}
+
+/// The outcome of one work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkRecord {
+    /// The work's id.
+    pub work_id: String,
+    /// What happened.
+    pub outcome: Option<Outcome>,
+    /// Why (for anything but a download).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ReasonCode>,
+    /// A few words more about the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The resolver whose candidate won.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// The URL the PDF came from (secrets in the query redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The file, relative to the output folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// SHA-256 of the file, lower-case hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Time spent on the work in this run.
+    pub elapsed_ms: u64,
+    /// Candidate URLs tried.
+    pub attempts: u32,
+}
+
+impl WorkRecord {
+    /// A record with an id and an outcome, the rest empty.
+    pub fn new(work_id: impl Into<String>, outcome: Outcome) -> Self {
+        WorkRecord {
+            work_id: work_id.into(),
+            outcome: Some(outcome),
+            ..WorkRecord::default()
+        }
+    }
+}
+
+/// The totals of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryRecord {
+    /// Works seen.
+    pub works: u64,
+    /// Downloaded in this run.
+    pub downloaded: u64,
+    /// Skipped (already there).
+    pub skipped: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Still deferred at the end.
+    pub deferred: u64,
+    /// Failures by reason.
+    pub failed_by_reason: BTreeMap<ReasonCode, u64>,
+    /// Bytes downloaded in this run.
+    pub bytes: u64,
+    /// Wall time of the run.
+    pub elapsed_ms: u64,
+    /// Input lines that could not be read.
+    pub input_errors: u64,
+    /// Whether the run was interrupted before it finished.
+    pub interrupted: bool,
+}
+
+impl SummaryRecord {
+    /// Counts one work's outcome.
+    pub fn add(&mut self, record: &WorkRecord) {
+        self.works += 1;
+        match record.outcome {
+            Some(Outcome::Downloaded) => {
+                self.downloaded += 1;
+                self.bytes += record.bytes.unwrap_or(0);
+            }
+            Some(Outcome::Skipped) => self.skipped += 1,
+            Some(Outcome::Deferred) => self.deferred += 1,
+            Some(Outcome::Failed) | None => {
+                self.failed += 1;
+                *self
+                    .failed_by_reason
+                    .entry(record.reason.unwrap_or(ReasonCode::Other))
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+/// One line of the manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestLine {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The run that wrote it.
+    pub run_id: String,
+    /// The record.
+    #[serde(flatten)]
+    pub record: ManifestRecord,
+}
+
+/// The records a manifest line can hold, tagged by `record_type`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record_type", rename_all = "snake_case")]
+pub enum ManifestRecord {
+    /// One HTTP attempt, as the telemetry layer records it (kept as JSON here so that the
+    /// manifest does not fix the attempt record's fields).
+    Attempt(serde_json::Map<String, serde_json::Value>),
+    /// One work's outcome.
+    Work(WorkRecord),
+    /// The run's totals.
+    Summary(SummaryRecord),
+}
+
+impl ManifestLine {
+    /// A `work` line.
+    pub fn work(run_id: &str, record: WorkRecord) -> Self {
+        ManifestLine {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.to_owned(),
+            record: ManifestRecord::Work(record),
+        }
+    }
+
+    /// A `summary` line.
+    pub fn summary(run_id: &str, record: SummaryRecord) -> Self {
+        ManifestLine {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.to_owned(),
+            record: ManifestRecord::Summary(record),
+        }
+    }
+}
+
+/// Appends lines to `manifest.jsonl`, buffered; [`flush`](ManifestWriter::flush) syncs them
+/// to disk. Earlier runs' lines are kept: the manifest is the history of the folder.
+#[derive(Debug)]
+pub struct ManifestWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl ManifestWriter {
+    /// Opens (or creates) `<dir>/manifest.jsonl` for appending.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open the manifest {}: {e}", path.display())))?;
+        Ok(ManifestWriter {
+            path,
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// The manifest's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one line (buffered).
+    pub fn write(&mut self, line: &ManifestLine) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, line)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Writes a value that serialises to a JSON object as an `attempt` line, adding
+    /// `schema_version`, `run_id` and `record_type`.
+    pub fn write_attempt<T: Serialize>(&mut self, run_id: &str, attempt: &T) -> io::Result<()> {
+        let mut map = match serde_json::to_value(attempt)? {
+            serde_json::Value::Object(map) => map,
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("value".into(), other);
+                m
+            }
+        };
+        map.remove("record_type");
+        self.write(&ManifestLine {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.to_owned(),
+            record: ManifestRecord::Attempt(map),
+        })
+    }
+
+    /// Flushes the buffer and syncs the file.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()
+    }
+}
+
+/// Reads a manifest back (for tests and `status`): the lines that parse, and the number
+/// of lines that did not.
+pub fn read_manifest(path: &Path) -> io::Result<(Vec<ManifestLine>, usize)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines = Vec::new();
+    let mut bad = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str(line) {
+            Ok(l) => lines.push(l),
+            Err(_) => bad += 1,
+        }
+    }
+    Ok((lines, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_and_reads_every_record_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ManifestWriter::open(dir.path()).unwrap();
+        let mut rec = WorkRecord::new("W1", Outcome::Failed);
+        rec.reason = Some(ReasonCode::HtmlLandingPage);
+        let mut summary = SummaryRecord::default();
+        summary.add(&rec);
+        summary.add(&WorkRecord::new("W2", Outcome::Skipped));
+        w.write_attempt("r", &serde_json::json!({"status": 200, "url": "http://x/"}))
+            .unwrap();
+        w.write(&ManifestLine::work("r", rec.clone())).unwrap();
+        w.write(&ManifestLine::summary("r", summary.clone())).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        std::fs::write(
+            dir.path().join("other"),
+            std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap() + "garbage\n",
+        )
+        .unwrap();
+        let (lines, bad) = read_manifest(&dir.path().join("other")).unwrap();
+        assert_eq!(bad, 1);
+        assert_eq!(lines.len(), 3);
+        assert!(matches!(&lines[0].record, ManifestRecord::Attempt(m) if m["status"] == 200));
+        assert_eq!(lines[1].record, ManifestRecord::Work(rec));
+        assert_eq!(lines[2].record, ManifestRecord::Summary(summary.clone()));
+        assert_eq!(summary.failed_by_reason[&ReasonCode::HtmlLandingPage], 1);
+        let raw = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        assert!(raw
+            .lines()
+            .all(|l| l.contains("\"schema_version\":1") && l.contains("\"run_id\":\"r\"")));
+        assert!(raw.contains("\"record_type\":\"summary\""));
+    }
+}

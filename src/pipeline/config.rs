@@ -1,0 +1,180 @@
+//! Fallback configuration: tiers of resolvers and the per-work budgets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::resolvers::RESOLVER_NAMES;
+
+/// One tier: resolvers asked together, `parallel` at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// The tier's name (`direct_oa`).
+    pub name: String,
+    /// Resolver names, in order of preference.
+    pub resolvers: Vec<String>,
+    /// How many of its resolvers run at once (at least 1).
+    pub parallel: usize,
+}
+
+/// How a work falls back from one source to the next, and its budgets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// The tiers, tried in order until one gives a valid PDF.
+    pub tiers: Vec<TierConfig>,
+    /// Time allowed for one work, all tiers together (default 120 000 ms).
+    pub total_timeout_ms: u64,
+    /// Candidate downloads allowed for one work (default 20).
+    pub max_attempts: u32,
+    /// Candidate downloads of one work running at once (default 3).
+    pub max_concurrent: usize,
+    /// Leave the `wayback` resolver out of every tier.
+    pub disable_wayback: bool,
+    /// How often one URL is tried again when its body was cut or stalled (default 2).
+    pub body_retries: u32,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            tiers: FallbackConfig::default_tiers(),
+            total_timeout_ms: 120_000,
+            max_attempts: 20,
+            max_concurrent: 3,
+            disable_wayback: false,
+            body_retries: 2,
+        }
+    }
+}
+
+/// A fallback setting that cannot be used; says which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid fallback setting `{field}`: {reason}")]
+pub struct FallbackConfigError {
+    /// The setting.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl FallbackConfig {
+    /// direct_oa (openalex, unpaywall, arxiv, pmc, europe_pmc; parallel 2) → doi
+    /// (crossref, landing; parallel 1) → archive (wayback; parallel 1).
+    pub fn default_tiers() -> Vec<TierConfig> {
+        let tier = |name: &str, resolvers: &[&str], parallel| TierConfig {
+            name: name.to_owned(),
+            resolvers: resolvers.iter().map(|r| r.to_string()).collect(),
+            parallel,
+        };
+        vec![
+            tier("direct_oa", &["openalex", "unpaywall", "arxiv", "pmc", "europe_pmc"], 2),
+            tier("doi", &["crossref", "landing"], 1),
+            tier("archive", &["wayback"], 1),
+        ]
+    }
+
+    /// Parses a `--fallback-tier` value: `NAME=r1,r2[:parallel=N]`, or one of the default
+    /// tier names with an optional `:parallel=N`.
+    pub fn parse_tier(spec: &str) -> Result<TierConfig, FallbackConfigError> {
+        let err = |reason: String| FallbackConfigError {
+            field: "fallback-tier".into(),
+            reason,
+        };
+        let (head, parallel) = match spec.split_once(":parallel=") {
+            Some((h, p)) => (
+                h,
+                Some(
+                    p.trim()
+                        .parse::<usize>()
+                        .map_err(|_| err(format!("bad parallel in {spec:?}")))?,
+                ),
+            ),
+            None => (spec, None),
+        };
+        let mut tier = match head.split_once('=') {
+            Some((name, list)) => TierConfig {
+                name: name.trim().to_owned(),
+                resolvers: list
+                    .split(',')
+                    .map(|r| r.trim().to_owned())
+                    .filter(|r| !r.is_empty())
+                    .collect(),
+                parallel: 1,
+            },
+            None => FallbackConfig::default_tiers()
+                .into_iter()
+                .find(|t| t.name == head.trim())
+                .ok_or_else(|| {
+                    err(format!(
+                        "{head:?} is not a default tier (direct_oa, doi, archive); write NAME=resolver,resolver"
+                    ))
+                })?,
+        };
+        if let Some(p) = parallel {
+            tier.parallel = p;
+        }
+        Ok(tier)
+    }
+
+    /// Checks the settings: known resolvers, non-empty tiers, parallelism and budgets > 0.
+    pub fn validate(&self) -> Result<(), FallbackConfigError> {
+        let err = |field: &str, reason: String| FallbackConfigError {
+            field: field.to_owned(),
+            reason,
+        };
+        if self.tiers.is_empty() {
+            return Err(err("tiers", "at least one tier is needed".into()));
+        }
+        for t in &self.tiers {
+            if t.resolvers.is_empty() {
+                return Err(err("tiers", format!("tier {:?} has no resolvers", t.name)));
+            }
+            if t.parallel == 0 {
+                return Err(err("tiers", format!("tier {:?} has parallel = 0", t.name)));
+            }
+            if let Some(unknown) = t.resolvers.iter().find(|r| !RESOLVER_NAMES.contains(&r.as_str())) {
+                return Err(err(
+                    "tiers",
+                    format!(
+                        "unknown resolver {unknown:?} in tier {:?}; known: {}",
+                        t.name,
+                        RESOLVER_NAMES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.total_timeout_ms == 0 {
+            return Err(err("total_timeout_ms", "must be greater than 0".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(err("max_attempts", "must be greater than 0".into()));
+        }
+        if self.max_concurrent == 0 {
+            return Err(err("max_concurrent", "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_parse_and_validate() {
+        let t = FallbackConfig::parse_tier("fast=unpaywall,arxiv:parallel=3").unwrap();
+        assert_eq!(t.resolvers, ["unpaywall", "arxiv"]);
+        assert_eq!(t.parallel, 3);
+        let t = FallbackConfig::parse_tier("archive:parallel=2").unwrap();
+        assert_eq!((t.resolvers.as_slice(), t.parallel), (&["wayback".to_string()][..], 2));
+        assert!(FallbackConfig::parse_tier("nope").is_err());
+        assert!(FallbackConfig::parse_tier("x=a:parallel=zz").is_err());
+        assert!(FallbackConfig::default().validate().is_ok());
+        let bad = FallbackConfig {
+            tiers: vec![FallbackConfig::parse_tier("x=unpaywal").unwrap()],
+            ..FallbackConfig::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().contains("unknown resolver \"unpaywal\""), "{e}");
+    }
+}

@@ -1,0 +1,178 @@
+//! [`ReasonCode`]: why a work or an attempt ended the way it did. One enum for the
+//! manifest, the attempt records and the summary.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a work or an attempt ended as it did. Serialised in snake_case
+/// (`"html_landing_page"`), the form the manifest uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReasonCode {
+    /// The work was already downloaded (finalized in the ledger, or the file exists): skipped.
+    AlreadyDownloaded,
+    /// No resolver found a candidate URL.
+    NoCandidates,
+    /// Every candidate was tried and none gave a valid PDF.
+    AllCandidatesFailed,
+    /// The server answered with a non-success status.
+    HttpStatus,
+    /// The server answered 429 and the operation could not wait.
+    Throttled,
+    /// The payload does not start with `%PDF-` within its first KiB.
+    NotPdf,
+    /// The payload is an HTML or XML page (a landing page, a login wall), whatever its
+    /// content type said.
+    HtmlLandingPage,
+    /// The payload is smaller than the minimum PDF size (1 KiB).
+    TooSmall,
+    /// The payload does not end with `%%EOF` within its last 2 KiB.
+    MissingEof,
+    /// The payload ends in HTML.
+    HtmlTail,
+    /// The payload is larger than the configured maximum.
+    TooLarge,
+    /// The body ended before its declared length, or the connection was cut.
+    Truncated,
+    /// Connecting, or waiting for the server, timed out.
+    Timeout,
+    /// The connection could not be made.
+    ConnectError,
+    /// The operation was deferred to the second pass (a Defer decision or a long cool-down).
+    Deferred,
+    /// A resolver failed over to the next one.
+    FailedOver,
+    /// The provider is cooling down (Retry-After) beyond the wait bound.
+    CoolingDown,
+    /// The rate limiter's wait bound was exceeded.
+    RateLimited,
+    /// The per-work fallback budget (time, attempts) ran out.
+    BudgetExhausted,
+    /// A resolver answered something that could not be used.
+    ResolverError,
+    /// The URL is not a usable http(s) URL.
+    InvalidUrl,
+    /// Too many redirects, or a redirect to another scheme.
+    RedirectRefused,
+    /// Writing the file failed (a full disk, permissions).
+    IoError,
+    /// Another worker holds the work's lease.
+    LeasedElsewhere,
+    /// The run was interrupted (Ctrl-C) before the work finished.
+    Cancelled,
+    /// Anything else.
+    Other,
+}
+
+impl ReasonCode {
+    /// The snake_case name, as in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::AlreadyDownloaded => "already_downloaded",
+            ReasonCode::NoCandidates => "no_candidates",
+            ReasonCode::AllCandidatesFailed => "all_candidates_failed",
+            ReasonCode::HttpStatus => "http_status",
+            ReasonCode::Throttled => "throttled",
+            ReasonCode::NotPdf => "not_pdf",
+            ReasonCode::HtmlLandingPage => "html_landing_page",
+            ReasonCode::TooSmall => "too_small",
+            ReasonCode::MissingEof => "missing_eof",
+            ReasonCode::HtmlTail => "html_tail",
+            ReasonCode::TooLarge => "too_large",
+            ReasonCode::Truncated => "truncated",
+            ReasonCode::Timeout => "timeout",
+            ReasonCode::ConnectError => "connect_error",
+            ReasonCode::Deferred => "deferred",
+            ReasonCode::FailedOver => "failed_over",
+            ReasonCode::CoolingDown => "cooling_down",
+            ReasonCode::RateLimited => "rate_limited",
+            ReasonCode::BudgetExhausted => "budget_exhausted",
+            ReasonCode::ResolverError => "resolver_error",
+            ReasonCode::InvalidUrl => "invalid_url",
+            ReasonCode::RedirectRefused => "redirect_refused",
+            ReasonCode::IoError => "io_error",
+            ReasonCode::LeasedElsewhere => "leased_elsewhere",
+            ReasonCode::Cancelled => "cancelled",
+            ReasonCode::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Classifies an error of the stack or of a body: the reason code, and whether trying the
+/// same request again may help. Walks the error's source chain.
+pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, bool) {
+    use crate::error::{CoolingDown, Deferred, FailedOver, RateLimitTimeout};
+    use crate::service::{ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
+
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if e.is::<Deferred>() {
+            return (ReasonCode::Deferred, false);
+        }
+        if e.is::<FailedOver>() {
+            return (ReasonCode::FailedOver, false);
+        }
+        if e.is::<CoolingDown>() {
+            return (ReasonCode::CoolingDown, false);
+        }
+        if e.is::<RateLimitTimeout>() {
+            return (ReasonCode::RateLimited, false);
+        }
+        if e.is::<ReadTimeout>() || e.is::<tower::timeout::error::Elapsed>() {
+            return (ReasonCode::Timeout, true);
+        }
+        if e.is::<TooManyRedirects>() || e.is::<UnsupportedRedirectScheme>() {
+            return (ReasonCode::RedirectRefused, false);
+        }
+        if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if client.is_connect() {
+                return (ReasonCode::ConnectError, true);
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_body_write_aborted() {
+                return (ReasonCode::Truncated, true);
+            }
+            if h.is_timeout() {
+                return (ReasonCode::Timeout, true);
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                TimedOut => return (ReasonCode::Timeout, true),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    return (ReasonCode::Truncated, true)
+                }
+                ConnectionRefused => return (ReasonCode::ConnectError, true),
+                _ => {}
+            }
+        }
+        current = e.source();
+    }
+    (ReasonCode::Other, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_is_as_str() {
+        for r in [
+            ReasonCode::HtmlLandingPage,
+            ReasonCode::AlreadyDownloaded,
+            ReasonCode::Other,
+        ] {
+            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
+        }
+    }
+}

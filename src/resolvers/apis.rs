@@ -1,0 +1,431 @@
+//! The API resolvers.
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde::Deserialize;
+
+use super::landing::tags;
+use super::{candidate, doi_path, fetch, parse_json, with_query, ResolveContext, Resolver};
+use crate::context::OperationType;
+use crate::error::BoxError;
+use crate::works::{Candidate, Work};
+
+/// The URLs already in the OpenAlex record; no call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenAlex;
+
+impl Resolver for OpenAlex {
+    fn name(&self) -> &'static str {
+        "openalex"
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        _cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+        let mut candidates = work.candidates.clone();
+        // PDFs first, landing pages after, each group in record order
+        candidates.sort_by_key(|c| !c.is_pdf);
+        futures_util::future::ready(Ok(candidates)).boxed()
+    }
+}
+
+/// Unpaywall: `GET {base}/v2/{doi}?email={mailto}`; `best_oa_location` then `oa_locations`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unpaywall;
+
+#[derive(Deserialize)]
+struct UnpaywallWork {
+    best_oa_location: Option<UnpaywallLocation>,
+    #[serde(default)]
+    oa_locations: Vec<UnpaywallLocation>,
+}
+
+#[derive(Deserialize)]
+struct UnpaywallLocation {
+    url_for_pdf: Option<String>,
+}
+
+impl Resolver for Unpaywall {
+    fn name(&self) -> &'static str {
+        "unpaywall"
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+        async move {
+            let Some(doi) = work.doi.as_deref() else {
+                return Ok(vec![]);
+            };
+            let Some(email) = cx.config.mailto.as_deref() else {
+                return Err("unpaywall needs a contact email: set mailto (--mailto)".into());
+            };
+            let base = cx.config.base_url("unpaywall", "https://api.unpaywall.org");
+            let url = with_query(&format!("{base}/v2/{}", doi_path(doi)), &[("email", email)])?;
+            let Some((body, _)) = fetch(cx, "unpaywall", OperationType::Resolve, work, &url).await? else {
+                return Ok(vec![]);
+            };
+            let record: UnpaywallWork = parse_json("unpaywall", &body)?;
+            let mut out: Vec<Candidate> = Vec::new();
+            for loc in record.best_oa_location.iter().chain(record.oa_locations.iter()) {
+                if let Some(url) = loc.url_for_pdf.as_deref().filter(|u| is_web_url(u)) {
+                    if !out.iter().any(|c| c.url == url) {
+                        out.push(candidate("unpaywall", url, true));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}
+
+/// Crossref: `GET {base}/works/{doi}?mailto=`; the `link[]` entries with a PDF content type.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Crossref;
+
+#[derive(Deserialize)]
+struct CrossrefEnvelope {
+    message: CrossrefWork,
+}
+
+#[derive(Deserialize)]
+struct CrossrefWork {
+    #[serde(default)]
+    link: Vec<CrossrefLink>,
+}
+
+#[derive(Deserialize)]
+struct CrossrefLink {
+    #[serde(rename = "URL")]
+    url: Option<String>,
+    #[serde(rename = "content-type")]
+    content_type: Option<String>,
+}
+
+impl Resolver for Crossref {
+    fn name(&self) -> &'static str {
+        "crossref"
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+        async move {
+            let Some(doi) = work.doi.as_deref() else {
+                return Ok(vec![]);
+            };
+            let base = cx.config.base_url("crossref", "https://api.crossref.org");
+            let pairs: Vec<(&str, &str)> = cx.config.mailto.as_deref().map(|m| ("mailto", m)).into_iter().collect();
+            let url = with_query(&format!("{base}/works/{}", doi_path(doi)), &pairs)?;
+            let Some((body, _)) = fetch(cx, "crossref", OperationType::Resolve, work, &url).await? else {
+                return Ok(vec![]);
+            };
+            let record: CrossrefEnvelope = parse_json("crossref", &body)?;
+            Ok(record
+                .message
+                .link
+                .into_iter()
+                .filter(|l| {
+                    l.content_type
+                        .as_deref()
+                        .is_some_and(|t| t.to_ascii_lowercase().contains("pdf"))
+                })
+                .filter_map(|l| l.url.filter(|u| is_web_url(u)))
+                .map(|u| candidate("crossref", u, true))
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+/// arXiv: `{base}/pdf/{id}` from the arXiv id or an arXiv DOI; no call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Arxiv;
+
+impl Resolver for Arxiv {
+    fn name(&self) -> &'static str {
+        "arxiv"
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+        let out = work
+            .arxiv_id
+            .as_deref()
+            .filter(|id| {
+                id.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-'))
+            })
+            .map(|id| {
+                let base = cx.config.base_url("arxiv", "https://arxiv.org");
+                vec![candidate("arxiv", format!("{base}/pdf/{id}"), true)]
+            })
+            .unwrap_or_default();
+        futures_util::future::ready(Ok(out)).boxed()
+    }
+}
+
+/// Europe PMC: `GET {base}/search?query=DOI:"{doi}"&format=json&resultType=core`; the PDF
+/// entries of `fullTextUrlList`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EuropePmc;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EpmcSearch {
+    result_list: Option<EpmcResults>,
+}
+
+#[derive(Deserialize)]
+struct EpmcResults {
+    #[serde(default)]
+    result: Vec<EpmcResult>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EpmcResult {
+    full_text_url_list: Option<EpmcUrls>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EpmcUrls {
+    #[serde(default)]
+    full_text_url: Vec<EpmcUrl>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EpmcUrl {
+    document_style: Option<String>,
+    availability: Option<String>,
+    url: Option<String>,
+}
+
+impl Resolver for EuropePmc {
+    fn name(&self) -> &'static str {
+        "europe_pmc"
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+        async move {
+            let Some(doi) = work.doi.as_deref() else {
+                return Ok(vec![]);
+            };
+            let base = cx
+                .config
+                .base_url("europe_pmc", "https://www.ebi.ac.uk/europepmc/webservices/rest");
+            let query = format!("DOI:\"{doi}\"");
+            let url = with_query(
+                &format!("{base}/search"),
+                &[("query", &query), ("format", "json"), ("resultType", "core")],
+            )?;
+            let Some((body, _)) = fetch(cx, "europe_pmc", OperationType::Resolve, work, &url).await? else {
+                return Ok(vec![]);
+            };
+            let search: EpmcSearch = parse_json("europe_pmc", &body)?;
+            let mut out: Vec<Candidate> = Vec::new();
+            let urls = search
+                .result_list
+                .into_iter()
+                .flat_map(|l| l.result)
+                .filter_map(|r| r.full_text_url_list)
+                .flat_map(|l| l.full_text_url);
+            for u in urls {
+                let is_pdf = u
+                    .document_style
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("pdf"));
+                let open = u
+                    .availability
+                    .as_deref()
+                    .is_none_or(|a| a.to_ascii_lowercase().contains("open") || a.to_ascii_lowercase().contains("free"));
+                if let Some(url) = u.url.filter(|u| is_pdf && open && is_web_url(u)) {
+                    if !out.iter().any(|c| c.url == url) {
+                        out.push(candidate("europe_pmc", url, true));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}
+
+/// PubMed Central: the PMCID (from the record, or the ID converter
+/// `{base}/idconv/v1.0/?ids={doi}&format=json`), then the OA web service
+/// `{base}/oa/oa.fcgi?id={pmcid}` and its `<link format="pdf">` (ftp links are fetched over https).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pmc;
+
+#[derive(Deserialize)]
+struct IdConv {
+    #[serde(default)]
+    records: Vec<IdConvRecord>,
+}
+
+#[derive(Deserialize)]
+struct IdConvRecord {
+    pmcid: Option<String>,
+}
+
+impl Resolver for Pmc {
+    fn name(&self) -> &'static str {
+        "pmc"
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+        async move {
+            let base = cx.config.base_url("pmc", "https://www.ncbi.nlm.nih.gov/pmc/utils");
+            let pmcid = match (&work.pmcid, &work.doi) {
+                (Some(p), _) => p.clone(),
+                (None, Some(doi)) => {
+                    let url = with_query(&format!("{base}/idconv/v1.0/"), &[("ids", doi), ("format", "json")])?;
+                    let Some((body, _)) = fetch(cx, "pmc", OperationType::Resolve, work, &url).await? else {
+                        return Ok(vec![]);
+                    };
+                    let conv: IdConv = parse_json("pmc", &body)?;
+                    match conv.records.into_iter().find_map(|r| r.pmcid) {
+                        Some(p) => p,
+                        None => return Ok(vec![]),
+                    }
+                }
+                (None, None) => return Ok(vec![]),
+            };
+            let url = with_query(&format!("{base}/oa/oa.fcgi"), &[("id", &pmcid)])?;
+            let Some((body, _)) = fetch(cx, "pmc", OperationType::Resolve, work, &url).await? else {
+                return Ok(vec![]);
+            };
+            let text = String::from_utf8_lossy(&body);
+            Ok(tags(&text, "link")
+                .filter(|attrs| attrs.get("format").is_some_and(|f| f.eq_ignore_ascii_case("pdf")))
+                .filter_map(|attrs| attrs.get("href").cloned())
+                .map(|href| match href.strip_prefix("ftp://") {
+                    Some(rest) => format!("https://{rest}"),
+                    None => href,
+                })
+                .filter(|u| is_web_url(u))
+                .map(|u| candidate("pmc", u, true))
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+/// The Wayback Machine's availability API, `{base}/wayback/available?url=`, for the work's
+/// first PDF candidate or else its DOI URL; the snapshot is fetched raw (`id_`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wayback;
+
+#[derive(Deserialize)]
+struct WaybackAnswer {
+    archived_snapshots: Option<WaybackSnapshots>,
+}
+
+#[derive(Deserialize)]
+struct WaybackSnapshots {
+    closest: Option<WaybackSnapshot>,
+}
+
+#[derive(Deserialize)]
+struct WaybackSnapshot {
+    available: Option<bool>,
+    url: Option<String>,
+    status: Option<String>,
+}
+
+/// `…/web/20200101000000/https://x` → `…/web/20200101000000id_/https://x` (the raw capture,
+/// without the archive's banner), over https when it was http on web.archive.org.
+pub(crate) fn raw_snapshot_url(url: &str) -> String {
+    let url = match url.strip_prefix("http://web.archive.org/") {
+        Some(rest) => format!("https://web.archive.org/{rest}"),
+        None => url.to_owned(),
+    };
+    let Some(i) = url.find("/web/") else { return url };
+    let start = i + "/web/".len();
+    let digits = url[start..].bytes().take_while(u8::is_ascii_digit).count();
+    let after = start + digits;
+    if digits == 0 || url[after..].starts_with("id_") {
+        return url;
+    }
+    format!("{}id_{}", &url[..after], &url[after..])
+}
+
+impl Resolver for Wayback {
+    fn name(&self) -> &'static str {
+        "wayback"
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+        async move {
+            let target = match (work.candidates.iter().find(|c| c.is_pdf), &work.doi) {
+                (Some(c), _) => c.url.clone(),
+                (None, Some(doi)) => format!("https://doi.org/{doi}"),
+                (None, None) => return Ok(vec![]),
+            };
+            let base = cx.config.base_url("wayback", "https://archive.org");
+            let url = with_query(&format!("{base}/wayback/available"), &[("url", &target)])?;
+            let Some((body, _)) = fetch(cx, "wayback", OperationType::Resolve, work, &url).await? else {
+                return Ok(vec![]);
+            };
+            let answer: WaybackAnswer = parse_json("wayback", &body)?;
+            let snapshot = answer.archived_snapshots.and_then(|s| s.closest);
+            Ok(snapshot
+                .filter(|s| s.available.unwrap_or(false) && s.status.as_deref().is_none_or(|st| st == "200"))
+                .and_then(|s| s.url)
+                .filter(|u| is_web_url(u))
+                .map(|u| vec![candidate("wayback", raw_snapshot_url(&u), true)])
+                .unwrap_or_default())
+        }
+        .boxed()
+    }
+}
+
+pub(crate) fn is_web_url(url: &str) -> bool {
+    let lower = url.trim_start().to_ascii_lowercase();
+    (lower.starts_with("http://") || lower.starts_with("https://")) && url.parse::<http::Uri>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wayback_raw_urls() {
+        assert_eq!(
+            raw_snapshot_url("http://web.archive.org/web/20200101000000/https://x.org/a.pdf"),
+            "https://web.archive.org/web/20200101000000id_/https://x.org/a.pdf"
+        );
+        assert_eq!(
+            raw_snapshot_url("https://web.archive.org/web/2020id_/https://x.org/a.pdf"),
+            "https://web.archive.org/web/2020id_/https://x.org/a.pdf"
+        );
+        assert_eq!(
+            raw_snapshot_url("http://127.0.0.1:1/snap.pdf"),
+            "http://127.0.0.1:1/snap.pdf"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! Resolvers: where is the open-access PDF of a work?
+//!
+//! Each resolver turns a [`Work`] into candidate URLs, asking one provider's API through
+//! the pipeline's HTTP service (on the `Resolve` operation, with its provider name as the
+//! [`Provider`], so rate limits, learning and retry policies apply per resolver). Every base
+//! URL is configurable ([`ResolverConfig`]) so that tests and mirrors can point elsewhere.
+//!
+//! A miss (the provider knows no PDF) is `Ok(vec![])`; a failure is an error, and a
+//! [`FailedOver`](crate::error::FailedOver) inside it means "throttled: try the next one".
+//!
+//! | resolver | asks | default base |
+//! | --- | --- | --- |
+//! | `openalex` | nothing: the URLs already in the record | — |
+//! | `unpaywall` | `GET /v2/{doi}?email=` | `https://api.unpaywall.org` |
+//! | `crossref` | `GET /works/{doi}`, `link[]` with a PDF content type | `https://api.crossref.org` |
+//! | `arxiv` | nothing: `/pdf/{arxiv id}` | `https://arxiv.org` |
+//! | `europe_pmc` | `GET /search?query=DOI:"{doi}"`, `fullTextUrlList` | `https://www.ebi.ac.uk/europepmc/webservices/rest` |
+//! | `pmc` | the ID converter, then the OA web service | `https://www.ncbi.nlm.nih.gov/pmc/utils` |
+//! | `landing` | the DOI's landing page, its `citation_pdf_url` meta tag (`Extract`) | `https://doi.org` |
+//! | `wayback` | the availability API, as the last resort | `https://archive.org` |
+
+mod apis;
+mod landing;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+
+pub use self::apis::{Arxiv, Crossref, EuropePmc, OpenAlex, Pmc, Unpaywall, Wayback};
+pub use self::landing::{citation_pdf_url, Landing};
+use crate::context::{OperationType, Provider, WorkId};
+use crate::error::BoxError;
+use crate::service::read_metadata;
+use crate::works::{Candidate, Work};
+
+/// The response body the pipeline's stacks hand out (type-erased once per response).
+pub type PipelineBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The HTTP service resolvers call: a pipeline stack, type-erased and cheap to clone.
+pub type HttpService = tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<PipelineBody>, BoxError>;
+
+/// Base URLs and politeness settings of the resolvers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Contact address: Unpaywall's `email=` and Crossref's `mailto=` parameters.
+    pub mailto: Option<String>,
+    /// Base URL per resolver name, replacing the default (`unpaywall = "http://127.0.0.1:8080"`).
+    pub base_urls: BTreeMap<String, String>,
+    /// Largest resolver response read, in bytes (default 8 MiB).
+    pub max_response_bytes: usize,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            mailto: None,
+            base_urls: BTreeMap::new(),
+            max_response_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl ResolverConfig {
+    /// The base URL of a resolver: the configured one, or its default; without a trailing `/`.
+    pub fn base_url(&self, resolver: &str, default: &str) -> String {
+        self.base_urls
+            .get(resolver)
+            .map_or(default, String::as_str)
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+/// What a resolver call gets: the HTTP service and the configuration.
+#[derive(Clone)]
+pub struct ResolveContext {
+    /// The pipeline's HTTP service.
+    pub http: HttpService,
+    /// The resolvers' configuration.
+    pub config: Arc<ResolverConfig>,
+}
+
+impl fmt::Debug for ResolveContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolveContext").finish_non_exhaustive()
+    }
+}
+
+/// A provider of candidate URLs for a work.
+pub trait Resolver: Send + Sync + fmt::Debug {
+    /// The resolver's name (`"unpaywall"`), also its [`Provider`] name.
+    fn name(&self) -> &'static str;
+
+    /// The candidate URLs for `work`, best first. A miss is `Ok(vec![])`.
+    fn resolve<'a>(&'a self, work: &'a Work, cx: &'a ResolveContext)
+        -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>>;
+}
+
+/// A resolver API answered with a status that is neither success nor a miss.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resolver} answered {status}")]
+pub struct ResolverStatus {
+    /// The resolver.
+    pub resolver: &'static str,
+    /// The status.
+    pub status: StatusCode,
+}
+
+/// A resolver API answered something that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resolver} sent an unreadable answer: {message}")]
+pub struct ResolverParseError {
+    /// The resolver.
+    pub resolver: &'static str,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Every resolver by name, with the configured base URLs.
+pub fn resolver_by_name(name: &str) -> Option<Arc<dyn Resolver>> {
+    let r: Arc<dyn Resolver> = match name {
+        "openalex" => Arc::new(OpenAlex),
+        "unpaywall" => Arc::new(Unpaywall),
+        "crossref" => Arc::new(Crossref),
+        "arxiv" => Arc::new(Arxiv),
+        "europe_pmc" => Arc::new(EuropePmc),
+        "pmc" => Arc::new(Pmc),
+        "landing" => Arc::new(Landing),
+        "wayback" => Arc::new(Wayback),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// The names [`resolver_by_name`] knows.
+pub const RESOLVER_NAMES: [&str; 8] = [
+    "openalex",
+    "unpaywall",
+    "crossref",
+    "arxiv",
+    "europe_pmc",
+    "pmc",
+    "landing",
+    "wayback",
+];
+
+/// Sends a metadata request for `resolver` and reads the body (bounded). `Ok(None)` on 404
+/// and 410 (the provider does not know the work).
+pub(crate) fn fetch<'a>(
+    cx: &'a ResolveContext,
+    resolver: &'static str,
+    operation: OperationType,
+    work: &'a Work,
+    url: &'a str,
+) -> BoxFuture<'a, Result<Option<(Bytes, http::Uri)>, BoxError>> {
+    use futures_util::FutureExt;
+    async move {
+        let uri: http::Uri = match url.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                return Err(Box::new(ResolverParseError {
+                    resolver,
+                    message: format!("built an invalid URL: {e}"),
+                }) as BoxError)
+            }
+        };
+        let req = Request::get(uri.clone())
+            .header(http::header::ACCEPT, "application/json, text/html;q=0.9, */*;q=0.5")
+            .extension(operation)
+            .extension(Provider::new(resolver))
+            .extension(WorkId::new(work.id.as_str()))
+            .body(Full::default())
+            .map_err(|e| Box::new(e) as BoxError)?;
+        let response = cx.http.clone().oneshot(req).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(Box::new(ResolverStatus { resolver, status }) as BoxError);
+        }
+        let effective = response
+            .extensions()
+            .get::<tower_http::follow_redirect::RequestUri>()
+            .map_or(uri, |u| u.0.clone());
+        let body = read_pipeline_body(response, cx.config.max_response_bytes).await?;
+        Ok(Some((body, effective)))
+    }
+    .boxed()
+}
+
+// Boxed in a plain fn with concrete types: awaiting the generic `read_metadata` directly in
+// the async block above trips rustc's higher-ranked `Send` check (rust-lang/rust#64552).
+fn read_pipeline_body(response: Response<PipelineBody>, limit: usize) -> BoxFuture<'static, Result<Bytes, BoxError>> {
+    use futures_util::FutureExt;
+    read_metadata(response, limit).boxed()
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(resolver: &'static str, body: &[u8]) -> Result<T, BoxError> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(ResolverParseError {
+            resolver,
+            message: e.to_string(),
+        }) as BoxError
+    })
+}
+
+pub(crate) fn candidate(resolver: &str, url: impl Into<String>, is_pdf: bool) -> Candidate {
+    Candidate {
+        url: url.into(),
+        resolver: resolver.to_owned(),
+        is_pdf,
+    }
+}
+
+/// Percent-encodes a DOI for a URL path, keeping its `/`.
+pub(crate) fn doi_path(doi: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'(')
+        .remove(b')');
+    percent_encoding::utf8_percent_encode(doi, SET).to_string()
+}
+
+/// Builds `base + path` with query pairs, encoded.
+pub(crate) fn with_query(base_and_path: &str, pairs: &[(&str, &str)]) -> Result<String, BoxError> {
+    let mut url = url::Url::parse(base_and_path)?;
+    if !pairs.is_empty() {
+        url.query_pairs_mut().extend_pairs(pairs);
+    }
+    Ok(url.into())
+}

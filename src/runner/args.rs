@@ -1,0 +1,265 @@
+//! The command line (clap), with a `DOCSTOKG_*` environment variable for every setting.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::pipeline::{FallbackConfig, TierConfig};
+
+/// `contentdownload`: polite, resilient downloads of open-access PDFs for scholarly works.
+#[derive(Debug, Parser)]
+#[command(name = "contentdownload", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve and download PDFs for a list of works.
+    Run(Box<RunArgs>),
+    /// Show the learned provider state and the ledger's counts for an output folder.
+    Status(StatusArgs),
+    /// Download one URL through the shared client and stream it to a file.
+    Fetch(FetchArgs),
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// A `--rate KEY=RATE[:BURST]` value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateSpec {
+    /// A provider name (`crossref`) or a host (`arxiv.org`).
+    pub key: String,
+    /// Requests per second.
+    pub rate: f64,
+    /// Burst (bucket capacity); defaults to 1.
+    pub burst: Option<u32>,
+}
+
+/// Parses `KEY=RATE[:BURST]`.
+pub fn parse_rate(s: &str) -> Result<RateSpec, String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=RATE[:BURST], got {s:?}"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("empty KEY in {s:?}"));
+    }
+    let (rate, burst) = match value.split_once(':') {
+        Some((r, b)) => (
+            r,
+            Some(
+                b.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("BURST in {s:?} is not a whole number"))?,
+            ),
+        ),
+        None => (value, None),
+    };
+    let rate: f64 = rate
+        .trim()
+        .parse()
+        .map_err(|_| format!("RATE in {s:?} is not a number"))?;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(format!(
+            "RATE in {s:?} must be a positive number of requests per second"
+        ));
+    }
+    if burst == Some(0) {
+        return Err(format!("BURST in {s:?} must be at least 1"));
+    }
+    Ok(RateSpec {
+        key: key.to_owned(),
+        rate,
+        burst,
+    })
+}
+
+fn parse_tier(s: &str) -> Result<TierConfig, String> {
+    FallbackConfig::parse_tier(s).map_err(|e| e.reason)
+}
+
+fn parse_resolver_base(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=URL, got {s:?}"))?;
+    let (name, url) = (name.trim(), url.trim());
+    if !crate::resolvers::RESOLVER_NAMES.contains(&name) {
+        return Err(format!(
+            "unknown resolver {name:?}; known: {}",
+            crate::resolvers::RESOLVER_NAMES.join(", ")
+        ));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
+        return Err(format!("{url:?} is not an http(s) URL"));
+    }
+    Ok((name.to_owned(), url.to_owned()))
+}
+
+/// `contentdownload run`.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// OpenAlex works, one JSON record a line (`-` reads standard input).
+    #[arg(long, value_name = "FILE", env = "DOCSTOKG_INPUT", group = "source")]
+    pub input: Option<PathBuf>,
+    /// DOIs, one a line.
+    #[arg(long, value_name = "FILE", env = "DOCSTOKG_DOIS", group = "source")]
+    pub dois: Option<PathBuf>,
+    /// An OpenAlex search: fetch the works it finds (paged with a cursor).
+    #[arg(long, value_name = "TEXT", env = "DOCSTOKG_TOPIC", group = "source")]
+    pub topic: Option<String>,
+    /// With --topic: first publication year.
+    #[arg(long, value_name = "YEAR", env = "DOCSTOKG_YEAR_START")]
+    pub year_start: Option<i32>,
+    /// With --topic: last publication year.
+    #[arg(long, value_name = "YEAR", env = "DOCSTOKG_YEAR_END")]
+    pub year_end: Option<i32>,
+    /// With --topic: at most this many works.
+    #[arg(long, value_name = "N", env = "DOCSTOKG_MAX")]
+    pub max: Option<u64>,
+    /// Output folder [default: ./pdfs].
+    #[arg(long, value_name = "DIR", env = "DOCSTOKG_OUT")]
+    pub out: Option<PathBuf>,
+    /// Contact address for the User-Agent and the APIs' polite pools.
+    #[arg(long, value_name = "EMAIL", env = "DOCSTOKG_MAILTO")]
+    pub mailto: Option<String>,
+    /// Rate limit for a provider or host (repeatable), e.g. `crossref=10:5`.
+    #[arg(long = "rate", value_name = "KEY=RATE[:BURST]", value_parser = parse_rate, env = "DOCSTOKG_RATE", value_delimiter = ';')]
+    pub rates: Vec<RateSpec>,
+    /// Works processed at once [default: 8].
+    #[arg(long, value_name = "N", env = "DOCSTOKG_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Retry by operation type (on by default).
+    #[arg(long, env = "DOCSTOKG_ENABLE_CONTEXTUAL_RETRY", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), overrides_with = "disable_contextual_retry")]
+    pub enable_contextual_retry: Option<bool>,
+    /// Use the same standard retry for every operation.
+    #[arg(long, action = ArgAction::SetTrue, overrides_with = "enable_contextual_retry")]
+    pub disable_contextual_retry: bool,
+    /// Learn each provider's rate from its 429s (on by default).
+    #[arg(long, env = "DOCSTOKG_ENABLE_PROVIDER_LEARNING", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), overrides_with = "disable_provider_learning")]
+    pub enable_provider_learning: Option<bool>,
+    /// Keep the configured rates fixed.
+    #[arg(long, action = ArgAction::SetTrue, overrides_with = "enable_provider_learning")]
+    pub disable_provider_learning: bool,
+    /// Where learned provider state persists [default: <out>/provider_learning.json].
+    #[arg(long, value_name = "FILE", env = "DOCSTOKG_PROVIDER_LEARNING_PATH")]
+    pub provider_learning_path: Option<PathBuf>,
+    /// Idempotency keys and the job ledger (on by default).
+    #[arg(long, env = "DOCSTOKG_ENABLE_IDEMPOTENCY", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), overrides_with = "disable_idempotency")]
+    pub enable_idempotency: Option<bool>,
+    /// No ledger: nothing is remembered between runs but the files.
+    #[arg(long, action = ArgAction::SetTrue, overrides_with = "enable_idempotency")]
+    pub disable_idempotency: bool,
+    /// The job ledger [default: sqlite://<out>/ledger.sqlite]; postgres://... for many machines.
+    #[arg(long, value_name = "URL", env = "DOCSTOKG_LEDGER")]
+    pub ledger: Option<String>,
+    /// This run's id [default: generated].
+    #[arg(long, value_name = "ID", env = "DOCSTOKG_RUN_ID")]
+    pub run_id: Option<String>,
+    /// Lease time of a work in the ledger, in seconds [default: 120].
+    #[arg(long, value_name = "SECS", env = "DOCSTOKG_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<u64>,
+
+    /// Time allowed for one work, all sources together [default: 120000].
+    #[arg(long, value_name = "MS", env = "DOCSTOKG_FALLBACK_TOTAL_TIMEOUT_MS")]
+    pub fallback_total_timeout_ms: Option<u64>,
+    /// Candidate downloads allowed for one work [default: 20].
+    #[arg(long, value_name = "N", env = "DOCSTOKG_FALLBACK_MAX_ATTEMPTS")]
+    pub fallback_max_attempts: Option<u32>,
+    /// Candidate downloads of one work at once [default: 3].
+    #[arg(long, value_name = "N", env = "DOCSTOKG_FALLBACK_MAX_CONCURRENT")]
+    pub fallback_max_concurrent: Option<usize>,
+    /// A fallback tier (repeatable; replaces the default tiers): `NAME=r1,r2[:parallel=N]`
+    /// or a default tier name (`direct_oa`, `doi`, `archive`) with an optional `:parallel=N`.
+    #[arg(long = "fallback-tier", value_name = "TIER[:parallel=N]", value_parser = parse_tier)]
+    pub fallback_tiers: Vec<TierConfig>,
+    /// Never use the Wayback Machine.
+    #[arg(long, action = ArgAction::SetTrue, env = "DOCSTOKG_DISABLE_WAYBACK_FALLBACK")]
+    pub disable_wayback_fallback: bool,
+    /// Point a resolver at another base URL (repeatable), e.g. `unpaywall=http://127.0.0.1:8080`.
+    #[arg(long = "resolver-base", value_name = "NAME=URL", value_parser = parse_resolver_base)]
+    pub resolver_bases: Vec<(String, String)>,
+
+    /// A TOML file with the same settings (precedence: flags > environment > file > defaults).
+    #[arg(long, value_name = "FILE", env = "DOCSTOKG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long, short, action = ArgAction::SetTrue, env = "DOCSTOKG_QUIET")]
+    pub quiet: bool,
+    /// Log format.
+    #[arg(long, value_enum, env = "DOCSTOKG_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `contentdownload status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The output folder of a run.
+    #[arg(long, value_name = "DIR", env = "DOCSTOKG_OUT", default_value = "pdfs")]
+    pub out: PathBuf,
+    /// The ledger, if not the default one in the folder.
+    #[arg(long, value_name = "URL", env = "DOCSTOKG_LEDGER")]
+    pub ledger: Option<String>,
+    /// The learned provider state, if not the default file in the folder.
+    #[arg(long, value_name = "FILE", env = "DOCSTOKG_PROVIDER_LEARNING_PATH")]
+    pub provider_learning_path: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub json: bool,
+}
+
+/// `contentdownload fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The http(s) URL to fetch.
+    pub url: String,
+    /// Where to write the body.
+    #[arg(short, long, default_value = "download.bin")]
+    pub output: PathBuf,
+    /// Contact address for the User-Agent.
+    #[arg(long, env = "DOCSTOKG_MAILTO")]
+    pub mailto: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(
+            parse_rate("crossref=10:5").unwrap(),
+            RateSpec {
+                key: "crossref".into(),
+                rate: 10.0,
+                burst: Some(5)
+            }
+        );
+        assert_eq!(parse_rate("arxiv.org=0.33").unwrap().burst, None);
+        for bad in ["x", "=1", "x=0", "x=-1", "x=abc", "x=1:0", "x=1:z", "x=NaN", "x=inf"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,380 @@
+//! [`RunSettings`]: the effective settings of a run, from flags, environment, a TOML file
+//! and defaults, in that order of precedence.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::args::{parse_rate, LogFormat, RateSpec, RunArgs};
+use crate::pipeline::FallbackConfig;
+use crate::service::HttpConfig;
+
+/// Where the works come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// OpenAlex JSONL from a file, or standard input for `-`.
+    Works(PathBuf),
+    /// A list of DOIs.
+    Dois(PathBuf),
+    /// An OpenAlex search.
+    Topic {
+        /// The search text.
+        text: String,
+        /// First publication year.
+        year_start: Option<i32>,
+        /// Last publication year.
+        year_end: Option<i32>,
+        /// At most this many works.
+        max: Option<u64>,
+    },
+}
+
+/// The TOML configuration file: the same settings as the flags (without the source).
+///
+/// ```toml
+/// out = "pdfs"
+/// mailto = "me@example.org"
+/// workers = 16
+/// enable_provider_learning = true
+/// [rates]
+/// crossref = "10:5"
+/// "arxiv.org" = "0.33"
+/// [resolver_base]
+/// unpaywall = "http://127.0.0.1:8080"
+/// [fallback]
+/// max_attempts = 10
+/// [http]
+/// connect_timeout_ms = 5000
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Output folder.
+    pub out: Option<PathBuf>,
+    /// Contact address.
+    pub mailto: Option<String>,
+    /// Works at once.
+    pub workers: Option<usize>,
+    /// `KEY = "RATE[:BURST]"`.
+    pub rates: BTreeMap<String, String>,
+    /// Contextual retry gate.
+    pub enable_contextual_retry: Option<bool>,
+    /// Provider learning gate.
+    pub enable_provider_learning: Option<bool>,
+    /// Learned state file.
+    pub provider_learning_path: Option<PathBuf>,
+    /// Idempotency / ledger gate.
+    pub enable_idempotency: Option<bool>,
+    /// Ledger URL.
+    pub ledger: Option<String>,
+    /// Run id.
+    pub run_id: Option<String>,
+    /// Lease TTL in seconds.
+    pub lease_ttl_secs: Option<u64>,
+    /// Fallback tiers and budgets.
+    pub fallback: Option<FallbackConfig>,
+    /// Never use the Wayback Machine.
+    pub disable_wayback_fallback: Option<bool>,
+    /// Resolver base URLs.
+    pub resolver_base: BTreeMap<String, String>,
+    /// The shared client's settings.
+    pub http: Option<HttpConfig>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// No progress output.
+    pub quiet: Option<bool>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file; the error names the file and what is wrong in it.
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+}
+
+/// The effective settings of `contentdownload run`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSettings {
+    /// Where the works come from.
+    pub source: Source,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Contact address (never logged).
+    pub mailto: Option<String>,
+    /// Rate limits by provider or host.
+    pub rates: Vec<RateSpec>,
+    /// Works at once.
+    pub workers: usize,
+    /// Gate: contextual retry.
+    pub contextual_retry: bool,
+    /// Gate: provider learning.
+    pub provider_learning: bool,
+    /// Learned state file.
+    pub provider_learning_path: PathBuf,
+    /// Gate: idempotency keys and the ledger.
+    pub idempotency: bool,
+    /// Ledger URL.
+    pub ledger: String,
+    /// Run id.
+    pub run_id: String,
+    /// Lease TTL.
+    pub lease_ttl_secs: u64,
+    /// Fallback tiers and budgets.
+    pub fallback: FallbackConfig,
+    /// Resolver base URLs.
+    pub resolver_bases: BTreeMap<String, String>,
+    /// The shared client's settings.
+    pub http: HttpConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+fn gate(enable: Option<bool>, disable: bool, file: Option<bool>) -> bool {
+    if disable {
+        false
+    } else {
+        enable.or(file).unwrap_or(true)
+    }
+}
+
+impl RunSettings {
+    /// Resolves the settings. `generated_run_id` is used when none is given.
+    pub fn resolve(args: &RunArgs, generated_run_id: impl FnOnce() -> String) -> Result<RunSettings, String> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let source = match (&args.input, &args.dois, &args.topic) {
+            (Some(p), None, None) => Source::Works(p.clone()),
+            (None, Some(p), None) => Source::Dois(p.clone()),
+            (None, None, Some(t)) => Source::Topic {
+                text: t.clone(),
+                year_start: args.year_start,
+                year_end: args.year_end,
+                max: args.max,
+            },
+            (None, None, None) => return Err("no works given: use --input FILE, --dois FILE or --topic TEXT".into()),
+            _ => return Err("give only one of --input, --dois and --topic".into()),
+        };
+        let out = args.out.clone().or(file.out).unwrap_or_else(|| PathBuf::from("pdfs"));
+
+        let mut rates = Vec::new();
+        for (key, value) in &file.rates {
+            rates.push(parse_rate(&format!("{key}={value}")).map_err(|e| format!("config file rates: {e}"))?);
+        }
+        // flags replace a file entry with the same key
+        for spec in &args.rates {
+            rates.retain(|r: &RateSpec| r.key != spec.key);
+            rates.push(spec.clone());
+        }
+
+        let workers = args.workers.or(file.workers).unwrap_or(8);
+        if workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+
+        let mut fallback = file.fallback.unwrap_or_default();
+        if !args.fallback_tiers.is_empty() {
+            fallback.tiers = args.fallback_tiers.clone();
+        }
+        if let Some(ms) = args.fallback_total_timeout_ms {
+            fallback.total_timeout_ms = ms;
+        }
+        if let Some(n) = args.fallback_max_attempts {
+            fallback.max_attempts = n;
+        }
+        if let Some(n) = args.fallback_max_concurrent {
+            fallback.max_concurrent = n;
+        }
+        fallback.disable_wayback |= args.disable_wayback_fallback || file.disable_wayback_fallback.unwrap_or(false);
+        fallback.validate().map_err(|e| e.to_string())?;
+
+        let mut resolver_bases = file.resolver_base.clone();
+        resolver_bases.extend(args.resolver_bases.iter().cloned());
+        if let Some(bad) = resolver_bases
+            .keys()
+            .find(|k| !crate::resolvers::RESOLVER_NAMES.contains(&k.as_str()))
+        {
+            return Err(format!("config file resolver_base: unknown resolver {bad:?}"));
+        }
+
+        let mailto = args.mailto.clone().or(file.mailto).filter(|m| !m.trim().is_empty());
+        let mut http = file.http.unwrap_or_default();
+        if mailto.is_some() {
+            http.mailto = mailto.clone();
+        }
+        let ledger = args
+            .ledger
+            .clone()
+            .or(file.ledger)
+            .unwrap_or_else(|| format!("sqlite://{}", out.join("ledger.sqlite").display()));
+        let provider_learning_path = args
+            .provider_learning_path
+            .clone()
+            .or(file.provider_learning_path)
+            .unwrap_or_else(|| out.join("provider_learning.json"));
+        let run_id = args.run_id.clone().or(file.run_id).unwrap_or_else(generated_run_id);
+        if run_id.is_empty() || run_id.len() > 128 || run_id.chars().any(|c| c.is_control()) {
+            return Err("--run-id must be 1 to 128 printable characters".into());
+        }
+
+        Ok(RunSettings {
+            source,
+            out,
+            mailto,
+            rates,
+            workers,
+            contextual_retry: gate(
+                args.enable_contextual_retry,
+                args.disable_contextual_retry,
+                file.enable_contextual_retry,
+            ),
+            provider_learning: gate(
+                args.enable_provider_learning,
+                args.disable_provider_learning,
+                file.enable_provider_learning,
+            ),
+            provider_learning_path,
+            idempotency: gate(
+                args.enable_idempotency,
+                args.disable_idempotency,
+                file.enable_idempotency,
+            ),
+            ledger,
+            run_id,
+            lease_ttl_secs: args.lease_ttl_secs.or(file.lease_ttl_secs).unwrap_or(120).max(1),
+            fallback,
+            resolver_bases,
+            http,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            quiet: args.quiet || file.quiet.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::runner::args::{Cli, Command};
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["contentdownload", "run"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn resolve(argv: &[&str]) -> Result<RunSettings, String> {
+        RunSettings::resolve(&run_args(argv), || "generated".into())
+    }
+
+    #[test]
+    fn defaults() {
+        let s = resolve(&["--input", "works.jsonl"]).unwrap();
+        assert_eq!(s.source, Source::Works("works.jsonl".into()));
+        assert_eq!(s.out, PathBuf::from("pdfs"));
+        assert!(s.contextual_retry && s.provider_learning && s.idempotency);
+        assert_eq!(s.ledger, "sqlite://pdfs/ledger.sqlite");
+        assert_eq!(s.provider_learning_path, PathBuf::from("pdfs/provider_learning.json"));
+        assert_eq!(s.run_id, "generated");
+        assert_eq!(s.fallback, FallbackConfig::default());
+        assert_eq!(s.workers, 8);
+    }
+
+    #[test]
+    fn gates_and_flags() {
+        let s = resolve(&[
+            "--dois",
+            "d.txt",
+            "--disable-idempotency",
+            "--enable-provider-learning",
+            "false",
+            "--disable-contextual-retry",
+            "--enable-contextual-retry",
+            "--rate",
+            "crossref=5:2",
+            "--fallback-tier",
+            "fast=unpaywall,arxiv:parallel=2",
+            "--disable-wayback-fallback",
+            "--resolver-base",
+            "unpaywall=http://127.0.0.1:9/",
+        ])
+        .unwrap();
+        assert!(!s.idempotency);
+        assert!(!s.provider_learning);
+        assert!(s.contextual_retry, "the later flag wins");
+        assert_eq!(s.rates[0].burst, Some(2));
+        assert_eq!(s.fallback.tiers[0].name, "fast");
+        assert!(s.fallback.disable_wayback);
+        assert_eq!(s.resolver_bases["unpaywall"], "http://127.0.0.1:9/");
+    }
+
+    #[test]
+    fn usage_errors_are_clear() {
+        assert!(resolve(&[]).unwrap_err().contains("--input FILE"));
+        assert!(Cli::try_parse_from(["contentdownload", "run", "--input", "a", "--dois", "b"]).is_err());
+        assert!(Cli::try_parse_from(["contentdownload", "run", "--input", "a", "--rate", "x"]).is_err());
+        assert!(Cli::try_parse_from([
+            "contentdownload",
+            "run",
+            "--input",
+            "a",
+            "--resolver-base",
+            "nope=http://x"
+        ])
+        .is_err());
+        assert!(resolve(&["--input", "a", "--workers", "0"])
+            .unwrap_err()
+            .contains("--workers"));
+        assert!(resolve(&["--input", "a", "--fallback-max-attempts", "0"])
+            .unwrap_err()
+            .contains("max_attempts"));
+    }
+
+    #[test]
+    fn file_settings_sit_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+out = "from-file"
+mailto = "file@example.org"
+workers = 3
+enable_idempotency = false
+[rates]
+crossref = "2:1"
+"arxiv.org" = "0.33"
+[fallback]
+max_attempts = 7
+[http]
+connect_timeout_ms = 1234
+"#,
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = resolve(&["--input", "w", "--config", p, "--workers", "5", "--rate", "crossref=9"]).unwrap();
+        assert_eq!(s.out, PathBuf::from("from-file"));
+        assert_eq!(s.workers, 5, "flag over file");
+        assert!(!s.idempotency, "file over default");
+        assert_eq!(s.fallback.max_attempts, 7);
+        assert_eq!(s.http.connect_timeout_ms, 1234);
+        assert_eq!(s.http.mailto.as_deref(), Some("file@example.org"));
+        let crossref = s.rates.iter().find(|r| r.key == "crossref").unwrap();
+        assert_eq!(crossref.rate, 9.0, "flag over file");
+        assert!(s.rates.iter().any(|r| r.key == "arxiv.org"));
+
+        std::fs::write(&path, "wrokers = 3\n").unwrap();
+        let err = resolve(&["--input", "w", "--config", p]).unwrap_err();
+        assert!(err.contains("c.toml") && err.contains("wrokers"), "{err}");
+    }
+}

@@ -1,0 +1,338 @@
+//! The per-work fallback against the simulator standing in for resolvers and PDF hosts.
+#![cfg(feature = "simulator")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use contentdownload::download::{DownloadOptions, PARTIAL_DIR};
+use contentdownload::pipeline::{Fallback, FallbackConfig, FetchEnv, FetchResult, TierConfig, TriedUrls};
+use contentdownload::reason::ReasonCode;
+use contentdownload::resolvers::{HttpService, ResolveContext, ResolverConfig, RESOLVER_NAMES};
+use contentdownload::service::{HttpClient, HttpConfig, ResponseBody};
+use contentdownload::simulator::{BodySpec, Reply, Simulator};
+use contentdownload::works::Work;
+use http::Response;
+use http_body_util::BodyExt;
+use serde_json::json;
+use tower::ServiceBuilder;
+
+fn http() -> HttpService {
+    let client = HttpClient::new(&HttpConfig::default()).unwrap();
+    HttpService::new(
+        ServiceBuilder::new()
+            .map_response(|r: Response<ResponseBody>| r.map(|b| b.boxed_unsync()))
+            .service(client),
+    )
+}
+
+fn resolve_cx(sim: &Simulator) -> ResolveContext {
+    let base_urls: BTreeMap<String, String> = RESOLVER_NAMES
+        .iter()
+        .map(|n| (n.to_string(), sim.url(&format!("/{n}"))))
+        .collect();
+    ResolveContext {
+        http: http(),
+        config: Arc::new(ResolverConfig {
+            mailto: Some("me@example.org".into()),
+            base_urls,
+            ..ResolverConfig::default()
+        }),
+    }
+}
+
+struct Env {
+    cx: ResolveContext,
+    download: HttpService,
+    out: tempfile::TempDir,
+    tried: TriedUrls,
+    options: DownloadOptions,
+}
+
+impl Env {
+    fn new(sim: &Simulator) -> Env {
+        Env {
+            cx: resolve_cx(sim),
+            download: http(),
+            out: tempfile::tempdir().unwrap(),
+            tried: TriedUrls::default(),
+            options: DownloadOptions::default(),
+        }
+    }
+
+    fn fetch_env(&self) -> FetchEnv<'_> {
+        FetchEnv {
+            resolve: &self.cx,
+            download: &self.download,
+            out_dir: self.out.path(),
+            tried: &self.tried,
+            options: &self.options,
+        }
+    }
+}
+
+fn partials(out: &Path) -> usize {
+    std::fs::read_dir(out.join(PARTIAL_DIR)).map_or(0, |d| d.count())
+}
+
+fn openalex_work(id: &str, pdfs: &[String]) -> Work {
+    let locations: Vec<_> = pdfs.iter().map(|u| json!({"pdf_url": u})).collect();
+    Work::from_openalex(
+        &json!({"id": format!("https://openalex.org/{id}"), "doi": "10.1000/x", "locations": locations}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_miss_falls_back_to_the_next_tier() {
+    let sim = Simulator::start().await.unwrap();
+    // direct_oa: unpaywall does not know the DOI (404); doi tier: crossref has a PDF link
+    sim.on(
+        "/crossref/works/10.1000/x",
+        [Reply::json(
+            &json!({"message": {"link": [{"URL": sim.url("/pub/x.pdf"), "content-type": "application/pdf"}]}}),
+        )],
+    );
+    sim.on("/pub/x.pdf", [Reply::pdf(20_000)]);
+    let env = Env::new(&sim);
+    let fallback = Fallback::new(FallbackConfig::default()).unwrap();
+    let work = Work::from_doi("10.1000/x").unwrap();
+    match fallback.fetch(&work, env.fetch_env()).await {
+        FetchResult::Downloaded {
+            file,
+            candidate,
+            attempts,
+        } => {
+            assert_eq!(candidate.resolver, "crossref");
+            assert_eq!(attempts, 1);
+            assert_eq!(file.bytes, 20_000);
+            assert!(file.path.starts_with(env.out.path()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.count("/unpaywall/*"), 1);
+    assert_eq!(
+        sim.count("/wayback/*"),
+        0,
+        "the archive tier is not reached after a success"
+    );
+}
+
+#[tokio::test]
+async fn html_as_pdf_is_rejected_and_the_next_candidate_wins() {
+    let sim = Simulator::start().await.unwrap();
+    let page = "<html><body>Access denied</body></html>".repeat(100);
+    sim.on(
+        "/a.pdf",
+        [Reply::ok().header("content-type", "application/pdf").body(page)],
+    );
+    sim.on("/b.pdf", [Reply::pdf(5_000)]);
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        max_concurrent: 1,
+        ..FallbackConfig::default()
+    };
+    let work = openalex_work("W1", &[sim.url("/a.pdf"), sim.url("/b.pdf")]);
+    let result = Fallback::new(config).unwrap().fetch(&work, env.fetch_env()).await;
+    assert!(
+        matches!(result, FetchResult::Downloaded { ref candidate, attempts: 2, .. } if candidate.url.ends_with("/b.pdf")),
+        "{result:?}"
+    );
+
+    // alone, the HTML candidate fails with its reason
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        ..FallbackConfig::default()
+    };
+    let result = Fallback::new(config)
+        .unwrap()
+        .fetch(&openalex_work("W2", &[sim.url("/a.pdf")]), env.fetch_env())
+        .await;
+    assert!(
+        matches!(
+            result,
+            FetchResult::Failed {
+                reason: ReasonCode::HtmlLandingPage,
+                ..
+            }
+        ),
+        "{result:?}"
+    );
+    assert_eq!(partials(env.out.path()), 0);
+}
+
+#[tokio::test]
+async fn a_truncated_body_is_retried_then_succeeds() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on(
+        "/cut.pdf",
+        [
+            Reply::ok().body_spec(BodySpec::Truncated {
+                declared: 90_000,
+                sent: 30_000,
+            }),
+            Reply::pdf(30_000),
+        ],
+    );
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        ..FallbackConfig::default()
+    };
+    let result = Fallback::new(config)
+        .unwrap()
+        .fetch(&openalex_work("W3", &[sim.url("/cut.pdf")]), env.fetch_env())
+        .await;
+    assert!(
+        matches!(result, FetchResult::Downloaded { attempts: 1, .. }),
+        "{result:?}"
+    );
+    assert_eq!(sim.count("/cut.pdf"), 2);
+}
+
+#[tokio::test]
+async fn a_url_is_not_tried_twice_in_a_run() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/shared.pdf", [Reply::status(404)]);
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        ..FallbackConfig::default()
+    };
+    let fallback = Fallback::new(config).unwrap();
+    let first = fallback
+        .fetch(&openalex_work("W4", &[sim.url("/shared.pdf")]), env.fetch_env())
+        .await;
+    assert!(
+        matches!(
+            first,
+            FetchResult::Failed {
+                reason: ReasonCode::HttpStatus,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    let second = fallback
+        .fetch(&openalex_work("W5", &[sim.url("/shared.pdf")]), env.fetch_env())
+        .await;
+    assert!(
+        matches!(
+            second,
+            FetchResult::Failed {
+                reason: ReasonCode::AllCandidatesFailed,
+                attempts: 0,
+                ..
+            }
+        ),
+        "{second:?}"
+    );
+    assert_eq!(sim.count("/shared.pdf"), 1);
+}
+
+#[tokio::test]
+async fn the_attempt_budget_is_kept() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/bad/*", [Reply::status(404)]);
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        max_attempts: 2,
+        ..FallbackConfig::default()
+    };
+    let urls: Vec<String> = (0..5).map(|i| sim.url(&format!("/bad/{i}.pdf"))).collect();
+    let result = Fallback::new(config)
+        .unwrap()
+        .fetch(&openalex_work("W6", &urls), env.fetch_env())
+        .await;
+    assert!(matches!(result, FetchResult::Failed { attempts: 2, .. }), "{result:?}");
+    assert_eq!(sim.count("/bad/*"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_valid_pdf_wins_and_the_rest_are_cancelled() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/slow.pdf", [Reply::ok().body_spec(BodySpec::StallAfter { sent: 100 })]);
+    sim.on("/fast.pdf", [Reply::pdf(8_000).delay(Duration::from_millis(50))]);
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        ..FallbackConfig::default()
+    };
+    let work = openalex_work("W7", &[sim.url("/slow.pdf"), sim.url("/fast.pdf")]);
+    let started = tokio::time::Instant::now();
+    let result = Fallback::new(config).unwrap().fetch(&work, env.fetch_env()).await;
+    assert!(
+        matches!(result, FetchResult::Downloaded { ref candidate, .. } if candidate.url.ends_with("/fast.pdf")),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "did not wait for the stalled candidate"
+    );
+    assert_eq!(sim.count("/slow.pdf"), 1, "both ran at once");
+    assert_eq!(
+        partials(env.out.path()),
+        0,
+        "the cancelled candidate left no partial file"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_time_budget_is_kept() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/stuck.pdf", [Reply::ok().stall()]);
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        tiers: vec![TierConfig {
+            name: "t".into(),
+            resolvers: vec!["openalex".into()],
+            parallel: 1,
+        }],
+        total_timeout_ms: 5_000,
+        ..FallbackConfig::default()
+    };
+    let result = Fallback::new(config)
+        .unwrap()
+        .fetch(&openalex_work("W8", &[sim.url("/stuck.pdf")]), env.fetch_env())
+        .await;
+    assert!(
+        matches!(
+            result,
+            FetchResult::Failed {
+                reason: ReasonCode::BudgetExhausted,
+                ..
+            }
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_candidates_anywhere() {
+    let sim = Simulator::start().await.unwrap();
+    let env = Env::new(&sim);
+    let config = FallbackConfig {
+        disable_wayback: true,
+        ..FallbackConfig::default()
+    };
+    let result = Fallback::new(config)
+        .unwrap()
+        .fetch(&Work::from_doi("10.1000/none").unwrap(), env.fetch_env())
+        .await;
+    assert!(
+        matches!(
+            result,
+            FetchResult::Failed {
+                reason: ReasonCode::NoCandidates,
+                attempts: 0,
+                ..
+            }
+        ),
+        "{result:?}"
+    );
+    assert_eq!(sim.count("/wayback/*"), 0, "wayback disabled");
+}
