@@ -383,10 +383,16 @@ async fn bad_configuration_is_reported_by_field() {
     .unwrap_err();
     assert!(e.to_string().contains("max_connections"), "{e}");
     let dir = tempfile::tempdir().unwrap();
-    let e = Ledger::open(&format!("sqlite://{}/missing/dir/l.db", dir.path().display()))
+    // a missing folder is made; a folder that cannot be made is reported
+    let made = Ledger::open(&format!("sqlite://{}/new/dir/l.db", dir.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(made.counts(None).await.unwrap().total(), 0);
+    std::fs::write(dir.path().join("a-file"), b"x").unwrap();
+    let e = Ledger::open(&format!("sqlite://{}/a-file/l.db", dir.path().display()))
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("open the SQLite ledger"), "{e}");
+    assert!(e.to_string().contains("url: cannot create the ledger's folder"), "{e}");
 }
 
 /// Eight workers (tasks) over 1,000 jobs: each job is finalized exactly once, none is lost.

@@ -14,7 +14,7 @@ use sqlx::{Pool, Sqlite, Transaction};
 use super::error::LedgerError;
 
 /// The file name of the embedded ledger inside an output folder.
-pub const SQLITE_FILE_NAME: &str = "ledger.sqlite3";
+pub const SQLITE_FILE_NAME: &str = "ledger.sqlite";
 
 /// How to open a [`Ledger`](super::Ledger).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl LedgerConfig {
         }
     }
 
-    /// The embedded default: `<dir>/ledger.sqlite3`.
+    /// The embedded default: `<dir>/ledger.sqlite`.
     pub fn in_dir(dir: impl AsRef<Path>) -> Self {
         let path: PathBuf = dir.as_ref().join(SQLITE_FILE_NAME);
         LedgerConfig::new(path.to_string_lossy().into_owned())
@@ -185,15 +185,18 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
             message: format!("not a usable sqlite URL ({e}); write sqlite://<path>?mode=rwc"),
         })?
     } else {
-        // a plain path: make its folder, as the output folder may not exist yet
-        if let Some(parent) = Path::new(url).parent().filter(|p| !p.as_os_str().is_empty()) {
+        SqliteConnectOptions::new().filename(url)
+    };
+    // make the file's folder, as the output folder may not exist yet
+    let file = opts.get_filename();
+    if file.as_os_str() != ":memory:" {
+        if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| LedgerError::Config {
                 field: "url",
                 message: format!("cannot create the ledger's folder {}: {e}", parent.display()),
             })?;
         }
-        SqliteConnectOptions::new().filename(url)
-    };
+    }
     let opts = opts
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)

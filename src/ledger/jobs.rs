@@ -272,6 +272,8 @@ impl Ledger {
         let now = self.now();
         with_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("finish a job"))?;
+            // A target that is not final binds an id no row has: the update matches nothing
+            // and `conditional!` reads the job to report the illegal transition.
             let to_ok = JobState::Leased.can_become(to) && to != JobState::Planned;
             let q = sqlx::query(FINISH)
                 .bind(if to_ok { to.as_str() } else { "never" })
