@@ -138,6 +138,10 @@ impl Ledger {
     /// their ids in input order, existing ids for keys already planned.
     pub async fn plan_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, LedgerError> {
         let now = self.now();
+        #[cfg(feature = "postgres")]
+        if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
+            return super::pg_batch::plan_many(pool, jobs, now).await;
+        }
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut ids = Vec::with_capacity(jobs.len());
@@ -297,6 +301,10 @@ impl Ledger {
         items: &[(JobId, JobState, JobResult)],
     ) -> Result<Vec<Result<(), LedgerError>>, LedgerError> {
         let now = self.now();
+        #[cfg(feature = "postgres")]
+        if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
+            return super::pg_batch::finish_many(pool, owner, items, now).await;
+        }
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut out = Vec::with_capacity(items.len());

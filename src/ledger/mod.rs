@@ -57,6 +57,8 @@ mod connect;
 mod error;
 mod jobs;
 mod ops;
+#[cfg(feature = "postgres")]
+mod pg_batch;
 mod query;
 mod row;
 mod types;
