@@ -4,8 +4,6 @@
 
 mod ledger_support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use contentdownload::context::{IdempotencyKey, WorkId};
@@ -393,76 +391,4 @@ async fn bad_configuration_is_reported_by_field() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("url: cannot create the ledger's folder"), "{e}");
-}
-
-/// Eight workers (tasks) over 1,000 jobs: each job is finalized exactly once, none is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_workers_finalize_each_of_1000_jobs_once() {
-    const JOBS: usize = 1000;
-    for t in backends("eight_workers").await {
-        let l = &t.ledger;
-        let ids = l
-            .plan_many(&(0..JOBS).map(|i| job("r", i)).collect::<Vec<_>>())
-            .await
-            .unwrap();
-        let done: Arc<Mutex<HashMap<JobId, Vec<usize>>>> = Arc::default();
-        let mut workers = Vec::new();
-        for w in 0..8usize {
-            let (l, done) = (l.clone(), done.clone());
-            workers.push(tokio::spawn(async move {
-                let owner = format!("worker-{w}");
-                for _round in 0..JOBS {
-                    let batch = l.lease(Some("r"), &owner, 16, TTL).await.unwrap();
-                    if batch.is_empty() {
-                        return;
-                    }
-                    let mut finished = Vec::new();
-                    for j in &batch {
-                        let OpStart::Started(op) = l.start_op(j.id, "STREAM", &j.canonical_url, &owner).await.unwrap()
-                        else {
-                            panic!("{} started twice", j.id);
-                        };
-                        l.finish_op(&op, "ok").await.unwrap();
-                        finished.push((j.id, JobState::Finalized, JobResult::outcome("pdf")));
-                    }
-                    // half the workers finish one by one, half in batches
-                    if w % 2 == 0 {
-                        for (id, to, r) in &finished {
-                            l.finish(*id, &owner, *to, r).await.unwrap();
-                        }
-                    } else {
-                        for r in l.finish_many(&owner, &finished).await.unwrap() {
-                            r.unwrap();
-                        }
-                    }
-                    let mut done = done.lock().unwrap();
-                    for (id, ..) in finished {
-                        done.entry(id).or_default().push(w);
-                    }
-                }
-                panic!("worker {w} did not run out of jobs in {JOBS} rounds");
-            }));
-        }
-        let all = tokio::time::timeout(Duration::from_secs(120), futures_util::future::join_all(workers)).await;
-        for r in all.expect("workers finish within two minutes") {
-            r.unwrap();
-        }
-        let done = std::mem::take(&mut *done.lock().unwrap());
-        assert_eq!(done.len(), JOBS, "{}: every job finalized", t.name);
-        assert!(
-            done.values().all(|w| w.len() == 1),
-            "{}: no job finalized twice",
-            t.name
-        );
-        assert!(ids.iter().all(|id| done.contains_key(id)));
-        let c = l.counts(Some("r")).await.unwrap();
-        assert_eq!((c.finalized, c.total()), (JOBS as u64, JOBS as u64));
-        let jobs = l.jobs(Some("r")).await.unwrap();
-        assert!(jobs.iter().all(|j| j.attempts == 1 && j.state == JobState::Finalized));
-        let busy = done.values().fold([0usize; 8], |mut acc, w| {
-            acc[w[0]] += 1;
-            acc
-        });
-        eprintln!("{}: jobs per worker {busy:?}", t.name);
-    }
 }
