@@ -41,6 +41,7 @@
 //! | feature | what it adds |
 //! | --- | --- |
 //! | `simulator` | [`simulator`]: a scriptable provider simulator (a real hyper server on 127.0.0.1) for tests, benches and examples |
+//! | `postgres` | the [`ledger`] on PostgreSQL (`postgres://` URLs, `FOR UPDATE SKIP LOCKED` leasing) for many machines; SQLite is always available |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -49,6 +50,7 @@ pub mod context;
 pub mod download;
 pub mod error;
 pub mod layers;
+pub mod ledger;
 pub mod manifest;
 pub mod pipeline;
 pub mod reason;

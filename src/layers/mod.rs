@@ -6,6 +6,7 @@
 //! Each layer reads the request context (see [`crate::context`]) from the request's
 //! extensions and can be left out of a `ServiceBuilder` with `option_layer`.
 
+pub mod idempotency;
 pub mod learning;
 pub mod rate_limit;
 pub mod retry;

@@ -1,0 +1,240 @@
+//! Future types.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::error::{AlreadyFinalized, LeasedElsewhere};
+use super::layer::Gate;
+use super::outcome::{self, LedgerJob};
+use crate::context::IdempotencyKey;
+use crate::error::BoxError;
+use crate::ledger::{Claim, JobId, JobResult, JobState, LedgerError};
+
+/// A ledger round trip. sqlx's calls are `async fn`s whose futures cannot be named, so they
+/// are boxed: one allocation per ledger step, only when a ledger is configured, and small
+/// next to the database I/O it waits for. Without a ledger nothing is boxed.
+pub(crate) type LedgerFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
+
+async fn record(gate: Arc<Gate>, job: JobId, to: JobState, result: JobResult) -> Result<(), LedgerError> {
+    gate.ledger.finish(job, &gate.worker, to, &result).await
+}
+
+/// The job a request holds a lease on while it runs.
+#[derive(Debug)]
+struct Lease {
+    job: JobId,
+    key: IdempotencyKey,
+    gate: Arc<Gate>,
+}
+
+pin_project! {
+    /// Response future for [`Idempotency`](super::Idempotency).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        // The request could not be prepared (an unusable caller key).
+        Failed { error: Option<BoxError> },
+        // Waiting for the ledger to plan and lease the key.
+        Claiming {
+            fut: LedgerFuture<Claim>,
+            svc: Option<S>,
+            req: Option<Request<B>>,
+            key: Option<IdempotencyKey>,
+            gate: Arc<Gate>,
+        },
+        // Leased: waiting for the inner service to be ready again.
+        Ready { svc: Option<S>, req: Option<Request<B>>, lease: Option<Lease> },
+        // The request is in flight (with a lease, or with no ledger at all).
+        Calling { #[pin] fut: S::Future, lease: Option<Lease> },
+        // Writing the outcome to the ledger before handing it over.
+        Recording { fut: LedgerFuture<()>, out: Option<Result<S::Response, BoxError>> },
+        Done,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn direct(fut: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Calling { fut, lease: None },
+        }
+    }
+
+    pub(crate) fn claiming(
+        fut: LedgerFuture<Claim>,
+        svc: S,
+        req: Request<B>,
+        key: IdempotencyKey,
+        gate: Arc<Gate>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Claiming {
+                fut,
+                svc: Some(svc),
+                req: Some(req),
+                key: Some(key),
+                gate,
+            },
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+fn polled_after_completion() -> BoxError {
+    "idempotency ResponseFuture polled after completion".into()
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    let e = error.take().unwrap_or_else(polled_after_completion);
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(e));
+                }
+                StateProj::Claiming {
+                    fut,
+                    svc,
+                    req,
+                    key,
+                    gate,
+                } => {
+                    let claim = ready!(fut.as_mut().poll(cx));
+                    let key = key.take().ok_or_else(polled_after_completion)?;
+                    let err: BoxError = match claim {
+                        Ok(Claim::Leased(job)) => {
+                            let lease = Lease {
+                                job: job.id,
+                                key,
+                                gate: gate.clone(),
+                            };
+                            let (svc, req) = (svc.take(), req.take());
+                            this.state.set(State::Ready {
+                                svc,
+                                req,
+                                lease: Some(lease),
+                            });
+                            continue;
+                        }
+                        Ok(Claim::Settled(job)) => Box::new(AlreadyFinalized { key, job }),
+                        Ok(Claim::Busy(job)) => Box::new(LeasedElsewhere {
+                            key,
+                            job: job.id,
+                            owner: job.lease_owner,
+                            expires_at_ms: job.lease_expires_at,
+                        }),
+                        Err(e) => Box::new(e),
+                    };
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(err));
+                }
+                StateProj::Ready { svc, req, lease } => {
+                    let s = svc.as_mut().ok_or_else(polled_after_completion)?;
+                    let ready = ready!(s.poll_ready(cx)).map_err(Into::into);
+                    match ready {
+                        Ok(()) => {
+                            let req = req.take().ok_or_else(polled_after_completion)?;
+                            let fut = s.call(req);
+                            let lease = lease.take();
+                            this.state.set(State::Calling { fut, lease });
+                        }
+                        Err(e) => {
+                            let Some(lease) = lease.take() else {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(e));
+                            };
+                            let (to, result) = outcome::of_error(&e);
+                            let fut = Box::pin(record(lease.gate, lease.job, to, result));
+                            this.state.set(State::Recording { fut, out: Some(Err(e)) });
+                        }
+                    }
+                }
+                StateProj::Calling { fut, lease } => {
+                    let out = ready!(fut.poll(cx)).map_err(Into::into);
+                    let Some(lease) = lease.take() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(out);
+                    };
+                    let (to, result) = match &out {
+                        Ok(res) => outcome::of_response(res),
+                        Err(e) => outcome::of_error(e),
+                    };
+                    let keep_leased = to == JobState::Finalized && !lease.gate.finalize_on_response;
+                    let out = out.map(|mut res| {
+                        res.extensions_mut().insert(LedgerJob {
+                            job: lease.job,
+                            key: lease.key.clone(),
+                            owner: lease.gate.worker.clone(),
+                            state: if keep_leased { JobState::Leased } else { to },
+                        });
+                        res
+                    });
+                    if keep_leased {
+                        this.state.set(State::Done);
+                        return Poll::Ready(out);
+                    }
+                    let fut = Box::pin(record(lease.gate, lease.job, to, result));
+                    this.state.set(State::Recording { fut, out: Some(out) });
+                }
+                StateProj::Recording { fut, out } => {
+                    let recorded = ready!(fut.as_mut().poll(cx));
+                    let out = out.take().ok_or_else(polled_after_completion)?;
+                    this.state.set(State::Done);
+                    return Poll::Ready(match (recorded, out) {
+                        (Ok(()), out) => out,
+                        // the operation failed anyway: its own error says more
+                        (Err(e), Err(original)) => {
+                            tracing::warn!(error = %e, "could not record a failed operation in the ledger");
+                            Err(original)
+                        }
+                        // done, but not recorded (the lease was lost, or the database failed)
+                        (Err(e), Ok(_)) => Err(Box::new(e)),
+                    });
+                }
+                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Opening a ledger: configuration, the two backends, migrations.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Sqlite, Transaction};
+
+use super::error::LedgerError;
+
+/// The file name of the embedded ledger inside an output folder.
+pub const SQLITE_FILE_NAME: &str = "ledger.sqlite";
+
+/// How to open a [`Ledger`](super::Ledger).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Where the ledger lives: `sqlite://<path>?mode=rwc`, a plain file path (SQLite), or
+    /// `postgres://user@host:port/db` (needs the `postgres` feature).
+    pub url: String,
+    /// The most connections the pool opens. Default 8.
+    pub max_connections: u32,
+    /// SQLite: how long a statement waits for another process's write lock before failing.
+    /// Default 30 s.
+    pub busy_timeout: Duration,
+    /// PostgreSQL: a schema to create (if missing) and use for the ledger's tables, so that
+    /// several ledgers can share one database. Lower-case letters, digits and `_` only.
+    pub pg_schema: Option<String>,
+    /// How long a lease lasts unless renewed by a heartbeat; also the age past which an
+    /// unfinished op counts as abandoned. Default 5 minutes.
+    pub lease_ttl: Duration,
+    /// Run [`Ledger::reconcile`](super::Ledger::reconcile) right after opening. Default on.
+    pub reconcile_on_open: bool,
+    /// The largest op result stored, in bytes; longer results are cut. Default 4096.
+    pub max_op_result_bytes: usize,
+}
+
+impl LedgerConfig {
+    /// A configuration for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        LedgerConfig {
+            url: url.into(),
+            max_connections: 8,
+            busy_timeout: Duration::from_secs(30),
+            pg_schema: None,
+            lease_ttl: Duration::from_secs(300),
+            reconcile_on_open: true,
+            max_op_result_bytes: 4096,
+        }
+    }
+
+    /// The embedded default: `<dir>/ledger.sqlite`.
+    pub fn in_dir(dir: impl AsRef<Path>) -> Self {
+        let path: PathBuf = dir.as_ref().join(SQLITE_FILE_NAME);
+        LedgerConfig::new(path.to_string_lossy().into_owned())
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), LedgerError> {
+        let bad = |field, message: &str| {
+            Err(LedgerError::Config {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.url.trim().is_empty() {
+            return bad("url", "empty; give a sqlite:// or postgres:// URL or a file path");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.lease_ttl < Duration::from_millis(1) {
+            return bad("lease_ttl", "must be at least 1 ms");
+        }
+        if let Some(schema) = &self.pg_schema {
+            let ok = !schema.is_empty()
+                && schema.len() <= 63
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !schema.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                return bad(
+                    "pg_schema",
+                    "use 1-63 lower-case letters, digits and _, not starting with a digit",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_postgres(&self) -> bool {
+        let u = self.url.trim_start();
+        u.starts_with("postgres://") || u.starts_with("postgresql://")
+    }
+}
+
+/// The ledger's notion of now, in Unix milliseconds: the system clock plus an offset that
+/// is zero unless a test moves it with [`advance`](LedgerClock::advance).
+///
+/// Lease expiry is compared with this clock on every machine, so machines sharing a
+/// PostgreSQL ledger need clocks in sync (NTP) to well within the lease TTL.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerClock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl LedgerClock {
+    /// Now, Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        let sys = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        sys.saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Moves this ledger handle's clock forward (for tests of lease expiry: a worker that
+    /// "waits out" a TTL without sleeping). Shared by clones of the ledger.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Which database a ledger talks to.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    Sqlite(Pool<Sqlite>),
+    #[cfg(feature = "postgres")]
+    Postgres(Pool<sqlx::Postgres>),
+}
+
+/// Starting a write transaction the way each backend wants it.
+pub(crate) trait WritePool {
+    type Db: sqlx::Database;
+    /// SQLite: `BEGIN IMMEDIATE`, so the write lock is taken up front and waits on the busy
+    /// timeout instead of failing on a lock upgrade; PostgreSQL: a plain `BEGIN`.
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, LedgerError>;
+}
+
+impl WritePool for Pool<Sqlite> {
+    type Db = Sqlite;
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, LedgerError> {
+        self.begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(LedgerError::db("begin a write transaction"))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl WritePool for Pool<sqlx::Postgres> {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Postgres>, LedgerError> {
+        self.begin().await.map_err(LedgerError::db("begin a write transaction"))
+    }
+}
+
+fn migrator(sql: &'static str) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("jobs and ops"),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )]),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerError> {
+    let url = cfg.url.trim();
+    let opts = if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url).map_err(|e| LedgerError::Config {
+            field: "url",
+            message: format!("not a usable sqlite URL ({e}); write sqlite://<path>?mode=rwc"),
+        })?
+    } else {
+        SqliteConnectOptions::new().filename(url)
+    };
+    // make the file's folder, as the output folder may not exist yet
+    let file = opts.get_filename();
+    if file.as_os_str() != ":memory:" {
+        if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| LedgerError::Config {
+                field: "url",
+                message: format!("cannot create the ledger's folder {}: {e}", parent.display()),
+            })?;
+        }
+    }
+    let opts = opts
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(cfg.busy_timeout)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(cfg.busy_timeout.max(Duration::from_secs(5)))
+        .connect_with(opts)
+        .await
+        .map_err(LedgerError::db("open the SQLite ledger"))?;
+    let m = migrator(include_str!("../../migrations/sqlite/0001_jobs_and_ops.sql"));
+    // Several processes may open a fresh file at once; SQLite has no migration lock, so
+    // the loser of the race sees the version already taken and simply tries again (the
+    // migration itself is idempotent).
+    let mut tries = 0;
+    loop {
+        match m.run(&pool).await {
+            Ok(()) => break,
+            Err(_) if tries < 5 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Backend::Sqlite(pool))
+}
+
+#[cfg(feature = "postgres")]
+pub(crate) async fn open_postgres(cfg: &LedgerConfig) -> Result<Backend, LedgerError> {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{ConnectOptions, Connection};
+
+    let mut opts = PgConnectOptions::from_str(cfg.url.trim()).map_err(|e| LedgerError::Config {
+        field: "url",
+        message: format!("not a usable postgres URL ({e}); write postgres://user@host:port/database"),
+    })?;
+    if let Some(schema) = &cfg.pg_schema {
+        // validated above: only [a-z0-9_], so quoting is safe
+        let mut conn = opts.connect().await.map_err(LedgerError::db("connect to PostgreSQL"))?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&mut conn)
+            .await
+            .map_err(LedgerError::db("create the ledger schema"))?;
+        conn.close().await.map_err(LedgerError::db("connect to PostgreSQL"))?;
+        opts = opts.options([("search_path", schema.as_str())]);
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts)
+        .await
+        .map_err(LedgerError::db("connect to PostgreSQL"))?;
+    migrator(include_str!("../../migrations/postgres/0001_jobs_and_ops.sql"))
+        .run(&pool)
+        .await?;
+    Ok(Backend::Postgres(pool))
+}
+
+#[cfg(not(feature = "postgres"))]
+pub(crate) async fn open_postgres(_cfg: &LedgerConfig) -> Result<Backend, LedgerError> {
+    Err(LedgerError::Config {
+        field: "url",
+        message: "a postgres:// ledger needs contentdownload built with the `postgres` feature".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let mut c = LedgerConfig::new("x.db");
+        c.pg_schema = Some("Bad-Name".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("pg_schema"), "{e}");
+        let e = LedgerConfig::new(" ").validate().unwrap_err().to_string();
+        assert!(e.contains("url"), "{e}");
+        assert!(LedgerConfig::new("postgresql://h/db").is_postgres());
+        assert!(!LedgerConfig::in_dir("/tmp/out").is_postgres());
+    }
+
+    #[test]
+    fn the_clock_moves_forward_when_told() {
+        let c = LedgerClock::default();
+        let a = c.now_ms();
+        c.clone().advance(Duration::from_secs(60));
+        assert!(c.now_ms() >= a + 60_000);
+    }
+}

@@ -1,0 +1,403 @@
+//! Jobs: planning, leasing, heartbeats, transitions, reconciliation and queries.
+
+use std::time::Duration;
+
+use super::connect::{ms, WritePool};
+use super::error::LedgerError;
+use super::row::{self, job_columns};
+use super::types::{Job, JobId, JobResult, JobState, NewJob};
+use super::{with_pool, Ledger};
+
+/// What [`Ledger::claim`] found for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The job is now leased to the caller (it was planned, re-planned from FAILED or
+    /// DEFERRED, its old lease had expired, or the caller already held it).
+    Leased(Job),
+    /// The job is FINALIZED or SKIPPED: here is what was recorded; do not run it again.
+    Settled(Job),
+    /// Another worker holds a live lease on the job: do not run it.
+    Busy(Job),
+}
+
+const PLAN: &str = concat!(
+    "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, attempts, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, 'PLANNED', 0, $5, $5) \
+     ON CONFLICT (idempotency_key) DO UPDATE SET updated_at = jobs.updated_at RETURNING ",
+    job_columns!()
+);
+
+const PLAN_IF_NEW: &str = "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, attempts, \
+     created_at, updated_at) VALUES ($1, $2, $3, $4, 'PLANNED', 0, $5, $5) ON CONFLICT (idempotency_key) DO NOTHING";
+
+// SQLite: one UPDATE over a LIMITed subquery, inside a BEGIN IMMEDIATE transaction (the
+// write lock is held from the start, so two workers cannot pick the same rows).
+macro_rules! lease_sql {
+    ($filter:literal) => {
+        concat!(
+            "UPDATE jobs SET state = 'LEASED', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, \
+             updated_at = $3 WHERE state = 'PLANNED' AND id IN (SELECT id FROM jobs WHERE state = 'PLANNED' ",
+            $filter,
+            " ORDER BY id LIMIT $4) RETURNING ",
+            job_columns!()
+        )
+    };
+}
+// PostgreSQL: the rows are picked (and locked) once in a CTE with FOR UPDATE SKIP LOCKED, so
+// concurrent workers skip each other's rows instead of waiting; a LIMITed `IN (subquery)`
+// could be re-evaluated by the planner and lease more than asked.
+macro_rules! lease_sql_pg {
+    ($filter:literal) => {
+        concat!(
+            "WITH picked AS (SELECT id FROM jobs WHERE state = 'PLANNED' ",
+            $filter,
+            " ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             UPDATE jobs SET state = 'LEASED', lease_owner = $1, lease_expires_at = $2, attempts = jobs.attempts + 1, \
+             updated_at = $3 FROM picked WHERE jobs.id = picked.id RETURNING jobs.id, run_id, work_id, \
+             idempotency_key, canonical_url, state, lease_owner, lease_expires_at, attempts, created_at, updated_at, \
+             outcome, path, sha256, bytes, reason"
+        )
+    };
+}
+const LEASE_ANY: &str = lease_sql!("AND $5 = $5");
+const LEASE_RUN: &str = lease_sql!("AND run_id = $5");
+const LEASE_ANY_PG: &str = lease_sql_pg!("AND $5 = $5");
+const LEASE_RUN_PG: &str = lease_sql_pg!("AND run_id = $5");
+
+const CLAIM: &str = concat!(
+    "UPDATE jobs SET state = 'LEASED', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
+     attempts = CASE WHEN state = 'LEASED' AND lease_owner = $1 THEN attempts ELSE attempts + 1 END \
+     WHERE idempotency_key = $4 AND (state IN ('PLANNED', 'FAILED', 'DEFERRED') \
+     OR (state = 'LEASED' AND (lease_owner = $1 OR lease_expires_at < $3))) RETURNING ",
+    job_columns!()
+);
+
+const FINISH: &str = "UPDATE jobs SET state = $1, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2, \
+     outcome = $3, path = $4, sha256 = $5, bytes = $6, reason = $7 \
+     WHERE id = $8 AND state = 'LEASED' AND lease_owner = $9";
+
+const STATE_OF: &str = "SELECT state, lease_owner FROM jobs WHERE id = $1";
+
+/// Runs a conditional update for a job and, when it matched nothing, reads the job to say
+/// why: not found, an illegal transition, or (when `$leased` and the job is LEASED) a lease
+/// held by someone else.
+macro_rules! conditional {
+    ($exec:expr, $query:expr, $step:literal, $job:expr, $owner:expr, $to:expr, $leased:expr) => {{
+        let done = $query
+            .execute(&mut *$exec)
+            .await
+            .map_err(LedgerError::db($step))?
+            .rows_affected();
+        if done == 1 {
+            Ok(())
+        } else {
+            let found = sqlx::query(STATE_OF)
+                .bind($job.0)
+                .fetch_optional(&mut *$exec)
+                .await
+                .map_err(LedgerError::db($step))?;
+            Err(match found {
+                None => LedgerError::NotFound($job),
+                Some(r) => match row::state_and_owner(&r)? {
+                    (JobState::Leased, holder) if $leased => LedgerError::LeaseNotHeld {
+                        job: $job,
+                        owner: $owner.to_owned(),
+                        holder,
+                    },
+                    (from, _) => LedgerError::IllegalTransition {
+                        job: $job,
+                        from,
+                        to: $to,
+                    },
+                },
+            })
+        }
+    }};
+}
+
+impl Ledger {
+    /// Plans a job, or returns the one already planned with the same key (planning is
+    /// idempotent; the existing job keeps its run id and state).
+    pub async fn plan(&self, job: &NewJob) -> Result<Job, LedgerError> {
+        let now = self.now();
+        with_pool!(self, pool => {
+            let r = sqlx::query(PLAN)
+                .bind(&job.run_id)
+                .bind(job.work_id.as_str())
+                .bind(job.key.as_str())
+                .bind(&job.canonical_url)
+                .bind(now)
+                .fetch_one(pool)
+                .await
+                .map_err(LedgerError::db("plan a job"))?;
+            row::job(&r)
+        })
+    }
+
+    /// Plans many jobs in one write transaction (much faster than one call each); returns
+    /// their ids in input order, existing ids for keys already planned.
+    pub async fn plan_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, LedgerError> {
+        let now = self.now();
+        #[cfg(feature = "postgres")]
+        if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
+            return super::pg_batch::plan_many(pool, jobs, now).await;
+        }
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut ids = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let r = sqlx::query(PLAN)
+                    .bind(&job.run_id)
+                    .bind(job.work_id.as_str())
+                    .bind(job.key.as_str())
+                    .bind(&job.canonical_url)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(LedgerError::db("plan jobs"))?;
+                ids.push(row::job(&r)?.id);
+            }
+            tx.commit().await.map_err(LedgerError::db("commit planned jobs"))?;
+            Ok(ids)
+        })
+    }
+
+    /// Leases up to `max` PLANNED jobs (of `run`, or of any run) to `owner` for `ttl`,
+    /// oldest first. Each job goes to exactly one caller; its attempt count goes up by one.
+    pub async fn lease(
+        &self,
+        run: Option<&str>,
+        owner: &str,
+        max: u32,
+        ttl: Duration,
+    ) -> Result<Vec<Job>, LedgerError> {
+        let now = self.now();
+        let pg = self.backend_name() == "postgres";
+        let sql = match (run.is_some(), pg) {
+            (false, false) => LEASE_ANY,
+            (true, false) => LEASE_RUN,
+            (false, true) => LEASE_ANY_PG,
+            (true, true) => LEASE_RUN_PG,
+        };
+        let mut jobs = with_pool!(self, pool => {
+            let q = sqlx::query(sql)
+                .bind(owner)
+                .bind(now.saturating_add(ms(ttl)))
+                .bind(now)
+                .bind(i64::from(max))
+                .bind(run.unwrap_or(""));
+            // PostgreSQL: one statement is its own transaction, the CTE locks what it picks.
+            // SQLite: BEGIN IMMEDIATE takes the write lock before anything is read.
+            let rows = if pg {
+                q.fetch_all(pool).await.map_err(LedgerError::db("lease jobs"))?
+            } else {
+                let mut tx = pool.begin_write().await?;
+                let rows = q.fetch_all(&mut *tx).await.map_err(LedgerError::db("lease jobs"))?;
+                tx.commit().await.map_err(LedgerError::db("commit leased jobs"))?;
+                rows
+            };
+            rows.iter().map(row::job).collect::<Result<Vec<_>, _>>()?
+        });
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Plans `job` if it is new, then leases it to `owner` for `ttl` unless it is settled or
+    /// leased by another live worker; one write transaction. This is what the idempotency
+    /// layer does per request.
+    pub async fn claim(&self, job: &NewJob, owner: &str, ttl: Duration) -> Result<Claim, LedgerError> {
+        let now = self.now();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(PLAN_IF_NEW)
+                .bind(&job.run_id)
+                .bind(job.work_id.as_str())
+                .bind(job.key.as_str())
+                .bind(&job.canonical_url)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(LedgerError::db("plan a job"))?;
+            let leased = sqlx::query(CLAIM)
+                .bind(owner)
+                .bind(now.saturating_add(ms(ttl)))
+                .bind(now)
+                .bind(job.key.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(LedgerError::db("lease a job by key"))?;
+            let claim = match leased {
+                Some(r) => Claim::Leased(row::job(&r)?),
+                None => {
+                    let r = sqlx::query(concat!("SELECT ", job_columns!(), " FROM jobs WHERE idempotency_key = $1"))
+                        .bind(job.key.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(LedgerError::db("read a job"))?;
+                    let found = row::job(&r)?;
+                    if found.state.is_terminal() { Claim::Settled(found) } else { Claim::Busy(found) }
+                }
+            };
+            tx.commit().await.map_err(LedgerError::db("commit a claim"))?;
+            Ok(claim)
+        })
+    }
+
+    /// Extends `owner`'s leases on `jobs` to now + `ttl`; returns how many were still held
+    /// (a job missing from the count was lost: stop working on it).
+    pub async fn heartbeat(&self, owner: &str, jobs: &[JobId], ttl: Duration) -> Result<u64, LedgerError> {
+        let now = self.now();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut held = 0;
+            for id in jobs {
+                held += sqlx::query(
+                    "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
+                     WHERE id = $3 AND state = 'LEASED' AND lease_owner = $4",
+                )
+                .bind(now.saturating_add(ms(ttl)))
+                .bind(now)
+                .bind(id.0)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await
+                .map_err(LedgerError::db("renew leases"))?
+                .rows_affected();
+            }
+            tx.commit().await.map_err(LedgerError::db("commit renewed leases"))?;
+            Ok(held)
+        })
+    }
+
+    /// Moves `job`, leased by `owner`, to its final state `to` (FINALIZED, FAILED, DEFERRED or
+    /// SKIPPED) with `result`. Fails with [`LedgerError::LeaseNotHeld`] if another worker holds
+    /// it and [`LedgerError::IllegalTransition`] if it is not LEASED or `to` is not final.
+    pub async fn finish(&self, job: JobId, owner: &str, to: JobState, result: &JobResult) -> Result<(), LedgerError> {
+        let now = self.now();
+        with_pool!(self, pool => {
+            let mut conn = pool.acquire().await.map_err(LedgerError::db("finish a job"))?;
+            // A target that is not final binds an id no row has: the update matches nothing
+            // and `conditional!` reads the job to report the illegal transition.
+            let to_ok = JobState::Leased.can_become(to) && to != JobState::Planned;
+            let q = sqlx::query(FINISH)
+                .bind(if to_ok { to.as_str() } else { "never" })
+                .bind(now)
+                .bind(result.outcome.as_deref())
+                .bind(result.path.as_deref())
+                .bind(result.sha256.as_deref())
+                .bind(result.bytes)
+                .bind(result.reason.as_deref())
+                .bind(if to_ok { job.0 } else { i64::MIN })
+                .bind(owner);
+            conditional!(conn, q, "finish a job", job, owner, to, to_ok)
+        })
+    }
+
+    /// Finishes many jobs in one write transaction; one result per item, in order (an item
+    /// that fails its condition does not stop the others).
+    pub async fn finish_many(
+        &self,
+        owner: &str,
+        items: &[(JobId, JobState, JobResult)],
+    ) -> Result<Vec<Result<(), LedgerError>>, LedgerError> {
+        let now = self.now();
+        #[cfg(feature = "postgres")]
+        if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
+            return super::pg_batch::finish_many(pool, owner, items, now).await;
+        }
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut out = Vec::with_capacity(items.len());
+            for (job, to, result) in items {
+                let (job, to) = (*job, *to);
+                let to_ok = JobState::Leased.can_become(to) && to != JobState::Planned;
+                let q = sqlx::query(FINISH)
+                    .bind(if to_ok { to.as_str() } else { "never" })
+                    .bind(now)
+                    .bind(result.outcome.as_deref())
+                    .bind(result.path.as_deref())
+                    .bind(result.sha256.as_deref())
+                    .bind(result.bytes)
+                    .bind(result.reason.as_deref())
+                    .bind(if to_ok { job.0 } else { i64::MIN })
+                    .bind(owner);
+                let r: Result<(), LedgerError> = conditional!(tx, q, "finish jobs", job, owner, to, to_ok);
+                match r {
+                    Err(e @ LedgerError::Database { .. }) => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            tx.commit().await.map_err(LedgerError::db("commit finished jobs"))?;
+            Ok(out)
+        })
+    }
+
+    /// Gives a leased job back (LEASED by `owner` → PLANNED); its attempt stays counted.
+    pub async fn release(&self, job: JobId, owner: &str) -> Result<(), LedgerError> {
+        let now = self.now();
+        with_pool!(self, pool => {
+            let mut conn = pool.acquire().await.map_err(LedgerError::db("release a job"))?;
+            let q = sqlx::query(
+                "UPDATE jobs SET state = 'PLANNED', lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+                 WHERE id = $2 AND state = 'LEASED' AND lease_owner = $3",
+            )
+            .bind(now)
+            .bind(job.0)
+            .bind(owner);
+            conditional!(conn, q, "release a job", job, owner, JobState::Planned, true)
+        })
+    }
+
+    /// Plans a FAILED or DEFERRED job again (→ PLANNED), for a second pass.
+    pub async fn requeue(&self, job: JobId) -> Result<(), LedgerError> {
+        let now = self.now();
+        with_pool!(self, pool => {
+            let mut conn = pool.acquire().await.map_err(LedgerError::db("requeue a job"))?;
+            let q = sqlx::query(
+                "UPDATE jobs SET state = 'PLANNED', updated_at = $1 WHERE id = $2 AND state IN ('FAILED', 'DEFERRED')",
+            )
+            .bind(now)
+            .bind(job.0);
+            conditional!(conn, q, "requeue a job", job, "", JobState::Planned, false)
+        })
+    }
+
+    /// Plans every job of `run` (or of all runs) in state `from` (FAILED or DEFERRED) again;
+    /// returns how many. The second pass over deferred work starts with this.
+    pub async fn requeue_all(&self, run: Option<&str>, from: JobState) -> Result<u64, LedgerError> {
+        if !from.can_become(JobState::Planned) || from == JobState::Leased {
+            return Err(LedgerError::Config {
+                field: "from",
+                message: format!("only FAILED or DEFERRED jobs can be requeued, not {from}"),
+            });
+        }
+        let now = self.now();
+        with_pool!(self, pool => {
+            let r = sqlx::query(
+                "UPDATE jobs SET state = 'PLANNED', updated_at = $1 WHERE state = $2 AND ($3 = '' OR run_id = $3)",
+            )
+            .bind(now)
+            .bind(from.as_str())
+            .bind(run.unwrap_or(""))
+            .execute(pool)
+            .await
+            .map_err(LedgerError::db("requeue jobs"))?;
+            Ok(r.rows_affected())
+        })
+    }
+
+    /// Marks a PLANNED job SKIPPED (nothing to do: already present, out of scope) with a reason.
+    pub async fn skip(&self, job: JobId, reason: &str) -> Result<(), LedgerError> {
+        let now = self.now();
+        with_pool!(self, pool => {
+            let mut conn = pool.acquire().await.map_err(LedgerError::db("skip a job"))?;
+            let q = sqlx::query(
+                "UPDATE jobs SET state = 'SKIPPED', updated_at = $1, reason = $2 WHERE id = $3 AND state = 'PLANNED'",
+            )
+            .bind(now)
+            .bind(reason)
+            .bind(job.0);
+            conditional!(conn, q, "skip a job", job, "", JobState::Skipped, false)
+        })
+    }
+}

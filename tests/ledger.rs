@@ -1,0 +1,394 @@
+#![cfg(feature = "simulator")]
+//! The job ledger, one suite run against every backend: SQLite always, PostgreSQL when
+//! `CONTENTDOWNLOAD_TEST_POSTGRES_URL` names a server (CI starts one and requires it).
+
+mod ledger_support;
+
+use std::time::Duration;
+
+use contentdownload::context::{IdempotencyKey, WorkId};
+use contentdownload::ledger::{
+    Claim, JobId, JobResult, JobState, Ledger, LedgerConfig, LedgerError, NewJob, OpKey, OpStart, OpStatus,
+};
+use ledger_support::{backends, backends_with};
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn job(run: &str, i: usize) -> NewJob {
+    NewJob {
+        run_id: run.to_owned(),
+        work_id: WorkId::new(format!("W{i}")),
+        key: IdempotencyKey::new(format!("{run}-key-{i}")),
+        canonical_url: format!("https://example.org/{i}.pdf"),
+    }
+}
+
+#[tokio::test]
+async fn planning_is_idempotent() {
+    for t in backends("planning_is_idempotent").await {
+        let l = &t.ledger;
+        let a = l.plan(&job("r", 1)).await.unwrap();
+        let b = l.plan(&job("r", 1)).await.unwrap();
+        assert_eq!(a.id, b.id, "{}", t.name);
+        assert_eq!(a.state, JobState::Planned);
+        assert_eq!(a.attempts, 0);
+        // the same key from another run is still the same job
+        let mut other = job("r", 1);
+        other.run_id = "r2".into();
+        assert_eq!(l.plan(&other).await.unwrap().run_id, "r");
+        let ids = l
+            .plan_many(&[job("r", 2), job("r", 1), job("r", 2), job("r", 3)])
+            .await
+            .unwrap();
+        assert_eq!(ids[0], ids[2]);
+        assert_eq!(ids[1], a.id);
+        assert_eq!(l.counts(Some("r")).await.unwrap().planned, 3, "{}", t.name);
+        assert_eq!(l.counts(None).await.unwrap().total(), 3);
+        let by_key = l.get_by_key(&IdempotencyKey::new("r-key-3")).await.unwrap().unwrap();
+        assert_eq!(by_key.id, ids[3]);
+        assert_eq!(by_key.canonical_url, "https://example.org/3.pdf");
+        assert!(l.get(JobId(999_999)).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_lease_goes_to_one_worker() {
+    for t in backends("a_lease_goes_to_one_worker").await {
+        let l = &t.ledger;
+        l.plan_many(&(0..10).map(|i| job("r", i)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        l.plan(&job("other", 0)).await.unwrap();
+        let a = l.lease(Some("r"), "A", 4, TTL).await.unwrap();
+        let b = l.lease(Some("r"), "B", 100, TTL).await.unwrap();
+        assert_eq!((a.len(), b.len()), (4, 6), "{}", t.name);
+        assert!(a
+            .iter()
+            .all(|j| j.lease_owner.as_deref() == Some("A") && j.attempts == 1));
+        assert!(a
+            .iter()
+            .all(|j| j.state == JobState::Leased && j.lease_expires_at.is_some()));
+        assert!(a.iter().all(|ja| b.iter().all(|jb| ja.id != jb.id)));
+        assert!(a.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+        assert!(l.lease(Some("r"), "C", 10, TTL).await.unwrap().is_empty());
+        // without a run filter, the other run's job is found
+        let c = l.lease(None, "C", 10, TTL).await.unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].run_id, "other");
+    }
+}
+
+#[tokio::test]
+async fn every_transition_is_conditional() {
+    for t in backends("every_transition_is_conditional").await {
+        let l = &t.ledger;
+        let planned = l.plan(&job("r", 0)).await.unwrap().id;
+        // a PLANNED job cannot be finished
+        let e = l
+            .finish(planned, "A", JobState::Finalized, &JobResult::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LedgerError::IllegalTransition {
+                    from: JobState::Planned,
+                    to: JobState::Finalized,
+                    ..
+                }
+            ),
+            "{}: {e}",
+            t.name
+        );
+        let leased = l.lease(Some("r"), "A", 1, TTL).await.unwrap().remove(0).id;
+        // not by another worker
+        let e = l
+            .finish(leased, "B", JobState::Finalized, &JobResult::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, LedgerError::LeaseNotHeld { holder: Some(h), .. } if h == "A"),
+            "{e}"
+        );
+        // not to a state that is not final
+        let e = l
+            .finish(leased, "A", JobState::Planned, &JobResult::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LedgerError::IllegalTransition {
+                    to: JobState::Planned,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let result = JobResult {
+            outcome: Some("pdf".into()),
+            path: Some("W0.pdf".into()),
+            sha256: Some("ab".repeat(32)),
+            bytes: Some(1234),
+            reason: None,
+        };
+        l.finish(leased, "A", JobState::Finalized, &result).await.unwrap();
+        let done = l.get(leased).await.unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.result.clone(), done.lease_owner),
+            (JobState::Finalized, result, None)
+        );
+        // finishing twice is an illegal transition, not a silent no-op
+        let e = l
+            .finish(leased, "A", JobState::Finalized, &JobResult::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LedgerError::IllegalTransition {
+                    from: JobState::Finalized,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            l.finish(JobId(987_654), "A", JobState::Failed, &JobResult::default())
+                .await,
+            Err(LedgerError::NotFound(JobId(987_654)))
+        ));
+        // release, requeue and skip
+        l.plan(&job("r", 1)).await.unwrap();
+        let j = l.lease(Some("r"), "A", 1, TTL).await.unwrap().remove(0);
+        assert!(matches!(
+            l.release(j.id, "B").await,
+            Err(LedgerError::LeaseNotHeld { .. })
+        ));
+        l.release(j.id, "A").await.unwrap();
+        let again = l.lease(Some("r"), "B", 1, TTL).await.unwrap().remove(0);
+        assert_eq!((again.id, again.attempts), (j.id, 2));
+        l.finish(again.id, "B", JobState::Deferred, &JobResult::reason("429"))
+            .await
+            .unwrap();
+        assert_eq!(l.requeue_all(Some("r"), JobState::Deferred).await.unwrap(), 1);
+        assert!(l.requeue_all(Some("r"), JobState::Finalized).await.is_err());
+        let j = l.lease(Some("r"), "B", 1, TTL).await.unwrap().remove(0);
+        l.finish(j.id, "B", JobState::Failed, &JobResult::reason("404"))
+            .await
+            .unwrap();
+        l.requeue(j.id).await.unwrap();
+        assert!(matches!(
+            l.requeue(leased).await,
+            Err(LedgerError::IllegalTransition { .. })
+        ));
+        l.skip(j.id, "already on disk").await.unwrap();
+        let skipped = l.get(j.id).await.unwrap().unwrap();
+        assert_eq!(skipped.state, JobState::Skipped);
+        assert_eq!(skipped.result.reason.as_deref(), Some("already on disk"));
+        assert!(matches!(
+            l.skip(j.id, "again").await,
+            Err(LedgerError::IllegalTransition { .. })
+        ));
+        // batched finishing reports each item
+        l.plan_many(&[job("r", 5), job("r", 6)]).await.unwrap();
+        let two = l.lease(Some("r"), "C", 2, TTL).await.unwrap();
+        let res = l
+            .finish_many(
+                "C",
+                &[
+                    (two[0].id, JobState::Finalized, JobResult::outcome("pdf")),
+                    (two[0].id, JobState::Finalized, JobResult::outcome("pdf")),
+                    (two[1].id, JobState::Skipped, JobResult::reason("dup")),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(res[0].is_ok() && res[2].is_ok());
+        assert!(matches!(res[1], Err(LedgerError::IllegalTransition { .. })));
+        let c = l.counts(Some("r")).await.unwrap();
+        assert_eq!((c.finalized, c.skipped, c.total()), (2, 2, 4), "{}", t.name);
+    }
+}
+
+#[tokio::test]
+async fn expired_leases_return_to_planned_and_unfinished_ops_are_abandoned() {
+    for t in backends("expired_leases_return").await {
+        let l = &t.ledger;
+        l.plan_many(&(0..3).map(|i| job("r", i)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let leased = l.lease(Some("r"), "dead", 2, Duration::from_secs(5)).await.unwrap();
+        let live = l.lease(Some("r"), "live", 1, Duration::from_secs(600)).await.unwrap();
+        let OpStart::Started(op) = l.start_op(leased[0].id, "STREAM", "https://x/0", "dead").await.unwrap() else {
+            panic!("a new op starts");
+        };
+        let OpStart::Started(live_op) = l.start_op(live[0].id, "STREAM", "https://x/2", "live").await.unwrap() else {
+            panic!("a new op starts");
+        };
+        // nothing has expired yet
+        assert_eq!(l.reconcile().await.unwrap().leases_reclaimed, 0);
+        // the dead worker sends no heartbeat; the live one does
+        l.clock().advance(Duration::from_secs(6));
+        assert_eq!(
+            l.heartbeat("live", &[live[0].id], Duration::from_secs(600))
+                .await
+                .unwrap(),
+            1
+        );
+        let r = l.reconcile().await.unwrap();
+        assert_eq!((r.leases_reclaimed, r.ops_abandoned), (2, 1), "{}", t.name);
+        for j in &leased {
+            let j = l.get(j.id).await.unwrap().unwrap();
+            // not left LEASED (the seed project's bug): back to PLANNED, the attempt counted
+            assert_eq!(
+                (j.state, j.lease_owner, j.lease_expires_at, j.attempts),
+                (JobState::Planned, None, None, 1)
+            );
+        }
+        let ops = l.ops(leased[0].id).await.unwrap();
+        assert_eq!(ops[0].status, OpStatus::Abandoned);
+        assert_eq!(l.ops(live[0].id).await.unwrap()[0].status, OpStatus::Started);
+        // the dead worker's late finish is refused once someone else holds the job
+        let again = l.lease(Some("r"), "new", 10, TTL).await.unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|j| j.attempts == 2));
+        let e = l
+            .finish(leased[0].id, "dead", JobState::Finalized, &JobResult::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LedgerError::LeaseNotHeld { .. }), "{e}");
+        // the abandoned op restarts, finishes once, and is then only reported
+        match l.start_op(leased[0].id, "STREAM", "https://x/0", "new").await.unwrap() {
+            OpStart::Restarted(old) => assert_eq!((old.key, old.owner.as_str()), (op.clone(), "dead")),
+            other => panic!("expected a restart, got {other:?}"),
+        }
+        l.finish_op(&op, "200 OK, 1234 bytes").await.unwrap();
+        match l.start_op(leased[0].id, "STREAM", "https://x/0", "new").await.unwrap() {
+            OpStart::AlreadyFinished(done) => assert_eq!(done.result.as_deref(), Some("200 OK, 1234 bytes")),
+            other => panic!("expected the finished op, got {other:?}"),
+        }
+        assert!(matches!(
+            l.finish_op(&op, "again").await,
+            Err(LedgerError::OpNotOpen { .. })
+        ));
+        assert!(matches!(
+            l.start_op(live[0].id, "STREAM", "https://x/2", "live").await.unwrap(),
+            OpStart::InProgress(_)
+        ));
+        l.finish_op(&live_op, "ok").await.unwrap();
+        // a heartbeat from a worker that lost its lease renews nothing
+        assert_eq!(l.heartbeat("dead", &[leased[0].id], TTL).await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn old_unfinished_ops_without_a_live_lease_are_abandoned() {
+    let ttl = Duration::from_secs(10);
+    for t in backends_with("old_unfinished_ops", |c| c.lease_ttl = ttl).await {
+        let l = &t.ledger;
+        let a = l.plan(&job("r", 0)).await.unwrap();
+        let b = l.plan(&job("r", 1)).await.unwrap();
+        l.lease(Some("r"), "w", 1, Duration::from_secs(3600)).await.unwrap(); // a: long, live lease
+        l.start_op(a.id, "HEAD", "u", "w").await.unwrap();
+        l.start_op(b.id, "HEAD", "u", "w").await.unwrap(); // b has no lease
+        l.clock().advance(Duration::from_secs(5));
+        assert_eq!(l.reconcile().await.unwrap().ops_abandoned, 0, "younger than the TTL");
+        l.clock().advance(Duration::from_secs(6));
+        let r = l.reconcile().await.unwrap();
+        assert_eq!((r.ops_abandoned, r.leases_reclaimed), (1, 0), "{}", t.name);
+        assert_eq!(l.ops(b.id).await.unwrap()[0].status, OpStatus::Abandoned);
+        assert_eq!(
+            l.ops(a.id).await.unwrap()[0].status,
+            OpStatus::Started,
+            "a live lease covers it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn claims_lease_settle_or_refuse() {
+    for t in backends("claims_lease_settle_or_refuse").await {
+        let l = &t.ledger;
+        let j = job("r", 0);
+        let Claim::Leased(first) = l.claim(&j, "A", TTL).await.unwrap() else {
+            panic!("new key is leased")
+        };
+        assert_eq!(first.attempts, 1);
+        // the holder may claim again without counting another attempt
+        let Claim::Leased(again) = l.claim(&j, "A", TTL).await.unwrap() else {
+            panic!("holder re-claims")
+        };
+        assert_eq!((again.id, again.attempts), (first.id, 1));
+        assert!(
+            matches!(l.claim(&j, "B", TTL).await.unwrap(), Claim::Busy(b) if b.lease_owner.as_deref() == Some("A"))
+        );
+        // an expired lease can be taken over
+        l.clock().advance(TTL + Duration::from_secs(1));
+        let Claim::Leased(taken) = l.claim(&j, "B", TTL).await.unwrap() else {
+            panic!("expired lease is taken")
+        };
+        assert_eq!(taken.attempts, 2);
+        l.finish(taken.id, "B", JobState::Failed, &JobResult::reason("503"))
+            .await
+            .unwrap();
+        // a failed job is tried again by whoever claims it next
+        let Claim::Leased(retry) = l.claim(&j, "C", TTL).await.unwrap() else {
+            panic!("failed job re-runs")
+        };
+        l.finish(retry.id, "C", JobState::Finalized, &JobResult::outcome("pdf"))
+            .await
+            .unwrap();
+        match l.claim(&j, "D", TTL).await.unwrap() {
+            Claim::Settled(s) => assert_eq!(s.result.outcome.as_deref(), Some("pdf")),
+            other => panic!("{}: expected settled, got {other:?}", t.name),
+        }
+    }
+}
+
+#[tokio::test]
+async fn op_results_are_capped_and_migrations_are_idempotent() {
+    for t in backends_with("op_results_are_capped", |c| c.max_op_result_bytes = 16).await {
+        let l = &t.ledger;
+        let j = l.plan(&job("r", 0)).await.unwrap();
+        let OpStart::Started(k) = l.start_op(j.id, "FINALIZE", "", "w").await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(k, OpKey::of("FINALIZE", j.id, ""));
+        l.finish_op(&k, &"x".repeat(1000)).await.unwrap();
+        let stored = l.ops(j.id).await.unwrap().remove(0).result.unwrap();
+        assert!(stored.len() <= 16 && stored.ends_with('…'), "{}: {stored:?}", t.name);
+        // opening the same database again re-runs the migrator: nothing to do, data kept
+        assert_eq!(l.schema_version().await.unwrap(), 1);
+        let again = Ledger::connect(t.config.clone()).await.unwrap();
+        assert_eq!(again.get(j.id).await.unwrap().unwrap().key, j.key);
+        assert_eq!(again.schema_version().await.unwrap(), 1);
+        if t.name == "sqlite" {
+            let wal = format!("{}-wal", t.config.url);
+            assert!(std::path::Path::new(&wal).exists(), "SQLite runs in WAL mode: {wal}");
+        }
+        again.close().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_configuration_is_reported_by_field() {
+    let e = Ledger::connect(LedgerConfig {
+        max_connections: 0,
+        ..LedgerConfig::new("x.sqlite3")
+    })
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("max_connections"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    // a missing folder is made; a folder that cannot be made is reported
+    let made = Ledger::open(&format!("sqlite://{}/new/dir/l.db", dir.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(made.counts(None).await.unwrap().total(), 0);
+    std::fs::write(dir.path().join("a-file"), b"x").unwrap();
+    let e = Ledger::open(&format!("sqlite://{}/a-file/l.db", dir.path().display()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("url: cannot create the ledger's folder"), "{e}");
+}
