@@ -29,7 +29,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
@@ -41,11 +40,7 @@ use crate::error::BoxError;
 use crate::service::read_metadata;
 use crate::works::{Candidate, Work};
 
-/// The response body the pipeline's stacks hand out (type-erased once per response).
-pub type PipelineBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// The HTTP service resolvers call: a pipeline stack, type-erased and cheap to clone.
-pub type HttpService = tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<PipelineBody>, BoxError>;
+pub use crate::service::{HttpService, PipelineBody};
 
 /// Base URLs and politeness settings of the resolvers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

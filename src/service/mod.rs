@@ -24,6 +24,7 @@ mod config;
 mod error;
 pub mod future;
 mod redirect;
+mod stack;
 mod tls;
 
 pub use self::body::{read_metadata, ResponseBody};
@@ -31,3 +32,4 @@ pub use self::client::HttpClient;
 pub use self::config::HttpConfig;
 pub use self::error::{BodyTooLarge, ConfigError, ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
 pub use self::redirect::RedirectPolicy;
+pub use self::stack::{HttpService, PipelineBody, Stack, StackConfig};

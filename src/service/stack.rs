@@ -1,0 +1,208 @@
+//! [`Stack`]: the layers composed around the shared client, one service per operation.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tower::util::Either;
+use tower::ServiceBuilder;
+use tower_http::decompression::{Decompression, DecompressionBody, DecompressionLayer};
+
+use super::{HttpClient, HttpConfig, ResponseBody};
+use crate::context::OperationType;
+use crate::error::BoxError;
+use crate::layers::idempotency::IdempotencyLayer;
+use crate::layers::learning::{Learner, LearningPolicy, ProviderLearningLayer};
+use crate::layers::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
+use crate::layers::retry::{ContextualRetryLayer, RetryConfig};
+use crate::layers::retry_after::RetryAfterLayer;
+
+/// The response body of a stack's service: type-erased once per response.
+pub type PipelineBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A stack's service: type-erased, `Clone + Send + Sync`, cheap to clone.
+pub type HttpService = tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<PipelineBody>, BoxError>;
+
+/// What goes into a [`Stack`]. Each `bool` is a feature gate: off leaves the layer out (or,
+/// for contextual retry, gives every operation the standard retry policy).
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// The shared client.
+    pub http: HttpConfig,
+    /// Gate: a retry policy per operation type (off: one standard policy).
+    pub contextual_retry: bool,
+    /// The per-operation retry policies used when `contextual_retry` is on.
+    pub retry: RetryConfig,
+    /// Gate: learn each partition's rate from its 429s (off: the configured rates stay).
+    pub provider_learning: bool,
+    /// The learning policy.
+    pub learning_policy: LearningPolicy,
+    /// Where learned state persists (loaded now; saved by the caller through [`Stack::learner`]).
+    pub learning_path: Option<PathBuf>,
+    /// Per-provider rates, the wait bound and the global in-flight cap.
+    pub rate_limit: RateLimitConfig,
+    /// The longest a request waits for a provider's cool-down before it fails with
+    /// `CoolingDown` (default 5 s).
+    pub cooldown_max_wait: Duration,
+    /// Gate: idempotency keys and `Idempotency-Key` headers on unsafe methods.
+    pub idempotency: bool,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            http: HttpConfig::default(),
+            contextual_retry: true,
+            retry: RetryConfig::default(),
+            provider_learning: true,
+            learning_policy: LearningPolicy::default(),
+            learning_path: None,
+            rate_limit: RateLimitConfig::default(),
+            cooldown_max_wait: Duration::from_secs(5),
+            idempotency: true,
+        }
+    }
+}
+
+/// The download stack: every layer, in the order of the design (outer to inner):
+///
+/// idempotency → contextual retry → Retry-After cool-down → provider learning → rate limit
+/// → global in-flight cap → (decompression, for metadata operations) → the shared client
+/// (User-Agent, redirects, timeouts).
+///
+/// One `Stack` holds the state every operation shares: the client's connection pool, the
+/// rate limiter and its learner, the cool-downs and the retry budgets. [`service`](Stack::service)
+/// hands out the service of one operation type; all of them share that state.
+///
+/// # Example
+///
+/// ```no_run
+/// use contentdownload::context::OperationType;
+/// use contentdownload::service::{Stack, StackConfig};
+/// use tower::ServiceExt;
+///
+/// # async fn demo() -> Result<(), contentdownload::error::BoxError> {
+/// let stack = Stack::new(&StackConfig::default())?;
+/// let resolve = stack.service(OperationType::Resolve);
+/// let req = http::Request::get("https://api.crossref.org/works/10.1000/x").body(Default::default())?;
+/// let response = resolve.oneshot(req).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Stack {
+    client: HttpClient,
+    limiter: RateLimiter,
+    learner: Option<Learner>,
+    retry: ContextualRetryLayer,
+    retry_after: RetryAfterLayer,
+    idempotency: Option<IdempotencyLayer>,
+}
+
+impl fmt::Debug for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("learning", &self.learner.is_some())
+            .field("idempotency", &self.idempotency.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+type Bottom = Either<
+    tower::util::MapResponse<
+        Decompression<HttpClient>,
+        fn(Response<DecompressionBody<ResponseBody>>) -> Response<PipelineBody>,
+    >,
+    tower::util::MapResponse<HttpClient, fn(Response<ResponseBody>) -> Response<PipelineBody>>,
+>;
+
+fn box_decompressed(r: Response<DecompressionBody<ResponseBody>>) -> Response<PipelineBody> {
+    r.map(|b| b.map_err(Into::into).boxed_unsync())
+}
+
+fn box_plain(r: Response<ResponseBody>) -> Response<PipelineBody> {
+    r.map(BodyExt::boxed_unsync)
+}
+
+fn set_operation(op: OperationType) -> impl Fn(Request<Full<Bytes>>) -> Request<Full<Bytes>> + Clone + Send + Sync {
+    move |mut req| {
+        if req.extensions().get::<OperationType>().is_none() {
+            req.extensions_mut().insert(op);
+        }
+        req
+    }
+}
+
+impl Stack {
+    /// Builds the client and the shared state. Errors name the setting that is wrong.
+    pub fn new(config: &StackConfig) -> Result<Stack, BoxError> {
+        let client = HttpClient::new(&config.http)?;
+        let limiter = RateLimiter::new(config.rate_limit.clone())?;
+        let learner = match (config.provider_learning, &config.learning_path) {
+            (false, _) => None,
+            (true, Some(path)) => Some(Learner::with_persistence(
+                limiter.clone(),
+                config.learning_policy.clone(),
+                path.clone(),
+            )?),
+            (true, None) => Some(Learner::new(limiter.clone(), config.learning_policy.clone())?),
+        };
+        let retry = if config.contextual_retry {
+            ContextualRetryLayer::new(config.retry.clone())?
+        } else {
+            ContextualRetryLayer::standard()
+        };
+        Ok(Stack {
+            client,
+            limiter,
+            learner,
+            retry,
+            retry_after: RetryAfterLayer::new().max_wait(config.cooldown_max_wait),
+            idempotency: config.idempotency.then(IdempotencyLayer::new),
+        })
+    }
+
+    /// The service for one operation type. Requests that carry no [`OperationType`] get
+    /// `op`; metadata operations (all but `Download`) also decompress gzip/deflate bodies.
+    pub fn service(&self, op: OperationType) -> HttpService {
+        let bottom: Bottom = if op == OperationType::Download {
+            Either::Right(tower::util::MapResponse::new(
+                self.client.clone(),
+                box_plain as fn(_) -> _,
+            ))
+        } else {
+            Either::Left(tower::util::MapResponse::new(
+                tower::Layer::layer(&DecompressionLayer::new(), self.client.clone()),
+                box_decompressed as fn(_) -> _,
+            ))
+        };
+        let svc = ServiceBuilder::new()
+            .map_request(set_operation(op))
+            .option_layer(self.idempotency.clone())
+            .layer(self.retry.clone())
+            .layer(self.retry_after.clone())
+            .option_layer(self.learner.clone().map(ProviderLearningLayer::new))
+            .layer(RateLimitLayer::new(self.limiter.clone()))
+            .option_layer(self.limiter.global_concurrency_layer())
+            .service(bottom);
+        HttpService::new(svc)
+    }
+
+    /// The shared client (its pool is shared by every service of the stack).
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// The rate limiter every service shares.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The learner, when provider learning is on; persist it at shutdown.
+    pub fn learner(&self) -> Option<&Learner> {
+        self.learner.as_ref()
+    }
+}

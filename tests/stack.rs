@@ -1,0 +1,133 @@
+//! The composed per-operation stack against the simulator: the layers work together.
+#![cfg(feature = "simulator")]
+
+use std::time::Duration;
+
+use contentdownload::context::{OperationType, Provider};
+use contentdownload::error::{Deferred, FailedOver};
+use contentdownload::layers::rate_limit::{Quota, RateLimitConfig};
+use contentdownload::service::{HttpService, Stack, StackConfig};
+use contentdownload::simulator::{Reply, Simulator};
+use http::{Request, StatusCode};
+use tower::ServiceExt;
+
+fn get(url: &str, provider: &str) -> Request<http_body_util::Full<bytes::Bytes>> {
+    Request::get(url)
+        .extension(Provider::new(provider))
+        .body(Default::default())
+        .unwrap()
+}
+
+fn stack(config: StackConfig) -> Stack {
+    Stack::new(&config).unwrap()
+}
+
+async fn send(
+    svc: &HttpService,
+    req: Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<StatusCode, contentdownload::error::BoxError> {
+    svc.clone().oneshot(req).await.map(|r| r.status())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_download_retries_through_server_errors() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/f.pdf", [Reply::status(503), Reply::status(503), Reply::pdf(2000)]);
+    let s = stack(StackConfig::default());
+    let status = send(&s.service(OperationType::Download), get(&sim.url("/f.pdf"), "pub"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sim.count("/f.pdf"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resolve_429_fails_over_after_one_request_and_throttling_is_learned() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/v2/*", [Reply::status(429)]);
+    let s = stack(StackConfig::default());
+    let err = send(
+        &s.service(OperationType::Resolve),
+        get(&sim.url("/v2/10.1/x"), "unpaywall"),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.downcast_ref::<FailedOver>().is_some(), "{err}");
+    assert_eq!(sim.count("/v2/*"), 1);
+    let status = s
+        .learner()
+        .unwrap()
+        .status("unpaywall", &sim.addr().to_string())
+        .expect("the 429 was observed");
+    assert_eq!(status.throttles, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_validate_429_is_deferred() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/head", [Reply::status(429)]);
+    let s = stack(StackConfig::default());
+    let err = send(&s.service(OperationType::Validate), get(&sim.url("/head"), "pub"))
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<Deferred>().is_some(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_contextual_retry_a_resolve_429_is_retried() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/v2/x", [Reply::status(429), Reply::ok()]);
+    let s = stack(StackConfig {
+        contextual_retry: false,
+        ..StackConfig::default()
+    });
+    let status = send(&s.service(OperationType::Resolve), get(&sim.url("/v2/x"), "unpaywall"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sim.count("/v2/x"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_configured_rate_spaces_requests_across_operations() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/r", [Reply::ok()]);
+    let s = stack(StackConfig {
+        rate_limit: RateLimitConfig::default().provider("crossref", Quota::new(2.0, 1)),
+        ..StackConfig::default()
+    });
+    let start = tokio::time::Instant::now();
+    for op in [
+        OperationType::Resolve,
+        OperationType::Download,
+        OperationType::Resolve,
+        OperationType::Extract,
+        OperationType::Resolve,
+    ] {
+        send(&s.service(op), get(&sim.url("/r"), "crossref")).await.unwrap();
+    }
+    // 5 requests at 2/s with a burst of 1: the 5th leaves at 2 s
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1990) && elapsed < Duration::from_millis(2100),
+        "{elapsed:?}"
+    );
+    let seen = sim.requests_to("/r");
+    assert!(seen.windows(2).all(|w| w[1].at - w[0].at >= Duration::from_millis(490)));
+}
+
+#[tokio::test]
+async fn metadata_operations_ask_for_compression_and_downloads_do_not() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/m", [Reply::ok()]);
+    let s = stack(StackConfig::default());
+    send(&s.service(OperationType::Resolve), get(&sim.url("/m"), "x"))
+        .await
+        .unwrap();
+    send(&s.service(OperationType::Download), get(&sim.url("/m"), "x"))
+        .await
+        .unwrap();
+    let seen = sim.requests_to("/m");
+    assert!(seen[0].header("accept-encoding").is_some_and(|v| v.contains("gzip")));
+    assert_eq!(seen[1].header("accept-encoding"), None);
+}
