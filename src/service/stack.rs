@@ -145,10 +145,10 @@ impl Stack {
             (false, _) => None,
             (true, Some(path)) => Some(Learner::with_persistence(
                 limiter.clone(),
-                config.learning_policy.clone(),
+                config.learning_policy,
                 path.clone(),
             )?),
-            (true, None) => Some(Learner::new(limiter.clone(), config.learning_policy.clone())?),
+            (true, None) => Some(Learner::new(limiter.clone(), config.learning_policy)?),
         };
         let retry = if config.contextual_retry {
             ContextualRetryLayer::new(config.retry.clone())?
