@@ -41,6 +41,7 @@
 //! | feature | what it adds |
 //! | --- | --- |
 //! | `simulator` | [`simulator`]: a scriptable provider simulator (a real hyper server on 127.0.0.1) for tests, benches and examples |
+//! | `otlp` | OTLP/HTTP export of the telemetry layer's spans and metrics: `layers::telemetry::otel::otlp` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]

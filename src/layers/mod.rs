@@ -5,3 +5,5 @@
 //! Retry-After cool-down → provider learning → rate limit → tower-http layers → client.
 //! Each layer reads the request context (see [`crate::context`]) from the request's
 //! extensions and can be left out of a `ServiceBuilder` with `option_layer`.
+
+pub mod telemetry;

@@ -1,0 +1,454 @@
+//! Per-request state: the span, the clocks and counters, and what is reported at the end.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Method, Request, Response, StatusCode, Uri};
+use opentelemetry::KeyValue;
+use tokio::time::Instant;
+use tracing::field::Empty;
+use tracing::Span;
+
+use super::layer::{Config, Placement};
+use super::metrics::RetryBudgetExhausted;
+use super::record::{AttemptRecord, SCHEMA_VERSION};
+use crate::context::{
+    AttemptNumber, CooldownWait, OperationType, Provider, RateLimitWait, RequestContextExt, RetryAfterHint, WorkId,
+};
+use crate::error::{BoxError, CoolingDown, Deferred, FailedOver, RateLimitTimeout};
+use crate::service::{ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
+
+/// How a request ended.
+#[derive(Clone, Copy)]
+pub(crate) enum End<'a> {
+    /// The body ended (or there was none).
+    Complete,
+    /// The request failed, before or during the body.
+    Error(&'a BoxError),
+    /// The future or the body was dropped first.
+    Dropped,
+}
+
+/// Everything measured about one request, from `call` until its body ends.
+pub(crate) struct Tracker {
+    span: Span,
+    start: Instant,
+    placement: Placement,
+    attempt: u32,
+    head: Option<Duration>,
+    first_byte: Option<Duration>,
+    bytes: u64,
+    status: Option<StatusCode>,
+    ratelimit_wait: Option<Duration>,
+    cooldown_wait: Option<Duration>,
+    retry_after: Option<Duration>,
+    budget_exhausted: bool,
+    /// Only when metrics or records are configured: the owned copies they need.
+    report: Option<Box<Report>>,
+}
+
+struct Report {
+    config: Arc<Config>,
+    started_at: SystemTime,
+    operation: OperationType,
+    method: Method,
+    host: String,
+    port: Option<u16>,
+    provider: Provider,
+    work_id: Option<WorkId>,
+    /// The redacted URL, only when records are written.
+    url: Option<String>,
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("placement", &self.placement)
+            .field("attempt", &self.attempt)
+            .field("status", &self.status)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracker {
+    /// Opens the span and starts the clock; `None` when nothing listens (no enabled span,
+    /// no metrics, no records), so an unobserved request costs no allocation and no clock read.
+    pub(crate) fn start<B>(req: &Request<B>, config: &Arc<Config>) -> Option<Tracker> {
+        let placement = config.placement;
+        let span = make_span(placement, req, config);
+        let reporting = config.metrics.is_some() || config.records.is_some();
+        if span.is_disabled() && !reporting {
+            return None;
+        }
+        let attempt = AttemptNumber::of(req);
+        if attempt > 1 && placement.sees_attempts() {
+            span.record("http.request.resend_count", attempt - 1);
+        }
+        let report = reporting.then(|| {
+            Box::new(Report {
+                config: Arc::clone(config),
+                started_at: SystemTime::now(),
+                operation: req.operation(),
+                method: req.method().clone(),
+                host: req.uri().host().unwrap_or_default().to_owned(),
+                port: server_port(req.uri()),
+                provider: req.provider(),
+                work_id: req.work_id().cloned(),
+                url: config
+                    .records
+                    .as_ref()
+                    .map(|_| config.redactor.redact(req.uri()).to_string()),
+            })
+        });
+        Some(Tracker {
+            span,
+            start: Instant::now(),
+            placement,
+            attempt,
+            head: None,
+            first_byte: None,
+            bytes: 0,
+            status: None,
+            ratelimit_wait: None,
+            cooldown_wait: None,
+            retry_after: None,
+            budget_exhausted: false,
+            report,
+        })
+    }
+
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The response head arrived.
+    pub(crate) fn on_head<B>(&mut self, response: &Response<B>) {
+        self.head = Some(self.start.elapsed());
+        let status = response.status();
+        self.status = Some(status);
+        self.span.record("http.response.status_code", status.as_u16());
+        if status.is_client_error() || status.is_server_error() {
+            self.span.record("error.type", status.as_str());
+            self.span.record("otel.status_code", "error");
+        }
+        let ext = response.extensions();
+        self.ratelimit_wait = ext.get::<RateLimitWait>().map(|w| w.0);
+        self.cooldown_wait = ext.get::<CooldownWait>().map(|w| w.0);
+        self.retry_after = ext.get::<RetryAfterHint>().map(|h| h.delay);
+        self.budget_exhausted = ext.get::<RetryBudgetExhausted>().is_some();
+        if let Some(wait) = self.ratelimit_wait {
+            if self.placement.sees_attempts() {
+                self.span.record("contentdownload.ratelimit.wait_ms", duration_ms(wait));
+            }
+        }
+    }
+
+    /// Body data went through.
+    pub(crate) fn on_data(&mut self, len: usize) {
+        if self.first_byte.is_none() && len > 0 {
+            self.first_byte = Some(self.start.elapsed());
+        }
+        self.bytes += len as u64;
+    }
+
+    /// Reports the request: closes the span, records metrics, sends the attempt record.
+    pub(crate) fn finish(self, end: End<'_>) {
+        let elapsed = self.start.elapsed();
+        let error_type: Option<&str> = match end {
+            End::Error(err) => Some(error_type(err)),
+            _ => self
+                .status
+                .as_ref()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .map(StatusCode::as_str),
+        };
+        if self.head.is_some() {
+            self.span.record("http.response.body.size", self.bytes);
+        }
+        if let End::Error(_) = end {
+            self.span.record("error.type", error_type);
+            self.span.record("otel.status_code", "error");
+        }
+        let Some(report) = &self.report else {
+            return;
+        };
+        if let Some(metrics) = &report.config.metrics {
+            let counter_attrs = [
+                KeyValue::new("contentdownload.operation", report.operation.as_str()),
+                KeyValue::new("contentdownload.provider", report.provider.as_str().to_owned()),
+            ];
+            if self.placement.sees_attempts() {
+                let mut attrs = Vec::with_capacity(5);
+                attrs.push(KeyValue::new("http.request.method", method_name(&report.method)));
+                attrs.push(KeyValue::new("server.address", report.host.clone()));
+                if let Some(port) = report.port {
+                    attrs.push(KeyValue::new("server.port", i64::from(port)));
+                }
+                if let Some(status) = self.status {
+                    attrs.push(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+                }
+                if let Some(ty) = error_type {
+                    attrs.push(KeyValue::new("error.type", ty.to_owned()));
+                }
+                metrics.request_duration(elapsed.as_secs_f64(), &attrs);
+                let throttled = self.status == Some(StatusCode::TOO_MANY_REQUESTS);
+                metrics.attempt(&counter_attrs, self.attempt > 1, throttled);
+                if self.cooldown_wait.is_some_and(|w| !w.is_zero()) {
+                    metrics.cooldown(&counter_attrs, "waited");
+                }
+                if let End::Error(err) = end {
+                    if find::<CoolingDown>(err).is_some() {
+                        metrics.cooldown(&counter_attrs, "refused");
+                    }
+                }
+            }
+            if self.placement.sees_operations() {
+                if let End::Error(err) = end {
+                    if find::<Deferred>(err).is_some() {
+                        metrics.deferral(&counter_attrs);
+                    }
+                    if find::<FailedOver>(err).is_some() {
+                        metrics.failover(&counter_attrs);
+                    }
+                }
+                let exhausted = match end {
+                    End::Error(err) => find::<RetryBudgetExhausted>(err).is_some(),
+                    _ => self.budget_exhausted,
+                };
+                if exhausted {
+                    metrics.budget_exhausted(&counter_attrs);
+                }
+            }
+        }
+        if let Some(writer) = &report.config.records {
+            let reason = match (error_type, &end) {
+                (Some(ty), _) => Some(ty.to_owned()),
+                (None, End::Dropped) if self.head.is_some() => Some("body_dropped".to_owned()),
+                (None, End::Dropped) => Some("canceled".to_owned()),
+                (None, _) => None,
+            };
+            let record = AttemptRecord {
+                schema_version: SCHEMA_VERSION,
+                timestamp_ms: report
+                    .started_at
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                run_id: report.config.run_id.as_deref().map(str::to_owned),
+                work_id: report.work_id.as_ref().map(|w| w.as_str().to_owned()),
+                operation: report.operation,
+                provider: report.provider.as_str().to_owned(),
+                method: report.method.as_str().to_owned(),
+                url: report.url.clone().unwrap_or_default(),
+                status: self.status.map(|s| s.as_u16()),
+                reason,
+                attempt: self.attempt,
+                elapsed_us: micros(elapsed),
+                head_us: self.head.map(micros),
+                ttfb_us: self.first_byte.map(micros),
+                bytes: self.bytes,
+                ratelimit_wait_us: self.ratelimit_wait.map(micros),
+                cooldown_wait_us: self.cooldown_wait.map(micros),
+                retry_after_us: self.retry_after.map(micros),
+            };
+            if !writer.try_write(record) {
+                if let Some(metrics) = &report.config.metrics {
+                    metrics.records_dropped(1);
+                }
+            }
+        }
+    }
+}
+
+/// Holds a tracker and reports it as [`End::Dropped`] if it is dropped unreported.
+#[derive(Debug)]
+pub(crate) struct Guard(Option<Tracker>);
+
+impl Guard {
+    pub(crate) fn new(tracker: Option<Tracker>) -> Self {
+        Guard(tracker)
+    }
+
+    pub(crate) fn get(&self) -> Option<&Tracker> {
+        self.0.as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self) -> Option<&mut Tracker> {
+        self.0.as_mut()
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Tracker> {
+        self.0.take()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.finish(End::Dropped);
+        }
+    }
+}
+
+fn make_span<B>(placement: Placement, req: &Request<B>, config: &Config) -> Span {
+    let uri = req.uri();
+    let method = req.method().as_str();
+    let operation = OperationType::of(req).as_str();
+    let provider = ProviderName(req.extensions().get::<Provider>(), uri);
+    let work_id = req.extensions().get::<WorkId>().map(WorkId::as_str);
+    let port = server_port(uri);
+    // Field values are only evaluated when the span is enabled: with no subscriber, nothing
+    // here formats or allocates.
+    match placement {
+        Placement::Operation => tracing::info_span!(
+            "contentdownload.operation",
+            otel.name = operation,
+            otel.status_code = Empty,
+            http.request.method = method,
+            url.full = %config.redactor.redact(uri),
+            server.address = uri.host(),
+            server.port = port,
+            http.response.status_code = Empty,
+            http.response.body.size = Empty,
+            error.type = Empty,
+            contentdownload.operation = operation,
+            contentdownload.provider = %provider,
+            contentdownload.work_id = work_id,
+            contentdownload.retry.decision = Empty,
+        ),
+        Placement::Attempt | Placement::Standalone => tracing::info_span!(
+            "contentdownload.attempt",
+            otel.name = method,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = method,
+            url.full = %config.redactor.redact(uri),
+            server.address = uri.host(),
+            server.port = port,
+            http.request.resend_count = Empty,
+            http.response.status_code = Empty,
+            http.response.body.size = Empty,
+            error.type = Empty,
+            contentdownload.operation = operation,
+            contentdownload.provider = %provider,
+            contentdownload.work_id = work_id,
+            contentdownload.retry.decision = Empty,
+            contentdownload.ratelimit.wait_ms = Empty,
+            contentdownload.learning.rate = Empty,
+        ),
+    }
+}
+
+/// The provider as displayed: the extension, or the host (with an explicit port), as
+/// [`RequestContextExt::provider`] computes it but without allocating.
+struct ProviderName<'a>(Option<&'a Provider>, &'a Uri);
+
+impl fmt::Display for ProviderName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0, self.1.host(), self.1.port_u16()) {
+            (Some(p), _, _) => f.write_str(p.as_str()),
+            (None, Some(host), Some(port)) => write!(f, "{}:{port}", host.to_ascii_lowercase()),
+            (None, Some(host), None) => f.write_str(&host.to_ascii_lowercase()),
+            (None, None, _) => Ok(()),
+        }
+    }
+}
+
+/// `server.port`: the explicit port, or the scheme's default.
+fn server_port(uri: &Uri) -> Option<u16> {
+    uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// The semantic-convention method name: known methods as they are, others `_OTHER`.
+fn method_name(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN.iter().position(|m| m == method).map_or("_OTHER", |i| NAMES[i])
+}
+
+/// The first error of type `T` in `err`'s source chain (including `err` itself).
+pub(crate) fn find<T: StdError + 'static>(err: &BoxError) -> Option<&T> {
+    chain(err).find_map(|e| e.downcast_ref::<T>())
+}
+
+fn chain(err: &BoxError) -> impl Iterator<Item = &(dyn StdError + 'static)> {
+    let first: &(dyn StdError + 'static) = &**err;
+    std::iter::successors(Some(first), |&e| e.source())
+}
+
+/// A low-cardinality class of an error, for `error.type` and the record's `reason`.
+pub(crate) fn error_type(err: &BoxError) -> &'static str {
+    for e in chain(err) {
+        let ty = if e.is::<Deferred>() {
+            "deferred"
+        } else if e.is::<FailedOver>() {
+            "failed_over"
+        } else if e.is::<CoolingDown>() {
+            "cooling_down"
+        } else if e.is::<RateLimitTimeout>() {
+            "rate_limit_timeout"
+        } else if e.is::<RetryBudgetExhausted>() {
+            "retry_budget_exhausted"
+        } else if e.is::<ReadTimeout>() {
+            "read_timeout"
+        } else if e.is::<TooManyRedirects>() {
+            "too_many_redirects"
+        } else if e.is::<UnsupportedRedirectScheme>() {
+            "unsupported_redirect_scheme"
+        } else if e.is::<tower::timeout::error::Elapsed>() {
+            "timeout"
+        } else if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if e.is_connect() {
+                "connect_error"
+            } else {
+                continue;
+            }
+        } else if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            if e.is_incomplete_message() {
+                "incomplete_message"
+            } else if e.is_timeout() {
+                "timeout"
+            } else if e.is_canceled() {
+                "canceled"
+            } else {
+                "http_error"
+            }
+        } else if let Some(e) = e.downcast_ref::<std::io::Error>() {
+            match e.kind() {
+                std::io::ErrorKind::ConnectionReset => "connection_reset",
+                std::io::ErrorKind::TimedOut => "timeout",
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        return ty;
+    }
+    "_OTHER"
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
