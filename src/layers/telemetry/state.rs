@@ -85,7 +85,7 @@ impl Tracker {
         }
         let attempt = AttemptNumber::of(req);
         if attempt > 1 && placement.sees_attempts() {
-            span.record("http.request.resend_count", attempt - 1);
+            span.record("http.request.resend_count", i64::from(attempt - 1));
         }
         let report = reporting.then(|| {
             Box::new(Report {
@@ -129,7 +129,8 @@ impl Tracker {
         self.head = Some(self.start.elapsed());
         let status = response.status();
         self.status = Some(status);
-        self.span.record("http.response.status_code", status.as_u16());
+        self.span
+            .record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_client_error() || status.is_server_error() {
             self.span.record("error.type", status.as_str());
             self.span.record("otel.status_code", "error");
@@ -166,7 +167,8 @@ impl Tracker {
                 .map(StatusCode::as_str),
         };
         if self.head.is_some() {
-            self.span.record("http.response.body.size", self.bytes);
+            self.span
+                .record("http.response.body.size", i64::try_from(self.bytes).unwrap_or(i64::MAX));
         }
         if let End::Error(_) = end {
             self.span.record("error.type", error_type);
@@ -298,7 +300,7 @@ fn make_span<B>(placement: Placement, req: &Request<B>, config: &Config) -> Span
     let operation = OperationType::of(req).as_str();
     let provider = ProviderName(req.extensions().get::<Provider>(), uri);
     let work_id = req.extensions().get::<WorkId>().map(WorkId::as_str);
-    let port = server_port(uri);
+    let port = server_port(uri).map(i64::from);
     // Field values are only evaluated when the span is enabled: with no subscriber, nothing
     // here formats or allocates.
     match placement {
@@ -449,6 +451,8 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// Milliseconds as an `i64`: span integers are recorded signed, because
+/// tracing-opentelemetry exports unsigned values as strings.
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
