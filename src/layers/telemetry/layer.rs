@@ -139,6 +139,11 @@ impl TelemetryLayer {
     pub fn placement(&self) -> Placement {
         self.config.placement
     }
+
+    #[cfg(test)]
+    pub(crate) fn config_for_tests(&self) -> Config {
+        self.config.clone()
+    }
 }
 
 impl<S> Layer<S> for TelemetryLayer {

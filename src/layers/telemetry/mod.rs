@@ -72,6 +72,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attributes;
 mod body;
 pub mod future;
 mod layer;
@@ -81,6 +82,8 @@ mod record;
 mod redact;
 mod service;
 mod state;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub use self::body::TelemetryBody;
