@@ -607,3 +607,49 @@ async fn a_body_dropped_early_is_reported_with_what_was_read() {
     assert_eq!(records[0].bytes, read);
     assert!(records[0].ttfb_us.is_some());
 }
+
+#[cfg(feature = "otlp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_exports_spans_and_metrics_over_http() {
+    use contentdownload::layers::telemetry::otel::otlp::{self, OtlpConfig};
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/v1/*", [Reply::ok()]);
+    let endpoint = sim.url("");
+    // The SDK exports from its own threads with a blocking client: keep it off the runtime.
+    let exported = tokio::task::spawn_blocking(move || {
+        let bad = otlp::init(&OtlpConfig {
+            endpoint: Some("not a url".into()),
+            ..OtlpConfig::default()
+        });
+        assert!(bad.is_err(), "an invalid endpoint is refused");
+        let guard = otlp::init(&OtlpConfig {
+            endpoint: Some(endpoint),
+            service_name: "telemetry-test".into(),
+            metrics_interval: Duration::from_secs(3600),
+        })
+        .expect("exporters build");
+        guard
+            .metrics()
+            .register_rate_source(|| vec![(PartitionKey::new("crossref", "api.crossref.org"), 2.0)]);
+        let mut span = guard.tracer().start("otlp-test-span");
+        span.end();
+        guard.shutdown()
+    })
+    .await
+    .unwrap();
+    exported.expect("spans and metrics were accepted");
+    let traces = sim.requests_to("/v1/traces");
+    let metrics = sim.requests_to("/v1/metrics");
+    assert_eq!((traces.len(), metrics.len()), (1, 1), "{:?}", sim.requests());
+    assert_eq!(traces[0].header("content-type"), Some("application/x-protobuf"));
+    assert!(traces[0]
+        .body
+        .windows(b"otlp-test-span".len())
+        .any(|w| w == b"otlp-test-span"));
+    assert!(metrics[0]
+        .body
+        .windows(names::LEARNED_RATE.len())
+        .any(|w| w == names::LEARNED_RATE.as_bytes()));
+}
