@@ -490,7 +490,14 @@ async fn metrics_and_records_after_a_scripted_sequence() {
     assert_eq!(count, 12);
     let throttled: u64 = durations(m, &[("error.type", "429")]).0;
     assert_eq!(throttled, 8);
-    let (ok_count, ok_sum) = durations(m, &[("server.address", "127.0.0.1"), ("http.request.method", "GET")]);
+    let port = sim.addr().port().to_string();
+    let semconv = [
+        ("server.address", "127.0.0.1"),
+        ("server.port", port.as_str()),
+        ("http.request.method", "GET"),
+        ("url.scheme", "http"),
+    ];
+    let (ok_count, ok_sum) = durations(m, &semconv);
     assert_eq!(ok_count, 12, "every attempt carries the semantic-convention attributes");
     assert!(ok_sum >= 0.3, "the delayed reply took {ok_sum}s in total");
 

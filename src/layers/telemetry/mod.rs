@@ -28,7 +28,16 @@
 //! # Metrics, records
 //!
 //! [`TelemetryMetrics`] (see [`names`] for the instruments) and [`RecordWriter`] with a
-//! [`RecordSink`] ([`JsonlSink`], [`CsvSink`], [`MemorySink`]) are opt-in.
+//! [`RecordSink`] ([`JsonlSink`], [`CsvSink`], [`MemorySink`]) are opt-in. The attempt
+//! placement records `http.client.request.duration` (with `http.request.method`,
+//! `server.address`, `server.port`, `url.scheme`, `http.response.status_code`, `error.type`)
+//! and counts attempts, retries (attempt number > 1), 429s and cool-down waits (a
+//! [`CooldownWait`](crate::context::CooldownWait) on the response, or a
+//! [`CoolingDown`](crate::error::CoolingDown) error); the operation placement counts
+//! [`Deferred`](crate::error::Deferred) and [`FailedOver`](crate::error::FailedOver) errors
+//! and [`RetryBudgetExhausted`] markers. Counters carry `contentdownload.operation` and
+//! `contentdownload.provider`. The learned-rate gauge reads whatever sources were given to
+//! [`TelemetryMetrics::register_rate_source`].
 //!
 //! # Timing
 //!

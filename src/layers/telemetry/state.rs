@@ -54,6 +54,7 @@ struct Report {
     method: Method,
     host: String,
     port: Option<u16>,
+    scheme: Option<&'static str>,
     provider: Provider,
     work_id: Option<WorkId>,
     /// The redacted URL, only when records are written.
@@ -93,6 +94,11 @@ impl Tracker {
                 method: req.method().clone(),
                 host: req.uri().host().unwrap_or_default().to_owned(),
                 port: server_port(req.uri()),
+                scheme: match req.uri().scheme_str() {
+                    Some("https") => Some("https"),
+                    Some("http") => Some("http"),
+                    _ => None,
+                },
                 provider: req.provider(),
                 work_id: req.work_id().cloned(),
                 url: config
@@ -181,9 +187,12 @@ impl Tracker {
                 KeyValue::new("contentdownload.provider", report.provider.as_str().to_owned()),
             ];
             if self.placement.sees_attempts() {
-                let mut attrs = Vec::with_capacity(5);
+                let mut attrs = Vec::with_capacity(6);
                 attrs.push(KeyValue::new("http.request.method", method_name(&report.method)));
                 attrs.push(KeyValue::new("server.address", report.host.clone()));
+                if let Some(scheme) = report.scheme {
+                    attrs.push(KeyValue::new("url.scheme", scheme));
+                }
                 if let Some(port) = report.port {
                     attrs.push(KeyValue::new("server.port", i64::from(port)));
                 }
