@@ -12,7 +12,9 @@ use tracing::Span;
 use super::attributes::{error_type, find, make_span, method_name, server_port};
 use super::layer::{Config, Placement};
 use super::metrics::RetryBudgetExhausted;
+use super::metrics::TelemetryMetrics;
 use super::record::{AttemptRecord, SCHEMA_VERSION};
+use super::writer::RecordWriter;
 use crate::context::{
     AttemptNumber, CooldownWait, OperationType, Provider, RateLimitWait, RequestContextExt, RetryAfterHint, WorkId,
 };
@@ -182,90 +184,112 @@ impl Tracker {
             return;
         };
         if let Some(metrics) = &report.config.metrics {
-            let counter_attrs = [
-                KeyValue::new("contentdownload.operation", report.operation.as_str()),
-                KeyValue::new("contentdownload.provider", report.provider.as_str().to_owned()),
-            ];
-            if self.placement.sees_attempts() {
-                let mut attrs = Vec::with_capacity(6);
-                attrs.push(KeyValue::new("http.request.method", method_name(&report.method)));
-                attrs.push(KeyValue::new("server.address", report.host.clone()));
-                if let Some(scheme) = report.scheme {
-                    attrs.push(KeyValue::new("url.scheme", scheme));
-                }
-                if let Some(port) = report.port {
-                    attrs.push(KeyValue::new("server.port", i64::from(port)));
-                }
-                if let Some(status) = self.status {
-                    attrs.push(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
-                }
-                if let Some(ty) = error_type {
-                    attrs.push(KeyValue::new("error.type", ty.to_owned()));
-                }
-                metrics.request_duration(elapsed.as_secs_f64(), &attrs);
-                let throttled = self.status == Some(StatusCode::TOO_MANY_REQUESTS);
-                metrics.attempt(&counter_attrs, self.attempt > 1, throttled);
-                if self.cooldown_wait.is_some_and(|w| !w.is_zero()) {
-                    metrics.cooldown(&counter_attrs, "waited");
-                }
-                if let End::Error(err) = end {
-                    if find::<CoolingDown>(err).is_some() {
-                        metrics.cooldown(&counter_attrs, "refused");
-                    }
-                }
+            self.record_metrics(metrics, report, end, error_type, elapsed);
+        }
+        if let Some(writer) = &report.config.records {
+            self.send_record(writer, report, end, error_type, elapsed);
+        }
+    }
+
+    fn record_metrics(
+        &self,
+        metrics: &TelemetryMetrics,
+        report: &Report,
+        end: End<'_>,
+        error_type: Option<&str>,
+        elapsed: Duration,
+    ) {
+        let counter_attrs = [
+            KeyValue::new("contentdownload.operation", report.operation.as_str()),
+            KeyValue::new("contentdownload.provider", report.provider.as_str().to_owned()),
+        ];
+        if self.placement.sees_attempts() {
+            let mut attrs = Vec::with_capacity(6);
+            attrs.push(KeyValue::new("http.request.method", method_name(&report.method)));
+            attrs.push(KeyValue::new("server.address", report.host.clone()));
+            if let Some(scheme) = report.scheme {
+                attrs.push(KeyValue::new("url.scheme", scheme));
             }
-            if self.placement.sees_operations() {
-                if let End::Error(err) = end {
-                    if find::<Deferred>(err).is_some() {
-                        metrics.deferral(&counter_attrs);
-                    }
-                    if find::<FailedOver>(err).is_some() {
-                        metrics.failover(&counter_attrs);
-                    }
-                }
-                let exhausted = match end {
-                    End::Error(err) => find::<RetryBudgetExhausted>(err).is_some(),
-                    _ => self.budget_exhausted,
-                };
-                if exhausted {
-                    metrics.budget_exhausted(&counter_attrs);
+            if let Some(port) = report.port {
+                attrs.push(KeyValue::new("server.port", i64::from(port)));
+            }
+            if let Some(status) = self.status {
+                attrs.push(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+            }
+            if let Some(ty) = error_type {
+                attrs.push(KeyValue::new("error.type", ty.to_owned()));
+            }
+            metrics.request_duration(elapsed.as_secs_f64(), &attrs);
+            let throttled = self.status == Some(StatusCode::TOO_MANY_REQUESTS);
+            metrics.attempt(&counter_attrs, self.attempt > 1, throttled);
+            if self.cooldown_wait.is_some_and(|w| !w.is_zero()) {
+                metrics.cooldown(&counter_attrs, "waited");
+            }
+            if let End::Error(err) = end {
+                if find::<CoolingDown>(err).is_some() {
+                    metrics.cooldown(&counter_attrs, "refused");
                 }
             }
         }
-        if let Some(writer) = &report.config.records {
-            let reason = match (error_type, &end) {
-                (Some(ty), _) => Some(ty.to_owned()),
-                (None, End::Dropped) if self.head.is_some() => Some("body_dropped".to_owned()),
-                (None, End::Dropped) => Some("canceled".to_owned()),
-                (None, _) => None,
-            };
-            let record = AttemptRecord {
-                schema_version: SCHEMA_VERSION,
-                timestamp_ms: report
-                    .started_at
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                run_id: report.config.run_id.as_deref().map(str::to_owned),
-                work_id: report.work_id.as_ref().map(|w| w.as_str().to_owned()),
-                operation: report.operation,
-                provider: report.provider.as_str().to_owned(),
-                method: report.method.as_str().to_owned(),
-                url: report.url.clone().unwrap_or_default(),
-                status: self.status.map(|s| s.as_u16()),
-                reason,
-                attempt: self.attempt,
-                elapsed_us: micros(elapsed),
-                head_us: self.head.map(micros),
-                ttfb_us: self.first_byte.map(micros),
-                bytes: self.bytes,
-                ratelimit_wait_us: self.ratelimit_wait.map(micros),
-                cooldown_wait_us: self.cooldown_wait.map(micros),
-                retry_after_us: self.retry_after.map(micros),
-            };
-            if !writer.try_write(record) {
-                if let Some(metrics) = &report.config.metrics {
-                    metrics.records_dropped(1);
+        if self.placement.sees_operations() {
+            if let End::Error(err) = end {
+                if find::<Deferred>(err).is_some() {
+                    metrics.deferral(&counter_attrs);
                 }
+                if find::<FailedOver>(err).is_some() {
+                    metrics.failover(&counter_attrs);
+                }
+            }
+            let exhausted = match end {
+                End::Error(err) => find::<RetryBudgetExhausted>(err).is_some(),
+                _ => self.budget_exhausted,
+            };
+            if exhausted {
+                metrics.budget_exhausted(&counter_attrs);
+            }
+        }
+    }
+
+    fn send_record(
+        &self,
+        writer: &RecordWriter,
+        report: &Report,
+        end: End<'_>,
+        error_type: Option<&str>,
+        elapsed: Duration,
+    ) {
+        let reason = match (error_type, &end) {
+            (Some(ty), _) => Some(ty.to_owned()),
+            (None, End::Dropped) if self.head.is_some() => Some("body_dropped".to_owned()),
+            (None, End::Dropped) => Some("canceled".to_owned()),
+            (None, _) => None,
+        };
+        let record = AttemptRecord {
+            schema_version: SCHEMA_VERSION,
+            timestamp_ms: report
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            run_id: report.config.run_id.as_deref().map(str::to_owned),
+            work_id: report.work_id.as_ref().map(|w| w.as_str().to_owned()),
+            operation: report.operation,
+            provider: report.provider.as_str().to_owned(),
+            method: report.method.as_str().to_owned(),
+            url: report.url.clone().unwrap_or_default(),
+            status: self.status.map(|s| s.as_u16()),
+            reason,
+            attempt: self.attempt,
+            elapsed_us: micros(elapsed),
+            head_us: self.head.map(micros),
+            ttfb_us: self.first_byte.map(micros),
+            bytes: self.bytes,
+            ratelimit_wait_us: self.ratelimit_wait.map(micros),
+            cooldown_wait_us: self.cooldown_wait.map(micros),
+            retry_after_us: self.retry_after.map(micros),
+        };
+        if !writer.try_write(record) {
+            if let Some(metrics) = &report.config.metrics {
+                metrics.records_dropped(1);
             }
         }
     }
