@@ -138,3 +138,41 @@ fn error_classes() {
     let other: BoxError = "something else".into();
     assert_eq!(error_type(&other), "_OTHER");
 }
+
+#[tokio::test]
+async fn a_dropped_record_is_counted_on_the_metric() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let metrics = super::TelemetryMetrics::new(&provider.meter("unit"));
+    let writer = RecordWriter::spawn(MemorySink::new(), 4);
+    writer.close().await.unwrap();
+    let layer = TelemetryLayer::attempt().metrics(metrics).records(writer.clone());
+    let (mut svc, mut handle) = mock::spawn_layer::<Request<()>, Response<Full<Bytes>>, _>(layer);
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(Request::get("http://h.example/x").body(()).unwrap());
+    let (_req, send) = handle.next_request().await.unwrap();
+    send.send_response(Response::new(Full::new(Bytes::from_static(b"abc"))));
+    fut.await.unwrap().into_body().collect().await.unwrap();
+    assert_eq!(writer.dropped(), 1);
+
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let dropped: u64 = exported
+        .last()
+        .into_iter()
+        .flat_map(|rm| rm.scope_metrics())
+        .flat_map(|sm| sm.metrics())
+        .filter(|m| m.name() == super::names::RECORDS_DROPPED)
+        .map(|m| match m.data() {
+            AggregatedMetrics::U64(MetricData::Sum(sum)) => sum.data_points().map(|p| p.value()).sum::<u64>(),
+            other => panic!("unexpected data {other:?}"),
+        })
+        .sum();
+    assert_eq!(dropped, 1);
+}
