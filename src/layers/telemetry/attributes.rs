@@ -17,27 +17,23 @@ use crate::service::{ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
 pub(crate) fn make_span<B>(placement: Placement, req: &Request<B>, config: &Config) -> Span {
     let uri = req.uri();
     let method = req.method().as_str();
-    let operation = OperationType::of(req).as_str();
-    let provider = ProviderName(req.extensions().get::<Provider>(), uri);
-    let work_id = req.extensions().get::<WorkId>().map(WorkId::as_str);
-    let port = server_port(uri).map(i64::from);
     // Field values are only evaluated when the span is enabled: with no subscriber, nothing
-    // here formats or allocates.
+    // here looks up an extension, formats or allocates.
     match placement {
         Placement::Operation => tracing::info_span!(
             "contentdownload.operation",
-            otel.name = operation,
+            otel.name = OperationType::of(req).as_str(),
             otel.status_code = Empty,
             http.request.method = method,
             url.full = %config.redactor.redact(uri),
             server.address = uri.host(),
-            server.port = port,
+            server.port = server_port(uri).map(i64::from),
             http.response.status_code = Empty,
             http.response.body.size = Empty,
             error.type = Empty,
-            contentdownload.operation = operation,
-            contentdownload.provider = %provider,
-            contentdownload.work_id = work_id,
+            contentdownload.operation = OperationType::of(req).as_str(),
+            contentdownload.provider = %ProviderName::of(req),
+            contentdownload.work_id = req.extensions().get::<WorkId>().map(WorkId::as_str),
             contentdownload.retry.decision = Empty,
         ),
         Placement::Attempt | Placement::Standalone => tracing::info_span!(
@@ -48,14 +44,14 @@ pub(crate) fn make_span<B>(placement: Placement, req: &Request<B>, config: &Conf
             http.request.method = method,
             url.full = %config.redactor.redact(uri),
             server.address = uri.host(),
-            server.port = port,
+            server.port = server_port(uri).map(i64::from),
             http.request.resend_count = Empty,
             http.response.status_code = Empty,
             http.response.body.size = Empty,
             error.type = Empty,
-            contentdownload.operation = operation,
-            contentdownload.provider = %provider,
-            contentdownload.work_id = work_id,
+            contentdownload.operation = OperationType::of(req).as_str(),
+            contentdownload.provider = %ProviderName::of(req),
+            contentdownload.work_id = req.extensions().get::<WorkId>().map(WorkId::as_str),
             contentdownload.retry.decision = Empty,
             contentdownload.ratelimit.wait_ms = Empty,
             contentdownload.learning.rate = Empty,
@@ -66,6 +62,12 @@ pub(crate) fn make_span<B>(placement: Placement, req: &Request<B>, config: &Conf
 /// The provider as displayed: the extension, or the host (with an explicit port), as
 /// [`RequestContextExt::provider`] computes it but without allocating.
 struct ProviderName<'a>(Option<&'a Provider>, &'a Uri);
+
+impl<'a> ProviderName<'a> {
+    fn of<B>(req: &'a Request<B>) -> Self {
+        ProviderName(req.extensions().get::<Provider>(), req.uri())
+    }
+}
 
 impl fmt::Display for ProviderName<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

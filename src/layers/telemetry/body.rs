@@ -23,7 +23,7 @@ pin_project! {
 }
 
 impl<B: Body> TelemetryBody<B> {
-    pub(crate) fn new(inner: B, tracker: Option<Tracker>) -> Self {
+    pub(crate) fn new(inner: B, tracker: Option<Box<Tracker>>) -> Self {
         let mut guard = Guard::new(tracker);
         if inner.is_end_stream() {
             // An empty body (HEAD, 204): nobody needs to poll it for it to be complete.

@@ -24,7 +24,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, tracker: Option<Tracker>) -> Self {
+    pub(crate) fn new(inner: F, tracker: Option<Box<Tracker>>) -> Self {
         ResponseFuture {
             inner,
             guard: Guard::new(tracker),

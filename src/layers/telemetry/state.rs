@@ -46,7 +46,7 @@ pub(crate) struct Tracker {
     retry_after: Option<Duration>,
     budget_exhausted: bool,
     /// Only when metrics or records are configured: the owned copies they need.
-    report: Option<Box<Report>>,
+    report: Option<Report>,
 }
 
 struct Report {
@@ -77,7 +77,7 @@ impl fmt::Debug for Tracker {
 impl Tracker {
     /// Opens the span and starts the clock; `None` when nothing listens (no enabled span,
     /// no metrics, no records), so an unobserved request costs no allocation and no clock read.
-    pub(crate) fn start<B>(req: &Request<B>, config: &Arc<Config>) -> Option<Tracker> {
+    pub(crate) fn start<B>(req: &Request<B>, config: &Arc<Config>) -> Option<Box<Tracker>> {
         let placement = config.placement;
         let span = make_span(placement, req, config);
         let reporting = config.metrics.is_some() || config.records.is_some();
@@ -88,28 +88,26 @@ impl Tracker {
         if attempt > 1 && placement.sees_attempts() {
             span.record("http.request.resend_count", i64::from(attempt - 1));
         }
-        let report = reporting.then(|| {
-            Box::new(Report {
-                config: Arc::clone(config),
-                started_at: SystemTime::now(),
-                operation: req.operation(),
-                method: req.method().clone(),
-                host: req.uri().host().unwrap_or_default().to_owned(),
-                port: server_port(req.uri()),
-                scheme: match req.uri().scheme_str() {
-                    Some("https") => Some("https"),
-                    Some("http") => Some("http"),
-                    _ => None,
-                },
-                provider: req.provider(),
-                work_id: req.work_id().cloned(),
-                url: config
-                    .records
-                    .as_ref()
-                    .map(|_| config.redactor.redact(req.uri()).to_string()),
-            })
+        let report = reporting.then(|| Report {
+            config: Arc::clone(config),
+            started_at: SystemTime::now(),
+            operation: req.operation(),
+            method: req.method().clone(),
+            host: req.uri().host().unwrap_or_default().to_owned(),
+            port: server_port(req.uri()),
+            scheme: match req.uri().scheme_str() {
+                Some("https") => Some("https"),
+                Some("http") => Some("http"),
+                _ => None,
+            },
+            provider: req.provider(),
+            work_id: req.work_id().cloned(),
+            url: config
+                .records
+                .as_ref()
+                .map(|_| config.redactor.redact(req.uri()).to_string()),
         });
-        Some(Tracker {
+        Some(Box::new(Tracker {
             span,
             start: Instant::now(),
             placement,
@@ -123,7 +121,7 @@ impl Tracker {
             retry_after: None,
             budget_exhausted: false,
             report,
-        })
+        }))
     }
 
     pub(crate) fn span(&self) -> &Span {
@@ -162,7 +160,7 @@ impl Tracker {
     }
 
     /// Reports the request: closes the span, records metrics, sends the attempt record.
-    pub(crate) fn finish(self, end: End<'_>) {
+    pub(crate) fn finish(self: Box<Self>, end: End<'_>) {
         let elapsed = self.start.elapsed();
         let error_type: Option<&str> = match end {
             End::Error(err) => Some(error_type(err)),
@@ -296,23 +294,26 @@ impl Tracker {
 }
 
 /// Holds a tracker and reports it as [`End::Dropped`] if it is dropped unreported.
+///
+/// The tracker is boxed so that an unobserved request (no tracker) carries one word in its
+/// future and body, not the whole state.
 #[derive(Debug)]
-pub(crate) struct Guard(Option<Tracker>);
+pub(crate) struct Guard(Option<Box<Tracker>>);
 
 impl Guard {
-    pub(crate) fn new(tracker: Option<Tracker>) -> Self {
+    pub(crate) fn new(tracker: Option<Box<Tracker>>) -> Self {
         Guard(tracker)
     }
 
     pub(crate) fn get(&self) -> Option<&Tracker> {
-        self.0.as_ref()
+        self.0.as_deref()
     }
 
     pub(crate) fn get_mut(&mut self) -> Option<&mut Tracker> {
-        self.0.as_mut()
+        self.0.as_deref_mut()
     }
 
-    pub(crate) fn take(&mut self) -> Option<Tracker> {
+    pub(crate) fn take(&mut self) -> Option<Box<Tracker>> {
         self.0.take()
     }
 }
