@@ -71,6 +71,32 @@ pub trait RecordSink: Send + 'static {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
+    fn write(&mut self, record: &AttemptRecord) -> io::Result<()> {
+        (**self).write(record)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
+
+/// Both sinks get every record (a JSONL manifest and a CSV table from one writer, say);
+/// the first error is returned after both were tried.
+impl<A: RecordSink, B: RecordSink> RecordSink for (A, B) {
+    fn write(&mut self, record: &AttemptRecord) -> io::Result<()> {
+        let first = self.0.write(record);
+        let second = self.1.write(record);
+        first.and(second)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let first = self.0.flush();
+        let second = self.1.flush();
+        first.and(second)
+    }
+}
+
 /// Writes one JSON object per line.
 ///
 /// # Example
@@ -242,6 +268,16 @@ mod tests {
         let back: Vec<AttemptRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(back, records);
         assert!(text.contains("\"operation\":\"manifest_fetch\""));
+    }
+
+    #[test]
+    fn a_pair_and_a_box_forward_every_record() {
+        let (a, b) = (MemorySink::new(), MemorySink::new());
+        let mut both: Box<dyn RecordSink> = Box::new((a.clone(), b.clone()));
+        both.write(&sample(1)).unwrap();
+        both.flush().unwrap();
+        assert_eq!(a.records(), vec![sample(1)]);
+        assert_eq!(b.records(), vec![sample(1)]);
     }
 
     #[test]
