@@ -315,11 +315,11 @@ async fn spans_carry_semantic_convention_attributes_redaction_and_the_resend_cou
 #[tokio::test]
 async fn an_error_sets_error_type_and_span_status() {
     span_exporter();
-    // a port nobody listens on: a connect error
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    // a port bound but not listening (so no other test can take it): a connect error
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
     let url = format!("http://{addr}/x");
-    drop(listener);
     let stack = TelemetryLayer::standalone().layer(client_with_injections());
     let err = stack.oneshot(request(&url, OperationType::Download)).await.unwrap_err();
     assert!(
