@@ -624,19 +624,20 @@ async fn otlp_exports_spans_and_metrics_over_http() {
     let sim = Simulator::start().await.unwrap();
     sim.on("/v1/*", [Reply::ok()]);
     let endpoint = sim.url("");
-    // The SDK exports from its own threads with a blocking client: keep it off the runtime.
+    let bad = otlp::init(&OtlpConfig {
+        endpoint: Some("not a url".into()),
+        ..OtlpConfig::default()
+    });
+    assert!(bad.is_err(), "an invalid endpoint is refused");
+    // Building works inside the runtime (as in an async main) ...
+    let guard = otlp::init(&OtlpConfig {
+        endpoint: Some(endpoint),
+        service_name: "telemetry-test".into(),
+        metrics_interval: Duration::from_secs(3600),
+    })
+    .expect("exporters build");
+    // ... but shutting down waits for the exports: keep that off the runtime's threads.
     let exported = tokio::task::spawn_blocking(move || {
-        let bad = otlp::init(&OtlpConfig {
-            endpoint: Some("not a url".into()),
-            ..OtlpConfig::default()
-        });
-        assert!(bad.is_err(), "an invalid endpoint is refused");
-        let guard = otlp::init(&OtlpConfig {
-            endpoint: Some(endpoint),
-            service_name: "telemetry-test".into(),
-            metrics_interval: Duration::from_secs(3600),
-        })
-        .expect("exporters build");
         guard
             .metrics()
             .register_rate_source(|| vec![(PartitionKey::new("crossref", "api.crossref.org"), 2.0)]);

@@ -160,6 +160,9 @@ pub mod otlp {
 
         /// Sends what is buffered and stops both exporters.
         ///
+        /// This blocks until the exports are done (or time out): from async code, call it
+        /// inside `tokio::task::spawn_blocking`.
+        ///
         /// # Errors
         ///
         /// When the collector could not be reached or did not answer in time (the message
