@@ -11,3 +11,4 @@ pub mod learning;
 pub mod rate_limit;
 pub mod retry;
 pub mod retry_after;
+pub mod telemetry;

@@ -1,0 +1,270 @@
+//! [`RecordWriter`]: hands attempt records to a sink on a background thread through a
+//! bounded buffer, so the request path never waits on disk I/O.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{AttemptRecord, RecordSink};
+
+enum Msg {
+    Record(Box<AttemptRecord>),
+    Flush(oneshot::Sender<io::Result<()>>),
+    Close(oneshot::Sender<io::Result<()>>),
+}
+
+/// A handle to a background writer of [`AttemptRecord`]s.
+///
+/// Records go through a bounded channel to a dedicated thread that owns the
+/// [`RecordSink`]; sending never blocks. When the buffer is full the record is dropped,
+/// counted ([`dropped`](RecordWriter::dropped), and the `contentdownload.records.dropped`
+/// metric when the layer has metrics) and reported with a warning (on the 1st, 2nd, 4th,
+/// 8th... drop, so a long overload does not flood the log). The sink is flushed whenever
+/// the buffer runs empty, and on [`flush`](RecordWriter::flush) and
+/// [`close`](RecordWriter::close); call `close` at shutdown so nothing buffered is lost.
+///
+/// Cloning is cheap: clones share the channel and the counters (behind an `Arc`). The
+/// thread ends after `close`, or when the last clone is dropped.
+///
+/// # Example
+///
+/// ```
+/// use contentdownload::layers::telemetry::{MemorySink, RecordWriter, TelemetryLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let sink = MemorySink::new();
+/// let writer = RecordWriter::spawn(sink.clone(), 4096);
+/// let layer = TelemetryLayer::attempt().records(writer.clone());
+/// // ... run requests through a stack with `layer` ...
+/// writer.close().await?;
+/// assert!(sink.records().is_empty());
+/// # let _ = layer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RecordWriter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tx: mpsc::Sender<Msg>,
+    capacity: usize,
+    dropped: AtomicU64,
+    write_errors: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for RecordWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordWriter")
+            .field("capacity", &self.shared.capacity)
+            .field("dropped", &self.dropped())
+            .field("write_errors", &self.write_errors())
+            .finish()
+    }
+}
+
+impl RecordWriter {
+    /// Starts a writer thread for `sink` with room for `capacity` records in flight
+    /// (at least 1).
+    pub fn spawn<S: RecordSink>(sink: S, capacity: usize) -> RecordWriter {
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let write_errors = Arc::new(AtomicU64::new(0));
+        let errors = Arc::clone(&write_errors);
+        let spawned = std::thread::Builder::new()
+            .name("contentdownload-records".into())
+            .spawn(move || run(sink, rx, &errors));
+        if let Err(e) = spawned {
+            // The receiver went down with the closure: every record will count as dropped.
+            tracing::warn!(error = %e, "could not start the attempt-record writer thread; records will be dropped");
+        }
+        RecordWriter {
+            shared: Arc::new(Shared {
+                tx,
+                capacity,
+                dropped: AtomicU64::new(0),
+                write_errors,
+            }),
+        }
+    }
+
+    /// Queues a record without waiting. Returns `false` (and counts the drop) when the
+    /// buffer is full or the writer is closed.
+    pub fn try_write(&self, record: AttemptRecord) -> bool {
+        match self.shared.tx.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => true,
+            Err(err) => {
+                let n = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    let why = match err {
+                        mpsc::error::TrySendError::Full(_) => {
+                            "the buffer is full (raise its capacity or use a faster sink)"
+                        }
+                        mpsc::error::TrySendError::Closed(_) => "the writer is closed",
+                    };
+                    tracing::warn!(
+                        dropped = n,
+                        capacity = self.shared.capacity,
+                        "attempt record dropped: {why}; {n} dropped so far"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// How many records were dropped (full buffer or closed writer).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// How many records the sink failed to write.
+    pub fn write_errors(&self) -> u64 {
+        self.shared.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every record queued before this call is written and the sink flushed.
+    pub async fn flush(&self) -> io::Result<()> {
+        self.request(Msg::Flush).await
+    }
+
+    /// Writes what is queued, flushes the sink and stops the thread. Records sent after
+    /// this are dropped (and counted).
+    pub async fn close(&self) -> io::Result<()> {
+        self.request(Msg::Close).await
+    }
+
+    async fn request(&self, make: fn(oneshot::Sender<io::Result<()>>) -> Msg) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.tx.send(make(tx)).await.is_err() {
+            return Err(closed());
+        }
+        rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the attempt-record writer is closed")
+}
+
+fn run<S: RecordSink>(mut sink: S, mut rx: mpsc::Receiver<Msg>, errors: &AtomicU64) {
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::Record(record) => {
+                if let Err(e) = sink.write(&record) {
+                    let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(error = %e, failures = n, "could not write an attempt record; check the output file");
+                    }
+                }
+                if rx.is_empty() {
+                    if let Err(e) = sink.flush() {
+                        tracing::warn!(error = %e, "could not flush attempt records; check the output file");
+                    }
+                }
+            }
+            Msg::Flush(ack) => {
+                let _ = ack.send(sink.flush());
+            }
+            Msg::Close(ack) => {
+                rx.close();
+                // Write what was queued before the close, then acknowledge.
+                let mut acks = vec![ack];
+                while let Ok(msg) = rx.try_recv() {
+                    match msg {
+                        Msg::Record(record) => {
+                            if sink.write(&record).is_err() {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Msg::Flush(ack) | Msg::Close(ack) => acks.push(ack),
+                    }
+                }
+                let flushed = sink.flush();
+                for ack in acks {
+                    let _ = ack.send(
+                        flushed
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                    );
+                }
+                return;
+            }
+        }
+    }
+    if let Err(e) = sink.flush() {
+        tracing::warn!(error = %e, "could not flush attempt records at shutdown; check the output file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::{sample, MemorySink};
+    use super::*;
+    use std::sync::mpsc as std_mpsc;
+
+    /// A sink that waits for the test's permission before each write.
+    struct Gate {
+        go: std_mpsc::Receiver<()>,
+        inner: MemorySink,
+    }
+
+    impl RecordSink for Gate {
+        fn write(&mut self, record: &AttemptRecord) -> io::Result<()> {
+            let _ = self.go.recv_timeout(std::time::Duration::from_secs(10));
+            self.inner.write(record)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_is_counted_not_blocking() {
+        let (go, gate) = std_mpsc::channel();
+        let mem = MemorySink::new();
+        let writer = RecordWriter::spawn(
+            Gate {
+                go: gate,
+                inner: mem.clone(),
+            },
+            2,
+        );
+        let mut accepted = 0u32;
+        for i in 1..=10 {
+            if writer.try_write(sample(i)) {
+                accepted += 1;
+            }
+        }
+        // at most one record in the sink's hands plus two buffered
+        assert!(accepted <= 3, "accepted {accepted}");
+        assert_eq!(writer.dropped(), u64::from(10 - accepted));
+        for _ in 0..accepted {
+            go.send(()).unwrap();
+        }
+        writer.close().await.unwrap();
+        assert_eq!(mem.records().len() as u32, accepted);
+        // after close: dropped and counted, and flush says why
+        assert!(!writer.try_write(sample(11)));
+        assert_eq!(writer.dropped(), u64::from(11 - accepted));
+        assert!(writer.flush().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn flush_waits_for_queued_records() {
+        let mem = MemorySink::new();
+        let writer = RecordWriter::spawn(mem.clone(), 64);
+        for i in 1..=20 {
+            assert!(writer.try_write(sample(i)));
+        }
+        writer.flush().await.unwrap();
+        assert_eq!(mem.records().len(), 20);
+        assert_eq!(writer.write_errors(), 0);
+        assert!(format!("{writer:?}").contains("capacity: 64"));
+    }
+}
