@@ -439,12 +439,16 @@ async fn concurrent_writers_never_leave_a_partial_file() {
             reads
         })
     };
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let path = path.clone();
+    // separate learners (as separate processes would be), each with its own state; all
+    // built before anyone saves, so none starts from another's file
+    let learners: Vec<_> = (0..8)
+        .map(|_| Learner::with_persistence(limiter(10.0, 1), LearningPolicy::default(), &path).unwrap())
+        .collect();
+    let writers: Vec<_> = learners
+        .into_iter()
+        .enumerate()
+        .map(|(w, learner)| {
             std::thread::spawn(move || {
-                // separate learners (as separate processes would be), each with its own state
-                let learner = Learner::with_persistence(limiter(10.0, 1), LearningPolicy::default(), &path).unwrap();
                 for p in 0..=w {
                     learner.record_throttle(&PartitionKey::new(format!("w{w}"), format!("h{p}")), Instant::now());
                 }

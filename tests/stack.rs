@@ -131,3 +131,55 @@ async fn metadata_operations_ask_for_compression_and_downloads_do_not() {
     assert!(seen[0].header("accept-encoding").is_some_and(|v| v.contains("gzip")));
     assert_eq!(seen[1].header("accept-encoding"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn attempts_are_recorded_and_an_empty_budget_is_reported() {
+    use contentdownload::layers::retry::{BudgetConfig, RetryConfig};
+    use contentdownload::layers::telemetry::{MemorySink, RecordWriter, RetryBudgetExhausted};
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/flaky", [Reply::status(503), Reply::ok()]);
+    sim.on("/down", [Reply::status(503)]);
+    let sink = MemorySink::new();
+    let writer = RecordWriter::spawn(sink.clone(), 64);
+    let mut retry = RetryConfig::default();
+    retry.budget = BudgetConfig {
+        enabled: true,
+        ttl_secs: 10,
+        min_retries_per_sec: 0,
+        retry_ratio: 0.2,
+    };
+    let s = stack(StackConfig {
+        retry,
+        records: Some(writer.clone()),
+        run_id: Some("run-7".into()),
+        ..StackConfig::default()
+    });
+    // the budget starts empty: a 503 is handed back at once, marked for telemetry
+    let res = s
+        .service(OperationType::Download)
+        .oneshot(get(&sim.url("/down"), "pub"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.extensions().get::<RetryBudgetExhausted>().is_some());
+    drop(res);
+    // five first attempts buy one retry
+    sim.on("/r-ok", [Reply::ok()]);
+    for _ in 0..5 {
+        send(&s.service(OperationType::Download), get(&sim.url("/r-ok"), "other"))
+            .await
+            .unwrap();
+    }
+    let flaky = s
+        .service(OperationType::Download)
+        .oneshot(get(&sim.url("/flaky"), "other"))
+        .await
+        .unwrap();
+    assert_eq!(flaky.status(), StatusCode::OK);
+    drop(flaky);
+    writer.flush().await.expect("records flushed");
+    let records = sink.records();
+    let flaky: Vec<_> = records.iter().filter(|r| r.url.ends_with("/flaky")).collect();
+    assert_eq!(flaky.len(), 2, "{records:?}");
+    assert!(records.iter().all(|r| r.run_id.as_deref() == Some("run-7")));
+}

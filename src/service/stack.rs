@@ -20,6 +20,7 @@ use crate::layers::learning::{Learner, LearningPolicy, ProviderLearningLayer};
 use crate::layers::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimiter};
 use crate::layers::retry::{ContextualRetryLayer, RetryConfig};
 use crate::layers::retry_after::RetryAfterLayer;
+use crate::layers::telemetry::{RecordWriter, TelemetryBody, TelemetryLayer, TelemetryMetrics};
 
 /// The response body of a stack's service: type-erased once per response.
 pub type PipelineBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -50,6 +51,13 @@ pub struct StackConfig {
     pub cooldown_max_wait: Duration,
     /// Gate: idempotency keys and `Idempotency-Key` headers on unsafe methods.
     pub idempotency: bool,
+    /// Metrics for the telemetry layers (spans are always emitted; they cost nothing
+    /// when no subscriber listens). The learner's rates are published on its gauge.
+    pub metrics: Option<TelemetryMetrics>,
+    /// Where attempt records go.
+    pub records: Option<RecordWriter>,
+    /// The run id put on attempt records.
+    pub run_id: Option<String>,
 }
 
 impl Default for StackConfig {
@@ -64,15 +72,19 @@ impl Default for StackConfig {
             rate_limit: RateLimitConfig::default(),
             cooldown_max_wait: Duration::from_secs(5),
             idempotency: true,
+            metrics: None,
+            records: None,
+            run_id: None,
         }
     }
 }
 
 /// The download stack: every layer, in the order of the design (outer to inner):
 ///
-/// idempotency → contextual retry → Retry-After cool-down → provider learning → rate limit
-/// → global in-flight cap → (decompression, for metadata operations) → the shared client
-/// (User-Agent, redirects, timeouts).
+/// telemetry (operation span) → idempotency → contextual retry → telemetry (attempt span)
+/// → Retry-After cool-down → provider learning → rate limit → global in-flight cap →
+/// (decompression, for metadata operations) → the shared client (User-Agent, redirects,
+/// timeouts).
 ///
 /// One `Stack` holds the state every operation shares: the client's connection pool, the
 /// rate limiter and its learner, the cool-downs and the retry budgets. [`service`](Stack::service)
@@ -100,6 +112,8 @@ pub struct Stack {
     retry: ContextualRetryLayer,
     retry_after: RetryAfterLayer,
     idempotency: Option<IdempotencyLayer>,
+    operation_telemetry: TelemetryLayer,
+    attempt_telemetry: TelemetryLayer,
 }
 
 impl fmt::Debug for Stack {
@@ -125,6 +139,10 @@ fn box_decompressed(r: Response<DecompressionBody<ResponseBody>>) -> Response<Pi
 
 fn box_plain(r: Response<ResponseBody>) -> Response<PipelineBody> {
     r.map(BodyExt::boxed_unsync)
+}
+
+fn box_top(r: Response<TelemetryBody<TelemetryBody<PipelineBody>>>) -> Response<PipelineBody> {
+    r.map(|b| b.map_err(Into::into).boxed_unsync())
 }
 
 fn set_operation(op: OperationType) -> impl Fn(Request<Full<Bytes>>) -> Request<Full<Bytes>> + Clone + Send + Sync {
@@ -155,7 +173,28 @@ impl Stack {
         } else {
             ContextualRetryLayer::standard()
         };
+        let mut operation_telemetry = TelemetryLayer::operation();
+        let mut attempt_telemetry = TelemetryLayer::attempt();
+        if let Some(metrics) = &config.metrics {
+            operation_telemetry = operation_telemetry.metrics(metrics.clone());
+            attempt_telemetry = attempt_telemetry.metrics(metrics.clone());
+            if let Some(learner) = &learner {
+                let learner = learner.clone();
+                metrics.register_rate_source(move || {
+                    learner.statuses().into_iter().map(|s| (s.partition, s.rate)).collect()
+                });
+            }
+        }
+        if let Some(records) = &config.records {
+            attempt_telemetry = attempt_telemetry.records(records.clone());
+        }
+        if let Some(run_id) = &config.run_id {
+            operation_telemetry = operation_telemetry.run_id(run_id.as_str());
+            attempt_telemetry = attempt_telemetry.run_id(run_id.as_str());
+        }
         Ok(Stack {
+            operation_telemetry,
+            attempt_telemetry,
             client,
             limiter,
             learner,
@@ -180,9 +219,12 @@ impl Stack {
             ))
         };
         let svc = ServiceBuilder::new()
+            .map_response(box_top as fn(_) -> _)
             .map_request(set_operation(op))
+            .layer(self.operation_telemetry.clone())
             .option_layer(self.idempotency.clone())
             .layer(self.retry.clone())
+            .layer(self.attempt_telemetry.clone())
             .layer(self.retry_after.clone())
             .option_layer(self.learner.clone().map(ProviderLearningLayer::new))
             .layer(RateLimitLayer::new(self.limiter.clone()))

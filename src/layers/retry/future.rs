@@ -16,6 +16,7 @@ use super::config::RetryConfig;
 use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp};
 use crate::context::{AttemptNumber, OperationType};
 use crate::error::{BoxError, Deferred, FailedOver};
+use crate::layers::telemetry::RetryBudgetExhausted;
 
 /// The span field the decision is recorded on (declared by the telemetry layer's
 /// operation span; recording on a span without it does nothing).
@@ -103,8 +104,10 @@ where
                         },
                     };
                     let (mut decision, mut gave_up) = policy.decide(class, hint, attempt);
+                    let mut budget_refused = false;
                     if matches!(decision, Decision::Retry(_)) && plan.budget.as_ref().is_some_and(|b| !b.withdraw()) {
                         (decision, gave_up) = policy.budget_refused();
+                        budget_refused = true;
                     }
                     tracing::Span::current().record(DECISION_FIELD, decision.as_str());
                     let status = result.as_ref().ok().map(Response::status);
@@ -136,6 +139,13 @@ where
                                     "giving up: {why}"
                                 );
                             }
+                            // tell telemetry (the operation placement counts it)
+                            let result = result.map(|mut res| {
+                                if budget_refused {
+                                    res.extensions_mut().insert(RetryBudgetExhausted);
+                                }
+                                res
+                            });
                             return Poll::Ready(result);
                         }
                         Decision::Defer => {
