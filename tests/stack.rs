@@ -141,12 +141,14 @@ async fn attempts_are_recorded_and_an_empty_budget_is_reported() {
     sim.on("/down", [Reply::status(503)]);
     let sink = MemorySink::new();
     let writer = RecordWriter::spawn(sink.clone(), 64);
-    let mut retry = RetryConfig::default();
-    retry.budget = BudgetConfig {
-        enabled: true,
-        ttl_secs: 10,
-        min_retries_per_sec: 0,
-        retry_ratio: 0.2,
+    let retry = RetryConfig {
+        budget: BudgetConfig {
+            enabled: true,
+            ttl_secs: 10,
+            min_retries_per_sec: 0,
+            retry_ratio: 0.2,
+        },
+        ..RetryConfig::default()
     };
     let s = stack(StackConfig {
         retry,
