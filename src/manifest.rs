@@ -229,7 +229,10 @@ impl ManifestWriter {
                 m
             }
         };
+        // the line carries these at the top level already
         map.remove("record_type");
+        map.remove("schema_version");
+        map.remove("run_id");
         self.write(&ManifestLine {
             schema_version: SCHEMA_VERSION,
             run_id: run_id.to_owned(),
@@ -241,6 +244,38 @@ impl ManifestWriter {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()?;
         self.out.get_ref().sync_data()
+    }
+}
+
+/// A manifest shared by the pipeline (work lines) and the telemetry writer (attempt lines).
+pub type SharedManifest = std::sync::Arc<std::sync::Mutex<ManifestWriter>>;
+
+/// A telemetry [`RecordSink`](crate::layers::telemetry::RecordSink) that writes each attempt
+/// record to the manifest as an `attempt` line.
+#[derive(Debug)]
+pub struct ManifestSink {
+    manifest: SharedManifest,
+    run_id: String,
+}
+
+impl ManifestSink {
+    /// A sink writing to `manifest` under `run_id`.
+    pub fn new(manifest: SharedManifest, run_id: impl Into<String>) -> Self {
+        ManifestSink {
+            manifest,
+            run_id: run_id.into(),
+        }
+    }
+}
+
+impl crate::layers::telemetry::RecordSink for ManifestSink {
+    fn write(&mut self, record: &crate::layers::telemetry::AttemptRecord) -> io::Result<()> {
+        let mut m = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+        m.write_attempt(&self.run_id, record)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.manifest.lock().unwrap_or_else(|e| e.into_inner()).flush()
     }
 }
 

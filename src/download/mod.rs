@@ -244,13 +244,15 @@ where
     tokio::fs::create_dir_all(&partial_dir)
         .await
         .map_err(|e| io_failure("cannot create", &partial_dir, e))?;
-    let file = tokio::fs::File::create(&partial_path)
-        .await
-        .map_err(|e| io_failure("cannot create", &partial_path, e))?;
+    // Created synchronously (one short syscall): a `tokio::fs` create runs on the blocking
+    // pool and, if this future were cancelled meanwhile, would make the file after the
+    // guard that should remove it is gone.
+    let file = std::fs::File::create(&partial_path).map_err(|e| io_failure("cannot create", &partial_path, e))?;
     let guard = PartialGuard {
         path: partial_path,
         armed: true,
     };
+    let file = tokio::fs::File::from_std(file);
     let body = std::pin::pin!(response.into_body());
     let (sha256, bytes) = stream_to(body, file, &guard.path, status, options).await?;
     Ok(Staged {

@@ -5,6 +5,8 @@
 
 mod config;
 mod fallback;
+mod run;
 
 pub use self::config::{FallbackConfig, FallbackConfigError, TierConfig};
 pub use self::fallback::{Fallback, FetchEnv, FetchResult, TriedUrls};
+pub use self::run::{Pipeline, PipelineConfig, PipelineError, Progress};

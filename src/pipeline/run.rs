@@ -1,0 +1,497 @@
+//! [`Pipeline`]: works in, outcomes out, with the ledger, the manifest and a second pass.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use super::fallback::{Fallback, FetchEnv, FetchResult, TriedUrls};
+use super::FallbackConfig;
+use crate::context::{OperationType, WorkId};
+use crate::download::{file_stem, DownloadOptions};
+use crate::layers::idempotency::derive_key;
+use crate::layers::telemetry::Redactor;
+use crate::ledger::{Claim, JobId, JobResult, JobState, Ledger, LedgerError, NewJob};
+use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
+use crate::reason::ReasonCode;
+use crate::resolvers::{ResolveContext, ResolverConfig};
+use crate::service::{HttpService, Stack};
+use crate::works::{LineError, Work};
+
+/// What a [`Pipeline`] needs besides the stack, the ledger and the manifest.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// The output folder.
+    pub out_dir: PathBuf,
+    /// This run's id (on every manifest line and ledger job).
+    pub run_id: String,
+    /// This worker's name in the ledger (unique per process).
+    pub worker_id: String,
+    /// Works processed at once.
+    pub workers: usize,
+    /// Tiers and budgets.
+    pub fallback: FallbackConfig,
+    /// Resolver base URLs and contact address.
+    pub resolvers: ResolverConfig,
+    /// Download limits.
+    pub download: DownloadOptions,
+    /// How long a work's lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+}
+
+/// Counts so far, handed to the progress callback after every work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Works finished (any outcome).
+    pub done: u64,
+    /// Downloaded in this run.
+    pub downloaded: u64,
+    /// Skipped (already there).
+    pub skipped: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Waiting for the second pass.
+    pub deferred: u64,
+    /// Bytes downloaded.
+    pub bytes: u64,
+}
+
+/// A failure that stops the run (a single work's failure does not).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The ledger could not be used.
+    #[error("the ledger failed: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The manifest could not be written.
+    #[error("cannot write the manifest: {0}")]
+    Manifest(#[from] std::io::Error),
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(String),
+}
+
+enum Processed {
+    Done(WorkRecord),
+    /// Abandoned by a shutdown; its lease is released.
+    Cancelled,
+    /// For the second pass: deferred, or leased by a live worker elsewhere.
+    Later(Work, ReasonCode, String),
+}
+
+/// The download pipeline: for every work, claim it in the ledger (when there is one), find
+/// and download a valid PDF through the fallback tiers, record the outcome in the ledger and
+/// the manifest. Deferred works get a second pass at the end.
+pub struct Pipeline {
+    config: PipelineConfig,
+    fallback: Fallback,
+    resolve: ResolveContext,
+    download: HttpService,
+    ledger: Option<Ledger>,
+    manifest: SharedManifest,
+    tried: TriedUrls,
+    held: Arc<Mutex<HashSet<JobId>>>,
+    redactor: Redactor,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pipeline {
+    /// A pipeline over `stack`'s services; `ledger` is `None` when idempotency is off.
+    pub fn new(
+        config: PipelineConfig,
+        stack: &Stack,
+        ledger: Option<Ledger>,
+        manifest: SharedManifest,
+    ) -> Result<Pipeline, PipelineError> {
+        if config.workers == 0 {
+            return Err(PipelineError::Config("workers must be at least 1".into()));
+        }
+        let fallback = Fallback::new(config.fallback.clone()).map_err(|e| PipelineError::Config(e.to_string()))?;
+        let resolve = ResolveContext {
+            http: stack.service(OperationType::Resolve),
+            config: Arc::new(config.resolvers.clone()),
+        };
+        Ok(Pipeline {
+            download: stack.service(OperationType::Download),
+            fallback,
+            resolve,
+            ledger,
+            manifest,
+            tried: TriedUrls::default(),
+            held: Arc::new(Mutex::new(HashSet::new())),
+            redactor: Redactor::default(),
+            config,
+        })
+    }
+
+    /// Runs every work of `works` (bad input lines are counted and skipped), then a second
+    /// pass over the deferred ones. `progress` is called after each work. When `shutdown`
+    /// completes, no new work starts, the works in flight abandon their downloads (partial
+    /// files removed, leases released so a re-run picks them up at once), deferred works
+    /// are recorded as deferred, and the summary says `interrupted`.
+    pub async fn run<S, P, F>(&self, works: S, progress: P, shutdown: F) -> Result<SummaryRecord, PipelineError>
+    where
+        S: Stream<Item = Result<Work, LineError>>,
+        P: Fn(&Progress),
+        F: Future<Output = ()>,
+    {
+        let started = Instant::now();
+        if let Some(ledger) = &self.ledger {
+            let fixed = ledger.reconcile().await?;
+            tracing::info!(?fixed, "ledger reconciled");
+        }
+        let mut summary = SummaryRecord::default();
+        let mut counts = Progress::default();
+        let mut later: Vec<(Work, ReasonCode, String)> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut input_errors = 0u64;
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut interrupted = false;
+        // Cancellation is cooperative: intake stops and each work in flight abandons its
+        // fetch, but ledger calls always run to the end (a transaction dropped halfway would
+        // keep SQLite's write lock).
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+        // Leases are renewed by a task of their own: awaited in the loop below, a heartbeat
+        // waiting for SQLite's write lock would stop the claims that hold it from progressing.
+        let (stop_heartbeat, heartbeat) = self.spawn_heartbeat();
+        {
+            let works = works.filter_map(|item| {
+                let keep = match item {
+                    Ok(work) if seen.insert(work.id.clone()) => Some(work),
+                    Ok(work) => {
+                        tracing::warn!(work = %work.id, "the same work appears twice in the input; once is enough");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!("skipping input {e}");
+                        input_errors += 1;
+                        None
+                    }
+                };
+                std::future::ready(keep)
+            });
+            let works = works.take_until(cancelled(cancel_rx.clone()));
+            let mut processing = std::pin::pin!(works
+                .map(|w| self.process(w, false, cancel_rx.clone()))
+                .buffer_unordered(self.config.workers));
+            loop {
+                tokio::select! {
+                    () = &mut shutdown, if !interrupted => {
+                        interrupted = true;
+                        let _ = cancel_tx.send(true);
+                    }
+                    next = processing.next() => match next {
+                        None => break,
+                        Some(result) => match result? {
+                            Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress)?,
+                            Processed::Cancelled => {}
+                            Processed::Later(work, reason, detail) => {
+                                counts.deferred += 1;
+                                progress(&counts);
+                                later.push((work, reason, detail));
+                            }
+                        },
+                    },
+                }
+            }
+        }
+        if !interrupted && !later.is_empty() {
+            tracing::info!(works = later.len(), "second pass over deferred works");
+            if later.iter().any(|(_, r, _)| *r == ReasonCode::LeasedElsewhere) {
+                // let the other worker's leases run out (or be renewed) before asking again
+                tokio::select! {
+                    () = &mut shutdown => interrupted = true,
+                    () = tokio::time::sleep(self.config.lease_ttl) => {}
+                }
+                if let (false, Some(ledger)) = (interrupted, &self.ledger) {
+                    ledger.reconcile().await?;
+                }
+            }
+            let mut pending = std::mem::take(&mut later).into_iter();
+            for (work, reason, detail) in pending.by_ref() {
+                counts.deferred = counts.deferred.saturating_sub(1);
+                let second = {
+                    let pass = std::pin::pin!(self.process(work.clone(), true, cancel_rx.clone()));
+                    let mut pass = pass;
+                    loop {
+                        tokio::select! {
+                            () = &mut shutdown, if !interrupted => {
+                                interrupted = true;
+                                let _ = cancel_tx.send(true);
+                            }
+                            r = &mut pass => break r?,
+                        }
+                    }
+                };
+                let record = match second {
+                    Processed::Done(record) => record,
+                    Processed::Later(w, r, d) => self.settle_later(&w, r, d),
+                    Processed::Cancelled => self.settle_later(&work, reason, detail),
+                };
+                self.record(record, &mut summary, &mut counts, &progress)?;
+                if interrupted {
+                    break;
+                }
+            }
+            for (work, reason, detail) in pending {
+                let record = self.settle_later(&work, reason, detail);
+                self.record(record, &mut summary, &mut counts, &progress)?;
+            }
+        }
+        let _ = stop_heartbeat.send(true);
+        let _ = heartbeat.await;
+        summary.input_errors = input_errors;
+        summary.interrupted = interrupted;
+        summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        let mut manifest = lock(&self.manifest);
+        manifest.write(&ManifestLine::summary(&self.config.run_id, summary.clone()))?;
+        manifest.flush()?;
+        Ok(summary)
+    }
+
+    fn settle_later(&self, work: &Work, reason: ReasonCode, detail: String) -> WorkRecord {
+        let outcome = if reason == ReasonCode::LeasedElsewhere {
+            Outcome::Skipped
+        } else {
+            Outcome::Deferred
+        };
+        WorkRecord {
+            reason: Some(reason),
+            detail: Some(detail),
+            ..WorkRecord::new(work.id.as_str(), outcome)
+        }
+    }
+
+    fn record<P: Fn(&Progress)>(
+        &self,
+        record: WorkRecord,
+        summary: &mut SummaryRecord,
+        counts: &mut Progress,
+        progress: &P,
+    ) -> Result<(), PipelineError> {
+        summary.add(&record);
+        counts.done += 1;
+        match record.outcome {
+            Some(Outcome::Downloaded) => {
+                counts.downloaded += 1;
+                counts.bytes += record.bytes.unwrap_or(0);
+            }
+            Some(Outcome::Skipped) => counts.skipped += 1,
+            Some(Outcome::Deferred) => counts.deferred += 1,
+            Some(Outcome::Failed) | None => counts.failed += 1,
+        }
+        lock(&self.manifest).write(&ManifestLine::work(&self.config.run_id, record))?;
+        progress(counts);
+        Ok(())
+    }
+
+    fn heartbeat_every(&self) -> Duration {
+        (self.config.lease_ttl / 3).max(Duration::from_millis(100))
+    }
+
+    fn spawn_heartbeat(&self) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let (ledger, held, owner, ttl) = (
+            self.ledger.clone(),
+            self.held.clone(),
+            self.config.worker_id.clone(),
+            self.config.lease_ttl,
+        );
+        let every = self.heartbeat_every();
+        let task = tokio::spawn(async move {
+            let Some(ledger) = ledger else { return };
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tick.tick() => {
+                        let jobs: Vec<JobId> = lock(&held).iter().copied().collect();
+                        if jobs.is_empty() {
+                            continue;
+                        }
+                        // not raced against `stop`: a renewal is never dropped halfway
+                        if let Err(e) = ledger.heartbeat(&owner, &jobs, ttl).await {
+                            tracing::warn!("could not renew leases: {e}");
+                        }
+                    }
+                }
+            }
+        });
+        (stop_tx, task)
+    }
+
+    fn job_for(&self, work: &Work) -> NewJob {
+        let work_id = WorkId::new(work.id.as_str());
+        let canonical = match &work.doi {
+            Some(doi) => format!("https://doi.org/{doi}"),
+            None => format!("work:{}", work.id),
+        };
+        NewJob {
+            run_id: self.config.run_id.clone(),
+            key: derive_key(OperationType::Download, Some(&work_id), &format!("work:{}", work.id)),
+            work_id,
+            canonical_url: canonical,
+        }
+    }
+
+    async fn process(
+        &self,
+        work: Work,
+        second_pass: bool,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Processed, LedgerError> {
+        let started = Instant::now();
+        let stem = file_stem(&work);
+        let mut job_id = None;
+        if let Some(ledger) = &self.ledger {
+            match ledger
+                .claim(&self.job_for(&work), &self.config.worker_id, self.config.lease_ttl)
+                .await?
+            {
+                Claim::Settled(job) => {
+                    return Ok(Processed::Done(WorkRecord {
+                        reason: Some(ReasonCode::AlreadyDownloaded),
+                        path: job.result.path,
+                        sha256: job.result.sha256,
+                        bytes: job.result.bytes.and_then(|b| u64::try_from(b).ok()),
+                        ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+                    }));
+                }
+                Claim::Busy(job) => {
+                    let owner = job.lease_owner.unwrap_or_default();
+                    return Ok(Processed::Later(
+                        work,
+                        ReasonCode::LeasedElsewhere,
+                        format!("leased by {owner}"),
+                    ));
+                }
+                Claim::Leased(job) => {
+                    lock(&self.held).insert(job.id);
+                    job_id = Some(job.id);
+                }
+            }
+        } else if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
+            return Ok(Processed::Done(WorkRecord {
+                reason: Some(ReasonCode::AlreadyDownloaded),
+                path: Some(format!("{stem}.pdf")),
+                ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+            }));
+        }
+
+        let env = FetchEnv {
+            resolve: &self.resolve,
+            download: &self.download,
+            out_dir: &self.config.out_dir,
+            tried: &self.tried,
+            options: &self.config.download,
+        };
+        let result = tokio::select! {
+            r = self.fallback.fetch(&work, env) => r,
+            () = cancelled(cancel) => {
+                // abandoned: the partial files are gone with the fetch; give the work back
+                if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
+                    let released = ledger.release(job, &self.config.worker_id).await;
+                    lock(&self.held).remove(&job);
+                    released?;
+                }
+                return Ok(Processed::Cancelled);
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let (record, state, later) = match result {
+            FetchResult::Downloaded {
+                file,
+                candidate,
+                attempts,
+            } => {
+                let path = file
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let url = candidate
+                    .url
+                    .parse::<http::Uri>()
+                    .map_or_else(|_| candidate.url.clone(), |u| self.redactor.redact(&u).to_string());
+                let record = WorkRecord {
+                    resolver: Some(candidate.resolver),
+                    url: Some(url),
+                    path: Some(path),
+                    sha256: Some(file.sha256),
+                    bytes: Some(file.bytes),
+                    elapsed_ms,
+                    attempts,
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
+                };
+                (record, JobState::Finalized, false)
+            }
+            FetchResult::Failed {
+                reason,
+                detail,
+                attempts,
+            } => {
+                let record = WorkRecord {
+                    reason: Some(reason),
+                    detail: Some(detail),
+                    elapsed_ms,
+                    attempts,
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Failed)
+                };
+                (record, JobState::Failed, false)
+            }
+            FetchResult::Deferred {
+                reason,
+                detail,
+                attempts,
+            } => {
+                let record = WorkRecord {
+                    reason: Some(reason),
+                    detail: Some(detail),
+                    elapsed_ms,
+                    attempts,
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Deferred)
+                };
+                (record, JobState::Deferred, !second_pass)
+            }
+        };
+        if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
+            let result = JobResult {
+                outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
+                path: record.path.clone(),
+                sha256: record.sha256.clone(),
+                bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
+                reason: record.reason.map(|r| r.as_str().to_owned()),
+            };
+            let finished = ledger.finish(job, &self.config.worker_id, state, &result).await;
+            lock(&self.held).remove(&job);
+            finished?;
+        }
+        if later {
+            let reason = record.reason.unwrap_or(ReasonCode::Deferred);
+            return Ok(Processed::Later(work, reason, record.detail.unwrap_or_default()));
+        }
+        Ok(Processed::Done(record))
+    }
+}
+
+/// Completes once the run is cancelled.
+async fn cancelled(mut rx: tokio::sync::watch::Receiver<bool>) {
+    // an error means the sender is gone: the run is over, which is as good as cancelled
+    let _ = rx.wait_for(|c| *c).await;
+}

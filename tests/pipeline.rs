@@ -1,0 +1,287 @@
+//! The whole pipeline against the simulator: many works with a ledger, a crash and a
+//! resumed run, deferral, and the ledger gate switched off.
+#![cfg(feature = "simulator")]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use contentdownload::download::DownloadOptions;
+use contentdownload::ledger::{JobState, Ledger, LedgerConfig};
+use contentdownload::manifest::{read_manifest, ManifestRecord, ManifestWriter, MANIFEST_FILE};
+use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress};
+use contentdownload::reason::ReasonCode;
+use contentdownload::resolvers::{ResolverConfig, RESOLVER_NAMES};
+use contentdownload::service::{Stack, StackConfig};
+use contentdownload::simulator::{Reply, Simulator};
+use contentdownload::works::{LineError, Work};
+use futures_util::stream;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+fn works(sim: &Simulator, n: usize) -> Vec<Work> {
+    (0..n)
+        .map(|i| {
+            Work::from_openalex(&json!({
+                "id": format!("https://openalex.org/W{}", 1000 + i),
+                "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{i}.pdf"))}
+            }))
+            .unwrap()
+        })
+        .collect()
+}
+
+fn config(sim: &Simulator, out: &Path, worker: &str) -> PipelineConfig {
+    PipelineConfig {
+        out_dir: out.to_owned(),
+        run_id: "run-1".into(),
+        worker_id: worker.into(),
+        workers: 8,
+        fallback: FallbackConfig {
+            tiers: vec![FallbackConfig::parse_tier("direct=openalex").unwrap()],
+            ..FallbackConfig::default()
+        },
+        resolvers: ResolverConfig {
+            base_urls: RESOLVER_NAMES
+                .iter()
+                .map(|n| (n.to_string(), sim.url(&format!("/{n}"))))
+                .collect::<BTreeMap<_, _>>(),
+            ..ResolverConfig::default()
+        },
+        download: DownloadOptions::default(),
+        lease_ttl: Duration::from_secs(60),
+    }
+}
+
+fn stack() -> Stack {
+    let mut cfg = StackConfig::default();
+    cfg.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);
+    Stack::new(&cfg).unwrap()
+}
+
+fn manifest(out: &Path) -> Arc<Mutex<ManifestWriter>> {
+    Arc::new(Mutex::new(ManifestWriter::open(out).unwrap()))
+}
+
+fn input(works: Vec<Work>) -> impl futures_util::Stream<Item = Result<Work, LineError>> {
+    stream::iter(works.into_iter().map(Ok))
+}
+
+fn counts_per_path(sim: &Simulator) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in sim.requests_to("/pdf/*") {
+        *counts.entry(r.path().to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_run_resumes_without_fetching_anything_twice() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on_fn("/pdf/*", |_| Reply::pdf(4096).delay(Duration::from_millis(2)));
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    let all = works(&sim, 200);
+
+    // first run: dropped (no clean shutdown) once 80 works are done. It has its own ledger
+    // handle, closed afterwards, as the connections of a crashed process would be.
+    let crash = Arc::new(tokio::sync::Notify::new());
+    {
+        let crashed_ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+        let pipeline = Pipeline::new(
+            config(&sim, out.path(), "w1"),
+            &stack(),
+            Some(crashed_ledger.clone()),
+            manifest(out.path()),
+        )
+        .unwrap();
+        let crash_at = crash.clone();
+        let progress = move |p: &Progress| {
+            if p.done == 80 {
+                crash_at.notify_one();
+            }
+        };
+        tokio::select! {
+            r = pipeline.run(input(all.clone()), progress, std::future::pending()) => panic!("the run finished before the crash: {r:?}"),
+            () = crash.notified() => {}
+        }
+        drop(pipeline);
+        crashed_ledger.close().await;
+    }
+    let finished_first = ledger.counts(Some("run-1")).await.unwrap().finalized;
+    assert!((80..200).contains(&finished_first), "{finished_first}");
+
+    // the crashed worker's leases expire; a new worker resumes (as run-2)
+    ledger.clock().advance(Duration::from_secs(61));
+    let mut second = config(&sim, out.path(), "w2");
+    second.run_id = "run-2".into();
+    let pipeline = Pipeline::new(second, &stack(), Some(ledger.clone()), manifest(out.path())).unwrap();
+    let summary = pipeline
+        .run(input(all.clone()), |_| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.works, 200);
+    assert_eq!(
+        (summary.downloaded + summary.skipped, summary.failed),
+        (200, 0),
+        "{summary:?}"
+    );
+    assert!(summary.skipped >= 80, "{summary:?}");
+
+    let total = counts_per_path(&sim);
+    let (lines, bad) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
+    assert_eq!(bad, 0);
+    let mut skipped = 0;
+    for line in lines.iter().filter(|l| l.run_id == "run-2") {
+        if let ManifestRecord::Work(rec) = &line.record {
+            let i: usize = rec.work_id[1..].parse::<usize>().unwrap() - 1000;
+            let fetched = total[&format!("/pdf/{i}.pdf")];
+            if rec.reason == Some(ReasonCode::AlreadyDownloaded) {
+                skipped += 1;
+                assert_eq!(fetched, 1, "{} was fetched again after it was finalized", rec.work_id);
+            } else {
+                // it was in flight at the crash (fetched again), or never started (once)
+                assert!(fetched <= 2, "{}: {fetched}", rec.work_id);
+            }
+        }
+    }
+    assert_eq!(skipped, summary.skipped);
+    // only what was in flight at the crash is fetched a second time
+    let refetched = total.values().filter(|&&c| c > 1).count();
+    assert!(
+        refetched <= 8,
+        "{refetched} works fetched twice (8 were in flight at most)"
+    );
+
+    // every file is there with the hash the ledger recorded; the manifest's hashes match too
+    let jobs = ledger.jobs(None).await.unwrap();
+    assert_eq!(jobs.len(), 200);
+    for job in &jobs {
+        assert_eq!(job.state, JobState::Finalized, "{:?}", job.work_id);
+        let bytes = std::fs::read(out.path().join(job.result.path.as_ref().unwrap())).unwrap();
+        let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(job.result.sha256.as_deref(), Some(sha.as_str()));
+    }
+    for line in &lines {
+        if let ManifestRecord::Work(rec) = &line.record {
+            let path = out.path().join(rec.path.as_ref().unwrap());
+            let sha: String = Sha256::digest(std::fs::read(&path).unwrap())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(rec.sha256.as_deref(), Some(sha.as_str()), "{}", rec.work_id);
+        }
+    }
+    assert!(matches!(lines.last().unwrap().record, ManifestRecord::Summary(_)));
+}
+
+// No ledger here: sqlx's pool keeps real-time timeouts, which a paused clock would fire.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_download_is_deferred_then_picked_up_by_a_later_run() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on(
+        "/pdf/0.pdf",
+        [Reply::status(429).retry_after_secs(300), Reply::pdf(4096)],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let one = works(&sim, 1);
+    let s = stack();
+    let pipeline = Pipeline::new(config(&sim, out.path(), "w1"), &s, None, manifest(out.path())).unwrap();
+    let summary = pipeline
+        .run(input(one.clone()), |_| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.deferred, summary.failed, summary.downloaded),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+    assert_eq!(
+        sim.count("/pdf/0.pdf"),
+        1,
+        "the second pass met the cool-down and sent nothing"
+    );
+
+    // later, the cool-down is over: a new run downloads it
+    tokio::time::advance(Duration::from_secs(301)).await;
+    let pipeline = Pipeline::new(config(&sim, out.path(), "w1"), &s, None, manifest(out.path())).unwrap();
+    let summary = pipeline.run(input(one), |_| {}, std::future::pending()).await.unwrap();
+    assert_eq!(summary.downloaded, 1, "{summary:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_ledger_existing_files_are_skipped_and_nothing_is_stored() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(4096)]);
+    let out = tempfile::tempdir().unwrap();
+    let all = works(&sim, 5);
+    for _ in 0..2 {
+        let pipeline = Pipeline::new(config(&sim, out.path(), "w1"), &stack(), None, manifest(out.path())).unwrap();
+        pipeline
+            .run(input(all.clone()), |_| {}, std::future::pending())
+            .await
+            .unwrap();
+    }
+    assert_eq!(sim.count("/pdf/*"), 5);
+    assert!(!out.path().join("ledger.sqlite").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_the_run_and_releases_leases() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(4096).delay(Duration::from_millis(20))]);
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    let pipeline = Pipeline::new(
+        config(&sim, out.path(), "w1"),
+        &stack(),
+        Some(ledger.clone()),
+        manifest(out.path()),
+    )
+    .unwrap();
+    // Ctrl-C arrives once 10 works are done
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let trigger = stop.clone();
+    let progress = move |p: &Progress| {
+        if p.done == 10 {
+            trigger.notify_one();
+        }
+    };
+    let summary = pipeline
+        .run(input(works(&sim, 200)), progress, stop.notified())
+        .await
+        .unwrap();
+    assert!(summary.interrupted);
+    assert!(summary.works < 200, "{summary:?}");
+    let counts = ledger.counts(None).await.unwrap();
+    assert_eq!(counts.leased, 0, "in-flight leases were released: {counts:?}");
+    assert_eq!(counts.finalized, summary.downloaded);
+    assert_eq!(
+        std::fs::read_dir(out.path().join(".partial")).map_or(0, |d| d.count()),
+        0
+    );
+    let (lines, _) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
+    assert!(matches!(&lines.last().unwrap().record, ManifestRecord::Summary(s) if s.interrupted));
+}
+
+#[tokio::test]
+async fn bad_input_lines_are_counted_not_fatal() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::status(404)]);
+    let out = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::new(config(&sim, out.path(), "w1"), &stack(), None, manifest(out.path())).unwrap();
+    let items = vec![
+        Err(LineError {
+            line: 1,
+            message: "not JSON".into(),
+        }),
+        Ok(works(&sim, 1).remove(0)),
+    ];
+    let summary = pipeline
+        .run(stream::iter(items), |_| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!((summary.input_errors, summary.failed), (1, 1));
+    assert_eq!(summary.failed_by_reason[&ReasonCode::HttpStatus], 1);
+}
