@@ -1,104 +1,64 @@
-//! The `contentdownload` runner.
-//!
-//! For now it offers `fetch`: one URL through the shared client, streamed to a file. The
-//! `run` and `status` subcommands of the full runner come with the pipeline.
+//! The `contentdownload` runner: `run`, `status` and `fetch`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytes::Bytes;
-use clap::{Parser, Subcommand};
-use contentdownload::error::BoxError;
-use contentdownload::service::{HttpClient, HttpConfig};
-use http_body_util::{BodyExt, Full};
-use tokio::io::AsyncWriteExt;
-use tower::ServiceExt;
+use clap::Parser;
+use contentdownload::runner::exec::{self, Exit};
+use contentdownload::runner::{Cli, Command, LogFormat, RunSettings};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "contentdownload",
-    version,
-    about = "Polite, resilient downloads of open-access PDFs"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,contentdownload=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Download one URL through the shared client and stream it to a file.
-    Fetch {
-        /// The http(s) URL to fetch.
-        url: String,
-        /// Where to write the body.
-        #[arg(short, long, default_value = "download.bin")]
-        output: PathBuf,
-        /// Contact address for the User-Agent, as polite APIs ask.
-        #[arg(long, env = "DOCSTOKG_MAILTO")]
-        mailto: Option<String>,
-    },
+fn exit(code: Exit) -> ExitCode {
+    ExitCode::from(code as u8)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
-            return ExitCode::from(1);
+            return exit(Exit::Fatal);
         }
     };
     let result = match cli.command {
-        Command::Fetch { url, output, mailto } => runtime.block_on(fetch(&url, &output, mailto)),
+        Command::Run(args) => match RunSettings::resolve(&args, exec::generated_run_id) {
+            Err(e) => Err((Exit::Usage, e)),
+            Ok(settings) => {
+                init_logging(settings.log_format);
+                runtime.block_on(exec::run(settings, async {
+                    // Ctrl-C: stop taking works, abandon the ones in flight cleanly
+                    if tokio::signal::ctrl_c().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    eprintln!("Ctrl-C: stopping; finished works are kept, the rest is released for the next run");
+                }))
+            }
+        },
+        Command::Status(args) => {
+            init_logging(LogFormat::Text);
+            runtime.block_on(exec::status(&args))
+        }
+        Command::Fetch(args) => {
+            init_logging(LogFormat::Text);
+            runtime.block_on(exec::fetch(&args))
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+        Ok(code) => exit(code),
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            exit(code)
         }
     }
-}
-
-async fn fetch(url: &str, output: &std::path::Path, mailto: Option<String>) -> Result<(), BoxError> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    let client = HttpClient::new(&HttpConfig {
-        mailto,
-        ..HttpConfig::default()
-    })?;
-    let req = http::Request::get(uri).body(Full::<Bytes>::default())?;
-    let response = client.oneshot(req).await?;
-    if !response.status().is_success() {
-        return Err(format!("the server answered {}", response.status()).into());
-    }
-    // Stream to a temporary name, then rename: a failed download leaves no half file.
-    let partial = output.with_extension("part");
-    let mut file = tokio::fs::File::create(&partial)
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-    let mut body = response.into_body();
-    let mut bytes = 0u64;
-    let copied: Result<(), BoxError> = async {
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                file.write_all(&data).await?;
-                bytes += data.len() as u64;
-            }
-        }
-        file.sync_all().await?;
-        Ok(())
-    }
-    .await;
-    if let Err(e) = copied {
-        let _ = tokio::fs::remove_file(&partial).await;
-        return Err(e);
-    }
-    tokio::fs::rename(&partial, output).await?;
-    eprintln!("wrote {bytes} bytes to {}", output.display());
-    Ok(())
 }

@@ -195,7 +195,10 @@ pub(crate) fn fetch<'a>(
 
 // Boxed in a plain fn with concrete types: awaiting the generic `read_metadata` directly in
 // the async block above trips rustc's higher-ranked `Send` check (rust-lang/rust#64552).
-fn read_pipeline_body(response: Response<PipelineBody>, limit: usize) -> BoxFuture<'static, Result<Bytes, BoxError>> {
+pub(crate) fn read_pipeline_body(
+    response: Response<PipelineBody>,
+    limit: usize,
+) -> BoxFuture<'static, Result<Bytes, BoxError>> {
     use futures_util::FutureExt;
     read_metadata(response, limit).boxed()
 }

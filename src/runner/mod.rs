@@ -1,6 +1,8 @@
-//! The runner behind the `contentdownload` binary: its command line and settings.
+//! The runner behind the `contentdownload` binary: its command line, settings, and what
+//! each command does.
 
 pub mod args;
+pub mod exec;
 pub mod settings;
 
 pub use self::args::{Cli, Command, LogFormat, RateSpec, RunArgs, StatusArgs};

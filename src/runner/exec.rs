@@ -1,0 +1,535 @@
+//! Carrying out `run`, `status` and `fetch`: what the binary does, as library code so that
+//! it can be tested.
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use http_body_util::{BodyExt, Full};
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+
+use super::args::{FetchArgs, StatusArgs};
+use super::settings::{RunSettings, Source};
+use crate::context::{OperationType, Provider};
+use crate::download::DownloadOptions;
+use crate::error::BoxError;
+use crate::layers::learning::{Learner, LearningPolicy};
+use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
+use crate::layers::telemetry::{CsvSink, RecordWriter};
+use crate::ledger::{Ledger, LedgerConfig};
+use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord};
+use crate::pipeline::{Pipeline, PipelineConfig, Progress};
+use crate::resolvers::ResolverConfig;
+use crate::service::{HttpClient, HttpConfig, HttpService, Stack, StackConfig};
+use crate::works::{read_doi_list, read_works_jsonl, LineError, Work};
+
+/// How a command ended, as a process exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Completed (some works may have failed: see the summary).
+    Completed = 0,
+    /// A fatal error (the output folder is not writable, the ledger is unreachable).
+    Fatal = 1,
+    /// A usage error.
+    Usage = 2,
+    /// Interrupted (Ctrl-C); the run can be resumed.
+    Interrupted = 130,
+}
+
+/// Per-provider politeness defaults; `--rate` replaces them.
+fn default_rates() -> RateLimitConfig {
+    RateLimitConfig::default()
+        .provider("openalex", Quota::new(10.0, 5))
+        .provider("unpaywall", Quota::new(10.0, 5))
+        .provider("crossref", Quota::new(10.0, 5))
+        .provider("europe_pmc", Quota::new(10.0, 5))
+        .provider("pmc", Quota::new(3.0, 1))
+        .provider("landing", Quota::new(5.0, 2))
+        .provider("wayback", Quota::new(1.0, 1))
+        // arXiv asks for one request every 3 seconds
+        .provider("arxiv.org", Quota::new(1.0 / 3.0, 1))
+        .provider("export.arxiv.org", Quota::new(1.0 / 3.0, 1))
+}
+
+fn rate_config(settings: &RunSettings) -> RateLimitConfig {
+    let mut cfg = default_rates();
+    cfg.max_in_flight = Some(settings.workers * settings.fallback.max_concurrent.max(1) + 8);
+    for spec in &settings.rates {
+        cfg = cfg.provider(spec.key.clone(), Quota::new(spec.rate, spec.burst.unwrap_or(1)));
+    }
+    cfg
+}
+
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "host".to_owned() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+/// A run id from the clock: `run-<unix seconds>-<pid>`.
+pub fn generated_run_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("run-{secs}-{}", std::process::id())
+}
+
+fn fatal(msg: impl std::fmt::Display) -> (Exit, String) {
+    (Exit::Fatal, msg.to_string())
+}
+
+/// `contentdownload run`. Returns the exit status and, on failure, the one-line message.
+pub async fn run(
+    settings: RunSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Exit, (Exit, String)> {
+    // a missing input is a usage error, found before anything is created on disk
+    if let Source::Works(path) | Source::Dois(path) = &settings.source {
+        if path != Path::new("-") && !path.is_file() {
+            return Err((
+                Exit::Usage,
+                format!("cannot read the input {}: no such file", path.display()),
+            ));
+        }
+    }
+    std::fs::create_dir_all(&settings.out).map_err(|e| {
+        fatal(format!(
+            "the output folder {} cannot be created: {e}",
+            settings.out.display()
+        ))
+    })?;
+    let probe = settings.out.join(".write-test");
+    std::fs::write(&probe, b"").map_err(|e| {
+        fatal(format!(
+            "the output folder {} is not writable: {e}",
+            settings.out.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+
+    let ledger = if settings.idempotency {
+        let cfg = LedgerConfig {
+            lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
+            ..LedgerConfig::new(settings.ledger.clone())
+        };
+        Some(Ledger::connect(cfg).await.map_err(|e| {
+            fatal(format!(
+                "the ledger {} cannot be used: {e}",
+                redact_url(&settings.ledger)
+            ))
+        })?)
+    } else {
+        None
+    };
+
+    let manifest = ManifestWriter::open(&settings.out).map_err(fatal)?;
+    let manifest = Arc::new(Mutex::new(manifest));
+    // attempts.csv holds this run's attempts; the manifest keeps every run's
+    let csv = CsvSink::create(settings.out.join("attempts.csv")).map_err(|e| fatal(format!("attempts.csv: {e}")))?;
+    let records = RecordWriter::spawn(
+        (ManifestSink::new(manifest.clone(), settings.run_id.clone()), csv),
+        4096,
+    );
+
+    let stack = Stack::new(&StackConfig {
+        http: settings.http.clone(),
+        contextual_retry: settings.contextual_retry,
+        provider_learning: settings.provider_learning,
+        learning_path: settings
+            .provider_learning
+            .then(|| settings.provider_learning_path.clone()),
+        rate_limit: rate_config(&settings),
+        idempotency: settings.idempotency,
+        records: Some(records.clone()),
+        run_id: Some(settings.run_id.clone()),
+        ..StackConfig::default()
+    })
+    .map_err(|e| (Exit::Usage, e.to_string()))?;
+    let persist = stack.learner().map(|l| l.spawn_persist_task(Duration::from_secs(30)));
+
+    let resolvers = ResolverConfig {
+        mailto: settings.mailto.clone(),
+        base_urls: settings.resolver_bases.clone(),
+        ..ResolverConfig::default()
+    };
+    let works = open_source(&settings, &stack, &resolvers).map_err(|e| (Exit::Usage, e))?;
+    let pipeline = Pipeline::new(
+        PipelineConfig {
+            out_dir: settings.out.clone(),
+            run_id: settings.run_id.clone(),
+            worker_id: worker_id(),
+            workers: settings.workers,
+            fallback: settings.fallback.clone(),
+            resolvers,
+            download: DownloadOptions::default(),
+            lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
+        },
+        &stack,
+        ledger.clone(),
+        manifest.clone(),
+    )
+    .map_err(|e| (Exit::Usage, e.to_string()))?;
+
+    let reporter = Reporter::new(settings.quiet);
+    tracing::info!(run_id = %settings.run_id, out = %settings.out.display(), "run started");
+    let result = pipeline.run(works, |p| reporter.update(p), shutdown).await;
+    reporter.finish();
+
+    // whatever happened: records flushed, learning saved, ledger closed
+    let _ = records.close().await;
+    if let Some(task) = persist {
+        if let Err(e) = task.shutdown().await {
+            tracing::warn!("could not save the learned provider state: {e}");
+        }
+    }
+    if let Some(ledger) = &ledger {
+        ledger.close().await;
+    }
+    let summary = result.map_err(fatal)?;
+    print_summary(&summary, stack.learner());
+    if summary.interrupted {
+        eprintln!(
+            "interrupted: the run stopped cleanly and can be resumed with the same command (finished works are kept)"
+        );
+        return Ok(Exit::Interrupted);
+    }
+    Ok(Exit::Completed)
+}
+
+fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:REDACTED@host/db
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:REDACTED{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+type WorkStream = BoxStream<'static, Result<Work, LineError>>;
+
+fn open_source(settings: &RunSettings, stack: &Stack, resolvers: &ResolverConfig) -> Result<WorkStream, String> {
+    let lines = |path: &Path| -> Result<Box<dyn BufRead + Send>, String> {
+        if path == Path::new("-") {
+            return Ok(Box::new(BufReader::new(std::io::stdin())));
+        }
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read the input {}: {e}", path.display()))?;
+        Ok(Box::new(BufReader::new(file)))
+    };
+    Ok(match &settings.source {
+        Source::Works(path) => stream::iter(read_works_jsonl(lines(path)?)).boxed(),
+        Source::Dois(path) => stream::iter(read_doi_list(lines(path)?)).boxed(),
+        Source::Topic {
+            text,
+            year_start,
+            year_end,
+            max,
+        } => topic_stream(
+            stack.service(OperationType::ManifestFetch),
+            resolvers.base_url("openalex", "https://api.openalex.org"),
+            text.clone(),
+            (*year_start, *year_end),
+            max.unwrap_or(u64::MAX),
+            resolvers.mailto.clone(),
+            stack.client().metadata_limit(),
+        ),
+    })
+}
+
+/// An OpenAlex search paged with a cursor (on the ManifestFetch stack).
+fn topic_stream(
+    http: HttpService,
+    base: String,
+    text: String,
+    years: (Option<i32>, Option<i32>),
+    max: u64,
+    mailto: Option<String>,
+    limit: usize,
+) -> WorkStream {
+    struct Page {
+        cursor: Option<String>,
+        left: u64,
+        line: usize,
+    }
+    let start = Page {
+        cursor: Some("*".into()),
+        left: max,
+        line: 0,
+    };
+    stream::unfold(start, move |mut page| {
+        let (http, base, text, mailto) = (http.clone(), base.clone(), text.clone(), mailto.clone());
+        async move {
+            let cursor = page.cursor.take()?;
+            if page.left == 0 {
+                return None;
+            }
+            page.line += 1;
+            let mut pairs = vec![
+                ("search", text.clone()),
+                ("per-page", "200".to_owned()),
+                ("cursor", cursor),
+            ];
+            match years {
+                (Some(a), Some(b)) => pairs.push(("filter", format!("publication_year:{a}-{b}"))),
+                (Some(a), None) => pairs.push(("filter", format!("publication_year:>{}", a - 1))),
+                (None, Some(b)) => pairs.push(("filter", format!("publication_year:<{}", b + 1))),
+                (None, None) => {}
+            }
+            if let Some(m) = &mailto {
+                pairs.push(("mailto", m.clone()));
+            }
+            let fetched: Result<(Vec<Work>, Option<String>), String> = async {
+                let mut url = url::Url::parse(&format!("{base}/works")).map_err(|e| e.to_string())?;
+                url.query_pairs_mut()
+                    .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
+                let req = http::Request::get(url.as_str())
+                    .extension(Provider::new("openalex"))
+                    .body(Full::<Bytes>::default())
+                    .map_err(|e| e.to_string())?;
+                let res = http.oneshot(req).await.map_err(|e| e.to_string())?;
+                if !res.status().is_success() {
+                    return Err(format!("OpenAlex answered {}", res.status()));
+                }
+                let body = crate::resolvers::read_pipeline_body(res, limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                let next = json["meta"]["next_cursor"].as_str().map(str::to_owned);
+                let works = json["results"]
+                    .as_array()
+                    .map(|rs| rs.iter().filter_map(|r| Work::from_openalex(r).ok()).collect())
+                    .unwrap_or_default();
+                Ok((works, next))
+            }
+            .await;
+            let items: Vec<Result<Work, LineError>> = match fetched {
+                Ok((works, next)) => {
+                    page.cursor = next.filter(|_| !works.is_empty());
+                    let take = usize::try_from(page.left).unwrap_or(usize::MAX).min(works.len());
+                    page.left -= take as u64;
+                    works.into_iter().take(take).map(Ok).collect()
+                }
+                Err(message) => vec![Err(LineError {
+                    line: page.line,
+                    message: format!("OpenAlex search page {}: {message}", page.line),
+                })],
+            };
+            Some((stream::iter(items), page))
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Progress: a bar on a terminal, a line every 10 s otherwise, nothing with `--quiet`.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    last_line: Mutex<std::time::Instant>,
+}
+
+impl Reporter {
+    fn new(quiet: bool) -> Reporter {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg} ({per_sec})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Reporter {
+            bar,
+            quiet,
+            last_line: Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn update(&self, p: &Progress) {
+        let msg = format!(
+            "{} done: {} downloaded, {} skipped, {} failed, {} deferred, {:.1} MiB",
+            p.done,
+            p.downloaded,
+            p.skipped,
+            p.failed,
+            p.deferred,
+            p.bytes as f64 / 1048576.0
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.done);
+            bar.set_message(msg);
+        } else if !self.quiet {
+            let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= Duration::from_secs(10) {
+                *last = std::time::Instant::now();
+                eprintln!("progress: {msg}");
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
+    println!("downloaded  {:>8}", s.downloaded);
+    println!("skipped     {:>8}", s.skipped);
+    println!("failed      {:>8}", s.failed);
+    for (reason, n) in &s.failed_by_reason {
+        println!("  {reason:<22}{n:>6}");
+    }
+    println!("deferred    {:>8}", s.deferred);
+    println!("bad input   {:>8}", s.input_errors);
+    println!("bytes       {:>8}", s.bytes);
+    println!("elapsed     {:>7.1}s", s.elapsed_ms as f64 / 1000.0);
+    if let Some(learner) = learner {
+        for status in learner.statuses() {
+            println!("rate        {status}");
+        }
+    }
+}
+
+/// `contentdownload status`: the learned provider state and the ledger's counts.
+pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
+    if !args.out.is_dir() {
+        return Err((Exit::Usage, format!("{} is not an output folder", args.out.display())));
+    }
+    let learning_path = args
+        .provider_learning_path
+        .clone()
+        .unwrap_or_else(|| args.out.join("provider_learning.json"));
+    let statuses = if learning_path.is_file() {
+        let limiter = RateLimiter::new(default_rates()).map_err(fatal)?;
+        Learner::with_persistence(limiter, LearningPolicy::default(), &learning_path)
+            .map_err(fatal)?
+            .statuses()
+    } else {
+        Vec::new()
+    };
+    let ledger_url = args
+        .ledger
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", args.out.join("ledger.sqlite").display()));
+    let default_file = args.out.join("ledger.sqlite");
+    let counts = if args.ledger.is_some() || default_file.is_file() {
+        let ledger = Ledger::connect(LedgerConfig::new(ledger_url.clone()))
+            .await
+            .map_err(|e| fatal(format!("the ledger {} cannot be used: {e}", redact_url(&ledger_url))))?;
+        let counts = ledger.counts(None).await.map_err(fatal)?;
+        ledger.close().await;
+        Some(counts)
+    } else {
+        None
+    };
+    if args.json {
+        let providers: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "provider": s.partition.provider().as_str(),
+                    "host": s.partition.host(),
+                    "status": format!("{:?}", s.phase).to_ascii_lowercase(),
+                    "rate": s.rate,
+                    "ceiling": s.ceiling,
+                    "reduction": s.applied_reduction,
+                    "consecutive_429": s.consecutive_429,
+                    "throttles": s.throttles,
+                    "recovery_estimate_s": s.recovery_times.last().map(Duration::as_secs_f64),
+                })
+            })
+            .collect();
+        let ledger = counts.map(|c| {
+            serde_json::json!({
+                "planned": c.planned, "leased": c.leased, "finalized": c.finalized,
+                "failed": c.failed, "deferred": c.deferred, "skipped": c.skipped,
+            })
+        });
+        println!("{}", serde_json::json!({ "providers": providers, "ledger": ledger }));
+    } else {
+        if statuses.is_empty() {
+            println!("providers: nothing learned yet");
+        }
+        for s in &statuses {
+            println!("{s}");
+        }
+        match counts {
+            Some(c) => println!(
+                "ledger: {} planned, {} leased, {} finalized, {} failed, {} deferred, {} skipped",
+                c.planned, c.leased, c.finalized, c.failed, c.deferred, c.skipped
+            ),
+            None => println!("ledger: none in this folder"),
+        }
+    }
+    Ok(Exit::Completed)
+}
+
+/// `contentdownload fetch`: one URL through the shared client, streamed to a file.
+pub async fn fetch(args: &FetchArgs) -> Result<Exit, (Exit, String)> {
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .map_err(|e| (Exit::Usage, format!("invalid URL {:?}: {e}", args.url)))?;
+    let client = HttpClient::new(&HttpConfig {
+        mailto: args.mailto.clone(),
+        ..HttpConfig::default()
+    })
+    .map_err(|e| (Exit::Usage, e.to_string()))?;
+    let req = http::Request::get(uri).body(Full::<Bytes>::default()).map_err(fatal)?;
+    let response = client.oneshot(req).await.map_err(fatal)?;
+    if !response.status().is_success() {
+        return Err(fatal(format!("the server answered {}", response.status())));
+    }
+    // Stream to a temporary name, then rename: a failed download leaves no half file.
+    let partial = args.output.with_extension("part");
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .map_err(|e| fatal(format!("cannot write {}: {e}", partial.display())))?;
+    let mut body = response.into_body();
+    let mut bytes = 0u64;
+    let copied: Result<(), BoxError> = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                file.write_all(&data).await?;
+                bytes += data.len() as u64;
+            }
+        }
+        file.sync_all().await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = copied {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(fatal(e));
+    }
+    tokio::fs::rename(&partial, &args.output).await.map_err(fatal)?;
+    eprintln!("wrote {bytes} bytes to {}", args.output.display());
+    Ok(Exit::Completed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://me:s3cret@db:5432/x"),
+            "postgres://me:REDACTED@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://pdfs/ledger.sqlite"), "sqlite://pdfs/ledger.sqlite");
+    }
+}

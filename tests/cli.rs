@@ -1,0 +1,226 @@
+//! The `contentdownload` binary end to end, against the simulator on 127.0.0.1.
+#![cfg(feature = "simulator")]
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use contentdownload::manifest::{read_manifest, ManifestRecord, Outcome, MANIFEST_FILE};
+use contentdownload::simulator::{Reply, Simulator};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_contentdownload");
+
+fn write_works(sim: &Simulator, path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({
+                "id": format!("https://openalex.org/W{}", 5000 + i),
+                "doi": format!("https://doi.org/10.5555/w{i}"),
+                "title": format!("Work {i}"),
+                "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{i}.pdf"))}
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Runs the binary with a clean DOCSTOKG_* environment plus `env`.
+async fn contentdownload(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCSTOKG_")) {
+        cmd.env_remove(k);
+    }
+    cmd.args(args).envs(env.iter().copied()).env("RUST_LOG", "warn");
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the binary finished within 2 minutes")
+        .expect("the binary ran")
+}
+
+/// `base` is `unpaywall=<simulator URL>`, `rate` is `<simulator host:port>=1000:100`.
+fn base_args<'a>(base: &'a str, rate: &'a str, input: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--input",
+        input,
+        "--out",
+        out,
+        "--quiet",
+        "--mailto",
+        "ci@example.org",
+        "--fallback-tier",
+        "direct=openalex",
+        "--rate",
+        rate,
+        "--resolver-base",
+        base,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_works_complete_with_files_and_manifest() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(3000)]);
+    sim.on(
+        "/pdf/7.pdf",
+        [Reply::ok()
+            .header("content-type", "application/pdf")
+            .body("<html><body>login</body></html>".repeat(60))],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    write_works(&sim, &input, 300);
+    let out = dir.path().join("pdfs");
+    let base = format!("unpaywall={}", sim.url("/unpaywall"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+    let done = contentdownload(&args, &[]).await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(stdout.contains("downloaded       299"), "{stdout}");
+    assert!(stdout.contains("html_landing_page"), "{stdout}");
+    assert!(out.join("W5000.pdf").is_file() && out.join("W5299.pdf").is_file());
+    assert!(!out.join("W5007.pdf").exists());
+    assert!(out.join("ledger.sqlite").is_file());
+    assert!(out.join("attempts.csv").is_file());
+    let (lines, bad) = read_manifest(&out.join(MANIFEST_FILE)).unwrap();
+    assert_eq!(bad, 0);
+    let works: Vec<_> = lines
+        .iter()
+        .filter_map(|l| match &l.record {
+            ManifestRecord::Work(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(works.len(), 300);
+    assert_eq!(
+        works.iter().filter(|w| w.outcome == Some(Outcome::Downloaded)).count(),
+        299
+    );
+    let attempts = lines
+        .iter()
+        .filter(|l| matches!(l.record, ManifestRecord::Attempt(_)))
+        .count();
+    assert!(attempts >= 300, "{attempts} attempt lines");
+    assert_eq!(sim.count("/pdf/*"), 300);
+
+    // a second run over the same folder fetches nothing
+    let again = contentdownload(&args, &[]).await;
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("skipped          299"));
+    assert_eq!(sim.count("/pdf/*"), 301, "only the rejected one is tried again");
+
+    // status --json parses and counts the ledger
+    let status = contentdownload(&["status", "--out", out.to_str().unwrap(), "--json"], &[]).await;
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["ledger"]["finalized"], 299);
+    assert!(json["providers"].is_array());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_mid_way_resumes_and_downloads_every_work_once() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(3000).delay(Duration::from_millis(50))]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    write_works(&sim, &input, 150);
+    let out = dir.path().join("pdfs");
+    let base = format!("unpaywall={}", sim.url("/unpaywall"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let mut args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--lease-ttl-secs", "1", "--workers", "4"]);
+
+    let mut child = tokio::process::Command::new(BIN)
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // wait (bounded) until some works are in, then SIGKILL
+    for _ in 0..600 {
+        let n = std::fs::read_dir(&out).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pdf"))
+                .count()
+        });
+        if n >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.unwrap();
+    let before = sim.count("/pdf/*");
+    assert!((30..150).contains(&before), "{before} requests before the kill");
+
+    let done = contentdownload(&args, &[]).await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    for i in 0..150 {
+        assert!(
+            out.join(format!("W{}.pdf", 5000 + i)).is_file(),
+            "W{} missing",
+            5000 + i
+        );
+    }
+    let mut per_path = std::collections::HashMap::<String, usize>::new();
+    for r in sim.requests_to("/pdf/*") {
+        *per_path.entry(r.path().to_owned()).or_default() += 1;
+    }
+    // only the works in flight at the kill (4 workers) are fetched twice
+    assert!(per_path.values().filter(|&&c| c > 1).count() <= 4, "{per_path:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_idempotency_disables_the_ledger_and_env_agrees_with_flags() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(3000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    write_works(&sim, &input, 3);
+    let base = format!("unpaywall={}", sim.url("/unpaywall"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let by_flag = dir.path().join("flag");
+    let mut args = base_args(&base, &rate, input.to_str().unwrap(), by_flag.to_str().unwrap());
+    args.push("--disable-idempotency");
+    assert!(contentdownload(&args, &[]).await.status.success());
+    let by_env = dir.path().join("env");
+    let args = base_args(&base, &rate, input.to_str().unwrap(), by_env.to_str().unwrap());
+    assert!(contentdownload(&args, &[("DOCSTOKG_ENABLE_IDEMPOTENCY", "0")])
+        .await
+        .status
+        .success());
+    for out in [&by_flag, &by_env] {
+        assert!(out.join("W5000.pdf").is_file());
+        assert!(!out.join("ledger.sqlite").exists(), "{} has a ledger", out.display());
+    }
+    // and the default has one
+    let default = dir.path().join("default");
+    let args = base_args(&base, &rate, input.to_str().unwrap(), default.to_str().unwrap());
+    assert!(contentdownload(&args, &[]).await.status.success());
+    assert!(default.join("ledger.sqlite").is_file());
+}
+
+#[tokio::test]
+async fn usage_errors_are_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never");
+    for args in [
+        vec![
+            "run",
+            "--input",
+            "/definitely/not/here.jsonl",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        vec!["run", "--out", out.to_str().unwrap()],
+        vec!["run", "--input", "x", "--rate", "crossref"],
+        vec!["run", "--input", "x", "--no-such-flag"],
+    ] {
+        let done = contentdownload(&args, &[]).await;
+        assert_eq!(done.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+    assert!(!out.exists(), "nothing was created for a usage error");
+}
