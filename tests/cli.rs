@@ -224,3 +224,123 @@ async fn usage_errors_are_one_line_and_exit_2() {
     }
     assert!(!out.exists(), "nothing was created for a usage error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_search_pages_with_a_cursor() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(3000)]);
+    let page = |ids: std::ops::Range<usize>, next: Option<&str>| {
+        let results: Vec<_> = ids
+            .map(|i| json!({"id": format!("https://openalex.org/W{}", 7000 + i), "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/t{i}.pdf"))}}))
+            .collect();
+        Reply::json(&json!({"meta": {"next_cursor": next}, "results": results}))
+    };
+    let (first, second, last) = (page(0..3, Some("c2")), page(3..6, Some("c3")), page(6..8, None));
+    sim.on_fn("/openalex/works", move |req| {
+        let q = req.uri.query().unwrap_or_default();
+        if q.contains("cursor=c2") {
+            second.clone()
+        } else if q.contains("cursor=c3") {
+            last.clone()
+        } else {
+            first.clone()
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pdfs");
+    let base = format!("openalex={}", sim.url("/openalex"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let args = [
+        "run",
+        "--topic",
+        "graph neural networks",
+        "--year-start",
+        "2020",
+        "--year-end",
+        "2022",
+        "--max",
+        "7",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--fallback-tier",
+        "direct=openalex",
+        "--rate",
+        &rate,
+        "--resolver-base",
+        &base,
+    ];
+    let done = contentdownload(&args, &[]).await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("downloaded         7"));
+    let pages = sim.requests_to("/openalex/works");
+    assert_eq!(pages.len(), 3);
+    let q = pages[0].uri.query().unwrap();
+    assert!(
+        q.contains("search=graph+neural+networks")
+            && q.contains("filter=publication_year%3A2020-2022")
+            && q.contains("cursor=*"),
+        "{q}"
+    );
+    assert!(!out.join("W7007.pdf").exists(), "--max 7 stops at 7 works");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_cleanly_and_the_run_can_resume() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(3000).delay(Duration::from_millis(100))]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    write_works(&sim, &input, 100);
+    let out = dir.path().join("pdfs");
+    let base = format!("unpaywall={}", sim.url("/unpaywall"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let mut args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--workers", "2"]);
+    let child = tokio::process::Command::new(BIN)
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    for _ in 0..600 {
+        if sim.count("/pdf/*") >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGINT, as Ctrl-C sends
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let done = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stderr).contains("can be resumed"));
+    let (lines, _) = read_manifest(&out.join(MANIFEST_FILE)).unwrap();
+    assert!(
+        matches!(&lines.last().unwrap().record, ManifestRecord::Summary(s) if s.interrupted),
+        "the manifest was flushed"
+    );
+    assert!(std::fs::read_dir(out.join(".partial")).map_or(0, |d| d.count()) == 0);
+    assert!(out.join("provider_learning.json").is_file(), "the learned state was saved");
+
+    // the next run finishes the job at once (leases were released, not left to expire)
+    let again = contentdownload(&args, &[]).await;
+    assert!(again.status.success());
+    for i in 0..100 {
+        assert!(out.join(format!("W{}.pdf", 5000 + i)).is_file());
+    }
+}
