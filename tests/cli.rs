@@ -292,7 +292,7 @@ async fn ctrl_c_stops_cleanly_and_the_run_can_resume() {
     sim.on("/pdf/*", [Reply::pdf(3000).delay(Duration::from_millis(100))]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("works.jsonl");
-    write_works(&sim, &input, 100);
+    write_works(&sim, &input, 40);
     let out = dir.path().join("pdfs");
     let base = format!("unpaywall={}", sim.url("/unpaywall"));
     let rate = format!("{}=1000:100", sim.addr());
@@ -335,12 +335,15 @@ async fn ctrl_c_stops_cleanly_and_the_run_can_resume() {
         "the manifest was flushed"
     );
     assert!(std::fs::read_dir(out.join(".partial")).map_or(0, |d| d.count()) == 0);
-    assert!(out.join("provider_learning.json").is_file(), "the learned state was saved");
+    assert!(
+        out.join("provider_learning.json").is_file(),
+        "the learned state was saved"
+    );
 
     // the next run finishes the job at once (leases were released, not left to expire)
     let again = contentdownload(&args, &[]).await;
     assert!(again.status.success());
-    for i in 0..100 {
+    for i in 0..40 {
         assert!(out.join(format!("W{}.pdf", 5000 + i)).is_file());
     }
 }

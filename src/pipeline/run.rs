@@ -14,7 +14,7 @@ use super::FallbackConfig;
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, DownloadOptions};
 use crate::layers::idempotency::derive_key;
-use crate::layers::telemetry::Redactor;
+use crate::layers::telemetry::{RecordWriter, Redactor};
 use crate::ledger::{Claim, JobId, JobResult, JobState, Ledger, LedgerError, NewJob};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
 use crate::reason::ReasonCode;
@@ -95,6 +95,7 @@ pub struct Pipeline {
     tried: TriedUrls,
     held: Arc<Mutex<HashSet<JobId>>>,
     redactor: Redactor,
+    records: Option<RecordWriter>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -134,8 +135,16 @@ impl Pipeline {
             tried: TriedUrls::default(),
             held: Arc::new(Mutex::new(HashSet::new())),
             redactor: Redactor::default(),
+            records: None,
             config,
         })
+    }
+
+    /// The writer of the stack's attempt records: flushed before the summary line, so that
+    /// the summary stays the manifest's last line when the records go there too.
+    pub fn with_records(mut self, records: RecordWriter) -> Self {
+        self.records = Some(records);
+        self
     }
 
     /// Runs every work of `works` (bad input lines are counted and skipped), then a second
@@ -258,6 +267,11 @@ impl Pipeline {
         summary.input_errors = input_errors;
         summary.interrupted = interrupted;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        if let Some(records) = &self.records {
+            if let Err(e) = records.flush().await {
+                tracing::warn!("attempt records were not all written: {e}");
+            }
+        }
         let mut manifest = lock(&self.manifest);
         manifest.write(&ManifestLine::summary(&self.config.run_id, summary.clone()))?;
         manifest.flush()?;

@@ -174,7 +174,8 @@ pub async fn run(
         ledger.clone(),
         manifest.clone(),
     )
-    .map_err(|e| (Exit::Usage, e.to_string()))?;
+    .map_err(|e| (Exit::Usage, e.to_string()))?
+    .with_records(records.clone());
 
     let reporter = Reporter::new(settings.quiet);
     tracing::info!(run_id = %settings.run_id, out = %settings.out.display(), "run started");
