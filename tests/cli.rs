@@ -225,6 +225,52 @@ async fn usage_errors_are_one_line_and_exit_2() {
     assert!(!out.exists(), "nothing was created for a usage error");
 }
 
+#[tokio::test]
+async fn fatal_errors_are_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    std::fs::write(&input, "").unwrap();
+    // the output folder is a file
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let done = contentdownload(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            not_a_dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&done.stderr).contains("output folder"),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    // the ledger cannot be opened (its folder is a file)
+    let out = dir.path().join("pdfs");
+    let ledger = format!("sqlite://{}/ledger.sqlite", not_a_dir.display());
+    let done = contentdownload(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--ledger",
+            &ledger,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(stderr.starts_with("error: the ledger"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_search_pages_with_a_cursor() {
     let sim = Simulator::start().await.unwrap();

@@ -336,3 +336,39 @@ async fn no_candidates_anywhere() {
     );
     assert_eq!(sim.count("/wayback/*"), 0, "wayback disabled");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_resolver_fails_over_to_the_next_one() {
+    use contentdownload::service::{Stack, StackConfig};
+    let sim = Simulator::start().await.unwrap();
+    // unpaywall is throttling; crossref knows a PDF
+    sim.on("/unpaywall/*", [Reply::status(429)]);
+    sim.on(
+        "/crossref/works/10.1000/x",
+        [Reply::json(
+            &json!({"message": {"link": [{"URL": sim.url("/pub/x.pdf"), "content-type": "application/pdf"}]}}),
+        )],
+    );
+    sim.on("/pub/x.pdf", [Reply::pdf(5_000)]);
+    let stack = Stack::new(&StackConfig::default()).unwrap();
+    let mut env = Env::new(&sim);
+    env.cx.http = stack.service(contentdownload::context::OperationType::Resolve);
+    env.download = stack.service(contentdownload::context::OperationType::Download);
+    let config = FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("t=unpaywall,crossref").unwrap()],
+        ..FallbackConfig::default()
+    };
+    let result = Fallback::new(config)
+        .unwrap()
+        .fetch(&Work::from_doi("10.1000/x").unwrap(), env.fetch_env())
+        .await;
+    assert!(
+        matches!(result, FetchResult::Downloaded { ref candidate, .. } if candidate.resolver == "crossref"),
+        "{result:?}"
+    );
+    assert_eq!(
+        sim.count("/unpaywall/*"),
+        1,
+        "a Resolve 429 fails over at once, no retry"
+    );
+}
