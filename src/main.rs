@@ -1,5 +1,6 @@
 //! The `contentdownload` runner: `run`, `status` and `fetch`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
