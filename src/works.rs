@@ -134,18 +134,22 @@ fn arxiv_from_url(url: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_owned())
 }
 
+/// The lines of `reader`, numbered from 1; an unreadable line is a [`LineError`].
+fn numbered_lines<R: BufRead>(reader: R) -> impl Iterator<Item = Result<(usize, String), LineError>> {
+    reader.lines().enumerate().map(|(i, line)| {
+        line.map(|l| (i + 1, l)).map_err(|e| LineError {
+            line: i + 1,
+            message: format!("unreadable: {e}"),
+        })
+    })
+}
+
 /// Reads OpenAlex works from JSONL, one result per non-blank line.
 pub fn read_works_jsonl<R: BufRead>(reader: R) -> impl Iterator<Item = Result<Work, LineError>> {
-    reader.lines().enumerate().filter_map(|(i, line)| {
-        let line_no = i + 1;
-        let line = match line {
+    numbered_lines(reader).filter_map(|line| {
+        let (line_no, line) = match line {
             Ok(l) => l,
-            Err(e) => {
-                return Some(Err(LineError {
-                    line: line_no,
-                    message: format!("unreadable: {e}"),
-                }))
-            }
+            Err(e) => return Some(Err(e)),
         };
         if line.trim().is_empty() {
             return None;
@@ -159,16 +163,10 @@ pub fn read_works_jsonl<R: BufRead>(reader: R) -> impl Iterator<Item = Result<Wo
 
 /// Reads a list of DOIs, one a line (blank lines and `#` comments skipped).
 pub fn read_doi_list<R: BufRead>(reader: R) -> impl Iterator<Item = Result<Work, LineError>> {
-    reader.lines().enumerate().filter_map(|(i, line)| {
-        let line_no = i + 1;
-        let line = match line {
+    numbered_lines(reader).filter_map(|line| {
+        let (line_no, line) = match line {
             Ok(l) => l,
-            Err(e) => {
-                return Some(Err(LineError {
-                    line: line_no,
-                    message: format!("unreadable: {e}"),
-                }))
-            }
+            Err(e) => return Some(Err(e)),
         };
         let text = line.trim();
         if text.is_empty() || text.starts_with('#') {

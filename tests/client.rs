@@ -191,26 +191,10 @@ async fn credentials_are_not_forwarded_to_another_origin() {
     assert_eq!(a.requests_to("/here")[0].header("authorization"), Some("Bearer s3cret"));
 }
 
-/// A listener whose accept queue is full: the kernel drops new SYNs, so a connect hangs.
-fn saturated_listener() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => held.push(s),
-            Err(_) => return (listener, held),
-        }
-    }
-    panic!("the accept queue of a listen(1) socket never filled up");
-}
-
 #[tokio::test(start_paused = true)]
 async fn connect_timeout_fires() {
-    let (listener, _held) = saturated_listener();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let listener = contentdownload::simulator::UnresponsiveListener::bind().unwrap();
+    let url = format!("http://{}/", listener.addr().unwrap());
     let started = tokio::time::Instant::now();
     let err = get(&client(), &url).await.unwrap_err();
     let client_err = err

@@ -287,27 +287,10 @@ async fn every_attempt_carries_its_number() {
     assert_eq!(*seen.lock().unwrap(), [Some(1), Some(2), Some(3)]);
 }
 
-/// A listener whose accept queue is full: the kernel drops new SYNs, so a connect hangs
-/// (as in tests/client.rs).
-fn saturated_listener() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => held.push(s),
-            Err(_) => return (listener, held),
-        }
-    }
-    panic!("the accept queue of a listen(1) socket never filled up");
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_connect_timeout_is_a_timeout() {
-    let (listener, _held) = saturated_listener();
-    let url = format!("http://{}/x", listener.local_addr().unwrap());
+    let listener = contentdownload::simulator::UnresponsiveListener::bind().unwrap();
+    let url = format!("http://{}/x", listener.addr().unwrap());
     let (stack, _) = stack();
     let started = Instant::now();
     // Validate defers on a timeout: one attempt, ended by the 10 s connect timeout

@@ -428,6 +428,13 @@ impl Pipeline {
             }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let not_done = |outcome, reason, detail, attempts| WorkRecord {
+            reason: Some(reason),
+            detail: Some(detail),
+            elapsed_ms,
+            attempts,
+            ..WorkRecord::new(work.id.as_str(), outcome)
+        };
         let (record, state, later) = match result {
             FetchResult::Downloaded {
                 file,
@@ -459,30 +466,20 @@ impl Pipeline {
                 reason,
                 detail,
                 attempts,
-            } => {
-                let record = WorkRecord {
-                    reason: Some(reason),
-                    detail: Some(detail),
-                    elapsed_ms,
-                    attempts,
-                    ..WorkRecord::new(work.id.as_str(), Outcome::Failed)
-                };
-                (record, JobState::Failed, false)
-            }
+            } => (
+                not_done(Outcome::Failed, reason, detail, attempts),
+                JobState::Failed,
+                false,
+            ),
             FetchResult::Deferred {
                 reason,
                 detail,
                 attempts,
-            } => {
-                let record = WorkRecord {
-                    reason: Some(reason),
-                    detail: Some(detail),
-                    elapsed_ms,
-                    attempts,
-                    ..WorkRecord::new(work.id.as_str(), Outcome::Deferred)
-                };
-                (record, JobState::Deferred, !second_pass)
-            }
+            } => (
+                not_done(Outcome::Deferred, reason, detail, attempts),
+                JobState::Deferred,
+                !second_pass,
+            ),
         };
         if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
             let result = JobResult {

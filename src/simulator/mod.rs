@@ -403,3 +403,37 @@ fn choose_reply(state: &State, seen: &SeenRequest) -> Reply {
         }
     }
 }
+
+/// A listener on 127.0.0.1 whose accept queue is full, so the kernel drops new SYNs and a
+/// connect to it hangs until the client's connect timeout: for testing that timeout
+/// without waiting on a real network.
+#[derive(Debug)]
+pub struct UnresponsiveListener {
+    listener: TcpListener,
+    _held: Vec<std::net::TcpStream>,
+}
+
+impl UnresponsiveListener {
+    /// Binds `listen(1)` and fills its queue (at most 16 connects, 200 ms each).
+    pub fn bind() -> io::Result<UnresponsiveListener> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(1)?;
+        let addr = listener.local_addr()?;
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+                Ok(s) => held.push(s),
+                Err(_) => return Ok(UnresponsiveListener { listener, _held: held }),
+            }
+        }
+        Err(io::Error::other(
+            "the accept queue of a listen(1) socket never filled up",
+        ))
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
