@@ -161,7 +161,13 @@ impl Pipeline {
         let started = Instant::now();
         if let Some(ledger) = &self.ledger {
             let fixed = ledger.reconcile().await?;
-            tracing::info!(?fixed, "ledger reconciled");
+            if fixed.leases_reclaimed > 0 || fixed.ops_abandoned > 0 {
+                tracing::info!(
+                    leases = fixed.leases_reclaimed,
+                    ops = fixed.ops_abandoned,
+                    "took back the work of a worker that stopped without finishing"
+                );
+            }
         }
         let mut summary = SummaryRecord::default();
         let mut counts = Progress::default();

@@ -177,8 +177,8 @@ pub async fn run(
     .map_err(|e| (Exit::Usage, e.to_string()))?
     .with_records(records.clone());
 
-    let reporter = Reporter::new(settings.quiet);
     tracing::info!(run_id = %settings.run_id, out = %settings.out.display(), "run started");
+    let reporter = Reporter::new(settings.quiet);
     let result = pipeline.run(works, |p| reporter.update(p), shutdown).await;
     reporter.finish();
 
@@ -347,6 +347,7 @@ impl Reporter {
                 indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg} ({per_sec})")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
+            bar.set_message("starting");
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
