@@ -72,6 +72,14 @@ impl Env {
     }
 }
 
+/// One tier with only the URLs already in the record: no resolver calls to count.
+fn only_openalex() -> FallbackConfig {
+    FallbackConfig {
+        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        ..FallbackConfig::default()
+    }
+}
+
 fn partials(out: &Path) -> usize {
     std::fs::read_dir(out.join(PARTIAL_DIR)).map_or(0, |d| d.count())
 }
@@ -130,7 +138,7 @@ async fn html_as_pdf_is_rejected_and_the_next_candidate_wins() {
     sim.on("/b.pdf", [Reply::pdf(5_000)]);
     let env = Env::new(&sim);
     let config = FallbackConfig {
-        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        tiers: only_openalex().tiers,
         max_concurrent: 1,
         ..FallbackConfig::default()
     };
@@ -143,10 +151,7 @@ async fn html_as_pdf_is_rejected_and_the_next_candidate_wins() {
 
     // alone, the HTML candidate fails with its reason
     let env = Env::new(&sim);
-    let config = FallbackConfig {
-        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
-        ..FallbackConfig::default()
-    };
+    let config = only_openalex();
     let result = Fallback::new(config)
         .unwrap()
         .fetch(&openalex_work("W2", &[sim.url("/a.pdf")]), env.fetch_env())
@@ -178,10 +183,7 @@ async fn a_truncated_body_is_retried_then_succeeds() {
         ],
     );
     let env = Env::new(&sim);
-    let config = FallbackConfig {
-        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
-        ..FallbackConfig::default()
-    };
+    let config = only_openalex();
     let result = Fallback::new(config)
         .unwrap()
         .fetch(&openalex_work("W3", &[sim.url("/cut.pdf")]), env.fetch_env())
@@ -198,10 +200,7 @@ async fn a_url_is_not_tried_twice_in_a_run() {
     let sim = Simulator::start().await.unwrap();
     sim.on("/shared.pdf", [Reply::status(404)]);
     let env = Env::new(&sim);
-    let config = FallbackConfig {
-        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
-        ..FallbackConfig::default()
-    };
+    let config = only_openalex();
     let fallback = Fallback::new(config).unwrap();
     let first = fallback
         .fetch(&openalex_work("W4", &[sim.url("/shared.pdf")]), env.fetch_env())
@@ -239,7 +238,7 @@ async fn the_attempt_budget_is_kept() {
     sim.on("/bad/*", [Reply::status(404)]);
     let env = Env::new(&sim);
     let config = FallbackConfig {
-        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
+        tiers: only_openalex().tiers,
         max_attempts: 2,
         ..FallbackConfig::default()
     };
@@ -258,10 +257,7 @@ async fn the_first_valid_pdf_wins_and_the_rest_are_cancelled() {
     sim.on("/slow.pdf", [Reply::ok().body_spec(BodySpec::StallAfter { sent: 100 })]);
     sim.on("/fast.pdf", [Reply::pdf(8_000).delay(Duration::from_millis(50))]);
     let env = Env::new(&sim);
-    let config = FallbackConfig {
-        tiers: vec![FallbackConfig::parse_tier("only=openalex").unwrap()],
-        ..FallbackConfig::default()
-    };
+    let config = only_openalex();
     let work = openalex_work("W7", &[sim.url("/slow.pdf"), sim.url("/fast.pdf")]);
     let started = tokio::time::Instant::now();
     let result = Fallback::new(config).unwrap().fetch(&work, env.fetch_env()).await;

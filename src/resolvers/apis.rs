@@ -73,9 +73,7 @@ impl Resolver for Unpaywall {
             let mut out: Vec<Candidate> = Vec::new();
             for loc in record.best_oa_location.iter().chain(record.oa_locations.iter()) {
                 if let Some(url) = loc.url_for_pdf.as_deref().filter(|u| is_web_url(u)) {
-                    if !out.iter().any(|c| c.url == url) {
-                        out.push(candidate("unpaywall", url, true));
-                    }
+                    push_unique(&mut out, "unpaywall", url);
                 }
             }
             Ok(out)
@@ -256,9 +254,7 @@ impl Resolver for EuropePmc {
                     .as_deref()
                     .is_none_or(|a| a.to_ascii_lowercase().contains("open") || a.to_ascii_lowercase().contains("free"));
                 if let Some(url) = u.url.filter(|u| is_pdf && open && is_web_url(u)) {
-                    if !out.iter().any(|c| c.url == url) {
-                        out.push(candidate("europe_pmc", url, true));
-                    }
+                    push_unique(&mut out, "europe_pmc", url);
                 }
             }
             Ok(out)
@@ -401,6 +397,13 @@ impl Resolver for Wayback {
                 .unwrap_or_default())
         }
         .boxed()
+    }
+}
+
+/// Adds a PDF candidate unless the same URL is already in the list.
+fn push_unique(out: &mut Vec<Candidate>, resolver: &str, url: impl Into<String> + AsRef<str>) {
+    if !out.iter().any(|c| c.url == url.as_ref()) {
+        out.push(candidate(resolver, url, true));
     }
 }
 
