@@ -1,0 +1,143 @@
+//! Runs each example binary to completion (short durations, loopback only, bounded by a
+//! timeout) and checks what it prints.
+#![cfg(feature = "simulator")]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The features this test was built with, so that building the examples reuses the same
+/// compiled library instead of rebuilding it with another feature set.
+fn features() -> Vec<&'static str> {
+    let mut f = vec!["simulator"];
+    if cfg!(feature = "postgres") {
+        f.push("postgres");
+    }
+    if cfg!(feature = "otlp") {
+        f.push("otlp");
+    }
+    f
+}
+
+/// Builds the examples once per test run with the cargo that runs this test (same target
+/// directory: `CARGO_TARGET_DIR` is inherited). A no-op when `cargo test` already built them.
+fn build_examples() -> Result<(), String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+            let output = std::process::Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--examples",
+                    "--manifest-path",
+                    manifest,
+                    "--features",
+                ])
+                .arg(features().join(","))
+                .output()
+                .map_err(|e| format!("could not run cargo: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cargo build --examples failed:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        })
+        .clone()
+}
+
+/// `<target>/<profile>/examples/<name>`: this test binary lives in `<target>/<profile>/deps/`.
+fn example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in <target>/<profile>/deps");
+    profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Runs an example with `args`, killed after `limit`; returns its stdout (panics with its
+/// stderr when it fails).
+async fn run(name: &str, args: &[&str], limit: Duration) -> String {
+    build_examples().unwrap();
+    let path = example_path(name);
+    let child = tokio::process::Command::new(&path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {}: {e}", path.display()));
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("example {name} did not finish within {limit:?}"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "example {name} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn any_tower_service_retries_after_the_hint_and_fails_over_a_resolve() {
+    let out = run("any_tower_service", &[], Duration::from_secs(60)).await;
+    assert!(out.contains("download: status 200 OK after 2 calls"), "{out}");
+    assert!(out.contains("resolve: failed over after 1 call(s)"), "{out}");
+}
+
+#[tokio::test]
+async fn wrap_hyper_client_gets_every_work_through_a_429() {
+    let out = run("wrap_hyper_client", &[], Duration::from_secs(60)).await;
+    for id in 1..=3 {
+        assert!(out.contains(&format!("work {id}: status 200 OK")), "{out}");
+    }
+    assert!(
+        out.contains("server saw 4 requests"),
+        "one 429 then three answers:\n{out}"
+    );
+}
+
+#[tokio::test]
+async fn axum_gateway_answers_through_the_shared_stack() {
+    let out = run("axum_gateway", &[], Duration::from_secs(60)).await;
+    for id in ["W1", "W2", "W3"] {
+        assert!(
+            out.contains(&format!("gateway answered {id}: 200 OK")) && out.contains("A paper"),
+            "{out}"
+        );
+    }
+    assert!(out.contains("upstream saw 4 requests"), "{out}");
+}
+
+#[tokio::test]
+async fn learning_demo_learns_the_hidden_rate_and_recovers() {
+    let out = run("learning_demo", &["6"], Duration::from_secs(90)).await;
+    let per_second = out
+        .lines()
+        .filter(|l| l.split_whitespace().next().is_some_and(|t| t.parse::<u64>().is_ok()))
+        .count();
+    assert_eq!(per_second, 6, "one line per second:\n{out}");
+    assert!(out.contains("server loosens to 50/s"), "{out}");
+    let lowest: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("learned: lowest rate "))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no 'learned:' line:\n{out}"));
+    assert!(
+        lowest < 50.0,
+        "the client (100/s) learned the hidden 20/s: lowest {lowest}\n{out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("recovery: ")), "{out}");
+}
