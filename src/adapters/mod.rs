@@ -5,7 +5,7 @@
 //! # Example
 //!
 //! ```no_run
-//! //! # fn demo() -> Result<(), contentdownload::error::BoxError> {
+//! # fn demo() -> Result<(), contentdownload::error::BoxError> {
 //! use contentdownload::adapters::reqwest::ContentDownloadMiddleware;
 //! use contentdownload::service::StackConfig;
 //!
