@@ -151,3 +151,38 @@ async fn learning_lowers_the_rate_against_a_throttled_route() {
         "the rate stayed near the configured 100/s: {status:?}"
     );
 }
+
+/// Counts the requests that reach it: a middleware after ours in the chain.
+#[derive(Clone, Default)]
+struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for Counter {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        next.run(req, extensions).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_goes_through_the_rest_of_the_chain() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/f.pdf", [Reply::status(503), Reply::status(503), Reply::ok()]);
+    install_crypto_provider();
+    let counter = Counter::default();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(ContentDownloadMiddleware::new(&StackConfig::default()).unwrap())
+        .with(counter.clone())
+        .build();
+    let res = get(&client, &sim.url("/f.pdf"), OperationType::Download, "pub")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(sim.count("/f.pdf"), 3);
+}
