@@ -43,10 +43,14 @@
 //! | `simulator` | [`simulator`]: a scriptable provider simulator (a real hyper server on 127.0.0.1) for tests, benches and examples |
 //! | `postgres` | the [`ledger`] on PostgreSQL (`postgres://` URLs, `FOR UPDATE SKIP LOCKED` leasing) for many machines; SQLite is always available |
 //! | `otlp` | OTLP/HTTP export of the telemetry layer's spans and metrics: `layers::telemetry::otel::otlp` |
+//! | `reqwest` | `adapters::reqwest`: a `reqwest_middleware::Middleware` that runs a reqwest client's requests through the stack's policies |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod adapters;
 pub mod context;
 pub mod download;
 pub mod error;

@@ -17,6 +17,9 @@ fn features() -> Vec<&'static str> {
     if cfg!(feature = "otlp") {
         f.push("otlp");
     }
+    if cfg!(feature = "reqwest") {
+        f.push("reqwest");
+    }
     f
 }
 

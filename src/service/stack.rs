@@ -218,6 +218,34 @@ impl Stack {
                 box_decompressed as fn(_) -> _,
             ))
         };
+        self.compose(op, bottom)
+    }
+
+    /// The service for one operation type with every layer of the stack around `inner`
+    /// instead of the shared client: how adapters (for example the reqwest middleware) send
+    /// through another client while sharing this stack's limiter, learner, cool-downs and
+    /// budgets. `inner` gets no decompression; it should follow redirects itself.
+    pub fn service_with<S>(&self, op: OperationType, inner: S) -> HttpService
+    where
+        S: tower::Service<Request<Full<Bytes>>, Response = Response<PipelineBody>, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.compose(op, inner)
+    }
+
+    fn compose<S>(&self, op: OperationType, bottom: S) -> HttpService
+    where
+        S: tower::Service<Request<Full<Bytes>>, Response = Response<PipelineBody>, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let svc = ServiceBuilder::new()
             .map_response(box_top as fn(_) -> _)
             .map_request(set_operation(op))

@@ -1,0 +1,327 @@
+//! [`ContentDownloadMiddleware`]: the stack's policies for a `reqwest` client, through
+//! `reqwest-middleware`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use contentdownload::adapters::reqwest::ContentDownloadMiddleware;
+//! use contentdownload::context::{OperationType, Provider};
+//! use contentdownload::service::StackConfig;
+//!
+//! # async fn demo() -> Result<(), contentdownload::error::BoxError> {
+//! contentdownload::adapters::reqwest::install_crypto_provider(); // once, before any reqwest::Client
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(ContentDownloadMiddleware::new(&StackConfig::default())?)
+//!     .build();
+//! let response = client
+//!     .get("https://api.crossref.org/works/10.1000/x")
+//!     .with_extension(OperationType::Resolve)
+//!     .with_extension(Provider::new("crossref"))
+//!     .send()
+//!     .await?;
+//! # drop(response); Ok(()) }
+//! ```
+//!
+//! # Why run the tower stack inside the middleware?
+//!
+//! The policies (contextual retry with its budgets and decisions, the Retry-After cool-down,
+//! learning, the partitioned rate limit, telemetry) are tower layers whose futures hold the
+//! state of one operation. Re-writing them as reqwest code would give two implementations
+//! that drift apart. Instead the middleware turns the reqwest request into an
+//! `http::Request`, runs it through [`Stack::service_with`], and the innermost service hands
+//! each attempt back to the middleware, which sends it with `next` — the rest of the
+//! middleware chain and the user's own `reqwest::Client`. So a reqwest user gets exactly the
+//! behaviour of the tower stack, and the state can be shared with one ([`from_stack`]).
+//!
+//! The request context travels in reqwest-middleware's extensions
+//! (`RequestBuilder::with_extension`): [`OperationType`], [`Provider`], [`IdempotencyKey`],
+//! [`WorkId`]. Typed outcomes (`FailedOver`, `Deferred`, `CoolingDown`, `RateLimitTimeout`)
+//! come back as `reqwest_middleware::Error::Middleware`, downcastable with
+//! `anyhow::Error::downcast_ref`.
+//!
+//! TLS: the feature enables reqwest with rustls but without its aws-lc crypto provider (this
+//! crate uses ring); call [`install_crypto_provider`] once before building a
+//! `reqwest::Client`, or install a provider of your own.
+//!
+//! Limits: a request whose body is a stream cannot be retried, so it is sent once through
+//! `next`, without the policies. The response handed back has the request's URL only
+//! through the request (reqwest's `Response::url` is not carried over `http::Response`).
+//!
+//! [`from_stack`]: ContentDownloadMiddleware::from_stack
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Extensions, Request, Response};
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use reqwest_middleware::Next;
+use tokio::sync::{mpsc, oneshot};
+use tower::ServiceExt;
+
+use crate::context::{IdempotencyKey, OperationType, Provider, WorkId};
+use crate::error::{BoxError, CoolingDown, Deferred, FailedOver, RateLimitTimeout};
+use crate::service::{HttpService, PipelineBody, Stack, StackConfig};
+
+/// Installs rustls' ring crypto provider as the process default, unless one is installed
+/// already. reqwest (built with `rustls-no-provider`) needs a default provider before a
+/// `reqwest::Client` is built; call this once at start-up.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err means another thread installed one first: that one is used, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// A `reqwest_middleware::Middleware` that applies the stack's policies: partitioned rate
+/// limit, learning, Retry-After cool-down, contextual retry and telemetry.
+///
+/// Clones share everything: the state lives in the [`Stack`] (behind `Arc`s).
+#[derive(Clone)]
+pub struct ContentDownloadMiddleware {
+    stack: Stack,
+    // One composed service per operation type, built once (indexed by `op_index`).
+    services: [HttpService; 5],
+}
+
+impl fmt::Debug for ContentDownloadMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContentDownloadMiddleware")
+            .field("stack", &self.stack)
+            .finish_non_exhaustive()
+    }
+}
+
+const OPS: [OperationType; 5] = [
+    OperationType::Download,
+    OperationType::Validate,
+    OperationType::Resolve,
+    OperationType::Extract,
+    OperationType::ManifestFetch,
+];
+
+fn op_index(op: OperationType) -> usize {
+    OPS.iter().position(|o| *o == op).unwrap_or(0)
+}
+
+impl ContentDownloadMiddleware {
+    /// A middleware with its own state, configured like a [`Stack`]. Errors name the setting
+    /// that is wrong. (`config.http` only matters for the unused shared client: requests go
+    /// through the reqwest client.)
+    pub fn new(config: &StackConfig) -> Result<Self, BoxError> {
+        Ok(Self::from_stack(&Stack::new(config)?))
+    }
+
+    /// A middleware that shares `stack`'s limiter, learner, cool-downs and budgets, so reqwest
+    /// and tower callers of the same provider are counted together.
+    pub fn from_stack(stack: &Stack) -> Self {
+        let services = OPS.map(|op| stack.service_with(op, NextService));
+        ContentDownloadMiddleware {
+            stack: stack.clone(),
+            services,
+        }
+    }
+
+    /// The stack whose state this middleware uses (its learner, its limiter).
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+type Attempt = (
+    reqwest::Request,
+    oneshot::Sender<reqwest_middleware::Result<reqwest::Response>>,
+);
+
+/// The channel from the innermost service back to the middleware's `next`, carried in the
+/// request's extensions (cloned with the request on every retry).
+#[derive(Clone)]
+struct AttemptChannel(mpsc::UnboundedSender<Attempt>);
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let body = match req.body() {
+            None => Bytes::new(),
+            Some(b) => match b.as_bytes() {
+                Some(bytes) => Bytes::copy_from_slice(bytes),
+                // A streaming body cannot be cloned for a retry: send it once, as it is.
+                None => return next.run(req, extensions).await,
+            },
+        };
+        let op = extensions.get::<OperationType>().copied().unwrap_or_default();
+        let timeout = req.timeout().copied();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Attempt>();
+        let http_req = to_http(req, body, extensions, AttemptChannel(tx))?;
+        let call = self.services[op_index(op)].clone().oneshot(http_req);
+        tokio::pin!(call);
+        let result = loop {
+            tokio::select! {
+                biased;
+                result = &mut call => break result,
+                Some((mut attempt, reply)) = rx.recv() => {
+                    *attempt.timeout_mut() = timeout;
+                    let _ = reply.send(next.clone().run(attempt, extensions).await);
+                }
+            }
+        };
+        match result {
+            Ok(response) => Ok(from_http(response)),
+            Err(e) => Err(from_box(e)),
+        }
+    }
+}
+
+fn to_http(
+    req: reqwest::Request,
+    body: Bytes,
+    extensions: &Extensions,
+    channel: AttemptChannel,
+) -> reqwest_middleware::Result<Request<Full<Bytes>>> {
+    let mut builder = Request::builder()
+        .method(req.method().clone())
+        .uri(req.url().as_str())
+        .version(req.version())
+        .extension(channel);
+    if let Some(h) = builder.headers_mut() {
+        *h = req.headers().clone();
+    }
+    if let Some(v) = extensions.get::<OperationType>() {
+        builder = builder.extension(*v);
+    }
+    if let Some(v) = extensions.get::<Provider>() {
+        builder = builder.extension(v.clone());
+    }
+    if let Some(v) = extensions.get::<IdempotencyKey>() {
+        builder = builder.extension(v.clone());
+    }
+    if let Some(v) = extensions.get::<WorkId>() {
+        builder = builder.extension(v.clone());
+    }
+    builder
+        .body(Full::new(body))
+        .map_err(reqwest_middleware::Error::middleware)
+}
+
+fn from_http(response: Response<PipelineBody>) -> reqwest::Response {
+    reqwest::Response::from(response.map(|b| reqwest::Body::wrap_stream(BodyDataStream::new(b))))
+}
+
+fn from_box(e: BoxError) -> reqwest_middleware::Error {
+    match e.downcast::<reqwest_middleware::Error>() {
+        Ok(e) => *e,
+        Err(e) => match e.downcast::<reqwest::Error>() {
+            Ok(e) => reqwest_middleware::Error::Reqwest(*e),
+            Err(e) => reqwest_middleware::Error::Middleware(typed(e)),
+        },
+    }
+}
+
+/// Moves the crate's typed errors into the `anyhow::Error` by value, so that
+/// `anyhow::Error::downcast_ref::<FailedOver>()` finds them (a boxed trait object would hide
+/// them from anyhow's downcast).
+fn typed(e: BoxError) -> anyhow::Error {
+    macro_rules! try_types {
+        ($e:ident, $($t:ty),*) => {{
+            $(let $e = match $e.downcast::<$t>() {
+                Ok(t) => return anyhow::Error::new(*t),
+                Err(e) => e,
+            };)*
+            anyhow::Error::from_boxed($e)
+        }};
+    }
+    try_types!(e, FailedOver, Deferred, CoolingDown, RateLimitTimeout)
+}
+
+/// The innermost service: hands each attempt to the middleware's `next` and waits for it.
+#[derive(Clone, Copy, Debug)]
+struct NextService;
+
+impl tower::Service<Request<Full<Bytes>>> for NextService {
+    type Response = Response<PipelineBody>;
+    type Error = BoxError;
+    type Future = NextFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> NextFuture {
+        let Some(channel) = req.extensions().get::<AttemptChannel>().cloned() else {
+            return NextFuture::failed("the request did not come through ContentDownloadMiddleware");
+        };
+        let (parts, body) = req.into_parts();
+        // `Full` of one chunk: taking its bytes does not copy.
+        let bytes = match futures_util::FutureExt::now_or_never(body.collect()) {
+            Some(Ok(collected)) => collected.to_bytes(),
+            // `Full` is always ready and cannot fail.
+            _ => Bytes::new(),
+        };
+        let req = match reqwest::Request::try_from(Request::from_parts(parts, bytes)) {
+            Ok(r) => r,
+            Err(e) => return NextFuture::failed_with(e.into()),
+        };
+        let (reply, rx) = oneshot::channel();
+        if channel.0.send((req, reply)).is_err() {
+            return NextFuture::failed("the middleware call that owned this request has ended");
+        }
+        NextFuture { state: Some(Ok(rx)) }
+    }
+}
+
+/// The future of one attempt sent through `next`.
+struct NextFuture {
+    state: Option<Result<oneshot::Receiver<reqwest_middleware::Result<reqwest::Response>>, BoxError>>,
+}
+
+impl NextFuture {
+    fn failed(msg: &'static str) -> Self {
+        Self::failed_with(msg.into())
+    }
+
+    fn failed_with(e: BoxError) -> Self {
+        NextFuture { state: Some(Err(e)) }
+    }
+}
+
+impl Future for NextFuture {
+    type Output = Result<Response<PipelineBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let rx = match self.state.as_mut() {
+            Some(Ok(rx)) => rx,
+            _ => {
+                return Poll::Ready(Err(match self.state.take() {
+                    Some(Err(e)) => e,
+                    _ => "NextFuture polled after completion".into(),
+                }))
+            }
+        };
+        let result = ready!(Pin::new(rx).poll(cx));
+        self.state = None;
+        Poll::Ready(match result {
+            Err(_) => Err("the middleware call that owned this request has ended".into()),
+            Ok(Err(e)) => Err(unwrap_reqwest(e)),
+            Ok(Ok(response)) => {
+                let response: Response<reqwest::Body> = response.into();
+                Ok(response.map(|b| b.map_err(Into::into).boxed_unsync()))
+            }
+        })
+    }
+}
+
+/// Surfaces the reqwest error itself, so the retry classifier sees its connect / timeout
+/// source chain (hyper errors inside).
+fn unwrap_reqwest(e: reqwest_middleware::Error) -> BoxError {
+    match e {
+        reqwest_middleware::Error::Reqwest(e) => Box::new(e),
+        other => Box::new(other),
+    }
+}
