@@ -104,6 +104,12 @@ pub mod otlp {
     ///
     /// An invalid `endpoint` (the error names it).
     pub fn init(config: &OtlpConfig) -> Result<OtlpGuard, ExporterBuildError> {
+        // The exporter's reqwest client needs a process-wide rustls provider when another
+        // part of the build (the `reqwest` feature) turned off reqwest's bundled one. Ring
+        // is the provider this crate uses; an already installed one is kept.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let resource = Resource::builder()
             .with_service_name(config.service_name.clone())
             .build();
