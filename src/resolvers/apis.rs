@@ -5,7 +5,7 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 
 use super::landing::tags;
-use super::{candidate, doi_path, fetch, parse_json, with_query, ResolveContext, Resolver};
+use super::{candidate, doi_path, fetch, fetch_json, with_query, ResolveContext, Resolver};
 use crate::context::OperationType;
 use crate::error::BoxError;
 use crate::works::{Candidate, Work};
@@ -66,10 +66,9 @@ impl Resolver for Unpaywall {
             };
             let base = cx.config.base_url("unpaywall", "https://api.unpaywall.org");
             let url = with_query(&format!("{base}/v2/{}", doi_path(doi)), &[("email", email)])?;
-            let Some((body, _)) = fetch(cx, "unpaywall", OperationType::Resolve, work, &url).await? else {
+            let Some(record) = fetch_json::<UnpaywallWork>(cx, "unpaywall", work, &url).await? else {
                 return Ok(vec![]);
             };
-            let record: UnpaywallWork = parse_json("unpaywall", &body)?;
             let mut out: Vec<Candidate> = Vec::new();
             for loc in record.best_oa_location.iter().chain(record.oa_locations.iter()) {
                 if let Some(url) = loc.url_for_pdf.as_deref().filter(|u| is_web_url(u)) {
@@ -122,10 +121,9 @@ impl Resolver for Crossref {
             let base = cx.config.base_url("crossref", "https://api.crossref.org");
             let pairs: Vec<(&str, &str)> = cx.config.mailto.as_deref().map(|m| ("mailto", m)).into_iter().collect();
             let url = with_query(&format!("{base}/works/{}", doi_path(doi)), &pairs)?;
-            let Some((body, _)) = fetch(cx, "crossref", OperationType::Resolve, work, &url).await? else {
+            let Some(record) = fetch_json::<CrossrefEnvelope>(cx, "crossref", work, &url).await? else {
                 return Ok(vec![]);
             };
-            let record: CrossrefEnvelope = parse_json("crossref", &body)?;
             Ok(record
                 .message
                 .link
@@ -233,10 +231,9 @@ impl Resolver for EuropePmc {
                 &format!("{base}/search"),
                 &[("query", &query), ("format", "json"), ("resultType", "core")],
             )?;
-            let Some((body, _)) = fetch(cx, "europe_pmc", OperationType::Resolve, work, &url).await? else {
+            let Some(search) = fetch_json::<EpmcSearch>(cx, "europe_pmc", work, &url).await? else {
                 return Ok(vec![]);
             };
-            let search: EpmcSearch = parse_json("europe_pmc", &body)?;
             let mut out: Vec<Candidate> = Vec::new();
             let urls = search
                 .result_list
@@ -296,10 +293,9 @@ impl Resolver for Pmc {
                 (Some(p), _) => p.clone(),
                 (None, Some(doi)) => {
                     let url = with_query(&format!("{base}/idconv/v1.0/"), &[("ids", doi), ("format", "json")])?;
-                    let Some((body, _)) = fetch(cx, "pmc", OperationType::Resolve, work, &url).await? else {
+                    let Some(conv) = fetch_json::<IdConv>(cx, "pmc", work, &url).await? else {
                         return Ok(vec![]);
                     };
-                    let conv: IdConv = parse_json("pmc", &body)?;
                     match conv.records.into_iter().find_map(|r| r.pmcid) {
                         Some(p) => p,
                         None => return Ok(vec![]),
@@ -384,10 +380,9 @@ impl Resolver for Wayback {
             };
             let base = cx.config.base_url("wayback", "https://archive.org");
             let url = with_query(&format!("{base}/wayback/available"), &[("url", &target)])?;
-            let Some((body, _)) = fetch(cx, "wayback", OperationType::Resolve, work, &url).await? else {
+            let Some(answer) = fetch_json::<WaybackAnswer>(cx, "wayback", work, &url).await? else {
                 return Ok(vec![]);
             };
-            let answer: WaybackAnswer = parse_json("wayback", &body)?;
             let snapshot = answer.archived_snapshots.and_then(|s| s.closest);
             Ok(snapshot
                 .filter(|s| s.available.unwrap_or(false) && s.status.as_deref().is_none_or(|st| st == "200"))

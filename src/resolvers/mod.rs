@@ -203,6 +203,19 @@ pub(crate) fn read_pipeline_body(
     read_metadata(response, limit).boxed()
 }
 
+/// [`fetch`] a Resolve call and parse its JSON; `Ok(None)` on a miss (404/410).
+pub(crate) async fn fetch_json<T: serde::de::DeserializeOwned>(
+    cx: &ResolveContext,
+    resolver: &'static str,
+    work: &Work,
+    url: &str,
+) -> Result<Option<T>, BoxError> {
+    match fetch(cx, resolver, OperationType::Resolve, work, url).await? {
+        Some((body, _)) => parse_json(resolver, &body).map(Some),
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(resolver: &'static str, body: &[u8]) -> Result<T, BoxError> {
     serde_json::from_slice(body).map_err(|e| {
         Box::new(ResolverParseError {
