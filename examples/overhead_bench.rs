@@ -6,7 +6,8 @@
 //!
 //! Run in release mode: `cargo run --release --example overhead_bench --features simulator,reqwest`.
 //! `OVERHEAD_REQUESTS=<n>` sets the requests per measurement at concurrency 64 (default
-//! 8000; a quarter of that at concurrency 1). Every count is bounded.
+//! 8000; a quarter of that at concurrency 1). Every count is bounded. `OVERHEAD_ROWS=ab`
+//! runs only the rows whose letters are given (for profiling one client at a time).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -116,91 +117,103 @@ async fn main() -> Result<(), BoxError> {
         .with(ContentDownloadMiddleware::from_stack(&stack))
         .build();
 
+    let selected = std::env::var("OVERHEAD_ROWS").unwrap_or_else(|_| "abcde".into());
+    let wants = |row: char| selected.contains(row);
     let mut rows = Vec::new();
     for concurrency in [1usize, 64] {
         let n = if concurrency == 1 { total / 4 } else { total };
-        let (u, c) = (url.clone(), bare.clone());
-        let (rps, lat) = measure(concurrency, n, move || {
-            let (u, c) = (u.clone(), c.clone());
-            async move {
-                let req = http::Request::get(u.as_str()).body(Full::<Bytes>::default())?;
-                let body = c.oneshot(req).await?.into_body().collect().await?.to_bytes();
-                Ok(body.len())
-            }
-        })
-        .await?;
-        rows.push(Row {
-            name: "(a) bare HttpClient",
-            concurrency,
-            rps,
-            p50: pct(&lat, 0.5),
-            p99: pct(&lat, 0.99),
-        });
+        if wants('a') {
+            let (u, c) = (url.clone(), bare.clone());
+            let (rps, lat) = measure(concurrency, n, move || {
+                let (u, c) = (u.clone(), c.clone());
+                async move {
+                    let req = http::Request::get(u.as_str()).body(Full::<Bytes>::default())?;
+                    let body = c.oneshot(req).await?.into_body().collect().await?.to_bytes();
+                    Ok(body.len())
+                }
+            })
+            .await?;
+            rows.push(Row {
+                name: "(a) bare HttpClient",
+                concurrency,
+                rps,
+                p50: pct(&lat, 0.5),
+                p99: pct(&lat, 0.99),
+            });
+        }
 
-        let (u, s) = (url.clone(), stack_svc.clone());
-        let (rps, lat) = measure(concurrency, n, move || {
-            let (u, s) = (u.clone(), s.clone());
-            async move {
-                let req = http::Request::get(u.as_str())
-                    .extension(Provider::new("bench"))
-                    .body(Full::<Bytes>::default())?;
-                let body = s.oneshot(req).await?.into_body().collect().await?.to_bytes();
-                Ok(body.len())
-            }
-        })
-        .await?;
-        rows.push(Row {
-            name: "(b) full Stack",
-            concurrency,
-            rps,
-            p50: pct(&lat, 0.5),
-            p99: pct(&lat, 0.99),
-        });
+        if wants('b') {
+            let (u, s) = (url.clone(), stack_svc.clone());
+            let (rps, lat) = measure(concurrency, n, move || {
+                let (u, s) = (u.clone(), s.clone());
+                async move {
+                    let req = http::Request::get(u.as_str())
+                        .extension(Provider::new("bench"))
+                        .body(Full::<Bytes>::default())?;
+                    let body = s.oneshot(req).await?.into_body().collect().await?.to_bytes();
+                    Ok(body.len())
+                }
+            })
+            .await?;
+            rows.push(Row {
+                name: "(b) full Stack",
+                concurrency,
+                rps,
+                p50: pct(&lat, 0.5),
+                p99: pct(&lat, 0.99),
+            });
+        }
 
-        let (u, c) = (url.clone(), plain.clone());
-        let (rps, lat) = measure(concurrency, n, move || {
-            let (u, c) = (u.clone(), c.clone());
-            async move { Ok(c.get(u.as_str()).send().await?.bytes().await?.len()) }
-        })
-        .await?;
-        rows.push(Row {
-            name: "(c) reqwest",
-            concurrency,
-            rps,
-            p50: pct(&lat, 0.5),
-            p99: pct(&lat, 0.99),
-        });
+        if wants('c') {
+            let (u, c) = (url.clone(), plain.clone());
+            let (rps, lat) = measure(concurrency, n, move || {
+                let (u, c) = (u.clone(), c.clone());
+                async move { Ok(c.get(u.as_str()).send().await?.bytes().await?.len()) }
+            })
+            .await?;
+            rows.push(Row {
+                name: "(c) reqwest",
+                concurrency,
+                rps,
+                p50: pct(&lat, 0.5),
+                p99: pct(&lat, 0.99),
+            });
+        }
 
-        let (u, c) = (url.clone(), retrying.clone());
-        let (rps, lat) = measure(concurrency, n, move || {
-            let (u, c) = (u.clone(), c.clone());
-            async move { Ok(c.get(u.as_str()).send().await?.bytes().await?.len()) }
-        })
-        .await?;
-        rows.push(Row {
-            name: "(d) reqwest + reqwest-retry",
-            concurrency,
-            rps,
-            p50: pct(&lat, 0.5),
-            p99: pct(&lat, 0.99),
-        });
+        if wants('d') {
+            let (u, c) = (url.clone(), retrying.clone());
+            let (rps, lat) = measure(concurrency, n, move || {
+                let (u, c) = (u.clone(), c.clone());
+                async move { Ok(c.get(u.as_str()).send().await?.bytes().await?.len()) }
+            })
+            .await?;
+            rows.push(Row {
+                name: "(d) reqwest + reqwest-retry",
+                concurrency,
+                rps,
+                p50: pct(&lat, 0.5),
+                p99: pct(&lat, 0.99),
+            });
+        }
 
-        let (u, c) = (url.clone(), adapted.clone());
-        let (rps, lat) = measure(concurrency, n, move || {
-            let (u, c) = (u.clone(), c.clone());
-            async move {
-                let res = c.get(u.as_str()).with_extension(Provider::new("bench")).send().await?;
-                Ok(res.bytes().await?.len())
-            }
-        })
-        .await?;
-        rows.push(Row {
-            name: "(e) reqwest + this adapter",
-            concurrency,
-            rps,
-            p50: pct(&lat, 0.5),
-            p99: pct(&lat, 0.99),
-        });
+        if wants('e') {
+            let (u, c) = (url.clone(), adapted.clone());
+            let (rps, lat) = measure(concurrency, n, move || {
+                let (u, c) = (u.clone(), c.clone());
+                async move {
+                    let res = c.get(u.as_str()).with_extension(Provider::new("bench")).send().await?;
+                    Ok(res.bytes().await?.len())
+                }
+            })
+            .await?;
+            rows.push(Row {
+                name: "(e) reqwest + this adapter",
+                concurrency,
+                rps,
+                p50: pct(&lat, 0.5),
+                p99: pct(&lat, 0.99),
+            });
+        }
     }
 
     println!(

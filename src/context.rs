@@ -36,9 +36,11 @@
 //! assert_eq!(key.host(), "api.unpaywall.org");
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{Request, Uri};
 use serde::{Deserialize, Serialize};
@@ -216,19 +218,82 @@ pub struct CooldownWait(pub std::time::Duration);
 /// The host is lower-cased and carries the port when the URI names one explicitly
 /// (`127.0.0.1:8080`), so two local servers are two partitions. Cloning is cheap (two
 /// reference counts).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// The key hashes its parts once, when it is made: every layer looks it up in a map of its
+/// own (buckets, learned state, cool-downs, budgets), and hashing two strings in each of
+/// them on every request was a measurable part of the stack's cost.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(from = "PartitionParts", into = "PartitionParts")]
 pub struct PartitionKey {
     provider: Provider,
     host: Arc<str>,
+    hash: u64,
+}
+
+/// How a [`PartitionKey`] is written (the hash is not: it is seeded per process).
+#[derive(Clone, Serialize, Deserialize)]
+struct PartitionParts {
+    provider: Provider,
+    host: Arc<str>,
+}
+
+impl From<PartitionParts> for PartitionKey {
+    fn from(parts: PartitionParts) -> Self {
+        PartitionKey::from_parts(parts.provider, parts.host)
+    }
+}
+
+impl From<PartitionKey> for PartitionParts {
+    fn from(key: PartitionKey) -> Self {
+        PartitionParts {
+            provider: key.provider,
+            host: key.host,
+        }
+    }
+}
+
+impl PartialEq for PartitionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.provider == other.provider && self.host == other.host
+    }
+}
+
+impl Eq for PartitionKey {}
+
+impl Hash for PartitionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for PartitionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PartitionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.provider, &self.host).cmp(&(&other.provider, &other.host))
+    }
 }
 
 impl PartitionKey {
     /// A partition from its parts.
     pub fn new(provider: impl Into<Provider>, host: impl AsRef<str>) -> Self {
-        PartitionKey {
-            provider: provider.into(),
-            host: Arc::from(host.as_ref().to_ascii_lowercase()),
-        }
+        PartitionKey::from_parts(provider.into(), Arc::from(host.as_ref().to_ascii_lowercase()))
+    }
+
+    fn from_parts(provider: Provider, host: Arc<str>) -> Self {
+        // seeded once per process, so that hosts chosen to collide cannot be made to
+        static SEED: OnceLock<RandomState> = OnceLock::new();
+        let hash = SEED.get_or_init(RandomState::new).hash_one((provider.as_str(), &*host));
+        PartitionKey { provider, host, hash }
+    }
+
+    /// The hash computed when the key was made (seeded per process).
+    pub(crate) fn prehash(&self) -> u64 {
+        self.hash
     }
 
     /// The provider.
@@ -254,12 +319,15 @@ impl PartitionKey {
             .get::<Provider>()
             .cloned()
             .unwrap_or_else(|| Provider(host.clone()));
-        PartitionKey { provider, host }
+        PartitionKey::from_parts(provider, host)
     }
 
     /// The partition of a request, cached in its extensions so that the layers below
     /// find it without recomputing (the first layer to ask pays one allocation).
     pub fn of<B>(req: &mut Request<B>) -> PartitionKey {
+        if let Some(key) = req.extensions().get::<PartitionKey>() {
+            return key.clone();
+        }
         let key = PartitionKey::compute(req);
         req.extensions_mut().insert(key.clone());
         key
@@ -278,11 +346,52 @@ impl fmt::Display for PartitionKey {
     }
 }
 
+/// A map keyed by [`PartitionKey`] that uses the hash each key computed when it was made,
+/// instead of hashing it again on every lookup.
+pub(crate) type PartitionMap<V> = HashMap<PartitionKey, V, BuildPartitionHasher>;
+
+/// The hasher of a [`PartitionMap`]: passes the key's hash (already seeded per process)
+/// through.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BuildPartitionHasher;
+
+impl BuildHasher for BuildPartitionHasher {
+    type Hasher = PartitionHasher;
+
+    fn build_hasher(&self) -> PartitionHasher {
+        PartitionHasher(0)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct PartitionHasher(u64);
+
+impl Hasher for PartitionHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // not reached by `PartitionKey`, which writes one u64; kept correct for anything else
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(32) ^ n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 fn host_of(uri: &Uri) -> String {
-    match (uri.host(), uri.port_u16()) {
-        (Some(h), Some(p)) => format!("{}:{p}", h.to_ascii_lowercase()),
-        (Some(h), None) => h.to_ascii_lowercase(),
-        (None, _) => String::new(),
+    // the authority after any userinfo is `host[:port]` as written: lower-casing it is one
+    // allocation, where formatting the parsed port was three
+    match uri.authority() {
+        Some(a) if uri.host().is_some() => {
+            let host_port = a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, hp)| hp);
+            host_port.trim_end_matches(':').to_ascii_lowercase()
+        }
+        _ => String::new(),
     }
 }
 
@@ -347,6 +456,22 @@ impl<B> RequestContextExt for Request<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_keep_the_port_as_written_and_drop_userinfo() {
+        let h = |s: &str| host_of(&s.parse::<Uri>().unwrap());
+        assert_eq!(h("https://Example.ORG/x"), "example.org");
+        assert_eq!(h("http://User:Pw@Example.ORG:8080/x"), "example.org:8080");
+        assert_eq!(h("http://[::1]:9/"), "[::1]:9");
+        assert_eq!(h("/relative"), "");
+    }
+
+    #[test]
+    fn a_cached_partition_is_returned_as_is() {
+        let mut req = Request::get("https://a.org/x").body(()).unwrap();
+        req.extensions_mut().insert(PartitionKey::new("p", "cached.org"));
+        assert_eq!(PartitionKey::of(&mut req), PartitionKey::new("p", "cached.org"));
+    }
 
     #[test]
     fn defaults_when_absent() {

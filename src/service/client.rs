@@ -1,10 +1,12 @@
 //! [`HttpClient`]: the one pooled hyper client every stack wraps.
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
 use http::header::{HeaderValue, USER_AGENT};
 use http::{Request, Response};
 use http_body::Body;
@@ -13,7 +15,6 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tower::util::MapErr;
 use tower_http::follow_redirect::FollowRedirect;
 use tower_http::set_header::SetRequestHeader;
 use tower_service::Service;
@@ -27,7 +28,49 @@ use crate::error::BoxError;
 
 type Connector = HttpsConnector<HttpConnector>;
 type MapErrFn = fn(hyper_util::client::legacy::Error) -> BoxError;
-type Inner<B> = FollowRedirect<SetRequestHeader<MapErr<Client<Connector, B>, MapErrFn>, HeaderValue>, RedirectPolicy>;
+type Inner<B> = FollowRedirect<SetRequestHeader<SharedClient<B>, HeaderValue>, RedirectPolicy>;
+
+/// The hyper-util client behind one `Arc`. Its `Client` holds a dozen fields (pool,
+/// connector, executor, timers, HTTP/1 and HTTP/2 settings) and sends with `&self`, while
+/// each layer above that owns its inner service clones it on every request (FollowRedirect,
+/// the retry layer, a boxed service): cloning one pointer is cheaper than cloning the client.
+///
+/// `pub` only because [`HttpClient`]'s future type names it; it is not reachable from
+/// outside the crate.
+#[allow(unreachable_pub)]
+pub struct SharedClient<B>(Arc<Client<Connector, B>>);
+
+impl<B> fmt::Debug for SharedClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedClient").finish_non_exhaustive()
+    }
+}
+
+impl<B> Clone for SharedClient<B> {
+    fn clone(&self) -> Self {
+        SharedClient(Arc::clone(&self.0))
+    }
+}
+
+impl<B> Service<Request<B>> for SharedClient<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<hyper::body::Incoming>;
+    type Error = BoxError;
+    type Future = futures_util::future::MapErr<hyper_util::client::legacy::ResponseFuture, MapErrFn>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // hyper-util's client is always ready: the pool waits inside the response future
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.0.request(req).map_err(box_client_error as MapErrFn)
+    }
+}
 
 /// The shared HTTP client: one pooled `hyper_util` legacy client over hyper-rustls
 /// (HTTP/1.1 and HTTP/2 by ALPN, webpki roots), with the polite User-Agent set by
@@ -109,7 +152,7 @@ impl HttpClient {
 
 impl<B> HttpClient<B>
 where
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -150,7 +193,7 @@ where
             .pool_idle_timeout(config.pool_idle_timeout())
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(https);
-        let client = MapErr::new(client, box_client_error as MapErrFn);
+        let client = SharedClient(Arc::new(client));
         let client = SetRequestHeader::if_not_present(client, USER_AGENT, user_agent);
         let inner = FollowRedirect::with_policy(client, RedirectPolicy::new(config.max_redirects));
         Ok(HttpClient {

@@ -1,7 +1,7 @@
 //! Idempotency keys: one stable key per logical operation, sent as `Idempotency-Key` on
 //! unsafe methods and, with the [job ledger](crate::ledger), run at most once.
 //!
-//! For every request the layer:
+//! For every request with an unsafe method (and, with a ledger, every request) the layer:
 //! - takes the request's [`IdempotencyKey`] extension, or derives one with [`derive_key`]
 //!   (SHA-256 of the operation type, the work id and the [canonical URL](canonical_url)) and
 //!   sets it. The layer sits outside the retry layer, so it runs once per logical operation
@@ -20,7 +20,8 @@
 //!   and deferrals → DEFERRED, anything else → FAILED. The response carries a [`LedgerJob`]
 //!   extension naming the job and the state it was left in.
 //!
-//! Without a ledger (the idempotency gate off) it only manages keys and headers.
+//! Without a ledger (the idempotency gate off) it only manages keys and headers, and leaves
+//! safe methods alone: they carry no header and nothing would read their key.
 //!
 //! # Example
 //!

@@ -56,8 +56,15 @@ impl<S> Idempotency<S> {
 
 /// Sets the request's key (keeping one the caller set) and, on unsafe methods, its header
 /// (keeping one the caller set). Returns the key and, when it was computed (a derived key, or
-/// `want_url`), the canonical URL.
-fn prepare<B>(req: &mut Request<B>, want_url: bool) -> Result<(IdempotencyKey, Option<String>), BoxError> {
+/// `with_ledger`), the canonical URL; `None` for a safe method without a ledger, which needs
+/// no key: no header is sent for it and nothing claims it (deriving one would hash the URL on
+/// every GET for nothing).
+fn prepare<B>(req: &mut Request<B>, with_ledger: bool) -> Result<Option<(IdempotencyKey, Option<String>)>, BoxError> {
+    let safe = req.method().is_safe();
+    if safe && !with_ledger {
+        return Ok(None);
+    }
+    let want_url = with_ledger;
     let (key, url) = match req.idempotency_key() {
         Some(k) => (k.clone(), want_url.then(|| canonical_url(req.uri()))),
         None => {
@@ -67,11 +74,11 @@ fn prepare<B>(req: &mut Request<B>, want_url: bool) -> Result<(IdempotencyKey, O
             (k, Some(url))
         }
     };
-    if !req.method().is_safe() && !req.headers().contains_key(&IDEMPOTENCY_KEY) {
+    if !safe && !req.headers().contains_key(&IDEMPOTENCY_KEY) {
         let value = header_value(&key)?;
         req.headers_mut().insert(IDEMPOTENCY_KEY.clone(), value);
     }
-    Ok((key, url))
+    Ok(Some((key, url)))
 }
 
 // The ledger calls are async fns of owned values, so `call` only boxes them.
@@ -94,7 +101,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let (key, url) = match prepare(&mut req, self.gate.is_some()) {
-            Ok(prepared) => prepared,
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => return ResponseFuture::direct(self.inner.call(req)),
             Err(e) => return ResponseFuture::failed(e),
         };
         let Some(gate) = &self.gate else {
@@ -131,7 +139,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn post_gets_a_derived_key_and_header_get_only_the_key() {
+    async fn post_gets_a_derived_key_and_header_get_nothing_without_a_ledger() {
         let (mut svc, mut handle) = spawn();
         handle.allow(2);
         assert!(svc.poll_ready().is_ready());
@@ -153,7 +161,7 @@ mod tests {
         assert!(svc.poll_ready().is_ready());
         let fut = svc.call(Request::get("https://example.org/a.pdf").body("").unwrap());
         let (got, send) = handle.next_request().await.unwrap();
-        assert!(got.idempotency_key().is_some());
+        assert!(got.idempotency_key().is_none(), "without a ledger a GET needs no key");
         assert!(
             !got.headers().contains_key(&IDEMPOTENCY_KEY),
             "safe methods carry no header"

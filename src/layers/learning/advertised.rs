@@ -17,9 +17,25 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 
 use crate::context::RetryAfterHint;
+
+// Header names as constants: a lookup by `&str` parses and hashes the name on every
+// response, and this runs on every response of every request.
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+static X_RATE_LIMIT_INTERVAL: HeaderName = HeaderName::from_static("x-rate-limit-interval");
+static X_RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("x-rate-limit-limit");
+static X_RATELIMIT_INTERVAL: HeaderName = HeaderName::from_static("x-ratelimit-interval");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static X_RATELIMIT_WINDOW: HeaderName = HeaderName::from_static("x-ratelimit-window");
 
 /// Longest hold a reset header may ask for, as for Retry-After.
 const MAX_HOLD: Duration = Duration::from_secs(900);
@@ -57,7 +73,7 @@ pub(super) fn classify(status: StatusCode, headers: &HeaderMap, hint: Option<&Re
 /// Whether `Retry-After` holds a valid value (delta-seconds or an HTTP-date). Checked
 /// here so that learning does not depend on the Retry-After layer being in the stack.
 fn has_retry_after(headers: &HeaderMap) -> bool {
-    let Some(value) = header_str(headers, "retry-after") else {
+    let Some(value) = header_str(headers, &RETRY_AFTER) else {
         return false;
     };
     value.parse::<u64>().is_ok() || httpdate::parse_http_date(value).is_ok()
@@ -72,10 +88,20 @@ pub(super) struct Advertised {
     pub(super) exhausted_for: Option<Duration>,
 }
 
+/// Whether a header of that name may advertise a limit: every name read here starts so.
+fn is_rate_header(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    name.starts_with(b"ratelimit") || name.starts_with(b"x-rate")
+}
+
 pub(super) fn parse(headers: &HeaderMap, now: SystemTime) -> Advertised {
+    // most responses advertise nothing: one pass over the names instead of a dozen lookups
+    if !headers.keys().any(is_rate_header) {
+        return Advertised::default();
+    }
     let mut ceiling = crossref(headers);
     if let Some(policy) = headers
-        .get_all("ratelimit-policy")
+        .get_all(&RATELIMIT_POLICY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .fold(None, |acc: Option<f64>, v| match (acc, ietf_policy(v)) {
@@ -94,7 +120,7 @@ pub(super) fn parse(headers: &HeaderMap, now: SystemTime) -> Advertised {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
@@ -121,14 +147,14 @@ fn interval(value: &str) -> Option<f64> {
 }
 
 fn crossref(headers: &HeaderMap) -> Option<f64> {
-    let limit: f64 = header_str(headers, "x-rate-limit-limit")?.parse().ok()?;
-    let window = interval(header_str(headers, "x-rate-limit-interval")?)?;
+    let limit: f64 = header_str(headers, &X_RATE_LIMIT_LIMIT)?.parse().ok()?;
+    let window = interval(header_str(headers, &X_RATE_LIMIT_INTERVAL)?)?;
     positive(limit / window)
 }
 
 fn x_ratelimit(headers: &HeaderMap) -> Option<f64> {
-    let limit: f64 = header_str(headers, "x-ratelimit-limit")?.parse().ok()?;
-    let window = header_str(headers, "x-ratelimit-interval").or_else(|| header_str(headers, "x-ratelimit-window"))?;
+    let limit: f64 = header_str(headers, &X_RATELIMIT_LIMIT)?.parse().ok()?;
+    let window = header_str(headers, &X_RATELIMIT_INTERVAL).or_else(|| header_str(headers, &X_RATELIMIT_WINDOW))?;
     positive(limit / interval(window)?)
 }
 
@@ -167,8 +193,8 @@ fn ietf_policy(value: &str) -> Option<f64> {
 /// How long the quota stays spent, when a remaining count of 0 comes with a reset.
 fn exhausted(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let (remaining, reset) = ietf_remaining_reset(headers)
-        .or_else(|| separate(headers, "ratelimit-remaining", "ratelimit-reset"))
-        .or_else(|| separate(headers, "x-ratelimit-remaining", "x-ratelimit-reset"))?;
+        .or_else(|| separate(headers, &RATELIMIT_REMAINING, &RATELIMIT_RESET))
+        .or_else(|| separate(headers, &X_RATELIMIT_REMAINING, &X_RATELIMIT_RESET))?;
     if remaining != 0 {
         return None;
     }
@@ -181,7 +207,7 @@ fn exhausted(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     (reset > 0).then(|| Duration::from_secs(reset).min(MAX_HOLD))
 }
 
-fn separate(headers: &HeaderMap, remaining: &str, reset: &str) -> Option<(u64, u64)> {
+fn separate(headers: &HeaderMap, remaining: &HeaderName, reset: &HeaderName) -> Option<(u64, u64)> {
     let remaining = header_str(headers, remaining)?.parse().ok()?;
     let reset = header_str(headers, reset)?.parse().ok()?;
     Some((remaining, reset))
@@ -189,7 +215,7 @@ fn separate(headers: &HeaderMap, remaining: &str, reset: &str) -> Option<(u64, u
 
 /// `RateLimit: "default";r=0;t=30` or `RateLimit: limit=10, remaining=0, reset=30`.
 fn ietf_remaining_reset(headers: &HeaderMap) -> Option<(u64, u64)> {
-    let value = header_str(headers, "ratelimit")?;
+    let value = header_str(headers, &RATELIMIT)?;
     let (mut remaining, mut reset) = (None, None);
     for item in value.split(',') {
         let (_, params) = params(item);

@@ -1,6 +1,5 @@
 //! [`Learner`]: the shared learning state that drives a [`RateLimiter`]'s rates.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,7 +12,7 @@ use super::advertised::{self, Signal};
 use super::persist::{self, PersistError};
 use super::policy::{LearningConfigError, LearningPolicy};
 use super::state::{PartitionState, PartitionStatus, Phase};
-use crate::context::{PartitionKey, RateLimitWait, RetryAfterHint};
+use crate::context::{PartitionKey, PartitionMap, RateLimitWait, RetryAfterHint};
 use crate::layers::rate_limit::RateLimiter;
 
 /// Past this many partitions, those back to normal are forgotten (they hold nothing a
@@ -23,7 +22,7 @@ const MAX_PARTITIONS: usize = 10_000;
 pub(super) struct Shared {
     pub(super) limiter: RateLimiter,
     pub(super) policy: LearningPolicy,
-    pub(super) states: Mutex<HashMap<PartitionKey, PartitionState>>,
+    pub(super) states: Mutex<PartitionMap<PartitionState>>,
     pub(super) path: Option<PathBuf>,
     /// Serialises this process's writes of the file (other processes are safe through
     /// the atomic rename).
@@ -78,7 +77,7 @@ impl Learner {
     /// A learner with no persistence, driving `limiter`.
     pub fn new(limiter: RateLimiter, policy: LearningPolicy) -> Result<Learner, LearningConfigError> {
         policy.validate()?;
-        Ok(Learner::build(limiter, policy, None, HashMap::new()))
+        Ok(Learner::build(limiter, policy, None, PartitionMap::default()))
     }
 
     /// A learner that loads its state from `path` (JSON) and saves it there with
@@ -111,7 +110,7 @@ impl Learner {
         limiter: RateLimiter,
         policy: LearningPolicy,
         path: Option<PathBuf>,
-        states: HashMap<PartitionKey, PartitionState>,
+        states: PartitionMap<PartitionState>,
     ) -> Learner {
         Learner {
             shared: Arc::new(Shared {
@@ -124,7 +123,7 @@ impl Learner {
         }
     }
 
-    pub(super) fn states(&self) -> MutexGuard<'_, HashMap<PartitionKey, PartitionState>> {
+    pub(super) fn states(&self) -> MutexGuard<'_, PartitionMap<PartitionState>> {
         // A poisoned lock only means a panic elsewhere; the numbers are still usable.
         self.shared.states.lock().unwrap_or_else(|e| e.into_inner())
     }

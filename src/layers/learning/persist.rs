@@ -4,7 +4,7 @@
 //! folder + rename) and read at start; a file that is not valid JSON of a known version
 //! is renamed aside with a warning, never a crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::learner::Learner;
 use super::policy::LearningPolicy;
 use super::state::{PartitionState, MAX_RECOVERY_TIMES};
-use crate::context::PartitionKey;
+use crate::context::{PartitionKey, PartitionMap};
 use crate::layers::rate_limit::RateLimiter;
 
 /// The format version this crate writes and reads.
@@ -65,7 +65,7 @@ fn unix(now: SystemTime) -> u64 {
 }
 
 pub(super) fn snapshot(
-    states: &HashMap<PartitionKey, PartitionState>,
+    states: &PartitionMap<PartitionState>,
     policy: &LearningPolicy,
     now: SystemTime,
 ) -> LearningFile {
@@ -119,23 +119,23 @@ fn valid_rate(v: f64) -> bool {
 
 /// Reads the file into per-partition states; see the module docs for what happens to a
 /// bad file.
-pub(super) fn load(path: &Path, limiter: &RateLimiter, now: SystemTime) -> HashMap<PartitionKey, PartitionState> {
+pub(super) fn load(path: &Path, limiter: &RateLimiter, now: SystemTime) -> PartitionMap<PartitionState> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return PartitionMap::default(),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot read the provider learning file; learning starts fresh");
-            return HashMap::new();
+            return PartitionMap::default();
         }
     };
     let file = match parse(&text) {
         Ok(file) => file,
         Err(reason) => {
             set_aside(path, &reason, now);
-            return HashMap::new();
+            return PartitionMap::default();
         }
     };
-    let mut states = HashMap::new();
+    let mut states = PartitionMap::default();
     for rec in file.partitions {
         let key = PartitionKey::new(rec.provider, rec.host);
         if !valid_rate(rec.rate) || rec.advertised.is_some_and(|a| !valid_rate(a)) {

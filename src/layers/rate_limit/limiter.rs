@@ -1,8 +1,6 @@
 //! [`RateLimiter`]: keyed GCRA token buckets behind a cloneable handle.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use super::bucket::{secs, Bucket, Ticket};
 use super::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
-use crate::context::PartitionKey;
+use crate::context::{PartitionKey, PartitionMap};
 use crate::error::RateLimitTimeout;
 
 /// Number of independently locked shards of the key map. A power of two, so that a
@@ -22,7 +20,7 @@ const SHARDS: usize = 16;
 
 #[derive(Debug, Default)]
 struct Shard {
-    buckets: HashMap<PartitionKey, Bucket>,
+    buckets: PartitionMap<Bucket>,
     last_sweep: f64,
 }
 
@@ -36,7 +34,6 @@ impl Shard {
 struct Shared {
     config: RateLimitConfig,
     epoch: Instant,
-    hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     semaphore: Option<Arc<Semaphore>>,
 }
@@ -108,7 +105,6 @@ impl RateLimiter {
             shared: Arc::new(Shared {
                 config,
                 epoch: Instant::now(),
-                hasher: RandomState::new(),
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 semaphore,
             }),
@@ -134,7 +130,8 @@ impl RateLimiter {
     }
 
     fn shard(&self, key: &PartitionKey) -> MutexGuard<'_, Shard> {
-        let idx = (self.shared.hasher.hash_one(key) as usize) & (SHARDS - 1);
+        // middle bits: the shard's map indexes by the low bits and tags by the top ones
+        let idx = ((key.prehash() >> 32) as usize) & (SHARDS - 1);
         lock(&self.shared.shards[idx])
     }
 

@@ -1,6 +1,5 @@
 //! [`Budgets`]: a retry budget per partition, shared across clones.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -9,7 +8,7 @@ use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use super::config::BudgetConfig;
-use crate::context::PartitionKey;
+use crate::context::{PartitionKey, PartitionMap};
 
 /// Above this many partitions, the ones idle longer than the budget's window are dropped
 /// when a new one is added (a fresh budget for them is as good as the old one).
@@ -31,7 +30,7 @@ pub struct Budgets {
 
 struct Shared {
     config: BudgetConfig,
-    map: Mutex<HashMap<PartitionKey, Entry>>,
+    map: Mutex<PartitionMap<Entry>>,
 }
 
 struct Entry {
@@ -63,12 +62,12 @@ impl Budgets {
         Budgets {
             inner: Arc::new(Shared {
                 config,
-                map: Mutex::new(HashMap::new()),
+                map: Mutex::new(PartitionMap::default()),
             }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<PartitionKey, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, PartitionMap<Entry>> {
         // a panic elsewhere while holding the lock leaves a valid map
         self.inner.map.lock().unwrap_or_else(|e| e.into_inner())
     }

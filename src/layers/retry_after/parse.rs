@@ -7,6 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 /// The longest hint honoured: larger values are capped to this.
@@ -74,13 +75,18 @@ pub fn parse_rate_limit_field(value: &str) -> Option<Duration> {
 }
 
 /// Whether a `RateLimit` / `X-RateLimit-Remaining` value says the quota is used up.
+// Header names as constants: a lookup by `&str` parses the name on every response.
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 fn exhausted(headers: &HeaderMap) -> bool {
     let field = headers
-        .get("ratelimit")
+        .get(&RATELIMIT)
         .and_then(as_str)
         .and_then(|v| param(v, &["r", "remaining"]));
     let legacy = headers
-        .get("x-ratelimit-remaining")
+        .get(&X_RATELIMIT_REMAINING)
         .and_then(as_str)
         .and_then(|v| v.trim().parse::<u64>().ok());
     field == Some(0) || legacy == Some(0)
@@ -115,12 +121,12 @@ pub fn hint_from_headers(status: StatusCode, headers: &HeaderMap, now: SystemTim
         return None;
     }
     headers
-        .get("ratelimit")
+        .get(&RATELIMIT)
         .and_then(as_str)
         .and_then(parse_rate_limit_field)
         .or_else(|| {
             headers
-                .get("x-ratelimit-reset")
+                .get(&X_RATELIMIT_RESET)
                 .and_then(as_str)
                 .and_then(|v| parse_rate_limit_reset(v, now))
         })

@@ -1,13 +1,12 @@
 //! [`Cooldowns`]: the per-partition cool-down deadlines, shared across clones.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
-use crate::context::PartitionKey;
+use crate::context::{PartitionKey, PartitionMap};
 
 /// Above this many entries, expired ones are swept out when a new one is added.
 const SWEEP_AT: usize = 256;
@@ -29,7 +28,7 @@ pub struct Cooldowns {
 
 #[derive(Default)]
 struct Shared {
-    map: Mutex<HashMap<PartitionKey, Instant>>,
+    map: Mutex<PartitionMap<Instant>>,
     len: AtomicUsize,
 }
 
@@ -39,7 +38,7 @@ impl Cooldowns {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<PartitionKey, Instant>> {
+    fn lock(&self) -> MutexGuard<'_, PartitionMap<Instant>> {
         // a panic elsewhere while holding the lock leaves a valid map of instants
         self.inner.map.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -20,6 +20,14 @@ use crate::context::{
 };
 use crate::error::{BoxError, CoolingDown, Deferred, FailedOver};
 
+/// Whether no span can be seen: no subscriber was ever set and `log` is off. A dependency
+/// (sqlx) switches on tracing's `log` feature, and with it tracing evaluates every field of
+/// a span as long as no subscriber was ever set, to hand them to `log`; checking first keeps
+/// the layer free when nobody listens.
+fn tracing_is_silent() -> bool {
+    !tracing::dispatcher::has_been_set() && log::max_level() == log::LevelFilter::Off
+}
+
 /// How a request ended.
 #[derive(Clone, Copy)]
 pub(crate) enum End<'a> {
@@ -79,7 +87,11 @@ impl Tracker {
     /// no metrics, no records), so an unobserved request costs no allocation and no clock read.
     pub(crate) fn start<B>(req: &Request<B>, config: &Arc<Config>) -> Option<Box<Tracker>> {
         let placement = config.placement;
-        let span = make_span(placement, req, config);
+        let span = if tracing_is_silent() {
+            Span::none()
+        } else {
+            make_span(placement, req, config)
+        };
         let reporting = config.metrics.is_some() || config.records.is_some();
         if span.is_disabled() && !reporting {
             return None;
