@@ -313,7 +313,7 @@ impl PartitionKey {
         if let Some(key) = req.extensions().get::<PartitionKey>() {
             return key.clone();
         }
-        let host: Arc<str> = Arc::from(host_of(req.uri()));
+        let host = host_arc(req.uri());
         let provider = req
             .extensions()
             .get::<Provider>()
@@ -383,15 +383,25 @@ impl Hasher for PartitionHasher {
     }
 }
 
+/// The authority after any userinfo: `host[:port]` as written, or `None` without a host.
+fn host_port(uri: &Uri) -> Option<&str> {
+    uri.host()?;
+    let a = uri.authority()?.as_str();
+    Some(a.rsplit_once('@').map_or(a, |(_, hp)| hp).trim_end_matches(':'))
+}
+
+/// The partition's host: lower-cased, with the port when the URI wrote one.
 fn host_of(uri: &Uri) -> String {
-    // the authority after any userinfo is `host[:port]` as written: lower-casing it is one
-    // allocation, where formatting the parsed port was three
-    match uri.authority() {
-        Some(a) if uri.host().is_some() => {
-            let host_port = a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, hp)| hp);
-            host_port.trim_end_matches(':').to_ascii_lowercase()
-        }
-        _ => String::new(),
+    host_port(uri).unwrap_or_default().to_ascii_lowercase()
+}
+
+/// [`host_of`] as an `Arc<str>`, in one allocation when the host is lower-case already.
+fn host_arc(uri: &Uri) -> Arc<str> {
+    let host = host_port(uri).unwrap_or_default();
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Arc::from(host.to_ascii_lowercase())
+    } else {
+        Arc::from(host)
     }
 }
 
@@ -464,6 +474,15 @@ mod tests {
         assert_eq!(h("http://User:Pw@Example.ORG:8080/x"), "example.org:8080");
         assert_eq!(h("http://[::1]:9/"), "[::1]:9");
         assert_eq!(h("/relative"), "");
+        for uri in [
+            "https://Example.ORG/x",
+            "http://u@A.org:8080/",
+            "http://a.org/",
+            "/relative",
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(&*host_arc(&uri), host_of(&uri));
+        }
     }
 
     #[test]

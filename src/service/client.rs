@@ -195,7 +195,10 @@ where
             .build(https);
         let client = SharedClient(Arc::new(client));
         let client = SetRequestHeader::if_not_present(client, USER_AGENT, user_agent);
-        let inner = FollowRedirect::with_policy(client, RedirectPolicy::new(config.max_redirects));
+        // Extensions are not replayed on redirected requests: the layers above the client
+        // have read theirs already, and snapshotting them cost a map clone per request.
+        let inner =
+            FollowRedirect::with_policy(client, RedirectPolicy::new(config.max_redirects)).preserve_extensions(false);
         Ok(HttpClient {
             inner,
             read_timeout: config.read_timeout(),

@@ -125,23 +125,31 @@ impl fmt::Debug for Stack {
     }
 }
 
+/// The body below the layers: decompressed for metadata operations, as it came for
+/// downloads. An `Either` rather than a box, so each response is type-erased once, at the top.
+type BottomBody = http_body_util::Either<DecompressionBody<ResponseBody>, ResponseBody>;
+
 type Bottom = Either<
     tower::util::MapResponse<
         Decompression<HttpClient>,
-        fn(Response<DecompressionBody<ResponseBody>>) -> Response<PipelineBody>,
+        fn(Response<DecompressionBody<ResponseBody>>) -> Response<BottomBody>,
     >,
-    tower::util::MapResponse<HttpClient, fn(Response<ResponseBody>) -> Response<PipelineBody>>,
+    tower::util::MapResponse<HttpClient, fn(Response<ResponseBody>) -> Response<BottomBody>>,
 >;
 
-fn box_decompressed(r: Response<DecompressionBody<ResponseBody>>) -> Response<PipelineBody> {
-    r.map(|b| b.map_err(Into::into).boxed_unsync())
+fn left_decompressed(r: Response<DecompressionBody<ResponseBody>>) -> Response<BottomBody> {
+    r.map(http_body_util::Either::Left)
 }
 
-fn box_plain(r: Response<ResponseBody>) -> Response<PipelineBody> {
-    r.map(BodyExt::boxed_unsync)
+fn right_plain(r: Response<ResponseBody>) -> Response<BottomBody> {
+    r.map(http_body_util::Either::Right)
 }
 
-fn box_top(r: Response<TelemetryBody<TelemetryBody<PipelineBody>>>) -> Response<PipelineBody> {
+fn box_top<B>(r: Response<TelemetryBody<TelemetryBody<B>>>) -> Response<PipelineBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     r.map(|b| b.map_err(Into::into).boxed_unsync())
 }
 
@@ -210,12 +218,12 @@ impl Stack {
         let bottom: Bottom = if op == OperationType::Download {
             Either::Right(tower::util::MapResponse::new(
                 self.client.clone(),
-                box_plain as fn(_) -> _,
+                right_plain as fn(_) -> _,
             ))
         } else {
             Either::Left(tower::util::MapResponse::new(
                 tower::Layer::layer(&DecompressionLayer::new(), self.client.clone()),
-                box_decompressed as fn(_) -> _,
+                left_decompressed as fn(_) -> _,
             ))
         };
         self.compose(op, bottom)
@@ -237,17 +245,19 @@ impl Stack {
         self.compose(op, inner)
     }
 
-    fn compose<S>(&self, op: OperationType, bottom: S) -> HttpService
+    fn compose<S, B>(&self, op: OperationType, bottom: S) -> HttpService
     where
-        S: tower::Service<Request<Full<Bytes>>, Response = Response<PipelineBody>, Error = BoxError>
+        S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>
             + Clone
             + Send
             + Sync
             + 'static,
         S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         let svc = ServiceBuilder::new()
-            .map_response(box_top as fn(_) -> _)
+            .map_response(box_top::<B> as fn(_) -> _)
             .map_request(set_operation(op))
             .layer(self.operation_telemetry.clone())
             .option_layer(self.idempotency.clone())
