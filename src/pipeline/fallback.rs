@@ -12,8 +12,9 @@ use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::config::FallbackConfig;
-use crate::context::{OperationType, WorkId};
+use crate::context::{OperationType, RetryAfterHint, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
+use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
 use crate::reason::{classify_error, ReasonCode};
 use crate::resolvers::{resolver_by_name, HttpService, ResolveContext, Resolver};
 use crate::works::{Candidate, Work};
@@ -70,6 +71,10 @@ pub enum FetchResult {
         detail: String,
         /// Candidate downloads started.
         attempts: u32,
+        /// The earliest moment a provider that put the work off expects us back (from its
+        /// Retry-After, a cool-down or a rate-limit wait); `None` when one of them gave no
+        /// hint.
+        retry_at: Option<Instant>,
     },
     /// No valid PDF.
     Failed {
@@ -113,17 +118,52 @@ struct Tally {
     attempts: u32,
     candidates: u32,
     deferred: Option<(ReasonCode, String)>,
+    /// The earliest hint among the deferrals, and whether one of them had none.
+    retry_at: Option<Instant>,
+    unhinted: bool,
     last: Option<(ReasonCode, String)>,
 }
 
 impl Tally {
-    fn failure(&mut self, reason: ReasonCode, detail: String) {
+    fn failure(&mut self, reason: ReasonCode, detail: String, hint: Option<Instant>) {
         if is_deferral(reason) {
             self.deferred = Some((reason, detail));
+            match hint {
+                Some(at) => self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at))),
+                None => self.unhinted = true,
+            }
         } else if reason != ReasonCode::FailedOver || self.last.is_none() {
             self.last = Some((reason, detail));
         }
     }
+
+    fn retry_at(&self) -> Option<Instant> {
+        if self.unhinted {
+            None
+        } else {
+            self.retry_at
+        }
+    }
+}
+
+/// When the provider behind `err` expects us back, if the error says: a
+/// [`Deferred`]'s Retry-After, a [`CoolingDown`]'s end, a [`RateLimitTimeout`]'s wait.
+/// Walks the source chain; relative waits count from `now`.
+pub(crate) fn retry_hint(err: &(dyn std::error::Error + 'static), now: Instant) -> Option<Instant> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(d) = e.downcast_ref::<Deferred>() {
+            return d.retry_after.and_then(|w| now.checked_add(w));
+        }
+        if let Some(c) = e.downcast_ref::<CoolingDown>() {
+            return Some(c.until);
+        }
+        if let Some(r) = e.downcast_ref::<RateLimitTimeout>() {
+            return now.checked_add(r.wait);
+        }
+        current = e.source();
+    }
+    None
 }
 
 impl Fallback {
@@ -176,6 +216,7 @@ impl Fallback {
                 reason,
                 detail,
                 attempts,
+                retry_at: tally.retry_at(),
             };
         }
         match tally.last.take() {
@@ -243,19 +284,19 @@ impl Fallback {
                         }
                         Some((name, Err(e))) => {
                             let (reason, _) = resolver_reason(&*e);
-                            tally.failure(reason, format!("{name}: {e}"));
+                            tally.failure(reason, format!("{name}: {e}"), retry_hint(&*e, Instant::now()));
                         }
                     },
                     Some(done) = downloads.next(), if !downloads.is_empty() => match done {
                         Ok((staged, candidate)) => match staged.commit(&final_path).await {
                             Ok(file) => return Some((file, candidate)),
-                            Err(f) => tally.failure(f.reason, f.detail),
+                            Err(f) => tally.failure(f.reason, f.detail, None),
                         },
-                        Err((candidate, failure)) => {
+                        Err((candidate, failure, hint)) => {
                             if is_deferral(failure.reason) {
                                 env.tried.remove(&candidate.url);
                             }
-                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail));
+                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail), hint);
                         }
                     },
                 }
@@ -264,13 +305,15 @@ impl Fallback {
         None
     }
 
+    /// Downloads one candidate. A failure comes with the moment its provider expects us
+    /// back, when it said (a Retry-After on the refused response, or one inside the error).
     async fn try_candidate(
         &self,
         work: &Work,
         env: FetchEnv<'_>,
         candidate: Candidate,
         key: String,
-    ) -> Result<(crate::download::Staged, Candidate), (Candidate, DownloadFailure)> {
+    ) -> Result<(crate::download::Staged, Candidate), (Candidate, DownloadFailure, Option<Instant>)> {
         let mut tries = 0;
         loop {
             let request = match Request::get(candidate.url.as_str())
@@ -285,10 +328,19 @@ impl Fallback {
                         reason: ReasonCode::InvalidUrl,
                         ..failure
                     };
-                    return Err((candidate, failure));
+                    return Err((candidate, failure, None));
                 }
             };
-            match stage_pdf(env.download.clone(), request, env.out_dir, &key, env.options).await {
+            // stage_pdf drops a refused response; keep its hint (set by the Retry-After layer)
+            let hint: Arc<Mutex<Option<Duration>>> = Arc::default();
+            let seen = hint.clone();
+            let service = tower::ServiceExt::map_response(env.download.clone(), move |res: http::Response<_>| {
+                if let Some(h) = res.extensions().get::<RetryAfterHint>() {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.delay);
+                }
+                res
+            });
+            match stage_pdf(service, request, env.out_dir, &key, env.options).await {
                 Ok(staged) => return Ok((staged, candidate)),
                 // A body cut or stalled after a good head: the layers cannot retry that, we do.
                 Err(f)
@@ -297,7 +349,14 @@ impl Fallback {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(250 << tries)).await;
                 }
-                Err(f) => return Err((candidate, f)),
+                Err(f) => {
+                    let now = Instant::now();
+                    let from_response = *hint.lock().unwrap_or_else(|e| e.into_inner());
+                    let at = from_response
+                        .and_then(|d| now.checked_add(d))
+                        .or_else(|| f.source.as_deref().and_then(|e| retry_hint(e, now)));
+                    return Err((candidate, f, at));
+                }
             }
         }
     }
@@ -307,5 +366,60 @@ fn resolver_reason(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, bool
     match classify_error(err) {
         (ReasonCode::Other, r) => (ReasonCode::ResolverError, r),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+    use crate::context::PartitionKey;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] crate::error::BoxError);
+
+    #[test]
+    fn hints_are_found_in_the_source_chain() {
+        let now = Instant::now();
+        let deferred = Deferred {
+            operation: OperationType::Validate,
+            status: Some(StatusCode::TOO_MANY_REQUESTS),
+            retry_after: Some(Duration::from_secs(30)),
+            attempts: 1,
+            reason: "throttled".into(),
+        };
+        let wrapped = Wrapped(Box::new(deferred.clone()));
+        assert_eq!(retry_hint(&wrapped, now), Some(now + Duration::from_secs(30)));
+        let unhinted = Deferred {
+            retry_after: None,
+            ..deferred
+        };
+        assert_eq!(retry_hint(&unhinted, now), None);
+        let cooling = CoolingDown {
+            partition: PartitionKey::new("p", "h"),
+            until: now + Duration::from_secs(7),
+        };
+        assert_eq!(retry_hint(&cooling, now), Some(now + Duration::from_secs(7)));
+        let limited = RateLimitTimeout {
+            partition: PartitionKey::new("p", "h"),
+            wait: Duration::from_secs(3),
+            max_wait: Duration::from_secs(1),
+        };
+        assert_eq!(retry_hint(&limited, now), Some(now + Duration::from_secs(3)));
+        assert_eq!(retry_hint(&std::io::Error::other("x"), now), None);
+    }
+
+    #[test]
+    fn a_work_is_back_at_its_earliest_hint_unless_one_deferral_had_none() {
+        let now = Instant::now();
+        let mut t = Tally::default();
+        t.failure(ReasonCode::Throttled, "a".into(), Some(now + Duration::from_secs(50)));
+        t.failure(ReasonCode::Deferred, "b".into(), Some(now + Duration::from_secs(20)));
+        t.failure(ReasonCode::HttpStatus, "c".into(), Some(now));
+        assert_eq!(t.retry_at(), Some(now + Duration::from_secs(20)));
+        t.failure(ReasonCode::CoolingDown, "d".into(), None);
+        assert_eq!(t.retry_at(), None);
     }
 }

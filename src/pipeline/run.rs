@@ -10,6 +10,7 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::fallback::{Fallback, FetchEnv, FetchResult, TriedUrls};
+use super::second_pass::second_attempt_at;
 use super::FallbackConfig;
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, DownloadOptions};
@@ -41,6 +42,10 @@ pub struct PipelineConfig {
     pub download: DownloadOptions,
     /// How long a work's lease lasts without a heartbeat.
     pub lease_ttl: Duration,
+    /// The longest the second pass waits for the providers of deferred works to accept
+    /// again ([`DEFAULT_SECOND_PASS_MAX_WAIT`](super::DEFAULT_SECOND_PASS_MAX_WAIT) by
+    /// default); works expected back later stay deferred for the next run. Zero: no wait.
+    pub second_pass_max_wait: Duration,
 }
 
 /// Counts so far, handed to the progress callback after every work.
@@ -79,7 +84,16 @@ enum Processed {
     /// Abandoned by a shutdown; its lease is released.
     Cancelled,
     /// For the second pass: deferred, or leased by a live worker elsewhere.
-    Later(Work, ReasonCode, String),
+    Later(Later),
+}
+
+/// A work waiting for the second pass.
+struct Later {
+    work: Work,
+    reason: ReasonCode,
+    detail: String,
+    /// When its provider expects us back, if it said.
+    retry_at: Option<Instant>,
 }
 
 /// The download pipeline: for every work, claim it in the ledger (when there is one), find
@@ -171,7 +185,7 @@ impl Pipeline {
         }
         let mut summary = SummaryRecord::default();
         let mut counts = Progress::default();
-        let mut later: Vec<(Work, ReasonCode, String)> = Vec::new();
+        let mut later: Vec<Later> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         let mut input_errors = 0u64;
 
@@ -215,10 +229,10 @@ impl Pipeline {
                         Some(result) => match result? {
                             Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress)?,
                             Processed::Cancelled => {}
-                            Processed::Later(work, reason, detail) => {
+                            Processed::Later(work) => {
                                 counts.deferred += 1;
                                 progress(&counts);
-                                later.push((work, reason, detail));
+                                later.push(work);
                             }
                         },
                     },
@@ -226,9 +240,12 @@ impl Pipeline {
             }
         }
         if !interrupted && !later.is_empty() {
-            tracing::info!(works = later.len(), "second pass over deferred works");
-            if later.iter().any(|(_, r, _)| *r == ReasonCode::LeasedElsewhere) {
+            if later.iter().any(|l| l.reason == ReasonCode::LeasedElsewhere) {
                 // let the other worker's leases run out (or be renewed) before asking again
+                tracing::info!(
+                    works = later.len(),
+                    "second pass over deferred works after the leases' TTL"
+                );
                 tokio::select! {
                     () = &mut shutdown => interrupted = true,
                     () = tokio::time::sleep(self.config.lease_ttl) => {}
@@ -237,12 +254,63 @@ impl Pipeline {
                     ledger.reconcile().await?;
                 }
             }
-            let mut pending = std::mem::take(&mut later).into_iter();
-            for (work, reason, detail) in pending.by_ref() {
+            // Each work waits for its provider's hint, in hint order, up to the maximum wait
+            // from here; a work leased elsewhere has had its wait above.
+            let start = Instant::now();
+            let max_wait = self.config.second_pass_max_wait;
+            let mut planned: Vec<(Option<Instant>, Later)> = std::mem::take(&mut later)
+                .into_iter()
+                .map(|l| match l.reason {
+                    ReasonCode::LeasedElsewhere => (Some(start), l),
+                    _ => (second_attempt_at(start, l.retry_at, max_wait), l),
+                })
+                .collect();
+            // those that go first, by time; those that stay deferred at the end
+            planned.sort_by_key(|(at, _)| (at.is_none(), *at));
+            let going = planned.iter().filter(|(at, _)| at.is_some()).count();
+            if let Some(first) = planned.first().and_then(|(at, _)| *at) {
+                tracing::info!(
+                    works = going,
+                    wait_ms = first.saturating_duration_since(start).as_millis() as u64,
+                    max_wait_ms = max_wait.as_millis() as u64,
+                    "second pass over deferred works once their providers accept again"
+                );
+            }
+            let mut pending = planned.into_iter();
+            for (at, l) in pending.by_ref() {
                 counts.deferred = counts.deferred.saturating_sub(1);
+                if interrupted {
+                    // stopped while waiting for the leases: nothing more is asked
+                    let record = self.settle_later(&l.work, l.reason, l.detail);
+                    self.record(record, &mut summary, &mut counts, &progress)?;
+                    break;
+                }
+                let Some(at) = at else {
+                    let record = self.beyond_max_wait(l, start, max_wait);
+                    self.record(record, &mut summary, &mut counts, &progress)?;
+                    continue;
+                };
+                if at > Instant::now() {
+                    tracing::info!(
+                        work = %l.work.id,
+                        wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                        "waiting for the provider to accept again before the second attempt"
+                    );
+                    tokio::select! {
+                        () = &mut shutdown => {
+                            interrupted = true;
+                            let _ = cancel_tx.send(true);
+                        }
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                    if interrupted {
+                        let record = self.settle_later(&l.work, l.reason, l.detail);
+                        self.record(record, &mut summary, &mut counts, &progress)?;
+                        break;
+                    }
+                }
                 let second = {
-                    let pass = std::pin::pin!(self.process(work.clone(), true, cancel_rx.clone()));
-                    let mut pass = pass;
+                    let mut pass = std::pin::pin!(self.process(l.work.clone(), true, cancel_rx.clone()));
                     loop {
                         tokio::select! {
                             () = &mut shutdown, if !interrupted => {
@@ -255,16 +323,17 @@ impl Pipeline {
                 };
                 let record = match second {
                     Processed::Done(record) => record,
-                    Processed::Later(w, r, d) => self.settle_later(&w, r, d),
-                    Processed::Cancelled => self.settle_later(&work, reason, detail),
+                    Processed::Later(again) => self.settle_later(&again.work, again.reason, again.detail),
+                    Processed::Cancelled => self.settle_later(&l.work, l.reason, l.detail),
                 };
                 self.record(record, &mut summary, &mut counts, &progress)?;
                 if interrupted {
                     break;
                 }
             }
-            for (work, reason, detail) in pending {
-                let record = self.settle_later(&work, reason, detail);
+            for (_, l) in pending {
+                counts.deferred = counts.deferred.saturating_sub(1);
+                let record = self.settle_later(&l.work, l.reason, l.detail);
                 self.record(record, &mut summary, &mut counts, &progress)?;
             }
         }
@@ -282,6 +351,27 @@ impl Pipeline {
         manifest.write(&ManifestLine::summary(&self.config.run_id, summary.clone()))?;
         manifest.flush()?;
         Ok(summary)
+    }
+
+    /// A work whose provider expects us back after the second pass's maximum wait: it stays
+    /// deferred (the ledger already says so) and is not asked again in this run.
+    fn beyond_max_wait(&self, l: Later, start: Instant, max_wait: Duration) -> WorkRecord {
+        let after = l
+            .retry_at
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(start));
+        tracing::info!(
+            work = %l.work.id,
+            after_s = after.as_secs(),
+            "left deferred for the next run: its provider expects us back after the second pass's maximum wait"
+        );
+        let detail = format!(
+            "{}; the provider expects us back in {} s, after the second pass's maximum wait of {} s \
+             (--second-pass-max-wait); a later run will try again",
+            l.detail,
+            after.as_secs_f64().ceil() as u64,
+            max_wait.as_secs()
+        );
+        self.settle_later(&l.work, l.reason, detail)
     }
 
     fn settle_later(&self, work: &Work, reason: ReasonCode, detail: String) -> WorkRecord {
@@ -395,11 +485,12 @@ impl Pipeline {
                 }
                 Claim::Busy(job) => {
                     let owner = job.lease_owner.unwrap_or_default();
-                    return Ok(Processed::Later(
+                    return Ok(Processed::Later(Later {
                         work,
-                        ReasonCode::LeasedElsewhere,
-                        format!("leased by {owner}"),
-                    ));
+                        reason: ReasonCode::LeasedElsewhere,
+                        detail: format!("leased by {owner}"),
+                        retry_at: None,
+                    }));
                 }
                 Claim::Leased(job) => {
                     lock(&self.held).insert(job.id);
@@ -441,7 +532,7 @@ impl Pipeline {
             attempts,
             ..WorkRecord::new(work.id.as_str(), outcome)
         };
-        let (record, state, later) = match result {
+        let (record, state, later, retry_at) = match result {
             FetchResult::Downloaded {
                 file,
                 candidate,
@@ -466,7 +557,7 @@ impl Pipeline {
                     attempts,
                     ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
                 };
-                (record, JobState::Finalized, false)
+                (record, JobState::Finalized, false, None)
             }
             FetchResult::Failed {
                 reason,
@@ -476,15 +567,18 @@ impl Pipeline {
                 not_done(Outcome::Failed, reason, detail, attempts),
                 JobState::Failed,
                 false,
+                None,
             ),
             FetchResult::Deferred {
                 reason,
                 detail,
                 attempts,
+                retry_at,
             } => (
                 not_done(Outcome::Deferred, reason, detail, attempts),
                 JobState::Deferred,
                 !second_pass,
+                retry_at,
             ),
         };
         if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
@@ -500,8 +594,12 @@ impl Pipeline {
             finished?;
         }
         if later {
-            let reason = record.reason.unwrap_or(ReasonCode::Deferred);
-            return Ok(Processed::Later(work, reason, record.detail.unwrap_or_default()));
+            return Ok(Processed::Later(Later {
+                reason: record.reason.unwrap_or(ReasonCode::Deferred),
+                detail: record.detail.unwrap_or_default(),
+                work,
+                retry_at,
+            }));
         }
         Ok(Processed::Done(record))
     }

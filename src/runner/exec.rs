@@ -169,6 +169,7 @@ pub async fn run(
             resolvers,
             download: DownloadOptions::default(),
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
+            second_pass_max_wait: settings.second_pass_max_wait,
         },
         &stack,
         ledger.clone(),
