@@ -393,3 +393,51 @@ async fn ctrl_c_stops_cleanly_and_the_run_can_resume() {
         assert!(out.join(format!("W{}.pdf", 5000 + i)).is_file());
     }
 }
+
+/// An unreachable PostgreSQL ledger fails within `--ledger-connect-timeout` with an error
+/// that names it (password redacted) and says what to check: a port that refuses, and one
+/// that never answers.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn an_unreachable_postgres_ledger_is_named_in_a_clear_error() {
+    use contentdownload::simulator::UnresponsiveListener;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let out = dir.path().join("pdfs");
+    // bound but not listening: connects are refused, and no other test can take the port
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let silent = UnresponsiveListener::bind().unwrap();
+    for (addr, timeout) in [
+        (refusing.local_addr().unwrap(), "1500ms"),
+        (silent.addr().unwrap(), "300ms"),
+    ] {
+        let url = format!("postgres://harvester:s3cret@{addr}/ledger");
+        let done = contentdownload(
+            &[
+                "run",
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--ledger",
+                &url,
+            ],
+            &[("DOCSTOKG_LEDGER_CONNECT_TIMEOUT", timeout)],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(1), "{stderr}");
+        let named = format!("cannot reach the PostgreSQL ledger at postgres://harvester:REDACTED@{addr}/ledger within");
+        assert!(stderr.contains(&named), "{stderr}");
+        let ms = contentdownload::runner::args::parse_duration(timeout)
+            .unwrap()
+            .as_millis();
+        assert!(stderr.contains(&format!("within {ms} ms")), "{stderr}");
+        assert!(stderr.contains("--ledger-connect-timeout"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}

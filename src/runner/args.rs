@@ -192,6 +192,10 @@ pub struct RunArgs {
     /// The job ledger [default: sqlite://<out>/ledger.sqlite]; postgres://... for many machines.
     #[arg(long, value_name = "URL", env = "DOCSTOKG_LEDGER")]
     pub ledger: Option<String>,
+    /// How long to wait for a PostgreSQL ledger to answer before giving up with an error
+    /// that names it [default: 10s].
+    #[arg(long, value_name = "DURATION", env = "DOCSTOKG_LEDGER_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub ledger_connect_timeout: Option<std::time::Duration>,
     /// This run's id [default: generated].
     #[arg(long, value_name = "ID", env = "DOCSTOKG_RUN_ID")]
     pub run_id: Option<String>,

@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::layers::learning::{Learner, LearningPolicy};
 use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
-use crate::ledger::{Ledger, LedgerConfig};
+use crate::ledger::{redact_url, Ledger, LedgerConfig, LedgerError};
 use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord};
 use crate::pipeline::{Pipeline, PipelineConfig, Progress};
 use crate::resolvers::ResolverConfig;
@@ -116,14 +116,14 @@ pub async fn run(
     let ledger = if settings.idempotency {
         let cfg = LedgerConfig {
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
+            connect_timeout: settings.ledger_connect_timeout,
             ..LedgerConfig::new(settings.ledger.clone())
         };
-        Some(Ledger::connect(cfg).await.map_err(|e| {
-            fatal(format!(
-                "the ledger {} cannot be used: {e}",
-                redact_url(&settings.ledger)
-            ))
-        })?)
+        Some(
+            Ledger::connect(cfg)
+                .await
+                .map_err(|e| ledger_failed(&settings.ledger, e))?,
+        )
     } else {
         None
     };
@@ -204,17 +204,12 @@ pub async fn run(
     Ok(Exit::Completed)
 }
 
-fn redact_url(url: &str) -> String {
-    // postgres://user:password@host/db → postgres://user:REDACTED@host/db
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:REDACTED{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+/// The message for a ledger that cannot be opened: the ledger's own when it already names
+/// the ledger (unreachable), otherwise prefixed with its URL (password redacted).
+fn ledger_failed(url: &str, e: LedgerError) -> (Exit, String) {
+    match e {
+        LedgerError::Unreachable { .. } => fatal(e),
+        e => fatal(format!("the ledger {} cannot be used: {e}", redact_url(url))),
     }
 }
 
@@ -431,7 +426,7 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
     let counts = if args.ledger.is_some() || default_file.is_file() {
         let ledger = Ledger::connect(LedgerConfig::new(ledger_url.clone()))
             .await
-            .map_err(|e| fatal(format!("the ledger {} cannot be used: {e}", redact_url(&ledger_url))))?;
+            .map_err(|e| ledger_failed(&ledger_url, e))?;
         let counts = ledger.counts(None).await.map_err(fatal)?;
         ledger.close().await;
         Some(counts)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::args::{parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
+use crate::ledger::DEFAULT_CONNECT_TIMEOUT;
 use crate::pipeline::{FallbackConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
 use crate::service::HttpConfig;
 
@@ -69,6 +70,9 @@ pub struct FileConfig {
     pub enable_idempotency: Option<bool>,
     /// Ledger URL.
     pub ledger: Option<String>,
+    /// How long to wait for a PostgreSQL ledger: seconds, or a string with a unit (`"5s"`).
+    #[serde(deserialize_with = "de_duration")]
+    pub ledger_connect_timeout: Option<Duration>,
     /// Run id.
     pub run_id: Option<String>,
     /// Lease TTL in seconds.
@@ -122,6 +126,8 @@ pub struct RunSettings {
     pub idempotency: bool,
     /// Ledger URL.
     pub ledger: String,
+    /// How long to wait for a PostgreSQL ledger to answer.
+    pub ledger_connect_timeout: Duration,
     /// Run id.
     pub run_id: String,
     /// Lease TTL.
@@ -233,6 +239,13 @@ impl RunSettings {
             .clone()
             .or(file.ledger)
             .unwrap_or_else(|| format!("sqlite://{}", out.join("ledger.sqlite").display()));
+        let ledger_connect_timeout = args
+            .ledger_connect_timeout
+            .or(file.ledger_connect_timeout)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        if ledger_connect_timeout.is_zero() {
+            return Err("--ledger-connect-timeout must be more than 0 (e.g. 10s)".into());
+        }
         let provider_learning_path = args
             .provider_learning_path
             .clone()
@@ -266,6 +279,7 @@ impl RunSettings {
                 file.enable_idempotency,
             ),
             ledger,
+            ledger_connect_timeout,
             run_id,
             lease_ttl_secs: args.lease_ttl_secs.or(file.lease_ttl_secs).unwrap_or(120).max(1),
             second_pass_max_wait: args
@@ -313,6 +327,7 @@ mod tests {
         assert_eq!(s.fallback, FallbackConfig::default());
         assert_eq!(s.workers, 8);
         assert_eq!(s.second_pass_max_wait, DEFAULT_SECOND_PASS_MAX_WAIT);
+        assert_eq!(s.ledger_connect_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -360,6 +375,9 @@ mod tests {
         assert!(resolve(&["--input", "a", "--workers", "0"])
             .unwrap_err()
             .contains("--workers"));
+        assert!(resolve(&["--input", "a", "--ledger-connect-timeout", "0s"])
+            .unwrap_err()
+            .contains("--ledger-connect-timeout"));
         assert!(resolve(&["--input", "a", "--fallback-max-attempts", "0"])
             .unwrap_err()
             .contains("max_attempts"));
@@ -377,6 +395,7 @@ mailto = "file@example.org"
 workers = 3
 enable_idempotency = false
 second_pass_max_wait = "1500ms"
+ledger_connect_timeout = 3
 [rates]
 crossref = "2:1"
 "arxiv.org" = "0.33"
@@ -394,6 +413,11 @@ connect_timeout_ms = 1234
         assert!(!s.idempotency, "file over default");
         assert_eq!(s.fallback.max_attempts, 7);
         assert_eq!(s.second_pass_max_wait, Duration::from_millis(1500), "file over default");
+        assert_eq!(
+            s.ledger_connect_timeout,
+            Duration::from_secs(3),
+            "whole seconds in the file"
+        );
         let zero = resolve(&["--input", "w", "--config", p, "--second-pass-max-wait", "0"]).unwrap();
         assert_eq!(zero.second_pass_max_wait, Duration::ZERO, "flag over file");
         assert_eq!(s.http.connect_timeout_ms, 1234);
