@@ -441,3 +441,55 @@ async fn an_unreachable_postgres_ledger_is_named_in_a_clear_error() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_csv_keeps_every_run_under_one_header() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(3000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("unpaywall={}", sim.url("/unpaywall"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let out = dir.path().join("pdfs");
+    // run-a fetches works 0-2; run-b skips them and fetches 3-5
+    for (run_id, n) in [("run-a", 3), ("run-b", 6)] {
+        let input = dir.path().join(format!("{run_id}.jsonl"));
+        write_works(&sim, &input, n);
+        let mut args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+        args.extend(["--run-id", run_id]);
+        let done = contentdownload(&args, &[]).await;
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    let csv = out.join("attempts.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.matches("schema_version").count(), 1, "one header:\n{text}");
+    let mut reader = csv::Reader::from_path(&csv).unwrap();
+    let run_col = reader.headers().unwrap().iter().position(|h| h == "run_id").unwrap();
+    let mut per_run = std::collections::BTreeMap::<String, usize>::new();
+    for row in reader.records() {
+        *per_run.entry(row.unwrap()[run_col].to_owned()).or_default() += 1;
+    }
+    assert_eq!(
+        per_run.into_iter().collect::<Vec<_>>(),
+        [("run-a".to_owned(), 3), ("run-b".to_owned(), 3)],
+        "one attempt per downloaded PDF, each under its run"
+    );
+
+    // an attempts.csv of an older layout is set aside, not mixed with the new rows
+    let old = "timestamp_ms,url,status\n1,http://x/,200\n";
+    std::fs::write(&csv, old).unwrap();
+    let input = dir.path().join("run-c.jsonl");
+    write_works(&sim, &input, 7);
+    let mut args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--run-id", "run-c"]);
+    let done = contentdownload(&args, &[]).await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("schema_version,") && text.contains("run-c"), "{text}");
+    let aside: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("attempts.") && n != "attempts.csv")
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(out.join(&aside[0])).unwrap(), old);
+}

@@ -130,8 +130,9 @@ pub async fn run(
 
     let manifest = ManifestWriter::open(&settings.out).map_err(fatal)?;
     let manifest = Arc::new(Mutex::new(manifest));
-    // attempts.csv holds this run's attempts; the manifest keeps every run's
-    let csv = CsvSink::create(settings.out.join("attempts.csv")).map_err(|e| fatal(format!("attempts.csv: {e}")))?;
+    // attempts.csv keeps every run's attempts, as the manifest does (each row has its run id)
+    let csv_path = settings.out.join("attempts.csv");
+    let csv = CsvSink::append(&csv_path).map_err(|e| fatal(format!("cannot open {}: {e}", csv_path.display())))?;
     let records = RecordWriter::spawn(
         (ManifestSink::new(manifest.clone(), settings.run_id.clone()), csv),
         4096,
