@@ -251,6 +251,67 @@ async fn the_second_pass_waits_for_the_providers_hint() {
     );
 }
 
+/// A provider that answers 429 with the remaining Retry-After until `pause` after `t0`,
+/// then PDFs: its pause covers all its paths, as a real provider's does.
+fn paused_provider(sim: &Simulator, t0: tokio::time::Instant, pause: Duration) {
+    sim.on_fn("/pdf/*", move |seen| {
+        match (t0 + pause).checked_duration_since(seen.at) {
+            Some(left) if !left.is_zero() => Reply::status(429).retry_after_secs(left.as_secs_f64().ceil() as u64),
+            _ => Reply::pdf(4096),
+        }
+    });
+}
+
+fn work_at(sim: &Simulator, n: usize) -> Work {
+    Work::from_openalex(&json!({
+        "id": format!("https://openalex.org/W{}", 2000 + n),
+        "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{n}.pdf"))}
+    }))
+    .unwrap()
+}
+
+// Three providers pausing for 100 s, 80 s and 400 s: with a bound of 120 s the works of the
+// first two are asked again once (and not before) their provider's pause is over, the
+// shorter pause first; the third stays deferred without another request.
+#[tokio::test(start_paused = true)]
+async fn deferred_works_wait_for_their_providers_pause_within_the_bound() {
+    let t0 = tokio::time::Instant::now();
+    let (slow, quick, away) = (
+        Simulator::start().await.unwrap(),
+        Simulator::start().await.unwrap(),
+        Simulator::start().await.unwrap(),
+    );
+    paused_provider(&slow, t0, Duration::from_secs(100));
+    paused_provider(&quick, t0, Duration::from_secs(80));
+    paused_provider(&away, t0, Duration::from_secs(400));
+    let all = vec![
+        work_at(&slow, 0),
+        work_at(&slow, 1),
+        work_at(&quick, 2),
+        work_at(&away, 3),
+    ];
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&slow, out.path(), "w1");
+    cfg.second_pass_max_wait = Duration::from_secs(120);
+    let pipeline = Pipeline::new(cfg, &stack(), None, manifest(out.path())).unwrap();
+    let summary = pipeline.run(input(all), |_| {}, std::future::pending()).await.unwrap();
+    assert_eq!((summary.downloaded, summary.deferred), (3, 1), "{summary:?}");
+    assert_eq!(away.count("/pdf/*"), 1, "past the bound: not asked again");
+    for (sim, pause) in [(&slow, 100), (&quick, 80)] {
+        for seen in sim.requests_to("/pdf/*") {
+            let at = seen.at.duration_since(t0);
+            // the first pass at the start, the second once the pause is over, nothing between
+            assert!(
+                at < Duration::from_secs(1) || at >= Duration::from_secs(pause),
+                "{} asked {at:?} into a pause of {pause} s",
+                seen.path()
+            );
+        }
+    }
+    let last = |sim: &Simulator| sim.requests_to("/pdf/*").iter().map(|r| r.at).max().unwrap();
+    assert!(last(&quick) < last(&slow), "the shorter pause went first");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_during_the_second_pass_wait_leaves_the_work_deferred() {
     let sim = Simulator::start().await.unwrap();

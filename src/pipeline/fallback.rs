@@ -71,10 +71,8 @@ pub enum FetchResult {
         detail: String,
         /// Candidate downloads started.
         attempts: u32,
-        /// The earliest moment a provider that put the work off expects us back (from its
-        /// Retry-After, a cool-down or a rate-limit wait); `None` when one of them gave no
-        /// hint.
-        retry_at: Option<Instant>,
+        /// The sources that put it off, each with when it expects us back if it said.
+        by: Vec<DeferredBy>,
     },
     /// No valid PDF.
     Failed {
@@ -85,6 +83,31 @@ pub enum FetchResult {
         /// Candidate downloads started.
         attempts: u32,
     },
+}
+
+/// A source that put a work off, and when it expects us back (its Retry-After, a
+/// cool-down's end, a rate-limit wait), if it said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeferredBy {
+    /// Who: the refused URL's `host[:port]` (lower-case, as in a
+    /// [`PartitionKey`](crate::context::PartitionKey)), or `resolver <name>`.
+    pub source: String,
+    /// When it expects us back, if it said.
+    pub retry_at: Option<Instant>,
+}
+
+impl DeferredBy {
+    /// The `host[:port]` of `url` (lower-case), or `url` itself if it has none.
+    pub fn host_of(url: &str) -> String {
+        match url.parse::<http::Uri>() {
+            Ok(uri) => match (uri.host(), uri.port_u16()) {
+                (Some(h), Some(p)) => format!("{}:{p}", h.to_ascii_lowercase()),
+                (Some(h), None) => h.to_ascii_lowercase(),
+                _ => url.to_owned(),
+            },
+            Err(_) => url.to_owned(),
+        }
+    }
 }
 
 struct Tier {
@@ -118,52 +141,42 @@ struct Tally {
     attempts: u32,
     candidates: u32,
     deferred: Option<(ReasonCode, String)>,
-    /// The earliest hint among the deferrals, and whether one of them had none.
-    retry_at: Option<Instant>,
-    unhinted: bool,
+    /// Who put the work off, for the second pass.
+    by: Vec<DeferredBy>,
     last: Option<(ReasonCode, String)>,
 }
 
 impl Tally {
-    fn failure(&mut self, reason: ReasonCode, detail: String, hint: Option<Instant>) {
+    /// Records a failure; `by` says who, when it is a deferral.
+    fn failure(&mut self, reason: ReasonCode, detail: String, by: Option<DeferredBy>) {
         if is_deferral(reason) {
             self.deferred = Some((reason, detail));
-            match hint {
-                Some(at) => self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at))),
-                None => self.unhinted = true,
-            }
+            self.by.extend(by);
         } else if reason != ReasonCode::FailedOver || self.last.is_none() {
             self.last = Some((reason, detail));
-        }
-    }
-
-    fn retry_at(&self) -> Option<Instant> {
-        if self.unhinted {
-            None
-        } else {
-            self.retry_at
         }
     }
 }
 
 /// When the provider behind `err` expects us back, if the error says: a
-/// [`Deferred`]'s Retry-After, a [`CoolingDown`]'s end, a [`RateLimitTimeout`]'s wait.
-/// Walks the source chain; relative waits count from `now`.
-pub(crate) fn retry_hint(err: &(dyn std::error::Error + 'static), now: Instant) -> Option<Instant> {
+/// [`Deferred`]'s Retry-After, a [`CoolingDown`]'s end (with its partition's host), a
+/// [`RateLimitTimeout`]'s wait (with its host). Walks the source chain; relative waits
+/// count from `now`.
+pub(crate) fn retry_hint(err: &(dyn std::error::Error + 'static), now: Instant) -> (Option<String>, Option<Instant>) {
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(d) = e.downcast_ref::<Deferred>() {
-            return d.retry_after.and_then(|w| now.checked_add(w));
+            return (None, d.retry_after.and_then(|w| now.checked_add(w)));
         }
         if let Some(c) = e.downcast_ref::<CoolingDown>() {
-            return Some(c.until);
+            return (Some(c.partition.host().to_owned()), Some(c.until));
         }
         if let Some(r) = e.downcast_ref::<RateLimitTimeout>() {
-            return now.checked_add(r.wait);
+            return (Some(r.partition.host().to_owned()), now.checked_add(r.wait));
         }
         current = e.source();
     }
-    None
+    (None, None)
 }
 
 impl Fallback {
@@ -216,7 +229,7 @@ impl Fallback {
                 reason,
                 detail,
                 attempts,
-                retry_at: tally.retry_at(),
+                by: std::mem::take(&mut tally.by),
             };
         }
         match tally.last.take() {
@@ -284,7 +297,9 @@ impl Fallback {
                         }
                         Some((name, Err(e))) => {
                             let (reason, _) = resolver_reason(&*e);
-                            tally.failure(reason, format!("{name}: {e}"), retry_hint(&*e, Instant::now()));
+                            let (host, retry_at) = retry_hint(&*e, Instant::now());
+                            let source = host.unwrap_or_else(|| format!("resolver {name}"));
+                            tally.failure(reason, format!("{name}: {e}"), Some(DeferredBy { source, retry_at }));
                         }
                     },
                     Some(done) = downloads.next(), if !downloads.is_empty() => match done {
@@ -292,11 +307,15 @@ impl Fallback {
                             Ok(file) => return Some((file, candidate)),
                             Err(f) => tally.failure(f.reason, f.detail, None),
                         },
-                        Err((candidate, failure, hint)) => {
+                        Err((candidate, failure, retry_at)) => {
                             if is_deferral(failure.reason) {
                                 env.tried.remove(&candidate.url);
                             }
-                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail), hint);
+                            let by = DeferredBy {
+                                source: DeferredBy::host_of(&candidate.url),
+                                retry_at,
+                            };
+                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail), Some(by));
                         }
                     },
                 }
@@ -354,7 +373,7 @@ impl Fallback {
                     let from_response = *hint.lock().unwrap_or_else(|e| e.into_inner());
                     let at = from_response
                         .and_then(|d| now.checked_add(d))
-                        .or_else(|| f.source.as_deref().and_then(|e| retry_hint(e, now)));
+                        .or_else(|| f.source.as_deref().and_then(|e| retry_hint(e, now).1));
                     return Err((candidate, f, at));
                 }
             }
@@ -391,35 +410,45 @@ mod tests {
             reason: "throttled".into(),
         };
         let wrapped = Wrapped(Box::new(deferred.clone()));
-        assert_eq!(retry_hint(&wrapped, now), Some(now + Duration::from_secs(30)));
+        assert_eq!(retry_hint(&wrapped, now), (None, Some(now + Duration::from_secs(30))));
         let unhinted = Deferred {
             retry_after: None,
             ..deferred
         };
-        assert_eq!(retry_hint(&unhinted, now), None);
+        assert_eq!(retry_hint(&unhinted, now), (None, None));
         let cooling = CoolingDown {
-            partition: PartitionKey::new("p", "h"),
+            partition: PartitionKey::new("p", "API.example.org:8443"),
             until: now + Duration::from_secs(7),
         };
-        assert_eq!(retry_hint(&cooling, now), Some(now + Duration::from_secs(7)));
+        assert_eq!(
+            retry_hint(&cooling, now),
+            (Some("api.example.org:8443".into()), Some(now + Duration::from_secs(7)))
+        );
         let limited = RateLimitTimeout {
             partition: PartitionKey::new("p", "h"),
             wait: Duration::from_secs(3),
             max_wait: Duration::from_secs(1),
         };
-        assert_eq!(retry_hint(&limited, now), Some(now + Duration::from_secs(3)));
-        assert_eq!(retry_hint(&std::io::Error::other("x"), now), None);
+        assert_eq!(
+            retry_hint(&limited, now),
+            (Some("h".into()), Some(now + Duration::from_secs(3)))
+        );
+        assert_eq!(retry_hint(&std::io::Error::other("x"), now), (None, None));
     }
 
     #[test]
-    fn a_work_is_back_at_its_earliest_hint_unless_one_deferral_had_none() {
-        let now = Instant::now();
+    fn deferrals_are_kept_with_their_source() {
+        assert_eq!(DeferredBy::host_of("http://127.0.0.1:8080/a.pdf"), "127.0.0.1:8080");
+        assert_eq!(DeferredBy::host_of("https://ArXiv.org/pdf/1"), "arxiv.org");
+        let by = |s: &str| DeferredBy {
+            source: s.into(),
+            retry_at: None,
+        };
         let mut t = Tally::default();
-        t.failure(ReasonCode::Throttled, "a".into(), Some(now + Duration::from_secs(50)));
-        t.failure(ReasonCode::Deferred, "b".into(), Some(now + Duration::from_secs(20)));
-        t.failure(ReasonCode::HttpStatus, "c".into(), Some(now));
-        assert_eq!(t.retry_at(), Some(now + Duration::from_secs(20)));
-        t.failure(ReasonCode::CoolingDown, "d".into(), None);
-        assert_eq!(t.retry_at(), None);
+        t.failure(ReasonCode::Throttled, "a".into(), Some(by("a")));
+        t.failure(ReasonCode::HttpStatus, "b".into(), Some(by("b")));
+        t.failure(ReasonCode::CoolingDown, "c".into(), Some(by("c")));
+        assert_eq!(t.by, [by("a"), by("c")], "only deferrals");
+        assert_eq!(t.deferred.as_ref().map(|d| d.1.as_str()), Some("c"));
     }
 }

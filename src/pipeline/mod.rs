@@ -9,6 +9,6 @@ mod run;
 mod second_pass;
 
 pub use self::config::{FallbackConfig, FallbackConfigError, TierConfig};
-pub use self::fallback::{Fallback, FetchEnv, FetchResult, TriedUrls};
+pub use self::fallback::{DeferredBy, Fallback, FetchEnv, FetchResult, TriedUrls};
 pub use self::run::{Pipeline, PipelineConfig, PipelineError, Progress};
 pub use self::second_pass::{DEFAULT_SECOND_PASS_MAX_WAIT, NO_HINT_WAIT};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::stream::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::fallback::{Fallback, FetchEnv, FetchResult, TriedUrls};
-use super::second_pass::second_attempt_at;
+use super::fallback::{DeferredBy, Fallback, FetchEnv, FetchResult, TriedUrls};
+use super::second_pass::{second_attempt_at, SourceHints};
 use super::FallbackConfig;
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, DownloadOptions};
@@ -92,8 +92,8 @@ struct Later {
     work: Work,
     reason: ReasonCode,
     detail: String,
-    /// When its provider expects us back, if it said.
-    retry_at: Option<Instant>,
+    /// Who put it off, with their hints.
+    by: Vec<DeferredBy>,
 }
 
 /// The download pipeline: for every work, claim it in the ledger (when there is one), find
@@ -162,7 +162,10 @@ impl Pipeline {
     }
 
     /// Runs every work of `works` (bad input lines are counted and skipped), then a second
-    /// pass over the deferred ones. `progress` is called after each work. When `shutdown`
+    /// pass over the deferred ones: each is tried again once its provider's hint has passed,
+    /// waiting at most [`second_pass_max_wait`](PipelineConfig::second_pass_max_wait); one
+    /// expected back later stays deferred for the next run (see
+    /// [`NO_HINT_WAIT`](super::NO_HINT_WAIT)). `progress` is called after each work. When `shutdown`
     /// completes, no new work starts, the works in flight abandon their downloads (partial
     /// files removed, leases released so a re-run picks them up at once), deferred works
     /// are recorded as deferred, and the summary says `interrupted`.
@@ -186,6 +189,7 @@ impl Pipeline {
         let mut summary = SummaryRecord::default();
         let mut counts = Progress::default();
         let mut later: Vec<Later> = Vec::new();
+        let mut hints = SourceHints::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut input_errors = 0u64;
 
@@ -232,6 +236,7 @@ impl Pipeline {
                             Processed::Later(work) => {
                                 counts.deferred += 1;
                                 progress(&counts);
+                                hints.note(&work.by);
                                 later.push(work);
                             }
                         },
@@ -258,17 +263,20 @@ impl Pipeline {
             // from here; a work leased elsewhere has had its wait above.
             let start = Instant::now();
             let max_wait = self.config.second_pass_max_wait;
-            let mut planned: Vec<(Option<Instant>, Later)> = std::mem::take(&mut later)
+            let mut planned: Vec<(Option<Instant>, Option<Instant>, Later)> = std::mem::take(&mut later)
                 .into_iter()
                 .map(|l| match l.reason {
-                    ReasonCode::LeasedElsewhere => (Some(start), l),
-                    _ => (second_attempt_at(start, l.retry_at, max_wait), l),
+                    ReasonCode::LeasedElsewhere => (Some(start), None, l),
+                    _ => {
+                        let hint = hints.work_hint(&l.by);
+                        (second_attempt_at(start, hint, max_wait), hint, l)
+                    }
                 })
                 .collect();
             // those that go first, by time; those that stay deferred at the end
-            planned.sort_by_key(|(at, _)| (at.is_none(), *at));
-            let going = planned.iter().filter(|(at, _)| at.is_some()).count();
-            if let Some(first) = planned.first().and_then(|(at, _)| *at) {
+            planned.sort_by_key(|(at, _, _)| (at.is_none(), *at));
+            let going = planned.iter().filter(|(at, _, _)| at.is_some()).count();
+            if let Some(first) = planned.first().and_then(|(at, _, _)| *at) {
                 tracing::info!(
                     works = going,
                     wait_ms = first.saturating_duration_since(start).as_millis() as u64,
@@ -277,7 +285,7 @@ impl Pipeline {
                 );
             }
             let mut pending = planned.into_iter();
-            for (at, l) in pending.by_ref() {
+            for (at, hint, l) in pending.by_ref() {
                 counts.deferred = counts.deferred.saturating_sub(1);
                 if interrupted {
                     // stopped while waiting for the leases: nothing more is asked
@@ -286,7 +294,7 @@ impl Pipeline {
                     break;
                 }
                 let Some(at) = at else {
-                    let record = self.beyond_max_wait(l, start, max_wait);
+                    let record = self.beyond_max_wait(l, hint, start, max_wait);
                     self.record(record, &mut summary, &mut counts, &progress)?;
                     continue;
                 };
@@ -331,7 +339,7 @@ impl Pipeline {
                     break;
                 }
             }
-            for (_, l) in pending {
+            for (_, _, l) in pending {
                 counts.deferred = counts.deferred.saturating_sub(1);
                 let record = self.settle_later(&l.work, l.reason, l.detail);
                 self.record(record, &mut summary, &mut counts, &progress)?;
@@ -355,10 +363,8 @@ impl Pipeline {
 
     /// A work whose provider expects us back after the second pass's maximum wait: it stays
     /// deferred (the ledger already says so) and is not asked again in this run.
-    fn beyond_max_wait(&self, l: Later, start: Instant, max_wait: Duration) -> WorkRecord {
-        let after = l
-            .retry_at
-            .map_or(Duration::ZERO, |at| at.saturating_duration_since(start));
+    fn beyond_max_wait(&self, l: Later, hint: Option<Instant>, start: Instant, max_wait: Duration) -> WorkRecord {
+        let after = hint.map_or(Duration::ZERO, |at| at.saturating_duration_since(start));
         tracing::info!(
             work = %l.work.id,
             after_s = after.as_secs(),
@@ -489,7 +495,7 @@ impl Pipeline {
                         work,
                         reason: ReasonCode::LeasedElsewhere,
                         detail: format!("leased by {owner}"),
-                        retry_at: None,
+                        by: Vec::new(),
                     }));
                 }
                 Claim::Leased(job) => {
@@ -532,7 +538,7 @@ impl Pipeline {
             attempts,
             ..WorkRecord::new(work.id.as_str(), outcome)
         };
-        let (record, state, later, retry_at) = match result {
+        let (record, state, later, by) = match result {
             FetchResult::Downloaded {
                 file,
                 candidate,
@@ -557,7 +563,7 @@ impl Pipeline {
                     attempts,
                     ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
                 };
-                (record, JobState::Finalized, false, None)
+                (record, JobState::Finalized, false, Vec::new())
             }
             FetchResult::Failed {
                 reason,
@@ -567,18 +573,18 @@ impl Pipeline {
                 not_done(Outcome::Failed, reason, detail, attempts),
                 JobState::Failed,
                 false,
-                None,
+                Vec::new(),
             ),
             FetchResult::Deferred {
                 reason,
                 detail,
                 attempts,
-                retry_at,
+                by,
             } => (
                 not_done(Outcome::Deferred, reason, detail, attempts),
                 JobState::Deferred,
                 !second_pass,
-                retry_at,
+                by,
             ),
         };
         if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
@@ -598,7 +604,7 @@ impl Pipeline {
                 reason: record.reason.unwrap_or(ReasonCode::Deferred),
                 detail: record.detail.unwrap_or_default(),
                 work,
-                retry_at,
+                by,
             }));
         }
         Ok(Processed::Done(record))

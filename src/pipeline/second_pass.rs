@@ -5,12 +5,45 @@
 //! same pause, so the second pass takes the deferred works in order of their provider's
 //! hint and waits for each hint to pass, but never past a maximum counted from the start of
 //! the pass; a work whose hint lies beyond it stays deferred (in the ledger too) for the
-//! next run. The timing is computed here, apart from the waiting, so that it can be tested
-//! without a clock.
+//! next run. A host's pause covers all its works, as the Retry-After layer's cool-down
+//! covers its partition: a work waits for the latest hint its host gave to any work. The
+//! timing is computed here, apart from the waiting, so that it can be tested without a
+//! clock.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::fallback::DeferredBy;
+
+/// The latest moment each source asked to be left alone until, over every work of the run.
+#[derive(Debug, Default)]
+pub(crate) struct SourceHints(HashMap<String, Instant>);
+
+impl SourceHints {
+    /// Notes a work's deferrals; a later hint of a source replaces an earlier one.
+    pub(crate) fn note(&mut self, by: &[DeferredBy]) {
+        for d in by {
+            if let Some(at) = d.retry_at {
+                let entry = self.0.entry(d.source.clone()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        }
+    }
+
+    /// When a work deferred by `by` may expect one of its sources back: the earliest among
+    /// them, each at the latest hint its source gave. `None` when one of them gave no hint
+    /// (or nothing is known).
+    pub(crate) fn work_hint(&self, by: &[DeferredBy]) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for d in by {
+            let at = self.0.get(&d.source).copied().max(d.retry_at)?;
+            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        }
+        earliest
+    }
+}
 
 /// How long the second pass waits for a work whose provider gave no hint (bounded by the
 /// maximum wait).
@@ -74,6 +107,29 @@ mod tests {
             second_attempt_at(start + S(1), Some(start), Duration::ZERO),
             Some(start + S(1))
         );
+    }
+
+    #[test]
+    fn a_work_waits_for_its_hosts_latest_hint() {
+        let now = Instant::now();
+        let by = |source: &str, secs: Option<u64>| DeferredBy {
+            source: source.into(),
+            retry_at: secs.map(|s| now + S(s)),
+        };
+        let mut hints = SourceHints::default();
+        hints.note(&[by("a", Some(70))]);
+        hints.note(&[by("a", Some(400)), by("b", Some(20))]);
+        hints.note(&[by("a", Some(100))]);
+        // the host's latest hint, not the work's own
+        assert_eq!(hints.work_hint(&[by("a", Some(70))]), Some(now + S(400)));
+        // the earliest of the work's sources
+        assert_eq!(
+            hints.work_hint(&[by("a", Some(70)), by("b", Some(20))]),
+            Some(now + S(20))
+        );
+        // a source that gave no hint: none for the work
+        assert_eq!(hints.work_hint(&[by("b", Some(20)), by("c", None)]), None);
+        assert_eq!(hints.work_hint(&[]), None);
     }
 
     #[test]
