@@ -393,3 +393,103 @@ async fn ctrl_c_stops_cleanly_and_the_run_can_resume() {
         assert!(out.join(format!("W{}.pdf", 5000 + i)).is_file());
     }
 }
+
+/// An unreachable PostgreSQL ledger fails within `--ledger-connect-timeout` with an error
+/// that names it (password redacted) and says what to check: a port that refuses, and one
+/// that never answers.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn an_unreachable_postgres_ledger_is_named_in_a_clear_error() {
+    use contentdownload::simulator::UnresponsiveListener;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let out = dir.path().join("pdfs");
+    // bound but not listening: connects are refused, and no other test can take the port
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let silent = UnresponsiveListener::bind().unwrap();
+    for (addr, timeout) in [
+        (refusing.local_addr().unwrap(), "1500ms"),
+        (silent.addr().unwrap(), "300ms"),
+    ] {
+        let url = format!("postgres://harvester:s3cret@{addr}/ledger");
+        let done = contentdownload(
+            &[
+                "run",
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--ledger",
+                &url,
+            ],
+            &[("DOCSTOKG_LEDGER_CONNECT_TIMEOUT", timeout)],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(1), "{stderr}");
+        let named = format!("cannot reach the PostgreSQL ledger at postgres://harvester:REDACTED@{addr}/ledger within");
+        assert!(stderr.contains(&named), "{stderr}");
+        let ms = contentdownload::runner::args::parse_duration(timeout)
+            .unwrap()
+            .as_millis();
+        assert!(stderr.contains(&format!("within {ms} ms")), "{stderr}");
+        assert!(stderr.contains("--ledger-connect-timeout"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_csv_keeps_every_run_under_one_header() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(3000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("unpaywall={}", sim.url("/unpaywall"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let out = dir.path().join("pdfs");
+    // run-a fetches works 0-2; run-b skips them and fetches 3-5
+    for (run_id, n) in [("run-a", 3), ("run-b", 6)] {
+        let input = dir.path().join(format!("{run_id}.jsonl"));
+        write_works(&sim, &input, n);
+        let mut args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+        args.extend(["--run-id", run_id]);
+        let done = contentdownload(&args, &[]).await;
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    let csv = out.join("attempts.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.matches("schema_version").count(), 1, "one header:\n{text}");
+    let mut reader = csv::Reader::from_path(&csv).unwrap();
+    let run_col = reader.headers().unwrap().iter().position(|h| h == "run_id").unwrap();
+    let mut per_run = std::collections::BTreeMap::<String, usize>::new();
+    for row in reader.records() {
+        *per_run.entry(row.unwrap()[run_col].to_owned()).or_default() += 1;
+    }
+    assert_eq!(
+        per_run.into_iter().collect::<Vec<_>>(),
+        [("run-a".to_owned(), 3), ("run-b".to_owned(), 3)],
+        "one attempt per downloaded PDF, each under its run"
+    );
+
+    // an attempts.csv of an older layout is set aside, not mixed with the new rows
+    let old = "timestamp_ms,url,status\n1,http://x/,200\n";
+    std::fs::write(&csv, old).unwrap();
+    let input = dir.path().join("run-c.jsonl");
+    write_works(&sim, &input, 7);
+    let mut args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--run-id", "run-c"]);
+    let done = contentdownload(&args, &[]).await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("schema_version,") && text.contains("run-c"), "{text}");
+    let aside: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("attempts.") && n != "attempts.csv")
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(out.join(&aside[0])).unwrap(), old);
+}

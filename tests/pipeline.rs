@@ -10,7 +10,7 @@ use std::time::Duration;
 use contentdownload::download::DownloadOptions;
 use contentdownload::ledger::{JobState, Ledger, LedgerConfig};
 use contentdownload::manifest::{read_manifest, ManifestRecord, ManifestWriter, MANIFEST_FILE};
-use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress};
+use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress, DEFAULT_SECOND_PASS_MAX_WAIT};
 use contentdownload::reason::ReasonCode;
 use contentdownload::resolvers::{ResolverConfig, RESOLVER_NAMES};
 use contentdownload::service::{Stack, StackConfig};
@@ -51,6 +51,7 @@ fn config(sim: &Simulator, out: &Path, worker: &str) -> PipelineConfig {
         },
         download: DownloadOptions::default(),
         lease_ttl: Duration::from_secs(60),
+        second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
     }
 }
 
@@ -200,14 +201,149 @@ async fn a_throttled_download_is_deferred_then_picked_up_by_a_later_run() {
     assert_eq!(
         sim.count("/pdf/0.pdf"),
         1,
-        "the second pass met the cool-down and sent nothing"
+        "the hint (300 s) is beyond the second pass's maximum wait (60 s): not asked again"
     );
+    let (lines, _) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
+    let detail = lines
+        .iter()
+        .find_map(|l| match &l.record {
+            ManifestRecord::Work(w) => w.detail.clone(),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(detail.contains("--second-pass-max-wait"), "{detail}");
 
     // later, the cool-down is over: a new run downloads it
     tokio::time::advance(Duration::from_secs(301)).await;
     let pipeline = Pipeline::new(config(&sim, out.path(), "w1"), &s, None, manifest(out.path())).unwrap();
     let summary = pipeline.run(input(one), |_| {}, std::future::pending()).await.unwrap();
     assert_eq!(summary.downloaded, 1, "{summary:?}");
+}
+
+// The 429's hint (90 s) is past the Download retry's deadline (60 s), so the work is
+// deferred; the second pass waits for the hint, not a moment less, then downloads it.
+#[tokio::test(start_paused = true)]
+async fn the_second_pass_waits_for_the_providers_hint() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on(
+        "/pdf/0.pdf",
+        [Reply::status(429).retry_after_secs(90), Reply::pdf(4096)],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sim, out.path(), "w1");
+    cfg.second_pass_max_wait = Duration::from_secs(120);
+    let pipeline = Pipeline::new(cfg, &stack(), None, manifest(out.path())).unwrap();
+    let summary = pipeline
+        .run(input(works(&sim, 1)), |_| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.downloaded, summary.deferred, summary.failed),
+        (1, 0, 0),
+        "{summary:?}"
+    );
+    let seen = sim.requests_to("/pdf/0.pdf");
+    assert_eq!(seen.len(), 2);
+    let waited = seen[1].at.duration_since(seen[0].at);
+    assert!(
+        waited >= Duration::from_secs(90),
+        "asked again {waited:?} after a Retry-After of 90 s"
+    );
+}
+
+/// A provider that answers 429 with the remaining Retry-After until `pause` after `t0`,
+/// then PDFs: its pause covers all its paths, as a real provider's does.
+fn paused_provider(sim: &Simulator, t0: tokio::time::Instant, pause: Duration) {
+    sim.on_fn("/pdf/*", move |seen| {
+        match (t0 + pause).checked_duration_since(seen.at) {
+            Some(left) if !left.is_zero() => Reply::status(429).retry_after_secs(left.as_secs_f64().ceil() as u64),
+            _ => Reply::pdf(4096),
+        }
+    });
+}
+
+fn work_at(sim: &Simulator, n: usize) -> Work {
+    Work::from_openalex(&json!({
+        "id": format!("https://openalex.org/W{}", 2000 + n),
+        "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{n}.pdf"))}
+    }))
+    .unwrap()
+}
+
+// Three providers pausing for 100 s, 80 s and 400 s: with a bound of 120 s the works of the
+// first two are asked again once (and not before) their provider's pause is over, the
+// shorter pause first; the third stays deferred without another request.
+#[tokio::test(start_paused = true)]
+async fn deferred_works_wait_for_their_providers_pause_within_the_bound() {
+    let t0 = tokio::time::Instant::now();
+    let (slow, quick, away) = (
+        Simulator::start().await.unwrap(),
+        Simulator::start().await.unwrap(),
+        Simulator::start().await.unwrap(),
+    );
+    paused_provider(&slow, t0, Duration::from_secs(100));
+    paused_provider(&quick, t0, Duration::from_secs(80));
+    paused_provider(&away, t0, Duration::from_secs(400));
+    let all = vec![
+        work_at(&slow, 0),
+        work_at(&slow, 1),
+        work_at(&quick, 2),
+        work_at(&away, 3),
+    ];
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&slow, out.path(), "w1");
+    cfg.second_pass_max_wait = Duration::from_secs(120);
+    let pipeline = Pipeline::new(cfg, &stack(), None, manifest(out.path())).unwrap();
+    let summary = pipeline.run(input(all), |_| {}, std::future::pending()).await.unwrap();
+    assert_eq!((summary.downloaded, summary.deferred), (3, 1), "{summary:?}");
+    assert_eq!(away.count("/pdf/*"), 1, "past the bound: not asked again");
+    for (sim, pause) in [(&slow, 100), (&quick, 80)] {
+        for seen in sim.requests_to("/pdf/*") {
+            let at = seen.at.duration_since(t0);
+            // the first pass at the start, the second once the pause is over, nothing between
+            assert!(
+                at < Duration::from_secs(1) || at >= Duration::from_secs(pause),
+                "{} asked {at:?} into a pause of {pause} s",
+                seen.path()
+            );
+        }
+    }
+    let last = |sim: &Simulator| sim.requests_to("/pdf/*").iter().map(|r| r.at).max().unwrap();
+    assert!(last(&quick) < last(&slow), "the shorter pause went first");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_during_the_second_pass_wait_leaves_the_work_deferred() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on(
+        "/pdf/0.pdf",
+        [Reply::status(429).retry_after_secs(90), Reply::pdf(4096)],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&sim, out.path(), "w1");
+    cfg.second_pass_max_wait = Duration::from_secs(120);
+    let pipeline = Pipeline::new(cfg, &stack(), None, manifest(out.path())).unwrap();
+    // Ctrl-C 10 s after the work was deferred: while the second pass waits for the hint
+    let deferred = Arc::new(tokio::sync::Notify::new());
+    let notify = deferred.clone();
+    let progress = move |p: &Progress| {
+        if p.deferred == 1 && p.done == 0 {
+            notify.notify_one();
+        }
+    };
+    let shutdown = async move {
+        deferred.notified().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    let started = tokio::time::Instant::now();
+    let summary = pipeline.run(input(works(&sim, 1)), progress, shutdown).await.unwrap();
+    assert!(summary.interrupted, "{summary:?}");
+    assert_eq!((summary.deferred, summary.downloaded), (1, 0), "{summary:?}");
+    assert_eq!(sim.count("/pdf/0.pdf"), 1, "not asked again");
+    // the paused clock shows the wait was cut short, not waited out
+    assert!(started.elapsed() < Duration::from_secs(90), "{:?}", started.elapsed());
+    let (lines, _) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
+    assert!(matches!(&lines.last().unwrap().record, ManifestRecord::Summary(s) if s.interrupted));
 }
 
 #[tokio::test(start_paused = true)]

@@ -37,7 +37,14 @@ pub struct LedgerConfig {
     pub reconcile_on_open: bool,
     /// The largest op result stored, in bytes; longer results are cut. Default 4096.
     pub max_op_result_bytes: usize,
+    /// PostgreSQL: how long opening the ledger may take to reach the server, and how long
+    /// the pool waits for a connection afterwards; past it the error says which ledger could
+    /// not be reached ([`LedgerError::Unreachable`]). Default 10 s.
+    pub connect_timeout: Duration,
 }
+
+/// The default [`LedgerConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl LedgerConfig {
     /// A configuration for `url` with the defaults.
@@ -50,6 +57,7 @@ impl LedgerConfig {
             lease_ttl: Duration::from_secs(300),
             reconcile_on_open: true,
             max_op_result_bytes: 4096,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 
@@ -75,6 +83,9 @@ impl LedgerConfig {
         if self.lease_ttl < Duration::from_millis(1) {
             return bad("lease_ttl", "must be at least 1 ms");
         }
+        if self.connect_timeout < Duration::from_millis(1) {
+            return bad("connect_timeout", "must be at least 1 ms");
+        }
         if let Some(schema) = &self.pg_schema {
             let ok = !schema.is_empty()
                 && schema.len() <= 63
@@ -96,6 +107,45 @@ impl LedgerConfig {
         let u = self.url.trim_start();
         u.starts_with("postgres://") || u.starts_with("postgresql://")
     }
+}
+
+/// `url` with its password (in the userinfo or a `password=` parameter) replaced by
+/// `REDACTED`, fit for logs and error messages.
+///
+/// ```
+/// use contentdownload::ledger::redact_url;
+/// assert_eq!(redact_url("postgres://me:s3cret@db:5432/l"), "postgres://me:REDACTED@db:5432/l");
+/// assert_eq!(redact_url("postgres://db/l?password=s3cret"), "postgres://db/l?password=REDACTED");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url.trim()) else {
+        // not a URL (a file path): nothing that looks like a password to hide
+        return url.to_owned();
+    };
+    let in_query = parsed.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("password"));
+    if parsed.password().is_none() && !in_query {
+        // as given: nothing to hide, and no normalisation to confuse the reader
+        return url.to_owned();
+    }
+    if parsed.password().is_some() {
+        // only fails for URLs that cannot have a password, which this one has
+        let _ = parsed.set_password(Some("REDACTED"));
+    }
+    if in_query {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "REDACTED".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// The ledger's notion of now, in Unix milliseconds: the system clock plus an offset that
@@ -233,22 +283,40 @@ pub(crate) async fn open_postgres(cfg: &LedgerConfig) -> Result<Backend, LedgerE
         field: "url",
         message: format!("not a usable postgres URL ({e}); write postgres://user@host:port/database"),
     })?;
+    let timeout = cfg.connect_timeout;
+    let unreachable = |cause: String| LedgerError::Unreachable {
+        url: redact_url(&cfg.url),
+        timeout,
+        cause,
+    };
+    // One connection first, on its own: it says why the server cannot be reached (refused,
+    // no such host) at once, where the pool would retry until its timeout and then say only
+    // that it timed out.
+    let mut conn = match tokio::time::timeout(timeout, opts.connect()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)))) => return Err(unreachable(e.to_string())),
+        Ok(Err(e)) => return Err(LedgerError::db("connect to PostgreSQL")(e)),
+        Err(_) => return Err(unreachable("no answer".into())),
+    };
     if let Some(schema) = &cfg.pg_schema {
         // validated above: only [a-z0-9_], so quoting is safe
-        let mut conn = opts.connect().await.map_err(LedgerError::db("connect to PostgreSQL"))?;
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
             .execute(&mut conn)
             .await
             .map_err(LedgerError::db("create the ledger schema"))?;
-        conn.close().await.map_err(LedgerError::db("connect to PostgreSQL"))?;
         opts = opts.options([("search_path", schema.as_str())]);
     }
+    conn.close().await.map_err(LedgerError::db("connect to PostgreSQL"))?;
     let pool = PgPoolOptions::new()
         .max_connections(cfg.max_connections)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(timeout)
         .connect_with(opts)
         .await
-        .map_err(LedgerError::db("connect to PostgreSQL"))?;
+        .map_err(|e| match e {
+            sqlx::Error::PoolTimedOut => unreachable("no connection from the pool".into()),
+            e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)) => unreachable(e.to_string()),
+            e => LedgerError::db("connect to PostgreSQL")(e),
+        })?;
     migrator(include_str!("../../migrations/postgres/0001_jobs_and_ops.sql"))
         .run(&pool)
         .await?;
@@ -277,6 +345,23 @@ mod tests {
         assert!(e.contains("url"), "{e}");
         assert!(LedgerConfig::new("postgresql://h/db").is_postgres());
         assert!(!LedgerConfig::in_dir("/tmp/out").is_postgres());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgresql://u:p%40ss@h:5/db?sslmode=require&password=x"),
+            "postgresql://u:REDACTED@h:5/db?sslmode=require&password=REDACTED"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("/tmp/out/ledger.sqlite"), "/tmp/out/ledger.sqlite");
+        let e = LedgerConfig {
+            connect_timeout: Duration::ZERO,
+            ..LedgerConfig::new("postgres://h/db")
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("connect_timeout"), "{e}");
     }
 
     #[test]

@@ -58,6 +58,21 @@ pub enum LedgerError {
         /// The value found.
         value: String,
     },
+    /// The PostgreSQL server could not be reached within the connect timeout.
+    #[error(
+        "cannot reach the PostgreSQL ledger at {url} within {} ms ({cause}); check that the server \
+         is running and accepts connections at that host and port (firewall, listen_addresses), \
+         that the --ledger URL is right, or allow more time with --ledger-connect-timeout",
+        .timeout.as_millis()
+    )]
+    Unreachable {
+        /// The ledger's URL, password redacted.
+        url: String,
+        /// The time allowed.
+        timeout: std::time::Duration,
+        /// What went wrong, as the driver said.
+        cause: String,
+    },
     /// The configuration is unusable; the message names the field.
     #[error("ledger configuration: {field}: {message}")]
     Config {

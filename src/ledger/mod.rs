@@ -66,7 +66,7 @@ mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::connect::{LedgerClock, LedgerConfig, SQLITE_FILE_NAME};
+pub use self::connect::{redact_url, LedgerClock, LedgerConfig, DEFAULT_CONNECT_TIMEOUT, SQLITE_FILE_NAME};
 pub use self::error::LedgerError;
 pub use self::jobs::Claim;
 pub(crate) use self::types::hex;

@@ -12,8 +12,9 @@ use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::config::FallbackConfig;
-use crate::context::{OperationType, WorkId};
+use crate::context::{OperationType, RetryAfterHint, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
+use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
 use crate::reason::{classify_error, ReasonCode};
 use crate::resolvers::{resolver_by_name, HttpService, ResolveContext, Resolver};
 use crate::works::{Candidate, Work};
@@ -70,6 +71,8 @@ pub enum FetchResult {
         detail: String,
         /// Candidate downloads started.
         attempts: u32,
+        /// The sources that put it off, each with when it expects us back if it said.
+        by: Vec<DeferredBy>,
     },
     /// No valid PDF.
     Failed {
@@ -80,6 +83,31 @@ pub enum FetchResult {
         /// Candidate downloads started.
         attempts: u32,
     },
+}
+
+/// A source that put a work off, and when it expects us back (its Retry-After, a
+/// cool-down's end, a rate-limit wait), if it said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeferredBy {
+    /// Who: the refused URL's `host[:port]` (lower-case, as in a
+    /// [`PartitionKey`](crate::context::PartitionKey)), or `resolver <name>`.
+    pub source: String,
+    /// When it expects us back, if it said.
+    pub retry_at: Option<Instant>,
+}
+
+impl DeferredBy {
+    /// The `host[:port]` of `url` (lower-case), or `url` itself if it has none.
+    pub fn host_of(url: &str) -> String {
+        match url.parse::<http::Uri>() {
+            Ok(uri) => match (uri.host(), uri.port_u16()) {
+                (Some(h), Some(p)) => format!("{}:{p}", h.to_ascii_lowercase()),
+                (Some(h), None) => h.to_ascii_lowercase(),
+                _ => url.to_owned(),
+            },
+            Err(_) => url.to_owned(),
+        }
+    }
 }
 
 struct Tier {
@@ -113,17 +141,42 @@ struct Tally {
     attempts: u32,
     candidates: u32,
     deferred: Option<(ReasonCode, String)>,
+    /// Who put the work off, for the second pass.
+    by: Vec<DeferredBy>,
     last: Option<(ReasonCode, String)>,
 }
 
 impl Tally {
-    fn failure(&mut self, reason: ReasonCode, detail: String) {
+    /// Records a failure; `by` says who, when it is a deferral.
+    fn failure(&mut self, reason: ReasonCode, detail: String, by: Option<DeferredBy>) {
         if is_deferral(reason) {
             self.deferred = Some((reason, detail));
+            self.by.extend(by);
         } else if reason != ReasonCode::FailedOver || self.last.is_none() {
             self.last = Some((reason, detail));
         }
     }
+}
+
+/// When the provider behind `err` expects us back, if the error says: a
+/// [`Deferred`]'s Retry-After, a [`CoolingDown`]'s end (with its partition's host), a
+/// [`RateLimitTimeout`]'s wait (with its host). Walks the source chain; relative waits
+/// count from `now`.
+pub(crate) fn retry_hint(err: &(dyn std::error::Error + 'static), now: Instant) -> (Option<String>, Option<Instant>) {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(d) = e.downcast_ref::<Deferred>() {
+            return (None, d.retry_after.and_then(|w| now.checked_add(w)));
+        }
+        if let Some(c) = e.downcast_ref::<CoolingDown>() {
+            return (Some(c.partition.host().to_owned()), Some(c.until));
+        }
+        if let Some(r) = e.downcast_ref::<RateLimitTimeout>() {
+            return (Some(r.partition.host().to_owned()), now.checked_add(r.wait));
+        }
+        current = e.source();
+    }
+    (None, None)
 }
 
 impl Fallback {
@@ -176,6 +229,7 @@ impl Fallback {
                 reason,
                 detail,
                 attempts,
+                by: std::mem::take(&mut tally.by),
             };
         }
         match tally.last.take() {
@@ -243,19 +297,25 @@ impl Fallback {
                         }
                         Some((name, Err(e))) => {
                             let (reason, _) = resolver_reason(&*e);
-                            tally.failure(reason, format!("{name}: {e}"));
+                            let (host, retry_at) = retry_hint(&*e, Instant::now());
+                            let source = host.unwrap_or_else(|| format!("resolver {name}"));
+                            tally.failure(reason, format!("{name}: {e}"), Some(DeferredBy { source, retry_at }));
                         }
                     },
                     Some(done) = downloads.next(), if !downloads.is_empty() => match done {
                         Ok((staged, candidate)) => match staged.commit(&final_path).await {
                             Ok(file) => return Some((file, candidate)),
-                            Err(f) => tally.failure(f.reason, f.detail),
+                            Err(f) => tally.failure(f.reason, f.detail, None),
                         },
-                        Err((candidate, failure)) => {
+                        Err((candidate, failure, retry_at)) => {
                             if is_deferral(failure.reason) {
                                 env.tried.remove(&candidate.url);
                             }
-                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail));
+                            let by = DeferredBy {
+                                source: DeferredBy::host_of(&candidate.url),
+                                retry_at,
+                            };
+                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail), Some(by));
                         }
                     },
                 }
@@ -264,13 +324,15 @@ impl Fallback {
         None
     }
 
+    /// Downloads one candidate. A failure comes with the moment its provider expects us
+    /// back, when it said (a Retry-After on the refused response, or one inside the error).
     async fn try_candidate(
         &self,
         work: &Work,
         env: FetchEnv<'_>,
         candidate: Candidate,
         key: String,
-    ) -> Result<(crate::download::Staged, Candidate), (Candidate, DownloadFailure)> {
+    ) -> Result<(crate::download::Staged, Candidate), (Candidate, DownloadFailure, Option<Instant>)> {
         let mut tries = 0;
         loop {
             let request = match Request::get(candidate.url.as_str())
@@ -285,10 +347,19 @@ impl Fallback {
                         reason: ReasonCode::InvalidUrl,
                         ..failure
                     };
-                    return Err((candidate, failure));
+                    return Err((candidate, failure, None));
                 }
             };
-            match stage_pdf(env.download.clone(), request, env.out_dir, &key, env.options).await {
+            // stage_pdf drops a refused response; keep its hint (set by the Retry-After layer)
+            let hint: Arc<Mutex<Option<Duration>>> = Arc::default();
+            let seen = hint.clone();
+            let service = tower::ServiceExt::map_response(env.download.clone(), move |res: http::Response<_>| {
+                if let Some(h) = res.extensions().get::<RetryAfterHint>() {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.delay);
+                }
+                res
+            });
+            match stage_pdf(service, request, env.out_dir, &key, env.options).await {
                 Ok(staged) => return Ok((staged, candidate)),
                 // A body cut or stalled after a good head: the layers cannot retry that, we do.
                 Err(f)
@@ -297,7 +368,14 @@ impl Fallback {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(250 << tries)).await;
                 }
-                Err(f) => return Err((candidate, f)),
+                Err(f) => {
+                    let now = Instant::now();
+                    let from_response = *hint.lock().unwrap_or_else(|e| e.into_inner());
+                    let at = from_response
+                        .and_then(|d| now.checked_add(d))
+                        .or_else(|| f.source.as_deref().and_then(|e| retry_hint(e, now).1));
+                    return Err((candidate, f, at));
+                }
             }
         }
     }
@@ -307,5 +385,70 @@ fn resolver_reason(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, bool
     match classify_error(err) {
         (ReasonCode::Other, r) => (ReasonCode::ResolverError, r),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+    use crate::context::PartitionKey;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] crate::error::BoxError);
+
+    #[test]
+    fn hints_are_found_in_the_source_chain() {
+        let now = Instant::now();
+        let deferred = Deferred {
+            operation: OperationType::Validate,
+            status: Some(StatusCode::TOO_MANY_REQUESTS),
+            retry_after: Some(Duration::from_secs(30)),
+            attempts: 1,
+            reason: "throttled".into(),
+        };
+        let wrapped = Wrapped(Box::new(deferred.clone()));
+        assert_eq!(retry_hint(&wrapped, now), (None, Some(now + Duration::from_secs(30))));
+        let unhinted = Deferred {
+            retry_after: None,
+            ..deferred
+        };
+        assert_eq!(retry_hint(&unhinted, now), (None, None));
+        let cooling = CoolingDown {
+            partition: PartitionKey::new("p", "API.example.org:8443"),
+            until: now + Duration::from_secs(7),
+        };
+        assert_eq!(
+            retry_hint(&cooling, now),
+            (Some("api.example.org:8443".into()), Some(now + Duration::from_secs(7)))
+        );
+        let limited = RateLimitTimeout {
+            partition: PartitionKey::new("p", "h"),
+            wait: Duration::from_secs(3),
+            max_wait: Duration::from_secs(1),
+        };
+        assert_eq!(
+            retry_hint(&limited, now),
+            (Some("h".into()), Some(now + Duration::from_secs(3)))
+        );
+        assert_eq!(retry_hint(&std::io::Error::other("x"), now), (None, None));
+    }
+
+    #[test]
+    fn deferrals_are_kept_with_their_source() {
+        assert_eq!(DeferredBy::host_of("http://127.0.0.1:8080/a.pdf"), "127.0.0.1:8080");
+        assert_eq!(DeferredBy::host_of("https://ArXiv.org/pdf/1"), "arxiv.org");
+        let by = |s: &str| DeferredBy {
+            source: s.into(),
+            retry_at: None,
+        };
+        let mut t = Tally::default();
+        t.failure(ReasonCode::Throttled, "a".into(), Some(by("a")));
+        t.failure(ReasonCode::HttpStatus, "b".into(), Some(by("b")));
+        t.failure(ReasonCode::CoolingDown, "c".into(), Some(by("c")));
+        assert_eq!(t.by, [by("a"), by("c")], "only deferrals");
+        assert_eq!(t.deferred.as_ref().map(|d| d.1.as_str()), Some("c"));
     }
 }

@@ -6,7 +6,10 @@
 mod config;
 mod fallback;
 mod run;
+mod second_pass;
+mod work;
 
 pub use self::config::{FallbackConfig, FallbackConfigError, TierConfig};
-pub use self::fallback::{Fallback, FetchEnv, FetchResult, TriedUrls};
+pub use self::fallback::{DeferredBy, Fallback, FetchEnv, FetchResult, TriedUrls};
 pub use self::run::{Pipeline, PipelineConfig, PipelineError, Progress};
+pub use self::second_pass::{DEFAULT_SECOND_PASS_MAX_WAIT, NO_HINT_WAIT};

@@ -9,13 +9,14 @@ use std::time::Duration;
 use futures_util::stream::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::fallback::{Fallback, FetchEnv, FetchResult, TriedUrls};
+use super::fallback::{Fallback, TriedUrls};
+use super::second_pass::{second_attempt_at, SourceHints};
+use super::work::{cancelled, Later, Processed};
 use super::FallbackConfig;
-use crate::context::{OperationType, WorkId};
-use crate::download::{file_stem, DownloadOptions};
-use crate::layers::idempotency::derive_key;
+use crate::context::OperationType;
+use crate::download::DownloadOptions;
 use crate::layers::telemetry::{RecordWriter, Redactor};
-use crate::ledger::{Claim, JobId, JobResult, JobState, Ledger, LedgerError, NewJob};
+use crate::ledger::{JobId, Ledger, LedgerError};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
 use crate::reason::ReasonCode;
 use crate::resolvers::{ResolveContext, ResolverConfig};
@@ -41,6 +42,10 @@ pub struct PipelineConfig {
     pub download: DownloadOptions,
     /// How long a work's lease lasts without a heartbeat.
     pub lease_ttl: Duration,
+    /// The longest the second pass waits for the providers of deferred works to accept
+    /// again ([`DEFAULT_SECOND_PASS_MAX_WAIT`](super::DEFAULT_SECOND_PASS_MAX_WAIT) by
+    /// default); works expected back later stay deferred for the next run. Zero: no wait.
+    pub second_pass_max_wait: Duration,
 }
 
 /// Counts so far, handed to the progress callback after every work.
@@ -74,28 +79,20 @@ pub enum PipelineError {
     Config(String),
 }
 
-enum Processed {
-    Done(WorkRecord),
-    /// Abandoned by a shutdown; its lease is released.
-    Cancelled,
-    /// For the second pass: deferred, or leased by a live worker elsewhere.
-    Later(Work, ReasonCode, String),
-}
-
 /// The download pipeline: for every work, claim it in the ledger (when there is one), find
 /// and download a valid PDF through the fallback tiers, record the outcome in the ledger and
 /// the manifest. Deferred works get a second pass at the end.
 pub struct Pipeline {
-    config: PipelineConfig,
-    fallback: Fallback,
-    resolve: ResolveContext,
-    download: HttpService,
-    ledger: Option<Ledger>,
-    manifest: SharedManifest,
-    tried: TriedUrls,
-    held: Arc<Mutex<HashSet<JobId>>>,
-    redactor: Redactor,
-    records: Option<RecordWriter>,
+    pub(super) config: PipelineConfig,
+    pub(super) fallback: Fallback,
+    pub(super) resolve: ResolveContext,
+    pub(super) download: HttpService,
+    pub(super) ledger: Option<Ledger>,
+    pub(super) manifest: SharedManifest,
+    pub(super) tried: TriedUrls,
+    pub(super) held: Arc<Mutex<HashSet<JobId>>>,
+    pub(super) redactor: Redactor,
+    pub(super) records: Option<RecordWriter>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -106,7 +103,7 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -148,7 +145,10 @@ impl Pipeline {
     }
 
     /// Runs every work of `works` (bad input lines are counted and skipped), then a second
-    /// pass over the deferred ones. `progress` is called after each work. When `shutdown`
+    /// pass over the deferred ones: each is tried again once its provider's hint has passed,
+    /// waiting at most [`second_pass_max_wait`](PipelineConfig::second_pass_max_wait); one
+    /// expected back later stays deferred for the next run (see
+    /// [`NO_HINT_WAIT`](super::NO_HINT_WAIT)). `progress` is called after each work. When `shutdown`
     /// completes, no new work starts, the works in flight abandon their downloads (partial
     /// files removed, leases released so a re-run picks them up at once), deferred works
     /// are recorded as deferred, and the summary says `interrupted`.
@@ -171,7 +171,8 @@ impl Pipeline {
         }
         let mut summary = SummaryRecord::default();
         let mut counts = Progress::default();
-        let mut later: Vec<(Work, ReasonCode, String)> = Vec::new();
+        let mut later: Vec<Later> = Vec::new();
+        let mut hints = SourceHints::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut input_errors = 0u64;
 
@@ -215,10 +216,11 @@ impl Pipeline {
                         Some(result) => match result? {
                             Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress)?,
                             Processed::Cancelled => {}
-                            Processed::Later(work, reason, detail) => {
+                            Processed::Later(work) => {
                                 counts.deferred += 1;
                                 progress(&counts);
-                                later.push((work, reason, detail));
+                                hints.note(&work.by);
+                                later.push(work);
                             }
                         },
                     },
@@ -226,9 +228,12 @@ impl Pipeline {
             }
         }
         if !interrupted && !later.is_empty() {
-            tracing::info!(works = later.len(), "second pass over deferred works");
-            if later.iter().any(|(_, r, _)| *r == ReasonCode::LeasedElsewhere) {
+            if later.iter().any(|l| l.reason == ReasonCode::LeasedElsewhere) {
                 // let the other worker's leases run out (or be renewed) before asking again
+                tracing::info!(
+                    works = later.len(),
+                    "second pass over deferred works after the leases' TTL"
+                );
                 tokio::select! {
                     () = &mut shutdown => interrupted = true,
                     () = tokio::time::sleep(self.config.lease_ttl) => {}
@@ -237,12 +242,66 @@ impl Pipeline {
                     ledger.reconcile().await?;
                 }
             }
-            let mut pending = std::mem::take(&mut later).into_iter();
-            for (work, reason, detail) in pending.by_ref() {
+            // Each work waits for its provider's hint, in hint order, up to the maximum wait
+            // from here; a work leased elsewhere has had its wait above.
+            let start = Instant::now();
+            let max_wait = self.config.second_pass_max_wait;
+            let mut planned: Vec<(Option<Instant>, Option<Instant>, Later)> = std::mem::take(&mut later)
+                .into_iter()
+                .map(|l| match l.reason {
+                    ReasonCode::LeasedElsewhere => (Some(start), None, l),
+                    _ => {
+                        let hint = hints.work_hint(&l.by);
+                        (second_attempt_at(start, hint, max_wait), hint, l)
+                    }
+                })
+                .collect();
+            // those that go first, by time; those that stay deferred at the end
+            planned.sort_by_key(|(at, _, _)| (at.is_none(), *at));
+            let going = planned.iter().filter(|(at, _, _)| at.is_some()).count();
+            if let Some(first) = planned.first().and_then(|(at, _, _)| *at) {
+                tracing::info!(
+                    works = going,
+                    wait_ms = first.saturating_duration_since(start).as_millis() as u64,
+                    max_wait_ms = max_wait.as_millis() as u64,
+                    "second pass over deferred works once their providers accept again"
+                );
+            }
+            let mut pending = planned.into_iter();
+            for (at, hint, l) in pending.by_ref() {
                 counts.deferred = counts.deferred.saturating_sub(1);
+                if interrupted {
+                    // stopped while waiting for the leases: nothing more is asked
+                    let record = self.settle_later(&l.work, l.reason, l.detail);
+                    self.record(record, &mut summary, &mut counts, &progress)?;
+                    break;
+                }
+                let Some(at) = at else {
+                    let record = self.beyond_max_wait(l, hint, start, max_wait);
+                    self.record(record, &mut summary, &mut counts, &progress)?;
+                    continue;
+                };
+                if at > Instant::now() {
+                    tracing::info!(
+                        work = %l.work.id,
+                        wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                        "waiting for the provider to accept again before the second attempt"
+                    );
+                    tokio::select! {
+                        () = &mut shutdown => {
+                            interrupted = true;
+                            let _ = cancel_tx.send(true);
+                        }
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                    if interrupted {
+                        let record = self.settle_later(&l.work, l.reason, l.detail);
+                        self.record(record, &mut summary, &mut counts, &progress)?;
+                        break;
+                    }
+                }
                 let second = {
-                    let pass = std::pin::pin!(self.process(work.clone(), true, cancel_rx.clone()));
-                    let mut pass = pass;
+                    let mut pass = std::pin::pin!(self.process(l.work.clone(), true, cancel_rx.clone()));
                     loop {
                         tokio::select! {
                             () = &mut shutdown, if !interrupted => {
@@ -255,16 +314,17 @@ impl Pipeline {
                 };
                 let record = match second {
                     Processed::Done(record) => record,
-                    Processed::Later(w, r, d) => self.settle_later(&w, r, d),
-                    Processed::Cancelled => self.settle_later(&work, reason, detail),
+                    Processed::Later(again) => self.settle_later(&again.work, again.reason, again.detail),
+                    Processed::Cancelled => self.settle_later(&l.work, l.reason, l.detail),
                 };
                 self.record(record, &mut summary, &mut counts, &progress)?;
                 if interrupted {
                     break;
                 }
             }
-            for (work, reason, detail) in pending {
-                let record = self.settle_later(&work, reason, detail);
+            for (_, _, l) in pending {
+                counts.deferred = counts.deferred.saturating_sub(1);
+                let record = self.settle_later(&l.work, l.reason, l.detail);
                 self.record(record, &mut summary, &mut counts, &progress)?;
             }
         }
@@ -282,6 +342,25 @@ impl Pipeline {
         manifest.write(&ManifestLine::summary(&self.config.run_id, summary.clone()))?;
         manifest.flush()?;
         Ok(summary)
+    }
+
+    /// A work whose provider expects us back after the second pass's maximum wait: it stays
+    /// deferred (the ledger already says so) and is not asked again in this run.
+    fn beyond_max_wait(&self, l: Later, hint: Option<Instant>, start: Instant, max_wait: Duration) -> WorkRecord {
+        let after = hint.map_or(Duration::ZERO, |at| at.saturating_duration_since(start));
+        tracing::info!(
+            work = %l.work.id,
+            after_s = after.as_secs(),
+            "left deferred for the next run: its provider expects us back after the second pass's maximum wait"
+        );
+        let detail = format!(
+            "{}; the provider expects us back in {} s, after the second pass's maximum wait of {} s \
+             (--second-pass-max-wait); a later run will try again",
+            l.detail,
+            after.as_secs_f64().ceil() as u64,
+            max_wait.as_secs()
+        );
+        self.settle_later(&l.work, l.reason, detail)
     }
 
     fn settle_later(&self, work: &Work, reason: ReasonCode, detail: String) -> WorkRecord {
@@ -319,196 +398,4 @@ impl Pipeline {
         progress(counts);
         Ok(())
     }
-
-    fn heartbeat_every(&self) -> Duration {
-        (self.config.lease_ttl / 3).max(Duration::from_millis(100))
-    }
-
-    fn spawn_heartbeat(&self) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-        let (ledger, held, owner, ttl) = (
-            self.ledger.clone(),
-            self.held.clone(),
-            self.config.worker_id.clone(),
-            self.config.lease_ttl,
-        );
-        let every = self.heartbeat_every();
-        let task = tokio::spawn(async move {
-            let Some(ledger) = ledger else { return };
-            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tick.tick() => {
-                        let jobs: Vec<JobId> = lock(&held).iter().copied().collect();
-                        if jobs.is_empty() {
-                            continue;
-                        }
-                        // not raced against `stop`: a renewal is never dropped halfway
-                        if let Err(e) = ledger.heartbeat(&owner, &jobs, ttl).await {
-                            tracing::warn!("could not renew leases: {e}");
-                        }
-                    }
-                }
-            }
-        });
-        (stop_tx, task)
-    }
-
-    fn job_for(&self, work: &Work) -> NewJob {
-        let work_id = WorkId::new(work.id.as_str());
-        let canonical = match &work.doi {
-            Some(doi) => format!("https://doi.org/{doi}"),
-            None => format!("work:{}", work.id),
-        };
-        NewJob {
-            run_id: self.config.run_id.clone(),
-            key: derive_key(OperationType::Download, Some(&work_id), &format!("work:{}", work.id)),
-            work_id,
-            canonical_url: canonical,
-        }
-    }
-
-    async fn process(
-        &self,
-        work: Work,
-        second_pass: bool,
-        cancel: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Processed, LedgerError> {
-        let started = Instant::now();
-        let stem = file_stem(&work);
-        let mut job_id = None;
-        if let Some(ledger) = &self.ledger {
-            match ledger
-                .claim(&self.job_for(&work), &self.config.worker_id, self.config.lease_ttl)
-                .await?
-            {
-                Claim::Settled(job) => {
-                    return Ok(Processed::Done(WorkRecord {
-                        reason: Some(ReasonCode::AlreadyDownloaded),
-                        path: job.result.path,
-                        sha256: job.result.sha256,
-                        bytes: job.result.bytes.and_then(|b| u64::try_from(b).ok()),
-                        ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
-                    }));
-                }
-                Claim::Busy(job) => {
-                    let owner = job.lease_owner.unwrap_or_default();
-                    return Ok(Processed::Later(
-                        work,
-                        ReasonCode::LeasedElsewhere,
-                        format!("leased by {owner}"),
-                    ));
-                }
-                Claim::Leased(job) => {
-                    lock(&self.held).insert(job.id);
-                    job_id = Some(job.id);
-                }
-            }
-        } else if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
-            return Ok(Processed::Done(WorkRecord {
-                reason: Some(ReasonCode::AlreadyDownloaded),
-                path: Some(format!("{stem}.pdf")),
-                ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
-            }));
-        }
-
-        let env = FetchEnv {
-            resolve: &self.resolve,
-            download: &self.download,
-            out_dir: &self.config.out_dir,
-            tried: &self.tried,
-            options: &self.config.download,
-        };
-        let result = tokio::select! {
-            r = self.fallback.fetch(&work, env) => r,
-            () = cancelled(cancel) => {
-                // abandoned: the partial files are gone with the fetch; give the work back
-                if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
-                    let released = ledger.release(job, &self.config.worker_id).await;
-                    lock(&self.held).remove(&job);
-                    released?;
-                }
-                return Ok(Processed::Cancelled);
-            }
-        };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let not_done = |outcome, reason, detail, attempts| WorkRecord {
-            reason: Some(reason),
-            detail: Some(detail),
-            elapsed_ms,
-            attempts,
-            ..WorkRecord::new(work.id.as_str(), outcome)
-        };
-        let (record, state, later) = match result {
-            FetchResult::Downloaded {
-                file,
-                candidate,
-                attempts,
-            } => {
-                let path = file
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let url = candidate
-                    .url
-                    .parse::<http::Uri>()
-                    .map_or_else(|_| candidate.url.clone(), |u| self.redactor.redact(&u).to_string());
-                let record = WorkRecord {
-                    resolver: Some(candidate.resolver),
-                    url: Some(url),
-                    path: Some(path),
-                    sha256: Some(file.sha256),
-                    bytes: Some(file.bytes),
-                    elapsed_ms,
-                    attempts,
-                    ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
-                };
-                (record, JobState::Finalized, false)
-            }
-            FetchResult::Failed {
-                reason,
-                detail,
-                attempts,
-            } => (
-                not_done(Outcome::Failed, reason, detail, attempts),
-                JobState::Failed,
-                false,
-            ),
-            FetchResult::Deferred {
-                reason,
-                detail,
-                attempts,
-            } => (
-                not_done(Outcome::Deferred, reason, detail, attempts),
-                JobState::Deferred,
-                !second_pass,
-            ),
-        };
-        if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
-            let result = JobResult {
-                outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
-                path: record.path.clone(),
-                sha256: record.sha256.clone(),
-                bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
-                reason: record.reason.map(|r| r.as_str().to_owned()),
-            };
-            let finished = ledger.finish(job, &self.config.worker_id, state, &result).await;
-            lock(&self.held).remove(&job);
-            finished?;
-        }
-        if later {
-            let reason = record.reason.unwrap_or(ReasonCode::Deferred);
-            return Ok(Processed::Later(work, reason, record.detail.unwrap_or_default()));
-        }
-        Ok(Processed::Done(record))
-    }
-}
-
-/// Completes once the run is cancelled.
-async fn cancelled(mut rx: tokio::sync::watch::Receiver<bool>) {
-    // an error means the sender is gone: the run is over, which is as good as cancelled
-    let _ = rx.wait_for(|c| *c).await;
 }

@@ -87,6 +87,29 @@ pub fn parse_rate(s: &str) -> Result<RateSpec, String> {
     })
 }
 
+/// Parses a duration: a whole number with an optional unit, `ms`, `s` (the default) or `m`
+/// (`90`, `90s`, `1500ms`, `2m`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let t = s.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write a whole number with ms, s or m (90s, 1500ms, 2m)"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long")),
+        other => Err(format!("unknown unit {other:?} in {s:?}; use ms, s or m")),
+    }
+}
+
 fn parse_tier(s: &str) -> Result<TierConfig, String> {
     FallbackConfig::parse_tier(s).map_err(|e| e.reason)
 }
@@ -169,12 +192,21 @@ pub struct RunArgs {
     /// The job ledger [default: sqlite://<out>/ledger.sqlite]; postgres://... for many machines.
     #[arg(long, value_name = "URL", env = "DOCSTOKG_LEDGER")]
     pub ledger: Option<String>,
+    /// How long to wait for a PostgreSQL ledger to answer before giving up with an error
+    /// that names it [default: 10s].
+    #[arg(long, value_name = "DURATION", env = "DOCSTOKG_LEDGER_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub ledger_connect_timeout: Option<std::time::Duration>,
     /// This run's id [default: generated].
     #[arg(long, value_name = "ID", env = "DOCSTOKG_RUN_ID")]
     pub run_id: Option<String>,
     /// Lease time of a work in the ledger, in seconds [default: 120].
     #[arg(long, value_name = "SECS", env = "DOCSTOKG_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<u64>,
+    /// The longest the second pass waits for the providers of deferred works to accept
+    /// again (their Retry-After); works expected back later stay deferred for the next run.
+    /// `0` does not wait [default: 60s].
+    #[arg(long, value_name = "DURATION", env = "DOCSTOKG_SECOND_PASS_MAX_WAIT", value_parser = parse_duration)]
+    pub second_pass_max_wait: Option<std::time::Duration>,
 
     /// Time allowed for one work, all sources together [default: 120000].
     #[arg(long, value_name = "MS", env = "DOCSTOKG_FALLBACK_TOTAL_TIMEOUT_MS")]
@@ -255,6 +287,20 @@ mod tests {
         for bad in ["x", "=1", "x=0", "x=-1", "x=abc", "x=1:0", "x=1:z", "x=NaN", "x=inf"] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 90s "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1", "1.5s", "10h", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("10h").unwrap_err().contains("ms, s or m"));
     }
 
     #[test]

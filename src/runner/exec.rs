@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::layers::learning::{Learner, LearningPolicy};
 use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
-use crate::ledger::{Ledger, LedgerConfig};
+use crate::ledger::{redact_url, Ledger, LedgerConfig, LedgerError};
 use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord};
 use crate::pipeline::{Pipeline, PipelineConfig, Progress};
 use crate::resolvers::ResolverConfig;
@@ -116,22 +116,23 @@ pub async fn run(
     let ledger = if settings.idempotency {
         let cfg = LedgerConfig {
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
+            connect_timeout: settings.ledger_connect_timeout,
             ..LedgerConfig::new(settings.ledger.clone())
         };
-        Some(Ledger::connect(cfg).await.map_err(|e| {
-            fatal(format!(
-                "the ledger {} cannot be used: {e}",
-                redact_url(&settings.ledger)
-            ))
-        })?)
+        Some(
+            Ledger::connect(cfg)
+                .await
+                .map_err(|e| ledger_failed(&settings.ledger, e))?,
+        )
     } else {
         None
     };
 
     let manifest = ManifestWriter::open(&settings.out).map_err(fatal)?;
     let manifest = Arc::new(Mutex::new(manifest));
-    // attempts.csv holds this run's attempts; the manifest keeps every run's
-    let csv = CsvSink::create(settings.out.join("attempts.csv")).map_err(|e| fatal(format!("attempts.csv: {e}")))?;
+    // attempts.csv keeps every run's attempts, as the manifest does (each row has its run id)
+    let csv_path = settings.out.join("attempts.csv");
+    let csv = CsvSink::append(&csv_path).map_err(|e| fatal(format!("cannot open {}: {e}", csv_path.display())))?;
     let records = RecordWriter::spawn(
         (ManifestSink::new(manifest.clone(), settings.run_id.clone()), csv),
         4096,
@@ -169,6 +170,7 @@ pub async fn run(
             resolvers,
             download: DownloadOptions::default(),
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
+            second_pass_max_wait: settings.second_pass_max_wait,
         },
         &stack,
         ledger.clone(),
@@ -203,17 +205,12 @@ pub async fn run(
     Ok(Exit::Completed)
 }
 
-fn redact_url(url: &str) -> String {
-    // postgres://user:password@host/db → postgres://user:REDACTED@host/db
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:REDACTED{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+/// The message for a ledger that cannot be opened: the ledger's own when it already names
+/// the ledger (unreachable), otherwise prefixed with its URL (password redacted).
+fn ledger_failed(url: &str, e: LedgerError) -> (Exit, String) {
+    match e {
+        LedgerError::Unreachable { .. } => fatal(e),
+        e => fatal(format!("the ledger {} cannot be used: {e}", redact_url(url))),
     }
 }
 
@@ -430,7 +427,7 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
     let counts = if args.ledger.is_some() || default_file.is_file() {
         let ledger = Ledger::connect(LedgerConfig::new(ledger_url.clone()))
             .await
-            .map_err(|e| fatal(format!("the ledger {} cannot be used: {e}", redact_url(&ledger_url))))?;
+            .map_err(|e| ledger_failed(&ledger_url, e))?;
         let counts = ledger.counts(None).await.map_err(fatal)?;
         ledger.close().await;
         Some(counts)

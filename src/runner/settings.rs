@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::args::{parse_rate, LogFormat, RateSpec, RunArgs};
-use crate::pipeline::FallbackConfig;
+use super::args::{parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
+use crate::ledger::DEFAULT_CONNECT_TIMEOUT;
+use crate::pipeline::{FallbackConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
 use crate::service::HttpConfig;
 
 /// Where the works come from.
@@ -68,10 +70,16 @@ pub struct FileConfig {
     pub enable_idempotency: Option<bool>,
     /// Ledger URL.
     pub ledger: Option<String>,
+    /// How long to wait for a PostgreSQL ledger: seconds, or a string with a unit (`"5s"`).
+    #[serde(deserialize_with = "de_duration")]
+    pub ledger_connect_timeout: Option<Duration>,
     /// Run id.
     pub run_id: Option<String>,
     /// Lease TTL in seconds.
     pub lease_ttl_secs: Option<u64>,
+    /// The second pass's longest wait: seconds, or a string with a unit (`"90s"`).
+    #[serde(deserialize_with = "de_duration")]
+    pub second_pass_max_wait: Option<Duration>,
     /// Fallback tiers and budgets.
     pub fallback: Option<FallbackConfig>,
     /// Never use the Wayback Machine.
@@ -118,10 +126,14 @@ pub struct RunSettings {
     pub idempotency: bool,
     /// Ledger URL.
     pub ledger: String,
+    /// How long to wait for a PostgreSQL ledger to answer.
+    pub ledger_connect_timeout: Duration,
     /// Run id.
     pub run_id: String,
     /// Lease TTL.
     pub lease_ttl_secs: u64,
+    /// The second pass's longest wait for the providers of deferred works.
+    pub second_pass_max_wait: Duration,
     /// Fallback tiers and budgets.
     pub fallback: FallbackConfig,
     /// Resolver base URLs.
@@ -132,6 +144,20 @@ pub struct RunSettings {
     pub log_format: LogFormat,
     /// No progress output.
     pub quiet: bool,
+}
+
+/// A duration in the TOML file: whole seconds (`90`) or a string with a unit (`"1500ms"`).
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Secs(u64),
+        Text(String),
+    }
+    match Value::deserialize(d)? {
+        Value::Secs(n) => Ok(Some(Duration::from_secs(n))),
+        Value::Text(t) => parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 fn gate(enable: Option<bool>, disable: bool, file: Option<bool>) -> bool {
@@ -213,6 +239,13 @@ impl RunSettings {
             .clone()
             .or(file.ledger)
             .unwrap_or_else(|| format!("sqlite://{}", out.join("ledger.sqlite").display()));
+        let ledger_connect_timeout = args
+            .ledger_connect_timeout
+            .or(file.ledger_connect_timeout)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        if ledger_connect_timeout.is_zero() {
+            return Err("--ledger-connect-timeout must be more than 0 (e.g. 10s)".into());
+        }
         let provider_learning_path = args
             .provider_learning_path
             .clone()
@@ -246,8 +279,13 @@ impl RunSettings {
                 file.enable_idempotency,
             ),
             ledger,
+            ledger_connect_timeout,
             run_id,
             lease_ttl_secs: args.lease_ttl_secs.or(file.lease_ttl_secs).unwrap_or(120).max(1),
+            second_pass_max_wait: args
+                .second_pass_max_wait
+                .or(file.second_pass_max_wait)
+                .unwrap_or(DEFAULT_SECOND_PASS_MAX_WAIT),
             fallback,
             resolver_bases,
             http,
@@ -288,6 +326,8 @@ mod tests {
         assert_eq!(s.run_id, "generated");
         assert_eq!(s.fallback, FallbackConfig::default());
         assert_eq!(s.workers, 8);
+        assert_eq!(s.second_pass_max_wait, DEFAULT_SECOND_PASS_MAX_WAIT);
+        assert_eq!(s.ledger_connect_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -335,6 +375,9 @@ mod tests {
         assert!(resolve(&["--input", "a", "--workers", "0"])
             .unwrap_err()
             .contains("--workers"));
+        assert!(resolve(&["--input", "a", "--ledger-connect-timeout", "0s"])
+            .unwrap_err()
+            .contains("--ledger-connect-timeout"));
         assert!(resolve(&["--input", "a", "--fallback-max-attempts", "0"])
             .unwrap_err()
             .contains("max_attempts"));
@@ -351,6 +394,8 @@ out = "from-file"
 mailto = "file@example.org"
 workers = 3
 enable_idempotency = false
+second_pass_max_wait = "1500ms"
+ledger_connect_timeout = 3
 [rates]
 crossref = "2:1"
 "arxiv.org" = "0.33"
@@ -367,11 +412,23 @@ connect_timeout_ms = 1234
         assert_eq!(s.workers, 5, "flag over file");
         assert!(!s.idempotency, "file over default");
         assert_eq!(s.fallback.max_attempts, 7);
+        assert_eq!(s.second_pass_max_wait, Duration::from_millis(1500), "file over default");
+        assert_eq!(
+            s.ledger_connect_timeout,
+            Duration::from_secs(3),
+            "whole seconds in the file"
+        );
+        let zero = resolve(&["--input", "w", "--config", p, "--second-pass-max-wait", "0"]).unwrap();
+        assert_eq!(zero.second_pass_max_wait, Duration::ZERO, "flag over file");
         assert_eq!(s.http.connect_timeout_ms, 1234);
         assert_eq!(s.http.mailto.as_deref(), Some("file@example.org"));
         let crossref = s.rates.iter().find(|r| r.key == "crossref").unwrap();
         assert_eq!(crossref.rate, 9.0, "flag over file");
         assert!(s.rates.iter().any(|r| r.key == "arxiv.org"));
+
+        std::fs::write(&path, "second_pass_max_wait = \"soon\"\n").unwrap();
+        let err = resolve(&["--input", "w", "--config", p]).unwrap_err();
+        assert!(err.contains("c.toml") && err.contains("soon"), "{err}");
 
         std::fs::write(&path, "wrokers = 3\n").unwrap();
         let err = resolve(&["--input", "w", "--config", p]).unwrap_err();

@@ -165,6 +165,148 @@ impl CsvSink {
         // csv::Writer buffers on its own.
         Ok(CsvSink::new(File::create(path)?))
     }
+
+    /// Appends to the file at `path`, so that it keeps every run's attempts (each row has its
+    /// `run_id`). The header row is written only when the file is new or empty. A file whose
+    /// header is not this version's (an older layout) is not mixed with new rows: it is moved
+    /// aside to `<stem>.<UTC timestamp>.<ext>` (`attempts.20261122T081952Z.csv`), with a
+    /// warning, and a new file is started.
+    pub fn append(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref();
+        let header = csv_header()?;
+        let mut needs_header = true;
+        let mut needs_newline = false;
+        if let Some(found) = first_line(path)? {
+            if found.trim_end_matches(['\r', '\n']) == header {
+                needs_header = false;
+                needs_newline = !ends_with_newline(path)?;
+            } else {
+                let aside = set_aside(path)?;
+                tracing::warn!(
+                    file = %path.display(),
+                    moved_to = %aside.display(),
+                    "the attempts file has another header (an older version's layout); it was moved aside and a new one started"
+                );
+            }
+        }
+        let mut file = File::options().create(true).append(true).open(path)?;
+        if needs_newline {
+            // the last row of a run that stopped mid-write: do not glue the next one to it
+            file.write_all(b"\n")?;
+        }
+        Ok(CsvSink {
+            out: csv::WriterBuilder::new().has_headers(needs_header).from_writer(file),
+        })
+    }
+}
+
+/// This version's CSV header row (without the line end).
+fn csv_header() -> io::Result<String> {
+    let probe = AttemptRecord {
+        schema_version: SCHEMA_VERSION,
+        timestamp_ms: 0,
+        run_id: None,
+        work_id: None,
+        operation: OperationType::Download,
+        provider: String::new(),
+        method: String::new(),
+        url: String::new(),
+        status: None,
+        reason: None,
+        attempt: 0,
+        elapsed_us: 0,
+        head_us: None,
+        ttfb_us: None,
+        bytes: 0,
+        ratelimit_wait_us: None,
+        cooldown_wait_us: None,
+        retry_after_us: None,
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.serialize(&probe).map_err(csv_to_io)?;
+    let bytes = w.into_inner().map_err(|e| io::Error::other(e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// The file's first line with its line end, or `None` if it is missing or empty.
+fn first_line(path: &Path) -> io::Result<Option<String>> {
+    use std::io::{BufRead, Read};
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut line = Vec::new();
+    // a header is short; a first "line" longer than this is not ours
+    io::BufReader::new(file).take(64 * 1024).read_until(b'\n', &mut line)?;
+    Ok((!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned()))
+}
+
+fn ends_with_newline(path: &Path) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    if file.seek(SeekFrom::End(0))? == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+/// Renames `path` to `<stem>.<UTC timestamp>[-n].<ext>` beside it; returns the new path.
+fn set_aside(path: &Path) -> io::Result<std::path::PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let stamp = utc_stamp(secs);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    // bounded: a hundred set-asides in one second would be a loop elsewhere
+    for n in 0..100 {
+        let suffix = if n == 0 { String::new() } else { format!("-{n}") };
+        let aside = path.with_file_name(format!("{stem}.{stamp}{suffix}{ext}"));
+        if !aside.exists() {
+            std::fs::rename(path, &aside)?;
+            return Ok(aside);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "cannot move {} aside: too many files of the same second",
+            path.display()
+        ),
+    ))
+}
+
+/// `YYYYMMDDTHHMMSSZ` for Unix seconds (the civil calendar from days, after Howard
+/// Hinnant's `civil_from_days`; written here to avoid a date crate for one file name).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl<W: Write> CsvSink<W> {
@@ -278,6 +420,77 @@ mod tests {
         both.flush().unwrap();
         assert_eq!(a.records(), vec![sample(1)]);
         assert_eq!(b.records(), vec![sample(1)]);
+    }
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_763_799_592), "20251122T081952Z");
+    }
+
+    fn append_rows(path: &Path, records: &[AttemptRecord]) {
+        let mut sink = CsvSink::append(path).unwrap();
+        for r in records {
+            sink.write(r).unwrap();
+        }
+        RecordSink::flush(&mut sink).unwrap();
+    }
+
+    #[test]
+    fn appending_keeps_one_header_and_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempts.csv");
+        let run = |id: &str, n: u32| -> Vec<AttemptRecord> {
+            (1..=n)
+                .map(|i| AttemptRecord {
+                    run_id: Some(id.into()),
+                    ..sample(i)
+                })
+                .collect()
+        };
+        append_rows(&path, &run("run-1", 2));
+        // an empty file counts as new
+        std::fs::write(dir.path().join("empty.csv"), "").unwrap();
+        append_rows(&dir.path().join("empty.csv"), &run("run-0", 1));
+        // a run that stopped mid-row: the next row starts on its own line
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("1,17");
+        std::fs::write(&path, text).unwrap();
+        append_rows(&path, &run("run-2", 3));
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("schema_version").count(), 1, "{text}");
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(&path).unwrap();
+        let rows: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>().unwrap();
+        let ids: Vec<&str> = rows.iter().filter(|r| r.len() > 2).map(|r| &r[2]).collect();
+        assert_eq!(ids, ["run-1", "run-1", "run-2", "run-2", "run-2"]);
+        let empty = std::fs::read_to_string(dir.path().join("empty.csv")).unwrap();
+        assert!(empty.starts_with("schema_version,"), "{empty}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing set aside");
+    }
+
+    #[test]
+    fn a_file_with_another_header_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempts.csv");
+        let old = "timestamp_ms,provider,status\n1,crossref,429\n";
+        std::fs::write(&path, old).unwrap();
+        append_rows(&path, &[sample(1)]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&csv_header().unwrap()), "{text}");
+        assert!(!text.contains("1,crossref,429"), "{text}");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "attempts.csv")
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert!(
+            aside[0].starts_with("attempts.") && aside[0].ends_with("Z.csv"),
+            "{aside:?}"
+        );
+        assert_eq!(std::fs::read_to_string(dir.path().join(&aside[0])).unwrap(), old);
     }
 
     #[test]

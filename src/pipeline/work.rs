@@ -1,0 +1,235 @@
+//! One work's way through the pipeline: its ledger claim, its fetch, its outcome recorded;
+//! and the heartbeat that keeps the leases of the works in flight.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::fallback::{DeferredBy, FetchEnv, FetchResult};
+use super::run::{lock, Pipeline};
+use crate::context::{OperationType, WorkId};
+use crate::download::file_stem;
+use crate::layers::idempotency::derive_key;
+use crate::ledger::{Claim, JobId, JobResult, JobState, LedgerError, NewJob};
+use crate::manifest::{Outcome, WorkRecord};
+use crate::reason::ReasonCode;
+use crate::works::Work;
+
+pub(super) enum Processed {
+    Done(WorkRecord),
+    /// Abandoned by a shutdown; its lease is released.
+    Cancelled,
+    /// For the second pass: deferred, or leased by a live worker elsewhere.
+    Later(Later),
+}
+
+/// A work waiting for the second pass.
+pub(super) struct Later {
+    pub(super) work: Work,
+    pub(super) reason: ReasonCode,
+    pub(super) detail: String,
+    /// Who put it off, with their hints.
+    pub(super) by: Vec<DeferredBy>,
+}
+
+impl Pipeline {
+    fn heartbeat_every(&self) -> Duration {
+        (self.config.lease_ttl / 3).max(Duration::from_millis(100))
+    }
+
+    pub(super) fn spawn_heartbeat(&self) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let (ledger, held, owner, ttl) = (
+            self.ledger.clone(),
+            self.held.clone(),
+            self.config.worker_id.clone(),
+            self.config.lease_ttl,
+        );
+        let every = self.heartbeat_every();
+        let task = tokio::spawn(async move {
+            let Some(ledger) = ledger else { return };
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tick.tick() => {
+                        let jobs: Vec<JobId> = lock(&held).iter().copied().collect();
+                        if jobs.is_empty() {
+                            continue;
+                        }
+                        // not raced against `stop`: a renewal is never dropped halfway
+                        if let Err(e) = ledger.heartbeat(&owner, &jobs, ttl).await {
+                            tracing::warn!("could not renew leases: {e}");
+                        }
+                    }
+                }
+            }
+        });
+        (stop_tx, task)
+    }
+
+    fn job_for(&self, work: &Work) -> NewJob {
+        let work_id = WorkId::new(work.id.as_str());
+        let canonical = match &work.doi {
+            Some(doi) => format!("https://doi.org/{doi}"),
+            None => format!("work:{}", work.id),
+        };
+        NewJob {
+            run_id: self.config.run_id.clone(),
+            key: derive_key(OperationType::Download, Some(&work_id), &format!("work:{}", work.id)),
+            work_id,
+            canonical_url: canonical,
+        }
+    }
+
+    pub(super) async fn process(
+        &self,
+        work: Work,
+        second_pass: bool,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Processed, LedgerError> {
+        let started = Instant::now();
+        let stem = file_stem(&work);
+        let mut job_id = None;
+        if let Some(ledger) = &self.ledger {
+            match ledger
+                .claim(&self.job_for(&work), &self.config.worker_id, self.config.lease_ttl)
+                .await?
+            {
+                Claim::Settled(job) => {
+                    return Ok(Processed::Done(WorkRecord {
+                        reason: Some(ReasonCode::AlreadyDownloaded),
+                        path: job.result.path,
+                        sha256: job.result.sha256,
+                        bytes: job.result.bytes.and_then(|b| u64::try_from(b).ok()),
+                        ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+                    }));
+                }
+                Claim::Busy(job) => {
+                    let owner = job.lease_owner.unwrap_or_default();
+                    return Ok(Processed::Later(Later {
+                        work,
+                        reason: ReasonCode::LeasedElsewhere,
+                        detail: format!("leased by {owner}"),
+                        by: Vec::new(),
+                    }));
+                }
+                Claim::Leased(job) => {
+                    lock(&self.held).insert(job.id);
+                    job_id = Some(job.id);
+                }
+            }
+        } else if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
+            return Ok(Processed::Done(WorkRecord {
+                reason: Some(ReasonCode::AlreadyDownloaded),
+                path: Some(format!("{stem}.pdf")),
+                ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+            }));
+        }
+
+        let env = FetchEnv {
+            resolve: &self.resolve,
+            download: &self.download,
+            out_dir: &self.config.out_dir,
+            tried: &self.tried,
+            options: &self.config.download,
+        };
+        let result = tokio::select! {
+            r = self.fallback.fetch(&work, env) => r,
+            () = cancelled(cancel) => {
+                // abandoned: the partial files are gone with the fetch; give the work back
+                if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
+                    let released = ledger.release(job, &self.config.worker_id).await;
+                    lock(&self.held).remove(&job);
+                    released?;
+                }
+                return Ok(Processed::Cancelled);
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let not_done = |outcome, reason, detail, attempts| WorkRecord {
+            reason: Some(reason),
+            detail: Some(detail),
+            elapsed_ms,
+            attempts,
+            ..WorkRecord::new(work.id.as_str(), outcome)
+        };
+        let (record, state, later, by) = match result {
+            FetchResult::Downloaded {
+                file,
+                candidate,
+                attempts,
+            } => {
+                let path = file
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let url = candidate
+                    .url
+                    .parse::<http::Uri>()
+                    .map_or_else(|_| candidate.url.clone(), |u| self.redactor.redact(&u).to_string());
+                let record = WorkRecord {
+                    resolver: Some(candidate.resolver),
+                    url: Some(url),
+                    path: Some(path),
+                    sha256: Some(file.sha256),
+                    bytes: Some(file.bytes),
+                    elapsed_ms,
+                    attempts,
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
+                };
+                (record, JobState::Finalized, false, Vec::new())
+            }
+            FetchResult::Failed {
+                reason,
+                detail,
+                attempts,
+            } => (
+                not_done(Outcome::Failed, reason, detail, attempts),
+                JobState::Failed,
+                false,
+                Vec::new(),
+            ),
+            FetchResult::Deferred {
+                reason,
+                detail,
+                attempts,
+                by,
+            } => (
+                not_done(Outcome::Deferred, reason, detail, attempts),
+                JobState::Deferred,
+                !second_pass,
+                by,
+            ),
+        };
+        if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
+            let result = JobResult {
+                outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
+                path: record.path.clone(),
+                sha256: record.sha256.clone(),
+                bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
+                reason: record.reason.map(|r| r.as_str().to_owned()),
+            };
+            let finished = ledger.finish(job, &self.config.worker_id, state, &result).await;
+            lock(&self.held).remove(&job);
+            finished?;
+        }
+        if later {
+            return Ok(Processed::Later(Later {
+                reason: record.reason.unwrap_or(ReasonCode::Deferred),
+                detail: record.detail.unwrap_or_default(),
+                work,
+                by,
+            }));
+        }
+        Ok(Processed::Done(record))
+    }
+}
+
+/// Completes once the run is cancelled.
+pub(super) async fn cancelled(mut rx: tokio::sync::watch::Receiver<bool>) {
+    // an error means the sender is gone: the run is over, which is as good as cancelled
+    let _ = rx.wait_for(|c| *c).await;
+}
