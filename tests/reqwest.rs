@@ -8,7 +8,7 @@ use contentdownload::adapters::reqwest::{install_crypto_provider, ContentDownloa
 use contentdownload::context::{OperationType, Provider};
 use contentdownload::error::{Deferred, FailedOver};
 use contentdownload::layers::rate_limit::{Quota, RateLimitConfig};
-use contentdownload::service::StackConfig;
+use contentdownload::service::{HttpConfig, StackConfig};
 use contentdownload::simulator::{Reply, Simulator, Throttle};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokio::time::Instant;
@@ -47,6 +47,34 @@ async fn a_429_then_200_is_retried_and_the_body_streams_through() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "payload");
     assert_eq!(sim.count("/f.pdf"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_one_line_client_is_polite_and_retries() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/w", [Reply::status(503), Reply::ok().body("done")]);
+    let client = contentdownload::adapters::reqwest::client(&StackConfig {
+        http: HttpConfig {
+            mailto: Some("you@example.org".into()),
+            ..HttpConfig::default()
+        },
+        ..StackConfig::default()
+    })
+    .unwrap();
+    let res = get(&client, &sim.url("/w"), OperationType::Download, "pub")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "done");
+    let seen = sim.requests_to("/w");
+    assert_eq!(seen.len(), 2, "the 503 was retried");
+    for request in seen {
+        let ua = request.headers["user-agent"].to_str().unwrap().to_owned();
+        assert!(
+            ua.starts_with("contentdownload/") && ua.ends_with("(+mailto:you@example.org)"),
+            "{ua}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -40,8 +40,10 @@
 //! `anyhow::Error::downcast_ref`.
 //!
 //! TLS: the feature enables reqwest with rustls but without its aws-lc crypto provider (this
-//! crate uses ring); call [`install_crypto_provider`] once before building a
-//! `reqwest::Client`, or install a provider of your own.
+//! crate uses ring). [`client`] installs ring for you and builds the whole client in one
+//! line; to wrap a `reqwest::Client` of your own, call [`install_crypto_provider`] once
+//! before building it (or install a provider of your own, or enable one of reqwest's TLS
+//! features that brings one).
 //!
 //! Limits: a request whose body is a stream cannot be retried, so it is sent once through
 //! `next`, without the policies. The response handed back has the request's URL only
@@ -73,6 +75,49 @@ pub fn install_crypto_provider() {
         // Err means another thread installed one first: that one is used, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+}
+
+/// The one-line adoption: a reqwest client configured from `config.http` (the polite
+/// User-Agent, the connect and idle-read timeouts, the pool's idle timeout, the redirect
+/// limit, TLS verification — off only with `danger_accept_invalid_certs`), wrapped in a
+/// [`ContentDownloadMiddleware`] with its own state. Installs the ring crypto provider
+/// first ([`install_crypto_provider`]). Errors name the setting that is wrong.
+///
+/// ```no_run
+/// use contentdownload::context::{OperationType, Provider};
+/// use contentdownload::service::{HttpConfig, StackConfig};
+///
+/// # async fn demo() -> Result<(), contentdownload::error::BoxError> {
+/// let client = contentdownload::adapters::reqwest::client(&StackConfig {
+///     http: HttpConfig { mailto: Some("you@example.org".into()), ..HttpConfig::default() },
+///     ..StackConfig::default()
+/// })?;
+/// let response = client
+///     .get("https://api.crossref.org/works/10.1000/x")
+///     .with_extension(OperationType::Resolve)
+///     .with_extension(Provider::new("crossref"))
+///     .send()
+///     .await?;
+/// # drop(response); Ok(()) }
+/// ```
+pub fn client(config: &StackConfig) -> Result<reqwest_middleware::ClientWithMiddleware, BoxError> {
+    install_crypto_provider();
+    let http = &config.http;
+    let mut builder = reqwest::Client::builder()
+        .user_agent(http.user_agent())
+        .connect_timeout(http.connect_timeout())
+        .read_timeout(http.read_timeout())
+        .pool_idle_timeout(http.pool_idle_timeout())
+        .pool_max_idle_per_host(http.pool_max_idle_per_host)
+        .redirect(reqwest::redirect::Policy::limited(http.max_redirects));
+    if http.danger_accept_invalid_certs {
+        tracing::warn!("TLS certificate verification is OFF for the reqwest client (danger_accept_invalid_certs)");
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    let reqwest_client = builder.build()?;
+    Ok(reqwest_middleware::ClientBuilder::new(reqwest_client)
+        .with(ContentDownloadMiddleware::new(config)?)
+        .build())
 }
 
 /// A `reqwest_middleware::Middleware` that applies the stack's policies: partitioned rate
