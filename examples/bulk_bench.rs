@@ -15,6 +15,11 @@
 //! pipeline's overhead, not politeness. Both tools fetch from the same in-process
 //! simulator (HTTP/1.1 over loopback) into temporary folders that are deleted at the end.
 //!
+//! The runner reads its usual `DOCSTOKG_*` variables, so a gate can be switched off to see
+//! what it costs (`DOCSTOKG_ENABLE_IDEMPOTENCY=false`: no ledger). `RUST_LOG=info` shows
+//! the runner's logs on stderr; `BULK_BENCH_KEEP=1` keeps the temporary folder (output,
+//! ledger, manifest) and prints where it is.
+//!
 //! Peak RSS: for the runner, this process's `VmHWM` (runner and simulator together, reset
 //! before the run where the kernel allows); for curl, its own maximum RSS from
 //! `/usr/bin/time` when that is installed.
