@@ -144,3 +144,46 @@ async fn learning_demo_learns_the_hidden_rate_and_recovers() {
     );
     assert!(out.lines().any(|l| l.starts_with("recovery: ")), "{out}");
 }
+
+/// The numeric cells of the table row whose first cell starts with `tool`.
+fn table_row(out: &str, tool: &str) -> Option<Vec<f64>> {
+    let line = out.lines().find(|l| l.starts_with(&format!("| {tool}")))?;
+    let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+    // tool, files, total MB, wall s, files/s, MB/s, ratio to curl, peak RSS MiB
+    assert_eq!(cells.len(), 8, "eight columns: {line}");
+    Some(
+        cells[1..6]
+            .iter()
+            .map(|c| {
+                c.parse::<f64>()
+                    .unwrap_or_else(|_| panic!("{c:?} is not a number in {line}"))
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn bulk_bench_lands_every_file_with_both_tools() {
+    let out = run(
+        "bulk_bench",
+        &["--files", "50", "--size", "2048", "--concurrency", "4"],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        out.contains("| tool | files | total MB | wall s | files/s | MB/s | ratio to curl | peak RSS MiB |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pipeline PDF requests: 50"),
+        "one request per work:\n{out}"
+    );
+    let pipeline = table_row(&out, "contentdownload run").unwrap_or_else(|| panic!("no runner row:\n{out}"));
+    assert_eq!(pipeline[0], 50.0, "every file landed through the runner:\n{out}");
+    assert!((pipeline[1] - 50.0 * 2048.0 / 1e6).abs() < 0.06, "{out}");
+    match table_row(&out, "curl") {
+        Some(curl) => assert_eq!(curl[0], 50.0, "every file landed through curl:\n{out}"),
+        // a machine without a curl that has --parallel: the example says so
+        None => assert!(out.contains("curl row skipped:"), "{out}"),
+    }
+}

@@ -179,7 +179,7 @@ where
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout()));
 
-        let tls = tls::client_config(config.danger_accept_invalid_certs)?;
+        let tls = tls::client_config(config.danger_accept_invalid_certs, &config.extra_root_certificates)?;
         let https = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
         let https = if config.http2 {
             https.enable_http1().enable_http2().wrap_connector(http)

@@ -1,6 +1,7 @@
 //! [`HttpConfig`]: how the shared client connects, times out, identifies itself and
 //! follows redirects.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,15 @@ pub struct HttpConfig {
     /// makes every HTTPS connection open to interception; it is logged at WARN level each
     /// time a client is built. Meant only for a test server with a self-signed certificate.
     pub danger_accept_invalid_certs: bool,
+    /// PEM files of extra root certificates to trust, on top of the webpki roots: for a
+    /// mirror, an institutional proxy or a test server with its own CA. Every
+    /// `CERTIFICATE` block of each file is added; a file that cannot be read, is not PEM
+    /// or holds no certificate fails the client's construction with a [`ConfigError`]
+    /// naming the field and the file. Default: none. Verification stays on: a certificate
+    /// must still chain to a trusted root and match the host name.
+    ///
+    /// [`ConfigError`]: super::ConfigError
+    pub extra_root_certificates: Vec<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +72,7 @@ impl Default for HttpConfig {
             max_metadata_body_bytes: 8 * 1024 * 1024,
             http2: true,
             danger_accept_invalid_certs: false,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
