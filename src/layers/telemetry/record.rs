@@ -373,7 +373,7 @@ pub(crate) fn sample(attempt: u32) -> AttemptRecord {
         schema_version: SCHEMA_VERSION,
         timestamp_ms: 1_700_000_000_000 + u64::from(attempt),
         run_id: Some("run-1".into()),
-        work_id: if attempt % 2 == 0 {
+        work_id: if attempt.is_multiple_of(2) {
             None
         } else {
             Some("W1, \"quoted\"".into())
