@@ -6,7 +6,7 @@ use super::connect::{ms, WritePool};
 use super::error::LedgerError;
 use super::row::{self, job_columns};
 use super::types::{Job, JobId, JobResult, JobState, NewJob};
-use super::{with_pool, Ledger};
+use super::{with_write_pool, Ledger};
 
 /// What [`Ledger::claim`] found for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,7 +120,7 @@ impl Ledger {
     /// idempotent; the existing job keeps its run id and state).
     pub async fn plan(&self, job: &NewJob) -> Result<Job, LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let r = sqlx::query(PLAN)
                 .bind(&job.run_id)
                 .bind(job.work_id.as_str())
@@ -142,7 +142,7 @@ impl Ledger {
         if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
             return super::pg_batch::plan_many(pool, jobs, now).await;
         }
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut ids = Vec::with_capacity(jobs.len());
             for job in jobs {
@@ -179,7 +179,7 @@ impl Ledger {
             (false, true) => LEASE_ANY_PG,
             (true, true) => LEASE_RUN_PG,
         };
-        let mut jobs = with_pool!(self, pool => {
+        let mut jobs = with_write_pool!(self, pool => {
             let q = sqlx::query(sql)
                 .bind(owner)
                 .bind(now.saturating_add(ms(ttl)))
@@ -207,7 +207,7 @@ impl Ledger {
     /// layer does per request.
     pub async fn claim(&self, job: &NewJob, owner: &str, ttl: Duration) -> Result<Claim, LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query(PLAN_IF_NEW)
                 .bind(&job.run_id)
@@ -247,7 +247,7 @@ impl Ledger {
     /// (a job missing from the count was lost: stop working on it).
     pub async fn heartbeat(&self, owner: &str, jobs: &[JobId], ttl: Duration) -> Result<u64, LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut held = 0;
             for id in jobs {
@@ -274,7 +274,7 @@ impl Ledger {
     /// it and [`LedgerError::IllegalTransition`] if it is not LEASED or `to` is not final.
     pub async fn finish(&self, job: JobId, owner: &str, to: JobState, result: &JobResult) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("finish a job"))?;
             // A target that is not final binds an id no row has: the update matches nothing
             // and `conditional!` reads the job to report the illegal transition.
@@ -305,7 +305,7 @@ impl Ledger {
         if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
             return super::pg_batch::finish_many(pool, owner, items, now).await;
         }
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut out = Vec::with_capacity(items.len());
             for (job, to, result) in items {
@@ -335,7 +335,7 @@ impl Ledger {
     /// Gives a leased job back (LEASED by `owner` → PLANNED); its attempt stays counted.
     pub async fn release(&self, job: JobId, owner: &str) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("release a job"))?;
             let q = sqlx::query(
                 "UPDATE jobs SET state = 'PLANNED', lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
@@ -351,7 +351,7 @@ impl Ledger {
     /// Plans a FAILED or DEFERRED job again (→ PLANNED), for a second pass.
     pub async fn requeue(&self, job: JobId) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("requeue a job"))?;
             let q = sqlx::query(
                 "UPDATE jobs SET state = 'PLANNED', updated_at = $1 WHERE id = $2 AND state IN ('FAILED', 'DEFERRED')",
@@ -372,7 +372,7 @@ impl Ledger {
             });
         }
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let r = sqlx::query(
                 "UPDATE jobs SET state = 'PLANNED', updated_at = $1 WHERE state = $2 AND ($3 = '' OR run_id = $3)",
             )
@@ -389,7 +389,7 @@ impl Ledger {
     /// Marks a PLANNED job SKIPPED (nothing to do: already present, out of scope) with a reason.
     pub async fn skip(&self, job: JobId, reason: &str) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("skip a job"))?;
             let q = sqlx::query(
                 "UPDATE jobs SET state = 'SKIPPED', updated_at = $1, reason = $2 WHERE id = $3 AND state = 'PLANNED'",
