@@ -395,4 +395,37 @@ mod tests {
             .all(|l| l.contains("\"schema_version\":1") && l.contains("\"run_id\":\"r\"")));
         assert!(raw.contains("\"record_type\":\"summary\""));
     }
+
+    #[test]
+    fn written_out_lines_are_visible_and_synced_once() {
+        use crate::layers::telemetry::RecordSink;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(std::sync::Mutex::new(ManifestWriter::open(dir.path()).unwrap()));
+        let path = dir.path().join(MANIFEST_FILE);
+        let mut sink = ManifestSink::new(shared.clone(), "r");
+        // nothing to sync yet
+        assert!(shared.lock().unwrap().sync_handle().unwrap().is_none());
+        shared
+            .lock()
+            .unwrap()
+            .write(&ManifestLine::work("r", WorkRecord::new("W1", Outcome::Downloaded)))
+            .unwrap();
+        // buffered: not in the file yet; written out: there for readers, without a sync
+        assert_eq!(read_manifest(&path).unwrap().0.len(), 0);
+        sink.write_out().unwrap();
+        assert_eq!(read_manifest(&path).unwrap().0.len(), 1);
+        // the lines written out are synced once, then there is nothing left to sync
+        let sync = shared.lock().unwrap().sync_handle().unwrap();
+        sync.expect("lines written out since the last sync").sync().unwrap();
+        assert!(shared.lock().unwrap().sync_handle().unwrap().is_none());
+        // the sink's flush writes out and syncs what is buffered
+        shared
+            .lock()
+            .unwrap()
+            .write(&ManifestLine::work("r", WorkRecord::new("W2", Outcome::Failed)))
+            .unwrap();
+        RecordSink::flush(&mut sink).unwrap();
+        assert_eq!(read_manifest(&path).unwrap().0.len(), 2);
+        assert!(shared.lock().unwrap().sync_handle().unwrap().is_none());
+    }
 }
