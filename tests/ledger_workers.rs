@@ -429,13 +429,18 @@ async fn racing_claims_on_one_handle_never_meet_busy_and_finalize_each_job_once(
                 .expect("the racing tasks finish in time")
                 .unwrap_or_else(|e| panic!("{}: {e}", t.name));
         }
-        let finalized = finalized.lock().unwrap();
+        let finalized = std::mem::take(&mut *finalized.lock().unwrap());
         assert_eq!(finalized.len(), KEYS, "{}: every key finalized", t.name);
         for (key, by) in finalized.iter() {
             assert_eq!(by.len(), 1, "{}: {key} finalized by {by:?}", t.name);
         }
         let counts = t.ledger.counts(Some("r")).await.unwrap();
-        assert_eq!((counts.finalized, counts.total()), (KEYS as u64, KEYS as u64), "{}", t.name);
+        assert_eq!(
+            (counts.finalized, counts.total()),
+            (KEYS as u64, KEYS as u64),
+            "{}",
+            t.name
+        );
         for job in t.ledger.jobs(Some("r")).await.unwrap() {
             assert_eq!(job.attempts, 1, "{}: {:?} leased once", t.name, job.key);
         }

@@ -466,7 +466,10 @@ async fn the_manifest_is_complete_when_the_run_returns() {
         .filter(|l| matches!(l.record, ManifestRecord::Attempt(_)))
         .count();
     assert_eq!(work_lines, WORKS);
-    assert!(attempt_lines >= WORKS, "{attempt_lines} attempt lines for {WORKS} downloads");
+    assert!(
+        attempt_lines >= WORKS,
+        "{attempt_lines} attempt lines for {WORKS} downloads"
+    );
     assert!(matches!(lines.last().unwrap().record, ManifestRecord::Summary(_)));
     assert_eq!(records.dropped(), 0);
     records.close().await.unwrap();

@@ -215,6 +215,12 @@ impl Ledger {
         // leased if it may be; a round trip instead of four (BEGIN, plan, lease, COMMIT) on
         // the ledger's busiest path. Only when nothing comes back is the job read to say
         // why; should it have become claimable in between (released, expired), ask again.
+        // SQLite: claims that arrive together go in one statement (see `batch`).
+        if let Some(batch) = &self.inner.batch {
+            if let Some(leased) = batch.claim(job, owner, now, now.saturating_add(ms(ttl))).await {
+                return Ok(Claim::Leased(leased));
+            }
+        }
         with_write_pool!(self, pool => {
             let mut tries = 0;
             loop {
@@ -285,6 +291,16 @@ impl Ledger {
     /// it and [`LedgerError::IllegalTransition`] if it is not LEASED or `to` is not final.
     pub async fn finish(&self, job: JobId, owner: &str, to: JobState, result: &JobResult) -> Result<(), LedgerError> {
         let now = self.now();
+        // SQLite: finishes that arrive together go in one statement (see `batch`); what it
+        // does not settle is finished below, one at a time, to say why.
+        if let Some(batch) = &self.inner.batch {
+            if JobState::Leased.can_become(to)
+                && to != JobState::Planned
+                && batch.finish(job, owner, to, result, now).await
+            {
+                return Ok(());
+            }
+        }
         with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("finish a job"))?;
             // A target that is not final binds an id no row has: the update matches nothing

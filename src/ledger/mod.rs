@@ -55,6 +55,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod connect;
 mod error;
 mod jobs;
@@ -120,6 +121,8 @@ pub struct Ledger {
 #[derive(Debug)]
 struct Inner {
     backend: Backend,
+    /// SQLite: group commit of claims and finishes.
+    batch: Option<batch::Batcher>,
     clock: LedgerClock,
     lease_ttl: Duration,
     max_op_result_bytes: usize,
@@ -141,9 +144,15 @@ impl Ledger {
         } else {
             connect::open_sqlite(&config).await?
         };
+        let batch = match &backend {
+            Backend::Sqlite(pools) => Some(batch::Batcher::spawn(pools.write.clone())),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => None,
+        };
         let ledger = Ledger {
             inner: Arc::new(Inner {
                 backend,
+                batch,
                 clock: LedgerClock::default(),
                 lease_ttl: config.lease_ttl,
                 max_op_result_bytes: config.max_op_result_bytes,
