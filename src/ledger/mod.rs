@@ -25,6 +25,8 @@
 //! timeout, so several processes can share one file. Within one process (one handle and its
 //! clones) SQLite writes go through a single connection and queue for it in memory, so
 //! concurrent workers never sleep in SQLite's busy handler; reads use a pool of their own.
+//! Claims and finishes that arrive while the writer is busy are committed together, one
+//! multi-row statement for the lot (group commit), with the same per-job conditions.
 //!
 //! # Example
 //!
