@@ -22,7 +22,8 @@ pub struct LedgerConfig {
     /// Where the ledger lives: `sqlite://<path>?mode=rwc`, a plain file path (SQLite), or
     /// `postgres://user@host:port/db` (needs the `postgres` feature).
     pub url: String,
-    /// The most connections the pool opens. Default 8.
+    /// The most connections the pool opens. Default 8. SQLite: the pool of readers; writes
+    /// always go through one connection of their own.
     pub max_connections: u32,
     /// SQLite: how long a statement waits for another process's write lock before failing.
     /// Default 30 s.
