@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -184,12 +186,40 @@ impl ManifestLine {
     }
 }
 
-/// Appends lines to `manifest.jsonl`, buffered; [`flush`](ManifestWriter::flush) syncs them
-/// to disk. Earlier runs' lines are kept: the manifest is the history of the folder.
+/// How often a running [`Pipeline`](crate::pipeline::Pipeline) syncs the manifest to disk.
+pub const MANIFEST_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Appends lines to `manifest.jsonl`, buffered. Earlier runs' lines are kept: the manifest
+/// is the history of the folder.
+///
+/// Three levels of "written": [`write`](ManifestWriter::write) buffers in memory;
+/// [`write_out`](ManifestWriter::write_out) hands the buffer to the operating system (cheap:
+/// the lines survive the process dying); [`flush`](ManifestWriter::flush) also syncs the
+/// file to disk (they survive the machine dying). A run writes out often, syncs once a
+/// second ([`MANIFEST_SYNC_EVERY`], through [`sync_handle`](ManifestWriter::sync_handle), off
+/// the lock) and flushes at its end, Ctrl-C included. After a power loss or kernel crash the
+/// last second of lines may be missing; the ledger, which commits every outcome, is the
+/// source of truth then, and a re-run skips what it recorded as done.
 #[derive(Debug)]
 pub struct ManifestWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    /// The same file, for syncing without holding the writer (and its lock).
+    sync_file: Arc<File>,
+    /// Lines were written out since the last sync.
+    unsynced: bool,
+}
+
+/// A pending sync of the manifest to disk, from [`ManifestWriter::sync_handle`]: run it
+/// after releasing the writer's lock, on a thread that may block.
+#[derive(Debug)]
+pub struct ManifestSync(Arc<File>);
+
+impl ManifestSync {
+    /// Syncs the manifest's data to disk (`fdatasync`). Blocks.
+    pub fn sync(self) -> io::Result<()> {
+        self.0.sync_data()
+    }
 }
 
 impl ManifestWriter {
@@ -201,9 +231,15 @@ impl ManifestWriter {
             .append(true)
             .open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot open the manifest {}: {e}", path.display())))?;
+        let sync_file = Arc::new(
+            file.try_clone()
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot open the manifest {}: {e}", path.display())))?,
+        );
         Ok(ManifestWriter {
             path,
             out: BufWriter::new(file),
+            sync_file,
+            unsynced: false,
         })
     }
 
@@ -240,9 +276,29 @@ impl ManifestWriter {
         })
     }
 
+    /// Hands the buffered lines to the operating system, without waiting for the disk.
+    pub fn write_out(&mut self) -> io::Result<()> {
+        if !self.out.buffer().is_empty() {
+            self.out.flush()?;
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered lines out and, if anything was written out since the last sync,
+    /// returns the sync to run once the writer is released (`None`: nothing to sync).
+    pub fn sync_handle(&mut self) -> io::Result<Option<ManifestSync>> {
+        self.write_out()?;
+        if !std::mem::take(&mut self.unsynced) {
+            return Ok(None);
+        }
+        Ok(Some(ManifestSync(self.sync_file.clone())))
+    }
+
     /// Flushes the buffer and syncs the file.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()?;
+        self.unsynced = false;
         self.out.get_ref().sync_data()
     }
 }
@@ -274,8 +330,16 @@ impl crate::layers::telemetry::RecordSink for ManifestSink {
         m.write_attempt(&self.run_id, record)
     }
 
+    /// Syncs the manifest to disk; the lock is not held during the sync.
     fn flush(&mut self) -> io::Result<()> {
-        self.manifest.lock().unwrap_or_else(|e| e.into_inner()).flush()
+        let sync = self.manifest.lock().unwrap_or_else(|e| e.into_inner()).sync_handle()?;
+        sync.map_or(Ok(()), ManifestSync::sync)
+    }
+
+    /// Writes the manifest's buffer out to the operating system; no sync (a running
+    /// pipeline syncs once a second, and at its end).
+    fn write_out(&mut self) -> io::Result<()> {
+        self.manifest.lock().unwrap_or_else(|e| e.into_inner()).write_out()
     }
 }
 
@@ -330,5 +394,38 @@ mod tests {
             .lines()
             .all(|l| l.contains("\"schema_version\":1") && l.contains("\"run_id\":\"r\"")));
         assert!(raw.contains("\"record_type\":\"summary\""));
+    }
+
+    #[test]
+    fn written_out_lines_are_visible_and_synced_once() {
+        use crate::layers::telemetry::RecordSink;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(std::sync::Mutex::new(ManifestWriter::open(dir.path()).unwrap()));
+        let path = dir.path().join(MANIFEST_FILE);
+        let mut sink = ManifestSink::new(shared.clone(), "r");
+        // nothing to sync yet
+        assert!(shared.lock().unwrap().sync_handle().unwrap().is_none());
+        shared
+            .lock()
+            .unwrap()
+            .write(&ManifestLine::work("r", WorkRecord::new("W1", Outcome::Downloaded)))
+            .unwrap();
+        // buffered: not in the file yet; written out: there for readers, without a sync
+        assert_eq!(read_manifest(&path).unwrap().0.len(), 0);
+        sink.write_out().unwrap();
+        assert_eq!(read_manifest(&path).unwrap().0.len(), 1);
+        // the lines written out are synced once, then there is nothing left to sync
+        let sync = shared.lock().unwrap().sync_handle().unwrap();
+        sync.expect("lines written out since the last sync").sync().unwrap();
+        assert!(shared.lock().unwrap().sync_handle().unwrap().is_none());
+        // the sink's flush writes out and syncs what is buffered
+        shared
+            .lock()
+            .unwrap()
+            .write(&ManifestLine::work("r", WorkRecord::new("W2", Outcome::Failed)))
+            .unwrap();
+        RecordSink::flush(&mut sink).unwrap();
+        assert_eq!(read_manifest(&path).unwrap().0.len(), 2);
+        assert!(shared.lock().unwrap().sync_handle().unwrap().is_none());
     }
 }

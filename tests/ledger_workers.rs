@@ -378,3 +378,71 @@ async fn eight_workers_finalize_each_of_1000_jobs_once() {
         eprintln!("{}: jobs per worker {busy:?}", t.name);
     }
 }
+
+/// Many tasks of one process race to claim and finalize the same jobs. SQLite's busy
+/// timeout is 1 ms here: had two of the handle's connections ever met on the file's write
+/// lock, a claim or finish would fail with SQLITE_BUSY. Writes queue in memory for the one
+/// writer connection instead, so none fails, and each job is finalized exactly once, by
+/// the one task its claim leased it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_on_one_handle_never_meet_busy_and_finalize_each_job_once() {
+    const KEYS: usize = 200;
+    const TASKS: usize = 32;
+    let backends = ledger_support::backends_with("racing_claims", |c| {
+        c.busy_timeout = Duration::from_millis(1);
+    })
+    .await;
+    for t in backends {
+        let finalized: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for w in 0..TASKS {
+            let (l, finalized) = (t.ledger.clone(), finalized.clone());
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("task-{w}");
+                // each task walks the keys from its own starting point, so they collide
+                for k in (0..KEYS).map(|i| (i + w * 7) % KEYS) {
+                    let job = one_job("r", k);
+                    let claim = l.claim(&job, &owner, TTL).await;
+                    let leased = match claim {
+                        Ok(contentdownload::ledger::Claim::Leased(j)) => j,
+                        Ok(_) => continue,
+                        Err(e) => panic!("{owner}: claim of key {k} failed: {e}"),
+                    };
+                    if let Err(e) = l
+                        .finish(leased.id, &owner, JobState::Finalized, &JobResult::outcome("pdf"))
+                        .await
+                    {
+                        panic!("{owner}: finishing the job it leased failed: {e}");
+                    }
+                    finalized
+                        .lock()
+                        .unwrap()
+                        .entry(job.key.as_str().to_owned())
+                        .or_default()
+                        .push(w);
+                }
+            }));
+        }
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(120), task)
+                .await
+                .expect("the racing tasks finish in time")
+                .unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        }
+        let finalized = std::mem::take(&mut *finalized.lock().unwrap());
+        assert_eq!(finalized.len(), KEYS, "{}: every key finalized", t.name);
+        for (key, by) in finalized.iter() {
+            assert_eq!(by.len(), 1, "{}: {key} finalized by {by:?}", t.name);
+        }
+        let counts = t.ledger.counts(Some("r")).await.unwrap();
+        assert_eq!(
+            (counts.finalized, counts.total()),
+            (KEYS as u64, KEYS as u64),
+            "{}",
+            t.name
+        );
+        for job in t.ledger.jobs(Some("r")).await.unwrap() {
+            assert_eq!(job.attempts, 1, "{}: {:?} leased once", t.name, job.key);
+        }
+    }
+}

@@ -421,3 +421,57 @@ async fn bad_input_lines_are_counted_not_fatal() {
     assert_eq!((summary.input_errors, summary.failed), (1, 1));
     assert_eq!(summary.failed_by_reason[&ReasonCode::HttpStatus], 1);
 }
+
+/// The manifest is synced lazily while the run goes (once a second), yet complete when the
+/// run returns: a work line per work, an attempt line per download, the summary last,
+/// before the attempt-record writer is even closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_is_complete_when_the_run_returns() {
+    use contentdownload::layers::telemetry::RecordWriter;
+    use contentdownload::manifest::ManifestSink;
+
+    const WORKS: usize = 60;
+    let sim = Simulator::start().await.unwrap();
+    sim.on_fn("/pdf/*", |_| Reply::pdf(4096));
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    let shared = manifest(out.path());
+    let records = RecordWriter::spawn(ManifestSink::new(shared.clone(), "run-1"), 4096);
+    let stack = Stack::new(&StackConfig {
+        records: Some(records.clone()),
+        run_id: Some("run-1".into()),
+        ..StackConfig::default()
+    })
+    .unwrap();
+    let pipeline = Pipeline::new(config(&sim, out.path(), "w1"), &stack, Some(ledger.clone()), shared)
+        .unwrap()
+        .with_records(records.clone());
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        pipeline.run(input(works(&sim, WORKS)), |_| {}, std::future::pending()),
+    )
+    .await
+    .expect("the run ends in time")
+    .unwrap();
+    assert_eq!(summary.downloaded, WORKS as u64, "{summary:?}");
+
+    let (lines, bad) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
+    assert_eq!(bad, 0);
+    let work_lines = lines
+        .iter()
+        .filter(|l| matches!(l.record, ManifestRecord::Work(_)))
+        .count();
+    let attempt_lines = lines
+        .iter()
+        .filter(|l| matches!(l.record, ManifestRecord::Attempt(_)))
+        .count();
+    assert_eq!(work_lines, WORKS);
+    assert!(
+        attempt_lines >= WORKS,
+        "{attempt_lines} attempt lines for {WORKS} downloads"
+    );
+    assert!(matches!(lines.last().unwrap().record, ManifestRecord::Summary(_)));
+    assert_eq!(records.dropped(), 0);
+    records.close().await.unwrap();
+    ledger.close().await;
+}

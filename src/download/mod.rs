@@ -21,6 +21,7 @@ mod naming;
 mod validate;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -178,14 +179,32 @@ impl Staged {
 struct PartialGuard {
     path: PathBuf,
     armed: bool,
+    /// Held while the file is being created; set (to "abandoned") by the drop, so that a
+    /// create still queued on the blocking pool does not make the file after it.
+    creating: Arc<Mutex<bool>>,
 }
 
 impl Drop for PartialGuard {
     fn drop(&mut self) {
         if self.armed {
+            let mut abandoned = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            *abandoned = true;
             // A small synchronous unlink: Drop cannot await, and the file may be half written.
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Creates `path` in `dir`, making `dir` (and its parents) only when it is missing, so a
+/// run pays for the folder once, not once per download.
+fn create_part(dir: &Path, path: &Path) -> Result<std::fs::File, (&'static str, PathBuf, std::io::Error)> {
+    match std::fs::File::create(path) {
+        Ok(file) => Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| ("cannot create", dir.to_owned(), e))?;
+            std::fs::File::create(path).map_err(|e| ("cannot create", path.to_owned(), e))
+        }
+        Err(e) => Err(("cannot create", path.to_owned(), e)),
     }
 }
 
@@ -241,16 +260,41 @@ where
             format!("{what} {}: {e}", path.display()),
         )
     };
-    tokio::fs::create_dir_all(&partial_dir)
-        .await
-        .map_err(|e| io_failure("cannot create", &partial_dir, e))?;
-    // Created synchronously (one short syscall): a `tokio::fs` create runs on the blocking
-    // pool and, if this future were cancelled meanwhile, would make the file after the
-    // guard that should remove it is gone.
-    let file = std::fs::File::create(&partial_path).map_err(|e| io_failure("cannot create", &partial_path, e))?;
+    // Created on the blocking pool: a create (with the folder on first use) can take a
+    // millisecond, too long for the async thread that every download in flight shares.
+    // The guard exists first; if this future is cancelled meanwhile, the guard's drop and
+    // the create take the same lock, so the file is either never made or removed.
+    let gate = Arc::new(Mutex::new(false));
     let guard = PartialGuard {
-        path: partial_path,
+        path: partial_path.clone(),
         armed: true,
+        creating: gate.clone(),
+    };
+    let created = tokio::task::spawn_blocking(move || {
+        let abandoned = gate.lock().unwrap_or_else(|e| e.into_inner());
+        if *abandoned {
+            return Ok(None);
+        }
+        create_part(&partial_dir, &partial_path).map(Some)
+    })
+    .await;
+    let file = match created {
+        Ok(Ok(Some(file))) => file,
+        Ok(Ok(None)) => {
+            return Err(DownloadFailure::new(
+                ReasonCode::IoError,
+                Some(status),
+                "the download was abandoned",
+            ))
+        }
+        Ok(Err((what, path, e))) => return Err(io_failure(what, &path, e)),
+        Err(e) => {
+            return Err(DownloadFailure::new(
+                ReasonCode::IoError,
+                Some(status),
+                format!("cannot create {}: {e}", guard.path.display()),
+            ))
+        }
     };
     let file = tokio::fs::File::from_std(file);
     let body = std::pin::pin!(response.into_body());

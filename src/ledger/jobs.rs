@@ -6,7 +6,7 @@ use super::connect::{ms, WritePool};
 use super::error::LedgerError;
 use super::row::{self, job_columns};
 use super::types::{Job, JobId, JobResult, JobState, NewJob};
-use super::{with_pool, Ledger};
+use super::{with_write_pool, Ledger};
 
 /// What [`Ledger::claim`] found for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,9 +26,6 @@ const PLAN: &str = concat!(
      ON CONFLICT (idempotency_key) DO UPDATE SET updated_at = jobs.updated_at RETURNING ",
     job_columns!()
 );
-
-const PLAN_IF_NEW: &str = "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, attempts, \
-     created_at, updated_at) VALUES ($1, $2, $3, $4, 'PLANNED', 0, $5, $5) ON CONFLICT (idempotency_key) DO NOTHING";
 
 // SQLite: one UPDATE over a LIMITed subquery, inside a BEGIN IMMEDIATE transaction (the
 // write lock is held from the start, so two workers cannot pick the same rows).
@@ -64,11 +61,18 @@ const LEASE_RUN: &str = lease_sql!("AND run_id = $5");
 const LEASE_ANY_PG: &str = lease_sql_pg!("AND $5 = $5");
 const LEASE_RUN_PG: &str = lease_sql_pg!("AND run_id = $5");
 
+// Plans and leases in one statement: a new key is inserted LEASED (attempt 1); a known one
+// is leased when PLANNED, FAILED, DEFERRED, or LEASED by the caller (attempt not counted
+// again) or past its lease. Nothing is returned when the job is settled or held by a live
+// lease. Both SQLite and PostgreSQL run the conflict check and update atomically.
 const CLAIM: &str = concat!(
-    "UPDATE jobs SET state = 'LEASED', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
-     attempts = CASE WHEN state = 'LEASED' AND lease_owner = $1 THEN attempts ELSE attempts + 1 END \
-     WHERE idempotency_key = $4 AND (state IN ('PLANNED', 'FAILED', 'DEFERRED') \
-     OR (state = 'LEASED' AND (lease_owner = $1 OR lease_expires_at < $3))) RETURNING ",
+    "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
+     attempts, created_at, updated_at) VALUES ($5, $6, $4, $7, 'LEASED', $1, $2, 1, $3, $3) \
+     ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = $1, lease_expires_at = $2, \
+     updated_at = $3, \
+     attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = $1 THEN jobs.attempts ELSE jobs.attempts + 1 END \
+     WHERE jobs.state IN ('PLANNED', 'FAILED', 'DEFERRED') \
+     OR (jobs.state = 'LEASED' AND (jobs.lease_owner = $1 OR jobs.lease_expires_at < $3)) RETURNING ",
     job_columns!()
 );
 
@@ -120,7 +124,7 @@ impl Ledger {
     /// idempotent; the existing job keeps its run id and state).
     pub async fn plan(&self, job: &NewJob) -> Result<Job, LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let r = sqlx::query(PLAN)
                 .bind(&job.run_id)
                 .bind(job.work_id.as_str())
@@ -142,7 +146,7 @@ impl Ledger {
         if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
             return super::pg_batch::plan_many(pool, jobs, now).await;
         }
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut ids = Vec::with_capacity(jobs.len());
             for job in jobs {
@@ -179,7 +183,7 @@ impl Ledger {
             (false, true) => LEASE_ANY_PG,
             (true, true) => LEASE_RUN_PG,
         };
-        let mut jobs = with_pool!(self, pool => {
+        let mut jobs = with_write_pool!(self, pool => {
             let q = sqlx::query(sql)
                 .bind(owner)
                 .bind(now.saturating_add(ms(ttl)))
@@ -203,43 +207,56 @@ impl Ledger {
     }
 
     /// Plans `job` if it is new, then leases it to `owner` for `ttl` unless it is settled or
-    /// leased by another live worker; one write transaction. This is what the idempotency
+    /// leased by another live worker; one atomic statement. This is what the idempotency
     /// layer does per request.
     pub async fn claim(&self, job: &NewJob, owner: &str, ttl: Duration) -> Result<Claim, LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query(PLAN_IF_NEW)
-                .bind(&job.run_id)
-                .bind(job.work_id.as_str())
-                .bind(job.key.as_str())
-                .bind(&job.canonical_url)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(LedgerError::db("plan a job"))?;
-            let leased = sqlx::query(CLAIM)
-                .bind(owner)
-                .bind(now.saturating_add(ms(ttl)))
-                .bind(now)
-                .bind(job.key.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(LedgerError::db("lease a job by key"))?;
-            let claim = match leased {
-                Some(r) => Claim::Leased(row::job(&r)?),
-                None => {
-                    let r = sqlx::query(concat!("SELECT ", job_columns!(), " FROM jobs WHERE idempotency_key = $1"))
-                        .bind(job.key.as_str())
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(LedgerError::db("read a job"))?;
-                    let found = row::job(&r)?;
-                    if found.state.is_terminal() { Claim::Settled(found) } else { Claim::Busy(found) }
+        // One statement, atomic on its own: a new job is inserted already leased, a known one
+        // leased if it may be; a round trip instead of four (BEGIN, plan, lease, COMMIT) on
+        // the ledger's busiest path. Only when nothing comes back is the job read to say
+        // why; should it have become claimable in between (released, expired), ask again.
+        // SQLite: claims that arrive together go in one statement (see `batch`).
+        if let Some(batch) = &self.inner.batch {
+            if let Some(leased) = batch.claim(job, owner, now, now.saturating_add(ms(ttl))).await {
+                return Ok(Claim::Leased(leased));
+            }
+        }
+        with_write_pool!(self, pool => {
+            let mut tries = 0;
+            loop {
+                let leased = sqlx::query(CLAIM)
+                    .bind(owner)
+                    .bind(now.saturating_add(ms(ttl)))
+                    .bind(now)
+                    .bind(job.key.as_str())
+                    .bind(&job.run_id)
+                    .bind(job.work_id.as_str())
+                    .bind(&job.canonical_url)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(LedgerError::db("lease a job by key"))?;
+                if let Some(r) = leased {
+                    return Ok(Claim::Leased(row::job(&r)?));
                 }
-            };
-            tx.commit().await.map_err(LedgerError::db("commit a claim"))?;
-            Ok(claim)
+                let r = sqlx::query(concat!("SELECT ", job_columns!(), " FROM jobs WHERE idempotency_key = $1"))
+                    .bind(job.key.as_str())
+                    .fetch_one(pool)
+                    .await
+                    .map_err(LedgerError::db("read a job"))?;
+                let found = row::job(&r)?;
+                let claimable = match found.state {
+                    JobState::Planned | JobState::Failed | JobState::Deferred => true,
+                    JobState::Leased => {
+                        found.lease_owner.as_deref() == Some(owner) || found.lease_expires_at.is_some_and(|t| t < now)
+                    }
+                    JobState::Finalized | JobState::Skipped => false,
+                };
+                tries += 1;
+                if claimable && tries < 3 {
+                    continue;
+                }
+                return Ok(if found.state.is_terminal() { Claim::Settled(found) } else { Claim::Busy(found) });
+            }
         })
     }
 
@@ -247,7 +264,7 @@ impl Ledger {
     /// (a job missing from the count was lost: stop working on it).
     pub async fn heartbeat(&self, owner: &str, jobs: &[JobId], ttl: Duration) -> Result<u64, LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut held = 0;
             for id in jobs {
@@ -274,7 +291,17 @@ impl Ledger {
     /// it and [`LedgerError::IllegalTransition`] if it is not LEASED or `to` is not final.
     pub async fn finish(&self, job: JobId, owner: &str, to: JobState, result: &JobResult) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        // SQLite: finishes that arrive together go in one statement (see `batch`); what it
+        // does not settle is finished below, one at a time, to say why.
+        if let Some(batch) = &self.inner.batch {
+            if JobState::Leased.can_become(to)
+                && to != JobState::Planned
+                && batch.finish(job, owner, to, result, now).await
+            {
+                return Ok(());
+            }
+        }
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("finish a job"))?;
             // A target that is not final binds an id no row has: the update matches nothing
             // and `conditional!` reads the job to report the illegal transition.
@@ -305,7 +332,7 @@ impl Ledger {
         if let super::connect::Backend::Postgres(pool) = &self.inner.backend {
             return super::pg_batch::finish_many(pool, owner, items, now).await;
         }
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut out = Vec::with_capacity(items.len());
             for (job, to, result) in items {
@@ -335,7 +362,7 @@ impl Ledger {
     /// Gives a leased job back (LEASED by `owner` → PLANNED); its attempt stays counted.
     pub async fn release(&self, job: JobId, owner: &str) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("release a job"))?;
             let q = sqlx::query(
                 "UPDATE jobs SET state = 'PLANNED', lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
@@ -351,7 +378,7 @@ impl Ledger {
     /// Plans a FAILED or DEFERRED job again (→ PLANNED), for a second pass.
     pub async fn requeue(&self, job: JobId) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("requeue a job"))?;
             let q = sqlx::query(
                 "UPDATE jobs SET state = 'PLANNED', updated_at = $1 WHERE id = $2 AND state IN ('FAILED', 'DEFERRED')",
@@ -372,7 +399,7 @@ impl Ledger {
             });
         }
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let r = sqlx::query(
                 "UPDATE jobs SET state = 'PLANNED', updated_at = $1 WHERE state = $2 AND ($3 = '' OR run_id = $3)",
             )
@@ -389,7 +416,7 @@ impl Ledger {
     /// Marks a PLANNED job SKIPPED (nothing to do: already present, out of scope) with a reason.
     pub async fn skip(&self, job: JobId, reason: &str) -> Result<(), LedgerError> {
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("skip a job"))?;
             let q = sqlx::query(
                 "UPDATE jobs SET state = 'SKIPPED', updated_at = $1, reason = $2 WHERE id = $3 AND state = 'PLANNED'",

@@ -22,7 +22,11 @@
 //!
 //! The schema is applied by sqlx's migrator (versioned, recorded in `_sqlx_migrations`;
 //! the statements themselves are idempotent too). SQLite runs in WAL mode with a busy
-//! timeout, so several processes can share one file.
+//! timeout, so several processes can share one file. Within one process (one handle and its
+//! clones) SQLite writes go through a single connection and queue for it in memory, so
+//! concurrent workers never sleep in SQLite's busy handler; reads use a pool of their own.
+//! Claims and finishes that arrive while the writer is busy are committed together, one
+//! multi-row statement for the lot (group commit), with the same per-job conditions.
 //!
 //! # Example
 //!
@@ -53,6 +57,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod connect;
 mod error;
 mod jobs;
@@ -74,19 +79,40 @@ pub use self::types::{Job, JobId, JobResult, JobState, NewJob, Op, OpKey, OpStar
 
 use self::connect::Backend;
 
-/// Runs `$body` with `$pool` bound to the backend's typed pool; the body is compiled once
-/// per backend, so the same SQL text (with `$1`-style parameters, which both SQLite and
-/// PostgreSQL accept) serves both.
+/// Runs `$body` with `$pool` bound to the backend's typed pool for reads; the body is
+/// compiled once per backend, so the same SQL text (with `$1`-style parameters, which both
+/// SQLite and PostgreSQL accept) serves both. Anything that writes uses
+/// [`with_write_pool!`] instead.
 macro_rules! with_pool {
     ($ledger:expr, $pool:ident => $body:expr) => {
         match &$ledger.inner.backend {
-            $crate::ledger::connect::Backend::Sqlite($pool) => $body,
+            $crate::ledger::connect::Backend::Sqlite(pools) => {
+                let $pool = &pools.read;
+                $body
+            }
             #[cfg(feature = "postgres")]
             $crate::ledger::connect::Backend::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use with_pool;
+
+/// Like [`with_pool!`] for statements that write: SQLite's single writer connection (writes
+/// queue for it in memory instead of sleeping in SQLite's busy handler), PostgreSQL's pool
+/// (its row locks let writers run side by side).
+macro_rules! with_write_pool {
+    ($ledger:expr, $pool:ident => $body:expr) => {
+        match &$ledger.inner.backend {
+            $crate::ledger::connect::Backend::Sqlite(pools) => {
+                let $pool = &pools.write;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            $crate::ledger::connect::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_write_pool;
 
 /// A handle on the job ledger. Cheap to clone; clones share the connection pool and clock.
 #[derive(Clone, Debug)]
@@ -97,6 +123,8 @@ pub struct Ledger {
 #[derive(Debug)]
 struct Inner {
     backend: Backend,
+    /// SQLite: group commit of claims and finishes.
+    batch: Option<batch::Batcher>,
     clock: LedgerClock,
     lease_ttl: Duration,
     max_op_result_bytes: usize,
@@ -118,9 +146,15 @@ impl Ledger {
         } else {
             connect::open_sqlite(&config).await?
         };
+        let batch = match &backend {
+            Backend::Sqlite(pools) => Some(batch::Batcher::spawn(pools.write.clone())),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => None,
+        };
         let ledger = Ledger {
             inner: Arc::new(Inner {
                 backend,
+                batch,
                 clock: LedgerClock::default(),
                 lease_ttl: config.lease_ttl,
                 max_op_result_bytes: config.max_op_result_bytes,
@@ -160,7 +194,14 @@ impl Ledger {
 
     /// Closes the pool; pending work finishes first. Other clones become unusable.
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await)
+        match &self.inner.backend {
+            Backend::Sqlite(pools) => {
+                pools.read.close().await;
+                pools.write.close().await;
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => pool.close().await,
+        }
     }
 
     fn now(&self) -> i64 {

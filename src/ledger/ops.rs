@@ -5,7 +5,7 @@ use super::connect::WritePool;
 use super::error::LedgerError;
 use super::row::{self, op_columns};
 use super::types::{JobId, Op, OpKey, OpStart, OpStatus};
-use super::{with_pool, Ledger};
+use super::{with_pool, with_write_pool, Ledger};
 
 impl Ledger {
     /// Records that `owner` begins side effect `kind` of `job` in `context` (a URL, a byte
@@ -14,7 +14,7 @@ impl Ledger {
     pub async fn start_op(&self, job: JobId, kind: &str, context: &str, owner: &str) -> Result<OpStart, LedgerError> {
         let key = OpKey::of(kind, job, context);
         let now = self.now();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let inserted = sqlx::query(
                 "INSERT INTO ops (op_key, job_id, kind, status, owner, started_at) \
@@ -67,7 +67,7 @@ impl Ledger {
     pub async fn finish_op(&self, key: &OpKey, result: &str) -> Result<(), LedgerError> {
         let now = self.now();
         let result = cap(result, self.inner.max_op_result_bytes);
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("finish an op"))?;
             let done = sqlx::query(
                 "UPDATE ops SET status = 'FINISHED', finished_at = $1, result = $2 \

@@ -4,7 +4,7 @@ use super::connect::{ms, WritePool};
 use super::error::LedgerError;
 use super::row::{self, job_columns};
 use super::types::{Job, JobId, Reconciled, StateCounts};
-use super::{with_pool, Ledger};
+use super::{with_pool, with_write_pool, Ledger};
 use crate::context::IdempotencyKey;
 
 impl Ledger {
@@ -15,7 +15,7 @@ impl Ledger {
     pub async fn reconcile(&self) -> Result<Reconciled, LedgerError> {
         let now = self.now();
         let cutoff = now.saturating_sub(ms(self.inner.lease_ttl));
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let ops = sqlx::query(
                 "UPDATE ops SET status = 'ABANDONED', finished_at = $1 WHERE status = 'STARTED' \

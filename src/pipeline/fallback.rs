@@ -14,9 +14,11 @@ use tokio::time::Instant;
 use super::config::FallbackConfig;
 use crate::context::{OperationType, RetryAfterHint, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
+use crate::error::BoxError;
 use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
 use crate::reason::{classify_error, ReasonCode};
 use crate::resolvers::{resolver_by_name, HttpService, ResolveContext, Resolver};
+use crate::service::PipelineBody;
 use crate::works::{Candidate, Work};
 
 /// URLs already tried in this run, shared by every work, so that no URL is fetched twice
@@ -269,9 +271,14 @@ impl Fallback {
         let stem = file_stem(work);
         let final_path = env.out_dir.join(format!("{stem}.pdf"));
         for tier in &self.tiers {
-            let mut resolving = futures_util::stream::iter(tier.resolvers.iter().cloned())
-                .map(|r| async move { (r.name(), r.resolve(work, env.resolve).await) })
-                .buffer_unordered(tier.parallel);
+            // the (lazy) futures made up front: a closure in the stream's type would trip the
+            // compiler's proof that the fetch is `Send` (rust-lang/rust#102211)
+            let asks: Vec<_> = tier
+                .resolvers
+                .iter()
+                .map(|r| resolve_with(r.clone(), work, env.resolve))
+                .collect();
+            let mut resolving = futures_util::stream::iter(asks).buffer_unordered(tier.parallel);
             let mut resolving_done = false;
             let mut queue: VecDeque<Candidate> = VecDeque::new();
             let mut downloads = FuturesUnordered::new();
@@ -352,13 +359,10 @@ impl Fallback {
             };
             // stage_pdf drops a refused response; keep its hint (set by the Retry-After layer)
             let hint: Arc<Mutex<Option<Duration>>> = Arc::default();
-            let seen = hint.clone();
-            let service = tower::ServiceExt::map_response(env.download.clone(), move |res: http::Response<_>| {
-                if let Some(h) = res.extensions().get::<RetryAfterHint>() {
-                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.delay);
-                }
-                res
-            });
+            let service = KeepHint {
+                inner: env.download.clone(),
+                seen: hint.clone(),
+            };
             match stage_pdf(service, request, env.out_dir, &key, env.options).await {
                 Ok(staged) => return Ok((staged, candidate)),
                 // A body cut or stalled after a good head: the layers cannot retry that, we do.
@@ -451,4 +455,46 @@ mod tests {
         assert_eq!(t.by, [by("a"), by("c")], "only deferrals");
         assert_eq!(t.deferred.as_ref().map(|d| d.1.as_str()), Some("c"));
     }
+}
+
+/// The download service, noting the Retry-After hint of each response (set by the
+/// Retry-After layer) before handing it on. A type rather than `map_response` with a
+/// closure, for the reason given at [`resolve_with`].
+#[derive(Clone)]
+struct KeepHint {
+    inner: HttpService,
+    seen: Arc<Mutex<Option<Duration>>>,
+}
+
+impl tower_service::Service<Request<Full<bytes::Bytes>>> for KeepHint {
+    type Response = http::Response<PipelineBody>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Full<bytes::Bytes>>) -> Self::Future {
+        let response = self.inner.call(request);
+        let seen = self.seen.clone();
+        Box::pin(async move {
+            let res = response.await?;
+            if let Some(h) = res.extensions().get::<RetryAfterHint>() {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.delay);
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// One resolver's answer, named. A function with a boxed future rather than an `async`
+/// closure: the closure's future, borrowing the work, trips the compiler's proof that the
+/// whole fetch is `Send` (rust-lang/rust#102211), which spawning each work as a task needs.
+fn resolve_with<'a>(
+    r: Arc<dyn Resolver>,
+    work: &'a Work,
+    cx: &'a ResolveContext,
+) -> futures_util::future::BoxFuture<'a, (&'static str, Result<Vec<Candidate>, BoxError>)> {
+    Box::pin(async move { (r.name(), r.resolve(work, cx).await) })
 }

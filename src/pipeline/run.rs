@@ -83,6 +83,15 @@ pub enum PipelineError {
 /// and download a valid PDF through the fallback tiers, record the outcome in the ledger and
 /// the manifest. Deferred works get a second pass at the end.
 pub struct Pipeline {
+    /// Shared with the task of each work in flight.
+    pub(super) core: Arc<Core>,
+    pub(super) records: Option<RecordWriter>,
+}
+
+/// What a work's task needs: each work runs as a task of its own, so that the works in
+/// flight spread over the runtime's threads and one work's CPU time (hashing, checks,
+/// JSON) does not hold up the others.
+pub(super) struct Core {
     pub(super) config: PipelineConfig,
     pub(super) fallback: Fallback,
     pub(super) resolve: ResolveContext,
@@ -92,13 +101,29 @@ pub struct Pipeline {
     pub(super) tried: TriedUrls,
     pub(super) held: Arc<Mutex<HashSet<JobId>>>,
     pub(super) redactor: Redactor,
-    pub(super) records: Option<RecordWriter>,
+}
+
+/// A spawned task that is aborted when its handle is dropped, so that a run that returns
+/// early (a ledger error) leaves no work running behind it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("config", &self.config)
+            .field("config", &self.core.config)
             .finish_non_exhaustive()
     }
 }
@@ -124,16 +149,18 @@ impl Pipeline {
             config: Arc::new(config.resolvers.clone()),
         };
         Ok(Pipeline {
-            download: stack.service(OperationType::Download),
-            fallback,
-            resolve,
-            ledger,
-            manifest,
-            tried: TriedUrls::default(),
-            held: Arc::new(Mutex::new(HashSet::new())),
-            redactor: Redactor::default(),
+            core: Arc::new(Core {
+                download: stack.service(OperationType::Download),
+                fallback,
+                resolve,
+                ledger,
+                manifest,
+                tried: TriedUrls::default(),
+                held: Arc::new(Mutex::new(HashSet::new())),
+                redactor: Redactor::default(),
+                config,
+            }),
             records: None,
-            config,
         })
     }
 
@@ -159,7 +186,7 @@ impl Pipeline {
         F: Future<Output = ()>,
     {
         let started = Instant::now();
-        if let Some(ledger) = &self.ledger {
+        if let Some(ledger) = &self.core.ledger {
             let fixed = ledger.reconcile().await?;
             if fixed.leases_reclaimed > 0 || fixed.ops_abandoned > 0 {
                 tracing::info!(
@@ -184,7 +211,8 @@ impl Pipeline {
         let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
         // Leases are renewed by a task of their own: awaited in the loop below, a heartbeat
         // waiting for SQLite's write lock would stop the claims that hold it from progressing.
-        let (stop_heartbeat, heartbeat) = self.spawn_heartbeat();
+        let (stop_heartbeat, heartbeat) = self.core.spawn_heartbeat();
+        let (stop_syncing, syncing) = self.core.spawn_manifest_sync();
         {
             let works = works.filter_map(|item| {
                 let keep = match item {
@@ -203,8 +231,19 @@ impl Pipeline {
             });
             let works = works.take_until(cancelled(cancel_rx.clone()));
             let mut processing = std::pin::pin!(works
-                .map(|w| self.process(w, false, cancel_rx.clone()))
-                .buffer_unordered(self.config.workers));
+                .map(|w| {
+                    let (core, cancel) = (self.core.clone(), cancel_rx.clone());
+                    let task = AbortOnDrop(tokio::spawn(async move { core.process(w, false, cancel).await }));
+                    async move {
+                        match task.await {
+                            Ok(processed) => processed,
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            // the runtime is shutting down
+                            Err(_) => Ok(Processed::Cancelled),
+                        }
+                    }
+                })
+                .buffer_unordered(self.core.config.workers));
             loop {
                 tokio::select! {
                     () = &mut shutdown, if !interrupted => {
@@ -236,16 +275,16 @@ impl Pipeline {
                 );
                 tokio::select! {
                     () = &mut shutdown => interrupted = true,
-                    () = tokio::time::sleep(self.config.lease_ttl) => {}
+                    () = tokio::time::sleep(self.core.config.lease_ttl) => {}
                 }
-                if let (false, Some(ledger)) = (interrupted, &self.ledger) {
+                if let (false, Some(ledger)) = (interrupted, &self.core.ledger) {
                     ledger.reconcile().await?;
                 }
             }
             // Each work waits for its provider's hint, in hint order, up to the maximum wait
             // from here; a work leased elsewhere has had its wait above.
             let start = Instant::now();
-            let max_wait = self.config.second_pass_max_wait;
+            let max_wait = self.core.config.second_pass_max_wait;
             let mut planned: Vec<(Option<Instant>, Option<Instant>, Later)> = std::mem::take(&mut later)
                 .into_iter()
                 .map(|l| match l.reason {
@@ -301,7 +340,7 @@ impl Pipeline {
                     }
                 }
                 let second = {
-                    let mut pass = std::pin::pin!(self.process(l.work.clone(), true, cancel_rx.clone()));
+                    let mut pass = std::pin::pin!(self.core.process(l.work.clone(), true, cancel_rx.clone()));
                     loop {
                         tokio::select! {
                             () = &mut shutdown, if !interrupted => {
@@ -330,6 +369,8 @@ impl Pipeline {
         }
         let _ = stop_heartbeat.send(true);
         let _ = heartbeat.await;
+        let _ = stop_syncing.send(true);
+        let _ = syncing.await;
         summary.input_errors = input_errors;
         summary.interrupted = interrupted;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -338,8 +379,8 @@ impl Pipeline {
                 tracing::warn!("attempt records were not all written: {e}");
             }
         }
-        let mut manifest = lock(&self.manifest);
-        manifest.write(&ManifestLine::summary(&self.config.run_id, summary.clone()))?;
+        let mut manifest = lock(&self.core.manifest);
+        manifest.write(&ManifestLine::summary(&self.core.config.run_id, summary.clone()))?;
         manifest.flush()?;
         Ok(summary)
     }
@@ -394,7 +435,7 @@ impl Pipeline {
             Some(Outcome::Deferred) => counts.deferred += 1,
             Some(Outcome::Failed) | None => counts.failed += 1,
         }
-        lock(&self.manifest).write(&ManifestLine::work(&self.config.run_id, record))?;
+        lock(&self.core.manifest).write(&ManifestLine::work(&self.core.config.run_id, record))?;
         progress(counts);
         Ok(())
     }

@@ -6,12 +6,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::fallback::{DeferredBy, FetchEnv, FetchResult};
-use super::run::{lock, Pipeline};
+use super::run::{lock, Core};
 use crate::context::{OperationType, WorkId};
 use crate::download::file_stem;
 use crate::layers::idempotency::derive_key;
 use crate::ledger::{Claim, JobId, JobResult, JobState, LedgerError, NewJob};
-use crate::manifest::{Outcome, WorkRecord};
+use crate::manifest::{Outcome, WorkRecord, MANIFEST_SYNC_EVERY};
 use crate::reason::ReasonCode;
 use crate::works::Work;
 
@@ -32,7 +32,7 @@ pub(super) struct Later {
     pub(super) by: Vec<DeferredBy>,
 }
 
-impl Pipeline {
+impl Core {
     fn heartbeat_every(&self) -> Duration {
         (self.config.lease_ttl / 3).max(Duration::from_millis(100))
     }
@@ -61,6 +61,38 @@ impl Pipeline {
                         // not raced against `stop`: a renewal is never dropped halfway
                         if let Err(e) = ledger.heartbeat(&owner, &jobs, ttl).await {
                             tracing::warn!("could not renew leases: {e}");
+                        }
+                    }
+                }
+            }
+        });
+        (stop_tx, task)
+    }
+
+    /// Syncs the manifest to disk every [`MANIFEST_SYNC_EVERY`], off the lock and on the
+    /// blocking pool; the lines are written out to the OS far more often (by the
+    /// attempt-record writer), and the run's end flushes and syncs them all.
+    pub(super) fn spawn_manifest_sync(&self) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let manifest = self.manifest.clone();
+        let task = tokio::spawn(async move {
+            let every = MANIFEST_SYNC_EVERY;
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tick.tick() => {
+                        let sync = lock(&manifest).sync_handle();
+                        let synced = match sync {
+                            Ok(None) => continue,
+                            Ok(Some(sync)) => tokio::task::spawn_blocking(move || sync.sync())
+                                .await
+                                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = synced {
+                            tracing::warn!("could not write the manifest to disk (will try again): {e}");
                         }
                     }
                 }
@@ -135,8 +167,11 @@ impl Pipeline {
             tried: &self.tried,
             options: &self.config.download,
         };
+        // Boxed as `Send` here, where its lifetimes are concrete: left to the task spawn, the
+        // compiler fails to prove the fetch `Send` (rust-lang/rust#102211).
+        let fetch: futures_util::future::BoxFuture<'_, FetchResult> = Box::pin(self.fallback.fetch(&work, env));
         let result = tokio::select! {
-            r = self.fallback.fetch(&work, env) => r,
+            r = fetch => r,
             () = cancelled(cancel) => {
                 // abandoned: the partial files are gone with the fetch; give the work back
                 if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {

@@ -69,6 +69,14 @@ pub trait RecordSink: Send + 'static {
     fn write(&mut self, record: &AttemptRecord) -> io::Result<()>;
     /// Makes everything written so far durable (or at least visible to readers).
     fn flush(&mut self) -> io::Result<()>;
+    /// Called whenever the writer's queue runs empty, which in a busy run is after almost
+    /// every record: hands what is buffered to the operating system (visible to readers,
+    /// kept if the process dies) without waiting for the disk. The default is
+    /// [`flush`](RecordSink::flush); a sink whose `flush` syncs to disk should override it
+    /// and leave syncing to `flush` (see [`ManifestSink`](crate::manifest::ManifestSink)).
+    fn write_out(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
@@ -78,6 +86,10 @@ impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
 
     fn flush(&mut self) -> io::Result<()> {
         (**self).flush()
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        (**self).write_out()
     }
 }
 
@@ -93,6 +105,12 @@ impl<A: RecordSink, B: RecordSink> RecordSink for (A, B) {
     fn flush(&mut self) -> io::Result<()> {
         let first = self.0.flush();
         let second = self.1.flush();
+        first.and(second)
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        let first = self.0.write_out();
+        let second = self.1.write_out();
         first.and(second)
     }
 }

@@ -22,9 +22,11 @@ enum Msg {
 /// [`RecordSink`]; sending never blocks. When the buffer is full the record is dropped,
 /// counted ([`dropped`](RecordWriter::dropped), and the `contentdownload.records.dropped`
 /// metric when the layer has metrics) and reported with a warning (on the 1st, 2nd, 4th,
-/// 8th... drop, so a long overload does not flood the log). The sink is flushed whenever
-/// the buffer runs empty, and on [`flush`](RecordWriter::flush) and
-/// [`close`](RecordWriter::close); call `close` at shutdown so nothing buffered is lost.
+/// 8th... drop, so a long overload does not flood the log). Whenever the buffer runs empty
+/// the sink hands what it buffered to the operating system
+/// ([`RecordSink::write_out`]: cheap, no wait for the disk); it is flushed (synced, for
+/// sinks that sync) on [`flush`](RecordWriter::flush) and [`close`](RecordWriter::close);
+/// call `close` at shutdown so nothing buffered is lost.
 ///
 /// Cloning is cheap: clones share the channel and the counters (behind an `Arc`). The
 /// thread ends after `close`, or when the last clone is dropped.
@@ -162,7 +164,7 @@ fn run<S: RecordSink>(mut sink: S, mut rx: mpsc::Receiver<Msg>, errors: &AtomicU
                     }
                 }
                 if rx.is_empty() {
-                    if let Err(e) = sink.flush() {
+                    if let Err(e) = sink.write_out() {
                         tracing::warn!(error = %e, "could not flush attempt records; check the output file");
                     }
                 }

@@ -1,0 +1,237 @@
+//! SQLite group commit for the two writes every work makes: claims and finishes.
+//!
+//! Every SQLite write of a ledger handle goes through one connection (see
+//! [`SqlitePools`](super::connect::SqlitePools)), one statement at a time, each a round trip
+//! to that connection's thread and a commit. Under load, claims and finishes pile up
+//! behind each other; a task of the handle's own takes whatever has piled up and runs it as
+//! one multi-row statement (all claims, then all finishes): one round trip and one commit
+//! for the lot, so the more that wait, the cheaper each gets.
+//!
+//! Semantics are those of the one-at-a-time statements, in arrival order: each row carries
+//! its own owner and times, the conflict condition is checked per row, and a caller hears
+//! back only after the commit. What the batch does not settle (a claim refused, a finish
+//! whose condition failed, a job twice in one batch, a failed statement) is answered
+//! `None`, and the caller runs the one-at-a-time statement, which says why.
+//! PostgreSQL does not use this: its pool writes side by side.
+
+use std::collections::HashSet;
+
+use sqlx::{Pool, Sqlite};
+use tokio::sync::{mpsc, oneshot};
+
+use super::row::{self, job_columns};
+use super::types::{Job, JobId, JobResult, JobState, NewJob};
+
+/// The most requests in one statement (claims bind 8 parameters a row, finishes 9; SQLite
+/// allows 32,766).
+const MAX_BATCH: usize = 128;
+
+/// A claim or finish waiting for the next batch.
+pub(crate) enum Request {
+    Claim {
+        job: NewJob,
+        owner: String,
+        now: i64,
+        expires: i64,
+        /// `Some(job)`: leased to `owner`; `None`: not settled here.
+        reply: oneshot::Sender<Option<Job>>,
+    },
+    Finish {
+        job: JobId,
+        owner: String,
+        to: JobState,
+        result: JobResult,
+        now: i64,
+        /// `true`: finished; `false`: not settled here.
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The handle's side of the batching task. Dropping the last one ends the task.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Batcher {
+    /// Starts the batching task on the current runtime, writing through `pool`.
+    pub(crate) fn spawn(pool: Pool<Sqlite>) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, rx));
+        Batcher { tx }
+    }
+
+    /// Claims `job` for `owner` in the next batch; `None` when the batch did not lease it
+    /// (or the task is gone, its runtime shut down): ask again one at a time.
+    pub(crate) async fn claim(&self, job: &NewJob, owner: &str, now: i64, expires: i64) -> Option<Job> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Claim {
+            job: job.clone(),
+            owner: owner.to_owned(),
+            now,
+            expires,
+            reply,
+        };
+        self.tx.send(request).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Finishes `job` in the next batch; `false` when the batch did not (or the task is
+    /// gone): finish it one at a time to learn why.
+    pub(crate) async fn finish(&self, job: JobId, owner: &str, to: JobState, result: &JobResult, now: i64) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Finish {
+            job,
+            owner: owner.to_owned(),
+            to,
+            result: result.clone(),
+            now,
+            reply,
+        };
+        if self.tx.send(request).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+async fn run(pool: Pool<Sqlite>, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut pending = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        let mut claims = Vec::new();
+        let mut finishes = Vec::new();
+        for request in pending.drain(..) {
+            match request {
+                Request::Claim { .. } => claims.push(request),
+                Request::Finish { .. } => finishes.push(request),
+            }
+        }
+        if !claims.is_empty() {
+            claim_batch(&pool, claims).await;
+        }
+        if !finishes.is_empty() {
+            finish_batch(&pool, finishes).await;
+        }
+    }
+}
+
+async fn claim_batch(pool: &Pool<Sqlite>, claims: Vec<Request>) {
+    let mut sql = String::from(
+        "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
+         attempts, created_at, updated_at) VALUES ",
+    );
+    for i in 0..claims.len() {
+        sql.push_str(if i == 0 { "" } else { ", " });
+        sql.push_str("(?, ?, ?, ?, 'LEASED', ?, ?, 1, ?, ?)");
+    }
+    // the same conditions as the single claim, with each row's own owner and times
+    sql.push_str(concat!(
+        " ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = excluded.lease_owner, \
+         lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at, \
+         attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = excluded.lease_owner \
+         THEN jobs.attempts ELSE jobs.attempts + 1 END \
+         WHERE jobs.state IN ('PLANNED', 'FAILED', 'DEFERRED') OR (jobs.state = 'LEASED' AND \
+         (jobs.lease_owner = excluded.lease_owner OR jobs.lease_expires_at < excluded.updated_at)) RETURNING ",
+        job_columns!()
+    ));
+    let mut q = sqlx::query(&sql);
+    for c in &claims {
+        if let Request::Claim {
+            job,
+            owner,
+            now,
+            expires,
+            ..
+        } = c
+        {
+            q = q
+                .bind(&job.run_id)
+                .bind(job.work_id.as_str())
+                .bind(job.key.as_str())
+                .bind(&job.canonical_url)
+                .bind(owner)
+                .bind(*expires)
+                .bind(*now)
+                .bind(*now);
+        }
+    }
+    // a failed statement changed nothing: everyone asks again alone
+    let leased: Vec<Job> = match q.fetch_all(pool).await {
+        Ok(rows) => rows.iter().filter_map(|r| row::job(r).ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for c in claims {
+        if let Request::Claim { job, owner, reply, .. } = c {
+            // the last row for this key and owner (a key twice in the batch returns twice)
+            let mine = leased
+                .iter()
+                .rev()
+                .find(|j| j.key.as_str() == job.key.as_str() && j.lease_owner.as_deref() == Some(owner.as_str()))
+                .cloned();
+            let _ = reply.send(mine);
+        }
+    }
+}
+
+async fn finish_batch(pool: &Pool<Sqlite>, finishes: Vec<Request>) {
+    // a job twice in one statement would be updated once for both: the later ones go alone
+    let mut seen = HashSet::new();
+    let (batch, alone): (Vec<Request>, Vec<Request>) = finishes
+        .into_iter()
+        .partition(|f| matches!(f, Request::Finish { job, .. } if seen.insert(*job)));
+    for f in alone {
+        if let Request::Finish { reply, .. } = f {
+            let _ = reply.send(false);
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    let mut sql = String::from(
+        "UPDATE jobs SET state = v.column3, lease_owner = NULL, lease_expires_at = NULL, updated_at = v.column4, \
+         outcome = v.column5, path = v.column6, sha256 = v.column7, bytes = v.column8, reason = v.column9 \
+         FROM (VALUES ",
+    );
+    for i in 0..batch.len() {
+        sql.push_str(if i == 0 { "" } else { ", " });
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql.push_str(
+        ") AS v WHERE jobs.id = v.column1 AND jobs.state = 'LEASED' AND jobs.lease_owner = v.column2 RETURNING id",
+    );
+    let mut q = sqlx::query(&sql);
+    for f in &batch {
+        if let Request::Finish {
+            job,
+            owner,
+            to,
+            result,
+            now,
+            ..
+        } = f
+        {
+            q = q
+                .bind(job.0)
+                .bind(owner)
+                .bind(to.as_str())
+                .bind(*now)
+                .bind(result.outcome.as_deref())
+                .bind(result.path.as_deref())
+                .bind(result.sha256.as_deref())
+                .bind(result.bytes)
+                .bind(result.reason.as_deref());
+        }
+    }
+    let done: HashSet<i64> = match q.fetch_all(pool).await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| sqlx::Row::try_get::<i64, _>(r, 0).ok())
+            .collect(),
+        Err(_) => HashSet::new(),
+    };
+    for f in batch {
+        if let Request::Finish { job, reply, .. } = f {
+            let _ = reply.send(done.contains(&job.0));
+        }
+    }
+}
