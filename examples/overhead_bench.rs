@@ -7,7 +7,8 @@
 //! Run in release mode: `cargo run --release --example overhead_bench --features simulator,reqwest`.
 //! `OVERHEAD_REQUESTS=<n>` sets the requests per measurement at concurrency 64 (default
 //! 8000; a quarter of that at concurrency 1). Every count is bounded. `OVERHEAD_ROWS=ab`
-//! runs only the rows whose letters are given (for profiling one client at a time).
+//! runs only the rows whose letters are given (for profiling one client at a time);
+//! `OVERHEAD_ROUNDS=<n>` (default 5) sets how many interleaved rounds are measured.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use contentdownload::adapters::reqwest::{install_crypto_provider, ContentDownloa
 use contentdownload::context::{OperationType, Provider};
 use contentdownload::error::BoxError;
 use contentdownload::layers::rate_limit::{Quota, RateLimitConfig};
-use contentdownload::service::{HttpClient, HttpConfig, Stack, StackConfig};
+use contentdownload::service::{HttpClient, HttpConfig, HttpService, Stack, StackConfig};
 use contentdownload::simulator::{Reply, Simulator};
 use http_body_util::{BodyExt, Full};
 use reqwest_retry::policies::ExponentialBackoff;
@@ -31,8 +32,84 @@ struct Row {
     name: &'static str,
     concurrency: usize,
     rps: f64,
+    tput_ratio: f64,
+    p50: f64,
+    p99: f64,
+    p50_ratio: f64,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    rps: f64,
     p50: Duration,
     p99: Duration,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// The clients compared, each sending `GET url` and reading the whole body.
+enum Client {
+    Bare(HttpClient),
+    Stack(HttpService),
+    Reqwest(reqwest::Client),
+    Middleware(reqwest_middleware::ClientWithMiddleware),
+}
+
+impl Client {
+    async fn measure(&self, url: &str, concurrency: usize, n: usize) -> Result<(f64, Vec<Duration>), BoxError> {
+        let url: Arc<str> = Arc::from(url);
+        match self {
+            Client::Bare(c) => {
+                let c = c.clone();
+                measure(concurrency, n, move || {
+                    let (u, c) = (url.clone(), c.clone());
+                    async move {
+                        let req = http::Request::get(&*u).body(Full::<Bytes>::default())?;
+                        Ok(c.oneshot(req).await?.into_body().collect().await?.to_bytes().len())
+                    }
+                })
+                .await
+            }
+            Client::Stack(s) => {
+                let s = s.clone();
+                measure(concurrency, n, move || {
+                    let (u, s) = (url.clone(), s.clone());
+                    async move {
+                        let req = http::Request::get(&*u)
+                            .extension(Provider::new("bench"))
+                            .body(Full::<Bytes>::default())?;
+                        Ok(s.oneshot(req).await?.into_body().collect().await?.to_bytes().len())
+                    }
+                })
+                .await
+            }
+            Client::Reqwest(c) => {
+                let c = c.clone();
+                measure(concurrency, n, move || {
+                    let (u, c) = (url.clone(), c.clone());
+                    async move { Ok(c.get(&*u).send().await?.bytes().await?.len()) }
+                })
+                .await
+            }
+            Client::Middleware(c) => {
+                let c = c.clone();
+                measure(concurrency, n, move || {
+                    let (u, c) = (url.clone(), c.clone());
+                    async move {
+                        let res = c.get(&*u).with_extension(Provider::new("bench")).send().await?;
+                        Ok(res.bytes().await?.len())
+                    }
+                })
+                .await
+            }
+        }
+    }
 }
 
 /// Runs `total` requests with `concurrency` workers; returns (requests/s, sorted latencies).
@@ -118,106 +195,56 @@ async fn main() -> Result<(), BoxError> {
         .build();
 
     let selected = std::env::var("OVERHEAD_ROWS").unwrap_or_else(|_| "abcde".into());
-    let wants = |row: char| selected.contains(row);
+    let rounds: usize = std::env::var("OVERHEAD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .clamp(1, 50);
+    let clients: Vec<(char, &'static str, Client)> = [
+        ('a', "(a) bare HttpClient", Client::Bare(bare)),
+        ('b', "(b) full Stack", Client::Stack(stack_svc)),
+        ('c', "(c) reqwest", Client::Reqwest(plain)),
+        ('d', "(d) reqwest + reqwest-retry", Client::Middleware(retrying)),
+        ('e', "(e) reqwest + this adapter", Client::Middleware(adapted)),
+    ]
+    .into_iter()
+    .filter(|(letter, _, _)| selected.contains(*letter))
+    .collect();
+
+    // Rounds interleave the clients, so that a slow spell of a shared machine hits every
+    // client alike; ratios are taken within a round, then the median over the rounds.
     let mut rows = Vec::new();
     for concurrency in [1usize, 64] {
         let n = if concurrency == 1 { total / 4 } else { total };
-        if wants('a') {
-            let (u, c) = (url.clone(), bare.clone());
-            let (rps, lat) = measure(concurrency, n, move || {
-                let (u, c) = (u.clone(), c.clone());
-                async move {
-                    let req = http::Request::get(u.as_str()).body(Full::<Bytes>::default())?;
-                    let body = c.oneshot(req).await?.into_body().collect().await?.to_bytes();
-                    Ok(body.len())
-                }
-            })
-            .await?;
-            rows.push(Row {
-                name: "(a) bare HttpClient",
-                concurrency,
-                rps,
-                p50: pct(&lat, 0.5),
-                p99: pct(&lat, 0.99),
-            });
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); clients.len()];
+        for _ in 0..rounds {
+            for (i, (_, _, client)) in clients.iter().enumerate() {
+                let (rps, lat) = client.measure(&url, concurrency, n).await?;
+                samples[i].push(Sample {
+                    rps,
+                    p50: pct(&lat, 0.5),
+                    p99: pct(&lat, 0.99),
+                });
+            }
         }
-
-        if wants('b') {
-            let (u, s) = (url.clone(), stack_svc.clone());
-            let (rps, lat) = measure(concurrency, n, move || {
-                let (u, s) = (u.clone(), s.clone());
-                async move {
-                    let req = http::Request::get(u.as_str())
-                        .extension(Provider::new("bench"))
-                        .body(Full::<Bytes>::default())?;
-                    let body = s.oneshot(req).await?.into_body().collect().await?.to_bytes();
-                    Ok(body.len())
-                }
-            })
-            .await?;
+        for (i, (_, name, _)) in clients.iter().enumerate() {
+            let ratio =
+                |f: fn(&Sample) -> f64| median((0..rounds).map(|r| f(&samples[i][r]) / f(&samples[0][r])).collect());
             rows.push(Row {
-                name: "(b) full Stack",
+                name,
                 concurrency,
-                rps,
-                p50: pct(&lat, 0.5),
-                p99: pct(&lat, 0.99),
-            });
-        }
-
-        if wants('c') {
-            let (u, c) = (url.clone(), plain.clone());
-            let (rps, lat) = measure(concurrency, n, move || {
-                let (u, c) = (u.clone(), c.clone());
-                async move { Ok(c.get(u.as_str()).send().await?.bytes().await?.len()) }
-            })
-            .await?;
-            rows.push(Row {
-                name: "(c) reqwest",
-                concurrency,
-                rps,
-                p50: pct(&lat, 0.5),
-                p99: pct(&lat, 0.99),
-            });
-        }
-
-        if wants('d') {
-            let (u, c) = (url.clone(), retrying.clone());
-            let (rps, lat) = measure(concurrency, n, move || {
-                let (u, c) = (u.clone(), c.clone());
-                async move { Ok(c.get(u.as_str()).send().await?.bytes().await?.len()) }
-            })
-            .await?;
-            rows.push(Row {
-                name: "(d) reqwest + reqwest-retry",
-                concurrency,
-                rps,
-                p50: pct(&lat, 0.5),
-                p99: pct(&lat, 0.99),
-            });
-        }
-
-        if wants('e') {
-            let (u, c) = (url.clone(), adapted.clone());
-            let (rps, lat) = measure(concurrency, n, move || {
-                let (u, c) = (u.clone(), c.clone());
-                async move {
-                    let res = c.get(u.as_str()).with_extension(Provider::new("bench")).send().await?;
-                    Ok(res.bytes().await?.len())
-                }
-            })
-            .await?;
-            rows.push(Row {
-                name: "(e) reqwest + this adapter",
-                concurrency,
-                rps,
-                p50: pct(&lat, 0.5),
-                p99: pct(&lat, 0.99),
+                rps: median(samples[i].iter().map(|s| s.rps).collect()),
+                tput_ratio: ratio(|s| s.rps),
+                p50: median(samples[i].iter().map(|s| s.p50.as_secs_f64()).collect()),
+                p99: median(samples[i].iter().map(|s| s.p99.as_secs_f64()).collect()),
+                p50_ratio: ratio(|s| s.p50.as_secs_f64()),
             });
         }
     }
 
     println!(
-        "loopback, {BODY_LEN}-byte bodies, {} requests at concurrency 64 and {} at 1 (after a warm-up)",
+        "loopback, {BODY_LEN}-byte bodies, {} requests at concurrency 64 and {} at 1 per client and round \
+         (after a warm-up), {rounds} interleaved rounds; medians, ratios to the first client within each round",
         total,
         total / 4
     );
@@ -225,23 +252,17 @@ async fn main() -> Result<(), BoxError> {
         "{:<28} {:>5} {:>10} {:>9} {:>10} {:>10} {:>9}",
         "client", "conc", "req/s", "tput/(a)", "p50 µs", "p99 µs", "p50/(a)"
     );
-    for conc in [1usize, 64] {
-        let Some(base) = rows.iter().find(|r| r.concurrency == conc) else {
-            continue;
-        };
-        let (base_rps, base_p50) = (base.rps, base.p50.as_secs_f64());
-        for r in rows.iter().filter(|r| r.concurrency == conc) {
-            println!(
-                "{:<28} {:>5} {:>10.0} {:>9.3} {:>10.1} {:>10.1} {:>9.3}",
-                r.name,
-                r.concurrency,
-                r.rps,
-                r.rps / base_rps,
-                r.p50.as_secs_f64() * 1e6,
-                r.p99.as_secs_f64() * 1e6,
-                r.p50.as_secs_f64() / base_p50
-            );
-        }
+    for r in &rows {
+        println!(
+            "{:<28} {:>5} {:>10.0} {:>9.3} {:>10.1} {:>10.1} {:>9.3}",
+            r.name,
+            r.concurrency,
+            r.rps,
+            r.tput_ratio,
+            r.p50 * 1e6,
+            r.p99 * 1e6,
+            r.p50_ratio
+        );
     }
     Ok(())
 }
