@@ -1,7 +1,11 @@
 //! One work's way through the pipeline: its ledger claim, its fetch, its outcome recorded;
 //! and the heartbeat that keeps the leases of the works in flight.
 
+use std::future::Future;
 use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use tokio::time::Instant;
 
@@ -37,68 +41,45 @@ impl Core {
         (self.config.lease_ttl / 3).max(Duration::from_millis(100))
     }
 
-    pub(super) fn spawn_heartbeat(&self) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-        let (ledger, held, owner, ttl) = (
-            self.ledger.clone(),
-            self.held.clone(),
-            self.config.worker_id.clone(),
-            self.config.lease_ttl,
-        );
-        let every = self.heartbeat_every();
-        let task = tokio::spawn(async move {
-            let Some(ledger) = ledger else { return };
-            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tick.tick() => {
-                        let jobs: Vec<JobId> = lock(&held).iter().copied().collect();
-                        if jobs.is_empty() {
-                            continue;
-                        }
-                        // not raced against `stop`: a renewal is never dropped halfway
-                        if let Err(e) = ledger.heartbeat(&owner, &jobs, ttl).await {
-                            tracing::warn!("could not renew leases: {e}");
-                        }
-                    }
+    pub(super) fn spawn_heartbeat(&self) -> (watch::Sender<bool>, JoinHandle<()>) {
+        let Some(ledger) = self.ledger.clone() else {
+            return spawn_every(None, || async {});
+        };
+        let (held, owner, ttl) = (self.held.clone(), self.config.worker_id.clone(), self.config.lease_ttl);
+        spawn_every(Some(self.heartbeat_every()), move || {
+            let jobs: Vec<JobId> = lock(&held).iter().copied().collect();
+            let (ledger, owner) = (ledger.clone(), owner.clone());
+            async move {
+                if jobs.is_empty() {
+                    return;
+                }
+                if let Err(e) = ledger.heartbeat(&owner, &jobs, ttl).await {
+                    tracing::warn!("could not renew leases: {e}");
                 }
             }
-        });
-        (stop_tx, task)
+        })
     }
 
     /// Syncs the manifest to disk every [`MANIFEST_SYNC_EVERY`], off the lock and on the
     /// blocking pool; the lines are written out to the OS far more often (by the
     /// attempt-record writer), and the run's end flushes and syncs them all.
-    pub(super) fn spawn_manifest_sync(&self) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    pub(super) fn spawn_manifest_sync(&self) -> (watch::Sender<bool>, JoinHandle<()>) {
         let manifest = self.manifest.clone();
-        let task = tokio::spawn(async move {
-            let every = MANIFEST_SYNC_EVERY;
-            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tick.tick() => {
-                        let sync = lock(&manifest).sync_handle();
-                        let synced = match sync {
-                            Ok(None) => continue,
-                            Ok(Some(sync)) => tokio::task::spawn_blocking(move || sync.sync())
-                                .await
-                                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = synced {
-                            tracing::warn!("could not write the manifest to disk (will try again): {e}");
-                        }
-                    }
+        spawn_every(Some(MANIFEST_SYNC_EVERY), move || {
+            let sync = lock(&manifest).sync_handle();
+            async move {
+                let synced = match sync {
+                    Ok(None) => return,
+                    Ok(Some(sync)) => tokio::task::spawn_blocking(move || sync.sync())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = synced {
+                    tracing::warn!("could not write the manifest to disk (will try again): {e}");
                 }
             }
-        });
-        (stop_tx, task)
+        })
     }
 
     fn job_for(&self, work: &Work) -> NewJob {
@@ -267,4 +248,27 @@ impl Core {
 pub(super) async fn cancelled(mut rx: tokio::sync::watch::Receiver<bool>) {
     // an error means the sender is gone: the run is over, which is as good as cancelled
     let _ = rx.wait_for(|c| *c).await;
+}
+
+/// A task that runs `tick` every `every` (never, with `None`) until the returned sender
+/// sends; a tick in progress is not raced against the stop, so a lease renewal or a sync is
+/// never dropped halfway.
+fn spawn_every<F, Fut>(every: Option<Duration>, mut tick: F) -> (watch::Sender<bool>, JoinHandle<()>)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (stop_tx, mut stop) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let Some(every) = every else { return };
+        let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = interval.tick() => tick().await,
+            }
+        }
+    });
+    (stop_tx, task)
 }
