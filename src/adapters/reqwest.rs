@@ -182,8 +182,8 @@ impl ContentDownloadMiddleware {
 ///
 /// A shared slot rather than channels: the stack and the middleware run in one task, and a
 /// channel's wake-up of its own task made tokio hand the task to another worker thread on
-/// every exchange (two thread hops per attempt, about 60 µs at concurrency 1 on the
-/// overhead bench). Nothing here needs a wake-up: the middleware's loop looks at the slot
+/// every exchange, twice per attempt (`overhead_bench`, concurrency 1: p50 121–132 µs with
+/// channels, 39–50 µs with this slot). Nothing here needs a wake-up: the middleware's loop looks at the slot
 /// each time the stack's future returns `Pending`, and polls the stack again right after
 /// putting a reply in.
 #[derive(Clone, Default)]
