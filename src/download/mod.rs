@@ -164,6 +164,7 @@ impl Staged {
             ));
         }
         self.guard.armed = false;
+        sync_folder(final_path).await;
         Ok(Downloaded {
             path: final_path.to_owned(),
             sha256: std::mem::take(&mut self.sha256),
@@ -171,6 +172,59 @@ impl Staged {
             status: self.status,
         })
     }
+}
+
+/// Makes a rename into `path`'s folder durable: the file's data was synced before the
+/// rename, but the new directory entry lives in the folder, and a power loss before the
+/// folder reaches the disk would lose a file the ledger already records as FINALIZED (the
+/// next run would skip it). Best effort: a file system that cannot sync a folder gets a
+/// warning, not a failed download. Unix only; elsewhere a folder cannot be opened to sync.
+///
+/// Syncs are shared: one sync of a folder covers every rename into it that finished before
+/// the sync started, so concurrent downloads wait for one sync instead of queueing one each
+/// (the same group commit as a database's log).
+async fn sync_folder(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::collections::HashMap;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+
+        #[derive(Default)]
+        struct FolderSync {
+            /// Renames into the folder so far (a ticket each, taken after the rename).
+            renamed: AtomicU64,
+            /// Held while syncing; the ticket up to which the folder is known synced.
+            synced: tokio::sync::Mutex<u64>,
+        }
+        static FOLDERS: OnceLock<Mutex<HashMap<PathBuf, Arc<FolderSync>>>> = OnceLock::new();
+
+        let Some(folder) = path.parent().map(Path::to_owned) else {
+            return;
+        };
+        let state = {
+            let mut folders = FOLDERS
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(folders.entry(folder.clone()).or_default())
+        };
+        let ticket = state.renamed.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = state.synced.lock().await;
+        if *synced >= ticket {
+            return; // a sync that started after this rename has finished
+        }
+        let covers = state.renamed.load(Ordering::SeqCst);
+        let result = tokio::task::spawn_blocking(move || std::fs::File::open(&folder)?.sync_all())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match result {
+            Ok(()) => *synced = covers,
+            Err(e) => tracing::warn!(path = %path.display(), "could not sync the output folder after a rename: {e}"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Deletes the partial file when dropped while armed: a failed, rejected or cancelled
