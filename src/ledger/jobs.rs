@@ -294,10 +294,7 @@ impl Ledger {
         // SQLite: finishes that arrive together go in one statement (see `batch`); what it
         // does not settle is finished below, one at a time, to say why.
         if let Some(batch) = &self.inner.batch {
-            if JobState::Leased.can_become(to)
-                && to != JobState::Planned
-                && batch.finish(job, owner, to, result, now).await
-            {
+            if to.is_finish_target() && batch.finish(job, owner, to, result, now).await {
                 return Ok(());
             }
         }
@@ -305,7 +302,7 @@ impl Ledger {
             let mut conn = pool.acquire().await.map_err(LedgerError::db("finish a job"))?;
             // A target that is not final binds an id no row has: the update matches nothing
             // and `conditional!` reads the job to report the illegal transition.
-            let to_ok = JobState::Leased.can_become(to) && to != JobState::Planned;
+            let to_ok = to.is_finish_target();
             let q = sqlx::query(FINISH)
                 .bind(if to_ok { to.as_str() } else { "never" })
                 .bind(now)
@@ -337,7 +334,7 @@ impl Ledger {
             let mut out = Vec::with_capacity(items.len());
             for (job, to, result) in items {
                 let (job, to) = (*job, *to);
-                let to_ok = JobState::Leased.can_become(to) && to != JobState::Planned;
+                let to_ok = to.is_finish_target();
                 let q = sqlx::query(FINISH)
                     .bind(if to_ok { to.as_str() } else { "never" })
                     .bind(now)

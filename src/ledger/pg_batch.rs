@@ -52,10 +52,9 @@ pub(crate) async fn finish_many(
     items: &[(JobId, JobState, JobResult)],
     now: i64,
 ) -> Result<Vec<Result<(), LedgerError>>, LedgerError> {
-    let final_target = |to: JobState| JobState::Leased.can_become(to) && to != JobState::Planned;
     let mut first = HashSet::with_capacity(items.len());
     let sent: Vec<usize> = (0..items.len())
-        .filter(|&i| final_target(items[i].1) && first.insert(items[i].0))
+        .filter(|&i| JobState::is_finish_target(items[i].1) && first.insert(items[i].0))
         .collect();
     let col = |f: &dyn Fn(&JobResult) -> Option<&str>| sent.iter().map(|&i| f(&items[i].2)).collect::<Vec<_>>();
     let rows = sqlx::query(
@@ -96,7 +95,7 @@ pub(crate) async fn finish_many(
         out.push(Err(match found {
             None => LedgerError::NotFound(*job),
             Some(r) => match row::state_and_owner(&r)? {
-                (JobState::Leased, holder) if final_target(*to) => LedgerError::LeaseNotHeld {
+                (JobState::Leased, holder) if JobState::is_finish_target(*to) => LedgerError::LeaseNotHeld {
                     job: *job,
                     owner: owner.to_owned(),
                     holder,

@@ -78,6 +78,12 @@ impl JobState {
         )
     }
 
+    /// Whether a leased job may be finished into this state (FINALIZED, FAILED, DEFERRED,
+    /// SKIPPED): what [`Ledger::finish`](super::Ledger::finish) accepts.
+    pub(crate) const fn is_finish_target(self) -> bool {
+        JobState::Leased.can_become(self) && !matches!(self, JobState::Planned)
+    }
+
     /// Whether nothing more will happen to a job in this state (FINALIZED, SKIPPED).
     pub const fn is_terminal(self) -> bool {
         matches!(self, JobState::Finalized | JobState::Skipped)
