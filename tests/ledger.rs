@@ -381,14 +381,33 @@ async fn bad_configuration_is_reported_by_field() {
     .unwrap_err();
     assert!(e.to_string().contains("max_connections"), "{e}");
     let dir = tempfile::tempdir().unwrap();
-    // a missing folder is made; a folder that cannot be made is reported
-    let made = Ledger::open(&format!("sqlite://{}/new/dir/l.db", dir.path().display()))
+    // a missing folder is an error, and nothing is created
+    let missing = dir.path().join("new/dir");
+    let e = Ledger::open(&format!("sqlite://{}/l.db", missing.display()))
         .await
-        .unwrap();
-    assert_eq!(made.counts(None).await.unwrap().total(), 0);
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert!(!dir.path().join("new").exists(), "no folder was made");
     std::fs::write(dir.path().join("a-file"), b"x").unwrap();
     let e = Ledger::open(&format!("sqlite://{}/a-file/l.db", dir.path().display()))
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("url: cannot create the ledger's folder"), "{e}");
+    assert!(e.to_string().contains("a-file does not exist"), "{e}");
+    // an unknown scheme is named, not taken for a file name
+    let here = std::env::current_dir().unwrap();
+    for url in ["mysql://x", "mysql:x/l.db", "http://h/l.db"] {
+        let e = Ledger::open(url).await.unwrap_err();
+        assert!(e.to_string().contains("unknown ledger scheme"), "{url}: {e}");
+    }
+    assert!(!here.join("mysql:").exists() && !here.join("mysql:x").exists());
+    // a plain path and a sqlite: URL in an existing folder open
+    let plain = Ledger::open(dir.path().join("plain.db").to_str().unwrap()).await.unwrap();
+    assert_eq!(plain.counts(None).await.unwrap().total(), 0);
+    let url = Ledger::open(&format!("sqlite://{}/url.db", dir.path().display())).await.unwrap();
+    assert_eq!(url.counts(None).await.unwrap().total(), 0);
+    #[cfg(not(feature = "postgres"))]
+    {
+        let e = Ledger::open("postgres://u@127.0.0.1:1/db").await.unwrap_err();
+        assert!(e.to_string().contains("`postgres` feature"), "{e}");
+    }
 }

@@ -78,6 +78,7 @@ impl LedgerConfig {
         if self.url.trim().is_empty() {
             return bad("url", "empty; give a sqlite:// or postgres:// URL or a file path");
         }
+        self.sqlite_path()?;
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
         }
@@ -106,8 +107,69 @@ impl LedgerConfig {
 
     pub(crate) fn is_postgres(&self) -> bool {
         let u = self.url.trim_start();
-        u.starts_with("postgres://") || u.starts_with("postgresql://")
+        u.starts_with("postgres:") || u.starts_with("postgresql:")
     }
+
+    /// The SQLite file this configuration names: `Ok(Some(path))` for a `sqlite:` URL or a
+    /// plain path, `Ok(None)` for PostgreSQL and in-memory SQLite. An unknown scheme
+    /// (`mysql://x`) or a `postgres://` URL in a build without the `postgres` feature is an
+    /// error that says so, rather than a file named after the URL.
+    ///
+    /// ```
+    /// use contentdownload::ledger::LedgerConfig;
+    /// let path = LedgerConfig::new("sqlite:///srv/out/ledger.sqlite").sqlite_path().unwrap();
+    /// assert_eq!(path.as_deref(), Some(std::path::Path::new("/srv/out/ledger.sqlite")));
+    /// assert!(LedgerConfig::new("mysql://db/x").sqlite_path().is_err());
+    /// ```
+    pub fn sqlite_path(&self) -> Result<Option<PathBuf>, LedgerError> {
+        if self.is_postgres() {
+            if cfg!(feature = "postgres") {
+                return Ok(None);
+            }
+            return Err(LedgerError::Config {
+                field: "url",
+                message: "a postgres:// ledger needs contentdownload built with the `postgres` feature \
+                          (cargo install contentdownload --features postgres)"
+                    .into(),
+            });
+        }
+        let opts = sqlite_options(&self.url)?;
+        let file = opts.get_filename();
+        Ok((file.as_os_str() != ":memory:" && !self.url.contains(":memory:")).then(|| file.to_owned()))
+    }
+}
+
+/// The scheme of `url` when it starts with one (`mysql:` of `mysql://x`): letters, digits,
+/// `+`, `-`, `.`, at least two characters (so that `C:\x` stays a path).
+fn scheme_of(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let mut bytes = scheme.bytes();
+    let first = bytes.next()?;
+    let ok = scheme.len() >= 2
+        && first.is_ascii_alphabetic()
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    ok.then_some(scheme)
+}
+
+/// The connect options of a SQLite ledger: a `sqlite:` URL, or a plain file path.
+fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, LedgerError> {
+    let url = url.trim();
+    if url.starts_with("sqlite:") {
+        return SqliteConnectOptions::from_str(url).map_err(|e| LedgerError::Config {
+            field: "url",
+            message: format!("not a usable sqlite URL ({e}); write sqlite://<path>?mode=rwc"),
+        });
+    }
+    if let Some(scheme) = scheme_of(url) {
+        return Err(LedgerError::Config {
+            field: "url",
+            message: format!(
+                "unknown ledger scheme `{scheme}:`; use sqlite://<path>, postgres://user@host:port/database \
+                 or a file path (write ./{url} for a file whose name has a colon)"
+            ),
+        });
+    }
+    Ok(SqliteConnectOptions::new().filename(url))
 }
 
 /// `url` with its password (in the userinfo or a `password=` parameter) replaced by
@@ -244,23 +306,20 @@ fn migrator(sql: &'static str) -> Migrator {
 }
 
 pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerError> {
-    let url = cfg.url.trim();
-    let opts = if url.starts_with("sqlite:") {
-        SqliteConnectOptions::from_str(url).map_err(|e| LedgerError::Config {
-            field: "url",
-            message: format!("not a usable sqlite URL ({e}); write sqlite://<path>?mode=rwc"),
-        })?
-    } else {
-        SqliteConnectOptions::new().filename(url)
-    };
-    // make the file's folder, as the output folder may not exist yet
-    let file = opts.get_filename();
-    if file.as_os_str() != ":memory:" {
+    let opts = sqlite_options(&cfg.url)?;
+    // The file's folder must exist: a mistyped path is an error, not a new folder tree
+    // (the runner creates its output folder, where the default ledger lives, itself).
+    if let Some(file) = cfg.sqlite_path()? {
         if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| LedgerError::Config {
-                field: "url",
-                message: format!("cannot create the ledger's folder {}: {e}", parent.display()),
-            })?;
+            if !parent.is_dir() {
+                return Err(LedgerError::Config {
+                    field: "url",
+                    message: format!(
+                        "the ledger's folder {} does not exist; create it or choose another path",
+                        parent.display()
+                    ),
+                });
+            }
         }
     }
     let opts = opts

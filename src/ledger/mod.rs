@@ -131,8 +131,9 @@ struct Inner {
 }
 
 impl Ledger {
-    /// Opens (creating if needed) the ledger at `url`: a SQLite path or `sqlite://` URL, or a
-    /// `postgres://` URL. Same as [`connect`](Ledger::connect) with default settings.
+    /// Opens (creating if needed) the ledger at `url`: a SQLite path or `sqlite://` URL (its
+    /// folder must exist), or a `postgres://` URL (feature `postgres`); any other scheme is
+    /// an error. Same as [`connect`](Ledger::connect) with default settings.
     pub async fn open(url: &str) -> Result<Ledger, LedgerError> {
         Ledger::connect(LedgerConfig::new(url)).await
     }

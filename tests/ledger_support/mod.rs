@@ -2,8 +2,9 @@
 //!
 //! SQLite gets a fresh file in a temporary folder. PostgreSQL (feature `postgres`) gets a
 //! fresh schema in the database named by `CONTENTDOWNLOAD_TEST_POSTGRES_URL`; when that is
-//! unset the PostgreSQL half is skipped with a note, unless `CONTENTDOWNLOAD_REQUIRE_POSTGRES=1`
-//! (as in CI), which turns a missing or unreachable server into a failure.
+//! unset the PostgreSQL half is skipped with a `SKIPPED-POSTGRES <test>` line in the test
+//! output, unless `CONTENTDOWNLOAD_REQUIRE_POSTGRES=1` (as in CI), which turns a missing or
+//! unreachable server into a failure (and `.ci/run` also fails on any such line).
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,29 +23,40 @@ pub struct TestLedger {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// The PostgreSQL URL to test against, or `None` (with a note) when it may be skipped.
-pub fn pg_url() -> Option<String> {
+/// The marker at the start of the line a test prints when it skips its PostgreSQL half;
+/// `.ci/run` fails when the test output holds it.
+pub const PG_SKIP_MARKER: &str = "SKIPPED-POSTGRES";
+
+/// The PostgreSQL URL to test against, or `None` when it may be skipped: then `test` says
+/// so in a line of the test output (written to the process's stderr directly, past the
+/// test harness's capture, so that it shows without `--nocapture`). With
+/// `CONTENTDOWNLOAD_REQUIRE_POSTGRES=1` (CI) a skip is a failure instead.
+pub fn pg_url(test: &str) -> Option<String> {
     let require = std::env::var(PG_REQUIRE_VAR).is_ok_and(|v| v == "1");
     let url = std::env::var(PG_URL_VAR).ok().filter(|u| !u.trim().is_empty());
-    match url {
+    let why = match url {
         Some(_) if !cfg!(feature = "postgres") => {
             assert!(
                 !require,
                 "{PG_REQUIRE_VAR}=1 but the tests were built without the `postgres` feature"
             );
-            eprintln!("note: {PG_URL_VAR} is set but the `postgres` feature is off; PostgreSQL half skipped");
-            None
+            format!("{PG_URL_VAR} is set but the `postgres` feature is off")
         }
-        Some(u) => Some(u),
+        Some(u) => return Some(u),
         None => {
             assert!(
                 !require,
                 "{PG_REQUIRE_VAR}=1 but {PG_URL_VAR} is unset: start PostgreSQL and export its URL"
             );
-            eprintln!("note: {PG_URL_VAR} is unset; PostgreSQL half of the ledger tests skipped");
-            None
+            format!("{PG_URL_VAR} is unset")
         }
-    }
+    };
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{PG_SKIP_MARKER} {test}: {why}; its PostgreSQL half did not run"
+    );
+    None
 }
 
 /// A schema name no other test (or earlier run) uses.
@@ -76,7 +88,7 @@ pub fn unique_schema(test: &str) -> String {
 pub fn configs(test: &str) -> Vec<(&'static str, LedgerConfig, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().expect("create a temporary folder");
     let mut out = vec![("sqlite", LedgerConfig::in_dir(dir.path()), Some(dir))];
-    if let Some(url) = pg_url() {
+    if let Some(url) = pg_url(test) {
         let mut cfg = LedgerConfig::new(url);
         cfg.pg_schema = Some(unique_schema(test));
         out.push(("postgres", cfg, None));
