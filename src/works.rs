@@ -179,6 +179,27 @@ pub fn read_doi_list<R: BufRead>(reader: R) -> impl Iterator<Item = Result<Work,
     })
 }
 
+/// For `#[serde(default, deserialize_with = "null_as_default")]`: a `null` reads as the
+/// type's default, as a missing field does (APIs send `"ids": null` as readily as nothing).
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// For `#[serde(default, deserialize_with = "lenient_list")]`: a list where `null` (for the
+/// whole list, or for an item) is read as nothing.
+pub(crate) fn lenient_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let items = Option::<Vec<Option<T>>>::deserialize(d)?;
+    Ok(items.into_iter().flatten().flatten().collect())
+}
+
 #[derive(Deserialize)]
 struct OpenAlexWork {
     id: Option<String>,
@@ -186,11 +207,11 @@ struct OpenAlexWork {
     title: Option<String>,
     display_name: Option<String>,
     publication_year: Option<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     ids: Ids,
     best_oa_location: Option<Location>,
     primary_location: Option<Location>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     locations: Vec<Location>,
     open_access: Option<OpenAccess>,
 }
@@ -295,9 +316,79 @@ impl OpenAlexWork {
     }
 }
 
+/// Test support: `value` with each of its fields and list items in turn replaced by `null`
+/// (one at a time, at every depth), and once with every top-level field `null`.
+#[cfg(test)]
+pub(crate) fn null_variants(value: &serde_json::Value) -> Vec<serde_json::Value> {
+    use serde_json::Value;
+    fn walk(value: &Value, rebuild: &dyn Fn(Value) -> Value, out: &mut Vec<Value>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let with = |v: Value| {
+                        let mut m = map.clone();
+                        m.insert(key.clone(), v);
+                        rebuild(Value::Object(m))
+                    };
+                    out.push(with(Value::Null));
+                    walk(child, &with, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let with = |v: Value| {
+                        let mut a = items.clone();
+                        a[i] = v;
+                        rebuild(Value::Array(a))
+                    };
+                    out.push(with(Value::Null));
+                    walk(child, &with, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &|v| v, &mut out);
+    if let Value::Object(map) = value {
+        out.push(Value::Object(map.keys().map(|k| (k.clone(), Value::Null)).collect()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_in_any_field_keeps_the_record() {
+        let json = serde_json::json!({
+            "id": "https://openalex.org/W7",
+            "doi": "https://doi.org/10.1000/x",
+            "title": "T", "display_name": "T", "publication_year": 2020,
+            "ids": {"openalex": "https://openalex.org/W7", "doi": "https://doi.org/10.1000/x",
+                    "pmid": "https://pubmed.ncbi.nlm.nih.gov/1", "pmcid": "PMC1"},
+            "best_oa_location": {"pdf_url": "https://a.example/1.pdf", "landing_page_url": "https://a.example/1"},
+            "primary_location": {"pdf_url": "https://a.example/1.pdf", "landing_page_url": "https://a.example/1"},
+            "locations": [{"pdf_url": "https://b.example/1.pdf", "landing_page_url": "https://b.example/1"}],
+            "open_access": {"oa_url": "https://a.example/1.pdf"}
+        });
+        let variants = null_variants(&json);
+        assert!(variants.len() > 20, "{}", variants.len());
+        for v in variants {
+            // only the id is needed; without any id the record is refused, by name
+            let has_id = v["id"].is_string() || v["ids"]["openalex"].is_string();
+            match Work::from_openalex(&v) {
+                Ok(work) => assert_eq!(work.id, "W7", "{v}"),
+                Err(e) => assert!(!has_id && e.contains("id"), "{v}: {e}"),
+            }
+        }
+        // the case: "locations": null kept the record's other URLs
+        let mut v = json.clone();
+        v["locations"] = serde_json::Value::Null;
+        let work = Work::from_openalex(&v).unwrap();
+        assert_eq!(work.candidates[0].url, "https://a.example/1.pdf");
+    }
 
     #[test]
     fn full_record() {

@@ -97,7 +97,7 @@ async fn a_miss_falls_back_to_the_next_tier() {
     let sim = Simulator::start().await.unwrap();
     // direct_oa: unpaywall does not know the DOI (404); doi tier: crossref has a PDF link
     sim.on(
-        "/crossref/works/10.1000/x",
+        "/crossref/works/10.1000%2Fx",
         [Reply::json(
             &json!({"message": {"link": [{"URL": sim.url("/pub/x.pdf"), "content-type": "application/pdf"}]}}),
         )],
@@ -340,7 +340,7 @@ async fn a_throttled_resolver_fails_over_to_the_next_one() {
     // unpaywall is throttling; crossref knows a PDF
     sim.on("/unpaywall/*", [Reply::status(429)]);
     sim.on(
-        "/crossref/works/10.1000/x",
+        "/crossref/works/10.1000%2Fx",
         [Reply::json(
             &json!({"message": {"link": [{"URL": sim.url("/pub/x.pdf"), "content-type": "application/pdf"}]}}),
         )],

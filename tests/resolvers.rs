@@ -46,7 +46,7 @@ fn urls(c: &[contentdownload::works::Candidate]) -> Vec<&str> {
 async fn unpaywall_best_then_other_locations() {
     let sim = Simulator::start().await.unwrap();
     sim.on(
-        "/unpaywall/v2/10.1000/hit",
+        "/unpaywall/v2/10.1000%2Fhit",
         [Reply::json(&json!({
             "doi": "10.1000/hit", "is_oa": true,
             "best_oa_location": {"url_for_pdf": "https://a.example/best.pdf", "url": "https://a.example/best"},
@@ -84,20 +84,20 @@ async fn unpaywall_best_then_other_locations() {
 async fn crossref_pdf_links() {
     let sim = Simulator::start().await.unwrap();
     sim.on(
-        "/crossref/works/10.1000/x",
+        "/crossref/works/10.1000%2Fx",
         [Reply::json(&json!({"status": "ok", "message": {"DOI": "10.1000/x", "link": [
             {"URL": "https://pub.example/x.xml", "content-type": "text/xml", "intended-application": "text-mining"},
             {"URL": "https://pub.example/x.pdf", "content-type": "application/pdf", "intended-application": "text-mining"}
         ]}}))],
     );
     sim.on(
-        "/crossref/works/10.1000/nolinks",
+        "/crossref/works/10.1000%2Fnolinks",
         [Reply::json(
             &json!({"status": "ok", "message": {"DOI": "10.1000/nolinks"}}),
         )],
     );
-    sim.on("/crossref/works/10.1000/broken", [Reply::ok().body("{not json")]);
-    sim.on("/crossref/works/10.1000/down", [Reply::status(500)]);
+    sim.on("/crossref/works/10.1000%2Fbroken", [Reply::ok().body("{not json")]);
+    sim.on("/crossref/works/10.1000%2Fdown", [Reply::status(500)]);
     let cx = context(&sim, Some("me@example.org"));
     let r = resolver("crossref");
     let hit = r.resolve(&Work::from_doi("10.1000/x").unwrap(), &cx).await.unwrap();
@@ -154,7 +154,7 @@ async fn europe_pmc_full_text_pdfs() {
     sim.on_fn("/europe_pmc/search", |req| {
         let q = req.uri.query().unwrap_or_default().to_owned();
         if q.contains("10.1000%2Fhit") {
-            Reply::json(&json!({"hitCount": 1, "resultList": {"result": [{"pmcid": "PMC1", "fullTextUrlList": {"fullTextUrl": [
+            Reply::json(&json!({"hitCount": 1, "resultList": {"result": [{"pmcid": "PMC1", "doi": "10.1000/HIT", "fullTextUrlList": {"fullTextUrl": [
                 {"availability": "Open access", "documentStyle": "html", "site": "Europe_PMC", "url": "https://europepmc.org/articles/PMC1"},
                 {"availability": "Open access", "documentStyle": "pdf", "site": "Europe_PMC", "url": "https://europepmc.org/articles/PMC1?pdf=render"},
                 {"availability": "Subscription required", "documentStyle": "pdf", "site": "DOI", "url": "https://paywall.example/x.pdf"}
@@ -266,4 +266,123 @@ async fn wayback_raw_snapshot() {
         .await
         .unwrap();
     assert!(miss.is_empty());
+}
+
+#[tokio::test]
+async fn a_doi_with_dot_segments_stays_one_encoded_path_segment() {
+    let sim = Simulator::start().await.unwrap();
+    let evil = json!({
+        "message": {"link": [{"URL": "https://evil.example/p.pdf", "content-type": "application/pdf"}]},
+        "best_oa_location": {"url_for_pdf": "https://evil.example/p.pdf"}
+    });
+    // where `10.1234/../../etc/passwd` led before: the answer there must never be asked for
+    for path in ["/crossref/etc/passwd", "/unpaywall/etc/passwd", "/etc/passwd", "/crossref/*", "/unpaywall/*"] {
+        sim.on(path, [Reply::json(&evil)]);
+    }
+    sim.on(
+        "/crossref/works/10.1234%2F..%2F..%2Fetc%2Fpasswd",
+        [Reply::json(
+            &json!({"message": {"link": [{"URL": "https://pub.example/right.pdf", "content-type": "application/pdf"}]}}),
+        )],
+    );
+    sim.on(
+        "/unpaywall/v2/10.1234%2F..%2F..%2Fetc%2Fpasswd",
+        [Reply::json(
+            &json!({"best_oa_location": {"url_for_pdf": "https://oa.example/right.pdf"}}),
+        )],
+    );
+    let cx = context(&sim, Some("me@example.org"));
+    let work = Work::from_doi("10.1234/../../etc/passwd").unwrap();
+    let hit = resolver("crossref").resolve(&work, &cx).await.unwrap();
+    assert_eq!(urls(&hit), ["https://pub.example/right.pdf"]);
+    let hit = resolver("unpaywall").resolve(&work, &cx).await.unwrap();
+    assert_eq!(urls(&hit), ["https://oa.example/right.pdf"]);
+    let paths: Vec<String> = sim.requests().iter().map(|r| r.path().to_owned()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/crossref/works/10.1234%2F..%2F..%2Fetc%2Fpasswd",
+            "/unpaywall/v2/10.1234%2F..%2F..%2Fetc%2Fpasswd"
+        ]
+    );
+
+    // the DOI proxy keeps the DOI's `/`: a `..` part is refused before any request
+    let err = resolver("landing").resolve(&work, &cx).await.unwrap_err();
+    assert!(err.to_string().contains(".."), "{err}");
+    // an arXiv id that would climb out of /pdf/ gives no candidate
+    let mut w = Work::from_doi("10.1000/x").unwrap();
+    w.arxiv_id = Some("../../etc/passwd".into());
+    assert!(resolver("arxiv").resolve(&w, &cx).await.unwrap().is_empty());
+    assert_eq!(sim.requests().len(), 2, "no other request was sent");
+}
+
+#[tokio::test]
+async fn nulls_in_answers_are_read_as_nothing() {
+    let sim = Simulator::start().await.unwrap();
+    // the issue's case: "oa_locations": null made the whole answer unreadable
+    sim.on(
+        "/unpaywall/v2/10.1000%2Fbest",
+        [Reply::json(
+            &json!({"best_oa_location": {"url_for_pdf": "https://a.example/best.pdf", "url": null}, "oa_locations": null}),
+        )],
+    );
+    sim.on(
+        "/unpaywall/v2/10.1000%2Fnone",
+        [Reply::json(
+            &json!({"best_oa_location": null, "oa_locations": [null, {"url_for_pdf": null}]}),
+        )],
+    );
+    sim.on(
+        "/crossref/works/10.1000%2Fnone",
+        [Reply::json(&json!({"message": {"link": null}}))],
+    );
+    sim.on("/europe_pmc/search", [Reply::json(&json!({"resultList": {"result": null}}))]);
+    sim.on("/pmc/idconv/v1.0/", [Reply::json(&json!({"records": null}))]);
+    sim.on(
+        "/wayback/wayback/available",
+        [Reply::json(&json!({"archived_snapshots": {"closest": null}}))],
+    );
+    let cx = context(&sim, Some("me@example.org"));
+    let best = resolver("unpaywall")
+        .resolve(&Work::from_doi("10.1000/best").unwrap(), &cx)
+        .await
+        .unwrap();
+    assert_eq!(urls(&best), ["https://a.example/best.pdf"]);
+    let none = Work::from_doi("10.1000/none").unwrap();
+    for name in ["unpaywall", "crossref", "europe_pmc", "pmc", "wayback"] {
+        let found = resolver(name).resolve(&none, &cx).await;
+        assert!(found.as_ref().is_ok_and(Vec::is_empty), "{name}: {found:?}");
+    }
+    // an OpenAlex record with "locations": null keeps its other URLs
+    let record = json!({"id": "https://openalex.org/W3", "ids": null, "locations": null, "open_access": null,
+        "best_oa_location": {"pdf_url": "https://l.example/3.pdf", "landing_page_url": null}});
+    let work = Work::from_openalex(&record).unwrap();
+    let hit = resolver("openalex").resolve(&work, &cx).await.unwrap();
+    assert_eq!(urls(&hit), ["https://l.example/3.pdf"]);
+}
+
+#[tokio::test]
+async fn europe_pmc_uses_only_the_result_for_the_doi_asked() {
+    let sim = Simulator::start().await.unwrap();
+    let pdf = |url: &str| json!({"fullTextUrl": [{"availability": "Open access", "documentStyle": "pdf", "url": url}]});
+    sim.on(
+        "/europe_pmc/search",
+        [Reply::json(&json!({"hitCount": 3, "resultList": {"result": [
+            {"doi": "10.1000/other", "fullTextUrlList": pdf("https://europepmc.org/other.pdf")},
+            {"fullTextUrlList": pdf("https://europepmc.org/no-doi.pdf")},
+            {"doi": "https://doi.org/10.1000/ASKED", "fullTextUrlList": pdf("https://europepmc.org/asked.pdf")}
+        ]}}))],
+    );
+    let cx = context(&sim, None);
+    let hit = resolver("europe_pmc")
+        .resolve(&Work::from_doi("10.1000/asked").unwrap(), &cx)
+        .await
+        .unwrap();
+    assert_eq!(urls(&hit), ["https://europepmc.org/asked.pdf"]);
+    // a search that found only other works gives nothing
+    let miss = resolver("europe_pmc")
+        .resolve(&Work::from_doi("10.1000/unknown").unwrap(), &cx)
+        .await
+        .unwrap();
+    assert!(miss.is_empty(), "{miss:?}");
 }

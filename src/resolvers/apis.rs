@@ -5,10 +5,10 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 
 use super::landing::tags;
-use super::{candidate, doi_path, fetch, fetch_json, with_query, ResolveContext, Resolver};
+use super::{candidate, doi_segment, fetch, fetch_json, with_query, ResolveContext, Resolver};
 use crate::context::OperationType;
 use crate::error::BoxError;
-use crate::works::{Candidate, Work};
+use crate::works::{lenient_list, normalize_doi, null_as_default, Candidate, Work};
 
 /// The URLs already in the OpenAlex record; no call.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,7 +38,7 @@ pub struct Unpaywall;
 #[derive(Deserialize)]
 struct UnpaywallWork {
     best_oa_location: Option<UnpaywallLocation>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     oa_locations: Vec<UnpaywallLocation>,
 }
 
@@ -65,7 +65,7 @@ impl Resolver for Unpaywall {
                 return Err("unpaywall needs a contact email: set mailto (--mailto)".into());
             };
             let base = cx.config.base_url("unpaywall", "https://api.unpaywall.org");
-            let url = with_query(&format!("{base}/v2/{}", doi_path(doi)), &[("email", email)])?;
+            let url = with_query(&format!("{base}/v2/{}", doi_segment(doi)?), &[("email", email)])?;
             let Some(record) = fetch_json::<UnpaywallWork>(cx, "unpaywall", work, &url).await? else {
                 return Ok(vec![]);
             };
@@ -87,12 +87,13 @@ pub struct Crossref;
 
 #[derive(Deserialize)]
 struct CrossrefEnvelope {
+    #[serde(default, deserialize_with = "null_as_default")]
     message: CrossrefWork,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct CrossrefWork {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     link: Vec<CrossrefLink>,
 }
 
@@ -120,7 +121,7 @@ impl Resolver for Crossref {
             };
             let base = cx.config.base_url("crossref", "https://api.crossref.org");
             let pairs: Vec<(&str, &str)> = cx.config.mailto.as_deref().map(|m| ("mailto", m)).into_iter().collect();
-            let url = with_query(&format!("{base}/works/{}", doi_path(doi)), &pairs)?;
+            let url = with_query(&format!("{base}/works/{}", doi_segment(doi)?), &pairs)?;
             let Some(record) = fetch_json::<CrossrefEnvelope>(cx, "crossref", work, &url).await? else {
                 return Ok(vec![]);
             };
@@ -158,10 +159,7 @@ impl Resolver for Arxiv {
         let out = work
             .arxiv_id
             .as_deref()
-            .filter(|id| {
-                id.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-'))
-            })
+            .filter(|id| is_arxiv_id(id))
             .map(|id| {
                 let base = cx.config.base_url("arxiv", "https://arxiv.org");
                 vec![candidate("arxiv", format!("{base}/pdf/{id}"), true)]
@@ -171,8 +169,20 @@ impl Resolver for Arxiv {
     }
 }
 
+/// Whether `id` can go into `/pdf/{id}` as it is: ASCII letters, digits, `.`, `-`, at most
+/// one `/` (old-style ids such as `hep-th/9901001`), and no part that is empty or starts with
+/// `.` (so never a `.` or `..` segment that would rewrite the path).
+fn is_arxiv_id(id: &str) -> bool {
+    let parts: Vec<&str> = id.split('/').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-'))
+}
+
 /// Europe PMC: `GET {base}/search?query=DOI:"{doi}"&format=json&resultType=core`; the PDF
-/// entries of `fullTextUrlList`.
+/// entries of `fullTextUrlList` of the results whose `doi` is the one asked for.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EuropePmc;
 
@@ -184,20 +194,21 @@ struct EpmcSearch {
 
 #[derive(Deserialize)]
 struct EpmcResults {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     result: Vec<EpmcResult>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct EpmcResult {
+    doi: Option<String>,
     full_text_url_list: Option<EpmcUrls>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct EpmcUrls {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     full_text_url: Vec<EpmcUrl>,
 }
 
@@ -239,6 +250,9 @@ impl Resolver for EuropePmc {
                 .result_list
                 .into_iter()
                 .flat_map(|l| l.result)
+                // a search can answer with other works (a near match, a related record):
+                // only a result carrying the DOI asked for is used
+                .filter(|r| same_doi(r.doi.as_deref(), doi))
                 .filter_map(|r| r.full_text_url_list)
                 .flat_map(|l| l.full_text_url);
             for u in urls {
@@ -260,6 +274,14 @@ impl Resolver for EuropePmc {
     }
 }
 
+/// Whether a DOI in an answer is `asked` (both normalised: no `https://doi.org/`, any case).
+fn same_doi(answer: Option<&str>, asked: &str) -> bool {
+    match (answer.and_then(normalize_doi), normalize_doi(asked)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// PubMed Central: the PMCID (from the record, or the ID converter
 /// `{base}/idconv/v1.0/?ids={doi}&format=json`), then the OA web service
 /// `{base}/oa/oa.fcgi?id={pmcid}` and its `<link format="pdf">` (ftp links are fetched over https).
@@ -268,7 +290,7 @@ pub struct Pmc;
 
 #[derive(Deserialize)]
 struct IdConv {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     records: Vec<IdConvRecord>,
 }
 
@@ -409,7 +431,75 @@ pub(crate) fn is_web_url(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde::de::DeserializeOwned;
+    use serde_json::json;
+
     use super::*;
+    use crate::resolvers::parse_json;
+    use crate::works::null_variants;
+
+    /// Every variant of `sample` with one field (or list item) `null` is readable as `T`.
+    fn reads_with_nulls<T: DeserializeOwned>(resolver: &'static str, sample: serde_json::Value) {
+        let variants = null_variants(&sample);
+        assert!(variants.len() > 3);
+        for v in variants {
+            if let Err(e) = parse_json::<T>(resolver, v.to_string().as_bytes()) {
+                panic!("{resolver}: {v}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn nulls_in_optional_fields_are_read_as_nothing() {
+        reads_with_nulls::<UnpaywallWork>(
+            "unpaywall",
+            json!({"best_oa_location": {"url_for_pdf": "https://a/1.pdf"},
+                   "oa_locations": [{"url_for_pdf": "https://a/1.pdf"}, {"url_for_pdf": "https://b/1.pdf"}]}),
+        );
+        reads_with_nulls::<CrossrefEnvelope>(
+            "crossref",
+            json!({"message": {"link": [{"URL": "https://a/1.pdf", "content-type": "application/pdf"}]}}),
+        );
+        reads_with_nulls::<EpmcSearch>(
+            "europe_pmc",
+            json!({"resultList": {"result": [{"doi": "10.1/x", "fullTextUrlList": {"fullTextUrl": [
+                {"documentStyle": "pdf", "availability": "Open access", "url": "https://a/1.pdf"}]}}]}}),
+        );
+        reads_with_nulls::<IdConv>("pmc", json!({"records": [{"pmcid": "PMC1"}]}));
+        reads_with_nulls::<WaybackAnswer>(
+            "wayback",
+            json!({"archived_snapshots": {"closest": {"available": true, "url": "https://w/1", "status": "200"}}}),
+        );
+        // and what a null leaves is still used
+        let w: UnpaywallWork = parse_json(
+            "unpaywall",
+            br#"{"best_oa_location": {"url_for_pdf": "https://a/1.pdf"}, "oa_locations": null}"#,
+        )
+        .unwrap();
+        assert_eq!(w.best_oa_location.and_then(|l| l.url_for_pdf).as_deref(), Some("https://a/1.pdf"));
+        let w: UnpaywallWork =
+            parse_json("unpaywall", br#"{"oa_locations": [null, {"url_for_pdf": "https://b/1.pdf"}]}"#).unwrap();
+        assert_eq!(w.oa_locations.len(), 1);
+    }
+
+    #[test]
+    fn europe_pmc_dois_match_normalised() {
+        assert!(same_doi(Some("10.1000/ABC"), "10.1000/abc"));
+        assert!(same_doi(Some("https://doi.org/10.1000/abc"), "10.1000/abc"));
+        assert!(!same_doi(Some("10.1000/abd"), "10.1000/abc"));
+        assert!(!same_doi(None, "10.1000/abc"));
+        assert!(!same_doi(Some("not a doi"), "10.1000/abc"));
+    }
+
+    #[test]
+    fn arxiv_ids_cannot_rewrite_the_path() {
+        for good in ["1706.03762", "1706.03762v5", "hep-th/9901001", "math.AG/0309136"] {
+            assert!(is_arxiv_id(good), "{good}");
+        }
+        for bad in ["../x", "a/../b", "..", ".", "a//b", "a/b/c", "/abs", "a/", "1706.03762?x", "a b"] {
+            assert!(!is_arxiv_id(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn wayback_raw_urls() {

@@ -34,7 +34,7 @@ impl Resolver for Landing {
                 return Ok(vec![]);
             };
             let base = cx.config.base_url("landing", "https://doi.org");
-            let url = format!("{base}/{}", doi_path(doi));
+            let url = format!("{base}/{}", doi_path(doi)?);
             let Some((body, effective)) = fetch(cx, "landing", OperationType::Extract, work, &url).await? else {
                 return Ok(vec![]);
             };

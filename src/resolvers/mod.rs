@@ -8,13 +8,18 @@
 //! A miss (the provider knows no PDF) is `Ok(vec![])`; a failure is an error, and a
 //! [`FailedOver`](crate::error::FailedOver) inside it means "throttled: try the next one".
 //!
+//! Input never rewrites an API's path: a DOI goes into `/works/{doi}` and `/v2/{doi}` as one
+//! percent-encoded segment (`/` as `%2F`), into the DOI proxy's path only without `.` or
+//! `..` parts, and everything else into query strings, encoded. Answers are read leniently:
+//! `null` in any optional field or list reads as nothing.
+//!
 //! | resolver | asks | default base |
 //! | --- | --- | --- |
 //! | `openalex` | nothing: the URLs already in the record | — |
 //! | `unpaywall` | `GET /v2/{doi}?email=` | `https://api.unpaywall.org` |
 //! | `crossref` | `GET /works/{doi}`, `link[]` with a PDF content type | `https://api.crossref.org` |
 //! | `arxiv` | nothing: `/pdf/{arxiv id}` | `https://arxiv.org` |
-//! | `europe_pmc` | `GET /search?query=DOI:"{doi}"`, `fullTextUrlList` | `https://www.ebi.ac.uk/europepmc/webservices/rest` |
+//! | `europe_pmc` | `GET /search?query=DOI:"{doi}"`, `fullTextUrlList` of the results with that `doi` | `https://www.ebi.ac.uk/europepmc/webservices/rest` |
 //! | `pmc` | the ID converter, then the OA web service | `https://www.ncbi.nlm.nih.gov/pmc/utils` |
 //! | `landing` | the DOI's landing page, its `citation_pdf_url` meta tag (`Extract`) | `https://doi.org` |
 //! | `wayback` | the availability API, as the last resort | `https://archive.org` |
@@ -233,16 +238,41 @@ pub(crate) fn candidate(resolver: &str, url: impl Into<String>, is_pdf: bool) ->
     }
 }
 
-/// Percent-encodes a DOI for a URL path, keeping its `/`.
-pub(crate) fn doi_path(doi: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'/')
-        .remove(b'.')
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'(')
-        .remove(b')');
-    percent_encoding::utf8_percent_encode(doi, SET).to_string()
+/// The characters a DOI keeps in a URL path; everything else is percent-encoded.
+const DOI_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'(')
+    .remove(b')');
+
+/// A DOI as ONE percent-encoded URL path segment (its `/` as `%2F`, which Crossref and
+/// Unpaywall accept), so that a DOI holding `../` cannot climb out of the API's path:
+/// `10.1234/../../etc/passwd` asks for `/works/10.1234%2F..%2F..%2Fetc%2Fpasswd`.
+/// A DOI that is nothing but dots would still be a dot segment, and is refused.
+pub(crate) fn doi_segment(doi: &str) -> Result<String, BoxError> {
+    if doi.bytes().all(|b| b == b'.') {
+        return Err(format!("{doi:?} is not a DOI that can be asked for").into());
+    }
+    Ok(percent_encoding::utf8_percent_encode(doi, DOI_KEEP).to_string())
+}
+
+/// A DOI as a URL path keeping its `/` (`https://doi.org/10.1000/x`, as the DOI proxy
+/// expects it), each part percent-encoded; a DOI with a `.` or `..` part is refused, as it
+/// would rewrite the path.
+pub(crate) fn doi_path(doi: &str) -> Result<String, BoxError> {
+    let mut out = String::with_capacity(doi.len());
+    for (i, part) in doi.split('/').enumerate() {
+        if part == "." || part == ".." {
+            return Err(format!("{doi:?} has a `{part}` part and cannot be put in a URL path").into());
+        }
+        if i > 0 {
+            out.push('/');
+        }
+        out.extend(percent_encoding::utf8_percent_encode(part, DOI_KEEP));
+    }
+    Ok(out)
 }
 
 /// Builds `base + path` with query pairs, encoded.
@@ -252,4 +282,36 @@ pub(crate) fn with_query(base_and_path: &str, pairs: &[(&str, &str)]) -> Result<
         url.query_pairs_mut().extend_pairs(pairs);
     }
     Ok(url.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_doi_is_one_path_segment() {
+        assert_eq!(doi_segment("10.1000/abc").unwrap(), "10.1000%2Fabc");
+        assert_eq!(
+            doi_segment("10.1234/../../etc/passwd").unwrap(),
+            "10.1234%2F..%2F..%2Fetc%2Fpasswd"
+        );
+        assert_eq!(
+            doi_segment("10.1002/(sici)1097-4636<1::aid>3.0.co;2-#").unwrap(),
+            "10.1002%2F(sici)1097-4636%3C1%3A%3Aaid%3E3.0.co%3B2-%23"
+        );
+        assert_eq!(doi_segment("10.1/%2e%2e").unwrap(), "10.1%2F%252e%252e");
+        assert!(doi_segment("..").is_err() && doi_segment("").is_err());
+        // what the URL parser makes of it: still one segment under the API's path
+        let url = url::Url::parse(&format!("https://api.crossref.org/works/{}", doi_segment("10.1/../..").unwrap())).unwrap();
+        assert_eq!(url.path(), "/works/10.1%2F..%2F..");
+    }
+
+    #[test]
+    fn a_landing_path_keeps_slashes_but_no_dot_parts() {
+        assert_eq!(doi_path("10.1000/a b").unwrap(), "10.1000/a%20b");
+        assert_eq!(doi_path("10.1000/x/y.z").unwrap(), "10.1000/x/y.z");
+        for bad in ["10.1/../x", "10.1/.", "../10.1/x", "10.1/x/.."] {
+            assert!(doi_path(bad).is_err(), "{bad}");
+        }
+    }
 }
