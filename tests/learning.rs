@@ -493,3 +493,34 @@ async fn periodic_saves_and_a_final_save_on_shutdown() {
         .persist()
         .is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn inspect_reads_the_file_and_changes_nothing() {
+    use contentdownload::layers::learning::InspectError;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("learning.json");
+    let inspect = |p: &std::path::Path| Learner::inspect(limiter(10.0, 1), LearningPolicy::default(), p);
+    // missing: empty, and no file made
+    assert!(inspect(&path).unwrap().statuses().is_empty());
+    assert!(!path.exists());
+    // a saved state reads back; the inspecting learner never saves
+    let a = learned(&path);
+    a.observe(&key(), Instant::now(), &status(429));
+    a.persist().unwrap();
+    let saved = std::fs::read(&path).unwrap();
+    let seen = inspect(&path).unwrap();
+    assert_eq!(seen.statuses().len(), 1);
+    seen.observe(&PartitionKey::new("other", "b.example"), Instant::now(), &status(429));
+    seen.persist().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), saved, "inspect never writes");
+    // corrupt: an error naming the file and the fault, and the file stays where it is
+    std::fs::write(&path, "{ not json").unwrap();
+    match inspect(&path) {
+        Err(InspectError::File(e)) => {
+            assert!(e.corrupt && e.path == path && e.reason.contains("not valid JSON"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
+    assert!(aside_files(dir.path()).is_empty());
+}

@@ -9,11 +9,22 @@ use http::Response;
 use tokio::time::Instant;
 
 use super::advertised::{self, Signal};
-use super::persist::{self, PersistError};
+use super::persist::{self, LearningFileError, PersistError};
 use super::policy::{LearningConfigError, LearningPolicy};
 use super::state::{PartitionState, PartitionStatus, Phase};
 use crate::context::{PartitionKey, PartitionMap, RateLimitWait, RetryAfterHint};
 use crate::layers::rate_limit::RateLimiter;
+
+/// Why [`Learner::inspect`] could not read the state.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// The policy is invalid.
+    #[error(transparent)]
+    Policy(#[from] LearningConfigError),
+    /// The file exists but cannot be used; it was left in place.
+    #[error(transparent)]
+    File(#[from] LearningFileError),
+}
 
 /// Past this many partitions, those back to normal are forgotten (they hold nothing a
 /// fresh state would not), so memory stays bounded with many hosts.
@@ -94,16 +105,38 @@ impl Learner {
     ) -> Result<Learner, LearningConfigError> {
         policy.validate()?;
         let path = path.into();
-        let mut states = persist::load(&path, &limiter, SystemTime::now());
+        let states = persist::load(&path, &limiter, SystemTime::now());
+        Ok(Learner::from_loaded(limiter, policy, Some(path), states))
+    }
+
+    /// The state saved in `path`, read without changing anything on disk (for a read-only
+    /// command such as `status`): the learner never saves, and a bad file is an error that
+    /// says what is wrong with it, left where it is. A missing file is an empty state.
+    pub fn inspect(
+        limiter: RateLimiter,
+        policy: LearningPolicy,
+        path: &Path,
+    ) -> Result<Learner, InspectError> {
+        policy.validate()?;
+        let states = persist::read(path, &limiter)?;
+        Ok(Learner::from_loaded(limiter, policy, None, states))
+    }
+
+    fn from_loaded(
+        limiter: RateLimiter,
+        policy: LearningPolicy,
+        path: Option<PathBuf>,
+        mut states: PartitionMap<PartitionState>,
+    ) -> Learner {
         let now = Instant::now();
         for state in states.values_mut() {
             state.start_recovery(&policy, now);
         }
-        let learner = Learner::build(limiter, policy, Some(path), states);
+        let learner = Learner::build(limiter, policy, path, states);
         for (key, state) in learner.states().iter() {
             learner.shared.limiter.set_rate(key, state.rate);
         }
-        Ok(learner)
+        learner
     }
 
     fn build(

@@ -2,7 +2,8 @@
 //!
 //! The file is versioned (`"version": 1`), written atomically (temp file in the same
 //! folder + rename) and read at start; a file that is not valid JSON of a known version
-//! is renamed aside with a warning, never a crash.
+//! is renamed aside with a warning, never a crash. [`Learner::inspect`] reads it without
+//! changing anything, for read-only commands.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -117,24 +118,59 @@ fn valid_rate(v: f64) -> bool {
     v.is_finite() && v > 0.0
 }
 
+/// The provider learning file exists but cannot be used (unreadable, not JSON, an unknown
+/// format version). A run moves such a file aside and starts fresh; `status`, which must
+/// not change the folder, reports it and leaves it ([`Learner::inspect`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the provider learning file {} cannot be used: {reason}", .path.display())]
+pub struct LearningFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+    /// Whether its content is at fault (a run moves it aside), rather than reading it.
+    pub corrupt: bool,
+}
+
+/// Reads the file into per-partition states without touching it: a missing file is an
+/// empty state, a bad one an error.
+pub(super) fn read(path: &Path, limiter: &RateLimiter) -> Result<PartitionMap<PartitionState>, LearningFileError> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PartitionMap::default()),
+        Err(e) => {
+            return Err(LearningFileError {
+                path: path.to_owned(),
+                reason: format!("cannot read it ({e})"),
+                corrupt: false,
+            })
+        }
+    };
+    let file = parse(&text).map_err(|reason| LearningFileError {
+        path: path.to_owned(),
+        reason,
+        corrupt: true,
+    })?;
+    Ok(states_of(file, limiter))
+}
+
 /// Reads the file into per-partition states; see the module docs for what happens to a
 /// bad file.
 pub(super) fn load(path: &Path, limiter: &RateLimiter, now: SystemTime) -> PartitionMap<PartitionState> {
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return PartitionMap::default(),
+    match read(path, limiter) {
+        Ok(states) => states,
+        Err(e) if e.corrupt => {
+            set_aside(path, &e.reason, now);
+            PartitionMap::default()
+        }
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the provider learning file; learning starts fresh");
-            return PartitionMap::default();
+            tracing::warn!(path = %path.display(), error = %e.reason, "cannot read the provider learning file; learning starts fresh");
+            PartitionMap::default()
         }
-    };
-    let file = match parse(&text) {
-        Ok(file) => file,
-        Err(reason) => {
-            set_aside(path, &reason, now);
-            return PartitionMap::default();
-        }
-    };
+    }
+}
+
+fn states_of(file: LearningFile, limiter: &RateLimiter) -> PartitionMap<PartitionState> {
     let mut states = PartitionMap::default();
     for rec in file.partitions {
         let key = PartitionKey::new(rec.provider, rec.host);
