@@ -493,3 +493,158 @@ async fn attempts_csv_keeps_every_run_under_one_header() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(std::fs::read_to_string(out.join(&aside[0])).unwrap(), old);
 }
+
+#[tokio::test]
+async fn ledger_urls_are_checked_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let out = dir.path().join("pdfs");
+    let missing = dir.path().join("missing/dir");
+    let in_missing = format!("sqlite://{}/x.sqlite", missing.display());
+    let mut cases = vec![
+        ("mysql://x".to_owned(), "unknown ledger scheme `mysql:`"),
+        ("ftp:ledger.sqlite".to_owned(), "unknown ledger scheme `ftp:`"),
+        (in_missing, "does not exist"),
+    ];
+    if !cfg!(feature = "postgres") {
+        cases.push(("postgres://u@127.0.0.1:1/db".to_owned(), "`postgres` feature"));
+    }
+    for (ledger, says) in &cases {
+        let done = contentdownload(
+            &[
+                "run",
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--ledger",
+                ledger,
+            ],
+            &[],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(2), "{ledger}: {stderr}");
+        assert!(stderr.starts_with("error: --ledger") && stderr.contains(says), "{ledger}: {stderr}");
+        assert!(!out.exists(), "{ledger}: the output folder was not made");
+    }
+    assert!(!dir.path().join("missing").exists(), "the ledger's folder was not made");
+    // no SQLite file named after the URL, where the binary ran (the package root)
+    assert!(!Path::new("mysql:").exists() && !Path::new("ftp:ledger.sqlite").exists());
+    // the env variable and the status command check the same way
+    let done = contentdownload(
+        &["run", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[("DOCSTOKG_LEDGER", "mysql://x")],
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(2));
+    std::fs::create_dir(&out).unwrap();
+    let done = contentdownload(&["status", "--out", out.to_str().unwrap(), "--ledger", "mysql://x"], &[]).await;
+    assert_eq!(done.status.code(), Some(2), "{}", String::from_utf8_lossy(&done.stderr));
+    // a ledger beside the output folder, in a folder that exists, is fine
+    let beside = format!("sqlite://{}/beside.sqlite", dir.path().display());
+    let done = contentdownload(
+        &["run", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ledger", &beside, "--quiet"],
+        &[],
+    )
+    .await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(dir.path().join("beside.sqlite").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_bytes_and_the_minimum_size_are_named_in_the_detail() {
+    use contentdownload::reason::ReasonCode;
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/0.pdf", [Reply::pdf(20_000)]);
+    sim.on("/pdf/1.pdf", [Reply::pdf(500)]);
+    sim.on("/pdf/2.pdf", [Reply::pdf(5_000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    write_works(&sim, &input, 3);
+    let out = dir.path().join("pdfs");
+    let base = format!("unpaywall={}", sim.url("/unpaywall"));
+    let rate = format!("{}=1000:100", sim.addr());
+    let mut args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--max-bytes", "10K"]);
+    let done = contentdownload(&args, &[]).await;
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(matches!(done.status.code(), Some(0 | 3)), "{stderr}");
+    let (lines, _) = read_manifest(&out.join(MANIFEST_FILE)).unwrap();
+    let work = |id: &str| {
+        lines
+            .iter()
+            .find_map(|l| match &l.record {
+                ManifestRecord::Work(w) if w.work_id == id => Some(w.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no line for {id}"))
+    };
+    let large = work("W5000");
+    assert_eq!(large.reason, Some(ReasonCode::TooLarge), "{large:?}");
+    assert!(large.detail.as_deref().unwrap_or_default().contains("10240"), "{large:?}");
+    let small = work("W5001");
+    assert_eq!(small.reason, Some(ReasonCode::TooSmall), "{small:?}");
+    let detail = small.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("500 bytes") && detail.contains("1024"), "{small:?}");
+    assert_eq!(work("W5002").outcome, Some(Outcome::Downloaded));
+
+    // the environment variable; a value under the minimum PDF size is a usage error
+    let args = base_args(&base, &rate, input.to_str().unwrap(), out.to_str().unwrap());
+    let done = contentdownload(&args, &[("DOCSTOKG_MAX_BYTES", "100")]).await;
+    assert_eq!(done.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&done.stderr).contains("--max-bytes"));
+    let done = contentdownload(&args, &[("DOCSTOKG_MAX_BYTES", "lots")]).await;
+    assert_eq!(done.status.code(), Some(2));
+    // --help documents both limits
+    let help = contentdownload(&["run", "--help"], &[]).await;
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--max-bytes") && help.contains("1 KiB"), "{help}");
+}
+
+#[tokio::test]
+async fn status_reports_a_corrupt_learning_file_and_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pdfs");
+    std::fs::create_dir(&out).unwrap();
+    let learning = out.join("provider_learning.json");
+    std::fs::write(&learning, b"{not json").unwrap();
+    let before: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    for json in [false, true] {
+        let mut args = vec!["status", "--out", out.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let done = contentdownload(&args, &[]).await;
+        let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+        assert_eq!(done.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("provider_learning.json") && stderr.contains("left in place"), "{stderr}");
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert!(v["providers_error"].as_str().unwrap().contains("not valid JSON"), "{v}");
+        } else {
+            assert!(stdout.contains("cannot be used") && stdout.contains("ledger: none"), "{stdout}");
+        }
+    }
+    let after: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "status changed nothing in the folder");
+    assert_eq!(std::fs::read(&learning).unwrap(), b"{not json");
+}
+
+#[tokio::test]
+async fn a_directory_as_input_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pdfs");
+    for (flag, says) in [("--input", "give a JSONL file"), ("--dois", "give a file of DOIs")] {
+        let done = contentdownload(
+            &["run", flag, dir.path().to_str().unwrap(), "--out", out.to_str().unwrap()],
+            &[],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("is a directory") && stderr.contains(says), "{stderr}");
+        assert!(!out.exists());
+    }
+}

@@ -44,13 +44,19 @@ pub const PARTIAL_DIR: &str = ".partial";
 /// Limits of one download.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DownloadOptions {
-    /// The largest payload accepted, in bytes (default 4 GiB).
+    /// The largest payload accepted, in bytes (default [`DEFAULT_MAX_BYTES`], 4 GiB); a
+    /// larger one fails with `too_large` (the runner's `--max-bytes`).
     pub max_bytes: u64,
 }
 
+/// The default [`DownloadOptions::max_bytes`]: 4 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+
 impl Default for DownloadOptions {
     fn default() -> Self {
-        DownloadOptions { max_bytes: 4 << 30 }
+        DownloadOptions {
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
     }
 }
 
@@ -411,11 +417,15 @@ where
         file.write_all(&data).await.map_err(write_failure)?;
     }
     if let Err(reason) = check.finish() {
-        return Err(DownloadFailure::new(
-            reason,
-            Some(status),
-            "the payload is not a valid PDF",
-        ));
+        let detail = if reason == ReasonCode::TooSmall {
+            format!(
+                "the payload is {} bytes, under the minimum of {MIN_PDF_BYTES} bytes for a PDF",
+                check.total()
+            )
+        } else {
+            "the payload is not a valid PDF".to_owned()
+        };
+        return Err(DownloadFailure::new(reason, Some(status), detail));
     }
     file.flush().await.map_err(write_failure)?;
     file.get_mut().sync_all().await.map_err(write_failure)?;

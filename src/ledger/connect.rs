@@ -165,7 +165,7 @@ fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, LedgerError> {
             field: "url",
             message: format!(
                 "unknown ledger scheme `{scheme}:`; use sqlite://<path>, postgres://user@host:port/database \
-                 or a file path (write ./{url} for a file whose name has a colon)"
+                 or a file path (starting with ./ when the file's name has a colon)"
             ),
         });
     }

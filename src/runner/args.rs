@@ -110,6 +110,30 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// Parses a size in bytes: a whole number with an optional 1024-based unit, `K`, `M`, `G`
+/// or `T` (`KiB`, `MB` and the like read the same) — `1048576`, `500M`, `4G`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write a whole number of bytes, or with K, M, G (500M, 4G)"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let shift = match unit.trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use K, M, G or T (1024-based)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 fn parse_tier(s: &str) -> Result<TierConfig, String> {
     FallbackConfig::parse_tier(s).map_err(|e| e.reason)
 }
@@ -221,6 +245,11 @@ pub struct RunArgs {
     /// or a default tier name (`direct_oa`, `doi`, `archive`) with an optional `:parallel=N`.
     #[arg(long = "fallback-tier", value_name = "TIER[:parallel=N]", value_parser = parse_tier)]
     pub fallback_tiers: Vec<TierConfig>,
+    /// The largest PDF accepted: bytes, or with K, M, G (1024-based), e.g. `500M`; a larger
+    /// payload fails as `too_large`. Payloads under 1 KiB (1024 bytes) fail as `too_small`
+    /// [default: 4G].
+    #[arg(long, value_name = "SIZE", env = "DOCSTOKG_MAX_BYTES", value_parser = parse_bytes)]
+    pub max_bytes: Option<u64>,
     /// Never use the Wayback Machine.
     #[arg(long, action = ArgAction::SetTrue, env = "DOCSTOKG_DISABLE_WAYBACK_FALLBACK")]
     pub disable_wayback_fallback: bool,
@@ -301,6 +330,19 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert!(parse_duration("10h").unwrap_err().contains("ms, s or m"));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("2048"), Ok(2048));
+        assert_eq!(parse_bytes(" 500M "), Ok(500 << 20));
+        assert_eq!(parse_bytes("4G"), Ok(4 << 30));
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("64kb"), Ok(64 << 10));
+        assert_eq!(parse_bytes("1T"), Ok(1 << 40));
+        for bad in ["", "M", "-1", "1.5G", "10X", "ten", "99999999999999999999", "16777216T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::settings::{RunSettings, Source};
 use crate::context::{OperationType, Provider};
 use crate::download::DownloadOptions;
 use crate::error::BoxError;
-use crate::layers::learning::{Learner, LearningPolicy};
+use crate::layers::learning::{InspectError, Learner, LearningPolicy};
 use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
 use crate::ledger::{redact_url, Ledger, LedgerConfig, LedgerError};
@@ -92,11 +92,20 @@ pub async fn run(
     // a missing input is a usage error, found before anything is created on disk
     if let Source::Works(path) | Source::Dois(path) = &settings.source {
         if path != Path::new("-") && !path.is_file() {
-            return Err((
-                Exit::Usage,
-                format!("cannot read the input {}: no such file", path.display()),
-            ));
+            let message = if path.is_dir() {
+                let want = match &settings.source {
+                    Source::Dois(_) => "a file of DOIs, one a line",
+                    _ => "a JSONL file, one OpenAlex record a line",
+                };
+                format!("the input {} is a directory; give {want}", path.display())
+            } else {
+                format!("cannot read the input {}: no such file", path.display())
+            };
+            return Err((Exit::Usage, message));
         }
+    }
+    if settings.idempotency {
+        check_ledger_folder(&settings.ledger, &settings.out)?;
     }
     std::fs::create_dir_all(&settings.out).map_err(|e| {
         fatal(format!(
@@ -168,7 +177,9 @@ pub async fn run(
             workers: settings.workers,
             fallback: settings.fallback.clone(),
             resolvers,
-            download: DownloadOptions::default(),
+            download: DownloadOptions {
+                max_bytes: settings.max_bytes,
+            },
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
             second_pass_max_wait: settings.second_pass_max_wait,
         },
@@ -203,6 +214,26 @@ pub async fn run(
         return Ok(Exit::Interrupted);
     }
     Ok(Exit::Completed)
+}
+
+/// A SQLite ledger's folder must exist already, unless it is the output folder (which the
+/// run creates): checked before anything is created, so a mistyped path makes nothing.
+fn check_ledger_folder(url: &str, out: &Path) -> Result<(), (Exit, String)> {
+    let usage = |e: LedgerError| (Exit::Usage, format!("--ledger {}: {e}", redact_url(url)));
+    let Some(file) = LedgerConfig::new(url).sqlite_path().map_err(usage)? else {
+        return Ok(());
+    };
+    match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) if folder != out && !folder.is_dir() => Err((
+            Exit::Usage,
+            format!(
+                "--ledger {}: the ledger's folder {} does not exist; create it or choose another path",
+                redact_url(url),
+                folder.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The message for a ledger that cannot be opened: the ledger's own when it already names
@@ -411,21 +442,36 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
         .provider_learning_path
         .clone()
         .unwrap_or_else(|| args.out.join("provider_learning.json"));
-    let statuses = if learning_path.is_file() {
-        let limiter = RateLimiter::new(default_rates()).map_err(fatal)?;
-        Learner::with_persistence(limiter, LearningPolicy::default(), &learning_path)
-            .map_err(fatal)?
-            .statuses()
-    } else {
-        Vec::new()
-    };
+    // A read command: it changes nothing in the folder. A bad learning file is reported
+    // and left where it is (the next run moves it aside), the ledger is not reconciled, and
+    // a missing SQLite ledger is not created.
+    let limiter = RateLimiter::new(default_rates()).map_err(fatal)?;
+    let (statuses, learning_problem) =
+        match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
+            Ok(learner) => (learner.statuses(), None),
+            Err(InspectError::File(e)) => {
+                eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
+                (Vec::new(), Some(e.to_string()))
+            }
+            Err(e) => return Err(fatal(e)),
+        };
     let ledger_url = args
         .ledger
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", args.out.join("ledger.sqlite").display()));
-    let default_file = args.out.join("ledger.sqlite");
-    let counts = if args.ledger.is_some() || default_file.is_file() {
-        let ledger = Ledger::connect(LedgerConfig::new(ledger_url.clone()))
+    let ledger_config = LedgerConfig {
+        reconcile_on_open: false,
+        ..LedgerConfig::new(ledger_url.clone())
+    };
+    let sqlite_file = ledger_config
+        .sqlite_path()
+        .map_err(|e| (Exit::Usage, format!("--ledger {}: {e}", redact_url(&ledger_url))))?;
+    let exists = sqlite_file.as_deref().is_none_or(Path::is_file);
+    if args.ledger.is_some() && !exists {
+        return Err((Exit::Usage, format!("no ledger at {}", redact_url(&ledger_url))));
+    }
+    let counts = if exists {
+        let ledger = Ledger::connect(ledger_config)
             .await
             .map_err(|e| ledger_failed(&ledger_url, e))?;
         let counts = ledger.counts(None).await.map_err(fatal)?;
@@ -457,9 +503,14 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
                 "failed": c.failed, "deferred": c.deferred, "skipped": c.skipped,
             })
         });
-        println!("{}", serde_json::json!({ "providers": providers, "ledger": ledger }));
+        println!(
+            "{}",
+            serde_json::json!({ "providers": providers, "providers_error": learning_problem, "ledger": ledger })
+        );
     } else {
-        if statuses.is_empty() {
+        if let Some(problem) = &learning_problem {
+            println!("providers: {problem}");
+        } else if statuses.is_empty() {
             println!("providers: nothing learned yet");
         }
         for s in &statuses {

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::args::{parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
-use crate::ledger::DEFAULT_CONNECT_TIMEOUT;
+use super::args::{parse_bytes, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
+use crate::download::{DEFAULT_MAX_BYTES, MIN_PDF_BYTES};
+use crate::ledger::{redact_url, LedgerConfig, DEFAULT_CONNECT_TIMEOUT};
 use crate::pipeline::{FallbackConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
 use crate::service::HttpConfig;
 
@@ -84,6 +85,9 @@ pub struct FileConfig {
     pub fallback: Option<FallbackConfig>,
     /// Never use the Wayback Machine.
     pub disable_wayback_fallback: Option<bool>,
+    /// The largest PDF accepted: bytes (`1048576`), or a string with a unit (`"500M"`).
+    #[serde(deserialize_with = "de_bytes")]
+    pub max_bytes: Option<u64>,
     /// Resolver base URLs.
     pub resolver_base: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -136,6 +140,8 @@ pub struct RunSettings {
     pub second_pass_max_wait: Duration,
     /// Fallback tiers and budgets.
     pub fallback: FallbackConfig,
+    /// The largest PDF accepted, in bytes.
+    pub max_bytes: u64,
     /// Resolver base URLs.
     pub resolver_bases: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -157,6 +163,20 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
     match Value::deserialize(d)? {
         Value::Secs(n) => Ok(Some(Duration::from_secs(n))),
         Value::Text(t) => parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A size in the TOML file: bytes (`1048576`) or a string with a unit (`"500M"`).
+fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Bytes(u64),
+        Text(String),
+    }
+    match Value::deserialize(d)? {
+        Value::Bytes(n) => Ok(Some(n)),
+        Value::Text(t) => parse_bytes(&t).map(Some).map_err(serde::de::Error::custom),
     }
 }
 
@@ -220,6 +240,13 @@ impl RunSettings {
         fallback.disable_wayback |= args.disable_wayback_fallback || file.disable_wayback_fallback.unwrap_or(false);
         fallback.validate().map_err(|e| e.to_string())?;
 
+        let max_bytes = args.max_bytes.or(file.max_bytes).unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes < MIN_PDF_BYTES {
+            return Err(format!(
+                "--max-bytes must be at least {MIN_PDF_BYTES} (the smallest PDF accepted), not {max_bytes}"
+            ));
+        }
+
         let mut resolver_bases = file.resolver_base.clone();
         resolver_bases.extend(args.resolver_bases.iter().cloned());
         if let Some(bad) = resolver_bases
@@ -239,6 +266,17 @@ impl RunSettings {
             .clone()
             .or(file.ledger)
             .unwrap_or_else(|| format!("sqlite://{}", out.join("ledger.sqlite").display()));
+        let idempotency = gate(
+            args.enable_idempotency,
+            args.disable_idempotency,
+            file.enable_idempotency,
+        );
+        if idempotency {
+            // an unknown scheme is a usage error, found before anything is created
+            LedgerConfig::new(ledger.clone())
+                .sqlite_path()
+                .map_err(|e| format!("--ledger {}: {e}", redact_url(&ledger)))?;
+        }
         let ledger_connect_timeout = args
             .ledger_connect_timeout
             .or(file.ledger_connect_timeout)
@@ -273,11 +311,7 @@ impl RunSettings {
                 file.enable_provider_learning,
             ),
             provider_learning_path,
-            idempotency: gate(
-                args.enable_idempotency,
-                args.disable_idempotency,
-                file.enable_idempotency,
-            ),
+            idempotency,
             ledger,
             ledger_connect_timeout,
             run_id,
@@ -287,6 +321,7 @@ impl RunSettings {
                 .or(file.second_pass_max_wait)
                 .unwrap_or(DEFAULT_SECOND_PASS_MAX_WAIT),
             fallback,
+            max_bytes,
             resolver_bases,
             http,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -381,6 +416,32 @@ mod tests {
         assert!(resolve(&["--input", "a", "--fallback-max-attempts", "0"])
             .unwrap_err()
             .contains("max_attempts"));
+    }
+
+    #[test]
+    fn max_bytes_from_flag_file_or_default() {
+        assert_eq!(resolve(&["--input", "w"]).unwrap().max_bytes, 4 << 30);
+        assert_eq!(resolve(&["--input", "w", "--max-bytes", "2048"]).unwrap().max_bytes, 2048);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let p = path.to_str().unwrap();
+        for (text, want) in [("max_bytes = \"500M\"\n", 500 << 20), ("max_bytes = 65536\n", 65536)] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(resolve(&["--input", "w", "--config", p]).unwrap().max_bytes, want, "{text}");
+        }
+        let flag = resolve(&["--input", "w", "--config", p, "--max-bytes", "1G"]).unwrap();
+        assert_eq!(flag.max_bytes, 1 << 30, "flag over file");
+        let err = resolve(&["--input", "w", "--max-bytes", "1000"]).unwrap_err();
+        assert!(err.contains("--max-bytes") && err.contains("1024"), "{err}");
+    }
+
+    #[test]
+    fn ledger_schemes_are_checked() {
+        let err = resolve(&["--input", "w", "--ledger", "mysql://u:pw@x/db"]).unwrap_err();
+        assert!(err.contains("unknown ledger scheme `mysql:`"), "{err}");
+        assert!(!err.contains("pw@"), "the password is redacted: {err}");
+        assert!(resolve(&["--input", "w", "--ledger", "mysql://x", "--disable-idempotency"]).is_ok());
+        assert!(resolve(&["--input", "w", "--ledger", "some/file.sqlite"]).is_ok());
     }
 
     #[test]
