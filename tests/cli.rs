@@ -526,7 +526,10 @@ async fn ledger_urls_are_checked_before_anything_is_created() {
         .await;
         let stderr = String::from_utf8_lossy(&done.stderr);
         assert_eq!(done.status.code(), Some(2), "{ledger}: {stderr}");
-        assert!(stderr.starts_with("error: --ledger") && stderr.contains(says), "{ledger}: {stderr}");
+        assert!(
+            stderr.starts_with("error: --ledger") && stderr.contains(says),
+            "{ledger}: {stderr}"
+        );
         assert!(!out.exists(), "{ledger}: the output folder was not made");
     }
     assert!(!dir.path().join("missing").exists(), "the ledger's folder was not made");
@@ -534,18 +537,37 @@ async fn ledger_urls_are_checked_before_anything_is_created() {
     assert!(!Path::new("mysql:").exists() && !Path::new("ftp:ledger.sqlite").exists());
     // the env variable and the status command check the same way
     let done = contentdownload(
-        &["run", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &[("DOCSTOKG_LEDGER", "mysql://x")],
     )
     .await;
     assert_eq!(done.status.code(), Some(2));
     std::fs::create_dir(&out).unwrap();
-    let done = contentdownload(&["status", "--out", out.to_str().unwrap(), "--ledger", "mysql://x"], &[]).await;
+    let done = contentdownload(
+        &["status", "--out", out.to_str().unwrap(), "--ledger", "mysql://x"],
+        &[],
+    )
+    .await;
     assert_eq!(done.status.code(), Some(2), "{}", String::from_utf8_lossy(&done.stderr));
     // a ledger beside the output folder, in a folder that exists, is fine
     let beside = format!("sqlite://{}/beside.sqlite", dir.path().display());
     let done = contentdownload(
-        &["run", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ledger", &beside, "--quiet"],
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--ledger",
+            &beside,
+            "--quiet",
+        ],
         &[],
     )
     .await;
@@ -583,7 +605,10 @@ async fn max_bytes_and_the_minimum_size_are_named_in_the_detail() {
     };
     let large = work("W5000");
     assert_eq!(large.reason, Some(ReasonCode::TooLarge), "{large:?}");
-    assert!(large.detail.as_deref().unwrap_or_default().contains("10240"), "{large:?}");
+    assert!(
+        large.detail.as_deref().unwrap_or_default().contains("10240"),
+        "{large:?}"
+    );
     let small = work("W5001");
     assert_eq!(small.reason, Some(ReasonCode::TooSmall), "{small:?}");
     let detail = small.detail.as_deref().unwrap_or_default();
@@ -610,24 +635,39 @@ async fn status_reports_a_corrupt_learning_file_and_leaves_it() {
     std::fs::create_dir(&out).unwrap();
     let learning = out.join("provider_learning.json");
     std::fs::write(&learning, b"{not json").unwrap();
-    let before: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     for json in [false, true] {
         let mut args = vec!["status", "--out", out.to_str().unwrap()];
         if json {
             args.push("--json");
         }
         let done = contentdownload(&args, &[]).await;
-        let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr),
+        );
         assert_eq!(done.status.code(), Some(0), "{stderr}");
-        assert!(stderr.contains("provider_learning.json") && stderr.contains("left in place"), "{stderr}");
+        assert!(
+            stderr.contains("provider_learning.json") && stderr.contains("left in place"),
+            "{stderr}"
+        );
         if json {
             let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
             assert!(v["providers_error"].as_str().unwrap().contains("not valid JSON"), "{v}");
         } else {
-            assert!(stdout.contains("cannot be used") && stdout.contains("ledger: none"), "{stdout}");
+            assert!(
+                stdout.contains("cannot be used") && stdout.contains("ledger: none"),
+                "{stdout}"
+            );
         }
     }
-    let after: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let after: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(before, after, "status changed nothing in the folder");
     assert_eq!(std::fs::read(&learning).unwrap(), b"{not json");
 }
@@ -638,7 +678,13 @@ async fn a_directory_as_input_is_named_as_such() {
     let out = dir.path().join("pdfs");
     for (flag, says) in [("--input", "give a JSONL file"), ("--dois", "give a file of DOIs")] {
         let done = contentdownload(
-            &["run", flag, dir.path().to_str().unwrap(), "--out", out.to_str().unwrap()],
+            &[
+                "run",
+                flag,
+                dir.path().to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
             &[],
         )
         .await;

@@ -517,7 +517,10 @@ async fn inspect_reads_the_file_and_changes_nothing() {
     std::fs::write(&path, "{ not json").unwrap();
     match inspect(&path) {
         Err(InspectError::File(e)) => {
-            assert!(e.corrupt && e.path == path && e.reason.contains("not valid JSON"), "{e}");
+            assert!(
+                e.corrupt && e.path == path && e.reason.contains("not valid JSON"),
+                "{e}"
+            );
         }
         other => panic!("{other:?}"),
     }

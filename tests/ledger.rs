@@ -401,9 +401,13 @@ async fn bad_configuration_is_reported_by_field() {
     }
     assert!(!here.join("mysql:").exists() && !here.join("mysql:x").exists());
     // a plain path and a sqlite: URL in an existing folder open
-    let plain = Ledger::open(dir.path().join("plain.db").to_str().unwrap()).await.unwrap();
+    let plain = Ledger::open(dir.path().join("plain.db").to_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(plain.counts(None).await.unwrap().total(), 0);
-    let url = Ledger::open(&format!("sqlite://{}/url.db", dir.path().display())).await.unwrap();
+    let url = Ledger::open(&format!("sqlite://{}/url.db", dir.path().display()))
+        .await
+        .unwrap();
     assert_eq!(url.counts(None).await.unwrap().total(), 0);
     #[cfg(not(feature = "postgres"))]
     {

@@ -276,7 +276,13 @@ async fn a_doi_with_dot_segments_stays_one_encoded_path_segment() {
         "best_oa_location": {"url_for_pdf": "https://evil.example/p.pdf"}
     });
     // where `10.1234/../../etc/passwd` led before: the answer there must never be asked for
-    for path in ["/crossref/etc/passwd", "/unpaywall/etc/passwd", "/etc/passwd", "/crossref/*", "/unpaywall/*"] {
+    for path in [
+        "/crossref/etc/passwd",
+        "/unpaywall/etc/passwd",
+        "/etc/passwd",
+        "/crossref/*",
+        "/unpaywall/*",
+    ] {
         sim.on(path, [Reply::json(&evil)]);
     }
     sim.on(
@@ -336,7 +342,10 @@ async fn nulls_in_answers_are_read_as_nothing() {
         "/crossref/works/10.1000%2Fnone",
         [Reply::json(&json!({"message": {"link": null}}))],
     );
-    sim.on("/europe_pmc/search", [Reply::json(&json!({"resultList": {"result": null}}))]);
+    sim.on(
+        "/europe_pmc/search",
+        [Reply::json(&json!({"resultList": {"result": null}}))],
+    );
     sim.on("/pmc/idconv/v1.0/", [Reply::json(&json!({"records": null}))]);
     sim.on(
         "/wayback/wayback/available",

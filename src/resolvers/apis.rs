@@ -476,9 +476,15 @@ mod tests {
             br#"{"best_oa_location": {"url_for_pdf": "https://a/1.pdf"}, "oa_locations": null}"#,
         )
         .unwrap();
-        assert_eq!(w.best_oa_location.and_then(|l| l.url_for_pdf).as_deref(), Some("https://a/1.pdf"));
-        let w: UnpaywallWork =
-            parse_json("unpaywall", br#"{"oa_locations": [null, {"url_for_pdf": "https://b/1.pdf"}]}"#).unwrap();
+        assert_eq!(
+            w.best_oa_location.and_then(|l| l.url_for_pdf).as_deref(),
+            Some("https://a/1.pdf")
+        );
+        let w: UnpaywallWork = parse_json(
+            "unpaywall",
+            br#"{"oa_locations": [null, {"url_for_pdf": "https://b/1.pdf"}]}"#,
+        )
+        .unwrap();
         assert_eq!(w.oa_locations.len(), 1);
     }
 
@@ -496,7 +502,18 @@ mod tests {
         for good in ["1706.03762", "1706.03762v5", "hep-th/9901001", "math.AG/0309136"] {
             assert!(is_arxiv_id(good), "{good}");
         }
-        for bad in ["../x", "a/../b", "..", ".", "a//b", "a/b/c", "/abs", "a/", "1706.03762?x", "a b"] {
+        for bad in [
+            "../x",
+            "a/../b",
+            "..",
+            ".",
+            "a//b",
+            "a/b/c",
+            "/abs",
+            "a/",
+            "1706.03762?x",
+            "a b",
+        ] {
             assert!(!is_arxiv_id(bad), "{bad}");
         }
     }

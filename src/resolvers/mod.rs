@@ -302,7 +302,11 @@ mod tests {
         assert_eq!(doi_segment("10.1/%2e%2e").unwrap(), "10.1%2F%252e%252e");
         assert!(doi_segment("..").is_err() && doi_segment("").is_err());
         // what the URL parser makes of it: still one segment under the API's path
-        let url = url::Url::parse(&format!("https://api.crossref.org/works/{}", doi_segment("10.1/../..").unwrap())).unwrap();
+        let url = url::Url::parse(&format!(
+            "https://api.crossref.org/works/{}",
+            doi_segment("10.1/../..").unwrap()
+        ))
+        .unwrap();
         assert_eq!(url.path(), "/works/10.1%2F..%2F..");
     }
 

@@ -446,15 +446,14 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
     // and left where it is (the next run moves it aside), the ledger is not reconciled, and
     // a missing SQLite ledger is not created.
     let limiter = RateLimiter::new(default_rates()).map_err(fatal)?;
-    let (statuses, learning_problem) =
-        match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
-            Ok(learner) => (learner.statuses(), None),
-            Err(InspectError::File(e)) => {
-                eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
-                (Vec::new(), Some(e.to_string()))
-            }
-            Err(e) => return Err(fatal(e)),
-        };
+    let (statuses, learning_problem) = match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
+        Ok(learner) => (learner.statuses(), None),
+        Err(InspectError::File(e)) => {
+            eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
+            (Vec::new(), Some(e.to_string()))
+        }
+        Err(e) => return Err(fatal(e)),
+    };
     let ledger_url = args
         .ledger
         .clone()

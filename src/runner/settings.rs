@@ -421,13 +421,20 @@ mod tests {
     #[test]
     fn max_bytes_from_flag_file_or_default() {
         assert_eq!(resolve(&["--input", "w"]).unwrap().max_bytes, 4 << 30);
-        assert_eq!(resolve(&["--input", "w", "--max-bytes", "2048"]).unwrap().max_bytes, 2048);
+        assert_eq!(
+            resolve(&["--input", "w", "--max-bytes", "2048"]).unwrap().max_bytes,
+            2048
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         let p = path.to_str().unwrap();
         for (text, want) in [("max_bytes = \"500M\"\n", 500 << 20), ("max_bytes = 65536\n", 65536)] {
             std::fs::write(&path, text).unwrap();
-            assert_eq!(resolve(&["--input", "w", "--config", p]).unwrap().max_bytes, want, "{text}");
+            assert_eq!(
+                resolve(&["--input", "w", "--config", p]).unwrap().max_bytes,
+                want,
+                "{text}"
+            );
         }
         let flag = resolve(&["--input", "w", "--config", p, "--max-bytes", "1G"]).unwrap();
         assert_eq!(flag.max_bytes, 1 << 30, "flag over file");

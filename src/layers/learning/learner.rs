@@ -112,11 +112,7 @@ impl Learner {
     /// The state saved in `path`, read without changing anything on disk (for a read-only
     /// command such as `status`): the learner never saves, and a bad file is an error that
     /// says what is wrong with it, left where it is. A missing file is an empty state.
-    pub fn inspect(
-        limiter: RateLimiter,
-        policy: LearningPolicy,
-        path: &Path,
-    ) -> Result<Learner, InspectError> {
+    pub fn inspect(limiter: RateLimiter, policy: LearningPolicy, path: &Path) -> Result<Learner, InspectError> {
         policy.validate()?;
         let states = persist::read(path, &limiter)?;
         Ok(Learner::from_loaded(limiter, policy, None, states))
