@@ -250,9 +250,11 @@ async fn fatal_errors_are_one_line_and_exit_1() {
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    // the ledger cannot be opened (its folder is a file)
+    // the ledger cannot be opened (its path is a folder)
     let out = dir.path().join("pdfs");
-    let ledger = format!("sqlite://{}/ledger.sqlite", not_a_dir.display());
+    let a_folder = dir.path().join("a-folder");
+    std::fs::create_dir(&a_folder).unwrap();
+    let ledger = format!("sqlite://{}", a_folder.display());
     let done = contentdownload(
         &[
             "run",
@@ -266,9 +268,32 @@ async fn fatal_errors_are_one_line_and_exit_1() {
         &[],
     )
     .await;
-    assert_eq!(done.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("error: the ledger"), "{stderr}");
+    // a ledger whose folder is a file is a usage error, found before anything is made
+    let ledger = format!("sqlite://{}/ledger.sqlite", not_a_dir.display());
+    let elsewhere = dir.path().join("elsewhere");
+    let done = contentdownload(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            elsewhere.to_str().unwrap(),
+            "--ledger",
+            &ledger,
+        ],
+        &[],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: --ledger") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(!elsewhere.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
