@@ -84,6 +84,8 @@ pub struct FileConfig {
     pub fallback: Option<FallbackConfig>,
     /// Never use the Wayback Machine.
     pub disable_wayback_fallback: Option<bool>,
+    /// Re-hash the recorded files of downloaded works (`--verify-existing`).
+    pub verify_existing: Option<bool>,
     /// Resolver base URLs.
     pub resolver_base: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -136,6 +138,8 @@ pub struct RunSettings {
     pub second_pass_max_wait: Duration,
     /// Fallback tiers and budgets.
     pub fallback: FallbackConfig,
+    /// Re-hash the recorded files of downloaded works (the size is always checked).
+    pub verify_existing: bool,
     /// Resolver base URLs.
     pub resolver_bases: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -287,6 +291,7 @@ impl RunSettings {
                 .or(file.second_pass_max_wait)
                 .unwrap_or(DEFAULT_SECOND_PASS_MAX_WAIT),
             fallback,
+            verify_existing: args.verify_existing.or(file.verify_existing).unwrap_or(false),
             resolver_bases,
             http,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
