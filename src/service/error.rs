@@ -163,18 +163,20 @@ impl ConnectCause {
             if e.to_string() == "dns error" {
                 dns = true;
             }
+            innermost = e.to_string();
+            current = e.source();
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                    return ConnectCause::Tls(tls.to_string());
-                }
                 match io.kind() {
                     std::io::ErrorKind::ConnectionRefused => return ConnectCause::Refused,
                     std::io::ErrorKind::TimedOut => return ConnectCause::TimedOut,
                     _ => {}
                 }
+                // `io::Error::source` skips the error it wraps (hyper-rustls wraps
+                // tokio-rustls's io::Error, which wraps the rustls::Error): look inside
+                if let Some(inner) = io.get_ref() {
+                    current = Some(inner as &(dyn std::error::Error + 'static));
+                }
             }
-            innermost = e.to_string();
-            current = e.source();
         }
         if dns {
             ConnectCause::Dns(innermost)
