@@ -439,4 +439,25 @@ connect_timeout_ms = 1234
         let err = resolve(&["--input", "w", "--config", p]).unwrap_err();
         assert!(err.contains("c.toml") && err.contains("wrokers"), "{err}");
     }
+
+    #[test]
+    fn verify_existing_is_off_unless_asked() {
+        assert!(!resolve(&["--input", "w"]).unwrap().verify_existing);
+        assert!(resolve(&["--input", "w", "--verify-existing"]).unwrap().verify_existing);
+        assert!(
+            !resolve(&["--input", "w", "--verify-existing", "false"])
+                .unwrap()
+                .verify_existing
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "verify_existing = true\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert!(resolve(&["--input", "w", "--config", p]).unwrap().verify_existing);
+        assert!(
+            !resolve(&["--input", "w", "--config", p, "--verify-existing=false"])
+                .unwrap()
+                .verify_existing
+        );
+    }
 }
