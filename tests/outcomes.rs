@@ -3,6 +3,8 @@
 //! says whether a later run may help, and a work whose file is gone is downloaded again.
 #![cfg(feature = "simulator")]
 
+mod ledger_support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
@@ -311,4 +313,67 @@ async fn a_finalized_work_whose_file_is_gone_or_changed_is_downloaded_again() {
     let fourth = contentdownload(&verify, &[]).await;
     assert_eq!(fourth.status.code(), Some(0), "{}", output(&fourth));
     assert_eq!(sim.count("/pdf/*"), 6, "3, then 2 missing or short, then 1 changed");
+}
+
+/// The pipeline over each ledger backend (SQLite, and PostgreSQL when configured): a work
+/// finalized in one run whose file is then deleted is downloaded again by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ledger_backend_replans_a_work_whose_file_is_gone() {
+    use contentdownload::download::DownloadOptions;
+    use contentdownload::ledger::JobState;
+    use contentdownload::manifest::ManifestWriter;
+    use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
+    use contentdownload::resolvers::ResolverConfig;
+    use contentdownload::service::{Stack, StackConfig};
+    use contentdownload::works::Work;
+    use std::sync::{Arc, Mutex};
+
+    for t in ledger_support::backends("replans_a_work_whose_file_is_gone").await {
+        let sim = Simulator::start().await.unwrap();
+        sim.on("/pdf/*", [Reply::pdf(4096)]);
+        let out = tempfile::tempdir().unwrap();
+        let works: Vec<Work> = (0..2)
+            .map(|i| {
+                Work::from_openalex(&json!({
+                    "id": format!("https://openalex.org/W{}", 8000 + i),
+                    "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{i}.pdf"))}
+                }))
+                .unwrap()
+            })
+            .collect();
+        let run = |run_id: &str| {
+            let config = PipelineConfig {
+                out_dir: out.path().to_owned(),
+                run_id: run_id.into(),
+                worker_id: format!("{}-{run_id}", t.name),
+                workers: 2,
+                fallback: FallbackConfig {
+                    tiers: vec![FallbackConfig::parse_tier("direct=openalex").unwrap()],
+                    ..FallbackConfig::default()
+                },
+                resolvers: ResolverConfig::default(),
+                download: DownloadOptions::default(),
+                lease_ttl: Duration::from_secs(60),
+                second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
+                verify_existing: false,
+            };
+            let mut stack = StackConfig::default();
+            stack.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);
+            let manifest = Arc::new(Mutex::new(ManifestWriter::open(out.path()).unwrap()));
+            Pipeline::new(config, &Stack::new(&stack).unwrap(), Some(t.ledger.clone()), manifest).unwrap()
+        };
+        let input = || futures_util::stream::iter(works.clone().into_iter().map(Ok));
+        let first = run("run-1").run(input(), |_| {}, std::future::pending()).await.unwrap();
+        assert_eq!(first.downloaded, 2, "{}: {first:?}", t.name);
+
+        std::fs::remove_file(out.path().join("W8000.pdf")).unwrap();
+        let second = run("run-2").run(input(), |_| {}, std::future::pending()).await.unwrap();
+        assert_eq!((second.downloaded, second.skipped), (1, 1), "{}: {second:?}", t.name);
+        assert_eq!(sim.count("/pdf/0.pdf"), 2, "{}", t.name);
+        assert_eq!(sim.count("/pdf/1.pdf"), 1, "{}", t.name);
+        assert_eq!(std::fs::metadata(out.path().join("W8000.pdf")).unwrap().len(), 4096);
+        let jobs = t.ledger.jobs(None).await.unwrap();
+        assert!(jobs.iter().all(|j| j.state == JobState::Finalized), "{}", t.name);
+        assert_eq!(jobs.iter().map(|j| j.attempts).max(), Some(2), "{}", t.name);
+    }
 }
