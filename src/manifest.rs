@@ -81,6 +81,9 @@ pub struct WorkRecord {
     pub elapsed_ms: u64,
     /// Candidate URLs tried.
     pub attempts: u32,
+    /// The HTTP status behind an `http_status` reason (a 404 stays, a 503 may pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
 }
 
 impl WorkRecord {
@@ -90,6 +93,19 @@ impl WorkRecord {
             work_id: work_id.into(),
             outcome: Some(outcome),
             ..WorkRecord::default()
+        }
+    }
+
+    /// Whether a later run may get what this one did not: a work deferred, or failed for a
+    /// reason that may pass ([`ReasonCode::may_succeed_later`]).
+    pub fn may_succeed_later(&self) -> bool {
+        match self.outcome {
+            Some(Outcome::Deferred) => true,
+            Some(Outcome::Failed) | None => self
+                .reason
+                .unwrap_or(ReasonCode::Other)
+                .may_succeed_later(self.http_status),
+            Some(Outcome::Downloaded | Outcome::Skipped) => false,
         }
     }
 }
@@ -117,12 +133,17 @@ pub struct SummaryRecord {
     pub input_errors: u64,
     /// Whether the run was interrupted before it finished.
     pub interrupted: bool,
+    /// Works failed or deferred for a reason a later run may fix (the network, a server
+    /// error, a provider's wait, our disk): [`WorkRecord::may_succeed_later`].
+    #[serde(default)]
+    pub retry_later: u64,
 }
 
 impl SummaryRecord {
     /// Counts one work's outcome.
     pub fn add(&mut self, record: &WorkRecord) {
         self.works += 1;
+        self.retry_later += u64::from(record.may_succeed_later());
         match record.outcome {
             Some(Outcome::Downloaded) => {
                 self.downloaded += 1;

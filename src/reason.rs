@@ -100,6 +100,69 @@ impl ReasonCode {
     }
 }
 
+impl ReasonCode {
+    /// How much this reason tells about why a work has no PDF, for choosing the reason a
+    /// work's outcome keeps when several sources failed: the highest wins, the first one
+    /// of equal rank stays. From most to least informative:
+    ///
+    /// 1. `io_error` (100): our own disk or folder failed (a full disk); no source can help
+    ///    until it is fixed, so it must not hide behind a source's failure.
+    /// 2. Content checks of a payload a server really sent (90): `html_landing_page`,
+    ///    `not_pdf`, `too_small`, `missing_eof`, `html_tail`, `too_large`.
+    /// 3. `http_status` (80): the server answered, with a status (in the detail); then
+    ///    `throttled` (75).
+    /// 4. The server refused where to go (70 `redirect_refused`, 65 `invalid_url`).
+    /// 5. A server that answered badly (60 `truncated`, 55 `timeout`), a source that put
+    ///    the work off (50 `deferred`, `cooling_down`, `rate_limited`), a spent budget (45).
+    /// 6. A resolver's unusable answer (40 `resolver_error`), anything else (35 `other`).
+    /// 7. No server reached (20 `connect_error`): typically a fallback (the Wayback
+    ///    Machine) out of reach, which says nothing about the publisher's answer.
+    /// 8. Nothing to try (15 `all_candidates_failed`, 10 `no_candidates`, 5 `failed_over`),
+    ///    and the reasons that are not failures (0).
+    pub const fn informativeness(self) -> u8 {
+        use ReasonCode::*;
+        match self {
+            IoError => 100,
+            HtmlLandingPage | NotPdf | TooSmall | MissingEof | HtmlTail | TooLarge => 90,
+            HttpStatus => 80,
+            Throttled => 75,
+            RedirectRefused => 70,
+            InvalidUrl => 65,
+            Truncated => 60,
+            Timeout => 55,
+            Deferred | CoolingDown | RateLimited => 50,
+            BudgetExhausted => 45,
+            ResolverError => 40,
+            Other => 35,
+            ConnectError => 20,
+            AllCandidatesFailed => 15,
+            NoCandidates => 10,
+            FailedOver => 5,
+            AlreadyDownloaded | LeasedElsewhere | Cancelled => 0,
+        }
+    }
+
+    /// Whether a work that ended with this reason may succeed in a later run: the network,
+    /// a server or our disk failed, or a provider asked us to wait. `status` is the HTTP
+    /// status for [`HttpStatus`](ReasonCode::HttpStatus): 5xx, 408 and 429 may pass, any
+    /// other status (404, 410, 403) is the server's answer. The answers that will not change
+    /// (a content check, no candidates, a refused redirect) are `false`. The runner exits
+    /// with 3 when any work failed or was deferred for a reason that may pass.
+    pub const fn may_succeed_later(self, status: Option<u16>) -> bool {
+        use ReasonCode::*;
+        match self {
+            HttpStatus => match status {
+                Some(s) => s >= 500 || s == 408 || s == 429,
+                None => true,
+            },
+            IoError | Truncated | Timeout | ConnectError | Deferred | CoolingDown | RateLimited | Throttled
+            | BudgetExhausted | ResolverError | FailedOver | LeasedElsewhere | Cancelled | Other => true,
+            AlreadyDownloaded | NoCandidates | AllCandidatesFailed | NotPdf | HtmlLandingPage | TooSmall
+            | MissingEof | HtmlTail | TooLarge | InvalidUrl | RedirectRefused => false,
+        }
+    }
+}
+
 impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -131,6 +194,9 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, b
         }
         if e.is::<TooManyRedirects>() || e.is::<UnsupportedRedirectScheme>() {
             return (ReasonCode::RedirectRefused, false);
+        }
+        if e.is::<crate::service::ConnectFailed>() {
+            return (ReasonCode::ConnectError, true);
         }
         if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             if client.is_connect() {
@@ -173,6 +239,73 @@ mod tests {
             ReasonCode::Other,
         ] {
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
+        }
+    }
+
+    #[test]
+    fn the_reason_that_matters_is_the_most_informative() {
+        use ReasonCode::*;
+        // (kept, over): the first beats the second whichever came first
+        let table = [
+            (HttpStatus, ConnectError),
+            (HtmlLandingPage, ConnectError),
+            (NotPdf, HttpStatus),
+            (TooSmall, Timeout),
+            (MissingEof, ResolverError),
+            (IoError, HtmlLandingPage),
+            (IoError, ConnectError),
+            (HttpStatus, Truncated),
+            (Truncated, ConnectError),
+            (Timeout, ConnectError),
+            (RedirectRefused, ConnectError),
+            (ConnectError, NoCandidates),
+            (ConnectError, FailedOver),
+            (ResolverError, NoCandidates),
+            (NoCandidates, FailedOver),
+        ];
+        for (kept, over) in table {
+            assert!(
+                kept.informativeness() > over.informativeness(),
+                "{kept} must beat {over}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_a_later_run_may_fix() {
+        use ReasonCode::*;
+        for r in [
+            ConnectError,
+            Timeout,
+            Truncated,
+            Deferred,
+            CoolingDown,
+            RateLimited,
+            Throttled,
+            IoError,
+        ] {
+            assert!(r.may_succeed_later(None), "{r}");
+        }
+        for s in [500, 502, 503, 504, 408, 429] {
+            assert!(HttpStatus.may_succeed_later(Some(s)), "{s}");
+        }
+        for s in [400, 401, 403, 404, 410, 451] {
+            assert!(!HttpStatus.may_succeed_later(Some(s)), "{s}");
+        }
+        for r in [
+            NoCandidates,
+            AllCandidatesFailed,
+            NotPdf,
+            HtmlLandingPage,
+            TooSmall,
+            MissingEof,
+            HtmlTail,
+            TooLarge,
+            RedirectRefused,
+            InvalidUrl,
+            AlreadyDownloaded,
+        ] {
+            assert!(!r.may_succeed_later(None), "{r}");
         }
     }
 }

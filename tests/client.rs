@@ -197,10 +197,16 @@ async fn connect_timeout_fires() {
     let url = format!("http://{}/", listener.addr().unwrap());
     let started = tokio::time::Instant::now();
     let err = get(&client(), &url).await.unwrap_err();
-    let client_err = err
-        .downcast_ref::<hyper_util::client::legacy::Error>()
+    // named (host:port and cause), with hyper-util's error as its source
+    let named = err
+        .downcast_ref::<contentdownload::service::ConnectFailed>()
         .unwrap_or_else(|| panic!("unexpected error: {err}"));
+    let client_err = std::error::Error::source(named)
+        .and_then(|s| s.downcast_ref::<hyper_util::client::legacy::Error>())
+        .unwrap_or_else(|| panic!("unexpected source: {named:?}"));
     assert!(client_err.is_connect(), "{client_err:?}");
+    assert_eq!(named.cause, contentdownload::service::ConnectCause::TimedOut, "{named}");
+    assert_eq!(named.target, listener.addr().unwrap().to_string());
     // the paused clock jumped straight to the 10 s connect timeout
     let waited = started.elapsed();
     assert!(

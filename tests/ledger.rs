@@ -415,3 +415,46 @@ async fn bad_configuration_is_reported_by_field() {
         assert!(e.to_string().contains("`postgres` feature"), "{e}");
     }
 }
+
+#[tokio::test]
+async fn a_finalized_job_whose_file_is_gone_is_replanned_once() {
+    for t in backends("a_finalized_job_whose_file_is_gone_is_replanned_once").await {
+        let l = &t.ledger;
+        let j = job("r", 0);
+        let Claim::Leased(first) = l.claim(&j, "A", TTL).await.unwrap() else {
+            panic!("new key is leased")
+        };
+        let pdf = JobResult {
+            outcome: Some("downloaded".into()),
+            path: Some("W0.pdf".into()),
+            sha256: Some("ab".repeat(32)),
+            bytes: Some(5000),
+            reason: None,
+        };
+        l.finish(first.id, "A", JobState::Finalized, &pdf).await.unwrap();
+        l.clock().advance(Duration::from_secs(1));
+        let Claim::Settled(seen) = l.claim(&j, "B", TTL).await.unwrap() else {
+            panic!("{}: finalized is settled", t.name)
+        };
+        // two workers find the file gone: one re-plans, the other's re-plan is a no-op
+        assert!(l.replan(&seen, "file missing").await.unwrap(), "{}", t.name);
+        assert!(!l.replan(&seen, "file missing").await.unwrap(), "{}", t.name);
+        let replanned = l.get(seen.id).await.unwrap().unwrap();
+        assert_eq!(replanned.state, JobState::Planned, "{}", t.name);
+        assert_eq!(replanned.result.reason.as_deref(), Some("file missing"));
+        assert_eq!(replanned.result.path, None, "the old result is cleared");
+        let Claim::Leased(again) = l.claim(&j, "B", TTL).await.unwrap() else {
+            panic!("{}: a re-planned job is leased", t.name)
+        };
+        assert_eq!(again.attempts, 2);
+        l.clock().advance(Duration::from_secs(1));
+        l.finish(again.id, "B", JobState::Finalized, &pdf).await.unwrap();
+        // a worker still holding the first sighting cannot undo the new download
+        assert!(!l.replan(&seen, "file missing").await.unwrap(), "{}", t.name);
+        assert!(matches!(l.claim(&j, "C", TTL).await.unwrap(), Claim::Settled(_)));
+        // only FINALIZED jobs are re-planned this way
+        l.plan(&job("r", 1)).await.unwrap();
+        let planned = l.get_by_key(&job("r", 1).key).await.unwrap().unwrap();
+        assert!(!l.replan(&planned, "file missing").await.unwrap(), "{}", t.name);
+    }
+}

@@ -253,10 +253,15 @@ async fn connect_errors_are_retried_until_attempts_run_out() {
     )
     .await
     .unwrap_err();
-    let client_err = err
-        .downcast_ref::<hyper_util::client::legacy::Error>()
-        .unwrap_or_else(|| panic!("{err}"));
-    assert!(client_err.is_connect());
+    // named (host:port and cause), with hyper-util's error as its source
+    let named = err
+        .downcast_ref::<contentdownload::service::ConnectFailed>()
+        .unwrap_or_else(|| panic!("unexpected error: {err}"));
+    let client_err = std::error::Error::source(named)
+        .and_then(|s| s.downcast_ref::<hyper_util::client::legacy::Error>())
+        .unwrap_or_else(|| panic!("unexpected source: {named:?}"));
+    assert!(client_err.is_connect(), "{client_err:?}");
+    assert_eq!(named.cause, contentdownload::service::ConnectCause::Refused, "{named}");
     // six attempts: backoffs of 200, 400, 800, 1600 and 3200 ms
     assert_eq!(started.elapsed(), Duration::from_millis(6_200));
 }

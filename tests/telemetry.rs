@@ -326,7 +326,7 @@ async fn an_error_sets_error_type_and_span_status() {
     let stack = TelemetryLayer::standalone().layer(client_with_injections());
     let err = stack.oneshot(request(&url, OperationType::Download)).await.unwrap_err();
     assert!(
-        err.downcast_ref::<hyper_util::client::legacy::Error>().is_some(),
+        err.downcast_ref::<contentdownload::service::ConnectFailed>().is_some(),
         "{err}"
     );
 

@@ -386,10 +386,35 @@ impl Ledger {
         })
     }
 
+    /// Plans a FINALIZED job again (→ PLANNED) because its file is gone or changed, with
+    /// `why` as its reason; its recorded result is cleared. Conditional on the job being
+    /// still as `seen` (FINALIZED, same `updated_at` and SHA-256): `false` when it changed
+    /// meanwhile (another worker re-planned or downloaded it again), so a file is not
+    /// fetched twice. The caller claims the job next, as any planned job.
+    pub async fn replan(&self, seen: &Job, why: &str) -> Result<bool, LedgerError> {
+        let now = self.now();
+        with_write_pool!(self, pool => {
+            let r = sqlx::query(
+                "UPDATE jobs SET state = 'PLANNED', lease_owner = NULL, lease_expires_at = NULL, updated_at = $1, \
+                 outcome = NULL, path = NULL, sha256 = NULL, bytes = NULL, reason = $2 \
+                 WHERE id = $3 AND state = 'FINALIZED' AND updated_at = $4 AND COALESCE(sha256, '') = $5",
+            )
+            .bind(now)
+            .bind(why)
+            .bind(seen.id.0)
+            .bind(seen.updated_at)
+            .bind(seen.result.sha256.as_deref().unwrap_or(""))
+            .execute(pool)
+            .await
+            .map_err(LedgerError::db("re-plan a finalized job"))?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
     /// Plans every job of `run` (or of all runs) in state `from` (FAILED or DEFERRED) again;
     /// returns how many. The second pass over deferred work starts with this.
     pub async fn requeue_all(&self, run: Option<&str>, from: JobState) -> Result<u64, LedgerError> {
-        if !from.can_become(JobState::Planned) || from == JobState::Leased {
+        if !matches!(from, JobState::Failed | JobState::Deferred) {
             return Err(LedgerError::Config {
                 field: "from",
                 message: format!("only FAILED or DEFERRED jobs can be requeued, not {from}"),

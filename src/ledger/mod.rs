@@ -13,6 +13,8 @@
 //!   [`heartbeat`](Ledger::heartbeat). SQLite leases inside a `BEGIN IMMEDIATE` transaction;
 //!   PostgreSQL picks rows with `FOR UPDATE SKIP LOCKED`, so workers on many machines do not
 //!   queue behind each other.
+//! - **The disk is believed**: a FINALIZED job whose file turns out missing or changed is
+//!   planned again with [`replan`](Ledger::replan), conditional on the result the caller saw.
 //! - **Reconciliation** at start-up ([`reconcile`](Ledger::reconcile)): jobs whose lease
 //!   expired (their worker died) go back to PLANNED, their attempt staying counted; side
 //!   effects (ops) left unfinished past the TTL become ABANDONED.

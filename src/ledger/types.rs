@@ -30,7 +30,8 @@ pub enum JobState {
     Planned,
     /// Held by one worker until its lease expires (renewed by heartbeats).
     Leased,
-    /// Done; its result is recorded. Terminal.
+    /// Done; its result is recorded. Terminal, unless its file is found missing or
+    /// changed: then it is re-planned ([`replan`](super::Ledger::replan)).
     Finalized,
     /// Given up on; the reason is recorded. Can be re-planned with [`requeue`](super::Ledger::requeue).
     Failed,
@@ -65,8 +66,8 @@ impl JobState {
 
     /// Whether a job in `self` may move to `to`:
     /// PLANNED → LEASED | SKIPPED; LEASED → FINALIZED | FAILED | DEFERRED | SKIPPED | PLANNED
-    /// (released, or reclaimed after its lease expired); FAILED | DEFERRED → PLANNED (requeued).
-    /// FINALIZED and SKIPPED are terminal.
+    /// (released, or reclaimed after its lease expired); FAILED | DEFERRED → PLANNED (requeued);
+    /// FINALIZED → PLANNED (re-planned: its file is missing or changed). SKIPPED is terminal.
     pub const fn can_become(self, to: JobState) -> bool {
         use JobState::*;
         matches!(
@@ -74,7 +75,7 @@ impl JobState {
             (Planned, Leased)
                 | (Planned, Skipped)
                 | (Leased, Finalized | Failed | Deferred | Skipped | Planned)
-                | (Failed | Deferred, Planned)
+                | (Failed | Deferred | Finalized, Planned)
         )
     }
 
@@ -84,7 +85,9 @@ impl JobState {
         JobState::Leased.can_become(self) && !matches!(self, JobState::Planned)
     }
 
-    /// Whether nothing more will happen to a job in this state (FINALIZED, SKIPPED).
+    /// Whether nothing more will happen to a job in this state (FINALIZED, SKIPPED) in the
+    /// normal course: a claim finds it settled. (A FINALIZED job whose file is gone is the
+    /// exception, see [`replan`](super::Ledger::replan).)
     pub const fn is_terminal(self) -> bool {
         matches!(self, JobState::Finalized | JobState::Skipped)
     }
@@ -349,7 +352,9 @@ mod tests {
         assert!(Leased.can_become(Planned));
         assert!(Deferred.can_become(Planned));
         assert!(!Planned.can_become(Finalized));
-        assert!(!Finalized.can_become(Planned));
+        assert!(Finalized.can_become(Planned), "re-planned when its file is gone");
+        assert!(!Skipped.can_become(Planned));
+        assert!(!Finalized.can_become(Leased));
         assert!(!Skipped.can_become(Leased));
         assert!(!Leased.can_become(Leased));
         for st in JobState::ALL {

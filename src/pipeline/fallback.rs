@@ -78,12 +78,15 @@ pub enum FetchResult {
     },
     /// No valid PDF.
     Failed {
-        /// Why.
+        /// Why: the most informative reason of every source tried
+        /// ([`ReasonCode::informativeness`]), not merely the last.
         reason: ReasonCode,
         /// In words.
         detail: String,
         /// Candidate downloads started.
         attempts: u32,
+        /// The HTTP status behind the reason, when it is [`ReasonCode::HttpStatus`].
+        status: Option<u16>,
     },
 }
 
@@ -145,17 +148,28 @@ struct Tally {
     deferred: Option<(ReasonCode, String)>,
     /// Who put the work off, for the second pass.
     by: Vec<DeferredBy>,
-    last: Option<(ReasonCode, String)>,
+    /// The most informative failure so far, with its HTTP status.
+    best: Option<(ReasonCode, String, Option<u16>)>,
 }
 
 impl Tally {
-    /// Records a failure; `by` says who, when it is a deferral.
+    /// Records a failure; `by` says who, when it is a deferral. Of the other failures the
+    /// most informative is kept ([`ReasonCode::informativeness`]; the first of equal rank):
+    /// a publisher's 404 or HTML page is not hidden by a later fallback's connect error.
     fn failure(&mut self, reason: ReasonCode, detail: String, by: Option<DeferredBy>) {
+        self.failure_with_status(reason, None, detail, by);
+    }
+
+    fn failure_with_status(&mut self, reason: ReasonCode, status: Option<u16>, detail: String, by: Option<DeferredBy>) {
         if is_deferral(reason) {
             self.deferred = Some((reason, detail));
             self.by.extend(by);
-        } else if reason != ReasonCode::FailedOver || self.last.is_none() {
-            self.last = Some((reason, detail));
+        } else if self
+            .best
+            .as_ref()
+            .is_none_or(|(kept, _, _)| reason.informativeness() > kept.informativeness())
+        {
+            self.best = Some((reason, detail, status));
         }
     }
 }
@@ -222,6 +236,7 @@ impl Fallback {
                     reason: ReasonCode::BudgetExhausted,
                     detail: format!("no valid PDF within {} ms", self.config.total_timeout_ms),
                     attempts,
+                    status: None,
                 }
             }
         }
@@ -234,13 +249,14 @@ impl Fallback {
                 by: std::mem::take(&mut tally.by),
             };
         }
-        match tally.last.take() {
-            Some((reason, detail)) if tally.candidates > 0 => FetchResult::Failed {
+        match tally.best.take() {
+            Some((reason, detail, status)) if tally.candidates > 0 => FetchResult::Failed {
                 reason,
                 detail,
                 attempts,
+                status,
             },
-            Some((reason, detail)) => FetchResult::Failed {
+            Some((reason, detail, status)) => FetchResult::Failed {
                 reason: if reason == ReasonCode::FailedOver {
                     ReasonCode::NoCandidates
                 } else {
@@ -248,21 +264,25 @@ impl Fallback {
                 },
                 detail,
                 attempts,
+                status,
             },
             None if attempts >= self.config.max_attempts => FetchResult::Failed {
                 reason: ReasonCode::BudgetExhausted,
                 detail: format!("{attempts} candidate downloads without a valid PDF"),
                 attempts,
+                status: None,
             },
             None if tally.candidates == 0 => FetchResult::Failed {
                 reason: ReasonCode::NoCandidates,
                 detail: "no resolver found a candidate URL".into(),
                 attempts,
+                status: None,
             },
             None => FetchResult::Failed {
                 reason: ReasonCode::AllCandidatesFailed,
                 detail: "every candidate was already tried in this run".into(),
                 attempts,
+                status: None,
             },
         }
     }
@@ -312,7 +332,7 @@ impl Fallback {
                     Some(done) = downloads.next(), if !downloads.is_empty() => match done {
                         Ok((staged, candidate)) => match staged.commit(&final_path).await {
                             Ok(file) => return Some((file, candidate)),
-                            Err(f) => tally.failure(f.reason, f.detail, None),
+                            Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
                         },
                         Err((candidate, failure, retry_at)) => {
                             if is_deferral(failure.reason) {
@@ -322,7 +342,12 @@ impl Fallback {
                                 source: DeferredBy::host_of(&candidate.url),
                                 retry_at,
                             };
-                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail), Some(by));
+                            tally.failure_with_status(
+                                failure.reason,
+                                failure.status.map(|s| s.as_u16()),
+                                format!("{}: {}", candidate.url, failure.detail),
+                                Some(by),
+                            );
                         }
                     },
                 }
@@ -454,6 +479,51 @@ mod tests {
         t.failure(ReasonCode::CoolingDown, "c".into(), Some(by("c")));
         assert_eq!(t.by, [by("a"), by("c")], "only deferrals");
         assert_eq!(t.deferred.as_ref().map(|d| d.1.as_str()), Some("c"));
+    }
+
+    #[test]
+    fn the_most_informative_failure_is_kept() {
+        // (failures in the order they came, the reason kept)
+        let cases: &[(&[ReasonCode], ReasonCode)] = &[
+            (
+                &[ReasonCode::HttpStatus, ReasonCode::ConnectError],
+                ReasonCode::HttpStatus,
+            ),
+            (
+                &[ReasonCode::HtmlLandingPage, ReasonCode::ConnectError],
+                ReasonCode::HtmlLandingPage,
+            ),
+            (&[ReasonCode::ConnectError, ReasonCode::NotPdf], ReasonCode::NotPdf),
+            (
+                &[ReasonCode::HttpStatus, ReasonCode::IoError, ReasonCode::ConnectError],
+                ReasonCode::IoError,
+            ),
+            (
+                &[ReasonCode::FailedOver, ReasonCode::ConnectError],
+                ReasonCode::ConnectError,
+            ),
+            (
+                &[ReasonCode::ConnectError, ReasonCode::FailedOver],
+                ReasonCode::ConnectError,
+            ),
+            (&[ReasonCode::Timeout, ReasonCode::HttpStatus], ReasonCode::HttpStatus),
+            (
+                &[ReasonCode::ResolverError, ReasonCode::Truncated],
+                ReasonCode::Truncated,
+            ),
+        ];
+        for (seen, kept) in cases {
+            let mut t = Tally::default();
+            for r in *seen {
+                t.failure(*r, r.to_string(), None);
+            }
+            assert_eq!(t.best.as_ref().map(|b| b.0), Some(*kept), "{seen:?}");
+        }
+        // of equal rank the first stays (the earlier tier, the publisher)
+        let mut t = Tally::default();
+        t.failure_with_status(ReasonCode::HttpStatus, Some(404), "publisher".into(), None);
+        t.failure_with_status(ReasonCode::HttpStatus, Some(503), "archive".into(), None);
+        assert_eq!(t.best, Some((ReasonCode::HttpStatus, "publisher".into(), Some(404))));
     }
 }
 

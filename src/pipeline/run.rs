@@ -46,6 +46,10 @@ pub struct PipelineConfig {
     /// again ([`DEFAULT_SECOND_PASS_MAX_WAIT`](super::DEFAULT_SECOND_PASS_MAX_WAIT) by
     /// default); works expected back later stay deferred for the next run. Zero: no wait.
     pub second_pass_max_wait: Duration,
+    /// Re-hash (SHA-256) the file of a work the ledger records as downloaded before
+    /// skipping it; off by default, as it reads every file. The file's presence and size
+    /// are always checked: a work whose file is missing or changed is downloaded again.
+    pub verify_existing: bool,
 }
 
 /// Counts so far, handed to the progress callback after every work.

@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use super::fallback::{DeferredBy, FetchEnv, FetchResult};
 use super::run::{lock, Core};
 use crate::context::{OperationType, WorkId};
-use crate::download::file_stem;
+use crate::download::{file_stem, safe_join};
 use crate::layers::idempotency::derive_key;
-use crate::ledger::{Claim, JobId, JobResult, JobState, LedgerError, NewJob};
+use crate::ledger::{Claim, Job, JobId, JobResult, JobState, LedgerError, NewJob};
 use crate::manifest::{Outcome, WorkRecord, MANIFEST_SYNC_EVERY};
 use crate::reason::ReasonCode;
 use crate::works::Work;
@@ -96,6 +96,44 @@ impl Core {
         }
     }
 
+    /// What is wrong with the file the ledger recorded for a FINALIZED job, if anything:
+    /// missing, another size, or (with `verify_existing`) another SHA-256. `None` when it
+    /// is as recorded, or when the job is not a download with a recorded file.
+    async fn recorded_file_problem(&self, job: &Job) -> Option<String> {
+        if job.state != JobState::Finalized {
+            return None;
+        }
+        let name = job.result.path.as_deref()?;
+        // a recorded path is a plain file name in the output folder; anything else is not ours
+        let stem = name.strip_suffix(".pdf");
+        let Some(path) = stem.and_then(|stem| safe_join(&self.config.out_dir, stem, "pdf")) else {
+            return Some("recorded under an unusable name".into());
+        };
+        let found = match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Some("missing (not a file)".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("missing".into()),
+            Err(e) => return Some(format!("unreadable ({e})")),
+        };
+        if let Some(recorded) = job.result.bytes.and_then(|b| u64::try_from(b).ok()) {
+            if found != recorded {
+                return Some(format!("{found} bytes, not the {recorded} recorded"));
+            }
+        }
+        if !self.config.verify_existing {
+            return None;
+        }
+        let recorded = job.result.sha256.clone()?;
+        let hashed = tokio::task::spawn_blocking(move || sha256_file(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match hashed {
+            Ok(h) if h.eq_ignore_ascii_case(&recorded) => None,
+            Ok(_) => Some("changed (its SHA-256 is not the one recorded)".into()),
+            Err(e) => Some(format!("unreadable ({e})")),
+        }
+    }
+
     pub(super) async fn process(
         &self,
         work: Work,
@@ -106,10 +144,27 @@ impl Core {
         let stem = file_stem(&work);
         let mut job_id = None;
         if let Some(ledger) = &self.ledger {
-            match ledger
-                .claim(&self.job_for(&work), &self.config.worker_id, self.config.lease_ttl)
-                .await?
-            {
+            let new_job = self.job_for(&work);
+            let mut claim = ledger
+                .claim(&new_job, &self.config.worker_id, self.config.lease_ttl)
+                .await?;
+            // the ledger believes the disk: a downloaded work whose file is gone or changed
+            // is planned and claimed again (once: a second settled claim means another
+            // worker has just downloaded it again)
+            if let Claim::Settled(job) = &claim {
+                if let Some(why) = self.recorded_file_problem(job).await {
+                    tracing::warn!(
+                        work = %work.id,
+                        path = job.result.path.as_deref().unwrap_or(""),
+                        "the file of a downloaded work is {why}: planning it again"
+                    );
+                    ledger.replan(job, &format!("file {why}")).await?;
+                    claim = ledger
+                        .claim(&new_job, &self.config.worker_id, self.config.lease_ttl)
+                        .await?;
+                }
+            }
+            match claim {
                 Claim::Settled(job) => {
                     return Ok(Processed::Done(WorkRecord {
                         reason: Some(ReasonCode::AlreadyDownloaded),
@@ -164,11 +219,12 @@ impl Core {
             }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let not_done = |outcome, reason, detail, attempts| WorkRecord {
+        let not_done = |outcome, reason, detail, attempts, http_status| WorkRecord {
             reason: Some(reason),
             detail: Some(detail),
             elapsed_ms,
             attempts,
+            http_status,
             ..WorkRecord::new(work.id.as_str(), outcome)
         };
         let (record, state, later, by) = match result {
@@ -202,8 +258,9 @@ impl Core {
                 reason,
                 detail,
                 attempts,
+                status,
             } => (
-                not_done(Outcome::Failed, reason, detail, attempts),
+                not_done(Outcome::Failed, reason, detail, attempts, status),
                 JobState::Failed,
                 false,
                 Vec::new(),
@@ -214,7 +271,7 @@ impl Core {
                 attempts,
                 by,
             } => (
-                not_done(Outcome::Deferred, reason, detail, attempts),
+                not_done(Outcome::Deferred, reason, detail, attempts, None),
                 JobState::Deferred,
                 !second_pass,
                 by,
@@ -242,6 +299,23 @@ impl Core {
         }
         Ok(Processed::Done(record))
     }
+}
+
+/// The SHA-256 of a file, lower-case hex, read in 64 KiB pieces.
+fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(crate::ledger::hex(&hasher.finalize()))
 }
 
 /// Completes once the run is cancelled.

@@ -19,12 +19,25 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Resolve and download PDFs for a list of works.
+    #[command(after_help = RUN_EXIT_CODES)]
     Run(Box<RunArgs>),
     /// Show the learned provider state and the ledger's counts for an output folder.
     Status(StatusArgs),
     /// Download one URL through the shared client and stream it to a file.
     Fetch(FetchArgs),
 }
+
+/// The exit codes of `run`, shown under its `--help`.
+pub const RUN_EXIT_CODES: &str = "\
+Exit codes:
+  0    every work was downloaded, skipped (already there) or is definitely unavailable
+       (404/410, not a PDF, no candidate URL)
+  1    fatal error (output folder not writable, ledger unreachable)
+  2    usage error
+  3    some works failed or were deferred for a reason a later run may fix (connect error,
+       timeout, 5xx, 429 or a provider's wait, a write error such as a full disk):
+       run the same command again later
+  130  interrupted (Ctrl-C); the same command resumes";
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -250,6 +263,12 @@ pub struct RunArgs {
     /// [default: 4G].
     #[arg(long, value_name = "SIZE", env = "DOCSTOKG_MAX_BYTES", value_parser = parse_bytes)]
     pub max_bytes: Option<u64>,
+    /// Re-hash (SHA-256) the file of every work the ledger records as downloaded, and
+    /// download it again when it differs (reads every file in full). Without it, a
+    /// recorded file that is missing or has another size is downloaded again.
+    #[arg(long, env = "DOCSTOKG_VERIFY_EXISTING", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub verify_existing: Option<bool>,
     /// Never use the Wayback Machine.
     #[arg(long, action = ArgAction::SetTrue, env = "DOCSTOKG_DISABLE_WAYBACK_FALLBACK")]
     pub disable_wayback_fallback: bool,

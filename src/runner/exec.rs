@@ -30,12 +30,18 @@ use crate::works::{read_doi_list, read_works_jsonl, LineError, Work};
 /// How a command ended, as a process exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
-    /// Completed (some works may have failed: see the summary).
+    /// Completed: every work was downloaded, skipped, or is definitely unavailable (a 404
+    /// or 410, not a PDF, no candidate anywhere).
     Completed = 0,
     /// A fatal error (the output folder is not writable, the ledger is unreachable).
     Fatal = 1,
     /// A usage error.
     Usage = 2,
+    /// Completed, but some works failed or were deferred for a reason a later run may fix
+    /// (a connect error, a timeout, a 5xx, a 429 or a provider's wait, a write error such
+    /// as a full disk): run the same command again later
+    /// ([`ReasonCode::may_succeed_later`](crate::reason::ReasonCode::may_succeed_later)).
+    RetryLater = 3,
     /// Interrupted (Ctrl-C); the run can be resumed.
     Interrupted = 130,
 }
@@ -182,6 +188,7 @@ pub async fn run(
             },
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
             second_pass_max_wait: settings.second_pass_max_wait,
+            verify_existing: settings.verify_existing,
         },
         &stack,
         ledger.clone(),
@@ -213,7 +220,17 @@ pub async fn run(
         );
         return Ok(Exit::Interrupted);
     }
-    Ok(Exit::Completed)
+    Ok(completed(&summary))
+}
+
+/// How a run that finished ended: [`Exit::RetryLater`] when some works may succeed in a
+/// later run, [`Exit::Completed`] otherwise.
+pub fn completed(summary: &SummaryRecord) -> Exit {
+    if summary.retry_later > 0 {
+        Exit::RetryLater
+    } else {
+        Exit::Completed
+    }
 }
 
 /// A SQLite ledger's folder must exist already, unless it is the output folder (which the
@@ -426,6 +443,12 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
     println!("bad input   {:>8}", s.input_errors);
     println!("bytes       {:>8}", s.bytes);
     println!("elapsed     {:>7.1}s", s.elapsed_ms as f64 / 1000.0);
+    if s.retry_later > 0 {
+        println!(
+            "retry later {:>8}  (failed or deferred for a reason a later run may fix: network, 5xx, 429, disk; exit 3)",
+            s.retry_later
+        );
+    }
     if let Some(learner) = learner {
         for status in learner.statuses() {
             println!("rate        {status}");

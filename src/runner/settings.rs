@@ -88,6 +88,8 @@ pub struct FileConfig {
     /// The largest PDF accepted: bytes (`1048576`), or a string with a unit (`"500M"`).
     #[serde(deserialize_with = "de_bytes")]
     pub max_bytes: Option<u64>,
+    /// Re-hash the recorded files of downloaded works (`--verify-existing`).
+    pub verify_existing: Option<bool>,
     /// Resolver base URLs.
     pub resolver_base: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -142,6 +144,8 @@ pub struct RunSettings {
     pub fallback: FallbackConfig,
     /// The largest PDF accepted, in bytes.
     pub max_bytes: u64,
+    /// Re-hash the recorded files of downloaded works (the size is always checked).
+    pub verify_existing: bool,
     /// Resolver base URLs.
     pub resolver_bases: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -322,6 +326,7 @@ impl RunSettings {
                 .unwrap_or(DEFAULT_SECOND_PASS_MAX_WAIT),
             fallback,
             max_bytes,
+            verify_existing: args.verify_existing.or(file.verify_existing).unwrap_or(false),
             resolver_bases,
             http,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -501,5 +506,26 @@ connect_timeout_ms = 1234
         std::fs::write(&path, "wrokers = 3\n").unwrap();
         let err = resolve(&["--input", "w", "--config", p]).unwrap_err();
         assert!(err.contains("c.toml") && err.contains("wrokers"), "{err}");
+    }
+
+    #[test]
+    fn verify_existing_is_off_unless_asked() {
+        assert!(!resolve(&["--input", "w"]).unwrap().verify_existing);
+        assert!(resolve(&["--input", "w", "--verify-existing"]).unwrap().verify_existing);
+        assert!(
+            !resolve(&["--input", "w", "--verify-existing", "false"])
+                .unwrap()
+                .verify_existing
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "verify_existing = true\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert!(resolve(&["--input", "w", "--config", p]).unwrap().verify_existing);
+        assert!(
+            !resolve(&["--input", "w", "--config", p, "--verify-existing=false"])
+                .unwrap()
+                .verify_existing
+        );
     }
 }

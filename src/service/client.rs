@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryFutureExt;
 use http::header::{HeaderValue, USER_AGENT};
 use http::{Request, Response};
 use http_body::Body;
@@ -20,14 +19,13 @@ use tower_http::set_header::SetRequestHeader;
 use tower_service::Service;
 
 use super::config::HttpConfig;
-use super::error::ConfigError;
+use super::error::{ConfigError, ConnectFailed, ConnectTarget};
 use super::future::ResponseFuture;
 use super::redirect::RedirectPolicy;
 use super::tls;
 use crate::error::BoxError;
 
 type Connector = HttpsConnector<HttpConnector>;
-type MapErrFn = fn(hyper_util::client::legacy::Error) -> BoxError;
 type Inner<B> = FollowRedirect<SetRequestHeader<SharedClient<B>, HeaderValue>, RedirectPolicy>;
 
 /// The hyper-util client behind one `Arc`. Its `Client` holds a dozen fields (pool,
@@ -60,7 +58,7 @@ where
 {
     type Response = Response<hyper::body::Incoming>;
     type Error = BoxError;
-    type Future = futures_util::future::MapErr<hyper_util::client::legacy::ResponseFuture, MapErrFn>;
+    type Future = ClientFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // hyper-util's client is always ready: the pool waits inside the response future
@@ -68,7 +66,46 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.0.request(req).map_err(box_client_error as MapErrFn)
+        let target = ConnectTarget::of(req.uri());
+        ClientFuture {
+            inner: self.0.request(req),
+            target,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`SharedClient`]: hyper-util's, with a connect error turned
+    /// into a [`ConnectFailed`] that names the server and the cause (hyper-util's own says
+    /// only `client error (Connect)`).
+    ///
+    /// `pub` only because [`HttpClient`]'s future type names it.
+    #[allow(unreachable_pub)]
+    pub struct ClientFuture {
+        #[pin]
+        inner: hyper_util::client::legacy::ResponseFuture,
+        target: Option<ConnectTarget>,
+    }
+}
+
+impl fmt::Debug for ClientFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientFuture").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for ClientFuture {
+    type Output = Result<Response<hyper::body::Incoming>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(
+            result.map_err(|e| match ConnectFailed::from_client_error(e, this.target.as_ref()) {
+                Ok(named) => Box::new(named) as BoxError,
+                Err(e) => Box::new(e) as BoxError,
+            }),
+        )
     }
 }
 
@@ -84,8 +121,10 @@ where
 /// It is a [`tower::Service`] from `Request<B>` to [`Response<ResponseBody>`](super::ResponseBody);
 /// errors are [`BoxError`] and can be downcast to [`TooManyRedirects`](super::TooManyRedirects),
 /// [`UnsupportedRedirectScheme`](super::UnsupportedRedirectScheme),
-/// [`ReadTimeout`](super::ReadTimeout) or `hyper_util::client::legacy::Error` (connect
-/// errors, including the connect timeout, report `is_connect()`).
+/// [`ReadTimeout`](super::ReadTimeout), [`ConnectFailed`](super::ConnectFailed) (a connect
+/// error, including the connect timeout, naming the server's `host:port` and the cause:
+/// DNS, refused, TLS, timed out; its source is hyper-util's error, whose `is_connect()` is
+/// true) or `hyper_util::client::legacy::Error`.
 ///
 /// # Example
 ///
@@ -134,10 +173,6 @@ impl<B> fmt::Debug for HttpClient<B> {
             .field("metadata_limit", &self.metadata_limit)
             .finish_non_exhaustive()
     }
-}
-
-fn box_client_error(e: hyper_util::client::legacy::Error) -> BoxError {
-    Box::new(e)
 }
 
 impl HttpClient {

@@ -30,6 +30,8 @@ mod tls;
 pub use self::body::{read_metadata, ResponseBody};
 pub use self::client::HttpClient;
 pub use self::config::HttpConfig;
-pub use self::error::{BodyTooLarge, ConfigError, ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
+pub use self::error::{
+    BodyTooLarge, ConfigError, ConnectCause, ConnectFailed, ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme,
+};
 pub use self::redirect::RedirectPolicy;
 pub use self::stack::{HttpService, PipelineBody, Stack, StackConfig};
