@@ -16,6 +16,7 @@ use crate::context::{OperationType, RetryAfterHint, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
 use crate::error::BoxError;
 use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
+use crate::layers::telemetry::redacted;
 use crate::reason::{classify_error, ReasonCode};
 use crate::resolvers::{resolver_by_name, HttpService, ResolveContext, Resolver};
 use crate::service::PipelineBody;
@@ -322,7 +323,9 @@ impl Fallback {
                                 source: DeferredBy::host_of(&candidate.url),
                                 retry_at,
                             };
-                            tally.failure(failure.reason, format!("{}: {}", candidate.url, failure.detail), Some(by));
+                            // the URL as the manifest and the logs may show it: no userinfo, no secrets
+                            let detail = format!("{}: {}", redacted(&candidate.url), failure.detail);
+                            tally.failure(failure.reason, detail, Some(by));
                         }
                     },
                 }

@@ -481,7 +481,7 @@ pub async fn fetch(args: &FetchArgs) -> Result<Exit, (Exit, String)> {
     let uri: http::Uri = args
         .url
         .parse()
-        .map_err(|e| (Exit::Usage, format!("invalid URL {:?}: {e}", args.url)))?;
+        .map_err(|e| (Exit::Usage, format!("invalid URL {:?}: {e}", crate::layers::telemetry::redacted(&args.url).to_string())))?;
     let client = HttpClient::new(&HttpConfig {
         mailto: args.mailto.clone(),
         ..HttpConfig::default()
