@@ -200,6 +200,14 @@ async fn userinfo_goes_to_its_origin_only() {
     assert_eq!(landed.len(), 1);
     assert_eq!(landed[0].header("authorization"), None, "carried to another origin");
 
+    // a Location with userinfo of its own: sent as a header there too, never in the URI
+    let c = format!("http://other:{PASSWORD}@{}/landed", b.addr());
+    a.on("/carrying", [Reply::redirect(302, &c)]);
+    assert_eq!(get(&client, &format!("http://{}/carrying", a.addr())).await, 200);
+    let landed = b.requests_to("/landed");
+    assert_eq!(landed.len(), 2);
+    assert!(landed[1].header("authorization").is_some_and(|v| v.starts_with("Basic ")));
+
     // a hop within the origin keeps it (tower-http's credential filter, as curl's
     // --location-trusted would not be needed for the same host)
     assert_eq!(get(&client, &with_userinfo("/here")).await, 200);
@@ -237,6 +245,9 @@ async fn the_connection_pool_never_sees_userinfo() {
     for _ in 0..2 {
         assert_eq!(get(&client, &format!("http://{USER}:{PASSWORD}@{}/x", a.addr())).await, 200);
     }
+    // and a redirect whose Location carries userinfo
+    a.on("/hop", [Reply::redirect(302, &format!("http://{USER}:{PASSWORD}@{}/x", a.addr()))]);
+    assert_eq!(get(&client, &a.url("/hop")).await, 200);
     drop(_guard);
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("reuse idle connection for"), "{logs}");

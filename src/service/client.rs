@@ -67,7 +67,9 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // A redirect's Location may carry userinfo of its own: it never reaches the pool.
+        super::credentials::move_userinfo(&mut req);
         self.0.request(req).map_err(box_client_error as MapErrFn)
     }
 }
