@@ -153,8 +153,14 @@ async fn a_secret_bearing_url_leaks_into_no_sink() {
     assert!(!b.is_empty());
     assert!(b.iter().all(|r| r.header("authorization") == Some(BASIC)));
     assert_eq!(b[0].uri.query(), Some(secret_query.as_str()));
-    assert!(origin.requests_to("/ok.pdf").iter().all(|r| r.header("authorization") == Some(BASIC)));
-    assert!(origin.requests_to("/c.pdf").iter().all(|r| r.header("authorization").is_none()));
+    assert!(origin
+        .requests_to("/ok.pdf")
+        .iter()
+        .all(|r| r.header("authorization") == Some(BASIC)));
+    assert!(origin
+        .requests_to("/c.pdf")
+        .iter()
+        .all(|r| r.header("authorization").is_none()));
 
     // the archive, a third party, was asked about both failures, with no secret
     let asked = archive.requests_to("/wayback/available");
@@ -206,7 +212,9 @@ async fn userinfo_goes_to_its_origin_only() {
     assert_eq!(get(&client, &format!("http://{}/carrying", a.addr())).await, 200);
     let landed = b.requests_to("/landed");
     assert_eq!(landed.len(), 2);
-    assert!(landed[1].header("authorization").is_some_and(|v| v.starts_with("Basic ")));
+    assert!(landed[1]
+        .header("authorization")
+        .is_some_and(|v| v.starts_with("Basic ")));
 
     // a hop within the origin keeps it (tower-http's credential filter, as curl's
     // --location-trusted would not be needed for the same host)
@@ -243,10 +251,19 @@ async fn the_connection_pool_never_sees_userinfo() {
     let client = HttpClient::new(&HttpConfig::default()).unwrap();
     // twice: the second request reuses the pooled connection, which hyper-util logs
     for _ in 0..2 {
-        assert_eq!(get(&client, &format!("http://{USER}:{PASSWORD}@{}/x", a.addr())).await, 200);
+        assert_eq!(
+            get(&client, &format!("http://{USER}:{PASSWORD}@{}/x", a.addr())).await,
+            200
+        );
     }
     // and a redirect whose Location carries userinfo
-    a.on("/hop", [Reply::redirect(302, &format!("http://{USER}:{PASSWORD}@{}/x", a.addr()))]);
+    a.on(
+        "/hop",
+        [Reply::redirect(
+            302,
+            &format!("http://{USER}:{PASSWORD}@{}/x", a.addr()),
+        )],
+    );
     assert_eq!(get(&client, &a.url("/hop")).await, 200);
     drop(_guard);
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
@@ -267,7 +284,10 @@ async fn the_idempotency_ledger_keeps_no_secret() {
         .layer(IdempotencyLayer::with_ledger(ledger.clone(), "run", "me"))
         .service(HttpClient::new(&HttpConfig::default()).unwrap());
     // no work id: the ledger's job is named after the URL
-    let url = format!("http://{USER}:{PASSWORD}@{}/a.pdf?access_token={ACCESS_TOKEN}&v=1", sim.addr());
+    let url = format!(
+        "http://{USER}:{PASSWORD}@{}/a.pdf?access_token={ACCESS_TOKEN}&v=1",
+        sim.addr()
+    );
     let req = http::Request::get(url).body(Full::<Bytes>::default()).unwrap();
     assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
     assert_eq!(ledger.counts(None).await.unwrap().total(), 1);

@@ -64,10 +64,7 @@ mod tests {
     fn moved(uri: &str) -> (String, Option<String>) {
         let mut req = Request::get(uri).body(()).unwrap();
         move_userinfo(&mut req);
-        let auth = req
-            .headers()
-            .get(AUTHORIZATION)
-            .map(|v| v.to_str().unwrap().to_owned());
+        let auth = req.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
         (req.uri().to_string(), auth)
     }
 

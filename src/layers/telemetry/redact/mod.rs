@@ -2,13 +2,12 @@
 //! reach a span, a metric, an attempt record, the manifest or an error message; and the form
 //! of a URL that may be sent to a third party.
 //!
-//! Every place that turns a URL into text that leaves the process goes through one of two
-//! views, which allocate nothing until they are formatted:
-//! - [`RedactedUri`] ([`Redactor::redact`]) for a parsed [`Uri`];
-//! - [`RedactedUrl`] ([`Redactor::redact_str`], or [`redacted`] with the default names) for a
-//!   URL held as text, parseable or not, and [`Redactor::shareable`] / [`shareable`] for the
-//!   form given to a third party (the Wayback availability lookup): no userinfo, and the
-//!   secret parameters left out rather than masked.
+//! Every place that turns a URL into text that leaves the process goes through one type,
+//! [`RedactedUrl`], a view that allocates nothing until it is formatted:
+//! [`Redactor::redact`] for a parsed [`Uri`], [`Redactor::redact_str`] (or [`redacted`], with
+//! the default names) for a URL held as text, parseable or not, and [`Redactor::shareable`] /
+//! [`shareable`] for the form given to a third party (the Wayback availability lookup): no
+//! userinfo, and the secret parameters left out rather than masked.
 //!
 //! # Nested URLs
 //!
@@ -17,7 +16,7 @@
 //! nested deeper than that is replaced whole. Userinfo after a `://` inside the path (an
 //! archive's `/web/2020/http://user:pw@h/x`) is dropped too.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 use http::Uri;
@@ -162,14 +161,18 @@ impl Redactor {
     }
 
     /// A view of `uri` that displays it redacted; nothing is allocated until it is formatted.
-    pub fn redact<'a>(&'a self, uri: &'a Uri) -> RedactedUri<'a> {
-        RedactedUri { uri, redactor: self }
+    pub fn redact<'a>(&'a self, uri: &'a Uri) -> RedactedUrl<'a> {
+        RedactedUrl {
+            url: Source::Parsed(uri),
+            redactor: self,
+            mode: Mode::Mask,
+        }
     }
 
     /// A view of a URL held as text (parseable or not) that displays it redacted.
     pub fn redact_str<'a>(&'a self, url: &'a str) -> RedactedUrl<'a> {
         RedactedUrl {
-            url,
+            url: Source::Text(url),
             redactor: self,
             mode: Mode::Mask,
         }
@@ -179,19 +182,10 @@ impl Redactor {
     /// parameters left out (not masked: a masked value would only make the URL wrong).
     pub fn shareable<'a>(&'a self, url: &'a str) -> RedactedUrl<'a> {
         RedactedUrl {
-            url,
+            url: Source::Text(url),
             redactor: self,
             mode: Mode::Drop,
         }
-    }
-
-    /// Whether `url` would be displayed differently by [`redact_str`](Redactor::redact_str):
-    /// it carries userinfo or a secret. Allocates only while formatting.
-    pub fn has_secrets(&self, url: &str) -> bool {
-        let mut shown = String::with_capacity(url.len());
-        // writing to a String cannot fail
-        let _ = write!(shown, "{}", self.redact_str(url));
-        shown != url
     }
 
     fn is_sensitive(&self, raw_name: &str) -> bool {
@@ -202,16 +196,31 @@ impl Redactor {
     }
 }
 
-/// A URI displayed with its secrets replaced (see [`Redactor`]).
+/// A URL displayed with its secrets masked ([`Redactor::redact`], [`Redactor::redact_str`],
+/// [`redacted`]) or left out ([`Redactor::shareable`], [`shareable`]): the one type through
+/// which a URL becomes text that leaves the process.
 #[derive(Clone, Copy, Debug)]
-pub struct RedactedUri<'a> {
-    uri: &'a Uri,
+pub struct RedactedUrl<'a> {
+    url: Source<'a>,
     redactor: &'a Redactor,
+    mode: Mode,
 }
 
-impl fmt::Display for RedactedUri<'_> {
+/// The former name of [`RedactedUrl`], when it only viewed parsed URIs.
+pub type RedactedUri<'a> = RedactedUrl<'a>;
+
+#[derive(Clone, Copy, Debug)]
+enum Source<'a> {
+    Parsed(&'a Uri),
+    Text(&'a str),
+}
+
+impl fmt::Display for RedactedUrl<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let uri = self.uri;
+        let uri = match self.url {
+            Source::Text(url) => return write_url(f, url, self.redactor, self.mode, 0),
+            Source::Parsed(uri) => uri,
+        };
         if let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) {
             // Rebuilt from the host and port, so any userinfo in the authority is left out.
             write!(f, "{scheme}://{host}")?;
@@ -221,24 +230,9 @@ impl fmt::Display for RedactedUri<'_> {
         }
         write_path(f, uri.path())?;
         match uri.query() {
-            Some(query) => write_query(f, query, '?', self.redactor, Mode::Mask, 0),
+            Some(query) => write_query(f, query, '?', self.redactor, self.mode, 0),
             None => Ok(()),
         }
-    }
-}
-
-/// A URL held as text, displayed with its secrets replaced ([`Redactor::redact_str`],
-/// [`redacted`]) or left out ([`Redactor::shareable`], [`shareable`]).
-#[derive(Clone, Copy, Debug)]
-pub struct RedactedUrl<'a> {
-    url: &'a str,
-    redactor: &'a Redactor,
-    mode: Mode,
-}
-
-impl fmt::Display for RedactedUrl<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_url(f, self.url, self.redactor, self.mode, 0)
     }
 }
 
