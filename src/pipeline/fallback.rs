@@ -16,6 +16,7 @@ use crate::context::{OperationType, RetryAfterHint, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
 use crate::error::BoxError;
 use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
+use crate::layers::telemetry::redacted;
 use crate::reason::{classify_error, ReasonCode};
 use crate::resolvers::{resolver_by_name, HttpService, ResolveContext, Resolver};
 use crate::service::PipelineBody;
@@ -342,10 +343,11 @@ impl Fallback {
                                 source: DeferredBy::host_of(&candidate.url),
                                 retry_at,
                             };
+                            // the URL as the manifest and the logs may show it: no userinfo, no secrets
                             tally.failure_with_status(
                                 failure.reason,
                                 failure.status.map(|s| s.as_u16()),
-                                format!("{}: {}", candidate.url, failure.detail),
+                                format!("{}: {}", redacted(&candidate.url), failure.detail),
                                 Some(by),
                             );
                         }

@@ -238,10 +238,7 @@ impl Core {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let url = candidate
-                    .url
-                    .parse::<http::Uri>()
-                    .map_or_else(|_| candidate.url.clone(), |u| self.redactor.redact(&u).to_string());
+                let url = self.redactor.redact_str(&candidate.url).to_string();
                 let record = WorkRecord {
                     resolver: Some(candidate.resolver),
                     url: Some(url),

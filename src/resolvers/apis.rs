@@ -347,6 +347,11 @@ impl Resolver for Pmc {
 
 /// The Wayback Machine's availability API, `{base}/wayback/available?url=`, for the work's
 /// first PDF candidate or else its DOI URL; the snapshot is fetched raw (`id_`).
+///
+/// The archive is a third party: it is asked about the candidate's
+/// [shareable](crate::layers::telemetry::shareable) form, without userinfo and without the
+/// secret query parameters (left out, not masked, so that the archive can still match a
+/// capture of the public URL), never about the URL as the work carries it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wayback;
 
@@ -396,7 +401,7 @@ impl Resolver for Wayback {
     ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
         async move {
             let target = match (work.candidates.iter().find(|c| c.is_pdf), &work.doi) {
-                (Some(c), _) => c.url.clone(),
+                (Some(c), _) => crate::layers::telemetry::shareable(&c.url).to_string(),
                 (None, Some(doi)) => format!("https://doi.org/{doi}"),
                 (None, None) => return Ok(vec![]),
             };

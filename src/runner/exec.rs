@@ -551,10 +551,10 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
 
 /// `contentdownload fetch`: one URL through the shared client, streamed to a file.
 pub async fn fetch(args: &FetchArgs) -> Result<Exit, (Exit, String)> {
-    let uri: http::Uri = args
-        .url
-        .parse()
-        .map_err(|e| (Exit::Usage, format!("invalid URL {:?}: {e}", args.url)))?;
+    let uri: http::Uri = args.url.parse().map_err(|e| {
+        let shown = crate::layers::telemetry::redacted(&args.url).to_string();
+        (Exit::Usage, format!("invalid URL {shown:?}: {e}"))
+    })?;
     let client = HttpClient::new(&HttpConfig {
         mailto: args.mailto.clone(),
         ..HttpConfig::default()

@@ -65,7 +65,9 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // A redirect's Location may carry userinfo of its own: it never reaches the pool.
+        super::credentials::move_userinfo(&mut req);
         let target = ConnectTarget::of(req.uri());
         ClientFuture {
             inner: self.0.request(req),
@@ -113,7 +115,10 @@ impl std::future::Future for ClientFuture {
 /// (HTTP/1.1 and HTTP/2 by ALPN, webpki roots), with the polite User-Agent set by
 /// tower-http's `SetRequestHeader`, redirects followed by tower-http's `FollowRedirect`
 /// (bounded, http/https only, credentials dropped across origins), a connect timeout and
-/// an idle read timeout.
+/// an idle read timeout. Userinfo in a request URL (`http://user:pass@host/`) is sent as an
+/// `Authorization: Basic` header, as curl and reqwest do, and never reaches the connection
+/// pool (whose keys and debug logs would show it); like any `Authorization`, it is dropped
+/// on a redirect to another origin.
 ///
 /// Cloning is cheap and every clone shares the connection pool, so build one per process
 /// and clone it into every stack.
@@ -275,7 +280,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Above FollowRedirect, so that its policy sees the header and drops it when a hop
+        // leaves the origin; below nothing that could log the password.
+        super::credentials::move_userinfo(&mut req);
         ResponseFuture::new(self.inner.call(req), self.read_timeout)
     }
 }

@@ -21,6 +21,7 @@
 mod body;
 mod client;
 mod config;
+mod credentials;
 mod error;
 pub mod future;
 mod redirect;

@@ -109,6 +109,8 @@ where
             return ResponseFuture::direct(self.inner.call(req));
         };
         let url = url.unwrap_or_else(|| canonical_url(req.uri()));
+        // The key (derived above) saw the whole URL; the ledger keeps text on disk, redacted.
+        let url = crate::layers::telemetry::redacted(&url).to_string();
         let job = NewJob {
             run_id: gate.run_id.clone(),
             work_id: req.work_id().cloned().unwrap_or_else(|| WorkId::new(url.as_str())),

@@ -9,7 +9,9 @@
 //!
 //! Attributes follow the OpenTelemetry HTTP client semantic conventions:
 //! `http.request.method`, `url.full` (query values of `email`, `mailto`, `api_key`, `key`,
-//! `token` replaced by `REDACTED`, userinfo dropped; see [`Redactor`]), `server.address`,
+//! `token`, `access_token`, `sig`, `X-Amz-*` and the other [`DEFAULT_SENSITIVE_PARAMS`]
+//! replaced by `REDACTED`, also in URLs nested in query values, userinfo dropped; see
+//! [`Redactor`]), `server.address`,
 //! `server.port`, `http.response.status_code`, `error.type` (the status code for a 4xx/5xx,
 //! else an error class such as `connect_error`, `read_timeout`, `deferred`),
 //! `http.request.resend_count` (on resent attempts: [`AttemptNumber`](crate::context::AttemptNumber)
@@ -99,6 +101,8 @@ pub use self::body::TelemetryBody;
 pub use self::layer::{Placement, TelemetryLayer};
 pub use self::metrics::{names, RateSource, RetryBudgetExhausted, TelemetryMetrics, DURATION_BUCKETS};
 pub use self::record::{AttemptRecord, CsvSink, JsonlSink, MemorySink, RecordSink, SCHEMA_VERSION};
-pub use self::redact::{RedactedUri, Redactor, DEFAULT_SENSITIVE_PARAMS, REDACTED};
+pub use self::redact::{
+    redacted, shareable, RedactedUri, RedactedUrl, Redactor, DEFAULT_SENSITIVE_PARAMS, MAX_NESTING, REDACTED,
+};
 pub use self::service::Telemetry;
 pub use self::writer::RecordWriter;

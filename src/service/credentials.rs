@@ -1,0 +1,121 @@
+//! Userinfo in a request URL (`http://user:pass@host/`) becomes an `Authorization: Basic`
+//! header, as curl and reqwest do, and leaves the URI before it reaches hyper-util: the
+//! connection pool keys connections by the URI's authority and prints that key in its debug
+//! logs, so a password left in the URI would be logged.
+
+use std::str::FromStr;
+
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::uri::Authority;
+use http::{Request, Uri};
+use percent_encoding::percent_decode_str;
+
+/// Moves the userinfo of `req`'s URI into an `Authorization: Basic` header (marked
+/// sensitive), unless the request already has an `Authorization` header, and strips it from
+/// the URI either way. A request without userinfo is left as it is, at the cost of one scan
+/// of the authority for `@`.
+pub(crate) fn move_userinfo<B>(req: &mut Request<B>) {
+    let Some((userinfo, host)) = req.uri().authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return;
+    };
+    let Ok(host) = Authority::from_str(host) else {
+        // cannot happen for a URI that parsed; left alone rather than guessed at
+        return;
+    };
+    if !req.headers().contains_key(AUTHORIZATION) {
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let mut plain: Vec<u8> = percent_decode_str(user).collect();
+        plain.push(b':');
+        plain.extend(percent_decode_str(password));
+        if let Ok(mut value) = HeaderValue::from_str(&format!("Basic {}", base64(&plain))) {
+            value.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, value);
+        }
+    }
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(host);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for the one header that needs it.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = byte(0) << 16 | byte(1) << 8 | byte(2);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved(uri: &str) -> (String, Option<String>) {
+        let mut req = Request::get(uri).body(()).unwrap();
+        move_userinfo(&mut req);
+        let auth = req.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        (req.uri().to_string(), auth)
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+            ("Aladdin:open sesame", "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
+        }
+    }
+
+    #[test]
+    fn userinfo_becomes_basic_auth() {
+        assert_eq!(
+            moved("http://Aladdin:open%20sesame@127.0.0.1:8080/b.pdf?x=1"),
+            (
+                "http://127.0.0.1:8080/b.pdf?x=1".to_owned(),
+                Some("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==".to_owned())
+            )
+        );
+        // no password: an empty one, as reqwest does
+        assert_eq!(
+            moved("https://user@h.example/"),
+            ("https://h.example/".to_owned(), Some("Basic dXNlcjo=".to_owned()))
+        );
+        assert_eq!(moved("http://h.example/a@b"), ("http://h.example/a@b".to_owned(), None));
+    }
+
+    #[test]
+    fn an_explicit_header_wins_and_the_uri_is_stripped_anyway() {
+        let mut req = Request::get("http://u:p@h.example/")
+            .header(AUTHORIZATION, "Bearer t")
+            .body(())
+            .unwrap();
+        move_userinfo(&mut req);
+        assert_eq!(req.uri(), "http://h.example/");
+        assert_eq!(req.headers()[AUTHORIZATION], "Bearer t");
+    }
+
+    #[test]
+    fn the_header_is_marked_sensitive() {
+        let mut req = Request::get("http://u:p@h.example/").body(()).unwrap();
+        move_userinfo(&mut req);
+        assert!(req.headers()[AUTHORIZATION].is_sensitive());
+    }
+}
