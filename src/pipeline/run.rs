@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::fallback::{Fallback, TriedUrls};
 use super::second_pass::{second_attempt_at, SourceHints};
+use super::sibling::MAX_WAITING;
 use super::work::{cancelled, Later, Processed};
 use super::FallbackConfig;
 use crate::context::OperationType;
@@ -309,12 +310,10 @@ impl Pipeline {
                     "waiting for other workers' leases on these works to end (polling the ledger)"
                 );
                 let mut pending = leased.len();
+                let fetching = tokio::sync::Semaphore::new(self.core.config.workers);
                 let mut waits = std::pin::pin!(futures_util::stream::iter(leased)
-                    .map(|l| {
-                        let (core, cancel) = (self.core.clone(), cancel_rx.clone());
-                        async move { core.after_sibling(l, deadline, cancel).await }
-                    })
-                    .buffer_unordered(self.core.config.workers));
+                    .map(|l| self.core.after_sibling(l, deadline, &fetching, cancel_rx.clone()))
+                    .buffer_unordered(MAX_WAITING.max(self.core.config.workers)));
                 let mut countdown = tokio::time::interval_at(Instant::now() + COUNTDOWN_EVERY, COUNTDOWN_EVERY);
                 loop {
                     tokio::select! {

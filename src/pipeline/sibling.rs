@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::run::Core;
@@ -19,6 +19,8 @@ use crate::works::Work;
 pub(super) const POLL_FIRST: Duration = Duration::from_millis(100);
 /// The longest pause between two looks.
 pub(super) const POLL_MAX: Duration = Duration::from_secs(2);
+/// At most this many works wait for other workers' leases at once (each polls the ledger).
+pub(super) const MAX_WAITING: usize = 64;
 
 /// How a wait for another worker's lease ended.
 enum LeaseWait {
@@ -45,10 +47,14 @@ impl Core {
     /// `deadline`) for that lease to end, then claims the work, which yields the sibling's
     /// outcome (skipped, already downloaded) or the work to do (given back, expired, its
     /// holder ended); a work still held at `deadline` is left to its holder.
+    ///
+    /// Waiting is cheap, so many works wait at once; `fetching` (one permit per worker)
+    /// bounds how many of them fetch at once.
     pub(super) async fn after_sibling(
         &self,
         later: Later,
         deadline: Instant,
+        fetching: &Semaphore,
         cancel: watch::Receiver<bool>,
     ) -> Result<WorkRecord, LedgerError> {
         let work = later.work;
@@ -65,6 +71,9 @@ impl Core {
                 }
                 LeaseWait::Cancelled => return Ok(left_to_holder(&work, later.detail)),
             }
+            let Ok(_permit) = fetching.acquire().await else {
+                return Ok(left_to_holder(&work, later.detail));
+            };
             match self.process(work.clone(), true, cancel.clone()).await? {
                 Processed::Done(record) => return Ok(record),
                 Processed::Cancelled => return Ok(left_to_holder(&work, later.detail)),
