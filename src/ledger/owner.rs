@@ -5,9 +5,9 @@
 //! # Why an encoded owner string and not new columns?
 //!
 //! The owner is already a text column on both backends, written by every lease statement
-//! and compared by every conditional update. Encoding `host:pid:start:pidns` in it needs no
+//! and compared by every conditional update. Encoding `host:pid:start:pidns:boot` in it needs no
 //! migration on SQLite nor PostgreSQL, changes no statement, and stays readable in `status`
-//! and error messages (`leased by web1:4242:1234567:4026531836`). Owners that do not parse
+//! and error messages (`leased by web1:4242:1234567:4026531836:1a2b3c4d`). Owners that do not parse
 //! (an older version's `host-pid`, a name a library user chose) are simply of unknown
 //! liveness: their leases run out with their TTL, as before.
 //!
@@ -51,6 +51,10 @@ pub struct LeaseOwner {
     /// The process-id namespace (Linux: the inode of `/proc/self/ns/pid`; 0 elsewhere): two
     /// containers with the same host name do not see each other's processes.
     pub pid_ns: u64,
+    /// The kernel's boot (Linux: the first 8 hex digits of
+    /// `/proc/sys/kernel/random/boot_id`; empty elsewhere): two machines that share a host
+    /// name (cloned machines, `localhost`) are not the same kernel.
+    pub boot: String,
 }
 
 /// Whether the process that holds a lease is still running.
@@ -82,6 +86,7 @@ impl LeaseOwner {
                 pid,
                 start: start_time(pid).unwrap_or(0),
                 pid_ns: pid_namespace().unwrap_or(0),
+                boot: boot_id().unwrap_or_default(),
             }
         })
     }
@@ -89,7 +94,8 @@ impl LeaseOwner {
     /// Whether this owner is still running, as far as this process can tell.
     pub fn liveness(&self) -> Liveness {
         let me = LeaseOwner::current();
-        if self.host != me.host || self.pid_ns != me.pid_ns || me.start == 0 || self.start == 0 {
+        let same_kernel = self.host == me.host && self.pid_ns == me.pid_ns && self.boot == me.boot;
+        if !same_kernel || me.boot.is_empty() || me.start == 0 || self.start == 0 {
             return Liveness::Unknown;
         }
         match start_time(self.pid) {
@@ -103,16 +109,22 @@ impl LeaseOwner {
 
 impl fmt::Display for LeaseOwner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}:{}", self.host, self.pid, self.start, self.pid_ns)
+        write!(
+            f,
+            "{}:{}:{}:{}:{}",
+            self.host, self.pid, self.start, self.pid_ns, self.boot
+        )
     }
 }
 
 impl FromStr for LeaseOwner {
     type Err = ();
 
-    /// `host:pid:start:pidns`; anything else is `Err(())` (an owner of unknown liveness).
+    /// `host:pid:start:pidns:boot`; anything else is `Err(())` (an owner of unknown
+    /// liveness).
     fn from_str(s: &str) -> Result<Self, ()> {
-        let mut parts = s.rsplitn(4, ':');
+        let mut parts = s.rsplitn(5, ':');
+        let boot = parts.next().ok_or(())?.to_owned();
         let pid_ns = parts.next().ok_or(())?.parse().map_err(|_| ())?;
         let start = parts.next().ok_or(())?.parse().map_err(|_| ())?;
         let pid = parts.next().ok_or(())?.parse().map_err(|_| ())?;
@@ -122,6 +134,7 @@ impl FromStr for LeaseOwner {
             pid,
             start,
             pid_ns,
+            boot,
         })
     }
 }
@@ -140,6 +153,12 @@ fn start_time(pid: u32) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
     // `rest` starts with field 3 (state): field 22 is the 20th from here
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let short: String = id.chars().filter(char::is_ascii_hexdigit).take(8).collect();
+    (short.len() == 8).then_some(short)
 }
 
 fn pid_namespace() -> Option<u64> {
@@ -235,10 +254,11 @@ mod tests {
             pid: 42,
             start: 99,
             pid_ns: 7,
+            boot: "1a2b3c4d".into(),
         };
-        assert_eq!(o.to_string(), "web-1.example:42:99:7");
-        assert_eq!("web-1.example:42:99:7".parse::<LeaseOwner>(), Ok(o));
-        for odd in ["", "web1-4242", "w1", ":1:2:3", "h:x:2:3", "h:1:2", "h:1:2:-3"] {
+        assert_eq!(o.to_string(), "web-1.example:42:99:7:1a2b3c4d");
+        assert_eq!("web-1.example:42:99:7:1a2b3c4d".parse::<LeaseOwner>(), Ok(o));
+        for odd in ["", "web1-4242", "w1", ":1:2:3:b", "h:x:2:3:b", "h:1:2:b", "h:1:2:-3:b"] {
             assert!(odd.parse::<LeaseOwner>().is_err(), "{odd}");
             assert_eq!(liveness_of(Some(odd)), Liveness::Unknown, "{odd}");
         }
@@ -249,7 +269,7 @@ mod tests {
     #[test]
     fn a_process_that_ended_is_dead_and_this_one_alive() {
         let me = LeaseOwner::current();
-        assert!(me.start > 0 && me.pid_ns > 0, "{me}");
+        assert!(me.start > 0 && me.pid_ns > 0 && me.boot.len() == 8, "{me}");
         assert_eq!(me.liveness(), Liveness::Alive);
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
@@ -262,5 +282,12 @@ mod tests {
             ..me.clone()
         };
         assert_eq!(other_ns.liveness(), Liveness::Unknown);
+        // a machine with the same name is another kernel
+        let twin = LeaseOwner {
+            pid,
+            boot: "00000000".into(),
+            ..me.clone()
+        };
+        assert_eq!(twin.liveness(), Liveness::Unknown);
     }
 }

@@ -64,7 +64,7 @@ fn rate_config(settings: &RunSettings) -> RateLimitConfig {
     cfg
 }
 
-/// This process in the ledger: `host:pid:start:pidns` ([`LeaseOwner`]), so that a re-run on
+/// This process in the ledger: `host:pid:start:pidns:boot` ([`LeaseOwner`]), so that a re-run on
 /// this host takes back the leases of a process that has ended at once.
 fn worker_id() -> String {
     LeaseOwner::current().to_string()
