@@ -304,10 +304,15 @@ impl Pipeline {
             if !leased.is_empty() {
                 let ttl = self.core.config.lease_ttl;
                 let deadline = Instant::now() + ttl;
+                let mut holders: Vec<&str> = leased.iter().map(|l| l.detail.as_str()).collect();
+                holders.sort_unstable();
+                holders.dedup();
                 tracing::info!(
                     works = leased.len(),
                     max_wait_s = ttl.as_secs(),
-                    "waiting for other workers' leases on these works to end (polling the ledger)"
+                    holders = %holders.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+                    "waiting for other workers' leases on these works to end (polling the ledger); \
+                     what is still held after the wait is left to them"
                 );
                 let mut pending = leased.len();
                 let fetching = tokio::sync::Semaphore::new(self.core.config.workers);

@@ -63,13 +63,15 @@ impl Core {
         for _ in 0..5 {
             match self.await_lease(&work, deadline, &cancel).await? {
                 LeaseWait::Ended => {}
-                LeaseWait::Held(owner) => return Ok(left_to_holder(
-                    &work,
-                    format!(
+                LeaseWait::Held(owner) => {
+                    return Ok(left_to_holder(
+                        &work,
+                        format!(
                         "left to {owner}, which still held the work's lease after a wait of {} s (--lease-ttl-secs)",
                         self.config.lease_ttl.as_secs()
                     ),
-                )),
+                    ))
+                }
                 LeaseWait::Cancelled => return Ok(left_to_holder(&work, later.detail)),
             }
             let Ok(_permit) = fetching.acquire().await else {
