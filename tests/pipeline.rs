@@ -571,3 +571,45 @@ async fn works_leased_by_a_live_worker_are_waited_for_not_slept_on() {
     );
     assert_eq!(ledger.counts(None).await.unwrap().finalized, 5);
 }
+
+/// A ledger failure stops the run with an error, and the run gives back every lease it
+/// held (the failed work's and those of the works in flight), so that a re-run anywhere
+/// need not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_ledger_error_gives_back_the_runs_leases() {
+    use sqlx::ConnectOptions;
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(4096).delay(Duration::from_millis(30))]);
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    // the ledger refuses to finalize W1010: a database error, fatal to the run
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(out.path().join("ledger.sqlite"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF state ON jobs \
+         WHEN NEW.state = 'FINALIZED' AND OLD.work_id = 'W1010' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let pipeline = Pipeline::new(
+        config(&sim, out.path(), "w1"),
+        &stack(),
+        Some(ledger.clone()),
+        manifest(out.path()),
+    )
+    .unwrap();
+    let err = pipeline
+        .run(input(works(&sim, 100)), |_| {}, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    let counts = ledger.counts(None).await.unwrap();
+    assert_eq!(counts.leased, 0, "every lease given back: {counts:?}");
+    assert!(counts.finalized >= 10 && counts.finalized < 100, "{counts:?}");
+}

@@ -24,6 +24,10 @@ use crate::resolvers::{ResolveContext, ResolverConfig};
 use crate::service::{HttpService, Stack};
 use crate::works::{LineError, Work};
 
+/// After a fatal error, how long the works in flight get to stop and give their leases
+/// back before the run returns the error.
+const FATAL_DRAIN: Duration = Duration::from_secs(10);
+
 /// How often a run waiting for other workers' leases says how long it may still wait.
 const COUNTDOWN_EVERY: Duration = Duration::from_secs(10);
 
@@ -272,26 +276,45 @@ impl Pipeline {
                     }
                 })
                 .buffer_unordered(self.core.config.workers));
+            // A fatal error cancels the run like a shutdown: the works in flight give their
+            // leases back as they stop (for at most FATAL_DRAIN), then the error is returned.
+            let mut fatal: Option<PipelineError> = None;
+            let drain = tokio::time::sleep(Duration::ZERO);
+            let mut drain = std::pin::pin!(drain);
             loop {
                 tokio::select! {
                     () = &mut shutdown, if !interrupted => {
                         interrupted = true;
                         let _ = cancel_tx.send(true);
                     }
+                    () = &mut drain, if fatal.is_some() => break,
                     next = processing.next() => match next {
                         None => break,
-                        Some(result) => match result? {
-                            Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress)?,
-                            Processed::Cancelled => {}
-                            Processed::Later(work) => {
-                                counts.deferred += 1;
-                                progress(&counts);
-                                hints.note(&work.by);
-                                later.push(work);
+                        Some(_) if fatal.is_some() => {}
+                        Some(result) => {
+                            let step = result.map_err(PipelineError::from).and_then(|processed| match processed {
+                                Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress),
+                                Processed::Cancelled => Ok(()),
+                                Processed::Later(work) => {
+                                    counts.deferred += 1;
+                                    progress(&counts);
+                                    hints.note(&work.by);
+                                    later.push(work);
+                                    Ok(())
+                                }
+                            });
+                            if let Err(e) = step {
+                                tracing::error!("stopping the run: {e}");
+                                fatal = Some(e);
+                                let _ = cancel_tx.send(true);
+                                drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
                             }
-                        },
+                        }
                     },
                 }
+            }
+            if let Some(e) = fatal {
+                return Err(e);
             }
         }
         if !interrupted && !later.is_empty() {
