@@ -11,7 +11,6 @@ use tokio::time::Instant;
 
 use super::fallback::{Fallback, TriedUrls};
 use super::second_pass::{second_attempt_at, SourceHints};
-use super::sibling::MAX_WAITING;
 use super::work::{cancelled, Later, Processed};
 use super::FallbackConfig;
 use crate::context::OperationType;
@@ -325,23 +324,9 @@ impl Pipeline {
                 .partition(|l| l.reason == ReasonCode::LeasedElsewhere);
             later = rest;
             if !leased.is_empty() {
-                let ttl = self.core.config.lease_ttl;
-                let deadline = Instant::now() + ttl;
-                let mut holders: Vec<&str> = leased.iter().map(|l| l.detail.as_str()).collect();
-                holders.sort_unstable();
-                holders.dedup();
-                tracing::info!(
-                    works = leased.len(),
-                    max_wait_s = ttl.as_secs(),
-                    holders = %holders.iter().take(3).copied().collect::<Vec<_>>().join(", "),
-                    "waiting for other workers' leases on these works to end (polling the ledger); \
-                     what is still held after the wait is left to them"
-                );
                 let mut pending = leased.len();
-                let fetching = tokio::sync::Semaphore::new(self.core.config.workers);
-                let mut waits = std::pin::pin!(futures_util::stream::iter(leased)
-                    .map(|l| self.core.after_sibling(l, deadline, &fetching, cancel_rx.clone()))
-                    .buffer_unordered(MAX_WAITING.max(self.core.config.workers)));
+                let (deadline, waits) = self.core.after_siblings(leased, &cancel_rx);
+                let mut waits = std::pin::pin!(waits);
                 let mut countdown = tokio::time::interval_at(Instant::now() + COUNTDOWN_EVERY, COUNTDOWN_EVERY);
                 loop {
                     tokio::select! {

@@ -2,7 +2,10 @@
 //! machine on the same ledger): wait for that lease to end by polling the ledger, then take
 //! the sibling's outcome or the work itself; no blanket sleep of a lease TTL.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::stream::{Stream, StreamExt};
 
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
@@ -20,7 +23,7 @@ pub(super) const POLL_FIRST: Duration = Duration::from_millis(100);
 /// The longest pause between two looks.
 pub(super) const POLL_MAX: Duration = Duration::from_secs(2);
 /// At most this many works wait for other workers' leases at once (each polls the ledger).
-pub(super) const MAX_WAITING: usize = 64;
+const MAX_WAITING: usize = 64;
 
 /// How a wait for another worker's lease ended.
 enum LeaseWait {
@@ -43,6 +46,37 @@ pub(super) fn left_to_holder(work: &Work, detail: String) -> WorkRecord {
 }
 
 impl Core {
+    /// Waits for the works leased by other workers and settles each
+    /// ([`after_sibling`](Core::after_sibling)); at most [`MAX_WAITING`] wait at once, and
+    /// at most one per worker fetches at once. Returns when the waits give up (one lease
+    /// TTL from now) and the records, as they come.
+    pub(super) fn after_siblings<'a>(
+        &'a self,
+        leased: Vec<Later>,
+        cancel: &'a watch::Receiver<bool>,
+    ) -> (Instant, impl Stream<Item = Result<WorkRecord, LedgerError>> + 'a) {
+        let ttl = self.config.lease_ttl;
+        let deadline = Instant::now() + ttl;
+        let mut holders: Vec<&str> = leased.iter().map(|l| l.detail.as_str()).collect();
+        holders.sort_unstable();
+        holders.dedup();
+        tracing::info!(
+            works = leased.len(),
+            max_wait_s = ttl.as_secs(),
+            holders = %holders.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+            "waiting for other workers' leases on these works to end (polling the ledger); \
+             what is still held after the wait is left to them"
+        );
+        let fetching = Arc::new(Semaphore::new(self.config.workers));
+        let waits = futures_util::stream::iter(leased)
+            .map(move |l| {
+                let fetching = fetching.clone();
+                async move { self.after_sibling(l, deadline, &fetching, cancel.clone()).await }
+            })
+            .buffer_unordered(MAX_WAITING.max(self.config.workers));
+        (deadline, waits)
+    }
+
     /// A work that was leased by another worker when it came up: waits (at most
     /// `deadline`) for that lease to end, then claims the work, which yields the sibling's
     /// outcome (skipped, already downloaded) or the work to do (given back, expired, its
@@ -50,7 +84,7 @@ impl Core {
     ///
     /// Waiting is cheap, so many works wait at once; `fetching` (one permit per worker)
     /// bounds how many of them fetch at once.
-    pub(super) async fn after_sibling(
+    async fn after_sibling(
         &self,
         later: Later,
         deadline: Instant,
