@@ -204,7 +204,7 @@ pub const MANIFEST_SYNC_EVERY: Duration = Duration::from_secs(1);
 ///
 /// Several processes may share the folder and so the manifest: lines are buffered whole and
 /// written out as whole lines, one locked `O_APPEND` write per batch
-/// ([`LineAppender`](crate::append::LineAppender), whose docs say why one shared file and
+/// ([`LineAppender`], whose docs say why one shared file and
 /// not one per process), so no line is ever spliced with another process's.
 #[derive(Debug)]
 pub struct ManifestWriter {
