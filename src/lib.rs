@@ -51,6 +51,7 @@
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod adapters;
+pub mod append;
 pub mod context;
 pub mod download;
 pub mod error;

@@ -19,14 +19,15 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::append::LineAppender;
 use crate::reason::ReasonCode;
 
 /// The manifest's schema version, on every line.
@@ -221,12 +222,14 @@ pub const MANIFEST_SYNC_EVERY: Duration = Duration::from_secs(1);
 /// the lock) and flushes at its end, Ctrl-C included. After a power loss or kernel crash the
 /// last second of lines may be missing; the ledger, which commits every outcome, is the
 /// source of truth then, and a re-run skips what it recorded as done.
+///
+/// Several processes may share the folder and so the manifest: lines are buffered whole and
+/// written out as whole lines, one locked `O_APPEND` write per batch
+/// ([`LineAppender`], whose docs say why one shared file and
+/// not one per process), so no line is ever spliced with another process's.
 #[derive(Debug)]
 pub struct ManifestWriter {
-    path: PathBuf,
-    out: BufWriter<File>,
-    /// The same file, for syncing without holding the writer (and its lock).
-    sync_file: Arc<File>,
+    out: LineAppender,
     /// Lines were written out since the last sync.
     unsynced: bool,
 }
@@ -243,36 +246,33 @@ impl ManifestSync {
     }
 }
 
+/// Lines buffered beyond this are written out at once, whatever the run's rhythm.
+const MAX_BUFFERED: usize = 1 << 20;
+
 impl ManifestWriter {
     /// Opens (or creates) `<dir>/manifest.jsonl` for appending.
     pub fn open(dir: &Path) -> io::Result<Self> {
         let path = dir.join(MANIFEST_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let out = LineAppender::open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot open the manifest {}: {e}", path.display())))?;
-        let sync_file = Arc::new(
-            file.try_clone()
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot open the manifest {}: {e}", path.display())))?,
-        );
-        Ok(ManifestWriter {
-            path,
-            out: BufWriter::new(file),
-            sync_file,
-            unsynced: false,
-        })
+        Ok(ManifestWriter { out, unsynced: false })
     }
 
     /// The manifest's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.out.path()
     }
 
-    /// Writes one line (buffered).
+    /// Writes one line (buffered; written out at once when much is buffered).
     pub fn write(&mut self, line: &ManifestLine) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, line)?;
-        self.out.write_all(b"\n")
+        // serialised apart, so that a failure leaves no half line in the buffer
+        let mut bytes = serde_json::to_vec(line)?;
+        bytes.push(b'\n');
+        self.out.write_all(&bytes)?;
+        if self.out.pending() >= MAX_BUFFERED {
+            self.write_out()?;
+        }
+        Ok(())
     }
 
     /// Writes a value that serialises to a JSON object as an `attempt` line, adding
@@ -297,10 +297,10 @@ impl ManifestWriter {
         })
     }
 
-    /// Hands the buffered lines to the operating system, without waiting for the disk.
+    /// Hands the buffered lines to the operating system (whole lines, one locked append),
+    /// without waiting for the disk.
     pub fn write_out(&mut self) -> io::Result<()> {
-        if !self.out.buffer().is_empty() {
-            self.out.flush()?;
+        if self.out.write_out()? {
             self.unsynced = true;
         }
         Ok(())
@@ -313,14 +313,14 @@ impl ManifestWriter {
         if !std::mem::take(&mut self.unsynced) {
             return Ok(None);
         }
-        Ok(Some(ManifestSync(self.sync_file.clone())))
+        Ok(Some(ManifestSync(self.out.file().clone())))
     }
 
-    /// Flushes the buffer and syncs the file.
+    /// Writes the buffer out and syncs the file.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()?;
+        self.out.write_out()?;
         self.unsynced = false;
-        self.out.get_ref().sync_data()
+        self.out.sync()
     }
 }
 

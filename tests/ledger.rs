@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use contentdownload::context::{IdempotencyKey, WorkId};
 use contentdownload::ledger::{
-    Claim, JobId, JobResult, JobState, Ledger, LedgerConfig, LedgerError, NewJob, OpKey, OpStart, OpStatus,
+    Claim, JobId, JobResult, JobState, LeaseOwner, Ledger, LedgerConfig, LedgerError, NewJob, OpKey, OpStart, OpStatus,
 };
 use ledger_support::{backends, backends_with};
 
@@ -456,5 +456,79 @@ async fn a_finalized_job_whose_file_is_gone_is_replanned_once() {
         l.plan(&job("r", 1)).await.unwrap();
         let planned = l.get_by_key(&job("r", 1).key).await.unwrap().unwrap();
         assert!(!l.replan(&planned, "file missing").await.unwrap(), "{}", t.name);
+    }
+}
+
+/// A process on this host that has ended (this pid, another start time: a reused pid), one
+/// that is alive (this process) and one of unknown liveness (a name that does not say).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_leases_of_an_ended_process_on_this_host_are_taken_back_at_once() {
+    let hour = Duration::from_secs(3600);
+    for t in backends("dead_owner_leases").await {
+        let l = &t.ledger;
+        let me = LeaseOwner::current();
+        let dead = LeaseOwner {
+            start: me.start + 1,
+            ..me.clone()
+        }
+        .to_string();
+        let alive = me.to_string();
+        for i in 0..3 {
+            assert!(matches!(
+                l.claim(&job("r", i), &dead, hour).await.unwrap(),
+                Claim::Leased(_)
+            ));
+        }
+        assert!(matches!(
+            l.claim(&job("r", 3), &alive, hour).await.unwrap(),
+            Claim::Leased(_)
+        ));
+        assert!(matches!(
+            l.claim(&job("r", 4), "w-unknown", hour).await.unwrap(),
+            Claim::Leased(_)
+        ));
+        let k = l.start_op(
+            l.get_by_key(&job("r", 1).key).await.unwrap().unwrap().id,
+            "STREAM",
+            "u",
+            &dead,
+        );
+        assert!(matches!(k.await.unwrap(), OpStart::Started(_)));
+
+        // a claim that meets the dead owner's lease takes it (and the owner's other leases back)
+        match l.claim(&job("r", 0), "w-other", hour).await.unwrap() {
+            Claim::Leased(j) => assert_eq!(j.lease_owner.as_deref(), Some("w-other"), "{}", t.name),
+            other => panic!("{}: {other:?}", t.name),
+        }
+        let j1 = l.get_by_key(&job("r", 1).key).await.unwrap().unwrap();
+        assert_eq!(j1.state, JobState::Planned, "{}", t.name);
+        assert_eq!(l.ops(j1.id).await.unwrap()[0].status, OpStatus::Abandoned);
+        // live and unknown owners keep theirs, an hour before expiry
+        assert!(matches!(
+            l.claim(&job("r", 3), "w-other", hour).await.unwrap(),
+            Claim::Busy(_)
+        ));
+        assert!(matches!(
+            l.claim(&job("r", 4), "w-other", hour).await.unwrap(),
+            Claim::Busy(_)
+        ));
+
+        // reconciliation takes back a dead owner's leases too, and only those
+        assert!(matches!(
+            l.claim(&job("r", 1), &dead, hour).await.unwrap(),
+            Claim::Leased(_)
+        ));
+        assert!(matches!(
+            l.claim(&job("r", 2), &dead, hour).await.unwrap(),
+            Claim::Leased(_)
+        ));
+        assert_eq!(l.reconcile().await.unwrap().leases_reclaimed, 2, "{}", t.name);
+        assert_eq!(l.counts(Some("r")).await.unwrap().leased, 3, "{}", t.name);
+
+        // a worker stopping on a fatal error gives back what it holds
+        assert_eq!(l.release_all("w-other").await.unwrap(), 1);
+        assert_eq!(l.release_all("w-other").await.unwrap(), 0);
+        assert_eq!(l.counts(Some("r")).await.unwrap().leased, 2, "{}", t.name);
     }
 }

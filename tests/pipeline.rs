@@ -476,3 +476,141 @@ async fn the_manifest_is_complete_when_the_run_returns() {
     records.close().await.unwrap();
     ledger.close().await;
 }
+
+/// Two works are leased by another live worker when the run meets them: the run waits for
+/// those leases by polling the ledger (not for a lease TTL), then takes the other worker's
+/// outcome for the one it finished and does the one it gave back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_leased_by_a_live_worker_are_waited_for_not_slept_on() {
+    use contentdownload::context::{OperationType, WorkId};
+    use contentdownload::layers::idempotency::derive_key;
+    use contentdownload::ledger::{Claim, JobResult, NewJob};
+    use contentdownload::manifest::Outcome;
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(4096)]);
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    let all = works(&sim, 5);
+    // the sibling holds W1000 and W1001, for far longer than this test may take
+    let ttl = Duration::from_secs(600);
+    let mut held = Vec::new();
+    for w in &all[..2] {
+        let job = NewJob {
+            run_id: "run-0".into(),
+            work_id: WorkId::new(w.id.as_str()),
+            key: derive_key(
+                OperationType::Download,
+                Some(&WorkId::new(w.id.as_str())),
+                &format!("work:{}", w.id),
+            ),
+            canonical_url: format!("work:{}", w.id),
+        };
+        match ledger.claim(&job, "sibling", ttl).await.unwrap() {
+            Claim::Leased(j) => held.push(j.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    // once the first pass is over (3 done, 2 waiting), the sibling finishes W1000 and gives
+    // W1001 back
+    let first_pass_over = Arc::new(tokio::sync::Notify::new());
+    let sibling = {
+        let (ledger, go, held) = (ledger.clone(), first_pass_over.clone(), held.clone());
+        tokio::spawn(async move {
+            go.notified().await;
+            let result = JobResult {
+                outcome: Some("downloaded".into()),
+                path: Some("W1000.pdf".into()),
+                ..JobResult::default()
+            };
+            ledger
+                .finish(held[0], "sibling", JobState::Finalized, &result)
+                .await
+                .unwrap();
+            ledger.release(held[1], "sibling").await.unwrap();
+        })
+    };
+    let mut cfg = config(&sim, out.path(), "w1");
+    cfg.lease_ttl = ttl;
+    let pipeline = Pipeline::new(cfg, &stack(), Some(ledger.clone()), manifest(out.path())).unwrap();
+    let go = first_pass_over.clone();
+    let progress = move |p: &Progress| {
+        if (p.done, p.deferred) == (3, 2) {
+            go.notify_one();
+        }
+    };
+    let summary = tokio::time::timeout(
+        Duration::from_secs(30),
+        pipeline.run(input(all), progress, std::future::pending()),
+    )
+    .await
+    .expect("no lease TTL slept")
+    .unwrap();
+    sibling.await.unwrap();
+    assert_eq!(
+        (summary.downloaded, summary.skipped, summary.deferred),
+        (4, 1, 0),
+        "{summary:?}"
+    );
+    assert_eq!(sim.count("/pdf/*"), 4, "W1000 came from the sibling");
+    let (lines, bad) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
+    assert_eq!(bad, 0);
+    let w1000 = lines
+        .iter()
+        .find_map(|l| match &l.record {
+            ManifestRecord::Work(w) if w.work_id == "W1000" => Some(w.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (w1000.outcome, w1000.reason, w1000.path.as_deref()),
+        (
+            Some(Outcome::Skipped),
+            Some(ReasonCode::AlreadyDownloaded),
+            Some("W1000.pdf")
+        )
+    );
+    assert_eq!(ledger.counts(None).await.unwrap().finalized, 5);
+}
+
+/// A ledger failure stops the run with an error, and the run gives back every lease it
+/// held (the failed work's and those of the works in flight), so that a re-run anywhere
+/// need not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_ledger_error_gives_back_the_runs_leases() {
+    use sqlx::ConnectOptions;
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(4096).delay(Duration::from_millis(30))]);
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    // the ledger refuses to finalize W1010: a database error, fatal to the run
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(out.path().join("ledger.sqlite"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF state ON jobs \
+         WHEN NEW.state = 'FINALIZED' AND OLD.work_id = 'W1010' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let pipeline = Pipeline::new(
+        config(&sim, out.path(), "w1"),
+        &stack(),
+        Some(ledger.clone()),
+        manifest(out.path()),
+    )
+    .unwrap();
+    let err = pipeline
+        .run(input(works(&sim, 100)), |_| {}, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    let counts = ledger.counts(None).await.unwrap();
+    assert_eq!(counts.leased, 0, "every lease given back: {counts:?}");
+    assert!(counts.finalized >= 10 && counts.finalized < 100, "{counts:?}");
+}

@@ -247,7 +247,9 @@ impl Ledger {
                 let claimable = match found.state {
                     JobState::Planned | JobState::Failed | JobState::Deferred => true,
                     JobState::Leased => {
-                        found.lease_owner.as_deref() == Some(owner) || found.lease_expires_at.is_some_and(|t| t < now)
+                        found.lease_owner.as_deref() == Some(owner)
+                            || found.lease_expires_at.is_some_and(|t| t < now)
+                            || self.took_back_from_the_dead(found.lease_owner.as_deref()).await?
                     }
                     JobState::Finalized | JobState::Skipped => false,
                 };

@@ -17,7 +17,9 @@
 //!   planned again with [`replan`](Ledger::replan), conditional on the result the caller saw.
 //! - **Reconciliation** at start-up ([`reconcile`](Ledger::reconcile)): jobs whose lease
 //!   expired (their worker died) go back to PLANNED, their attempt staying counted; side
-//!   effects (ops) left unfinished past the TTL become ABANDONED.
+//!   effects (ops) left unfinished past the TTL become ABANDONED. A lease owner names its
+//!   host, process and start time ([`LeaseOwner`]): the leases of a process on this host
+//!   that has ended are taken back at once, at reconciliation and when a claim meets one.
 //! - **Ops** record side effects per job (`HEAD`, `STREAM`, `FINALIZE`, ...) keyed by a hash
 //!   of kind, job and context ([`OpKey`]), with start, finish and a capped result, so a
 //!   restarted worker knows what already happened.
@@ -64,6 +66,7 @@ mod connect;
 mod error;
 mod jobs;
 mod ops;
+mod owner;
 #[cfg(feature = "postgres")]
 mod pg_batch;
 mod query;
@@ -76,6 +79,8 @@ use std::time::Duration;
 pub use self::connect::{redact_url, LedgerClock, LedgerConfig, DEFAULT_CONNECT_TIMEOUT, SQLITE_FILE_NAME};
 pub use self::error::LedgerError;
 pub use self::jobs::Claim;
+pub(crate) use self::owner::liveness_of;
+pub use self::owner::{LeaseOwner, Liveness};
 pub(crate) use self::types::hex;
 pub use self::types::{Job, JobId, JobResult, JobState, NewJob, Op, OpKey, OpStart, OpStatus, Reconciled, StateCounts};
 

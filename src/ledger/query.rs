@@ -11,11 +11,14 @@ impl Ledger {
     /// Start-up reconciliation. Jobs whose lease expired go back to PLANNED (lease cleared,
     /// attempt kept counted); STARTED ops become ABANDONED when their job has no live lease and
     /// they are older than the lease TTL or belonged to a lease that just expired. Safe to run
-    /// while other workers are live: it only touches what no live lease covers.
+    /// while other workers are live: it only touches what no live lease covers. First, the
+    /// leases of processes on this host that have ended are taken back whatever their
+    /// expiry ([`reclaim_dead_owners`](Ledger::reclaim_dead_owners)).
     pub async fn reconcile(&self) -> Result<Reconciled, LedgerError> {
+        let dead = self.reclaim_dead_owners().await?;
         let now = self.now();
         let cutoff = now.saturating_sub(ms(self.inner.lease_ttl));
-        with_write_pool!(self, pool => {
+        let expired: Reconciled = with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let ops = sqlx::query(
                 "UPDATE ops SET status = 'ABANDONED', finished_at = $1 WHERE status = 'STARTED' \
@@ -38,7 +41,11 @@ impl Ledger {
             .map_err(LedgerError::db("reclaim expired leases"))?
             .rows_affected();
             tx.commit().await.map_err(LedgerError::db("commit reconciliation"))?;
-            Ok(Reconciled { leases_reclaimed: jobs, ops_abandoned: ops })
+            Reconciled { leases_reclaimed: jobs, ops_abandoned: ops }
+        });
+        Ok(Reconciled {
+            leases_reclaimed: expired.leases_reclaimed + dead,
+            ..expired
         })
     }
 

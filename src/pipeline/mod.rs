@@ -7,6 +7,7 @@ mod config;
 mod fallback;
 mod run;
 mod second_pass;
+mod sibling;
 mod work;
 
 pub use self::config::{FallbackConfig, FallbackConfigError, TierConfig};

@@ -23,6 +23,13 @@ use crate::resolvers::{ResolveContext, ResolverConfig};
 use crate::service::{HttpService, Stack};
 use crate::works::{LineError, Work};
 
+/// After a fatal error, how long the works in flight get to stop and give their leases
+/// back before the run returns the error.
+const FATAL_DRAIN: Duration = Duration::from_secs(10);
+
+/// How often a run waiting for other workers' leases says how long it may still wait.
+const COUNTDOWN_EVERY: Duration = Duration::from_secs(10);
+
 /// What a [`Pipeline`] needs besides the stack, the ledger and the manifest.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -183,7 +190,31 @@ impl Pipeline {
     /// completes, no new work starts, the works in flight abandon their downloads (partial
     /// files removed, leases released so a re-run picks them up at once), deferred works
     /// are recorded as deferred, and the summary says `interrupted`.
+    ///
+    /// A run that fails (a ledger or manifest error) gives back every lease it holds before
+    /// returning the error, so that a re-run, here or elsewhere, need not wait for them.
     pub async fn run<S, P, F>(&self, works: S, progress: P, shutdown: F) -> Result<SummaryRecord, PipelineError>
+    where
+        S: Stream<Item = Result<Work, LineError>>,
+        P: Fn(&Progress),
+        F: Future<Output = ()>,
+    {
+        let result = self.run_inner(works, progress, shutdown).await;
+        if let (Err(e), Some(ledger)) = (&result, &self.core.ledger) {
+            lock(&self.core.held).clear();
+            match ledger.release_all(&self.core.config.worker_id).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(leases = n, "gave back this worker's leases after a fatal error: {e}"),
+                Err(release) => tracing::warn!(
+                    "could not give back this worker's leases after a fatal error ({release}); \
+                     a re-run on this host takes them back at once, elsewhere after their TTL"
+                ),
+            }
+        }
+        result
+    }
+
+    async fn run_inner<S, P, F>(&self, works: S, progress: P, shutdown: F) -> Result<SummaryRecord, PipelineError>
     where
         S: Stream<Item = Result<Work, LineError>>,
         P: Fn(&Progress),
@@ -248,55 +279,90 @@ impl Pipeline {
                     }
                 })
                 .buffer_unordered(self.core.config.workers));
+            // A fatal error cancels the run like a shutdown: the works in flight give their
+            // leases back as they stop (for at most FATAL_DRAIN), then the error is returned.
+            let mut fatal: Option<PipelineError> = None;
+            let drain = tokio::time::sleep(Duration::ZERO);
+            let mut drain = std::pin::pin!(drain);
             loop {
                 tokio::select! {
                     () = &mut shutdown, if !interrupted => {
                         interrupted = true;
                         let _ = cancel_tx.send(true);
                     }
+                    () = &mut drain, if fatal.is_some() => break,
                     next = processing.next() => match next {
                         None => break,
-                        Some(result) => match result? {
-                            Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress)?,
-                            Processed::Cancelled => {}
-                            Processed::Later(work) => {
-                                counts.deferred += 1;
-                                progress(&counts);
-                                hints.note(&work.by);
-                                later.push(work);
+                        Some(_) if fatal.is_some() => {}
+                        Some(result) => {
+                            let step = result.map_err(PipelineError::from).and_then(|processed| match processed {
+                                Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress),
+                                Processed::Cancelled => Ok(()),
+                                Processed::Later(work) => {
+                                    counts.deferred += 1;
+                                    progress(&counts);
+                                    hints.note(&work.by);
+                                    later.push(work);
+                                    Ok(())
+                                }
+                            });
+                            if let Err(e) = step {
+                                tracing::error!("stopping the run: {e}");
+                                fatal = Some(e);
+                                let _ = cancel_tx.send(true);
+                                drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
                             }
-                        },
+                        }
                     },
                 }
             }
+            if let Some(e) = fatal {
+                return Err(e);
+            }
         }
         if !interrupted && !later.is_empty() {
-            if later.iter().any(|l| l.reason == ReasonCode::LeasedElsewhere) {
-                // let the other worker's leases run out (or be renewed) before asking again
-                tracing::info!(
-                    works = later.len(),
-                    "second pass over deferred works after the leases' TTL"
-                );
-                tokio::select! {
-                    () = &mut shutdown => interrupted = true,
-                    () = tokio::time::sleep(self.core.config.lease_ttl) => {}
-                }
-                if let (false, Some(ledger)) = (interrupted, &self.core.ledger) {
-                    ledger.reconcile().await?;
+            // Works leased by another worker: wait for each lease to end (polling the ledger),
+            // then take the other worker's outcome or the work; no blanket sleep.
+            let (leased, rest): (Vec<Later>, Vec<Later>) = std::mem::take(&mut later)
+                .into_iter()
+                .partition(|l| l.reason == ReasonCode::LeasedElsewhere);
+            later = rest;
+            if !leased.is_empty() {
+                let mut pending = leased.len();
+                let (deadline, waits) = self.core.after_siblings(leased, &cancel_rx);
+                let mut waits = std::pin::pin!(waits);
+                let mut countdown = tokio::time::interval_at(Instant::now() + COUNTDOWN_EVERY, COUNTDOWN_EVERY);
+                loop {
+                    tokio::select! {
+                        () = &mut shutdown, if !interrupted => {
+                            interrupted = true;
+                            let _ = cancel_tx.send(true);
+                        }
+                        _ = countdown.tick() => tracing::info!(
+                            works = pending,
+                            left_s = deadline.saturating_duration_since(Instant::now()).as_secs(),
+                            "still waiting for other workers' leases; what is still held then is left to them"
+                        ),
+                        next = waits.next() => match next {
+                            None => break,
+                            Some(record) => {
+                                pending -= 1;
+                                counts.deferred = counts.deferred.saturating_sub(1);
+                                self.record(record?, &mut summary, &mut counts, &progress)?;
+                            }
+                        },
+                    }
                 }
             }
             // Each work waits for its provider's hint, in hint order, up to the maximum wait
-            // from here; a work leased elsewhere has had its wait above.
+            // from here.
             let start = Instant::now();
             let max_wait = self.core.config.second_pass_max_wait;
             let mut planned: Vec<(Option<Instant>, Option<Instant>, Later)> = std::mem::take(&mut later)
                 .into_iter()
-                .map(|l| match l.reason {
-                    ReasonCode::LeasedElsewhere => (Some(start), None, l),
-                    _ => {
-                        let hint = hints.work_hint(&l.by);
-                        (second_attempt_at(start, hint, max_wait), hint, l)
-                    }
+                .map(|l| {
+                    let hint = hints.work_hint(&l.by);
+                    (second_attempt_at(start, hint, max_wait), hint, l)
                 })
                 .collect();
             // those that go first, by time; those that stay deferred at the end

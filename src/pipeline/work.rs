@@ -82,7 +82,7 @@ impl Core {
         })
     }
 
-    fn job_for(&self, work: &Work) -> NewJob {
+    pub(super) fn job_for(&self, work: &Work) -> NewJob {
         let work_id = WorkId::new(work.id.as_str());
         let canonical = match &work.doi {
             Some(doi) => format!("https://doi.org/{doi}"),

@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::layers::learning::{InspectError, Learner, LearningPolicy};
 use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
-use crate::ledger::{redact_url, Ledger, LedgerConfig, LedgerError};
+use crate::ledger::{redact_url, LeaseOwner, Ledger, LedgerConfig, LedgerError};
 use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord};
 use crate::pipeline::{Pipeline, PipelineConfig, Progress};
 use crate::resolvers::ResolverConfig;
@@ -70,12 +70,10 @@ fn rate_config(settings: &RunSettings) -> RateLimitConfig {
     cfg
 }
 
+/// This process in the ledger: `host:pid:start:pidns:boot` ([`LeaseOwner`]), so that a re-run on
+/// this host takes back the leases of a process that has ended at once.
 fn worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let host = if host.is_empty() { "host".to_owned() } else { host };
-    format!("{host}-{}", std::process::id())
+    LeaseOwner::current().to_string()
 }
 
 /// A run id from the clock: `run-<unix seconds>-<pid>`.

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::append::{same_file, LineAppender};
+
 use crate::context::OperationType;
 
 /// The version of the [`AttemptRecord`] layout; bumped on any incompatible change.
@@ -185,36 +187,61 @@ impl CsvSink {
     }
 
     /// Appends to the file at `path`, so that it keeps every run's attempts (each row has its
-    /// `run_id`). The header row is written only when the file is new or empty. A file whose
-    /// header is not this version's (an older layout) is not mixed with new rows: it is moved
-    /// aside to `<stem>.<UTC timestamp>.<ext>` (`attempts.20261122T081952Z.csv`), with a
-    /// warning, and a new file is started.
-    pub fn append(path: impl AsRef<Path>) -> io::Result<Self> {
+    /// `run_id`). The header row is written at once when the file is new or empty (so a run
+    /// without a single attempt still leaves a file with its header). A file whose header is
+    /// not this version's (an older layout) is not mixed with new rows: it is moved aside to
+    /// `<stem>.<UTC timestamp>.<ext>` (`attempts.20261122T081952Z.csv`), with a warning, and a
+    /// new file is started.
+    ///
+    /// Several processes may append to one file at once: the header is decided and written
+    /// under the file's lock (one header however many start together on an empty file), and
+    /// rows go out as whole rows, one locked `O_APPEND` write per batch (see
+    /// [`LineAppender`]).
+    pub fn append(path: impl AsRef<Path>) -> io::Result<CsvSink<LineAppender>> {
         let path = path.as_ref();
         let header = csv_header()?;
-        let mut needs_header = true;
-        let mut needs_newline = false;
-        if let Some(found) = first_line(path)? {
-            if found.trim_end_matches(['\r', '\n']) == header {
-                needs_header = false;
-                needs_newline = !ends_with_newline(path)?;
-            } else {
-                let aside = set_aside(path)?;
-                tracing::warn!(
-                    file = %path.display(),
-                    moved_to = %aside.display(),
-                    "the attempts file has another header (an older version's layout); it was moved aside and a new one started"
-                );
+        // bounded: another process may move the file aside between our open and our lock
+        for _ in 0..5 {
+            let out = LineAppender::open(path)?;
+            let opened = out.with_lock(|file| {
+                if !same_file(file, path)? {
+                    return Ok(false);
+                }
+                let write = |bytes: &[u8]| {
+                    let mut f = file;
+                    f.write_all(bytes)
+                };
+                match first_line(path)? {
+                    None => write(format!("{header}\n").as_bytes())?,
+                    Some(found) if found.trim_end_matches(['\r', '\n']) == header => {
+                        if !ends_with_newline(path)? {
+                            // the last row of a run that stopped mid-write: do not glue the
+                            // next one to it
+                            write(b"\n")?;
+                        }
+                    }
+                    Some(_) => {
+                        let aside = set_aside(path)?;
+                        tracing::warn!(
+                            file = %path.display(),
+                            moved_to = %aside.display(),
+                            "the attempts file has another header (an older version's layout); it was moved aside and a new one started"
+                        );
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })?;
+            if opened {
+                return Ok(CsvSink {
+                    out: csv::WriterBuilder::new().has_headers(false).from_writer(out),
+                });
             }
         }
-        let mut file = File::options().create(true).append(true).open(path)?;
-        if needs_newline {
-            // the last row of a run that stopped mid-write: do not glue the next one to it
-            file.write_all(b"\n")?;
-        }
-        Ok(CsvSink {
-            out: csv::WriterBuilder::new().has_headers(needs_header).from_writer(file),
-        })
+        Err(io::Error::other(format!(
+            "cannot open {}: it keeps being moved aside or replaced",
+            path.display()
+        )))
     }
 }
 
@@ -486,6 +513,59 @@ mod tests {
         let empty = std::fs::read_to_string(dir.path().join("empty.csv")).unwrap();
         assert!(empty.starts_with("schema_version,"), "{empty}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing set aside");
+    }
+
+    #[test]
+    fn a_run_without_attempts_still_writes_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempts.csv");
+        drop(CsvSink::append(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), csv_header().unwrap() + "\n");
+    }
+
+    /// Threads stand for processes starting together on one empty file: one header between
+    /// them, and every row whole.
+    #[test]
+    fn processes_starting_together_write_one_header_and_whole_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempts.csv");
+        let start = Arc::new(std::sync::Barrier::new(6));
+        let threads: Vec<_> = (0..6u32)
+            .map(|w| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut sink = CsvSink::append(&path).unwrap();
+                    for i in 0..300u32 {
+                        let record = AttemptRecord {
+                            run_id: Some(format!("run-{w}")),
+                            url: format!("https://example.org/{}", "p".repeat((i as usize * 53) % 3000)),
+                            ..sample(i)
+                        };
+                        sink.write(&record).unwrap();
+                        if i % 7 == 0 {
+                            sink.write_out().unwrap();
+                        }
+                    }
+                    RecordSink::flush(&mut sink).unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("schema_version").count(), 1);
+        assert!(text.starts_with(&csv_header().unwrap()));
+        let mut reader = csv::Reader::from_path(&path).unwrap();
+        let rows: Vec<AttemptRecord> = reader.deserialize().collect::<Result<_, _>>().unwrap();
+        assert_eq!(rows.len(), 6 * 300);
+        for r in &rows {
+            assert_eq!(
+                r.url.len(),
+                "https://example.org/".len() + (r.attempt as usize * 53) % 3000
+            );
+        }
     }
 
     #[test]
