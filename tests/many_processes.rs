@@ -215,7 +215,9 @@ async fn four_processes_share_a_folder_and_a_sqlite_ledger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_share_a_folder_and_a_postgres_ledger() {
-    let Some(url) = ledger_support::pg_url() else { return };
+    let Some(url) = ledger_support::pg_url("four_processes_share_a_folder_and_a_postgres_ledger") else {
+        return;
+    };
     let schema = ledger_support::unique_schema("four_processes");
     let mut config = LedgerConfig::new(url.clone());
     config.pg_schema = Some(schema.clone());

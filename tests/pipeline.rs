@@ -516,8 +516,12 @@ async fn works_leased_by_a_live_worker_are_waited_for_not_slept_on() {
     let first_pass_over = Arc::new(tokio::sync::Notify::new());
     let sibling = {
         let (ledger, go, held) = (ledger.clone(), first_pass_over.clone(), held.clone());
+        let dir = out.path().to_owned();
         tokio::spawn(async move {
             go.notified().await;
+            // the sibling's file is on disk, as its FINALIZED row says (the ledger believes
+            // the disk: a row without its file would be planned again)
+            std::fs::write(dir.join("W1000.pdf"), b"%PDF-1.4 sibling").unwrap();
             let result = JobResult {
                 outcome: Some("downloaded".into()),
                 path: Some("W1000.pdf".into()),
@@ -612,5 +616,6 @@ async fn a_fatal_ledger_error_gives_back_the_runs_leases() {
     assert!(err.to_string().contains("injected failure"), "{err}");
     let counts = ledger.counts(None).await.unwrap();
     assert_eq!(counts.leased, 0, "every lease given back: {counts:?}");
-    assert!(counts.finalized >= 10 && counts.finalized < 100, "{counts:?}");
+    // the works in flight when the error came were cancelled and given back, not finished
+    assert!(counts.finalized < 100 && counts.planned > 0, "{counts:?}");
 }
