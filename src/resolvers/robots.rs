@@ -31,7 +31,7 @@
 //! `texting_robots` 0.2.2 (2023) is tested against Google's and reppy's suites and real
 //! files from millions of sites, is fuzzed, reads `Crawl-delay`, builds on our MSRV, and its
 //! dependencies (`regex`, `nom`, `url`, `percent-encoding`, `anyhow`, `lazy_static`) are
-//! already in our tree but for `bstr` 0.2 and `thiserror` 1. `robotstxt` 0.3.0 (2021, a port
+//! already in our tree but for `bstr` 0.2 (with `regex-automata` 0.1) and `thiserror` 1. `robotstxt` 0.3.0 (2021, a port
 //! of Google's C++ parser, no dependencies) has an open, unfixed panic on multi-byte
 //! characters (Folyd/robotstxt#5: a server could crash a worker) and does not read
 //! `Crawl-delay`.

@@ -339,6 +339,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_cap_holds_against_set_rate_and_eviction() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(10.0, 5),
+            idle_timeout: Duration::from_secs(60),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("landing");
+        assert!(lim.reserve(&k).unwrap().is_zero());
+        lim.cap_rate(&k, 0.5);
+        assert_eq!(lim.rate(&k), 0.5);
+        lim.set_rate(&k, 50.0); // what a learner would do after a success
+        assert_eq!(lim.rate(&k), 0.5, "held under the cap");
+        // no burst: each reservation waits its 2 s after the one before
+        let a = lim.reserve(&k).unwrap();
+        let b = lim.reserve(&k).unwrap();
+        assert!(b.saturating_sub(a) >= Duration::from_millis(1_999), "{a:?} {b:?}");
+        // a higher cap does not loosen it; another partition is untouched
+        lim.cap_rate(&k, 5.0);
+        assert_eq!(lim.rate(&k), 0.5);
+        assert_eq!(lim.rate(&key("other")), 10.0);
+        // evicted while idle, the bucket comes back capped, without a burst
+        tokio::time::advance(Duration::from_secs(120)).await;
+        lim.evict_idle();
+        assert_eq!(lim.configured(&k), Quota::new(0.5, 1));
+        assert!(lim.reserve(&k).unwrap().is_zero());
+        assert!(lim.reserve(&k).unwrap() >= Duration::from_millis(1_999));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn burst_then_spacing() {
         let lim = RateLimiter::new(RateLimitConfig {
             default: Quota::new(10.0, 3),
