@@ -167,6 +167,22 @@ async fn a_missing_robots_txt_allows_everything() {
 }
 
 #[tokio::test]
+async fn only_the_first_500_kib_of_robots_txt_are_read() {
+    let sim = Simulator::start().await.unwrap();
+    // a rule after 600 KiB of comment is past the cap (RFC 9309 §2.5): not read
+    let txt = format!("User-agent: *\n#{}\nDisallow: /\n", "x".repeat(600 * 1024));
+    sim.on("/robots.txt", [robots(&txt)]);
+    sim.on("/landing/*", [page(&sim.url("/pdf/x.pdf"))]);
+    sim.on("/pdf/*", [Reply::pdf(5_000)]);
+    let env = Env::new(&sim.url("/landing"), true);
+    let got = fallback("page=landing")
+        .fetch(&Work::from_doi("10.1000/a").unwrap(), env.fetch_env())
+        .await;
+    assert!(matches!(got, FetchResult::Downloaded { .. }), "{got:?}");
+    assert_eq!(sim.count("/landing/*"), 1);
+}
+
+#[tokio::test]
 async fn a_server_error_on_robots_txt_disallows_the_origin_for_the_run() {
     let sim = Simulator::start().await.unwrap();
     sim.on("/robots.txt", [Reply::status(500)]);
