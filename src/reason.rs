@@ -56,6 +56,9 @@ pub enum ReasonCode {
     InvalidUrl,
     /// Too many redirects, or a redirect to another scheme.
     RedirectRefused,
+    /// The page's site does not allow us by its robots.txt (or its robots.txt could not be
+    /// had: a server error counts as "disallow all" for the run); the page was not fetched.
+    RobotsDisallowed,
     /// Writing the file failed (a full disk, permissions).
     IoError,
     /// Another worker holds the work's lease.
@@ -92,6 +95,7 @@ impl ReasonCode {
             ReasonCode::ResolverError => "resolver_error",
             ReasonCode::InvalidUrl => "invalid_url",
             ReasonCode::RedirectRefused => "redirect_refused",
+            ReasonCode::RobotsDisallowed => "robots_disallowed",
             ReasonCode::IoError => "io_error",
             ReasonCode::LeasedElsewhere => "leased_elsewhere",
             ReasonCode::Cancelled => "cancelled",
@@ -111,7 +115,8 @@ impl ReasonCode {
     ///    `not_pdf`, `too_small`, `missing_eof`, `html_tail`, `too_large`.
     /// 3. `http_status` (80): the server answered, with a status (in the detail); then
     ///    `throttled` (75).
-    /// 4. The server refused where to go (70 `redirect_refused`, 65 `invalid_url`).
+    /// 4. The server refused where to go (70 `redirect_refused`, 68 `robots_disallowed`,
+    ///    65 `invalid_url`).
     /// 5. A server that answered badly (60 `truncated`, 55 `timeout`), a source that put
     ///    the work off (50 `deferred`, `cooling_down`, `rate_limited`), a spent budget (45).
     /// 6. A resolver's unusable answer (40 `resolver_error`), anything else (35 `other`).
@@ -127,6 +132,7 @@ impl ReasonCode {
             HttpStatus => 80,
             Throttled => 75,
             RedirectRefused => 70,
+            RobotsDisallowed => 68,
             InvalidUrl => 65,
             Truncated => 60,
             Timeout => 55,
@@ -158,7 +164,7 @@ impl ReasonCode {
             IoError | Truncated | Timeout | ConnectError | Deferred | CoolingDown | RateLimited | Throttled
             | BudgetExhausted | ResolverError | FailedOver | LeasedElsewhere | Cancelled | Other => true,
             AlreadyDownloaded | NoCandidates | AllCandidatesFailed | NotPdf | HtmlLandingPage | TooSmall
-            | MissingEof | HtmlTail | TooLarge | InvalidUrl | RedirectRefused => false,
+            | MissingEof | HtmlTail | TooLarge | InvalidUrl | RedirectRefused | RobotsDisallowed => false,
         }
     }
 }
@@ -194,6 +200,9 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, b
         }
         if e.is::<TooManyRedirects>() || e.is::<UnsupportedRedirectScheme>() {
             return (ReasonCode::RedirectRefused, false);
+        }
+        if e.is::<crate::resolvers::RobotsDisallowed>() {
+            return (ReasonCode::RobotsDisallowed, false);
         }
         if e.is::<crate::service::ConnectFailed>() {
             return (ReasonCode::ConnectError, true);

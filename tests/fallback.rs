@@ -39,6 +39,7 @@ fn resolve_cx(sim: &Simulator) -> ResolveContext {
             base_urls,
             ..ResolverConfig::default()
         }),
+        robots: None,
     }
 }
 

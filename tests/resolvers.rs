@@ -31,6 +31,7 @@ fn context(sim: &Simulator, mailto: Option<&str>) -> ResolveContext {
             base_urls,
             ..ResolverConfig::default()
         }),
+        robots: None,
     }
 }
 

@@ -158,6 +158,8 @@ impl Pipeline {
         let resolve = ResolveContext {
             http: stack.service(OperationType::Resolve),
             config: Arc::new(config.resolvers.clone()),
+            robots: (!config.resolvers.ignore_robots)
+                .then(|| Arc::new(crate::resolvers::RobotsTxt::new(Some(stack.limiter().clone())))),
         };
         Ok(Pipeline {
             core: Arc::new(Core {

@@ -10,12 +10,17 @@ use futures_util::FutureExt;
 
 use super::apis::is_web_url;
 use super::{candidate, doi_path, fetch, ResolveContext, Resolver};
-use crate::context::OperationType;
+use crate::context::{OperationType, Provider};
 use crate::error::BoxError;
 use crate::works::{Candidate, Work};
 
 /// The DOI's landing page (`{base}/{doi}`, redirects followed) on the `Extract` operation,
 /// and the PDF its `<meta name="citation_pdf_url">` names.
+///
+/// With [`ResolveContext::robots`] set, the page is not fetched when its site's robots.txt
+/// refuses it ([`RobotsDisallowed`](super::RobotsDisallowed), reason `robots_disallowed`),
+/// and a page reached by redirect is not read when the site it landed on refuses it (the
+/// client follows redirects itself, so that page was fetched once).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Landing;
 
@@ -35,9 +40,21 @@ impl Resolver for Landing {
             };
             let base = cx.config.base_url("landing", "https://doi.org");
             let url = format!("{base}/{}", doi_path(doi)?);
+            let provider = Provider::new("landing");
+            if let Some(robots) = &cx.robots {
+                robots.check(&cx.http, &url, &provider).await?;
+            }
             let Some((body, effective)) = fetch(cx, "landing", OperationType::Extract, work, &url).await? else {
                 return Ok(vec![]);
             };
+            // The client followed any redirects (doi.org to the publisher) without asking:
+            // the page it landed on is not read when that site's robots.txt refuses it.
+            if let Some(robots) = &cx.robots {
+                let landed = effective.to_string();
+                if landed != url {
+                    robots.check(&cx.http, &landed, &provider).await?;
+                }
+            }
             let html = String::from_utf8_lossy(&body);
             Ok(citation_pdf_url(&html, &effective.to_string())
                 .map(|u| vec![candidate("landing", u, true)])

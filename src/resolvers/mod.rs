@@ -23,9 +23,13 @@
 //! | `pmc` | the ID converter, then the OA web service | `https://www.ncbi.nlm.nih.gov/pmc/utils` |
 //! | `landing` | the DOI's landing page, its `citation_pdf_url` meta tag (`Extract`) | `https://doi.org` |
 //! | `wayback` | the availability API, as the last resort | `https://archive.org` |
+//!
+//! Of these only `landing` scrapes a page, and only it honours robots.txt ([`RobotsTxt`]):
+//! the others ask APIs, and the PDF URLs they hand back are fetched as given.
 
 mod apis;
 mod landing;
+mod robots;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +44,7 @@ use tower::ServiceExt;
 
 pub use self::apis::{Arxiv, Crossref, EuropePmc, OpenAlex, Pmc, Unpaywall, Wayback};
 pub use self::landing::{citation_pdf_url, Landing};
+pub use self::robots::{RobotsDisallowed, RobotsTxt, MAX_ROBOTS_BYTES, ROBOTS_AGENT};
 use crate::context::{OperationType, Provider, WorkId};
 use crate::error::BoxError;
 use crate::service::read_metadata;
@@ -57,6 +62,10 @@ pub struct ResolverConfig {
     pub base_urls: BTreeMap<String, String>,
     /// Largest resolver response read, in bytes (default 8 MiB).
     pub max_response_bytes: usize,
+    /// Fetch landing pages whatever their site's robots.txt says (default false: honour it,
+    /// see [`RobotsTxt`]). The pipeline reads it; a hand-built [`ResolveContext`] has its
+    /// own `robots`.
+    pub ignore_robots: bool,
 }
 
 impl Default for ResolverConfig {
@@ -65,6 +74,7 @@ impl Default for ResolverConfig {
             mailto: None,
             base_urls: BTreeMap::new(),
             max_response_bytes: 8 * 1024 * 1024,
+            ignore_robots: false,
         }
     }
 }
@@ -87,6 +97,8 @@ pub struct ResolveContext {
     pub http: HttpService,
     /// The resolvers' configuration.
     pub config: Arc<ResolverConfig>,
+    /// The robots.txt every scraped page is checked against; `None` checks nothing.
+    pub robots: Option<Arc<RobotsTxt>>,
 }
 
 impl fmt::Debug for ResolveContext {

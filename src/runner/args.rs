@@ -272,6 +272,12 @@ pub struct RunArgs {
     /// Never use the Wayback Machine.
     #[arg(long, action = ArgAction::SetTrue, env = "DOCSTOKG_DISABLE_WAYBACK_FALLBACK")]
     pub disable_wayback_fallback: bool,
+    /// Fetch landing pages even where the site's robots.txt disallows them (by default the
+    /// landing resolver honours robots.txt, `Disallow` and `Crawl-delay`, for the
+    /// `contentdownload` token; PDF URLs from APIs are never gated).
+    #[arg(long, env = "DOCSTOKG_IGNORE_ROBOTS", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub ignore_robots: Option<bool>,
     /// Point a resolver at another base URL (repeatable), e.g. `unpaywall=http://127.0.0.1:8080`.
     #[arg(long = "resolver-base", value_name = "NAME=URL", value_parser = parse_resolver_base)]
     pub resolver_bases: Vec<(String, String)>,

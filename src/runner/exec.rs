@@ -170,8 +170,12 @@ pub async fn run(
     let resolvers = ResolverConfig {
         mailto: settings.mailto.clone(),
         base_urls: settings.resolver_bases.clone(),
+        ignore_robots: settings.ignore_robots,
         ..ResolverConfig::default()
     };
+    if settings.ignore_robots {
+        tracing::warn!("--ignore-robots: landing pages are fetched whatever their site's robots.txt says");
+    }
     let works = open_source(&settings, &stack, &resolvers).map_err(|e| (Exit::Usage, e))?;
     let pipeline = Pipeline::new(
         PipelineConfig {

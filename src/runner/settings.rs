@@ -90,6 +90,8 @@ pub struct FileConfig {
     pub max_bytes: Option<u64>,
     /// Re-hash the recorded files of downloaded works (`--verify-existing`).
     pub verify_existing: Option<bool>,
+    /// Fetch landing pages whatever robots.txt says (`--ignore-robots`).
+    pub ignore_robots: Option<bool>,
     /// Resolver base URLs.
     pub resolver_base: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -146,6 +148,8 @@ pub struct RunSettings {
     pub max_bytes: u64,
     /// Re-hash the recorded files of downloaded works (the size is always checked).
     pub verify_existing: bool,
+    /// Fetch landing pages whatever robots.txt says.
+    pub ignore_robots: bool,
     /// Resolver base URLs.
     pub resolver_bases: BTreeMap<String, String>,
     /// The shared client's settings.
@@ -327,6 +331,7 @@ impl RunSettings {
             fallback,
             max_bytes,
             verify_existing: args.verify_existing.or(file.verify_existing).unwrap_or(false),
+            ignore_robots: args.ignore_robots.or(file.ignore_robots).unwrap_or(false),
             resolver_bases,
             http,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -526,6 +531,22 @@ connect_timeout_ms = 1234
             !resolve(&["--input", "w", "--config", p, "--verify-existing=false"])
                 .unwrap()
                 .verify_existing
+        );
+    }
+
+    #[test]
+    fn robots_are_honoured_unless_asked() {
+        assert!(!resolve(&["--input", "w"]).unwrap().ignore_robots);
+        assert!(resolve(&["--input", "w", "--ignore-robots"]).unwrap().ignore_robots);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "ignore_robots = true\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert!(resolve(&["--input", "w", "--config", p]).unwrap().ignore_robots);
+        assert!(
+            !resolve(&["--input", "w", "--config", p, "--ignore-robots=false"])
+                .unwrap()
+                .ignore_robots
         );
     }
 }

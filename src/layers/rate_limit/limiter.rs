@@ -36,6 +36,9 @@ struct Shared {
     epoch: Instant,
     shards: Box<[Mutex<Shard>]>,
     semaphore: Option<Arc<Semaphore>>,
+    /// Ceilings set by [`RateLimiter::cap_rate`] (a robots.txt `Crawl-delay`), kept apart
+    /// from the buckets so that they survive eviction and every later `set_rate`.
+    caps: Mutex<PartitionMap<f64>>,
 }
 
 /// Keyed token buckets, one per partition `(provider, host)`, behind a cheap cloneable
@@ -107,6 +110,7 @@ impl RateLimiter {
                 epoch: Instant::now(),
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 semaphore,
+                caps: Mutex::new(PartitionMap::default()),
             }),
         })
     }
@@ -117,9 +121,52 @@ impl RateLimiter {
     }
 
     /// The configured quota of a partition (by provider, then host, then the default),
-    /// ignoring any run-time [`set_rate`](Self::set_rate).
+    /// ignoring any run-time [`set_rate`](Self::set_rate), but within a
+    /// [`cap_rate`](Self::cap_rate) ceiling (which also takes the burst to 1).
     pub fn configured(&self, key: &PartitionKey) -> Quota {
-        self.shared.config.quota_for(key.provider().as_str(), key.host())
+        let quota = self.shared.config.quota_for(key.provider().as_str(), key.host());
+        match self.cap_of(key) {
+            Some(cap) => Quota::new(quota.rate.min(cap), 1),
+            None => quota,
+        }
+    }
+
+    fn cap_of(&self, key: &PartitionKey) -> Option<f64> {
+        self.shared
+            .caps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Caps the partition's rate at `rate` requests per second with no burst, for the
+    /// limiter's lifetime: every later [`set_rate`](Self::set_rate) (the learner's too) is
+    /// held under it, and a bucket evicted while idle comes back under it. What a
+    /// robots.txt `Crawl-delay: N` asks (`rate = 1/N`). A lower cap replaces a higher one;
+    /// a non-finite or non-positive `rate` is ignored.
+    pub fn cap_rate(&self, key: &PartitionKey, rate: f64) {
+        if !rate.is_finite() || rate <= 0.0 {
+            return;
+        }
+        let rate = rate.max(MIN_RATE);
+        // (the caps lock is never held while taking a shard's: `with_bucket` takes them the
+        // other way round)
+        let lowered = {
+            let mut caps = self.shared.caps.lock().unwrap_or_else(|e| e.into_inner());
+            match caps.get(key) {
+                Some(&cap) if cap <= rate => false,
+                _ => {
+                    caps.insert(key.clone(), rate);
+                    true
+                }
+            }
+        };
+        if !lowered {
+            return; // in force already: the common case, one call per page checked
+        }
+        self.with_bucket(key, |b, _| b.burst = 1);
+        self.set_rate(key, self.rate(key));
     }
 
     /// Seconds since the limiter's epoch, on tokio's clock.
@@ -220,7 +267,7 @@ impl RateLimiter {
         if !rate.is_finite() {
             return;
         }
-        let rate = rate.max(MIN_RATE);
+        let rate = self.cap_of(key).map_or(rate, |cap| rate.min(cap)).max(MIN_RATE);
         self.with_bucket(key, |b, now| {
             if b.rate == rate {
                 return;
@@ -289,6 +336,36 @@ mod tests {
 
     fn key(p: &str) -> PartitionKey {
         PartitionKey::new(p, "example.org")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cap_holds_against_set_rate_and_eviction() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(10.0, 5),
+            idle_timeout: Duration::from_secs(60),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("landing");
+        assert!(lim.reserve(&k).unwrap().is_zero());
+        lim.cap_rate(&k, 0.5);
+        assert_eq!(lim.rate(&k), 0.5);
+        lim.set_rate(&k, 50.0); // what a learner would do after a success
+        assert_eq!(lim.rate(&k), 0.5, "held under the cap");
+        // no burst: each reservation waits its 2 s after the one before
+        let a = lim.reserve(&k).unwrap();
+        let b = lim.reserve(&k).unwrap();
+        assert!(b.saturating_sub(a) >= Duration::from_millis(1_999), "{a:?} {b:?}");
+        // a higher cap does not loosen it; another partition is untouched
+        lim.cap_rate(&k, 5.0);
+        assert_eq!(lim.rate(&k), 0.5);
+        assert_eq!(lim.rate(&key("other")), 10.0);
+        // evicted while idle, the bucket comes back capped, without a burst
+        tokio::time::advance(Duration::from_secs(120)).await;
+        lim.evict_idle();
+        assert_eq!(lim.configured(&k), Quota::new(0.5, 1));
+        assert!(lim.reserve(&k).unwrap().is_zero());
+        assert!(lim.reserve(&k).unwrap() >= Duration::from_millis(1_999));
     }
 
     #[tokio::test(start_paused = true)]
