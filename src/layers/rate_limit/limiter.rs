@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use super::bucket::{secs, Bucket, Ticket};
-use super::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
+use super::config::{Quota, RateKeys, RateLimitConfig, RateLimitConfigError, RateMatch, MIN_RATE};
+use super::usage::{KeyUsage, Usage};
 use crate::context::{PartitionKey, PartitionMap};
 use crate::error::RateLimitTimeout;
 
@@ -33,6 +34,9 @@ impl Shard {
 
 struct Shared {
     config: RateLimitConfig,
+    /// `config.providers`, indexed once.
+    keys: RateKeys,
+    usage: Usage,
     epoch: Instant,
     shards: Box<[Mutex<Shard>]>,
     semaphore: Option<Arc<Semaphore>>,
@@ -101,9 +105,13 @@ impl RateLimiter {
     pub fn new(config: RateLimitConfig) -> Result<RateLimiter, RateLimitConfigError> {
         config.validate()?;
         let semaphore = config.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
+        let keys = RateKeys::new(&config);
+        let usage = Usage::new(keys.keys().len());
         Ok(RateLimiter {
             shared: Arc::new(Shared {
                 config,
+                keys,
+                usage,
                 epoch: Instant::now(),
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 semaphore,
@@ -116,10 +124,28 @@ impl RateLimiter {
         &self.shared.config
     }
 
-    /// The configured quota of a partition (by provider, then host, then the default),
-    /// ignoring any run-time [`set_rate`](Self::set_rate).
+    /// The configured quota of a partition (by `host:port`, then provider, then host on
+    /// any port, then the default; see [`RateLimitConfig`]), ignoring any run-time
+    /// [`set_rate`](Self::set_rate).
     pub fn configured(&self, key: &PartitionKey) -> Quota {
-        self.shared.config.quota_for(key.provider().as_str(), key.host())
+        self.rate_match(key).quota
+    }
+
+    /// The configured quota of a partition and the rate key that gave it.
+    pub fn rate_match(&self, key: &PartitionKey) -> RateMatch {
+        self.shared.keys.lookup(key.provider().as_str(), key.host())
+    }
+
+    /// The configuration's rate keys, indexed.
+    pub fn rate_keys(&self) -> &RateKeys {
+        &self.shared.keys
+    }
+
+    /// For every rate key (in the order of [`RateKeys::keys`]) and then the default quota:
+    /// the partitions whose bucket took that quota so far. A key with no partition matched
+    /// no request. Recorded when a partition's bucket is created, not per request.
+    pub fn key_usage(&self) -> Vec<KeyUsage> {
+        self.shared.usage.report(&self.shared.keys)
     }
 
     /// Seconds since the limiter's epoch, on tokio's clock.
@@ -151,7 +177,11 @@ impl RateLimiter {
         let bucket = shard
             .buckets
             .entry(key.clone())
-            .or_insert_with(|| Bucket::new(self.configured(key), now));
+            .or_insert_with(|| {
+                let found = self.rate_match(key);
+                self.shared.usage.note(found.key, key);
+                Bucket::new(found.quota, now)
+            });
         f(bucket, now)
     }
 
@@ -301,6 +331,37 @@ mod tests {
         let k = key("a");
         let waits: Vec<u128> = (0..5).map(|_| lim.reserve(&k).unwrap().as_millis()).collect();
         assert_eq!(waits, vec![0, 0, 0, 100, 200]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn key_usage_names_the_partitions_each_key_gave_its_quota() {
+        let lim = RateLimiter::new(
+            RateLimitConfig::default()
+                .provider("127.0.0.1", Quota::new(1000.0, 100))
+                .provider("127.0.0.l", Quota::new(1000.0, 100)),
+        )
+        .unwrap();
+        let local = PartitionKey::new("127.0.0.1:18121", "127.0.0.1:18121");
+        assert_eq!(lim.rate(&local), 1000.0);
+        assert!(lim.key_usage().iter().all(|u| !u.matched()), "a lookup is not a use");
+        for _ in 0..3 {
+            lim.reserve(&local).unwrap();
+        }
+        lim.reserve(&PartitionKey::new("p", "example.org")).unwrap();
+        let usage = lim.key_usage();
+        assert_eq!(usage.len(), 3);
+        assert_eq!(usage[0].key.as_deref(), Some("127.0.0.1"));
+        assert_eq!(usage[0].partitions, vec![local.clone()], "named once");
+        assert_eq!(usage[1].key.as_deref(), Some("127.0.0.l"));
+        assert!(!usage[1].matched());
+        assert_eq!((usage[2].key.as_ref(), usage[2].quota), (None, lim.config().default));
+        assert_eq!(usage[2].partitions.len(), 1);
+        for port in 0..20 {
+            lim.reserve(&PartitionKey::new("p", format!("127.0.0.1:{port}"))).unwrap();
+        }
+        let usage = lim.key_usage();
+        assert_eq!(usage[0].partitions.len(), crate::layers::rate_limit::NAMED_PARTITIONS);
+        assert!(usage[0].more);
     }
 
     #[tokio::test(start_paused = true)]
