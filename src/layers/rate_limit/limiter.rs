@@ -174,14 +174,11 @@ impl RateLimiter {
         if let Some(bucket) = shard.buckets.get_mut(key) {
             return f(bucket, now);
         }
-        let bucket = shard
-            .buckets
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let found = self.rate_match(key);
-                self.shared.usage.note(found.key, key);
-                Bucket::new(found.quota, now)
-            });
+        let bucket = shard.buckets.entry(key.clone()).or_insert_with(|| {
+            let found = self.rate_match(key);
+            self.shared.usage.note(found.key, key);
+            Bucket::new(found.quota, now)
+        });
         f(bucket, now)
     }
 
@@ -357,7 +354,8 @@ mod tests {
         assert_eq!((usage[2].key.as_ref(), usage[2].quota), (None, lim.config().default));
         assert_eq!(usage[2].partitions.len(), 1);
         for port in 0..20 {
-            lim.reserve(&PartitionKey::new("p", format!("127.0.0.1:{port}"))).unwrap();
+            lim.reserve(&PartitionKey::new("p", format!("127.0.0.1:{port}")))
+                .unwrap();
         }
         let usage = lim.key_usage();
         assert_eq!(usage[0].partitions.len(), crate::layers::rate_limit::NAMED_PARTITIONS);
