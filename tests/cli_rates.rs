@@ -128,6 +128,13 @@ async fn a_key_that_matched_no_request_is_a_warning_in_the_summary_and_the_log()
         "{stdout}"
     );
     assert_eq!(stdout.matches("warning").count(), 1, "{stdout}");
+
+    // a run that makes no request (every work is done) has nothing to warn about
+    let again = contentdownload(&args, &[]).await;
+    let stdout = text(&again.stdout);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(stdout.contains("skipped            3"), "{stdout}");
+    assert!(!stdout.contains("warning"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

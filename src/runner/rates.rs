@@ -53,7 +53,8 @@ pub(super) fn rate_rows(limiter: &RateLimiter, given: &[RateSpec]) -> Vec<(KeyUs
 
 /// The summary's rate lines: the default rate and the keys that applied, with the
 /// partitions each was given to, and a warning (also logged) for each `--rate` key that
-/// matched no request (a typo, or a host the run never reached).
+/// matched no request (a typo, or a host the run never reached) — unless the run made no
+/// request at all (every work was already done).
 pub(super) fn print_rates(limiter: &RateLimiter, given: &[RateSpec]) {
     let usage = limiter.key_usage();
     if let Some(default) = usage.iter().find(|u| u.key.is_none()) {
@@ -78,18 +79,21 @@ pub(super) fn print_rates(limiter: &RateLimiter, given: &[RateSpec]) {
     for u in &usage {
         more |= u.more;
         for p in &u.partitions {
-            if known.len() >= NAMED_PARTITIONS {
-                more = true;
-            } else if !known.contains(p) {
+            if known.contains(p) {
+                continue;
+            }
+            if known.len() < NAMED_PARTITIONS {
                 known.push(p.clone());
+            } else {
+                more = true;
             }
         }
     }
-    let known = if known.is_empty() {
-        "none".to_owned()
-    } else {
-        show_partitions(&known, more)
-    };
+    if known.is_empty() {
+        // no request at all (every work was skipped): nothing a key could have matched
+        return;
+    }
+    let known = show_partitions(&known, more);
     for spec in given {
         let key = normalize_rate_key(&spec.key);
         let unmatched = rows

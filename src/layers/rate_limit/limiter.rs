@@ -143,7 +143,8 @@ impl RateLimiter {
 
     /// For every rate key (in the order of [`RateKeys::keys`]) and then the default quota:
     /// the partitions whose bucket took that quota so far. A key with no partition matched
-    /// no request. Recorded when a partition's bucket is created, not per request.
+    /// no request. Recorded on a partition's first reservation, not on every request, and
+    /// not by a lookup or a [`set_rate`](Self::set_rate) (a learned rate loaded at start).
     pub fn key_usage(&self) -> Vec<KeyUsage> {
         self.shared.usage.report(&self.shared.keys)
     }
@@ -176,8 +177,7 @@ impl RateLimiter {
         }
         let bucket = shard.buckets.entry(key.clone()).or_insert_with(|| {
             let found = self.rate_match(key);
-            self.shared.usage.note(found.key, key);
-            Bucket::new(found.quota, now)
+            Bucket::new(found.quota, found.key, now)
         });
         f(bucket, now)
     }
@@ -212,6 +212,11 @@ impl RateLimiter {
                 });
             }
             let index = b.issued;
+            if index == 0 {
+                // the bucket's first request (a new partition, or one evicted when idle):
+                // the only time the key that gave its quota is recorded, not per request
+                self.shared.usage.note(b.rate_key, key);
+            }
             b.issued += 1;
             Ok(Ticket { wait, index })
         })
@@ -340,7 +345,11 @@ mod tests {
         .unwrap();
         let local = PartitionKey::new("127.0.0.1:18121", "127.0.0.1:18121");
         assert_eq!(lim.rate(&local), 1000.0);
-        assert!(lim.key_usage().iter().all(|u| !u.matched()), "a lookup is not a use");
+        lim.set_rate(&local, 900.0);
+        assert!(
+            lim.key_usage().iter().all(|u| !u.matched()),
+            "a lookup or a learned rate is not a request"
+        );
         for _ in 0..3 {
             lim.reserve(&local).unwrap();
         }

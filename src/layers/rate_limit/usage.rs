@@ -37,8 +37,8 @@ struct Used {
 }
 
 /// Per key (and one more slot for the default): the partitions it was given to. Written
-/// only when a bucket is created, which happens once per partition (again after an idle
-/// eviction), never per request.
+/// only on a bucket's first reservation, once per partition (again after an idle
+/// eviction), never per request; a rate set by learning is not a request.
 #[derive(Debug)]
 pub(super) struct Usage {
     slots: Mutex<Vec<Used>>,
