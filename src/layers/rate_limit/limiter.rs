@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use super::bucket::{secs, Bucket, Ticket};
-use super::config::{Quota, RateKeys, RateLimitConfig, RateLimitConfigError, RateMatch, MIN_RATE};
+use super::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
+use super::keys::{RateKeys, RateMatch};
 use super::usage::{KeyUsage, Usage};
 use crate::context::{PartitionKey, PartitionMap};
 use crate::error::RateLimitTimeout;

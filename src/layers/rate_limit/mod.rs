@@ -51,15 +51,15 @@
 mod bucket;
 mod config;
 pub mod future;
+mod keys;
 mod layer;
 mod limiter;
 mod service;
 mod usage;
 
 pub use self::bucket::Ticket;
-pub use self::config::{
-    normalize_rate_key, KeyMatch, Quota, RateKeys, RateLimitConfig, RateLimitConfigError, RateMatch, MIN_RATE,
-};
+pub use self::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
+pub use self::keys::{normalize_rate_key, KeyMatch, RateKeys, RateMatch};
 pub use self::layer::RateLimitLayer;
 pub use self::limiter::RateLimiter;
 pub use self::service::RateLimit;

@@ -2,7 +2,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use super::config::{Quota, RateKeys};
+use super::config::Quota;
+use super::keys::RateKeys;
 use crate::context::PartitionKey;
 
 /// How many partitions a key's [`KeyUsage`] names; further ones set [`KeyUsage::more`].
