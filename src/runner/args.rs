@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::layers::rate_limit::{Quota, MIN_RATE};
 use crate::pipeline::{FallbackConfig, TierConfig};
 
 /// `contentdownload`: polite, resilient downloads of open-access PDFs for scholarly works.
@@ -53,12 +54,30 @@ pub enum LogFormat {
 /// A `--rate KEY=RATE[:BURST]` value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RateSpec {
-    /// A provider name (`crossref`) or a host (`arxiv.org`).
+    /// A rate key: a provider name (`crossref`), a host on any port (`127.0.0.1`), or
+    /// `host:port` (`127.0.0.1:8080`).
     pub key: String,
     /// Requests per second.
     pub rate: f64,
     /// Burst (bucket capacity); defaults to 1.
     pub burst: Option<u32>,
+}
+
+impl RateSpec {
+    /// The quota: `rate`, and `burst` or 1.
+    pub fn quota(&self) -> Quota {
+        Quota::new(self.rate, self.burst.unwrap_or(1))
+    }
+}
+
+impl std::fmt::Display for RateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.rate)?;
+        match self.burst {
+            Some(b) => write!(f, ":{b}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Parses `KEY=RATE[:BURST]`.
@@ -70,6 +89,23 @@ pub fn parse_rate(s: &str) -> Result<RateSpec, String> {
     if key.is_empty() {
         return Err(format!("empty KEY in {s:?}"));
     }
+    if key.contains('/') || key.contains('@') || key.contains(char::is_whitespace) {
+        return Err(format!(
+            "KEY in {s:?} is a provider name (crossref), a host (example.org, any port) or \
+             host:port (127.0.0.1:8080), not a URL"
+        ));
+    }
+    let (rate, burst) = parse_rate_value(value, s)?;
+    Ok(RateSpec {
+        key: key.to_owned(),
+        rate,
+        burst,
+    })
+}
+
+/// Parses `RATE[:BURST]`; `whole` is the argument, for the messages.
+fn parse_rate_value(value: &str, whole: &str) -> Result<(f64, Option<u32>), String> {
+    let s = whole;
     let (rate, burst) = match value.split_once(':') {
         Some((r, b)) => (
             r,
@@ -85,19 +121,21 @@ pub fn parse_rate(s: &str) -> Result<RateSpec, String> {
         .trim()
         .parse()
         .map_err(|_| format!("RATE in {s:?} is not a number"))?;
-    if !(rate.is_finite() && rate > 0.0) {
+    if !(rate.is_finite() && rate >= MIN_RATE) {
         return Err(format!(
-            "RATE in {s:?} must be a positive number of requests per second"
+            "RATE in {s:?} must be a positive number of requests per second (at least {MIN_RATE})"
         ));
     }
     if burst == Some(0) {
         return Err(format!("BURST in {s:?} must be at least 1"));
     }
-    Ok(RateSpec {
-        key: key.to_owned(),
-        rate,
-        burst,
-    })
+    Ok((rate, burst))
+}
+
+/// Parses `--default-rate RATE[:BURST]` (BURST defaults to 1, as for `--rate`).
+pub fn parse_default_rate(s: &str) -> Result<Quota, String> {
+    let (rate, burst) = parse_rate_value(s, s)?;
+    Ok(Quota::new(rate, burst.unwrap_or(1)))
 }
 
 /// Parses a duration: a whole number with an optional unit, `ms`, `s` (the default) or `m`
@@ -195,9 +233,19 @@ pub struct RunArgs {
     /// Contact address for the User-Agent and the APIs' polite pools.
     #[arg(long, value_name = "EMAIL", env = "DOCSTOKG_MAILTO")]
     pub mailto: Option<String>,
-    /// Rate limit for a provider or host (repeatable), e.g. `crossref=10:5`.
+    /// Rate limit for a key (repeatable; `;` separates several in DOCSTOKG_RATE). KEY is a
+    /// provider name (`crossref`), a host, which covers that host on any port (`127.0.0.1`,
+    /// `[::1]`), or `host:port` (`127.0.0.1:8080`); case-insensitive. The most specific key
+    /// wins: `host:port`, then provider name, then host. RATE is requests per second, BURST
+    /// how many may go back to back after a pause (default 1). E.g. `--rate crossref=10:5
+    /// --rate 127.0.0.1=1000:100 --rate localhost:8080=50`. A key that matched no request
+    /// is a warning in the summary.
     #[arg(long = "rate", value_name = "KEY=RATE[:BURST]", value_parser = parse_rate, env = "DOCSTOKG_RATE", value_delimiter = ';')]
     pub rates: Vec<RateSpec>,
+    /// Rate limit of a host that no `--rate` key and no built-in provider rate names
+    /// (`status` lists them): requests per second, and a burst (default 1) [default: 5:5].
+    #[arg(long, value_name = "RATE[:BURST]", value_parser = parse_default_rate, env = "DOCSTOKG_DEFAULT_RATE")]
+    pub default_rate: Option<Quota>,
     /// Works processed at once [default: 8].
     #[arg(long, value_name = "N", env = "DOCSTOKG_WORKERS")]
     pub workers: Option<usize>,
@@ -305,6 +353,12 @@ pub struct StatusArgs {
     /// The learned provider state, if not the default file in the folder.
     #[arg(long, value_name = "FILE", env = "DOCSTOKG_PROVIDER_LEARNING_PATH")]
     pub provider_learning_path: Option<PathBuf>,
+    /// A run's `--rate` keys, to show the rate table that run uses (as `run --rate`).
+    #[arg(long = "rate", value_name = "KEY=RATE[:BURST]", value_parser = parse_rate, env = "DOCSTOKG_RATE", value_delimiter = ';')]
+    pub rates: Vec<RateSpec>,
+    /// A run's `--default-rate`, to show the rate table that run uses [default: 5:5].
+    #[arg(long, value_name = "RATE[:BURST]", value_parser = parse_default_rate, env = "DOCSTOKG_DEFAULT_RATE")]
+    pub default_rate: Option<Quota>,
     /// Print JSON.
     #[arg(long, action = ArgAction::SetTrue)]
     pub json: bool,
@@ -340,6 +394,19 @@ mod tests {
         assert_eq!(parse_rate("arxiv.org=0.33").unwrap().burst, None);
         for bad in ["x", "=1", "x=0", "x=-1", "x=abc", "x=1:0", "x=1:z", "x=NaN", "x=inf"] {
             assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        // hosts, host:port and IPv6 are keys; URLs are not
+        assert_eq!(parse_rate("127.0.0.1=1000:100").unwrap().key, "127.0.0.1");
+        assert_eq!(parse_rate("127.0.0.1:8080=5").unwrap().key, "127.0.0.1:8080");
+        let v6 = parse_rate("[::1]:8080=5:2").unwrap();
+        assert_eq!((v6.key.as_str(), v6.rate, v6.burst), ("[::1]:8080", 5.0, Some(2)));
+        assert_eq!(v6.to_string(), "[::1]:8080=5:2");
+        let err = parse_rate("http://127.0.0.1:8080=5").unwrap_err();
+        assert!(err.contains("not a URL"), "{err}");
+        assert_eq!(parse_default_rate("20").unwrap(), Quota::new(20.0, 1));
+        assert_eq!(parse_default_rate("5:5").unwrap(), Quota::new(5.0, 5));
+        for bad in ["", "0", "x", "5:0", "a=5"] {
+            assert!(parse_default_rate(bad).is_err(), "{bad}");
         }
     }
 

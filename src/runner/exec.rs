@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 
-use super::args::{FetchArgs, StatusArgs};
+use super::args::{FetchArgs, RateSpec, StatusArgs};
+use super::rates::{print_rates, rate_rows, show_quota};
 use super::settings::{RunSettings, Source};
 use crate::context::{OperationType, Provider};
 use crate::download::DownloadOptions;
@@ -46,7 +47,8 @@ pub enum Exit {
     Interrupted = 130,
 }
 
-/// Per-provider politeness defaults; `--rate` replaces them.
+/// Per-provider politeness defaults; `--rate` replaces them, `--default-rate` replaces the
+/// default of 5 req/s, burst 5 ([`RateLimitConfig::default`]).
 fn default_rates() -> RateLimitConfig {
     RateLimitConfig::default()
         .provider("openalex", Quota::new(10.0, 5))
@@ -61,12 +63,20 @@ fn default_rates() -> RateLimitConfig {
         .provider("export.arxiv.org", Quota::new(1.0 / 3.0, 1))
 }
 
-fn rate_config(settings: &RunSettings) -> RateLimitConfig {
+/// The built-in rates, then the given keys (replacing a built-in key of the same name) and
+/// the default.
+fn rate_table(rates: &[RateSpec], default: Quota) -> RateLimitConfig {
     let mut cfg = default_rates();
-    cfg.max_in_flight = Some(settings.workers * settings.fallback.max_concurrent.max(1) + 8);
-    for spec in &settings.rates {
-        cfg = cfg.provider(spec.key.clone(), Quota::new(spec.rate, spec.burst.unwrap_or(1)));
+    cfg.default = default;
+    for spec in rates {
+        cfg = cfg.provider(spec.key.clone(), spec.quota());
     }
+    cfg
+}
+
+fn rate_config(settings: &RunSettings) -> RateLimitConfig {
+    let mut cfg = rate_table(&settings.rates, settings.default_rate);
+    cfg.max_in_flight = Some(settings.workers * settings.fallback.max_concurrent.max(1) + 8);
     cfg
 }
 
@@ -216,6 +226,7 @@ pub async fn run(
     }
     let summary = result.map_err(fatal)?;
     print_summary(&summary, stack.learner());
+    print_rates(stack.limiter(), &settings.rates);
     if summary.interrupted {
         eprintln!(
             "interrupted: the run stopped cleanly and can be resumed with the same command (finished works are kept)"
@@ -470,7 +481,13 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
     // A read command: it changes nothing in the folder. A bad learning file is reported
     // and left where it is (the next run moves it aside), the ledger is not reconciled, and
     // a missing SQLite ledger is not created.
-    let limiter = RateLimiter::new(default_rates()).map_err(fatal)?;
+    let limiter = RateLimiter::new(rate_table(
+        &args.rates,
+        args.default_rate.unwrap_or(RateLimitConfig::default().default),
+    ))
+    .map_err(|e| (Exit::Usage, e.to_string()))?;
+    let rates = rate_rows(&limiter, &args.rates);
+    let default_rate = limiter.rate_keys().default_quota();
     let (statuses, learning_problem) = match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
         Ok(learner) => (learner.statuses(), None),
         Err(InspectError::File(e)) => {
@@ -527,9 +544,21 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
                 "failed": c.failed, "deferred": c.deferred, "skipped": c.skipped,
             })
         });
+        let keys: Vec<serde_json::Value> = rates
+            .iter()
+            .map(|(usage, source)| {
+                serde_json::json!({
+                    "key": usage.key, "rate": usage.quota.rate, "burst": usage.quota.burst, "source": source,
+                })
+            })
+            .collect();
+        let rates = serde_json::json!({
+            "default": { "rate": default_rate.rate, "burst": default_rate.burst },
+            "keys": keys,
+        });
         println!(
             "{}",
-            serde_json::json!({ "providers": providers, "providers_error": learning_problem, "ledger": ledger })
+            serde_json::json!({ "providers": providers, "providers_error": learning_problem, "ledger": ledger, "rates": rates })
         );
     } else {
         if let Some(problem) = &learning_problem {
@@ -539,6 +568,12 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
         }
         for s in &statuses {
             println!("{s}");
+        }
+        let default = show_quota(default_rate);
+        println!("default rate: {default} (hosts no key names; run --default-rate)");
+        for (usage, source) in &rates {
+            let key = usage.key.as_deref().unwrap_or_default();
+            println!("rate key: {key} = {} ({source})", show_quota(usage.quota));
         }
         match counts {
             Some(c) => println!(

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod exec;
+mod rates;
 pub mod settings;
 
 pub use self::args::{Cli, Command, LogFormat, RateSpec, RunArgs, StatusArgs};

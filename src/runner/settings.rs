@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::args::{parse_bytes, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
+use super::args::{parse_bytes, parse_default_rate, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
 use crate::download::{DEFAULT_MAX_BYTES, MIN_PDF_BYTES};
+use crate::layers::rate_limit::{normalize_rate_key, Quota, RateLimitConfig};
 use crate::ledger::{redact_url, LedgerConfig, DEFAULT_CONNECT_TIMEOUT};
 use crate::pipeline::{FallbackConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
 use crate::service::HttpConfig;
@@ -40,9 +41,11 @@ pub enum Source {
 /// mailto = "me@example.org"
 /// workers = 16
 /// enable_provider_learning = true
+/// default_rate = "5:5"
 /// [rates]
 /// crossref = "10:5"
 /// "arxiv.org" = "0.33"
+/// "127.0.0.1" = "1000:100"
 /// [resolver_base]
 /// unpaywall = "http://127.0.0.1:8080"
 /// [fallback]
@@ -59,8 +62,10 @@ pub struct FileConfig {
     pub mailto: Option<String>,
     /// Works at once.
     pub workers: Option<usize>,
-    /// `KEY = "RATE[:BURST]"`.
+    /// `KEY = "RATE[:BURST]"`: a provider name, a host (any port) or `host:port`.
     pub rates: BTreeMap<String, String>,
+    /// `"RATE[:BURST]"` of hosts no key names (`--default-rate`).
+    pub default_rate: Option<String>,
     /// Contextual retry gate.
     pub enable_contextual_retry: Option<bool>,
     /// Provider learning gate.
@@ -120,8 +125,10 @@ pub struct RunSettings {
     pub out: PathBuf,
     /// Contact address (never logged).
     pub mailto: Option<String>,
-    /// Rate limits by provider or host.
+    /// Rate limits by rate key: a provider name, a host (any port) or `host:port`.
     pub rates: Vec<RateSpec>,
+    /// The rate limit of hosts that no key names (`--default-rate`).
+    pub default_rate: Quota,
     /// Works at once.
     pub workers: usize,
     /// Gate: contextual retry.
@@ -221,11 +228,17 @@ impl RunSettings {
         for (key, value) in &file.rates {
             rates.push(parse_rate(&format!("{key}={value}")).map_err(|e| format!("config file rates: {e}"))?);
         }
-        // flags replace a file entry with the same key
+        // flags replace a file entry with the same key (keys are case-insensitive)
         for spec in &args.rates {
-            rates.retain(|r: &RateSpec| r.key != spec.key);
+            let key = normalize_rate_key(&spec.key);
+            rates.retain(|r: &RateSpec| normalize_rate_key(&r.key) != key);
             rates.push(spec.clone());
         }
+        let default_rate = match (args.default_rate, &file.default_rate) {
+            (Some(q), _) => q,
+            (None, Some(text)) => parse_default_rate(text).map_err(|e| format!("config file default_rate: {e}"))?,
+            (None, None) => RateLimitConfig::default().default,
+        };
 
         let workers = args.workers.or(file.workers).unwrap_or(8);
         if workers == 0 {
@@ -307,6 +320,7 @@ impl RunSettings {
             out,
             mailto,
             rates,
+            default_rate,
             workers,
             contextual_retry: gate(
                 args.enable_contextual_retry,
@@ -373,6 +387,26 @@ mod tests {
         assert_eq!(s.workers, 8);
         assert_eq!(s.second_pass_max_wait, DEFAULT_SECOND_PASS_MAX_WAIT);
         assert_eq!(s.ledger_connect_timeout, Duration::from_secs(10));
+        assert_eq!(s.default_rate, Quota::new(5.0, 5));
+    }
+
+    #[test]
+    fn default_rate_from_flag_file_or_default() {
+        let s = resolve(&["--input", "w", "--default-rate", "20:4"]).unwrap();
+        assert_eq!(s.default_rate, Quota::new(20.0, 4));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "default_rate = \"2\"\n[rates]\n\"Example.ORG\" = \"1\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = resolve(&["--input", "w", "--config", p, "--rate", "example.org=9"]).unwrap();
+        assert_eq!(s.default_rate, Quota::new(2.0, 1), "file over default");
+        assert_eq!(s.rates.len(), 1, "the flag replaces the file's key whatever its case");
+        assert_eq!(s.rates[0].rate, 9.0);
+        let s = resolve(&["--input", "w", "--config", p, "--default-rate", "7"]).unwrap();
+        assert_eq!(s.default_rate, Quota::new(7.0, 1), "flag over file");
+        std::fs::write(&path, "default_rate = \"fast\"\n").unwrap();
+        let err = resolve(&["--input", "w", "--config", p]).unwrap_err();
+        assert!(err.contains("default_rate"), "{err}");
     }
 
     #[test]

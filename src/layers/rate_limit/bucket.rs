@@ -20,10 +20,13 @@ pub(super) struct Bucket {
     pub(super) anchor_index: f64,
     /// How many reservations were handed out.
     pub(super) issued: u64,
+    /// The rate key that gave the quota (its index in the limiter's
+    /// [`RateKeys`](super::RateKeys)); `None` for the default.
+    pub(super) rate_key: Option<usize>,
 }
 
 impl Bucket {
-    pub(super) fn new(quota: Quota, now: f64) -> Bucket {
+    pub(super) fn new(quota: Quota, rate_key: Option<usize>, now: f64) -> Bucket {
         let rate = quota.rate.max(MIN_RATE);
         Bucket {
             rate,
@@ -32,6 +35,7 @@ impl Bucket {
             anchor_time: now,
             anchor_index: 0.0,
             issued: 0,
+            rate_key,
         }
     }
 

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::keys::{check_key, normalize_rate_key, RateKeys};
+
 /// The smallest rate a bucket accepts (one request every ~17 minutes); lower values,
 /// including zero, are raised to it so that a bucket always refills.
 pub const MIN_RATE: f64 = 0.001;
@@ -49,14 +51,25 @@ impl Quota {
 
 /// Configuration of a [`RateLimiter`](super::RateLimiter).
 ///
-/// `providers` is keyed by provider name (`"crossref"`) or by host (`"api.crossref.org"`,
-/// with `:port` when the URI names one); the provider name wins when both match. Any
-/// other partition gets `default`.
+/// `providers` is keyed by *rate keys*: a provider name (`crossref`), a host, which covers
+/// that host on any port (`127.0.0.1`, `api.crossref.org`, `[::1]`), or a `host:port`
+/// (`127.0.0.1:8080`, `[::1]:8080`). Keys are case-insensitive. A partition takes the
+/// quota of the most specific key that names it:
+///
+/// 1. `host:port`, when the partition's host carries a port (the URI wrote one);
+/// 2. the provider name;
+/// 3. the host, whatever its port;
+/// 4. otherwise `default`.
+///
+/// A provider name sits above a bare host because it is the narrower choice: one provider
+/// (an API) is one service, while a host may serve several (a CDN, a loopback test server),
+/// and the provider's quota is the one its operators publish. A `host:port` names one
+/// server exactly and wins over both.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
     /// The quota of partitions that `providers` does not name. Default: 5 req/s, burst 5.
     pub default: Quota,
-    /// Quotas by provider name or host.
+    /// Quotas by rate key: a provider name, a host (any port) or `host:port`.
     pub providers: HashMap<String, Quota>,
     /// The longest a request may wait for its slot; past it the request fails at once
     /// with [`RateLimitTimeout`](crate::error::RateLimitTimeout). Default: 30 s.
@@ -83,17 +96,34 @@ impl Default for RateLimitConfig {
 }
 
 impl RateLimitConfig {
-    /// Adds (or replaces) the quota of a provider name or host.
-    pub fn provider(mut self, name_or_host: impl Into<String>, quota: Quota) -> Self {
-        self.providers.insert(name_or_host.into(), quota);
+    /// Adds (or replaces) the quota of a rate key: a provider name, a host (any port) or
+    /// `host:port`. A key that differs from an existing one only in case replaces it.
+    pub fn provider(mut self, key: impl Into<String>, quota: Quota) -> Self {
+        let key = key.into();
+        let normal = normalize_rate_key(&key);
+        self.providers.retain(|k, _| normalize_rate_key(k) != normal);
+        self.providers.insert(key, quota);
         self
     }
 
     /// Checks every field; the error names the one that is wrong.
     pub fn validate(&self) -> Result<(), RateLimitConfigError> {
         self.default.validate("default")?;
-        for (name, quota) in &self.providers {
-            quota.validate(&format!("providers.{name}"))?;
+        let mut keys: Vec<&String> = self.providers.keys().collect();
+        keys.sort();
+        let mut seen: HashMap<String, &str> = HashMap::with_capacity(keys.len());
+        for name in keys {
+            let field = format!("providers.{name}");
+            if let Err(reason) = check_key(name) {
+                return Err(RateLimitConfigError::new(field, reason));
+            }
+            if let Some(other) = seen.insert(normalize_rate_key(name), name) {
+                return Err(RateLimitConfigError::new(
+                    field,
+                    format!("is the same key as `{other}` (keys are case-insensitive); keep one"),
+                ));
+            }
+            self.providers[name].validate(&field)?;
         }
         if self.idle_timeout.is_zero() {
             return Err(RateLimitConfigError::new(
@@ -110,13 +140,14 @@ impl RateLimitConfig {
         Ok(())
     }
 
-    /// The quota of a partition: by provider name, then by host, then the default.
+    /// The quota of a partition (`host` as in [`PartitionKey::host`](crate::context::PartitionKey::host),
+    /// with `:port` when the URI wrote one): by `host:port`, then provider name, then host
+    /// on any port, then the default (see the type's docs).
+    ///
+    /// This builds the key index on each call; a [`RateLimiter`](super::RateLimiter) builds
+    /// it once.
     pub fn quota_for(&self, provider: &str, host: &str) -> Quota {
-        self.providers
-            .get(provider)
-            .or_else(|| self.providers.get(host))
-            .copied()
-            .unwrap_or(self.default)
+        RateKeys::new(self).lookup(provider, host).quota
     }
 }
 

@@ -10,6 +10,8 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use super::bucket::{secs, Bucket, Ticket};
 use super::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
+use super::keys::{RateKeys, RateMatch};
+use super::usage::{KeyUsage, Usage};
 use crate::context::{PartitionKey, PartitionMap};
 use crate::error::RateLimitTimeout;
 
@@ -33,6 +35,9 @@ impl Shard {
 
 struct Shared {
     config: RateLimitConfig,
+    /// `config.providers`, indexed once.
+    keys: RateKeys,
+    usage: Usage,
     epoch: Instant,
     shards: Box<[Mutex<Shard>]>,
     semaphore: Option<Arc<Semaphore>>,
@@ -104,9 +109,13 @@ impl RateLimiter {
     pub fn new(config: RateLimitConfig) -> Result<RateLimiter, RateLimitConfigError> {
         config.validate()?;
         let semaphore = config.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
+        let keys = RateKeys::new(&config);
+        let usage = Usage::new(keys.keys().len());
         Ok(RateLimiter {
             shared: Arc::new(Shared {
                 config,
+                keys,
+                usage,
                 epoch: Instant::now(),
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 semaphore,
@@ -120,11 +129,30 @@ impl RateLimiter {
         &self.shared.config
     }
 
-    /// The configured quota of a partition (by provider, then host, then the default),
-    /// ignoring any run-time [`set_rate`](Self::set_rate), but within a
-    /// [`cap_rate`](Self::cap_rate) ceiling (which also takes the burst to 1).
+    /// The configured quota of a partition and the rate key that gave it.
+    pub fn rate_match(&self, key: &PartitionKey) -> RateMatch {
+        self.shared.keys.lookup(key.provider().as_str(), key.host())
+    }
+
+    /// The configuration's rate keys, indexed.
+    pub fn rate_keys(&self) -> &RateKeys {
+        &self.shared.keys
+    }
+
+    /// For every rate key (in the order of [`RateKeys::keys`]) and then the default quota:
+    /// the partitions whose bucket took that quota so far. A key with no partition matched
+    /// no request. Recorded on a partition's first reservation, not on every request, and
+    /// not by a lookup or a [`set_rate`](Self::set_rate) (a learned rate loaded at start).
+    pub fn key_usage(&self) -> Vec<KeyUsage> {
+        self.shared.usage.report(&self.shared.keys)
+    }
+
+    /// The configured quota of a partition (by `host:port`, then provider, then host on
+    /// any port, then the default; see [`RateLimitConfig`]), ignoring any run-time
+    /// [`set_rate`](Self::set_rate), but within a [`cap_rate`](Self::cap_rate) ceiling
+    /// (which also takes the burst to 1).
     pub fn configured(&self, key: &PartitionKey) -> Quota {
-        let quota = self.shared.config.quota_for(key.provider().as_str(), key.host());
+        let quota = self.rate_match(key).quota;
         match self.cap_of(key) {
             Some(cap) => Quota::new(quota.rate.min(cap), 1),
             None => quota,
@@ -195,10 +223,10 @@ impl RateLimiter {
         if let Some(bucket) = shard.buckets.get_mut(key) {
             return f(bucket, now);
         }
-        let bucket = shard
-            .buckets
-            .entry(key.clone())
-            .or_insert_with(|| Bucket::new(self.configured(key), now));
+        let bucket = shard.buckets.entry(key.clone()).or_insert_with(|| {
+            let found = self.rate_match(key);
+            Bucket::new(found.quota, found.key, now)
+        });
         f(bucket, now)
     }
 
@@ -232,6 +260,11 @@ impl RateLimiter {
                 });
             }
             let index = b.issued;
+            if index == 0 {
+                // the bucket's first request (a new partition, or one evicted when idle):
+                // the only time the key that gave its quota is recorded, not per request
+                self.shared.usage.note(b.rate_key, key);
+            }
             b.issued += 1;
             Ok(Ticket { wait, index })
         })
@@ -378,6 +411,42 @@ mod tests {
         let k = key("a");
         let waits: Vec<u128> = (0..5).map(|_| lim.reserve(&k).unwrap().as_millis()).collect();
         assert_eq!(waits, vec![0, 0, 0, 100, 200]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn key_usage_names_the_partitions_each_key_gave_its_quota() {
+        let lim = RateLimiter::new(
+            RateLimitConfig::default()
+                .provider("127.0.0.1", Quota::new(1000.0, 100))
+                .provider("127.0.0.l", Quota::new(1000.0, 100)),
+        )
+        .unwrap();
+        let local = PartitionKey::new("127.0.0.1:18121", "127.0.0.1:18121");
+        assert_eq!(lim.rate(&local), 1000.0);
+        lim.set_rate(&local, 900.0);
+        assert!(
+            lim.key_usage().iter().all(|u| !u.matched()),
+            "a lookup or a learned rate is not a request"
+        );
+        for _ in 0..3 {
+            lim.reserve(&local).unwrap();
+        }
+        lim.reserve(&PartitionKey::new("p", "example.org")).unwrap();
+        let usage = lim.key_usage();
+        assert_eq!(usage.len(), 3);
+        assert_eq!(usage[0].key.as_deref(), Some("127.0.0.1"));
+        assert_eq!(usage[0].partitions, vec![local.clone()], "named once");
+        assert_eq!(usage[1].key.as_deref(), Some("127.0.0.l"));
+        assert!(!usage[1].matched());
+        assert_eq!((usage[2].key.as_ref(), usage[2].quota), (None, lim.config().default));
+        assert_eq!(usage[2].partitions.len(), 1);
+        for port in 0..20 {
+            lim.reserve(&PartitionKey::new("p", format!("127.0.0.1:{port}")))
+                .unwrap();
+        }
+        let usage = lim.key_usage();
+        assert_eq!(usage[0].partitions.len(), crate::layers::rate_limit::NAMED_PARTITIONS);
+        assert!(usage[0].more);
     }
 
     #[tokio::test(start_paused = true)]

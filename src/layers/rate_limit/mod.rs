@@ -2,8 +2,9 @@
 //!
 //! [`RateLimitLayer`] holds every request until its partition `(provider, host)` — see
 //! [`PartitionKey`](crate::context::PartitionKey) — has a token in the shared
-//! [`RateLimiter`]. Quotas (rate and burst) come from [`RateLimitConfig`], per provider or
-//! host with a default; the provider-learning layer changes them at run time with
+//! [`RateLimiter`]. Quotas (rate and burst) come from [`RateLimitConfig`], by rate key — a
+//! `host:port`, a provider name or a host on any port, the most specific first — with a
+//! default; the provider-learning layer changes them at run time with
 //! [`RateLimiter::set_rate`]. Waiting is on a tokio timer, first come first served per
 //! partition, and bounded: a slot further than [`RateLimitConfig::max_wait`] away fails
 //! the request at once with [`RateLimitTimeout`](crate::error::RateLimitTimeout), so the
@@ -50,12 +51,16 @@
 mod bucket;
 mod config;
 pub mod future;
+mod keys;
 mod layer;
 mod limiter;
 mod service;
+mod usage;
 
 pub use self::bucket::Ticket;
 pub use self::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
+pub use self::keys::{normalize_rate_key, KeyMatch, RateKeys, RateMatch};
 pub use self::layer::RateLimitLayer;
 pub use self::limiter::RateLimiter;
 pub use self::service::RateLimit;
+pub use self::usage::{KeyUsage, NAMED_PARTITIONS};
