@@ -152,7 +152,12 @@ impl RateLimiter {
     /// [`set_rate`](Self::set_rate), but within a [`cap_rate`](Self::cap_rate) ceiling
     /// (which also takes the burst to 1).
     pub fn configured(&self, key: &PartitionKey) -> Quota {
-        let quota = self.rate_match(key).quota;
+        let found = self.rate_match(key);
+        self.within_cap(key, found.quota)
+    }
+
+    /// `quota` held under the partition's [`cap_rate`](Self::cap_rate) ceiling, if any.
+    fn within_cap(&self, key: &PartitionKey, quota: Quota) -> Quota {
         match self.cap_of(key) {
             Some(cap) => Quota::new(quota.rate.min(cap), 1),
             None => quota,
@@ -225,7 +230,7 @@ impl RateLimiter {
         }
         let bucket = shard.buckets.entry(key.clone()).or_insert_with(|| {
             let found = self.rate_match(key);
-            Bucket::new(found.quota, found.key, now)
+            Bucket::new(self.within_cap(key, found.quota), found.key, now)
         });
         f(bucket, now)
     }
