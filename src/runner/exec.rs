@@ -64,6 +64,7 @@ fn default_rates() -> RateLimitConfig {
 fn rate_config(settings: &RunSettings) -> RateLimitConfig {
     let mut cfg = default_rates();
     cfg.max_in_flight = Some(settings.workers * settings.fallback.max_concurrent.max(1) + 8);
+    cfg.max_per_host = Some(settings.max_per_host);
     for spec in &settings.rates {
         cfg = cfg.provider(spec.key.clone(), Quota::new(spec.rate, spec.burst.unwrap_or(1)));
     }

@@ -59,6 +59,8 @@ pub struct FileConfig {
     pub mailto: Option<String>,
     /// Works at once.
     pub workers: Option<usize>,
+    /// Requests in flight to one host at once.
+    pub max_per_host: Option<usize>,
     /// `KEY = "RATE[:BURST]"`.
     pub rates: BTreeMap<String, String>,
     /// Contextual retry gate.
@@ -122,6 +124,8 @@ pub struct RunSettings {
     pub rates: Vec<RateSpec>,
     /// Works at once.
     pub workers: usize,
+    /// Requests in flight to one host at once.
+    pub max_per_host: usize,
     /// Gate: contextual retry.
     pub contextual_retry: bool,
     /// Gate: provider learning.
@@ -227,6 +231,10 @@ impl RunSettings {
         if workers == 0 {
             return Err("--workers must be at least 1".into());
         }
+        let max_per_host = args.max_per_host.or(file.max_per_host).unwrap_or(4);
+        if max_per_host == 0 {
+            return Err("--max-per-host must be at least 1".into());
+        }
 
         let mut fallback = file.fallback.unwrap_or_default();
         if !args.fallback_tiers.is_empty() {
@@ -304,6 +312,7 @@ impl RunSettings {
             mailto,
             rates,
             workers,
+            max_per_host,
             contextual_retry: gate(
                 args.enable_contextual_retry,
                 args.disable_contextual_retry,
@@ -527,5 +536,19 @@ connect_timeout_ms = 1234
                 .unwrap()
                 .verify_existing
         );
+    }
+
+    #[test]
+    fn max_per_host_defaults_to_4_and_the_flag_wins_over_the_file() {
+        assert_eq!(resolve(&["--input", "w"]).unwrap().max_per_host, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "max_per_host = 2\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(resolve(&["--input", "w", "--config", p]).unwrap().max_per_host, 2);
+        let s = resolve(&["--input", "w", "--config", p, "--max-per-host", "6"]).unwrap();
+        assert_eq!(s.max_per_host, 6);
+        let err = resolve(&["--input", "w", "--max-per-host", "0"]).unwrap_err();
+        assert!(err.contains("--max-per-host"), "{err}");
     }
 }
