@@ -364,7 +364,9 @@ async fn a_request_waiting_for_its_partition_holds_no_global_permit() {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let seen = sent.clone();
     let inner = service_fn(move |req: Request<()>| {
-        seen.lock().unwrap().push(PartitionKey::compute(&req).provider().as_str().to_owned());
+        seen.lock()
+            .unwrap()
+            .push(PartitionKey::compute(&req).provider().as_str().to_owned());
         async { Ok::<_, Infallible>(Response::new(())) }
     });
     // the stack's order: cool-down → rate limit → global cap → client

@@ -223,9 +223,18 @@ async fn a_redirect_hop_is_its_own_partition_and_a_429_there_cools_that_host() {
     assert_eq!(origin.count("/doi/x"), 2);
     assert_eq!(cdn.count("/f.pdf"), 2);
     let learner = s.learner().unwrap();
-    assert_eq!(learner.status(&cdn_host, &cdn_host).expect("the CDN was seen").throttles, 1);
+    assert_eq!(
+        learner
+            .status(&cdn_host, &cdn_host)
+            .expect("the CDN was seen")
+            .throttles,
+        1
+    );
     assert_eq!(learner.status("doi", &origin_host).map_or(0, |st| st.throttles), 0);
-    assert!(learner.status("doi", &cdn_host).is_none(), "the provider stayed on its host");
+    assert!(
+        learner.status("doi", &cdn_host).is_none(),
+        "the provider stayed on its host"
+    );
 
     writer.flush().await.expect("records flushed");
     let hops: Vec<(String, String, Option<u16>)> = sink
@@ -294,7 +303,9 @@ async fn the_per_host_cap_holds_a_third_request_while_another_host_proceeds() {
         .map(|i| tokio::spawn(svc.clone().oneshot(get(&format!("http://{slow}/{i}"), "slow"))))
         .collect();
     for _ in 0..2 {
-        tokio::time::timeout(bound, arrivals.recv()).await.expect("two reach the host");
+        tokio::time::timeout(bound, arrivals.recv())
+            .await
+            .expect("two reach the host");
     }
     // the third waits for the host, and holds no global permit: the other host proceeds
     let status = tokio::time::timeout(bound, send(&svc, get(&fast.url("/ok"), "fast")))

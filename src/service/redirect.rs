@@ -128,8 +128,12 @@ mod tests {
             let log = log.clone();
             async move {
                 let uri = req.uri().clone();
-                log.lock().unwrap().push((uri.clone(), req.headers().clone(), req.extensions().clone()));
-                let here = chain.iter().position(|c| uri.to_string().ends_with(&c[c.find('@').map_or(7, |i| i + 1)..]));
+                log.lock()
+                    .unwrap()
+                    .push((uri.clone(), req.headers().clone(), req.extensions().clone()));
+                let here = chain
+                    .iter()
+                    .position(|c| uri.to_string().ends_with(&c[c.find('@').map_or(7, |i| i + 1)..]));
                 let res = match here.and_then(|i| chain.get(i + 1)) {
                     Some(next) => Response::builder().status(302).header(LOCATION, *next).body(()),
                     None => Response::builder().status(200).body(()),
@@ -176,7 +180,10 @@ mod tests {
         assert_eq!(provider(2), None, "another host: its own partition");
         assert!(!seen[2].1.contains_key(AUTHORIZATION), "no credentials across origins");
         assert_eq!(seen[2].2.get::<OperationType>(), Some(&OperationType::Resolve));
-        assert_eq!(seen[2].2.get::<WorkId>().map(|w| w.as_str().to_owned()).as_deref(), Some("W1"));
+        assert_eq!(
+            seen[2].2.get::<WorkId>().map(|w| w.as_str().to_owned()).as_deref(),
+            Some("W1")
+        );
         let mut hop = Request::get(seen[2].0.clone()).body(()).unwrap();
         *hop.extensions_mut() = seen[2].2.clone();
         assert_eq!(
@@ -185,7 +192,10 @@ mod tests {
         );
 
         assert_eq!(provider(3).as_deref(), Some("crossref"), "back on the provider's host");
-        assert!(!seen[3].1.contains_key(AUTHORIZATION), "credentials once dropped stay dropped");
+        assert!(
+            !seen[3].1.contains_key(AUTHORIZATION),
+            "credentials once dropped stay dropped"
+        );
     }
 
     #[tokio::test]

@@ -87,7 +87,13 @@ where
                 let service = self.inner.clone();
                 ResponseFuture::waiting(service, req, until, partition, self.max_wait, self.cooldowns.clone())
             }
-            _ => ResponseFuture::ready(self.inner.clone(), req, partition, self.max_wait, self.cooldowns.clone()),
+            _ => ResponseFuture::ready(
+                self.inner.clone(),
+                req,
+                partition,
+                self.max_wait,
+                self.cooldowns.clone(),
+            ),
         }
     }
 }
