@@ -33,6 +33,7 @@ pin_project! {
         gate: Option<Gate>,
         host_permit: Option<OwnedSemaphorePermit>,
         called_at: Instant,
+        // the time held for the host and the token (not for the inner service's readiness)
         wait: Duration,
     }
 }
@@ -162,6 +163,7 @@ where
                             gate.index = ticket.index;
                             gate.reserved_at = Instant::now();
                             if ticket.wait.is_zero() {
+                                *this.wait = this.called_at.elapsed();
                                 this.state.set(State::Ready);
                             } else {
                                 this.state.set(State::Waiting {
@@ -192,6 +194,7 @@ where
                         sleep.reset(now + remaining);
                         continue;
                     }
+                    *this.wait = now - *this.called_at;
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
@@ -204,7 +207,6 @@ where
                     let Some((mut svc, req)) = this.pending.take() else {
                         return Poll::Ready(Err(gone()));
                     };
-                    *this.wait = this.called_at.elapsed();
                     let future = svc.call(req);
                     this.state.set(State::Called { future });
                 }
