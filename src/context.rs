@@ -391,7 +391,7 @@ fn host_port(uri: &Uri) -> Option<&str> {
 }
 
 /// The partition's host: lower-cased, with the port when the URI wrote one.
-fn host_of(uri: &Uri) -> String {
+pub(crate) fn host_of(uri: &Uri) -> String {
     host_port(uri).unwrap_or_default().to_ascii_lowercase()
 }
 

@@ -345,3 +345,60 @@ async fn lowering_the_rate_respaces_requests_already_waiting() {
     assert!(timeouts >= 1, "{outcomes:?}");
     assert!(Instant::now() - start <= Duration::from_secs(2) + Duration::from_secs(3));
 }
+
+/// Waiting holds nothing: with a global cap of one, a request sleeping for a slow
+/// partition's token or cool-down does not hold the permit, so a request to a ready
+/// partition goes through at once (in one poll, without the clock moving).
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_its_partition_holds_no_global_permit() {
+    use contentdownload::layers::retry_after::RetryAfterLayer;
+    use tokio_test::{assert_pending, assert_ready};
+
+    let lim = RateLimiter::new(RateLimitConfig {
+        default: Quota::per_second(1.0),
+        max_in_flight: Some(1),
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let retry_after = RetryAfterLayer::new().max_wait(Duration::from_secs(5));
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let seen = sent.clone();
+    let inner = service_fn(move |req: Request<()>| {
+        seen.lock()
+            .unwrap()
+            .push(PartitionKey::compute(&req).provider().as_str().to_owned());
+        async { Ok::<_, Infallible>(Response::new(())) }
+    });
+    // the stack's order: cool-down → rate limit → global cap → client
+    let svc = ServiceBuilder::new()
+        .layer(retry_after.clone())
+        .layer(RateLimitLayer::new(lim.clone()))
+        .option_layer(lim.global_concurrency_layer())
+        .service(inner);
+    let start = Instant::now();
+
+    svc.clone().oneshot(req("slow")).await.unwrap(); // spends slow's token
+    let mut waiting = tokio_test::task::spawn(svc.clone().oneshot(req("slow")));
+    assert_pending!(waiting.poll(), "slow's next token is 1 s away");
+
+    let mut ready = tokio_test::task::spawn(svc.clone().oneshot(req("ready")));
+    assert_ready!(ready.poll()).expect("sent while the other request waits for its token");
+
+    // the same for a cool-down
+    let cooled = PartitionKey::new("cooled", "example.org");
+    retry_after
+        .cooldowns()
+        .extend(cooled, Instant::now() + Duration::from_secs(2));
+    let mut cooling = tokio_test::task::spawn(svc.clone().oneshot(req("cooled")));
+    assert_pending!(cooling.poll(), "cooled waits 2 s");
+    let mut other = tokio_test::task::spawn(svc.clone().oneshot(req("other")));
+    assert_ready!(other.poll()).expect("sent while the other request waits out a cool-down");
+    assert_eq!(Instant::now(), start, "nothing waited for the clock");
+    assert_eq!(*sent.lock().unwrap(), ["slow", "ready", "other"]);
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready!(waiting.poll()).expect("slow's token came");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready!(cooling.poll()).expect("the cool-down ended");
+    assert_eq!(*sent.lock().unwrap(), ["slow", "ready", "other", "slow", "cooled"]);
+}

@@ -185,3 +185,146 @@ async fn attempts_are_recorded_and_an_empty_budget_is_reported() {
     assert_eq!(flaky.len(), 2, "{records:?}");
     assert!(records.iter().all(|r| r.run_id.as_deref() == Some("run-7")));
 }
+
+/// Each redirect hop is its own attempt to its own partition: the origin redirects to a
+/// second host that answers 429 (`Retry-After: 1`), then the PDF. The second host is
+/// throttled and cooled, the origin is not, and the attempt records show every hop.
+#[tokio::test(start_paused = true)]
+async fn a_redirect_hop_is_its_own_partition_and_a_429_there_cools_that_host() {
+    use contentdownload::context::PartitionKey;
+    use contentdownload::layers::telemetry::{MemorySink, RecordWriter};
+    let origin = Simulator::start().await.unwrap();
+    let cdn = Simulator::start().await.unwrap();
+    origin.on("/doi/x", [Reply::redirect(302, &cdn.url("/f.pdf"))]);
+    cdn.on("/f.pdf", [Reply::status(429).retry_after_secs(1), Reply::pdf(2000)]);
+    let (origin_host, cdn_host) = (origin.addr().to_string(), cdn.addr().to_string());
+    let sink = MemorySink::new();
+    let writer = RecordWriter::spawn(sink.clone(), 64);
+    let s = stack(StackConfig {
+        records: Some(writer.clone()),
+        ..StackConfig::default()
+    });
+    let svc = s.service(OperationType::Download);
+    let op = tokio::spawn(svc.clone().oneshot(get(&origin.url("/doi/x"), "doi")));
+
+    // While the download waits to retry, the CDN (and only the CDN) cools down.
+    let mut cooled = Vec::new();
+    for _ in 0..500 {
+        cooled = s.cooldowns().active();
+        if !cooled.is_empty() || op.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cooled: Vec<PartitionKey> = cooled.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(cooled, [PartitionKey::new(cdn_host.as_str(), cdn_host.as_str())]);
+
+    assert_eq!(op.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(origin.count("/doi/x"), 2);
+    assert_eq!(cdn.count("/f.pdf"), 2);
+    let learner = s.learner().unwrap();
+    assert_eq!(
+        learner
+            .status(&cdn_host, &cdn_host)
+            .expect("the CDN was seen")
+            .throttles,
+        1
+    );
+    assert_eq!(learner.status("doi", &origin_host).map_or(0, |st| st.throttles), 0);
+    assert!(
+        learner.status("doi", &cdn_host).is_none(),
+        "the provider stayed on its host"
+    );
+
+    writer.flush().await.expect("records flushed");
+    let hops: Vec<(String, String, Option<u16>)> = sink
+        .records()
+        .iter()
+        .map(|r| {
+            let host = r.url.split('/').nth(2).unwrap_or_default().to_owned();
+            (host, r.provider.clone(), r.status)
+        })
+        .collect();
+    let o = (origin_host.clone(), "doi".to_owned());
+    let c = (cdn_host.clone(), cdn_host.clone());
+    assert_eq!(
+        hops,
+        [
+            (o.0.clone(), o.1.clone(), Some(302)),
+            (c.0.clone(), c.1.clone(), Some(429)),
+            (o.0.clone(), o.1.clone(), Some(302)),
+            (c.0.clone(), c.1.clone(), Some(200)),
+        ]
+    );
+    let records = sink.records();
+    assert_eq!(records[1].retry_after_us, Some(1_000_000), "{records:?}");
+    assert!(records[0].work_id.is_none() && records.iter().all(|r| r.operation == OperationType::Download));
+}
+
+/// A request over the per-host cap waits (holding no global permit) while another host
+/// proceeds; a loopback server holds the first host's responses until released.
+#[tokio::test]
+async fn the_per_host_cap_holds_a_third_request_while_another_host_proceeds() {
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, Semaphore};
+
+    async fn gated_server(gate: Arc<Semaphore>, arrived: mpsc::UnboundedSender<()>) -> std::net::SocketAddr {
+        let app = axum::Router::new().fallback(move || {
+            let (gate, arrived) = (gate.clone(), arrived.clone());
+            async move {
+                let _ = arrived.send(());
+                let _permit = gate.acquire().await;
+                "held"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+    let bound = Duration::from_secs(10);
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut arrivals) = mpsc::unbounded_channel();
+    let slow = gated_server(gate.clone(), tx).await;
+    let fast = Simulator::start().await.unwrap();
+    fast.on("/ok", [Reply::ok()]);
+
+    let s = stack(StackConfig {
+        rate_limit: RateLimitConfig {
+            default: Quota::new(1000.0, 100),
+            max_in_flight: Some(3),
+            max_per_host: Some(2),
+            ..RateLimitConfig::default()
+        },
+        ..StackConfig::default()
+    });
+    let svc = s.service(OperationType::Resolve);
+    let held: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(svc.clone().oneshot(get(&format!("http://{slow}/{i}"), "slow"))))
+        .collect();
+    for _ in 0..2 {
+        tokio::time::timeout(bound, arrivals.recv())
+            .await
+            .expect("two reach the host");
+    }
+    // the third waits for the host, and holds no global permit: the other host proceeds
+    let status = tokio::time::timeout(bound, send(&svc, get(&fast.url("/ok"), "fast")))
+        .await
+        .expect("another host is not held up")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(arrivals.try_recv().is_err(), "a third request reached the capped host");
+    assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 2);
+    assert!(held.iter().all(|h| !h.is_finished()));
+
+    gate.add_permits(1);
+    tokio::time::timeout(bound, arrivals.recv())
+        .await
+        .expect("the third is sent once a slot frees");
+    gate.add_permits(2);
+    for h in held {
+        let res = tokio::time::timeout(bound, h).await.expect("bounded").unwrap().unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 0);
+}

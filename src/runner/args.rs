@@ -249,6 +249,10 @@ pub struct RunArgs {
     /// Works processed at once [default: 8].
     #[arg(long, value_name = "N", env = "DOCSTOKG_WORKERS")]
     pub workers: Option<usize>,
+    /// Requests in flight to one host (`host[:port]`) at once; a request over the cap waits
+    /// without holding a global slot [default: 4].
+    #[arg(long, value_name = "N", env = "DOCSTOKG_MAX_PER_HOST")]
+    pub max_per_host: Option<usize>,
 
     /// Retry by operation type (on by default).
     #[arg(long, env = "DOCSTOKG_ENABLE_CONTEXTUAL_RETRY", num_args = 0..=1, default_missing_value = "true",

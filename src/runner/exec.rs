@@ -77,6 +77,7 @@ fn rate_table(rates: &[RateSpec], default: Quota) -> RateLimitConfig {
 fn rate_config(settings: &RunSettings) -> RateLimitConfig {
     let mut cfg = rate_table(&settings.rates, settings.default_rate);
     cfg.max_in_flight = Some(settings.workers * settings.fallback.max_concurrent.max(1) + 8);
+    cfg.max_per_host = Some(settings.max_per_host);
     cfg
 }
 

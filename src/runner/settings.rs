@@ -62,6 +62,8 @@ pub struct FileConfig {
     pub mailto: Option<String>,
     /// Works at once.
     pub workers: Option<usize>,
+    /// Requests in flight to one host at once.
+    pub max_per_host: Option<usize>,
     /// `KEY = "RATE[:BURST]"`: a provider name, a host (any port) or `host:port`.
     pub rates: BTreeMap<String, String>,
     /// `"RATE[:BURST]"` of hosts no key names (`--default-rate`).
@@ -131,6 +133,8 @@ pub struct RunSettings {
     pub default_rate: Quota,
     /// Works at once.
     pub workers: usize,
+    /// Requests in flight to one host at once.
+    pub max_per_host: usize,
     /// Gate: contextual retry.
     pub contextual_retry: bool,
     /// Gate: provider learning.
@@ -244,6 +248,10 @@ impl RunSettings {
         if workers == 0 {
             return Err("--workers must be at least 1".into());
         }
+        let max_per_host = args.max_per_host.or(file.max_per_host).unwrap_or(4);
+        if max_per_host == 0 {
+            return Err("--max-per-host must be at least 1".into());
+        }
 
         let mut fallback = file.fallback.unwrap_or_default();
         if !args.fallback_tiers.is_empty() {
@@ -322,6 +330,7 @@ impl RunSettings {
             rates,
             default_rate,
             workers,
+            max_per_host,
             contextual_retry: gate(
                 args.enable_contextual_retry,
                 args.disable_contextual_retry,
@@ -582,5 +591,19 @@ connect_timeout_ms = 1234
                 .unwrap()
                 .ignore_robots
         );
+    }
+
+    #[test]
+    fn max_per_host_defaults_to_4_and_the_flag_wins_over_the_file() {
+        assert_eq!(resolve(&["--input", "w"]).unwrap().max_per_host, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "max_per_host = 2\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(resolve(&["--input", "w", "--config", p]).unwrap().max_per_host, 2);
+        let s = resolve(&["--input", "w", "--config", p, "--max-per-host", "6"]).unwrap();
+        assert_eq!(s.max_per_host, 6);
+        let err = resolve(&["--input", "w", "--max-per-host", "0"]).unwrap_err();
+        assert!(err.contains("--max-per-host"), "{err}");
     }
 }

@@ -14,6 +14,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::util::Either;
 use tower_http::follow_redirect::FollowRedirect;
 use tower_http::set_header::SetRequestHeader;
 use tower_service::Service;
@@ -26,7 +27,8 @@ use super::tls;
 use crate::error::BoxError;
 
 type Connector = HttpsConnector<HttpConnector>;
-type Inner<B> = FollowRedirect<SetRequestHeader<SharedClient<B>, HeaderValue>, RedirectPolicy>;
+type Base<B> = SetRequestHeader<SharedClient<B>, HeaderValue>;
+type Inner<B> = Either<FollowRedirect<Base<B>, RedirectPolicy>, Base<B>>;
 
 /// The hyper-util client behind one `Arc`. Its `Client` holds a dozen fields (pool,
 /// connector, executor, timers, HTTP/1 and HTTP/2 settings) and sends with `&self`, while
@@ -199,6 +201,16 @@ where
     /// Builds the client for request bodies of type `B`
     /// (`HttpClient::<Empty<Bytes>>::with_body_type(&config)`).
     pub fn with_body_type(config: &HttpConfig) -> Result<Self, ConfigError> {
+        Self::build(config, true)
+    }
+
+    /// A client that hands every redirect back instead of following it: for a stack whose
+    /// own redirect layer sits above the partition layers (see [`Stack`](super::Stack)).
+    pub(crate) fn without_redirects(config: &HttpConfig) -> Result<Self, ConfigError> {
+        Self::build(config, false)
+    }
+
+    fn build(config: &HttpConfig, follow_redirects: bool) -> Result<Self, ConfigError> {
         if config.connect_timeout_ms == 0 {
             return Err(invalid("connect_timeout_ms", "must be greater than 0"));
         }
@@ -237,8 +249,14 @@ where
         let client = SetRequestHeader::if_not_present(client, USER_AGENT, user_agent);
         // Extensions are not replayed on redirected requests: the layers above the client
         // have read theirs already, and snapshotting them cost a map clone per request.
-        let inner =
-            FollowRedirect::with_policy(client, RedirectPolicy::new(config.max_redirects)).preserve_extensions(false);
+        let inner = if follow_redirects {
+            Either::Left(
+                FollowRedirect::with_policy(client, RedirectPolicy::new(config.max_redirects))
+                    .preserve_extensions(false),
+            )
+        } else {
+            Either::Right(client)
+        };
         Ok(HttpClient {
             inner,
             read_timeout: config.read_timeout(),

@@ -52,8 +52,9 @@ where
             }
             Ok(result) => result?,
         };
-        // FollowRedirect hands back a redirect it could not parse (`file:///...` is not a
-        // valid http URI): refuse those the same way as the ones the policy saw.
+        // FollowRedirect (the client's own, or the stack's above it) hands back a redirect
+        // it could not parse (`file:///...` is not a valid http URI): refuse those the same
+        // way as the ones the policy saw.
         if response.status().is_redirection() {
             if let Some(location) = response.headers().get(LOCATION) {
                 let scheme = location

@@ -11,8 +11,9 @@ use http_body_util::{BodyExt, Full};
 use tower::util::Either;
 use tower::ServiceBuilder;
 use tower_http::decompression::{Decompression, DecompressionBody, DecompressionLayer};
+use tower_http::follow_redirect::FollowRedirectLayer;
 
-use super::{HttpClient, HttpConfig, ResponseBody};
+use super::{HttpClient, HttpConfig, RedirectPolicy, ResponseBody};
 use crate::context::OperationType;
 use crate::error::BoxError;
 use crate::layers::idempotency::IdempotencyLayer;
@@ -81,10 +82,24 @@ impl Default for StackConfig {
 
 /// The download stack: every layer, in the order of the design (outer to inner):
 ///
-/// telemetry (operation span) → idempotency → contextual retry → telemetry (attempt span)
-/// → Retry-After cool-down → provider learning → rate limit → global in-flight cap →
-/// (decompression, for metadata operations) → the shared client (User-Agent, redirects,
-/// timeouts).
+/// telemetry (operation span) → idempotency → contextual retry → redirects → telemetry
+/// (attempt span) → Retry-After cool-down → provider learning → rate limit (with the
+/// per-host cap) → global in-flight cap → (decompression, for metadata operations) → the
+/// shared client (User-Agent, timeouts).
+///
+/// Redirects are followed above the partition layers (tower-http's `FollowRedirect` with
+/// [`RedirectPolicy`]: at most `http.max_redirects` hops, http/https only, no credentials
+/// across origins), so each hop is its own attempt to its own partition: a chain
+/// `doi.org → publisher → CDN` takes a token of each host, a 429 from the CDN cools the
+/// CDN, not doi.org, and the attempt records show every hop. A [`Provider`] extension names
+/// the first request's host only; a hop to another host is partitioned by its host (see
+/// [`RedirectPolicy`]). The stack's client itself hands redirects back.
+///
+/// Waiting holds nothing: a request waiting for its partition's cool-down, token or
+/// per-host slot carries an unready clone of the service below, which takes its global
+/// in-flight permit only when the wait is over.
+///
+/// [`Provider`]: crate::context::Provider
 ///
 /// One `Stack` holds the state every operation shares: the client's connection pool, the
 /// rate limiter and its learner, the cool-downs and the retry budgets. [`service`](Stack::service)
@@ -111,6 +126,7 @@ pub struct Stack {
     learner: Option<Learner>,
     retry: ContextualRetryLayer,
     retry_after: RetryAfterLayer,
+    redirects: FollowRedirectLayer<RedirectPolicy>,
     idempotency: Option<IdempotencyLayer>,
     operation_telemetry: TelemetryLayer,
     attempt_telemetry: TelemetryLayer,
@@ -165,7 +181,8 @@ fn set_operation(op: OperationType) -> impl Fn(Request<Full<Bytes>>) -> Request<
 impl Stack {
     /// Builds the client and the shared state. Errors name the setting that is wrong.
     pub fn new(config: &StackConfig) -> Result<Stack, BoxError> {
-        let client = HttpClient::new(&config.http)?;
+        let client = HttpClient::without_redirects(&config.http)?;
+        let redirects = FollowRedirectLayer::with_policy(RedirectPolicy::new(config.http.max_redirects));
         let limiter = RateLimiter::new(config.rate_limit.clone())?;
         let learner = match (config.provider_learning, &config.learning_path) {
             (false, _) => None,
@@ -207,6 +224,7 @@ impl Stack {
             limiter,
             learner,
             retry,
+            redirects,
             retry_after: RetryAfterLayer::new().max_wait(config.cooldown_max_wait),
             idempotency: config.idempotency.then(IdempotencyLayer::new),
         })
@@ -232,7 +250,9 @@ impl Stack {
     /// The service for one operation type with every layer of the stack around `inner`
     /// instead of the shared client: how adapters (for example the reqwest middleware) send
     /// through another client while sharing this stack's limiter, learner, cool-downs and
-    /// budgets. `inner` gets no decompression; it should follow redirects itself.
+    /// budgets. `inner` gets no decompression. The stack's redirect layer follows the
+    /// redirects `inner` hands back, each hop through the partition layers; an `inner` that
+    /// follows redirects itself hides its hops from them.
     pub fn service_with<S>(&self, op: OperationType, inner: S) -> HttpService
     where
         S: tower::Service<Request<Full<Bytes>>, Response = Response<PipelineBody>, Error = BoxError>
@@ -262,6 +282,7 @@ impl Stack {
             .layer(self.operation_telemetry.clone())
             .option_layer(self.idempotency.clone())
             .layer(self.retry.clone())
+            .layer(self.redirects.clone())
             .layer(self.attempt_telemetry.clone())
             .layer(self.retry_after.clone())
             .option_layer(self.learner.clone().map(ProviderLearningLayer::new))
@@ -271,7 +292,8 @@ impl Stack {
         HttpService::new(svc)
     }
 
-    /// The shared client (its pool is shared by every service of the stack).
+    /// The shared client (its pool is shared by every service of the stack). It does not
+    /// follow redirects: the stack's redirect layer does, above the partition layers.
     pub fn client(&self) -> &HttpClient {
         &self.client
     }
@@ -279,6 +301,11 @@ impl Stack {
     /// The rate limiter every service shares.
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
+    }
+
+    /// The cool-downs every service shares (partitions told to wait by a 429 or 503).
+    pub fn cooldowns(&self) -> &crate::layers::retry_after::Cooldowns {
+        self.retry_after.cooldowns()
     }
 
     /// The learner, when provider learning is on; persist it at shutdown.

@@ -81,6 +81,11 @@ pub struct RateLimitConfig {
     /// limiter (see [`RateLimiter::global_concurrency_layer`](super::RateLimiter::global_concurrency_layer)).
     /// Default: none.
     pub max_in_flight: Option<usize>,
+    /// A cap on requests in flight to one host (the partition's `host[:port]`, whatever the
+    /// provider), counted from the end of the token wait to the response head. A request
+    /// over the cap waits, before taking a token, holding nothing. Default: none (the
+    /// runner's `--max-per-host` sets 4).
+    pub max_per_host: Option<usize>,
 }
 
 impl Default for RateLimitConfig {
@@ -91,6 +96,7 @@ impl Default for RateLimitConfig {
             max_wait: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_in_flight: None,
+            max_per_host: None,
         }
     }
 }
@@ -134,6 +140,12 @@ impl RateLimitConfig {
         if self.max_in_flight == Some(0) {
             return Err(RateLimitConfigError::new(
                 "max_in_flight".to_owned(),
+                "must be at least 1, or unset for no cap".to_owned(),
+            ));
+        }
+        if self.max_per_host == Some(0) {
+            return Err(RateLimitConfigError::new(
+                "max_per_host".to_owned(),
                 "must be at least 1, or unset for no cap".to_owned(),
             ));
         }

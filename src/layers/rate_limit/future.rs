@@ -2,11 +2,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::Response;
 use pin_project_lite::pin_project;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
@@ -14,12 +16,24 @@ use super::RateLimiter;
 use crate::context::{PartitionKey, RateLimitWait};
 use crate::error::{BoxError, RateLimitTimeout};
 
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
 pin_project! {
-    /// Response future of [`RateLimit`](super::RateLimit): sleeps until the reserved slot,
-    /// then calls the inner service and attaches the wait to the response.
+    /// Response future of [`RateLimit`](super::RateLimit): waits for a per-host slot (when
+    /// the host is at its cap), then for the reserved token slot, then polls its own clone
+    /// of the inner service for readiness, calls it, and attaches the wait to the response.
+    ///
+    /// While it waits it holds an *unready* clone of the inner service, so whatever the
+    /// inner service reserves when it becomes ready (a global in-flight permit) is taken
+    /// only once the wait is over.
     pub struct ResponseFuture<S, Req, F> {
         #[pin]
-        state: State<S, Req, F>,
+        state: State<F>,
+        pending: Option<(S, Req)>,
+        gate: Option<Gate>,
+        host_permit: Option<OwnedSemaphorePermit>,
+        called_at: Instant,
+        // the time held for the host and the token (not for the inner service's readiness)
         wait: Duration,
     }
 }
@@ -28,28 +42,33 @@ pin_project! {
 /// millisecond granularity, and sleeping again for a rounding error would cost a tick.
 const RECHECK_SLACK: Duration = Duration::from_millis(1);
 
-/// What a waiting request needs to check its slot again when it wakes up.
+/// What a request needs to take (or check again) its token slot.
 #[derive(Debug)]
-pub(super) struct Recheck {
+pub(super) struct Gate {
     pub(super) limiter: RateLimiter,
     pub(super) key: PartitionKey,
+    /// The reservation's number, once reserved.
     pub(super) index: u64,
-    pub(super) started: Instant,
+    pub(super) reserved_at: Instant,
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, Req, F> {
-        Waiting { #[pin] sleep: Sleep, pending: Option<(S, Req)>, recheck: Recheck },
+    enum State<F> {
+        Host { acquire: Acquire },
+        Waiting { #[pin] sleep: Sleep },
+        Ready,
         Called { #[pin] future: F },
-        Failed { error: Option<RateLimitTimeout> },
+        Failed { error: Option<BoxError> },
     }
 }
 
 impl<S, Req, F> std::fmt::Debug for ResponseFuture<S, Req, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
+            State::Host { .. } => "waiting for the host",
             State::Waiting { .. } => "waiting",
+            State::Ready => "ready",
             State::Called { .. } => "called",
             State::Failed { .. } => "failed",
         };
@@ -61,30 +80,61 @@ impl<S, Req, F> std::fmt::Debug for ResponseFuture<S, Req, F> {
 }
 
 impl<S, Req, F> ResponseFuture<S, Req, F> {
-    pub(super) fn called(future: F) -> Self {
+    /// A token slot was reserved (`wait` from now); `service` is an unready clone.
+    pub(super) fn reserved(
+        service: S,
+        request: Req,
+        wait: Duration,
+        gate: Gate,
+        host_permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        let state = if wait.is_zero() {
+            State::Ready
+        } else {
+            State::Waiting {
+                sleep: tokio::time::sleep_until(gate.reserved_at + wait),
+            }
+        };
         ResponseFuture {
-            state: State::Called { future },
+            called_at: gate.reserved_at,
+            state,
+            pending: Some((service, request)),
+            gate: Some(gate),
+            host_permit,
             wait: Duration::ZERO,
         }
     }
 
-    pub(super) fn waiting(service: S, request: Req, wait: Duration, recheck: Recheck) -> Self {
+    /// The host is at its cap: wait for a permit of `semaphore` first, then reserve a slot.
+    pub(super) fn host_full(service: S, request: Req, semaphore: Arc<Semaphore>, gate: Gate) -> Self {
         ResponseFuture {
-            state: State::Waiting {
-                sleep: tokio::time::sleep_until(recheck.started + wait),
-                pending: Some((service, request)),
-                recheck,
+            called_at: gate.reserved_at,
+            state: State::Host {
+                acquire: Box::pin(semaphore.acquire_owned()),
             },
-            wait,
+            pending: Some((service, request)),
+            gate: Some(gate),
+            host_permit: None,
+            wait: Duration::ZERO,
         }
     }
 
     pub(super) fn failed(error: RateLimitTimeout) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
+            state: State::Failed {
+                error: Some(Box::new(error)),
+            },
+            pending: None,
+            gate: None,
+            host_permit: None,
+            called_at: Instant::now(),
             wait: Duration::ZERO,
         }
     }
+}
+
+fn gone() -> BoxError {
+    "rate_limit::ResponseFuture polled after completion".into()
 }
 
 impl<S, Req, F, B, E> Future for ResponseFuture<S, Req, F>
@@ -99,21 +149,44 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    mut sleep,
-                    pending,
-                    recheck,
-                } => {
+                StateProj::Host { acquire } => {
+                    let permit = ready!(acquire.as_mut().poll(cx)).map_err(|_| gone())?;
+                    *this.host_permit = Some(permit);
+                    let Some(gate) = this.gate.as_mut() else {
+                        return Poll::Ready(Err(gone()));
+                    };
+                    match gate.limiter.reserve_ticket(&gate.key) {
+                        Err(timeout) => this.state.set(State::Failed {
+                            error: Some(Box::new(timeout)),
+                        }),
+                        Ok(ticket) => {
+                            gate.index = ticket.index;
+                            gate.reserved_at = Instant::now();
+                            if ticket.wait.is_zero() {
+                                *this.wait = this.called_at.elapsed();
+                                this.state.set(State::Ready);
+                            } else {
+                                this.state.set(State::Waiting {
+                                    sleep: tokio::time::sleep_until(gate.reserved_at + ticket.wait),
+                                });
+                            }
+                        }
+                    }
+                }
+                StateProj::Waiting { mut sleep } => {
                     ready!(sleep.as_mut().poll(cx));
+                    let Some(gate) = this.gate.as_ref() else {
+                        return Poll::Ready(Err(gone()));
+                    };
                     let now = Instant::now();
-                    let remaining = recheck.limiter.slot_of(&recheck.key, recheck.index);
+                    let remaining = gate.limiter.slot_of(&gate.key, gate.index);
                     if remaining > RECHECK_SLACK {
                         // The rate was lowered while we slept: our slot moved later.
-                        let total = now + remaining - recheck.started;
-                        let max_wait = recheck.limiter.config().max_wait;
+                        let total = now + remaining - gate.reserved_at;
+                        let max_wait = gate.limiter.config().max_wait;
                         if total > max_wait {
                             return Poll::Ready(Err(Box::new(RateLimitTimeout {
-                                partition: recheck.key.clone(),
+                                partition: gate.key.clone(),
                                 wait: total,
                                 max_wait,
                             })));
@@ -121,21 +194,32 @@ where
                         sleep.reset(now + remaining);
                         continue;
                     }
-                    *this.wait = now - recheck.started;
-                    let (svc, _) = pending.as_mut().expect("polled after the request was sent");
+                    *this.wait = now - *this.called_at;
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    // The wait is over: only now does the inner service get ready (and take
+                    // whatever it reserves for that, such as a global permit).
+                    let Some((svc, _)) = this.pending.as_mut() else {
+                        return Poll::Ready(Err(gone()));
+                    };
                     ready!(svc.poll_ready(cx)).map_err(Into::into)?;
-                    let (mut svc, req) = pending.take().expect("checked just above");
+                    let Some((mut svc, req)) = this.pending.take() else {
+                        return Poll::Ready(Err(gone()));
+                    };
                     let future = svc.call(req);
                     this.state.set(State::Called { future });
                 }
                 StateProj::Called { future } => {
-                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let result = ready!(future.poll(cx));
+                    // the per-host slot is free again once the head is in (or the call failed)
+                    this.host_permit.take();
+                    let mut response = result.map_err(Into::into)?;
                     response.extensions_mut().insert(RateLimitWait(*this.wait));
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Failed { error } => {
-                    let err = error.take().expect("polled after completion");
-                    return Poll::Ready(Err(Box::new(err)));
+                    return Poll::Ready(Err(error.take().unwrap_or_else(gone)));
                 }
             }
         }

@@ -1,10 +1,11 @@
 //! [`RateLimiter`]: keyed GCRA token buckets behind a cloneable handle.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
@@ -44,6 +45,22 @@ struct Shared {
     /// Ceilings set by [`RateLimiter::cap_rate`] (a robots.txt `Crawl-delay`), kept apart
     /// from the buckets so that they survive eviction and every later `set_rate`.
     caps: Mutex<PartitionMap<f64>>,
+    /// One semaphore of `max_per_host` permits per host, when that cap is set.
+    hosts: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+}
+
+/// Above this many hosts, the semaphores nobody holds or waits for are dropped when a new
+/// host is added.
+const HOST_SWEEP_AT: usize = 1024;
+
+/// A request's place under the per-host cap.
+pub(crate) enum HostSlot {
+    /// No per-host cap is configured.
+    Unlimited,
+    /// A permit was free: held until the response head.
+    Taken(OwnedSemaphorePermit),
+    /// The host is at its cap: wait on this semaphore.
+    Full(Arc<Semaphore>),
 }
 
 /// Keyed token buckets, one per partition `(provider, host)`, behind a cheap cloneable
@@ -120,6 +137,7 @@ impl RateLimiter {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 semaphore,
                 caps: Mutex::new(PartitionMap::default()),
+                hosts: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -333,6 +351,42 @@ impl RateLimiter {
         });
     }
 
+    /// The partition's place under the per-host cap ([`RateLimitConfig::max_per_host`]),
+    /// keyed by the partition's host (`host[:port]`), whatever its provider.
+    pub(crate) fn host_slot(&self, key: &PartitionKey) -> HostSlot {
+        let Some(cap) = self.shared.config.max_per_host else {
+            return HostSlot::Unlimited;
+        };
+        let semaphore = {
+            let mut hosts = self.shared.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            match hosts.get(key.host()) {
+                Some(s) => Arc::clone(s),
+                None => {
+                    if hosts.len() >= HOST_SWEEP_AT {
+                        // held or waited for: someone else has a clone of the Arc
+                        hosts.retain(|_, s| Arc::strong_count(s) > 1);
+                    }
+                    let s = Arc::new(Semaphore::new(cap));
+                    hosts.insert(Arc::from(key.host()), Arc::clone(&s));
+                    s
+                }
+            }
+        };
+        match Arc::clone(&semaphore).try_acquire_owned() {
+            Ok(permit) => HostSlot::Taken(permit),
+            Err(_) => HostSlot::Full(semaphore),
+        }
+    }
+
+    /// How many requests to `host` (`host[:port]`, as in [`PartitionKey::host`]) hold a
+    /// per-host permit now: 0 when no cap is set or the host was not seen.
+    pub fn in_flight_to(&self, host: &str) -> usize {
+        let (Some(cap), Ok(hosts)) = (self.shared.config.max_per_host, self.shared.hosts.lock()) else {
+            return 0;
+        };
+        hosts.get(host).map_or(0, |s| cap.saturating_sub(s.available_permits()))
+    }
+
     /// Forgets every bucket unused for [`RateLimitConfig::idle_timeout`] now, rather
     /// than on the next sweep.
     pub fn evict_idle(&self) {
@@ -357,9 +411,11 @@ impl RateLimiter {
     /// share one semaphore of [`RateLimitConfig::max_in_flight`] permits); `None` when
     /// no cap is configured.
     ///
-    /// Put it above the per-attempt layers (around the whole stack, or above retry) so that
-    /// it counts operations in flight; a request waiting for a rate-limit slot below it
-    /// holds its permit while it waits.
+    /// Put it below [`RateLimitLayer`](super::RateLimitLayer) (and the cool-down layer):
+    /// they poll a clone of the service below them only once their wait is over, so a
+    /// request takes its permit when it is about to be sent, not while it waits for its
+    /// partition. Above them, a request waiting for a slow partition would hold a permit
+    /// (and stall requests to partitions that are ready).
     pub fn global_concurrency_layer(&self) -> Option<GlobalConcurrencyLimitLayer> {
         self.shared
             .semaphore

@@ -12,7 +12,12 @@
 //!
 //! A global cap on requests in flight across stacks is tower's
 //! [`GlobalConcurrencyLimitLayer`](tower::limit::GlobalConcurrencyLimitLayer) with one
-//! semaphore, handed out by [`RateLimiter::global_concurrency_layer`].
+//! semaphore, handed out by [`RateLimiter::global_concurrency_layer`]; put it *below*
+//! [`RateLimitLayer`]. Waiting holds nothing: each request carries an unready clone of the
+//! service below and polls it for readiness only after its wait, so it takes the global
+//! permit when it is about to be sent, not while it sleeps for a slow partition.
+//! [`RateLimitConfig::max_per_host`] caps the requests in flight to one host; a request
+//! over it waits (before reserving a token) holding nothing either.
 //!
 //! # Example
 //!
@@ -27,12 +32,13 @@
 //! let limiter = RateLimiter::new(RateLimitConfig {
 //!     default: Quota::new(2.0, 1),
 //!     max_in_flight: Some(64),
+//!     max_per_host: Some(4),
 //!     ..RateLimitConfig::default()
 //! }.provider("crossref", Quota::new(50.0, 5)))?;
 //!
 //! let stack = ServiceBuilder::new()
-//!     .option_layer(limiter.global_concurrency_layer())
 //!     .layer(RateLimitLayer::new(limiter.clone()))
+//!     .option_layer(limiter.global_concurrency_layer())
 //!     .service(service_fn(|_req: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(())) }));
 //!
 //! let req = http::Request::get("https://api.crossref.org/works").extension(Provider::new("crossref")).body(())?;

@@ -7,19 +7,28 @@ use tower_service::Service;
 
 use tokio::time::Instant;
 
-use super::future::{Recheck, ResponseFuture};
+use super::future::{Gate, ResponseFuture};
+use super::limiter::HostSlot;
 use super::RateLimiter;
 use crate::context::PartitionKey;
 use crate::error::BoxError;
 
-/// Holds each request until its partition's bucket has a token, then sends it.
+/// Holds each request until its partition's bucket has a token (and, with a per-host cap,
+/// until its host has a free slot), then sends it.
 ///
-/// The partition is [`PartitionKey::of`] the request. The wait happens in the response
-/// future on a tokio timer (the service itself stays ready), in the order the requests
+/// The partition is [`PartitionKey::of`] the request. The service itself is always ready;
+/// the wait happens in the response future on a tokio timer, in the order the requests
 /// were called; a waiter whose slot moved later meanwhile (the rate was lowered) sleeps
 /// again until the new slot. A wait over the limiter's maximum fails with
 /// [`RateLimitTimeout`](crate::error::RateLimitTimeout). The time waited is attached to the
 /// response as [`RateLimitWait`](crate::context::RateLimitWait).
+///
+/// Waiting holds nothing: each request carries an *unready* clone of the inner service and
+/// polls it for readiness only once its wait is over, so a global in-flight cap below
+/// ([`RateLimiter::global_concurrency_layer`]) gives its permit to requests about to be
+/// sent, never to one sleeping for a slow partition. With
+/// [`max_per_host`](super::RateLimitConfig::max_per_host), a request to a host at its cap
+/// waits for a free slot first, before it reserves a token.
 ///
 /// Clones share the limiter's buckets.
 #[derive(Debug, Clone)]
@@ -64,26 +73,31 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, Request<ReqB>, S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: the inner service is polled by each request's own clone, after the
+        // wait (see the type's documentation).
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let key = PartitionKey::of(&mut req);
-        match self.limiter.reserve_ticket(&key) {
+        let service = self.inner.clone();
+        let mut gate = Gate {
+            limiter: self.limiter.clone(),
+            key,
+            index: 0,
+            reserved_at: Instant::now(),
+        };
+        let permit = match self.limiter.host_slot(&gate.key) {
+            HostSlot::Unlimited => None,
+            HostSlot::Taken(permit) => Some(permit),
+            HostSlot::Full(semaphore) => return ResponseFuture::host_full(service, req, semaphore, gate),
+        };
+        match self.limiter.reserve_ticket(&gate.key) {
             Err(timeout) => ResponseFuture::failed(timeout),
-            Ok(ticket) if ticket.wait.is_zero() => ResponseFuture::called(self.inner.call(req)),
             Ok(ticket) => {
-                // Take the service that is ready; it is polled again after the wait.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                let recheck = Recheck {
-                    limiter: self.limiter.clone(),
-                    key,
-                    index: ticket.index,
-                    started: Instant::now(),
-                };
-                ResponseFuture::waiting(ready, req, ticket.wait, recheck)
+                gate.index = ticket.index;
+                ResponseFuture::reserved(service, req, ticket.wait, gate, permit)
             }
         }
     }
@@ -152,7 +166,8 @@ mod tests {
     async fn over_the_bound_the_error_is_immediate_and_typed() {
         let (mut svc, mut handle) = mock::spawn_layer::<Request<&str>, Response<()>, _>(layer(Duration::ZERO));
         assert_ready_ok!(svc.poll_ready());
-        let _first = svc.call(req());
+        let mut first = tokio_test::task::spawn(svc.call(req()));
+        assert_pending!(first.poll());
         assert_ready_ok!(svc.poll_ready());
         let mut second = tokio_test::task::spawn(svc.call(req()));
         let err = assert_ready!(second.poll()).unwrap_err();

@@ -17,7 +17,8 @@ use crate::error::{BoxError, CoolingDown};
 
 pin_project! {
     /// Response future of [`RetryAfter`](super::RetryAfter): waits out the partition's
-    /// cool-down (if any), calls the inner service, then reads the response's hint.
+    /// cool-down (if any), polls its own (unready) clone of the inner service for readiness,
+    /// calls it, then reads the response's hint. Nothing below is reserved while it waits.
     #[derive(Debug)]
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
@@ -35,15 +36,26 @@ pin_project! {
     #[derive(Debug)]
     enum State<F, S, Req> {
         Waiting { #[pin] sleep: Sleep, service: Option<S>, request: Option<Req> },
+        Ready { service: Option<S>, request: Option<Req> },
         Called { #[pin] future: F },
         Failed { error: Option<CoolingDown> },
     }
 }
 
 impl<F, S, Req> ResponseFuture<F, S, Req> {
-    pub(crate) fn called(future: F, partition: PartitionKey, max_wait: Duration, cooldowns: Cooldowns) -> Self {
+    /// No cool-down: `service` (an unready clone) is polled for readiness, then called.
+    pub(crate) fn ready(
+        service: S,
+        request: Req,
+        partition: PartitionKey,
+        max_wait: Duration,
+        cooldowns: Cooldowns,
+    ) -> Self {
         ResponseFuture {
-            state: State::Called { future },
+            state: State::Ready {
+                service: Some(service),
+                request: Some(request),
+            },
             partition,
             max_wait,
             cooldowns,
@@ -124,11 +136,20 @@ where
                         }
                         continue;
                     }
-                    let (Some(mut service), Some(request)) = (service.take(), request.take()) else {
+                    *this.waited = this.waited_since.map(|since| since.elapsed());
+                    let (service, request) = (service.take(), request.take());
+                    this.state.set(State::Ready { service, request });
+                }
+                StateProj::Ready { service, request } => {
+                    // Only now, with the wait over, does the service below get ready.
+                    let Some(svc) = service.as_mut() else {
                         return Poll::Ready(Err("retry_after::ResponseFuture polled after completion".into()));
                     };
-                    *this.waited = this.waited_since.map(|since| since.elapsed());
-                    let future = service.call(request);
+                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                    let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
+                        return Poll::Ready(Err("retry_after::ResponseFuture polled after completion".into()));
+                    };
+                    let future = svc.call(request);
                     this.state.set(State::Called { future });
                 }
                 StateProj::Called { future } => {

@@ -16,6 +16,10 @@ use crate::error::{BoxError, CoolingDown};
 /// until the cool-down ends (or fails them with [`CoolingDown`] when the wait is longer
 /// than the maximum).
 ///
+/// The service is always ready; each request carries an unready clone of the inner service
+/// and polls it for readiness after its cool-down, so a waiting request holds nothing the
+/// inner service reserves when ready (a rate-limit slot, a global in-flight permit).
+///
 /// Clones share the cool-down state ([`Cooldowns`], behind an `Arc`).
 #[derive(Clone, Debug)]
 pub struct RetryAfter<S> {
@@ -64,8 +68,10 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, S, Request<B>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: each request polls its own clone of the inner service, after its
+        // cool-down, so a request waiting out a cool-down holds nothing below.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
@@ -76,13 +82,18 @@ where
                 if until - now > self.max_wait {
                     return ResponseFuture::failed(CoolingDown { partition, until });
                 }
-                // The ready service goes into the future, called when the wait is over; the
-                // clone left here is polled for readiness before the next call.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(ready, req, until, partition, self.max_wait, self.cooldowns.clone())
+                // An unready clone goes into the future, polled for readiness when the wait
+                // is over.
+                let service = self.inner.clone();
+                ResponseFuture::waiting(service, req, until, partition, self.max_wait, self.cooldowns.clone())
             }
-            _ => ResponseFuture::called(self.inner.call(req), partition, self.max_wait, self.cooldowns.clone()),
+            _ => ResponseFuture::ready(
+                self.inner.clone(),
+                req,
+                partition,
+                self.max_wait,
+                self.cooldowns.clone(),
+            ),
         }
     }
 }

@@ -30,6 +30,7 @@ async fn hint_is_attached_and_the_partition_cools_down() {
 
     assert_ready!(svc.poll_ready()).unwrap();
     let mut first = tokio_test::task::spawn(svc.call(req("a.example")));
+    assert_pending!(first.poll(), "sent when polled");
     let (r, send) = handle.next_request().await.unwrap();
     assert_eq!(
         r.extensions().get::<PartitionKey>(),
@@ -48,6 +49,7 @@ async fn hint_is_attached_and_the_partition_cools_down() {
     // another partition is not held
     assert_ready!(svc.poll_ready()).unwrap();
     let mut other = tokio_test::task::spawn(svc.call(req("b.example")));
+    assert_pending!(other.poll(), "sent when polled");
     let (_, send) = handle.next_request().await.unwrap();
     send.send_response(Response::new(""));
     assert_ready!(other.poll()).unwrap();
@@ -78,6 +80,7 @@ async fn a_wait_over_the_maximum_fails_at_once() {
     let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
     assert_ready!(svc.poll_ready()).unwrap();
     let mut first = tokio_test::task::spawn(svc.call(req("a.example")));
+    assert_pending!(first.poll(), "sent when polled");
     let (_, send) = handle.next_request().await.unwrap();
     send.send_response(throttled("30"));
     assert_ready!(first.poll()).unwrap();
@@ -124,6 +127,7 @@ async fn only_throttling_statuses_start_a_cool_down() {
     for status in [200u16, 301, 500] {
         assert_ready!(svc.poll_ready()).unwrap();
         let mut f = tokio_test::task::spawn(svc.call(req("a.example")));
+        assert_pending!(f.poll(), "sent when polled");
         let (_, send) = handle.next_request().await.unwrap();
         send.send_response(
             Response::builder()
@@ -138,6 +142,7 @@ async fn only_throttling_statuses_start_a_cool_down() {
     }
     assert_ready!(svc.poll_ready()).unwrap();
     let mut f = tokio_test::task::spawn(svc.call(req("a.example")));
+    assert_pending!(f.poll(), "sent when polled");
     let (_, send) = handle.next_request().await.unwrap();
     send.send_response(
         Response::builder()
@@ -155,6 +160,7 @@ async fn inner_errors_pass_through() {
     let (mut svc, mut handle) = mock::spawn_layer::<Req, Res, _>(RetryAfterLayer::new());
     assert_ready!(svc.poll_ready()).unwrap();
     let mut f = tokio_test::task::spawn(svc.call(req("a.example")));
+    assert_pending!(f.poll(), "sent when polled");
     let (_, send) = handle.next_request().await.unwrap();
     send.send_error(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
     let err = assert_ready!(f.poll()).unwrap_err();
