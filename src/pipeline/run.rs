@@ -10,6 +10,7 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::fallback::{Fallback, TriedUrls};
+use super::frontier::{Dispatch, Frontier, Slot};
 use super::second_pass::{second_attempt_at, SourceHints};
 use super::work::{cancelled, Later, Processed};
 use super::FallbackConfig;
@@ -112,6 +113,8 @@ pub(super) struct Core {
     pub(super) tried: TriedUrls,
     pub(super) held: Arc<Mutex<HashSet<JobId>>>,
     pub(super) redactor: Redactor,
+    /// The run's worker slots and the hosts' turns.
+    pub(super) frontier: Arc<Frontier>,
 }
 
 /// A spawned task that is aborted when its handle is dropped, so that a run that returns
@@ -169,6 +172,7 @@ impl Pipeline {
                 tried: TriedUrls::default(),
                 held: Arc::new(Mutex::new(HashSet::new())),
                 redactor: Redactor::default(),
+                frontier: Arc::new(Frontier::new(stack.limiter().clone(), config.workers)),
                 config,
             }),
             records: None,
@@ -265,20 +269,28 @@ impl Pipeline {
                 std::future::ready(keep)
             });
             let works = works.take_until(cancelled(cancel_rx.clone()));
-            let mut processing = std::pin::pin!(works
-                .map(|w| {
-                    let (core, cancel) = (self.core.clone(), cancel_rx.clone());
-                    let task = AbortOnDrop(tokio::spawn(async move { core.process(w, false, cancel).await }));
-                    async move {
-                        match task.await {
-                            Ok(processed) => processed,
-                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                            // the runtime is shutting down
-                            Err(_) => Ok(Processed::Cancelled),
-                        }
+            // The crawl frontier: each work starts once a worker slot is free, and gives
+            // its slot back while it waits for a host that is not ready (see frontier.rs).
+            let start = |w: Work, slot: Slot| {
+                let (core, cancel) = (self.core.clone(), cancel_rx.clone());
+                let task = AbortOnDrop(tokio::spawn(async move {
+                    core.process(w, false, cancel, Some(&slot)).await
+                }));
+                async move {
+                    match task.await {
+                        Ok(processed) => processed,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // the runtime is shutting down
+                        Err(_) => Ok(Processed::Cancelled),
                     }
-                })
-                .buffer_unordered(self.core.config.workers));
+                }
+            };
+            let mut processing = std::pin::pin!(Dispatch::new(
+                works,
+                self.core.frontier.clone(),
+                self.core.config.workers,
+                start
+            ));
             // A fatal error cancels the run like a shutdown: the works in flight give their
             // leases back as they stop (for at most FATAL_DRAIN), then the error is returned.
             let mut fatal: Option<PipelineError> = None;
@@ -410,7 +422,7 @@ impl Pipeline {
                     }
                 }
                 let second = {
-                    let mut pass = std::pin::pin!(self.core.process(l.work.clone(), true, cancel_rx.clone()));
+                    let mut pass = std::pin::pin!(self.core.process(l.work.clone(), true, cancel_rx.clone(), None));
                     loop {
                         tokio::select! {
                             () = &mut shutdown, if !interrupted => {

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::fallback::{DeferredBy, FetchEnv, FetchResult};
+use super::frontier::Slot;
 use super::run::{lock, Core};
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, safe_join};
@@ -139,6 +140,7 @@ impl Core {
         work: Work,
         second_pass: bool,
         cancel: tokio::sync::watch::Receiver<bool>,
+        slot: Option<&Slot>,
     ) -> Result<Processed, LedgerError> {
         let started = Instant::now();
         let stem = file_stem(&work);
@@ -205,7 +207,8 @@ impl Core {
         };
         // Boxed as `Send` here, where its lifetimes are concrete: left to the task spawn, the
         // compiler fails to prove the fetch `Send` (rust-lang/rust#102211).
-        let fetch: futures_util::future::BoxFuture<'_, FetchResult> = Box::pin(self.fallback.fetch(&work, env));
+        let fetch: futures_util::future::BoxFuture<'_, FetchResult> =
+            Box::pin(self.fallback.fetch_in(&work, env, slot));
         let result = tokio::select! {
             r = fetch => r,
             () = cancelled(cancel) => {

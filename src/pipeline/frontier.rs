@@ -1,0 +1,345 @@
+//! The crawl frontier: a work whose next download goes to a host that is not ready gives
+//! its worker slot to a work whose host is, as polite crawlers keep a queue per host.
+//!
+//! # How
+//!
+//! A run keeps up to `workers` works *active* (each holds a worker slot, a semaphore
+//! permit) and up to [`lookahead`] more *parked*: in flight, their leases held and renewed,
+//! but holding no slot. Before each candidate download a work asks the frontier whether
+//! the URL's partition is ready ([`RateLimiter::ready_in`], a peek that reserves nothing).
+//! If it is not within [`READY_WITHIN`], the work gives its slot back and sleeps until
+//! its turn, then takes a slot again (first come, first served with the works entering)
+//! and sends. A host limited to 1 req/s thus holds its parked works, not the run's
+//! workers, while the other hosts' works flow.
+//!
+//! The frontier keeps a *shadow* of each host's bucket (a GCRA at the limiter's current
+//! rate and burst) of the downloads it has let go or promised to parked works: the
+//! limiter's own bucket only learns of a request when the stack reserves its token, a
+//! moment after the frontier let it go, and parked works must not all wake at the same
+//! slot. So the parked works of a host wake one per interval, in the order they came.
+//!
+//! A wait longer than the limiter's maximum wait is not parked: the stack fails the
+//! request at once ([`RateLimitTimeout`](crate::error::RateLimitTimeout)) and the work is
+//! deferred to the second pass, as without a frontier.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, Stream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::run::lock;
+use crate::context::{PartitionKey, PartitionMap};
+use crate::layers::rate_limit::RateLimiter;
+use crate::works::Work;
+
+/// A partition whose next slot is at most this far away counts as ready: the request
+/// goes and waits for its token in the stack, holding its worker slot that long.
+pub(super) const READY_WITHIN: Duration = Duration::from_millis(25);
+
+/// Above this many hosts, the shadow buckets of hosts idle now are forgotten.
+const SWEEP_AT: usize = 1024;
+
+/// How many works may be parked besides the `workers` active ones: four times the
+/// workers, at least 64. Bounded, so that the input is not read far ahead.
+pub(super) fn lookahead(workers: usize) -> usize {
+    workers.saturating_mul(4).max(64)
+}
+
+/// What the frontier says to a work about to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// Send now.
+    Go,
+    /// Park until then, holding no worker slot.
+    Park(Instant),
+}
+
+/// The worker slots of a run and the shadow buckets of its hosts.
+#[derive(Debug)]
+pub(crate) struct Frontier {
+    limiter: RateLimiter,
+    slots: Arc<Semaphore>,
+    /// Each host's shadow GCRA: the theoretical arrival time of its next download.
+    hosts: Mutex<PartitionMap<Instant>>,
+}
+
+impl Frontier {
+    pub(super) fn new(limiter: RateLimiter, workers: usize) -> Frontier {
+        Frontier {
+            limiter,
+            slots: Arc::new(Semaphore::new(workers)),
+            hosts: Mutex::new(PartitionMap::default()),
+        }
+    }
+
+    /// Waits for a free worker slot.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        // the semaphore is never closed
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Whether a download to `key` may go now. A work coming for the first time takes the
+    /// host's next shadow slot (it parks until then, or until the limiter's next free
+    /// slot, whichever is later); a work `woken` from parking already had its slot and
+    /// only waits for the limiter.
+    pub(super) fn admit(&self, key: &PartitionKey, woken: bool) -> Admission {
+        let now = Instant::now();
+        let max_wait = self.limiter.config().max_wait;
+        let ready = self.limiter.ready_in(key);
+        if ready > max_wait {
+            // the stack refuses it at once; the work is deferred to the second pass
+            return Admission::Go;
+        }
+        let ready = now + ready;
+        if woken {
+            return if ready <= now + READY_WITHIN {
+                Admission::Go
+            } else {
+                Admission::Park(ready)
+            };
+        }
+        let rate = self.limiter.rate(key);
+        let burst = self.limiter.configured(key).burst.max(1);
+        let interval = Duration::try_from_secs_f64(1.0 / rate)
+            .unwrap_or(max_wait)
+            .min(max_wait);
+        let tolerance = interval.saturating_mul(burst - 1);
+        let mut hosts = lock(&self.hosts);
+        if hosts.len() >= SWEEP_AT {
+            hosts.retain(|_, tat| *tat > now);
+        }
+        let tat = hosts.get(key).copied().filter(|t| *t > now).unwrap_or(now);
+        let slot = tat.checked_sub(tolerance).unwrap_or(now).max(now);
+        let at = slot.max(ready);
+        if at > now + max_wait {
+            // more parked on this host than the limiter would queue: let the stack decide
+            return Admission::Go;
+        }
+        hosts.insert(key.clone(), tat + interval);
+        if at <= now + READY_WITHIN {
+            Admission::Go
+        } else {
+            Admission::Park(at)
+        }
+    }
+}
+
+/// A work's worker slot, given back while the work is parked.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    frontier: Arc<Frontier>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    permit: Option<OwnedSemaphorePermit>,
+    /// The work's downloads under way: while one is, the work is active and does not give
+    /// its slot up for another that parks.
+    sending: usize,
+}
+
+impl Slot {
+    fn new(frontier: Arc<Frontier>, permit: Option<OwnedSemaphorePermit>) -> Slot {
+        Slot {
+            frontier,
+            state: Mutex::new(SlotState { permit, sending: 0 }),
+        }
+    }
+
+    /// Whether the work holds a worker slot now.
+    pub(crate) fn is_active(&self) -> bool {
+        lock(&self.state).permit.is_some()
+    }
+
+    /// Waits until a download to `key` may go: at once when its host is ready, else
+    /// parked (the worker slot given back, unless another download of this work is under
+    /// way) until the host's turn, then with a worker slot again. The returned guard marks
+    /// the download as under way until dropped.
+    pub(crate) async fn pass(&self, key: &PartitionKey) -> Sending<'_> {
+        let mut woken = false;
+        while let Admission::Park(at) = self.frontier.admit(key, woken) {
+            {
+                let mut state = lock(&self.state);
+                if state.sending == 0 {
+                    state.permit = None;
+                }
+            }
+            tracing::trace!(partition = %key, wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64, "parked until the host is ready");
+            tokio::time::sleep_until(at).await;
+            woken = true;
+        }
+        if !self.is_active() {
+            let permit = self.frontier.slot().await;
+            let mut state = lock(&self.state);
+            if state.permit.is_none() {
+                state.permit = permit;
+            }
+        }
+        lock(&self.state).sending += 1;
+        Sending(self)
+    }
+}
+
+/// A download under way (see [`Slot::pass`]).
+#[derive(Debug)]
+pub(crate) struct Sending<'a>(&'a Slot);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.sending = state.sending.saturating_sub(1);
+    }
+}
+
+type Intake<'a> = Pin<Box<dyn Stream<Item = (Work, Option<OwnedSemaphorePermit>)> + 'a>>;
+
+/// The works of a run, each started (by `start`) once a worker slot is free, with up to
+/// [`lookahead`] more in flight than there are workers (the parked ones); yields their
+/// results as they finish.
+pub(super) struct Dispatch<'a, F, Fut> {
+    intake: Intake<'a>,
+    intake_done: bool,
+    frontier: Arc<Frontier>,
+    start: F,
+    running: FuturesUnordered<Fut>,
+    cap: usize,
+}
+
+impl<'a, F, Fut> Dispatch<'a, F, Fut>
+where
+    F: FnMut(Work, Slot) -> Fut,
+    Fut: Future,
+{
+    pub(super) fn new<S>(works: S, frontier: Arc<Frontier>, workers: usize, start: F) -> Self
+    where
+        S: Stream<Item = Work> + 'a,
+    {
+        use futures_util::StreamExt;
+        let slots = frontier.clone();
+        let intake = works.then(move |work| {
+            let slots = slots.clone();
+            async move { (work, slots.slot().await) }
+        });
+        Dispatch {
+            intake: Box::pin(intake),
+            intake_done: false,
+            frontier,
+            start,
+            running: FuturesUnordered::new(),
+            cap: workers.saturating_add(lookahead(workers)),
+        }
+    }
+}
+
+impl<F, Fut> Stream for Dispatch<'_, F, Fut>
+where
+    F: FnMut(Work, Slot) -> Fut + Unpin,
+    Fut: Future,
+{
+    type Item = Fut::Output;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        while !this.intake_done && this.running.len() < this.cap {
+            match this.intake.as_mut().poll_next(cx) {
+                Poll::Ready(Some((work, permit))) => {
+                    let slot = Slot::new(this.frontier.clone(), permit);
+                    this.running.push((this.start)(work, slot));
+                }
+                Poll::Ready(None) => this.intake_done = true,
+                Poll::Pending => break,
+            }
+        }
+        match Pin::new(&mut this.running).poll_next(cx) {
+            Poll::Ready(None) if this.intake_done => Poll::Ready(None),
+            Poll::Ready(None) => Poll::Pending,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::rate_limit::{Quota, RateLimitConfig};
+
+    fn frontier(rate: f64, burst: u32) -> Frontier {
+        let limiter = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(rate, burst),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        Frontier::new(limiter, 4)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_works_of_a_slow_host_wake_one_per_interval() {
+        let f = frontier(1.0, 1);
+        let a = PartitionKey::new("a", "a");
+        let t0 = Instant::now();
+        assert_eq!(f.admit(&a, false), Admission::Go);
+        // the limiter has not seen the first request yet: the shadow spaces the next ones
+        let parked: Vec<_> = (0..3).map(|_| f.admit(&a, false)).collect();
+        let secs = |n| Admission::Park(t0 + Duration::from_secs(n));
+        assert_eq!(parked, [secs(1), secs(2), secs(3)]);
+        // the first one reached the limiter; a woken work waits for the limiter only
+        f.limiter.reserve(&a).unwrap();
+        assert_eq!(f.admit(&a, true), secs(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(f.admit(&a, true), Admission::Go);
+        // another host is not held up by this one
+        assert_eq!(f.admit(&PartitionKey::new("b", "b"), false), Admission::Go);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_goes_at_once_and_a_wait_past_the_maximum_is_left_to_the_stack() {
+        let f = frontier(1.0, 3);
+        let a = PartitionKey::new("a", "a");
+        let t0 = Instant::now();
+        let first: Vec<_> = (0..4).map(|_| f.admit(&a, false)).collect();
+        assert_eq!(
+            first,
+            [
+                Admission::Go,
+                Admission::Go,
+                Admission::Go,
+                Admission::Park(t0 + Duration::from_secs(1))
+            ]
+        );
+        // 30 s of maximum wait at 1 req/s: the shadow does not promise slots past it
+        let later: Vec<_> = (0..40).map(|_| f.admit(&a, false)).collect();
+        assert!(later[..27].iter().all(|a| matches!(a, Admission::Park(_))), "{later:?}");
+        assert!(later[30..].iter().all(|a| *a == Admission::Go), "{later:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_work_gives_its_slot_back_until_its_turn() {
+        let f = Arc::new(frontier(1.0, 1));
+        let a = PartitionKey::new("a", "a");
+        let first = Slot::new(f.clone(), f.slot().await);
+        let second = Slot::new(f.clone(), f.slot().await);
+        let sending = first.pass(&a).await;
+        assert_eq!(f.slots.available_permits(), 2);
+        let mut parked = tokio_test::task::spawn(second.pass(&a));
+        tokio_test::assert_pending!(parked.poll());
+        assert_eq!(f.slots.available_permits(), 3, "the parked work gave its slot back");
+        drop(sending);
+        // a second download of an active work that parks keeps the work's slot
+        {
+            let _one = first.pass(&PartitionKey::new("b", "b")).await;
+            let mut two = tokio_test::task::spawn(first.pass(&a));
+            tokio_test::assert_pending!(two.poll());
+            assert!(first.is_active());
+        }
+        f.limiter.reserve(&a).unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let _going = parked.await;
+        assert!(second.is_active());
+    }
+}
