@@ -12,8 +12,7 @@ use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::config::FallbackConfig;
-use super::frontier::Slot;
-use crate::context::{OperationType, PartitionKey, RetryAfterHint, WorkId};
+use crate::context::{OperationType, RetryAfterHint, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
 use crate::error::BoxError;
 use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
@@ -220,15 +219,9 @@ impl Fallback {
 
     /// Finds and downloads a valid PDF for `work` within its budgets.
     pub async fn fetch(&self, work: &Work, env: FetchEnv<'_>) -> FetchResult {
-        self.fetch_in(work, env, None).await
-    }
-
-    /// As [`fetch`](Self::fetch), each candidate download waiting for its host's turn in
-    /// the run's crawl frontier (parked, its worker slot given back) when `slot` is given.
-    pub(crate) async fn fetch_in(&self, work: &Work, env: FetchEnv<'_>, slot: Option<&Slot>) -> FetchResult {
         let deadline = Instant::now() + Duration::from_millis(self.config.total_timeout_ms);
         let mut tally = Tally::default();
-        let outcome = tokio::time::timeout_at(deadline, self.run_tiers(work, env, slot, &mut tally)).await;
+        let outcome = tokio::time::timeout_at(deadline, self.run_tiers(work, env, &mut tally)).await;
         let attempts = tally.attempts;
         match outcome {
             Ok(Some((file, candidate))) => {
@@ -295,13 +288,7 @@ impl Fallback {
         }
     }
 
-    async fn run_tiers(
-        &self,
-        work: &Work,
-        env: FetchEnv<'_>,
-        slot: Option<&Slot>,
-        tally: &mut Tally,
-    ) -> Option<(Downloaded, Candidate)> {
+    async fn run_tiers(&self, work: &Work, env: FetchEnv<'_>, tally: &mut Tally) -> Option<(Downloaded, Candidate)> {
         let stem = file_stem(work);
         let final_path = env.out_dir.join(format!("{stem}.pdf"));
         for tier in &self.tiers {
@@ -324,7 +311,7 @@ impl Fallback {
                     }
                     tally.attempts += 1;
                     let key = format!("{stem}-{}", tally.attempts);
-                    downloads.push(self.try_candidate(work, env, slot, candidate, key));
+                    downloads.push(self.try_candidate(work, env, candidate, key));
                 }
                 if resolving_done && downloads.is_empty() {
                     break;
@@ -377,7 +364,6 @@ impl Fallback {
         &self,
         work: &Work,
         env: FetchEnv<'_>,
-        slot: Option<&Slot>,
         candidate: Candidate,
         key: String,
     ) -> Result<(crate::download::Staged, Candidate), (Candidate, DownloadFailure, Option<Instant>)> {
@@ -403,11 +389,6 @@ impl Fallback {
             let service = KeepHint {
                 inner: env.download.clone(),
                 seen: hint.clone(),
-            };
-            // the crawl frontier: wait for the host's turn holding no worker slot
-            let _sending = match slot {
-                Some(slot) => Some(slot.pass(&PartitionKey::compute(&request)).await),
-                None => None,
             };
             match stage_pdf(service, request, env.out_dir, &key, env.options).await {
                 Ok(staged) => return Ok((staged, candidate)),
@@ -443,6 +424,7 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
+    use crate::context::PartitionKey;
 
     #[derive(Debug, thiserror::Error)]
     #[error("wrapped")]

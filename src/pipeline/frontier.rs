@@ -1,40 +1,53 @@
-//! The crawl frontier: a work whose next download goes to a host that is not ready gives
+//! The crawl frontier: a work whose next request goes to a host that is not ready gives
 //! its worker slot to a work whose host is, as polite crawlers keep a queue per host.
 //!
 //! # How
 //!
 //! A run keeps up to `workers` works *active* (each holds a worker slot, a semaphore
 //! permit) and up to [`lookahead`] more *parked*: in flight, their leases held and renewed,
-//! but holding no slot. Before each candidate download a work asks the frontier whether
-//! the URL's partition is ready ([`RateLimiter::ready_in`], a peek that reserves nothing).
-//! If it is not within [`READY_WITHIN`], the work gives its slot back and sleeps until
-//! its turn, then takes a slot again (first come, first served with the works entering)
-//! and sends. A host limited to 1 req/s thus holds its parked works, not the run's
-//! workers, while the other hosts' works flow.
+//! but holding no slot. Each request of a work in the first pass (a resolver's call, a
+//! candidate download) goes through [`gated`] services, which first ask the frontier
+//! whether the request's partition is ready ([`RateLimiter::ready_in`], a peek that
+//! reserves nothing, and the partition's cool-down when the pipeline knows the
+//! cool-downs). If it is not within [`READY_WITHIN`], the work gives its slot back and
+//! sleeps until its turn, then takes a slot again (first come, first served with the works
+//! entering) and sends. A host limited to 1 req/s thus holds its parked works, not the
+//! run's workers, while the other hosts' works flow.
 //!
-//! The frontier keeps a *shadow* of each host's bucket (a GCRA at the limiter's current
-//! rate and burst) of the downloads it has let go or promised to parked works: the
+//! The frontier keeps a *shadow* of each partition's bucket (a GCRA at the limiter's
+//! current rate and burst) of the requests it has let go or promised to parked works: the
 //! limiter's own bucket only learns of a request when the stack reserves its token, a
 //! moment after the frontier let it go, and parked works must not all wake at the same
 //! slot. So the parked works of a host wake one per interval, in the order they came.
 //!
-//! A wait longer than the limiter's maximum wait is not parked: the stack fails the
-//! request at once ([`RateLimitTimeout`](crate::error::RateLimitTimeout)) and the work is
-//! deferred to the second pass, as without a frontier.
+//! A turn further away than the limiter's maximum wait is not waited for: the request
+//! fails at once with [`RateLimitTimeout`], as the stack's rate limiter would, and the
+//! work is deferred to the second pass. (Let go to the stack instead, such works would
+//! find the limiter's own queue short, the parked works not being in it yet, and wait
+//! there holding their worker slots.)
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, Stream};
+use http::{Request, Response};
+use http_body_util::Full;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
 
 use super::run::lock;
 use crate::context::{PartitionKey, PartitionMap};
+use crate::error::{BoxError, RateLimitTimeout};
 use crate::layers::rate_limit::RateLimiter;
+use crate::layers::retry_after::Cooldowns;
+use crate::service::{HttpService, PipelineBody};
 use crate::works::Work;
 
 /// A partition whose next slot is at most this far away counts as ready: the request
@@ -57,12 +70,16 @@ pub(super) enum Admission {
     Go,
     /// Park until then, holding no worker slot.
     Park(Instant),
+    /// Not before this long, past the limiter's maximum wait: put off.
+    Defer(Duration),
 }
 
 /// The worker slots of a run and the shadow buckets of its hosts.
 #[derive(Debug)]
 pub(crate) struct Frontier {
     limiter: RateLimiter,
+    /// The stack's cool-downs, when the pipeline was given them: a cooling host is not ready.
+    cooldowns: OnceLock<Cooldowns>,
     slots: Arc<Semaphore>,
     /// Each host's shadow GCRA: the theoretical arrival time of its next download.
     hosts: Mutex<PartitionMap<Instant>>,
@@ -72,9 +89,27 @@ impl Frontier {
     pub(super) fn new(limiter: RateLimiter, workers: usize) -> Frontier {
         Frontier {
             limiter,
+            cooldowns: OnceLock::new(),
             slots: Arc::new(Semaphore::new(workers)),
             hosts: Mutex::new(PartitionMap::default()),
         }
+    }
+
+    /// Counts the cool-downs of `cooldowns` too (set once; later calls change nothing).
+    pub(super) fn set_cooldowns(&self, cooldowns: Cooldowns) {
+        let _ = self.cooldowns.set(cooldowns);
+    }
+
+    /// How long until `key` is ready: its limiter's next free slot, or the end of its
+    /// cool-down, whichever is later.
+    fn ready_in(&self, key: &PartitionKey) -> Duration {
+        let slot = self.limiter.ready_in(key);
+        let cooling = self
+            .cooldowns
+            .get()
+            .and_then(|c| c.until(key))
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
+        slot.max(cooling)
     }
 
     /// Waits for a free worker slot.
@@ -90,10 +125,9 @@ impl Frontier {
     pub(super) fn admit(&self, key: &PartitionKey, woken: bool) -> Admission {
         let now = Instant::now();
         let max_wait = self.limiter.config().max_wait;
-        let ready = self.limiter.ready_in(key);
+        let ready = self.ready_in(key);
         if ready > max_wait {
-            // the stack refuses it at once; the work is deferred to the second pass
-            return Admission::Go;
+            return Admission::Defer(ready);
         }
         let ready = now + ready;
         if woken {
@@ -117,8 +151,8 @@ impl Frontier {
         let slot = tat.checked_sub(tolerance).unwrap_or(now).max(now);
         let at = slot.max(ready);
         if at > now + max_wait {
-            // more parked on this host than the limiter would queue: let the stack decide
-            return Admission::Go;
+            // more parked on this host than the limiter would queue
+            return Admission::Defer(at - now);
         }
         hosts.insert(key.clone(), tat + interval);
         if at <= now + READY_WITHIN {
@@ -160,10 +194,22 @@ impl Slot {
     /// Waits until a download to `key` may go: at once when its host is ready, else
     /// parked (the worker slot given back, unless another download of this work is under
     /// way) until the host's turn, then with a worker slot again. The returned guard marks
-    /// the download as under way until dropped.
-    pub(crate) async fn pass(&self, key: &PartitionKey) -> Sending<'_> {
+    /// the download as under way until dropped. A turn past the limiter's maximum wait is
+    /// a [`RateLimitTimeout`] at once.
+    pub(crate) async fn pass(self: &Arc<Self>, key: &PartitionKey) -> Result<Sending, RateLimitTimeout> {
         let mut woken = false;
-        while let Admission::Park(at) = self.frontier.admit(key, woken) {
+        loop {
+            let at = match self.frontier.admit(key, woken) {
+                Admission::Go => break,
+                Admission::Park(at) => at,
+                Admission::Defer(wait) => {
+                    return Err(RateLimitTimeout {
+                        partition: key.clone(),
+                        wait,
+                        max_wait: self.frontier.limiter.config().max_wait,
+                    })
+                }
+            };
             {
                 let mut state = lock(&self.state);
                 if state.sending == 0 {
@@ -182,18 +228,54 @@ impl Slot {
             }
         }
         lock(&self.state).sending += 1;
-        Sending(self)
+        Ok(Sending(self.clone()))
     }
 }
 
-/// A download under way (see [`Slot::pass`]).
+/// A request under way (see [`Slot::pass`]).
 #[derive(Debug)]
-pub(crate) struct Sending<'a>(&'a Slot);
+pub(crate) struct Sending(Arc<Slot>);
 
-impl Drop for Sending<'_> {
+impl Drop for Sending {
     fn drop(&mut self) {
         let mut state = lock(&self.0.state);
         state.sending = state.sending.saturating_sub(1);
+    }
+}
+
+/// `inner` with each request waiting for its host's turn in the frontier, on `slot`.
+pub(super) fn gated(inner: &HttpService, slot: &Arc<Slot>) -> HttpService {
+    HttpService::new(Gated {
+        inner: inner.clone(),
+        slot: slot.clone(),
+    })
+}
+
+/// A stack's service whose requests wait for their host's turn first (see [`Slot::pass`]);
+/// readiness is asked of the stack after the wait, so a parked request holds nothing of
+/// it. A turn past the limiter's maximum wait fails the request with [`RateLimitTimeout`]
+/// (a deferral, as the stack's own).
+#[derive(Clone)]
+struct Gated {
+    inner: HttpService,
+    slot: Arc<Slot>,
+}
+
+impl Service<Request<Full<Bytes>>> for Gated {
+    type Response = Response<PipelineBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<PipelineBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        let (inner, slot) = (self.inner.clone(), self.slot.clone());
+        Box::pin(async move {
+            let _sending = slot.pass(&PartitionKey::compute(&request)).await?;
+            inner.oneshot(request).await
+        })
     }
 }
 
@@ -213,7 +295,7 @@ pub(super) struct Dispatch<'a, F, Fut> {
 
 impl<'a, F, Fut> Dispatch<'a, F, Fut>
 where
-    F: FnMut(Work, Slot) -> Fut,
+    F: FnMut(Work, Arc<Slot>) -> Fut,
     Fut: Future,
 {
     pub(super) fn new<S>(works: S, frontier: Arc<Frontier>, workers: usize, start: F) -> Self
@@ -239,7 +321,7 @@ where
 
 impl<F, Fut> Stream for Dispatch<'_, F, Fut>
 where
-    F: FnMut(Work, Slot) -> Fut + Unpin,
+    F: FnMut(Work, Arc<Slot>) -> Fut + Unpin,
     Fut: Future,
 {
     type Item = Fut::Output;
@@ -249,7 +331,7 @@ where
         while !this.intake_done && this.running.len() < this.cap {
             match this.intake.as_mut().poll_next(cx) {
                 Poll::Ready(Some((work, permit))) => {
-                    let slot = Slot::new(this.frontier.clone(), permit);
+                    let slot = Arc::new(Slot::new(this.frontier.clone(), permit));
                     this.running.push((this.start)(work, slot));
                 }
                 Poll::Ready(None) => this.intake_done = true,
@@ -298,7 +380,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_goes_at_once_and_a_wait_past_the_maximum_is_left_to_the_stack() {
+    async fn a_burst_goes_at_once_and_a_turn_past_the_maximum_wait_is_put_off() {
         let f = frontier(1.0, 3);
         let a = PartitionKey::new("a", "a");
         let t0 = Instant::now();
@@ -315,16 +397,35 @@ mod tests {
         // 30 s of maximum wait at 1 req/s: the shadow does not promise slots past it
         let later: Vec<_> = (0..40).map(|_| f.admit(&a, false)).collect();
         assert!(later[..27].iter().all(|a| matches!(a, Admission::Park(_))), "{later:?}");
-        assert!(later[30..].iter().all(|a| *a == Admission::Go), "{later:?}");
+        assert!(
+            later[30..]
+                .iter()
+                .all(|a| matches!(a, Admission::Defer(w) if *w > Duration::from_secs(30))),
+            "{later:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cooling_host_is_not_ready() {
+        let f = frontier(100.0, 10);
+        let a = PartitionKey::new("a", "a");
+        let cooldowns = Cooldowns::new();
+        f.set_cooldowns(cooldowns.clone());
+        let until = Instant::now() + Duration::from_secs(3);
+        cooldowns.extend(a.clone(), until);
+        assert_eq!(f.admit(&a, false), Admission::Park(until));
+        assert_eq!(f.admit(&a, true), Admission::Park(until));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(f.admit(&a, true), Admission::Go);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_parked_work_gives_its_slot_back_until_its_turn() {
         let f = Arc::new(frontier(1.0, 1));
         let a = PartitionKey::new("a", "a");
-        let first = Slot::new(f.clone(), f.slot().await);
-        let second = Slot::new(f.clone(), f.slot().await);
-        let sending = first.pass(&a).await;
+        let first = Arc::new(Slot::new(f.clone(), f.slot().await));
+        let second = Arc::new(Slot::new(f.clone(), f.slot().await));
+        let sending = first.pass(&a).await.unwrap();
         assert_eq!(f.slots.available_permits(), 2);
         let mut parked = tokio_test::task::spawn(second.pass(&a));
         tokio_test::assert_pending!(parked.poll());
@@ -332,14 +433,14 @@ mod tests {
         drop(sending);
         // a second download of an active work that parks keeps the work's slot
         {
-            let _one = first.pass(&PartitionKey::new("b", "b")).await;
+            let _one = first.pass(&PartitionKey::new("b", "b")).await.unwrap();
             let mut two = tokio_test::task::spawn(first.pass(&a));
             tokio_test::assert_pending!(two.poll());
             assert!(first.is_active());
         }
         f.limiter.reserve(&a).unwrap();
         tokio::time::advance(Duration::from_secs(3)).await;
-        let _going = parked.await;
+        let _going = parked.await.unwrap();
         assert!(second.is_active());
     }
 }

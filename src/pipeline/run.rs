@@ -16,6 +16,7 @@ use super::work::{cancelled, Later, Processed};
 use super::FallbackConfig;
 use crate::context::OperationType;
 use crate::download::DownloadOptions;
+use crate::layers::retry_after::Cooldowns;
 use crate::layers::telemetry::{RecordWriter, Redactor};
 use crate::ledger::{JobId, Ledger, LedgerError};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
@@ -179,6 +180,14 @@ impl Pipeline {
         })
     }
 
+    /// The stack's cool-downs (the Retry-After layer's), so that the crawl frontier parks
+    /// the works of a cooling host as it does those of a host out of tokens, rather than
+    /// letting them wait in the stack holding their worker slots.
+    pub fn with_cooldowns(self, cooldowns: Cooldowns) -> Self {
+        self.core.frontier.set_cooldowns(cooldowns);
+        self
+    }
+
     /// The writer of the stack's attempt records: flushed before the summary line, so that
     /// the summary stays the manifest's last line when the records go there too.
     pub fn with_records(mut self, records: RecordWriter) -> Self {
@@ -271,7 +280,7 @@ impl Pipeline {
             let works = works.take_until(cancelled(cancel_rx.clone()));
             // The crawl frontier: each work starts once a worker slot is free, and gives
             // its slot back while it waits for a host that is not ready (see frontier.rs).
-            let start = |w: Work, slot: Slot| {
+            let start = |w: Work, slot: Arc<Slot>| {
                 let (core, cancel) = (self.core.clone(), cancel_rx.clone());
                 let task = AbortOnDrop(tokio::spawn(async move {
                     core.process(w, false, cancel, Some(&slot)).await

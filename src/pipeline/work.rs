@@ -2,6 +2,7 @@
 //! and the heartbeat that keeps the leases of the works in flight.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::fallback::{DeferredBy, FetchEnv, FetchResult};
-use super::frontier::Slot;
+use super::frontier::{gated, Slot};
 use super::run::{lock, Core};
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, safe_join};
@@ -18,6 +19,7 @@ use crate::layers::idempotency::derive_key;
 use crate::ledger::{Claim, Job, JobId, JobResult, JobState, LedgerError, NewJob};
 use crate::manifest::{Outcome, WorkRecord, MANIFEST_SYNC_EVERY};
 use crate::reason::ReasonCode;
+use crate::resolvers::ResolveContext;
 use crate::works::Work;
 
 pub(super) enum Processed {
@@ -140,7 +142,7 @@ impl Core {
         work: Work,
         second_pass: bool,
         cancel: tokio::sync::watch::Receiver<bool>,
-        slot: Option<&Slot>,
+        slot: Option<&Arc<Slot>>,
     ) -> Result<Processed, LedgerError> {
         let started = Instant::now();
         let stem = file_stem(&work);
@@ -198,17 +200,29 @@ impl Core {
             }));
         }
 
+        // In a run's first pass each request waits for its host's turn in the crawl
+        // frontier, the work's worker slot given back meanwhile.
+        let gated = slot.map(|slot| {
+            let resolve = ResolveContext {
+                http: gated(&self.resolve.http, slot),
+                config: self.resolve.config.clone(),
+            };
+            (resolve, gated(&self.download, slot))
+        });
+        let (resolve, download) = match &gated {
+            Some((resolve, download)) => (resolve, download),
+            None => (&self.resolve, &self.download),
+        };
         let env = FetchEnv {
-            resolve: &self.resolve,
-            download: &self.download,
+            resolve,
+            download,
             out_dir: &self.config.out_dir,
             tried: &self.tried,
             options: &self.config.download,
         };
         // Boxed as `Send` here, where its lifetimes are concrete: left to the task spawn, the
         // compiler fails to prove the fetch `Send` (rust-lang/rust#102211).
-        let fetch: futures_util::future::BoxFuture<'_, FetchResult> =
-            Box::pin(self.fallback.fetch_in(&work, env, slot));
+        let fetch: futures_util::future::BoxFuture<'_, FetchResult> = Box::pin(self.fallback.fetch(&work, env));
         let result = tokio::select! {
             r = fetch => r,
             () = cancelled(cancel) => {
