@@ -152,6 +152,58 @@ async fn a_slow_host_does_not_hold_the_workers_of_a_fast_one() {
     );
 }
 
+/// A host's turn further away than the limiter's maximum wait is not waited for: those
+/// works are put off to the second pass at once (they would otherwise wait in the stack
+/// holding worker slots), and come back when their turn has come.
+#[tokio::test(start_paused = true)]
+async fn a_turn_past_the_maximum_wait_is_put_off_to_the_second_pass() {
+    const A_WORKS: usize = 8;
+    const B_WORKS: usize = 100;
+    let (a, b) = (Simulator::start().await.unwrap(), Simulator::start().await.unwrap());
+    for sim in [&a, &b] {
+        sim.on_fn("/pdf/*", |_| Reply::pdf(2048).delay(Duration::from_millis(40)));
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = StackConfig {
+        provider_learning: false,
+        ..StackConfig::default()
+    };
+    cfg.rate_limit.default = Quota::new(10_000.0, 1000);
+    cfg.rate_limit.max_wait = Duration::from_secs(3);
+    cfg.rate_limit = cfg.rate_limit.provider(a.addr().to_string(), Quota::per_second(1.0));
+    let pipeline = Pipeline::new(
+        config(out.path(), 4),
+        &Stack::new(&cfg).unwrap(),
+        None,
+        manifest(out.path()),
+    )
+    .unwrap();
+    let mut all = works(&a, 0, A_WORKS);
+    all.extend(works(&b, A_WORKS, B_WORKS));
+    let most_deferred = Arc::new(Mutex::new(0));
+    let seen = most_deferred.clone();
+    let progress = move |p: &Progress| {
+        let mut most = seen.lock().unwrap();
+        *most = (*most).max(p.deferred);
+    };
+    let t0 = Instant::now();
+    let summary = pipeline
+        .run(input(all), progress, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.downloaded, (A_WORKS + B_WORKS) as u64, "{summary:?}");
+    // 1 at once, 3 parked (1, 2, 3 s), the others put off
+    assert_eq!(*most_deferred.lock().unwrap(), A_WORKS as u64 - 4);
+    let b_done = last_request(&b, t0);
+    assert!(b_done < Duration::from_secs(2), "B's works done after {b_done:?}");
+    let mut times: Vec<_> = a.requests_to("/pdf/*").iter().map(|r| r.at).collect();
+    times.sort();
+    assert_eq!(times.len(), A_WORKS, "A's put-off works sent nothing in the first pass");
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(990));
+    }
+}
+
 /// The works of a slow host parked at the frontier keep their leases (the heartbeat renews
 /// them while they hold no worker slot), and a shutdown gives them back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,9 @@ pub struct PipelineConfig {
     pub run_id: String,
     /// This worker's name in the ledger (unique per process).
     pub worker_id: String,
-    /// Works processed at once.
+    /// Works processed at once. A work waiting for a host that is not ready (the crawl
+    /// frontier) gives its slot to another meanwhile: up to four times as many works
+    /// more (at least 64) may wait so, their leases held.
     pub workers: usize,
     /// Tiers and budgets.
     pub fallback: FallbackConfig,
@@ -282,10 +284,17 @@ impl Pipeline {
             // its slot back while it waits for a host that is not ready (see frontier.rs).
             let start = |w: Work, slot: Arc<Slot>| {
                 let (core, cancel) = (self.core.clone(), cancel_rx.clone());
-                let task = AbortOnDrop(tokio::spawn(async move {
-                    core.process(w, false, cancel, Some(&slot)).await
-                }));
+                // a work that got its slot after a shutdown is not started
+                let stopped = *cancel.borrow();
+                let task = (!stopped).then(|| {
+                    AbortOnDrop(tokio::spawn(async move {
+                        core.process(w, false, cancel, Some(&slot)).await
+                    }))
+                });
                 async move {
+                    let Some(task) = task else {
+                        return Ok(Processed::Cancelled);
+                    };
                     match task.await {
                         Ok(processed) => processed,
                         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
