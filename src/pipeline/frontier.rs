@@ -154,7 +154,7 @@ impl Frontier {
             // more parked on this host than the limiter would queue
             return Admission::Defer(at - now);
         }
-        hosts.insert(key.clone(), tat + interval);
+        hosts.insert(key.clone(), tat.max(at) + interval);
         if at <= now + READY_WITHIN {
             Admission::Go
         } else {
@@ -407,7 +407,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cooling_host_is_not_ready() {
-        let f = frontier(100.0, 10);
+        let f = frontier(100.0, 1);
         let a = PartitionKey::new("a", "a");
         let cooldowns = Cooldowns::new();
         f.set_cooldowns(cooldowns.clone());
@@ -417,6 +417,13 @@ mod tests {
         assert_eq!(f.admit(&a, true), Admission::Park(until));
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(f.admit(&a, true), Admission::Go);
+        // works that came during the cool-down are spaced from its end, not all woken at it
+        let b = PartitionKey::new("b", "b");
+        let until = Instant::now() + Duration::from_secs(2);
+        cooldowns.extend(b.clone(), until);
+        let turns: Vec<_> = (0..3).map(|_| f.admit(&b, false)).collect();
+        let ms = |n| Admission::Park(until + Duration::from_millis(n));
+        assert_eq!(turns, [ms(0), ms(10), ms(20)]);
     }
 
     #[tokio::test(start_paused = true)]
