@@ -81,7 +81,7 @@ pub(crate) struct Frontier {
     /// The stack's cool-downs, when the pipeline was given them: a cooling host is not ready.
     cooldowns: OnceLock<Cooldowns>,
     slots: Arc<Semaphore>,
-    /// Each host's shadow GCRA: the theoretical arrival time of its next download.
+    /// Each partition's shadow GCRA: the theoretical arrival time of its next request.
     hosts: Mutex<PartitionMap<Instant>>,
 }
 
@@ -118,7 +118,7 @@ impl Frontier {
         self.slots.clone().acquire_owned().await.ok()
     }
 
-    /// Whether a download to `key` may go now. A work coming for the first time takes the
+    /// Whether a request to `key` may go now. A work coming for the first time takes the
     /// host's next shadow slot (it parks until then, or until the limiter's next free
     /// slot, whichever is later); a work `woken` from parking already had its slot and
     /// only waits for the limiter.
@@ -173,8 +173,8 @@ pub(crate) struct Slot {
 #[derive(Debug)]
 struct SlotState {
     permit: Option<OwnedSemaphorePermit>,
-    /// The work's downloads under way: while one is, the work is active and does not give
-    /// its slot up for another that parks.
+    /// The work's requests under way (until their response head): while one is, the work
+    /// is active and does not give its slot up for another that parks.
     sending: usize,
 }
 
@@ -191,10 +191,10 @@ impl Slot {
         lock(&self.state).permit.is_some()
     }
 
-    /// Waits until a download to `key` may go: at once when its host is ready, else
-    /// parked (the worker slot given back, unless another download of this work is under
+    /// Waits until a request to `key` may go: at once when its host is ready, else
+    /// parked (the worker slot given back, unless another request of this work is under
     /// way) until the host's turn, then with a worker slot again. The returned guard marks
-    /// the download as under way until dropped. A turn past the limiter's maximum wait is
+    /// the request as under way until dropped. A turn past the limiter's maximum wait is
     /// a [`RateLimitTimeout`] at once.
     pub(crate) async fn pass(self: &Arc<Self>, key: &PartitionKey) -> Result<Sending, RateLimitTimeout> {
         let mut woken = false;
