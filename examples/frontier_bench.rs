@@ -13,6 +13,12 @@
 //! A's works come first in the input, the worst case for a runner that lets a waiting
 //! work hold its worker. A's works beyond the limiter's maximum wait (30 s at 1 req/s)
 //! are deferred to the second pass, so the mixed run lasts about as long as A needs.
+//!
+//! Measured (2026-11-27, debug build, 2 CPUs shared with other jobs, defaults): B alone
+//! 2,000 works in 5.95 s (336/s); A then B, B done after 5.70 s (351/s), **1.04×** its
+//! speed alone, A's 50 requests 1 s apart until 49 s. Before the crawl frontier (a work
+//! waiting for A's token held its worker): B's first request after 15 s, B done after
+//! 45.3 s (44/s), **0.13×**.
 
 use std::io::Write;
 use std::path::Path;
