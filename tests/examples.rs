@@ -187,3 +187,17 @@ async fn bulk_bench_lands_every_file_with_both_tools() {
         None => assert!(out.contains("curl row skipped:"), "{out}"),
     }
 }
+
+#[tokio::test]
+async fn frontier_bench_compares_the_fast_host_alone_and_behind_a_slow_one() {
+    let out = run(
+        "frontier_bench",
+        &["--a-works", "3", "--b-works", "60", "--workers", "4"],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(out.contains("| B alone | 60 |"), "every B work once, alone:\n{out}");
+    assert!(out.contains("| A then B | 60 |"), "every B work once, behind A:\n{out}");
+    assert!(out.contains("B's speed with A / alone: "), "{out}");
+    assert!(out.contains("  2 s: A   1"), "A at 1 req/s:\n{out}");
+}

@@ -10,11 +10,13 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::fallback::{Fallback, TriedUrls};
+use super::frontier::{Dispatch, Frontier, Slot};
 use super::second_pass::{second_attempt_at, SourceHints};
 use super::work::{cancelled, Later, Processed};
 use super::FallbackConfig;
 use crate::context::OperationType;
 use crate::download::DownloadOptions;
+use crate::layers::retry_after::Cooldowns;
 use crate::layers::telemetry::{RecordWriter, Redactor};
 use crate::ledger::{JobId, Ledger, LedgerError};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
@@ -39,7 +41,9 @@ pub struct PipelineConfig {
     pub run_id: String,
     /// This worker's name in the ledger (unique per process).
     pub worker_id: String,
-    /// Works processed at once.
+    /// Works processed at once. A work waiting for a host that is not ready (the crawl
+    /// frontier) gives its slot to another meanwhile: up to four times as many works
+    /// more (at least 64) may wait so, their leases held.
     pub workers: usize,
     /// Tiers and budgets.
     pub fallback: FallbackConfig,
@@ -112,6 +116,8 @@ pub(super) struct Core {
     pub(super) tried: TriedUrls,
     pub(super) held: Arc<Mutex<HashSet<JobId>>>,
     pub(super) redactor: Redactor,
+    /// The run's worker slots and the hosts' turns.
+    pub(super) frontier: Arc<Frontier>,
 }
 
 /// A spawned task that is aborted when its handle is dropped, so that a run that returns
@@ -171,10 +177,19 @@ impl Pipeline {
                 tried: TriedUrls::default(),
                 held: Arc::new(Mutex::new(HashSet::new())),
                 redactor: Redactor::default(),
+                frontier: Arc::new(Frontier::new(stack.limiter().clone(), config.workers)),
                 config,
             }),
             records: None,
         })
+    }
+
+    /// The stack's cool-downs (the Retry-After layer's), so that the crawl frontier parks
+    /// the works of a cooling host as it does those of a host out of tokens, rather than
+    /// letting them wait in the stack holding their worker slots.
+    pub fn with_cooldowns(self, cooldowns: Cooldowns) -> Self {
+        self.core.frontier.set_cooldowns(cooldowns);
+        self
     }
 
     /// The writer of the stack's attempt records: flushed before the summary line, so that
@@ -267,20 +282,35 @@ impl Pipeline {
                 std::future::ready(keep)
             });
             let works = works.take_until(cancelled(cancel_rx.clone()));
-            let mut processing = std::pin::pin!(works
-                .map(|w| {
-                    let (core, cancel) = (self.core.clone(), cancel_rx.clone());
-                    let task = AbortOnDrop(tokio::spawn(async move { core.process(w, false, cancel).await }));
-                    async move {
-                        match task.await {
-                            Ok(processed) => processed,
-                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                            // the runtime is shutting down
-                            Err(_) => Ok(Processed::Cancelled),
-                        }
+            // The crawl frontier: each work starts once a worker slot is free, and gives
+            // its slot back while it waits for a host that is not ready (see frontier.rs).
+            let start = |w: Work, slot: Arc<Slot>| {
+                let (core, cancel) = (self.core.clone(), cancel_rx.clone());
+                // a work that got its slot after a shutdown is not started
+                let stopped = *cancel.borrow();
+                let task = (!stopped).then(|| {
+                    AbortOnDrop(tokio::spawn(async move {
+                        core.process(w, false, cancel, Some(&slot)).await
+                    }))
+                });
+                async move {
+                    let Some(task) = task else {
+                        return Ok(Processed::Cancelled);
+                    };
+                    match task.await {
+                        Ok(processed) => processed,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // the runtime is shutting down
+                        Err(_) => Ok(Processed::Cancelled),
                     }
-                })
-                .buffer_unordered(self.core.config.workers));
+                }
+            };
+            let mut processing = std::pin::pin!(Dispatch::new(
+                works,
+                self.core.frontier.clone(),
+                self.core.config.workers,
+                start
+            ));
             // A fatal error cancels the run like a shutdown: the works in flight give their
             // leases back as they stop (for at most FATAL_DRAIN), then the error is returned.
             let mut fatal: Option<PipelineError> = None;
@@ -412,7 +442,7 @@ impl Pipeline {
                     }
                 }
                 let second = {
-                    let mut pass = std::pin::pin!(self.core.process(l.work.clone(), true, cancel_rx.clone()));
+                    let mut pass = std::pin::pin!(self.core.process(l.work.clone(), true, cancel_rx.clone(), None));
                     loop {
                         tokio::select! {
                             () = &mut shutdown, if !interrupted => {

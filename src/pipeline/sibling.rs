@@ -111,7 +111,7 @@ impl Core {
             let Ok(_permit) = fetching.acquire().await else {
                 return Ok(left_to_holder(&work, later.detail));
             };
-            match self.process(work.clone(), true, cancel.clone()).await? {
+            match self.process(work.clone(), true, cancel.clone(), None).await? {
                 Processed::Done(record) => return Ok(record),
                 Processed::Cancelled => return Ok(left_to_holder(&work, later.detail)),
                 // taken by another worker in between: wait for that one

@@ -2,6 +2,7 @@
 //! and the heartbeat that keeps the leases of the works in flight.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::fallback::{DeferredBy, FetchEnv, FetchResult};
+use super::frontier::{gated, Slot};
 use super::run::{lock, Core};
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, safe_join};
@@ -17,6 +19,7 @@ use crate::layers::idempotency::derive_key;
 use crate::ledger::{Claim, Job, JobId, JobResult, JobState, LedgerError, NewJob};
 use crate::manifest::{Outcome, WorkRecord, MANIFEST_SYNC_EVERY};
 use crate::reason::ReasonCode;
+use crate::resolvers::ResolveContext;
 use crate::works::Work;
 
 pub(super) enum Processed {
@@ -139,6 +142,7 @@ impl Core {
         work: Work,
         second_pass: bool,
         cancel: tokio::sync::watch::Receiver<bool>,
+        slot: Option<&Arc<Slot>>,
     ) -> Result<Processed, LedgerError> {
         let started = Instant::now();
         let stem = file_stem(&work);
@@ -196,9 +200,22 @@ impl Core {
             }));
         }
 
+        // In a run's first pass each request waits for its host's turn in the crawl
+        // frontier, the work's worker slot given back meanwhile.
+        let gated = slot.map(|slot| {
+            let resolve = ResolveContext {
+                http: gated(&self.resolve.http, slot),
+                config: self.resolve.config.clone(),
+            };
+            (resolve, gated(&self.download, slot))
+        });
+        let (resolve, download) = match &gated {
+            Some((resolve, download)) => (resolve, download),
+            None => (&self.resolve, &self.download),
+        };
         let env = FetchEnv {
-            resolve: &self.resolve,
-            download: &self.download,
+            resolve,
+            download,
             out_dir: &self.config.out_dir,
             tried: &self.tried,
             options: &self.config.download,

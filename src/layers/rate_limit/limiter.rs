@@ -306,6 +306,20 @@ impl RateLimiter {
         }
     }
 
+    /// How long from now until the partition's next free slot, without reserving it: zero
+    /// when a token is there now (or the partition has no bucket yet). A peek for
+    /// schedulers (the pipeline's crawl frontier), which may be out of date as soon as it
+    /// returns: only [`reserve`](Self::reserve) takes a slot.
+    pub fn ready_in(&self, key: &PartitionKey) -> Duration {
+        let now = self.now();
+        let shard = self.shard(key);
+        match shard.buckets.get(key) {
+            // no backlog: a reservation now is re-anchored at now and sent at once
+            Some(b) if b.tat() >= now => secs(b.slot_of(b.issued) - now),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The partition's current rate in requests per second: the last
     /// [`set_rate`](Self::set_rate), or the configured rate.
     pub fn rate(&self, key: &PartitionKey) -> f64 {
@@ -525,6 +539,31 @@ mod tests {
         assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(200));
         lim.set_rate(&k, f64::NAN);
         assert_eq!(lim.rate(&k), 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_in_peeks_without_reserving() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(1.0, 2),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("a");
+        assert_eq!(lim.ready_in(&k), Duration::ZERO, "no bucket yet");
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::ZERO);
+        assert_eq!(lim.ready_in(&k), Duration::ZERO, "one token of the burst is left");
+        assert_eq!(lim.ready_in(&k), Duration::ZERO, "a peek takes nothing");
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::ZERO);
+        assert_eq!(lim.ready_in(&k), Duration::from_secs(1));
+        assert_eq!(
+            lim.reserve(&k).unwrap(),
+            Duration::from_secs(1),
+            "the peek was the next slot"
+        );
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(lim.ready_in(&k), Duration::from_millis(500));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(lim.ready_in(&k), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
