@@ -28,7 +28,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,25 +79,22 @@ pub(super) enum Admission {
 pub(crate) struct Frontier {
     limiter: RateLimiter,
     /// The stack's cool-downs, when the pipeline was given them: a cooling host is not ready.
-    cooldowns: OnceLock<Cooldowns>,
+    cooldowns: Cooldowns,
     slots: Arc<Semaphore>,
     /// Each partition's shadow GCRA: the theoretical arrival time of its next request.
     hosts: Mutex<PartitionMap<Instant>>,
 }
 
 impl Frontier {
-    pub(super) fn new(limiter: RateLimiter, workers: usize) -> Frontier {
+    /// A frontier over the stack's limiter and cool-downs (the Retry-After layer's), so
+    /// that it parks the works of a cooling host as it does those of a host out of tokens.
+    pub(super) fn new(limiter: RateLimiter, cooldowns: Cooldowns, workers: usize) -> Frontier {
         Frontier {
             limiter,
-            cooldowns: OnceLock::new(),
+            cooldowns,
             slots: Arc::new(Semaphore::new(workers)),
             hosts: Mutex::new(PartitionMap::default()),
         }
-    }
-
-    /// Counts the cool-downs of `cooldowns` too (set once; later calls change nothing).
-    pub(super) fn set_cooldowns(&self, cooldowns: Cooldowns) {
-        let _ = self.cooldowns.set(cooldowns);
     }
 
     /// How long until `key` is ready: its limiter's next free slot, or the end of its
@@ -106,8 +103,7 @@ impl Frontier {
         let slot = self.limiter.ready_in(key);
         let cooling = self
             .cooldowns
-            .get()
-            .and_then(|c| c.until(key))
+            .until(key)
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
         slot.max(cooling)
     }
@@ -352,12 +348,16 @@ mod tests {
     use crate::layers::rate_limit::{Quota, RateLimitConfig};
 
     fn frontier(rate: f64, burst: u32) -> Frontier {
+        frontier_cooling(rate, burst, Cooldowns::new())
+    }
+
+    fn frontier_cooling(rate: f64, burst: u32, cooldowns: Cooldowns) -> Frontier {
         let limiter = RateLimiter::new(RateLimitConfig {
             default: Quota::new(rate, burst),
             ..RateLimitConfig::default()
         })
         .unwrap();
-        Frontier::new(limiter, 4)
+        Frontier::new(limiter, cooldowns, 4)
     }
 
     #[tokio::test(start_paused = true)]
@@ -407,10 +407,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cooling_host_is_not_ready() {
-        let f = frontier(100.0, 1);
-        let a = PartitionKey::new("a", "a");
         let cooldowns = Cooldowns::new();
-        f.set_cooldowns(cooldowns.clone());
+        let f = frontier_cooling(100.0, 1, cooldowns.clone());
+        let a = PartitionKey::new("a", "a");
         let until = Instant::now() + Duration::from_secs(3);
         cooldowns.extend(a.clone(), until);
         assert_eq!(f.admit(&a, false), Admission::Park(until));

@@ -16,7 +16,6 @@ use super::work::{cancelled, Later, Processed};
 use super::FallbackConfig;
 use crate::context::OperationType;
 use crate::download::DownloadOptions;
-use crate::layers::retry_after::Cooldowns;
 use crate::layers::telemetry::{RecordWriter, Redactor};
 use crate::ledger::{JobId, Ledger, LedgerError};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
@@ -177,19 +176,15 @@ impl Pipeline {
                 tried: TriedUrls::default(),
                 held: Arc::new(Mutex::new(HashSet::new())),
                 redactor: Redactor::default(),
-                frontier: Arc::new(Frontier::new(stack.limiter().clone(), config.workers)),
+                frontier: Arc::new(Frontier::new(
+                    stack.limiter().clone(),
+                    stack.cooldowns().clone(),
+                    config.workers,
+                )),
                 config,
             }),
             records: None,
         })
-    }
-
-    /// The stack's cool-downs (the Retry-After layer's), so that the crawl frontier parks
-    /// the works of a cooling host as it does those of a host out of tokens, rather than
-    /// letting them wait in the stack holding their worker slots.
-    pub fn with_cooldowns(self, cooldowns: Cooldowns) -> Self {
-        self.core.frontier.set_cooldowns(cooldowns);
-        self
     }
 
     /// The writer of the stack's attempt records: flushed before the summary line, so that

@@ -206,6 +206,7 @@ impl Core {
             let resolve = ResolveContext {
                 http: gated(&self.resolve.http, slot),
                 config: self.resolve.config.clone(),
+                robots: self.resolve.robots.clone(),
             };
             (resolve, gated(&self.download, slot))
         });
