@@ -268,7 +268,7 @@ pub struct RunArgs {
     /// Keep the configured rates fixed.
     #[arg(long, action = ArgAction::SetTrue, overrides_with = "enable_provider_learning")]
     pub disable_provider_learning: bool,
-    /// Where learned provider state persists [default: <out>/provider_learning.json].
+    /// Where learned provider state persists (default: `<out>/provider_learning.json`).
     #[arg(long, value_name = "FILE", env = "DOCSTOKG_PROVIDER_LEARNING_PATH")]
     pub provider_learning_path: Option<PathBuf>,
     /// Idempotency keys and the job ledger (on by default).
@@ -278,7 +278,7 @@ pub struct RunArgs {
     /// No ledger: nothing is remembered between runs but the files.
     #[arg(long, action = ArgAction::SetTrue, overrides_with = "enable_idempotency")]
     pub disable_idempotency: bool,
-    /// The job ledger [default: sqlite://<out>/ledger.sqlite]; postgres://... for many machines.
+    /// The job ledger (default: `sqlite://<out>/ledger.sqlite`); `postgres://...` for many machines.
     #[arg(long, value_name = "URL", env = "DOCSTOKG_LEDGER")]
     pub ledger: Option<String>,
     /// How long to wait for a PostgreSQL ledger to answer before giving up with an error
