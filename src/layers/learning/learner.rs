@@ -198,7 +198,7 @@ impl Learner {
             }
             match signal {
                 Signal::Throttled => state.on_throttle(policy, now, sent_at),
-                Signal::Accepted => state.on_success(policy, now),
+                Signal::Accepted => state.on_success(policy, now, sent_at),
                 Signal::Neutral => {}
             }
         });
@@ -220,7 +220,7 @@ impl Learner {
     /// Records an accepted response for `key`.
     pub fn record_success(&self, key: &PartitionKey) {
         let now = Instant::now();
-        let rate = self.update(key, |s, p| s.on_success(p, now));
+        let rate = self.update(key, |s, p| s.on_success(p, now, now));
         self.shared.limiter.set_rate(key, rate);
     }
 
