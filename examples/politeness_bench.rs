@@ -238,7 +238,10 @@ fn wait_listening(port: u16, server: &mut Server) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("{} is not listening on 127.0.0.1:{port} after 5 s", server.name))
+    Err(format!(
+        "{} is not listening on 127.0.0.1:{port} after 5 s",
+        server.name
+    ))
 }
 
 /// The servers of one run: the limiter, and for HAProxy the nginx behind it.
@@ -277,7 +280,8 @@ impl Servers {
                 let backend_port = free_port()?;
                 let backend_config = dir.join(format!("nginx-{backend_port}.conf"));
                 std::fs::write(&backend_config, nginx_config(dir, backend_port, None)).map_err(|e| e.to_string())?;
-                let mut backend = Server::start("nginx (backend)", Command::new(&nginx).arg("-c").arg(&backend_config))?;
+                let mut backend =
+                    Server::start("nginx (backend)", Command::new(&nginx).arg("-c").arg(&backend_config))?;
                 wait_listening(backend_port, &mut backend)?;
                 let config = dir.join(format!("haproxy-{port}.cfg"));
                 std::fs::write(&config, haproxy_config(port, backend_port, rate)).map_err(|e| e.to_string())?;
@@ -338,7 +342,9 @@ impl Servers {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn write_works(path: &Path, port: u16, n: usize) -> std::io::Result<()> {
@@ -483,7 +489,11 @@ async fn run_once(
         Some(t) => format!("{rate}/s, tripled at {t}s"),
         None => format!("{rate}/s steady"),
     };
-    println!("\n## {} — {label}, client told {}/s, {WORKERS} workers, {secs} s", limiter.name(), rate * 5);
+    println!(
+        "\n## {} — {label}, client told {}/s, {WORKERS} workers, {secs} s",
+        limiter.name(),
+        rate * 5
+    );
     let start_ms = now_ms();
     let (tripled_tx, tripled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
@@ -546,9 +556,7 @@ async fn run_once(
     // (the last second of a run is its shutdown, not scored either)
     let scored_end = triple_at.unwrap_or(secs.saturating_sub(1)) as usize;
     let scored = &rows[5.min(scored_end)..scored_end];
-    let (sent, t429, ok) = scored
-        .iter()
-        .fold((0, 0, 0), |a, r| (a.0 + r.0, a.1 + r.1, a.2 + r.2));
+    let (sent, t429, ok) = scored.iter().fold((0, 0, 0), |a, r| (a.0 + r.0, a.1 + r.1, a.2 + r.2));
     let seconds = scored.len().max(1) as f64;
     let goodput_ratio = ok as f64 / seconds / rate as f64;
     let throttled = if sent == 0 { 0.0 } else { t429 as f64 / sent as f64 };
@@ -604,12 +612,12 @@ async fn bench(args: Args) -> Result<(), String> {
     for &limiter in &args.limiters {
         outcomes.push(run_once(limiter, args.rate, args.secs, None, tmp.path()).await?);
         if args.triple_secs > 0 {
-            outcomes.push(
-                run_once(limiter, args.rate, args.triple_secs, Some(args.triple_at), tmp.path()).await?,
-            );
+            outcomes.push(run_once(limiter, args.rate, args.triple_secs, Some(args.triple_at), tmp.path()).await?);
         }
     }
-    println!("\n| limiter | run | hidden/s | goodput / hidden (after 5 s) | 429s (after 5 s) | to 0.9× the tripled rate |");
+    println!(
+        "\n| limiter | run | hidden/s | goodput / hidden (after 5 s) | 429s (after 5 s) | to 0.9× the tripled rate |"
+    );
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
     for o in &outcomes {
         let recovery = match o.recovery {

@@ -50,7 +50,7 @@ impl LearningPolicy {
 /// remembered ceiling (or the first one) the rate drops to `beta × W`, then climbs along a
 /// concave cubic that flattens at `plateau × W` and stays there. Only after a hold of
 /// `probe_hold_secs × 2^(confirmations − 1)` (at most `max_probe_hold_secs`) does it probe
-/// above the plateau along a convex cubic (`plateau × (1 + 0.003 t³)`). A throttle during
+/// above the plateau along a convex cubic (`plateau × (1 + 0.005 t³)`). A throttle during
 /// a probe confirms the ceiling: the rate goes straight back to the plateau (no
 /// multiplicative drop) and the next probe waits twice as long. A throttle after the rate
 /// sat on the plateau for a while lowers the ceiling to that rate (a 5% step down, no
@@ -149,8 +149,8 @@ impl AdaptiveConfig {
     }
 }
 
-/// How fast a probe climbs above the plateau, relative to it, per s³: +3% after 2 s,
-/// +38% after 5 s, three times the plateau after 8.7 s. Slow at first, because a limiter
+/// How fast a probe climbs above the plateau, relative to it, per s³: +4% after 2 s,
+/// +63% after 5 s, three times the plateau after 7.4 s. Slow at first, because a limiter
 /// with a burst answers 429 only once the burst is spent, and a fast probe would be far
 /// above the limit by then.
 pub(super) const PROBE_GAIN: f64 = 0.005;
@@ -210,7 +210,10 @@ mod tests {
             last = r;
         }
         assert!(last > w, "it probes above the ceiling after the hold");
-        assert_eq!((cfg.hold(1), cfg.hold(2), cfg.hold(3), cfg.hold(40)), (8.0, 16.0, 20.0, 20.0));
+        assert_eq!(
+            (cfg.hold(1), cfg.hold(2), cfg.hold(3), cfg.hold(40)),
+            (8.0, 16.0, 16.0, 16.0)
+        );
     }
 
     #[test]

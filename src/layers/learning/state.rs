@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::policy::{progressive_step, AdaptiveConfig, LearningPolicy, PROGRESSIVE_MAX_REDUCTION, PROGRESSIVE_MIN_RATE};
+use super::policy::{
+    progressive_step, AdaptiveConfig, LearningPolicy, PROGRESSIVE_MAX_REDUCTION, PROGRESSIVE_MIN_RATE,
+};
 use crate::context::PartitionKey;
 
 /// How many recovery times a partition keeps (the oldest go first).
@@ -24,6 +26,13 @@ const SETTLE_SECS: f64 = 2.0;
 /// When a throttle shows the limit is lower than remembered, the new ceiling is this
 /// fraction of the rate the throttled request was sent at.
 const FAST_CONVERGENCE: f64 = 0.9;
+
+/// After a decrease, further 429s within the response's `Retry-After` period, but at most
+/// this long, do not decrease the rate again. Longer would let requests already queued at
+/// the old rate pour in unchecked where the cool-down does not hold them; shorter lets a
+/// limiter that counts its own refusals (HAProxy's `http_req_rate`) collapse the rate in
+/// one second with a dozen decreases.
+const MAX_QUIET: Duration = Duration::from_millis(250);
 
 /// Where a partition's rate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +125,8 @@ pub(super) struct PartitionState {
     /// sent after the decrease (the rate does not climb while the provider is still
     /// throttling or a cool-down holds every request); `None` until then.
     pub(super) curve_from: Option<Instant>,
+    /// Adaptive: the end of the last decrease's `Retry-After` period.
+    pub(super) quiet_until: Option<Instant>,
     /// Adaptive: the rate the current curve started from.
     pub(super) r0: f64,
     /// Adaptive: the current curve's hold on the plateau, in seconds.
@@ -139,6 +150,7 @@ impl PartitionState {
             too_high: None,
             last_decrease: None,
             curve_from: None,
+            quiet_until: None,
             r0: configured,
             hold: 0.0,
             throttled_since: None,
@@ -162,7 +174,14 @@ impl PartitionState {
         }
     }
 
-    pub(super) fn on_throttle(&mut self, policy: &LearningPolicy, now: Instant, sent_at: Instant) {
+    /// `asked_wait`: the response's `Retry-After`, if any.
+    pub(super) fn on_throttle(
+        &mut self,
+        policy: &LearningPolicy,
+        now: Instant,
+        sent_at: Instant,
+        asked_wait: Option<Duration>,
+    ) {
         self.throttles += 1;
         self.consecutive_429 = self.consecutive_429.saturating_add(1);
         self.throttled_since.get_or_insert(now);
@@ -172,6 +191,12 @@ impl PartitionState {
                 // React once per round trip: a request sent before the last decrease was
                 // sent at the old rate, and its 429 says nothing about the new one.
                 if self.last_decrease.is_some_and(|d| sent_at < d) {
+                    return;
+                }
+                // ... and once per Retry-After period: requests that were already queued
+                // (or a limiter that counts its own refusals) answer 429 for a while, and
+                // each of those is not news.
+                if self.quiet_until.is_some_and(|q| now < q) {
                     return;
                 }
                 // The rate the throttled request was sent at (the curve may have risen
@@ -194,7 +219,11 @@ impl PartitionState {
                     // precise). Back to the plateau, no multiplicative drop; the next probe
                     // waits longer.
                     self.confirmations = self.confirmations.saturating_add(1);
-                    let w = if sent_rate > self.w_max { (self.w_max + sent_rate) / 2.0 } else { sent_rate };
+                    let w = if sent_rate > self.w_max {
+                        (self.w_max + sent_rate) / 2.0
+                    } else {
+                        sent_rate
+                    };
                     self.w_max = self.too_high.map_or(w, |h| w.min(h));
                     self.r0 = cfg.plateau * self.w_max;
                 } else if settled {
@@ -217,6 +246,7 @@ impl PartitionState {
                 self.rate = self.r0;
                 self.hold = cfg.hold(self.confirmations);
                 self.last_decrease = Some(now);
+                self.quiet_until = asked_wait.map(|w| now + w.min(MAX_QUIET));
                 self.curve_from = None;
             }
             LearningPolicy::Progressive => {
@@ -297,7 +327,7 @@ impl PartitionState {
                 self.r0 = self.rate;
                 self.hold = cfg.hold(self.confirmations);
                 self.last_decrease = Some(now);
-                self.curve_from = None;
+                self.curve_from = Some(now);
             }
         }
     }
