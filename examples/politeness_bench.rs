@@ -374,7 +374,7 @@ fn write_pdfs(www: &Path, n: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Per second since `start_ms`: (requests that reached the server, 429s, 200s).
+/// Per second since `start_ms`: (PDF requests that reached the server, 429s, 200s).
 fn per_second(csv_path: &Path, start_ms: u64, secs: u64) -> Result<Vec<(u64, u64, u64)>, String> {
     let mut rows = vec![(0u64, 0u64, 0u64); secs as usize + 1];
     let mut reader = csv::ReaderBuilder::new()
@@ -388,9 +388,13 @@ fn per_second(csv_path: &Path, start_ms: u64, secs: u64) -> Result<Vec<(u64, u64
             .position(|h| h == name)
             .ok_or_else(|| format!("attempts.csv has no {name} column"))
     };
-    let (ts, status) = (col("timestamp_ms")?, col("status")?);
+    let (ts, status, url) = (col("timestamp_ms")?, col("status")?, col("url")?);
     for record in reader.records() {
         let record = record.map_err(|e| e.to_string())?;
+        // only the PDFs: a throttled work may also ask a resolver, which is not scored
+        if !record.get(url).is_some_and(|u| u.contains("/pdf/")) {
+            continue;
+        }
         let Some(at) = record.get(ts).and_then(|v| v.parse::<u64>().ok()) else {
             continue;
         };
