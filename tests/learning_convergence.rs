@@ -282,3 +282,47 @@ fn one_case() {
     let (r, b) = case.split_once(',').unwrap();
     println!("{:?}", converges(r.parse().unwrap(), b.parse().unwrap()));
 }
+
+/// A limiter that counts its own refusals (HAProxy's `http_req_rate`) answers 429 to every
+/// request for a while; the requests the client had queued then each come back 429. One
+/// decrease per `Retry-After` period (at most 250 ms), not one per round trip.
+#[tokio::test(start_paused = true)]
+async fn one_decrease_per_retry_after_period() {
+    let limiter = RateLimiter::new(RateLimitConfig {
+        default: Quota::new(100.0, 1),
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let learner = Learner::new(limiter, LearningPolicy::default()).unwrap();
+    let key = PartitionKey::new("bench", "127.0.0.1:8080");
+    let throttled = || {
+        Response::builder()
+            .status(429)
+            .header("retry-after", "1")
+            .body(())
+            .unwrap()
+    };
+    learner.observe(&key, Instant::now(), &throttled());
+    assert!((learner.rate(&key) - 70.0).abs() < 1e-9);
+    // sent after the decrease, answered within the quiet period: not news
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(10)).await;
+        learner.observe(&key, Instant::now(), &throttled());
+    }
+    assert!((learner.rate(&key) - 70.0).abs() < 1e-9, "{}", learner.rate(&key));
+    // a quarter second on, still throttled: the next decrease
+    tokio::time::advance(Duration::from_millis(60)).await;
+    learner.observe(&key, Instant::now(), &throttled());
+    assert!((learner.rate(&key) - 49.0).abs() < 1e-9, "{}", learner.rate(&key));
+    // without Retry-After, the round trip alone is the window
+    let plain = Response::builder().status(429).body(()).unwrap();
+    tokio::time::advance(Duration::from_millis(300)).await;
+    learner.observe(&key, Instant::now(), &plain);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    learner.observe(&key, Instant::now(), &plain);
+    assert!(
+        (learner.rate(&key) - 49.0 * 0.7 * 0.7).abs() < 1e-9,
+        "{}",
+        learner.rate(&key)
+    );
+}

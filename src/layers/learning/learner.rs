@@ -177,7 +177,8 @@ impl Learner {
     /// layers below; a [`RateLimitWait`] on the response is added to it, giving the time
     /// the request actually left. The adaptive policy ignores a 429 for a request that left
     /// before its last decrease (it was sent at the old rate), or that arrives within the
-    /// `Retry-After` period of its last decrease (at most 250 ms), so that one burst of 429s
+    /// `Retry-After` period of its last decrease (at most 250 ms after a multiplicative
+    /// drop, 5 s after a gentle step near a known ceiling), so that one burst of 429s
     /// counts once. The `Retry-After` header is read here, as is a [`RetryAfterHint`]
     /// extension. Returns the partition's rate afterwards.
     ///

@@ -34,6 +34,11 @@ const FAST_CONVERGENCE: f64 = 0.9;
 /// one second with a dozen decreases.
 const MAX_QUIET: Duration = Duration::from_millis(250);
 
+/// After a gentle step (a probe met the limit, or a settled plateau was throttled), the
+/// rate is already near the limit: 429s within the `Retry-After` period, up to this long,
+/// are the requests queued before the step, not news.
+const MAX_GENTLE_QUIET: Duration = Duration::from_secs(5);
+
 /// Where a partition's rate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -246,7 +251,15 @@ impl PartitionState {
                 self.rate = self.r0;
                 self.hold = cfg.hold(self.confirmations);
                 self.last_decrease = Some(now);
-                self.quiet_until = asked_wait.map(|w| now + w.min(MAX_QUIET));
+                // A gentle step (probe or settled plateau) keeps the rate near the limit, and
+                // the requests queued before it answer 429 for the whole Retry-After period;
+                // after a multiplicative drop, the next quarter second can say more.
+                let quiet = if probing || settled {
+                    MAX_GENTLE_QUIET
+                } else {
+                    MAX_QUIET
+                };
+                self.quiet_until = asked_wait.map(|w| now + w.min(quiet));
                 self.curve_from = None;
             }
             LearningPolicy::Progressive => {
