@@ -14,6 +14,7 @@ use super::policy::{LearningConfigError, LearningPolicy};
 use super::state::{PartitionState, PartitionStatus, Phase};
 use crate::context::{PartitionKey, PartitionMap, RateLimitWait, RetryAfterHint};
 use crate::layers::rate_limit::RateLimiter;
+use crate::layers::retry_after::parse_retry_after;
 
 /// Why [`Learner::inspect`] could not read the state.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +176,9 @@ impl Learner {
     /// Learns from one attempt's response: `sent_at` is when the request went to the
     /// layers below; a [`RateLimitWait`] on the response is added to it, giving the time
     /// the request actually left. The adaptive policy ignores a 429 for a request that left
-    /// before its last decrease (it was sent at the old rate), so that one burst of 429s
+    /// before its last decrease (it was sent at the old rate), or that arrives within the
+    /// `Retry-After` period of its last decrease (at most 250 ms after a multiplicative
+    /// drop, 5 s after a gentle step near a known ceiling), so that one burst of 429s
     /// counts once. The `Retry-After` header is read here, as is a [`RetryAfterHint`]
     /// extension. Returns the partition's rate afterwards.
     ///
@@ -190,6 +193,13 @@ impl Learner {
         let headers = response.headers();
         let hint = response.extensions().get::<RetryAfterHint>();
         let signal = advertised::classify(response.status(), headers, hint);
+        // How long the provider asked us to wait: no second decrease inside that period.
+        let asked_wait = hint.map(|h| h.delay).or_else(|| {
+            headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+        });
         let advertised = advertised::parse(headers, SystemTime::now());
         let now = Instant::now();
         let rate = self.update(key, |state, policy| {
@@ -197,8 +207,8 @@ impl Learner {
                 state.set_advertised(ceiling);
             }
             match signal {
-                Signal::Throttled => state.on_throttle(policy, now, sent_at),
-                Signal::Accepted => state.on_success(policy, now),
+                Signal::Throttled => state.on_throttle(policy, now, sent_at, asked_wait),
+                Signal::Accepted => state.on_success(policy, now, sent_at),
                 Signal::Neutral => {}
             }
         });
@@ -213,14 +223,14 @@ impl Learner {
     /// a 429), for callers that see throttling some other way.
     pub fn record_throttle(&self, key: &PartitionKey, sent_at: Instant) {
         let now = Instant::now();
-        let rate = self.update(key, |s, p| s.on_throttle(p, now, sent_at));
+        let rate = self.update(key, |s, p| s.on_throttle(p, now, sent_at, None));
         self.shared.limiter.set_rate(key, rate);
     }
 
     /// Records an accepted response for `key`.
     pub fn record_success(&self, key: &PartitionKey) {
         let now = Instant::now();
-        let rate = self.update(key, |s, p| s.on_success(p, now));
+        let rate = self.update(key, |s, p| s.on_success(p, now, now));
         self.shared.limiter.set_rate(key, rate);
     }
 

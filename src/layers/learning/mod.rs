@@ -4,9 +4,12 @@
 //! moves the partition's rate in the [`RateLimiter`](crate::layers::rate_limit::RateLimiter)
 //! by a [`LearningPolicy`]:
 //! - [`LearningPolicy::Adaptive`] (default): on a 429 (or a 503 with Retry-After) the rate
-//!   drops to 0.7× — once per round trip, not once per in-flight request — and on success
-//!   it climbs back along a cubic curve toward the ceiling (the AWS SDKs' adaptive mode),
-//!   never below a floor (0.5 req/s by default).
+//!   drops to 0.7× — once per round trip and per `Retry-After` period (at most 250 ms),
+//!   not once per in-flight request — and the rate it was throttled at is remembered as
+//!   the ceiling. On success it climbs back along a cubic curve that flattens at 0.97× that
+//!   ceiling and stays there; it probes above only after a hold that doubles each time the
+//!   same ceiling is confirmed (8 s, 16 s, at most 16 s), and climbs on when a probe meets
+//!   no 429 (the limit rose). Never below a floor (0.5 req/s by default).
 //! - [`LearningPolicy::Progressive`]: the seed design's table (see its docs).
 //!
 //! The ceiling is the configured rate, or the provider's advertised one
@@ -49,9 +52,13 @@
 //! # Why cubic recovery and not the seed's table?
 //!
 //! The seed design only ever lowered a rate, so one bad minute slowed a whole run. A
-//! multiplicative decrease with cubic recovery finds a hidden limit in a few cycles, spends
-//! most of its time just under it (the curve is flat near the last rate that was
-//! throttled), and probes upward again when the provider loosens.
+//! multiplicative decrease with cubic recovery finds a hidden limit in a few cycles. Plain
+//! CUBIC then probes past the last throttled rate every few seconds, and against a limiter
+//! that answers 429 + `Retry-After: 1` each probe costs a second of cool-down; so the
+//! curve stops just under the remembered ceiling and the probes thin out as the ceiling is
+//! confirmed (as CUBIC's `W_max` plus an exponential backoff of probes). The longest hold
+//! bounds how long a raised limit goes unnoticed. Measured against nginx `limit_req` and
+//! HAProxy on loopback by `examples/politeness_bench.rs`.
 
 mod advertised;
 pub mod future;

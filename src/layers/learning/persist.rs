@@ -48,6 +48,12 @@ struct PartitionRecord {
     throttles: u64,
     #[serde(default)]
     successes: u64,
+    /// Adaptive: the remembered ceiling (the rate the provider last pushed back at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ceiling_seen: Option<f64>,
+    /// Adaptive: how many times that ceiling was confirmed.
+    #[serde(default)]
+    ceiling_confirmations: u32,
 }
 
 /// Saving the learning state failed.
@@ -82,6 +88,8 @@ pub(super) fn snapshot(
             recovery_times_secs: s.recovery_times.iter().map(Duration::as_secs_f64).collect(),
             throttles: s.throttles,
             successes: s.successes,
+            ceiling_seen: (s.confirmations > 0).then_some(s.w_max),
+            ceiling_confirmations: s.confirmations,
         })
         .collect();
     partitions.sort_by(|a, b| (&a.provider, &a.host).cmp(&(&b.provider, &b.host)));
@@ -185,6 +193,10 @@ fn states_of(file: LearningFile, limiter: &RateLimiter) -> PartitionMap<Partitio
         state.reduction = rec.reduction.clamp(0.0, 1.0);
         state.throttles = rec.throttles;
         state.successes = rec.successes;
+        if let Some(w) = rec.ceiling_seen.filter(|w| valid_rate(*w)) {
+            state.w_max = w;
+            state.confirmations = rec.ceiling_confirmations.max(1);
+        }
         state.recovery_times = rec
             .recovery_times_secs
             .iter()

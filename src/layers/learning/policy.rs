@@ -45,11 +45,17 @@ impl LearningPolicy {
 
 /// Parameters of [`LearningPolicy::Adaptive`].
 ///
-/// After a throttle at rate `W`, the rate drops to `beta × W`; then, on each success `t`
-/// seconds after the drop, it is `scale × (t − K)³ + W` with `K = ∛(W (1 − beta) / scale)`:
-/// it climbs fast at first, flattens near `W` (where the provider last pushed back), and
-/// probes beyond it, up to the ceiling. This is CUBIC's window curve as the AWS SDKs use
-/// it for their adaptive retry mode's send rate.
+/// The policy remembers the rate at which the provider last pushed back, `W` (CUBIC's
+/// `W_max`), and how many times that ceiling was confirmed. After a throttle below the
+/// remembered ceiling (or the first one) the rate drops to `beta × W`, then climbs along a
+/// concave cubic that flattens at `plateau × W` and stays there. Only after a hold of
+/// `probe_hold_secs × 2^(confirmations − 1)` (at most `max_probe_hold_secs`) does it probe
+/// above the plateau along a convex cubic (`plateau × (1 + 0.005 t³)`). A throttle during
+/// a probe confirms the ceiling: the rate goes straight back to the plateau (no
+/// multiplicative drop) and the next probe waits twice as long. A throttle after the rate
+/// sat on the plateau for a while lowers the ceiling to that rate (a 5% step down, no
+/// drop). A probe that climbs past `1.5 × W` without a throttle forgets the ceiling (the
+/// limit rose) and keeps accelerating.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdaptiveConfig {
@@ -59,6 +65,15 @@ pub struct AdaptiveConfig {
     pub scale: f64,
     /// The floor, in requests per second (> 0). Default 0.5.
     pub min_rate: f64,
+    /// Where the rate settles, as a fraction of the remembered ceiling, in (0, 1].
+    /// Default 0.97.
+    pub plateau: f64,
+    /// How long the rate stays on the plateau before the first probe above it, in
+    /// seconds (> 0); doubled for each confirmation of the same ceiling. Default 8.
+    pub probe_hold_secs: f64,
+    /// The longest hold before a probe, in seconds (≥ `probe_hold_secs`): how long a
+    /// raised limit can go unnoticed. Default 16.
+    pub max_probe_hold_secs: f64,
 }
 
 impl Default for AdaptiveConfig {
@@ -67,6 +82,9 @@ impl Default for AdaptiveConfig {
             beta: 0.7,
             scale: 0.4,
             min_rate: 0.5,
+            plateau: 0.97,
+            probe_hold_secs: 8.0,
+            max_probe_hold_secs: 16.0,
         }
     }
 }
@@ -88,19 +106,54 @@ impl AdaptiveConfig {
                 "must be a positive number of requests per second",
             ));
         }
+        if !(self.plateau > 0.0 && self.plateau <= 1.0) {
+            return Err(LearningConfigError::new(
+                "adaptive.plateau",
+                "must be a fraction of the ceiling above 0 and at most 1",
+            ));
+        }
+        if !(self.probe_hold_secs.is_finite() && self.probe_hold_secs > 0.0) {
+            return Err(LearningConfigError::new(
+                "adaptive.probe_hold_secs",
+                "must be a positive number of seconds",
+            ));
+        }
+        if !(self.max_probe_hold_secs.is_finite() && self.max_probe_hold_secs >= self.probe_hold_secs) {
+            return Err(LearningConfigError::new(
+                "adaptive.max_probe_hold_secs",
+                "must be a number of seconds at least `probe_hold_secs`",
+            ));
+        }
         Ok(())
     }
 
-    /// `K`: how long after a drop from `w_max` the cubic curve takes to get back to it.
-    pub(super) fn k(&self, w_max: f64) -> f64 {
-        (w_max * (1.0 - self.beta) / self.scale).cbrt()
+    /// How long the rate holds on the plateau before probing, after `confirmations`
+    /// confirmations of the same ceiling (1 for a ceiling just found).
+    pub(super) fn hold(&self, confirmations: u32) -> f64 {
+        let doublings = confirmations.saturating_sub(1).min(30) as i32;
+        (self.probe_hold_secs * 2f64.powi(doublings)).min(self.max_probe_hold_secs)
     }
 
-    /// The rate `t` seconds after a drop from `w_max` (before clamping).
-    pub(super) fn cubic(&self, w_max: f64, t: f64) -> f64 {
-        self.scale * (t - self.k(w_max)).powi(3) + w_max
+    /// The rate `t` seconds into a curve that starts at `r0` below a remembered ceiling
+    /// `w` and holds `hold` seconds on the plateau before probing (before clamping).
+    pub(super) fn curve(&self, r0: f64, w: f64, hold: f64, t: f64) -> f64 {
+        let plateau = (self.plateau * w).max(r0);
+        let k = ((plateau - r0) / self.scale).cbrt();
+        if t < k {
+            plateau - (plateau - r0) * (1.0 - t / k).powi(3)
+        } else if t < k + hold {
+            plateau
+        } else {
+            plateau * (1.0 + PROBE_GAIN * (t - k - hold).powi(3))
+        }
     }
 }
+
+/// How fast a probe climbs above the plateau, relative to it, per s³: +4% after 2 s,
+/// +63% after 5 s, three times the plateau after 7.4 s. Slow at first, because a limiter
+/// with a burst answers 429 only once the burst is spent, and a fast probe would be far
+/// above the limit by then.
+pub(super) const PROBE_GAIN: f64 = 0.005;
 
 /// Largest total reduction [`LearningPolicy::Progressive`] applies: 80% of the ceiling.
 pub const PROGRESSIVE_MAX_REDUCTION: f64 = 0.8;
@@ -140,12 +193,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cubic_starts_at_beta_w_and_returns_to_w_at_k() {
+    fn the_curve_climbs_to_the_plateau_holds_then_probes() {
         let cfg = AdaptiveConfig::default();
-        let w = 20.0;
-        assert!((cfg.cubic(w, 0.0) - 0.7 * w).abs() < 1e-9);
-        assert!((cfg.cubic(w, cfg.k(w)) - w).abs() < 1e-9);
-        assert!(cfg.cubic(w, cfg.k(w) + 2.0) > w);
+        let (w, hold) = (20.0, cfg.hold(1));
+        let r0 = 0.7 * w;
+        assert!((cfg.curve(r0, w, hold, 0.0) - r0).abs() < 1e-9);
+        let k = ((cfg.plateau * w - r0) / cfg.scale).cbrt();
+        let mut last = r0;
+        for step in 1..=100 {
+            let t = step as f64 * (k + hold + 5.0) / 100.0;
+            let r = cfg.curve(r0, w, hold, t);
+            assert!(r >= last - 1e-9, "the curve only rises");
+            if t >= k && t <= k + hold {
+                assert!((r - cfg.plateau * w).abs() < 1e-9, "on the plateau at {t}: {r}");
+            }
+            last = r;
+        }
+        assert!(last > w, "it probes above the ceiling after the hold");
+        assert_eq!(
+            (cfg.hold(1), cfg.hold(2), cfg.hold(3), cfg.hold(40)),
+            (8.0, 16.0, 16.0, 16.0)
+        );
     }
 
     #[test]
@@ -160,6 +228,11 @@ mod tests {
             ..AdaptiveConfig::default()
         });
         assert!(bad.validate().unwrap_err().to_string().contains("`adaptive.min_rate`"));
+        let bad = LearningPolicy::Adaptive(AdaptiveConfig {
+            max_probe_hold_secs: 1.0,
+            ..AdaptiveConfig::default()
+        });
+        assert_eq!(bad.validate().unwrap_err().field, "adaptive.max_probe_hold_secs");
         assert!(LearningPolicy::default().validate().is_ok());
     }
 }

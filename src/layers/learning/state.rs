@@ -7,11 +7,37 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::policy::{progressive_step, LearningPolicy, PROGRESSIVE_MAX_REDUCTION, PROGRESSIVE_MIN_RATE};
+use super::policy::{
+    progressive_step, AdaptiveConfig, LearningPolicy, PROGRESSIVE_MAX_REDUCTION, PROGRESSIVE_MIN_RATE,
+};
 use crate::context::PartitionKey;
 
 /// How many recovery times a partition keeps (the oldest go first).
 pub const MAX_RECOVERY_TIMES: usize = 50;
+
+/// A probe that climbs past this multiple of the remembered ceiling without a throttle
+/// forgets it: the limit rose.
+const FORGET_ABOVE: f64 = 1.5;
+
+/// A throttle more than this long after the rate reached its plateau means the plateau
+/// is a little too high (not that the rate is still far above the limit).
+const SETTLE_SECS: f64 = 2.0;
+
+/// When a throttle shows the limit is lower than remembered, the new ceiling is this
+/// fraction of the rate the throttled request was sent at.
+const FAST_CONVERGENCE: f64 = 0.9;
+
+/// After a decrease, further 429s within the response's `Retry-After` period, but at most
+/// this long, do not decrease the rate again. Longer would let requests already queued at
+/// the old rate pour in unchecked where the cool-down does not hold them; shorter lets a
+/// limiter that counts its own refusals (HAProxy's `http_req_rate`) collapse the rate in
+/// one second with a dozen decreases.
+const MAX_QUIET: Duration = Duration::from_millis(250);
+
+/// After a gentle step (a probe met the limit, or a settled plateau was throttled), the
+/// rate is already near the limit: 429s within the `Retry-After` period, up to this long,
+/// are the requests queued before the step, not news.
+const MAX_GENTLE_QUIET: Duration = Duration::from_secs(5);
 
 /// Where a partition's rate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,9 +117,25 @@ pub(super) struct PartitionState {
     /// Progressive: the total reduction applied (compounded). Adaptive reports `1 - rate/ceiling`.
     pub(super) reduction: f64,
     pub(super) recovery_times: VecDeque<Duration>,
-    /// Adaptive: the rate at the last decrease.
+    /// Adaptive: the remembered ceiling, the rate at which the provider last pushed back.
     pub(super) w_max: f64,
+    /// Adaptive: how many times that ceiling was confirmed (0: none is known).
+    pub(super) confirmations: u32,
+    /// Adaptive: the last plateau that was throttled after it had settled: the limit is
+    /// just under it (forgotten with the ceiling when a probe shows the limit rose).
+    pub(super) too_high: Option<f64>,
+    /// Adaptive: when the rate was last decreased; `None` at the ceiling.
     pub(super) last_decrease: Option<Instant>,
+    /// Adaptive: when the current curve's clock started: the first success of a request
+    /// sent after the decrease (the rate does not climb while the provider is still
+    /// throttling or a cool-down holds every request); `None` until then.
+    pub(super) curve_from: Option<Instant>,
+    /// Adaptive: the end of the last decrease's `Retry-After` period.
+    pub(super) quiet_until: Option<Instant>,
+    /// Adaptive: the rate the current curve started from.
+    pub(super) r0: f64,
+    /// Adaptive: the current curve's hold on the plateau, in seconds.
+    pub(super) hold: f64,
     pub(super) throttled_since: Option<Instant>,
     pub(super) throttles: u64,
     pub(super) successes: u64,
@@ -109,7 +151,13 @@ impl PartitionState {
             reduction: 0.0,
             recovery_times: VecDeque::new(),
             w_max: configured,
+            confirmations: 0,
+            too_high: None,
             last_decrease: None,
+            curve_from: None,
+            quiet_until: None,
+            r0: configured,
+            hold: 0.0,
             throttled_since: None,
             throttles: 0,
             successes: 0,
@@ -131,7 +179,14 @@ impl PartitionState {
         }
     }
 
-    pub(super) fn on_throttle(&mut self, policy: &LearningPolicy, now: Instant, sent_at: Instant) {
+    /// `asked_wait`: the response's `Retry-After`, if any.
+    pub(super) fn on_throttle(
+        &mut self,
+        policy: &LearningPolicy,
+        now: Instant,
+        sent_at: Instant,
+        asked_wait: Option<Duration>,
+    ) {
         self.throttles += 1;
         self.consecutive_429 = self.consecutive_429.saturating_add(1);
         self.throttled_since.get_or_insert(now);
@@ -143,9 +198,69 @@ impl PartitionState {
                 if self.last_decrease.is_some_and(|d| sent_at < d) {
                     return;
                 }
-                self.w_max = self.rate;
-                self.rate = (self.rate * cfg.beta).max(cfg.min_rate.min(ceiling));
+                // ... and once per Retry-After period: requests that were already queued
+                // (or a limiter that counts its own refusals) answer 429 for a while, and
+                // each of those is not news.
+                if self.quiet_until.is_some_and(|q| now < q) {
+                    return;
+                }
+                // The rate the throttled request was sent at (the curve may have risen
+                // since, and a fast probe would otherwise overstate the ceiling).
+                let sent_rate = self.rate_at(cfg, sent_at).min(self.rate);
+                let plateau = cfg.plateau * self.w_max;
+                let probing = self.confirmations > 0 && sent_rate > plateau * (1.0 + 1e-9);
+                // Sent after the rate had settled on the plateau for a while (not while
+                // it was still climbing towards it).
+                let settled = self.confirmations > 0
+                    && self.curve_from.is_some_and(|c| {
+                        let k = ((plateau.max(self.r0) - self.r0) / cfg.scale).cbrt();
+                        sent_at >= c + Duration::from_secs_f64(k + SETTLE_SECS)
+                    });
+                if probing {
+                    // A probe above the plateau met the limit: the same ceiling again. Its
+                    // 429 comes once the server's burst is spent, above the limit, so the
+                    // ceiling moves only halfway up to the probe's rate, and never above a
+                    // plateau that was throttled after it settled (that evidence is
+                    // precise). Back to the plateau, no multiplicative drop; the next probe
+                    // waits longer.
+                    self.confirmations = self.confirmations.saturating_add(1);
+                    let w = if sent_rate > self.w_max {
+                        (self.w_max + sent_rate) / 2.0
+                    } else {
+                        sent_rate
+                    };
+                    self.w_max = self.too_high.map_or(w, |h| w.min(h));
+                    self.r0 = cfg.plateau * self.w_max;
+                } else if settled {
+                    // The plateau held for a while, then met the limit: it is a little
+                    // too high. Step down below it, no multiplicative drop.
+                    self.w_max = sent_rate;
+                    self.too_high = Some(sent_rate);
+                    self.r0 = cfg.plateau * self.w_max;
+                } else {
+                    // The first throttle, or one while climbing: drop multiplicatively.
+                    // A 429 comes once the server's burst is spent, so the rate it was
+                    // sent at overstates the limit; when it is lower than the remembered
+                    // ceiling, remember a little less (CUBIC's fast convergence).
+                    let lower = self.confirmations > 0 && sent_rate < self.w_max;
+                    self.confirmations = 1;
+                    self.w_max = if lower { sent_rate * FAST_CONVERGENCE } else { sent_rate };
+                    self.r0 = sent_rate * cfg.beta;
+                }
+                self.r0 = self.r0.max(cfg.min_rate.min(ceiling)).min(ceiling);
+                self.rate = self.r0;
+                self.hold = cfg.hold(self.confirmations);
                 self.last_decrease = Some(now);
+                // A gentle step (probe or settled plateau) keeps the rate near the limit, and
+                // the requests queued before it answer 429 for the whole Retry-After period;
+                // after a multiplicative drop, the next quarter second can say more.
+                let quiet = if probing || settled {
+                    MAX_GENTLE_QUIET
+                } else {
+                    MAX_QUIET
+                };
+                self.quiet_until = asked_wait.map(|w| now + w.min(quiet));
+                self.curve_from = None;
             }
             LearningPolicy::Progressive => {
                 // Each step takes its percentage off the current rate (they compound);
@@ -157,7 +272,7 @@ impl PartitionState {
         }
     }
 
-    pub(super) fn on_success(&mut self, policy: &LearningPolicy, now: Instant) {
+    pub(super) fn on_success(&mut self, policy: &LearningPolicy, now: Instant, sent_at: Instant) {
         self.successes += 1;
         if let Some(since) = self.throttled_since.take() {
             if self.recovery_times.len() == MAX_RECOVERY_TIMES {
@@ -173,26 +288,42 @@ impl PartitionState {
         if self.rate >= ceiling {
             self.rate = ceiling;
             self.last_decrease = None;
+            self.curve_from = None;
             return;
         }
-        let t0 = match self.last_decrease {
-            Some(t0) => t0,
-            None => {
-                // Below the ceiling with no decrease on record (the ceiling rose): start a
-                // curve through the current rate.
-                self.start_recovery(policy, now);
-                now
-            }
-        };
-        let t = now.saturating_duration_since(t0).as_secs_f64();
-        let next = cfg.cubic(self.w_max, t).clamp(cfg.min_rate.min(ceiling), ceiling);
+        match self.last_decrease {
+            // Below the ceiling with no curve on record (the ceiling rose): start a curve
+            // through the current rate.
+            None => self.start_recovery(policy, now),
+            // The first success of a request sent at the decreased rate starts the climb.
+            Some(d) if self.curve_from.is_none() && sent_at >= d => self.curve_from = Some(now),
+            Some(_) => {}
+        }
+        let next = self.rate_at(cfg, now);
         // Recovery only raises the rate; a decrease comes from a throttle.
         if next > self.rate {
             self.rate = next;
         }
+        if self.confirmations > 0 && self.rate > FORGET_ABOVE * self.w_max {
+            // Probed well past the remembered ceiling without a throttle: the limit rose.
+            self.confirmations = 0;
+            self.too_high = None;
+        }
         if self.rate >= ceiling {
             self.last_decrease = None;
+            self.curve_from = None;
         }
+    }
+
+    /// Adaptive: the rate the current curve gives at `at` (the current rate without a curve).
+    fn rate_at(&self, cfg: &AdaptiveConfig, at: Instant) -> f64 {
+        let Some(t0) = self.curve_from else {
+            return self.rate;
+        };
+        let ceiling = self.ceiling();
+        let t = at.saturating_duration_since(t0).as_secs_f64();
+        cfg.curve(self.r0, self.w_max, self.hold, t)
+            .clamp(cfg.min_rate.min(ceiling), ceiling)
     }
 
     /// Adaptive, below the ceiling: recover from `now` along a curve through the current
@@ -200,8 +331,16 @@ impl PartitionState {
     pub(super) fn start_recovery(&mut self, policy: &LearningPolicy, now: Instant) {
         if let LearningPolicy::Adaptive(cfg) = policy {
             if self.rate < self.ceiling() {
-                self.w_max = self.rate / cfg.beta;
+                // The current rate is on the plateau of a ceiling confirmed once, unless a
+                // ceiling is already remembered.
+                if self.confirmations == 0 || self.w_max * cfg.plateau < self.rate {
+                    self.w_max = self.rate / cfg.plateau;
+                    self.confirmations = 1;
+                }
+                self.r0 = self.rate;
+                self.hold = cfg.hold(self.confirmations);
                 self.last_decrease = Some(now);
+                self.curve_from = Some(now);
             }
         }
     }
