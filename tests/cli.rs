@@ -2,14 +2,14 @@
 #![cfg(feature = "simulator")]
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use contentdownload::manifest::{read_manifest, ManifestRecord, Outcome, MANIFEST_FILE};
 use contentdownload::simulator::{Reply, Simulator};
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contentdownload");
+mod bin_support;
+use bin_support::{contentdownload, BIN};
 
 fn write_works(sim: &Simulator, path: &Path, n: usize) {
     let lines: Vec<String> = (0..n)
@@ -24,19 +24,6 @@ fn write_works(sim: &Simulator, path: &Path, n: usize) {
         })
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-/// Runs the binary with a clean DOCSTOKG_* environment plus `env`.
-async fn contentdownload(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCSTOKG_")) {
-        cmd.env_remove(k);
-    }
-    cmd.args(args).envs(env.iter().copied()).env("RUST_LOG", "warn");
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the binary finished within 2 minutes")
-        .expect("the binary ran")
 }
 
 /// `base` is `unpaywall=<simulator URL>`, `rate` is `<simulator host:port>=1000:100`.

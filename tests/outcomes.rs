@@ -20,7 +20,8 @@ use http_body_util::Full;
 use serde_json::json;
 use tower::ServiceExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contentdownload");
+mod bin_support;
+use bin_support::contentdownload;
 
 /// A port on 127.0.0.1 that refuses connections: bound (so no other test takes it) but
 /// not listening. Keep the socket alive while the port is used.
@@ -102,19 +103,6 @@ fn write_works(path: &Path, urls: &[String]) {
         })
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-/// Runs the binary with a clean DOCSTOKG_* environment plus `env`.
-async fn contentdownload(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCSTOKG_")) {
-        cmd.env_remove(k);
-    }
-    cmd.args(args).envs(env.iter().copied()).env("RUST_LOG", "warn");
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the binary finished within 2 minutes")
-        .expect("the binary ran")
 }
 
 struct Folder {

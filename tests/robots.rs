@@ -20,7 +20,8 @@ use contentdownload::simulator::{Reply, Simulator};
 use contentdownload::works::Work;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contentdownload");
+mod bin_support;
+use bin_support::contentdownload;
 
 struct Env {
     cx: ResolveContext,
@@ -261,19 +262,6 @@ async fn pdf_urls_from_apis_are_not_gated() {
     let got = fallback("direct=openalex").fetch(&work, env.fetch_env()).await;
     assert!(matches!(got, FetchResult::Downloaded { .. }), "{got:?}");
     assert_eq!(sim.count("/robots.txt"), 0);
-}
-
-/// Runs the binary with a clean DOCSTOKG_* environment plus `env`.
-async fn contentdownload(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCSTOKG_")) {
-        cmd.env_remove(k);
-    }
-    cmd.args(args).envs(env.iter().copied()).env("RUST_LOG", "error");
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the binary finished within 2 minutes")
-        .expect("the binary ran")
 }
 
 fn outcome(out: &Path) -> (Option<Outcome>, Option<ReasonCode>) {
