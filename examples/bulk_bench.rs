@@ -157,6 +157,9 @@ async fn run_pipeline(args: &Args, sim: &Simulator, works: &Path, out: &Path) ->
         &out.display().to_string(),
         "--workers",
         &args.concurrency.to_string(),
+        // as many connections to the one host as curl gets (the default cap is 4)
+        "--max-per-host",
+        &args.concurrency.to_string(),
         "--rate",
         &format!("127.0.0.1:{port}=1000000:1000"),
         "--quiet",
