@@ -35,6 +35,8 @@ use contentdownload::runner::exec::{self, Exit};
 use contentdownload::runner::{Cli, Command, RunSettings};
 use contentdownload::simulator::{Reply, Simulator};
 
+mod bench_support;
+
 struct Args {
     files: usize,
     size: u64,
@@ -312,34 +314,7 @@ fn print_table(rows: &[Row], curl: Option<&Row>) {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bulk_bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // RUST_LOG=info (or debug, ...) shows the runner's logs on stderr
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bulk_bench: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bulk_bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_support::main("bulk_bench", parse_args, bench)
 }
 
 async fn bench(args: Args) -> Result<(), String> {

@@ -31,6 +31,8 @@ use contentdownload::runner::exec::{self, Exit};
 use contentdownload::runner::{Cli, Command, RunSettings};
 use contentdownload::simulator::{Reply, Simulator};
 
+mod bench_support;
+
 /// The first work id of each host.
 const A_FIRST: usize = 1_000_000;
 const B_FIRST: usize = 2_000_000;
@@ -209,31 +211,5 @@ async fn bench(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("frontier_bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("frontier_bench: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("frontier_bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_support::main("frontier_bench", parse_args, bench)
 }

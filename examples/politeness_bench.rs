@@ -35,6 +35,8 @@ use contentdownload::resolvers::RESOLVER_NAMES;
 use contentdownload::runner::exec::{self, Exit};
 use contentdownload::runner::{Cli, Command as RunnerCommand, RunSettings};
 
+mod bench_support;
+
 const PDF_BYTES: usize = 4096;
 const WORKERS: usize = 16;
 
@@ -581,33 +583,7 @@ async fn run_once(
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("politeness_bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("politeness_bench: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("politeness_bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_support::main("politeness_bench", parse_args, bench)
 }
 
 async fn bench(args: Args) -> Result<(), String> {
