@@ -202,18 +202,40 @@ impl Learner {
         });
         let advertised = advertised::parse(headers, SystemTime::now());
         let now = Instant::now();
+        let mut throttled = None;
         let rate = self.update(key, |state, policy| {
             if let Some(ceiling) = advertised.ceiling {
                 state.set_advertised(ceiling);
             }
             match signal {
-                Signal::Throttled => state.on_throttle(policy, now, sent_at, asked_wait),
+                Signal::Throttled => {
+                    let before = state.rate;
+                    state.on_throttle(policy, now, sent_at, asked_wait);
+                    throttled = Some((before, state.w_max, state.confirmations));
+                }
                 Signal::Accepted => state.on_success(policy, now, sent_at),
                 Signal::Neutral => {}
             }
         });
+        if let Some((before, ceiling, confirmations)) = throttled {
+            tracing::debug!(
+                partition = %key,
+                before,
+                after = rate,
+                ceiling,
+                confirmations,
+                wait_ms = asked_wait.map(|w| w.as_millis() as u64),
+                "throttled: learned rate updated"
+            );
+        }
         self.shared.limiter.set_rate(key, rate);
-        if let Some(hold) = advertised.exhausted_for {
+        // Honour the wait for the whole partition: the requests already past the
+        // cool-down check and queued in the limiter wait too, not only the ones after.
+        let throttled_wait = match signal {
+            Signal::Throttled => asked_wait,
+            _ => None,
+        };
+        if let Some(hold) = advertised.exhausted_for.into_iter().chain(throttled_wait).max() {
             self.shared.limiter.hold_until(key, now + hold);
         }
         rate

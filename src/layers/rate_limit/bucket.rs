@@ -58,6 +58,20 @@ impl Bucket {
         self.tat_of(index as f64) - self.tolerance()
     }
 
+    /// Holds every reservation whose slot is still ahead of `now` (and every later one)
+    /// until `until`: the first of them moves to `until`, the rest follow at the interval.
+    /// Nothing changes when that first slot is already at or after `until`.
+    pub(super) fn hold(&mut self, now: f64, until: f64) {
+        let tolerance = self.tolerance();
+        // the (fractional) reservation number whose slot is `now`; later ones are waiting
+        let at_now = self.anchor_index + (now + tolerance - self.anchor_time) / self.interval;
+        let first = (at_now.floor() + 1.0).clamp(0.0, self.issued as f64);
+        if self.tat_of(first) - tolerance < until {
+            self.anchor_time = until + tolerance;
+            self.anchor_index = first;
+        }
+    }
+
     /// Moves the anchor to `tat = at` for the next reservation.
     pub(super) fn anchor(&mut self, at: f64) {
         self.anchor_time = at;

@@ -352,17 +352,14 @@ impl RateLimiter {
         });
     }
 
-    /// Holds the partition until `until`: no slot is handed out before it (a provider
-    /// said its quota is spent until then). A later `until` than the current backlog wins;
-    /// an earlier one changes nothing.
+    /// Holds the partition until `until`: no request is sent before it (a provider asked
+    /// us to wait, with `Retry-After` or a spent quota). That covers the reservations
+    /// already handed out and still waiting: they keep their order and are re-spaced at
+    /// the current rate from `until` (their waiters see the later slot when they wake).
+    /// A hold that ends before the first waiting reservation's slot changes nothing.
     pub fn hold_until(&self, key: &PartitionKey, until: Instant) {
         let until = until.saturating_duration_since(self.shared.epoch).as_secs_f64();
-        self.with_bucket(key, |b, _| {
-            let held = until + b.tolerance();
-            if held > b.tat() {
-                b.anchor(held);
-            }
-        });
+        self.with_bucket(key, |b, now| b.hold(now, until));
     }
 
     /// The partition's place under the per-host cap ([`RateLimitConfig::max_per_host`]),
@@ -577,6 +574,30 @@ mod tests {
         lim.hold_until(&k, Instant::now() + Duration::from_secs(2));
         assert_eq!(lim.reserve(&k).unwrap(), Duration::from_secs(2));
         assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(2100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_until_moves_the_waiting_reservations_too() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(10.0, 1),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("a");
+        // four reservations: now, +100 ms, +200 ms, +300 ms
+        let tickets: Vec<_> = (0..4).map(|_| lim.reserve_ticket(&k).unwrap()).collect();
+        assert_eq!(tickets[3].wait, Duration::from_millis(300));
+        tokio::time::advance(Duration::from_millis(150)).await;
+        // a 429 now says "wait 1 s": the two still waiting (the first two slots have
+        // come and gone) go after it, in order
+        lim.hold_until(&k, Instant::now() + Duration::from_secs(1));
+        assert_eq!(lim.slot_of(&k, tickets[2].index), Duration::from_secs(1));
+        assert_eq!(lim.slot_of(&k, tickets[3].index), Duration::from_millis(1100));
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(1200));
+        // a shorter hold than the backlog changes nothing
+        lim.hold_until(&k, Instant::now() + Duration::from_millis(500));
+        assert_eq!(lim.slot_of(&k, tickets[2].index), Duration::from_secs(1));
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(1300));
     }
 
     proptest::proptest! {
