@@ -197,11 +197,9 @@ async fn throttling_signals_from_the_simulator() {
     );
     get(&stack, &sim.url("/busy")).await;
     let st = learner.status("sim", &host).unwrap();
-    assert_eq!(
-        (st.phase, st.rate),
-        (Phase::Reducing, 7.0),
-        "503 + Retry-After is throttling"
-    );
+    // the first throttle, with a Retry-After, before the rate ran for a second: β² (0.49)
+    assert_eq!(st.phase, Phase::Reducing, "503 + Retry-After is throttling");
+    assert!((st.rate - 4.9).abs() < 1e-9, "{}", st.rate);
 }
 
 #[tokio::test(start_paused = true)]
@@ -528,4 +526,41 @@ async fn inspect_reads_the_file_and_changes_nothing() {
     }
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
     assert!(aside_files(dir.path()).is_empty());
+}
+
+/// A 429 with `Retry-After: 1` holds the whole partition, the requests already queued in
+/// the rate limiter included: none reaches the server within the second it asked for.
+/// (Before, only requests that had not yet passed the cool-down waited; the queued ones went
+/// out at the old spacing, and a limiter that counts refusals answered each with a 429.)
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_holds_the_requests_already_queued() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/q/*", [Reply::status(429).retry_after_secs(1), Reply::ok().body("ok")]);
+    let learner = Learner::new(limiter(10.0, 1), LearningPolicy::default()).unwrap();
+    let stack = stack(&learner);
+    // eight requests at once: the limiter spaces them 100 ms apart, so seven are queued
+    // when the first one's 429 comes back
+    let requests: Vec<_> = (0..8)
+        .map(|i| {
+            let stack = stack.clone();
+            let url = sim.url(&format!("/q/{i}"));
+            tokio::spawn(async move { get(&stack, &url).await.status() })
+        })
+        .collect();
+    for r in requests {
+        r.await.unwrap();
+    }
+    let seen = sim.requests_to("/q/*");
+    assert_eq!(seen.len(), 8, "each request was sent once");
+    let throttled = seen
+        .iter()
+        .find(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .expect("the first request was throttled");
+    let early: Vec<f64> = seen
+        .iter()
+        .filter(|r| r.at > throttled.at && r.at < throttled.at + Duration::from_millis(999))
+        .map(|r| (r.at - throttled.at).as_secs_f64())
+        .collect();
+    assert!(early.is_empty(), "sent within the Retry-After second: {early:?}");
+    assert!(seen.iter().filter(|r| r.status == StatusCode::OK).count() == 7);
 }

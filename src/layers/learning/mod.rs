@@ -4,9 +4,11 @@
 //! moves the partition's rate in the [`RateLimiter`](crate::layers::rate_limit::RateLimiter)
 //! by a [`LearningPolicy`]:
 //! - [`LearningPolicy::Adaptive`] (default): on a 429 (or a 503 with Retry-After) the rate
-//!   drops to 0.7× — once per round trip and per `Retry-After` period (at most 250 ms),
-//!   not once per in-flight request — and the rate it was throttled at is remembered as
-//!   the ceiling. On success it climbs back along a cubic curve that flattens at 0.97× that
+//!   drops to 0.7× (to 0.49× when a throttle with Retry-After comes before the rate ran
+//!   for a second: the first throttle, or one right after a decrease) — once per round trip and per `Retry-After`
+//!   period (at most 250 ms), not once per in-flight request — and the rate it was
+//!   throttled at is remembered as the ceiling. The `Retry-After` wait holds the whole
+//!   partition in the limiter, the requests already queued there included. On success it climbs back along a cubic curve that flattens at 0.97× that
 //!   ceiling and stays there; it probes above only after a hold that doubles each time the
 //!   same ceiling is confirmed (8 s, 16 s, at most 16 s), and climbs on when a probe meets
 //!   no 429 (the limit rose). Never below a floor (0.5 req/s by default).

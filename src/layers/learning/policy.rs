@@ -47,7 +47,9 @@ impl LearningPolicy {
 ///
 /// The policy remembers the rate at which the provider last pushed back, `W` (CUBIC's
 /// `W_max`), and how many times that ceiling was confirmed. After a throttle below the
-/// remembered ceiling (or the first one) the rate drops to `beta × W`, then climbs along a
+/// remembered ceiling (or the first one) the rate drops to `beta × W` (`beta² × W` when a
+/// throttle with `Retry-After` comes for a request that left within a second of its rate's
+/// start: the rate is far above the limit, and each step costs the pause), then climbs along a
 /// concave cubic that flattens at `plateau × W` and stays there. Only after a hold of
 /// `probe_hold_secs × 2^(confirmations − 1)` (at most `max_probe_hold_secs`) does it probe
 /// above the plateau along a convex cubic (`plateau × (1 + 0.005 t³)`). A throttle during

@@ -27,6 +27,11 @@ const SETTLE_SECS: f64 = 2.0;
 /// fraction of the rate the throttled request was sent at.
 const FAST_CONVERGENCE: f64 = 0.9;
 
+/// A throttle with a `Retry-After` of a request sent within this long of its rate's start
+/// (or before the rate had any success) is "early": the rate is far above the limit and
+/// drops by β².
+const EARLY: Duration = Duration::from_secs(1);
+
 /// After a decrease, further 429s within the response's `Retry-After` period, but at most
 /// this long, do not decrease the rate again. Longer would let requests already queued at
 /// the old rate pour in unchecked where the cool-down does not hold them; shorter lets a
@@ -242,10 +247,18 @@ impl PartitionState {
                     // A 429 comes once the server's burst is spent, so the rate it was
                     // sent at overstates the limit; when it is lower than the remembered
                     // ceiling, remember a little less (CUBIC's fast convergence).
+                    //
+                    // A throttle that asks for a wait before the rate has run for `EARLY`
+                    // (the first one, or one right after a decrease) says the rate is far
+                    // above the limit, not near it: drop twice (β²). Each step then costs a
+                    // Retry-After pause, so a client started at several times the limit
+                    // gets under it in a few pauses rather than many. (Without a wait, a
+                    // step costs only a round trip: β.)
                     let lower = self.confirmations > 0 && sent_rate < self.w_max;
+                    let early = asked_wait.is_some() && self.curve_from.is_none_or(|c| sent_at < c + EARLY);
                     self.confirmations = 1;
                     self.w_max = if lower { sent_rate * FAST_CONVERGENCE } else { sent_rate };
-                    self.r0 = sent_rate * cfg.beta;
+                    self.r0 = sent_rate * if early { cfg.beta * cfg.beta } else { cfg.beta };
                 }
                 self.r0 = self.r0.max(cfg.min_rate.min(ceiling)).min(ceiling);
                 self.rate = self.r0;
