@@ -22,8 +22,8 @@
 //! ```
 //!
 //! Needs `nginx` (and `haproxy` for that limiter) on the PATH or in /usr/sbin
-//! (`apt-get install nginx haproxy`). Every server is killed when the benchmark ends, on
-//! error too (the child handles kill on drop). Only 127.0.0.1 ports are used.
+//! (`apt-get install nginx haproxy`). Every server is stopped when the benchmark ends, on
+//! error too (SIGTERM on drop, then SIGKILL). Only 127.0.0.1 ports are used.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -162,6 +162,18 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master then stops its workers (a SIGKILLed master leaves
+        // them running); SIGKILL if it has not exited within 2 s.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..40 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
