@@ -93,6 +93,196 @@ pub struct FailedOver {
     pub reason: String,
 }
 
+/// What kind of failure an error is: the one classification behind the retry layer's
+/// classes, the runner's [`ReasonCode`](crate::reason::ReasonCode) and telemetry's
+/// `error.type`, so the three cannot drift apart. Found by [`classify`].
+///
+/// # Example
+///
+/// ```
+/// use contentdownload::error::{classify, BoxError, Kind};
+///
+/// let err: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+/// assert_eq!(classify(&*err), Kind::Reset);
+/// assert!(classify(&*err).is_transient());
+/// assert_eq!(classify(&*err).as_str(), "connection_reset");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The retry layer put the operation off ([`Deferred`]).
+    Deferred,
+    /// The retry layer gave the operation up for the next resolver ([`FailedOver`]).
+    FailedOver,
+    /// Not sent: the partition is cooling down ([`CoolingDown`]).
+    CoolingDown,
+    /// Not sent: the partition's next slot is past the maximum wait ([`RateLimitTimeout`]).
+    RateLimited,
+    /// The retry budget is spent
+    /// ([`RetryBudgetExhausted`](crate::layers::telemetry::RetryBudgetExhausted)).
+    RetryBudgetExhausted,
+    /// No body bytes for the read timeout ([`ReadTimeout`](crate::service::ReadTimeout)).
+    ReadTimeout,
+    /// A timeout: tower's or tokio's `Elapsed`, hyper's, or an I/O `TimedOut`.
+    Timeout,
+    /// More redirects than allowed ([`TooManyRedirects`](crate::service::TooManyRedirects)).
+    TooManyRedirects,
+    /// A redirect to a scheme other than http/https
+    /// ([`UnsupportedRedirectScheme`](crate::service::UnsupportedRedirectScheme)).
+    UnsupportedRedirectScheme,
+    /// No connection: DNS, refused, TLS, not connected
+    /// ([`ConnectFailed`](crate::service::ConnectFailed) and what it wraps).
+    Connect,
+    /// The connect timeout passed.
+    ConnectTimeout,
+    /// The connection was reset, aborted or closed mid-exchange.
+    Reset,
+    /// The message ended early (hyper's incomplete message, an unexpected EOF).
+    Truncated,
+    /// hyper canceled the request (its connection went away before it was sent).
+    Canceled,
+    /// Another HTTP protocol error.
+    Http,
+    /// Anything else.
+    Other,
+}
+
+impl Kind {
+    /// The low-cardinality name telemetry records as `error.type` (`_OTHER` for
+    /// [`Kind::Other`], as the semantic conventions ask).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deferred => "deferred",
+            Kind::FailedOver => "failed_over",
+            Kind::CoolingDown => "cooling_down",
+            Kind::RateLimited => "rate_limit_timeout",
+            Kind::RetryBudgetExhausted => "retry_budget_exhausted",
+            Kind::ReadTimeout => "read_timeout",
+            Kind::Timeout => "timeout",
+            Kind::TooManyRedirects => "too_many_redirects",
+            Kind::UnsupportedRedirectScheme => "unsupported_redirect_scheme",
+            Kind::Connect | Kind::ConnectTimeout => "connect_error",
+            Kind::Reset => "connection_reset",
+            Kind::Truncated => "incomplete_message",
+            Kind::Canceled => "canceled",
+            Kind::Http => "http_error",
+            Kind::Other => "_OTHER",
+        }
+    }
+
+    /// Whether sending the same request again may succeed: timeouts, connect failures,
+    /// resets and truncated or canceled exchanges. (Throttling is not transient in this
+    /// sense: it asks for a wait, which the caller reads from the error.)
+    pub const fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Kind::ReadTimeout
+                | Kind::Timeout
+                | Kind::Connect
+                | Kind::ConnectTimeout
+                | Kind::Reset
+                | Kind::Truncated
+                | Kind::Canceled
+        )
+    }
+}
+
+/// How deep [`classify`] looks into a source chain.
+const MAX_CHAIN: usize = 16;
+
+/// Classifies an error of the stack or of a body by walking its source chain, outermost
+/// first: the first error that says what happened decides. A hyper error that says
+/// nothing more specific lets the walk go on to its source, and is [`Kind::Http`] if
+/// nothing below does either.
+pub fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
+    use crate::layers::telemetry::RetryBudgetExhausted;
+    use crate::service::{ConnectCause, ConnectFailed, ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
+    use std::io::ErrorKind;
+
+    let mut fallback = Kind::Other;
+    let mut current = Some(err);
+    for _ in 0..MAX_CHAIN {
+        let Some(e) = current else { break };
+        let kind = if e.is::<Deferred>() {
+            Some(Kind::Deferred)
+        } else if e.is::<FailedOver>() {
+            Some(Kind::FailedOver)
+        } else if e.is::<CoolingDown>() {
+            Some(Kind::CoolingDown)
+        } else if e.is::<RateLimitTimeout>() {
+            Some(Kind::RateLimited)
+        } else if e.is::<RetryBudgetExhausted>() {
+            Some(Kind::RetryBudgetExhausted)
+        } else if e.is::<ReadTimeout>() {
+            Some(Kind::ReadTimeout)
+        } else if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+            Some(Kind::Timeout)
+        } else if e.is::<TooManyRedirects>() {
+            Some(Kind::TooManyRedirects)
+        } else if e.is::<UnsupportedRedirectScheme>() {
+            Some(Kind::UnsupportedRedirectScheme)
+        } else if let Some(c) = e.downcast_ref::<ConnectFailed>() {
+            Some(if c.cause == ConnectCause::TimedOut {
+                Kind::ConnectTimeout
+            } else {
+                Kind::Connect
+            })
+        } else if let Some(c) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            c.is_connect().then(|| {
+                if chain_has_timed_out(e.source()) {
+                    Kind::ConnectTimeout
+                } else {
+                    Kind::Connect
+                }
+            })
+        } else if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                Some(Kind::Timeout)
+            } else if h.is_incomplete_message() {
+                Some(Kind::Truncated)
+            } else if h.is_canceled() {
+                Some(Kind::Canceled)
+            } else if h.is_closed() || h.is_body_write_aborted() {
+                Some(Kind::Reset)
+            } else {
+                fallback = Kind::Http;
+                None
+            }
+        } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                ErrorKind::TimedOut => Some(Kind::Timeout),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => Some(Kind::Reset),
+                ErrorKind::UnexpectedEof => Some(Kind::Truncated),
+                ErrorKind::ConnectionRefused | ErrorKind::NotConnected | ErrorKind::AddrNotAvailable => {
+                    Some(Kind::Connect)
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            return kind;
+        }
+        current = e.source();
+    }
+    fallback
+}
+
+/// Whether an I/O `TimedOut` is somewhere in the chain from `current` down.
+fn chain_has_timed_out(mut current: Option<&(dyn std::error::Error + 'static)>) -> bool {
+    for _ in 0..MAX_CHAIN {
+        let Some(e) = current else { return false };
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 fn remaining_ms(until: Instant) -> u128 {
     until.saturating_duration_since(Instant::now()).as_millis()
 }

@@ -176,64 +176,31 @@ impl fmt::Display for ReasonCode {
 }
 
 /// Classifies an error of the stack or of a body: the reason code, and whether trying the
-/// same request again may help. Walks the error's source chain.
+/// same request again may help. [`crate::error::classify`] decides (walking the source
+/// chain); a [`RobotsDisallowed`](crate::resolvers::RobotsDisallowed) anywhere in the
+/// chain is `robots_disallowed`.
 pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, bool) {
-    use crate::error::{CoolingDown, Deferred, FailedOver, RateLimitTimeout};
-    use crate::service::{ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
+    use crate::error::Kind;
 
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if e.is::<Deferred>() {
-            return (ReasonCode::Deferred, false);
-        }
-        if e.is::<FailedOver>() {
-            return (ReasonCode::FailedOver, false);
-        }
-        if e.is::<CoolingDown>() {
-            return (ReasonCode::CoolingDown, false);
-        }
-        if e.is::<RateLimitTimeout>() {
-            return (ReasonCode::RateLimited, false);
-        }
-        if e.is::<ReadTimeout>() || e.is::<tower::timeout::error::Elapsed>() {
-            return (ReasonCode::Timeout, true);
-        }
-        if e.is::<TooManyRedirects>() || e.is::<UnsupportedRedirectScheme>() {
-            return (ReasonCode::RedirectRefused, false);
-        }
-        if e.is::<crate::resolvers::RobotsDisallowed>() {
-            return (ReasonCode::RobotsDisallowed, false);
-        }
-        if e.is::<crate::service::ConnectFailed>() {
-            return (ReasonCode::ConnectError, true);
-        }
-        if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if client.is_connect() {
-                return (ReasonCode::ConnectError, true);
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_body_write_aborted() {
-                return (ReasonCode::Truncated, true);
-            }
-            if h.is_timeout() {
-                return (ReasonCode::Timeout, true);
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            match io.kind() {
-                TimedOut => return (ReasonCode::Timeout, true),
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
-                    return (ReasonCode::Truncated, true)
-                }
-                ConnectionRefused => return (ReasonCode::ConnectError, true),
-                _ => {}
-            }
-        }
-        current = e.source();
+    if std::iter::successors(Some(err), |&e| e.source())
+        .take(16)
+        .any(|e| e.is::<crate::resolvers::RobotsDisallowed>())
+    {
+        return (ReasonCode::RobotsDisallowed, false);
     }
-    (ReasonCode::Other, false)
+    let kind = crate::error::classify(err);
+    let reason = match kind {
+        Kind::Deferred => ReasonCode::Deferred,
+        Kind::FailedOver => ReasonCode::FailedOver,
+        Kind::CoolingDown => ReasonCode::CoolingDown,
+        Kind::RateLimited => ReasonCode::RateLimited,
+        Kind::ReadTimeout | Kind::Timeout => ReasonCode::Timeout,
+        Kind::TooManyRedirects | Kind::UnsupportedRedirectScheme => ReasonCode::RedirectRefused,
+        Kind::Connect | Kind::ConnectTimeout => ReasonCode::ConnectError,
+        Kind::Reset | Kind::Truncated | Kind::Canceled => ReasonCode::Truncated,
+        _ => ReasonCode::Other,
+    };
+    (reason, kind.is_transient())
 }
 
 #[cfg(test)]

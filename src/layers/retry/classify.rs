@@ -1,7 +1,6 @@
 //! Sorting an attempt's outcome into the classes the policy reacts to.
 
 use std::error::Error as StdError;
-use std::io;
 use std::time::{Duration, SystemTime};
 
 use http::{Response, StatusCode};
@@ -9,9 +8,8 @@ use tokio::time::Instant;
 
 use super::config::OperationPolicy;
 use crate::context::RetryAfterHint;
-use crate::error::{CoolingDown, RateLimitTimeout};
+use crate::error::{classify, CoolingDown, Kind, RateLimitTimeout};
 use crate::layers::retry_after::hint_from_headers;
-use crate::service::ReadTimeout;
 
 /// What kind of outcome an attempt had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,81 +77,45 @@ pub(crate) fn classify_response<B>(policy: &OperationPolicy, res: &Response<B>) 
 }
 
 /// How deep the source chain of an error is searched.
-const MAX_CHAIN: usize = 16;
-
-/// The class of an error, and its wait hint ([`CoolingDown`] and [`RateLimitTimeout`] say
-/// how long). The error's source chain is walked, so a hyper error inside a hyper-util
-/// error inside a `BoxError` is found.
+/// The retry class of an error, and the wait it names (a [`CoolingDown`]'s end, a
+/// [`RateLimitTimeout`]'s wait): [`crate::error::classify`] decides, this maps.
 pub(crate) fn classify_error(err: &(dyn StdError + 'static)) -> (Class, Option<Duration>) {
-    let mut cur = Some(err);
-    let mut depth = 0;
-    while let Some(e) = cur {
-        if let Some(c) = e.downcast_ref::<CoolingDown>() {
-            return (
-                Class::Throttled,
-                Some(c.until.saturating_duration_since(Instant::now())),
-            );
-        }
-        if let Some(r) = e.downcast_ref::<RateLimitTimeout>() {
-            return (Class::Throttled, Some(r.wait));
-        }
-        if e.is::<ReadTimeout>() || e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
-            return (Class::Timeout, None);
-        }
-        if let Some(c) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if c.is_connect() {
-                let timed_out = chain_has_io(e.source(), |k| k == io::ErrorKind::TimedOut);
-                return (if timed_out { Class::Timeout } else { Class::Connect }, None);
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_timeout() {
-                return (Class::Timeout, None);
-            }
-            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_body_write_aborted() {
-                return (Class::Reset, None);
-            }
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if let Some(class) = io_class(io.kind()) {
-                return (class, None);
-            }
-        }
-        depth += 1;
-        if depth >= MAX_CHAIN {
-            break;
-        }
-        cur = e.source();
-    }
-    (Class::Permanent, None)
-}
-
-fn io_class(kind: io::ErrorKind) -> Option<Class> {
-    use io::ErrorKind::*;
-    match kind {
-        TimedOut => Some(Class::Timeout),
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Some(Class::Reset),
-        ConnectionRefused | NotConnected | AddrNotAvailable => Some(Class::Connect),
+    let class = match classify(err) {
+        Kind::CoolingDown | Kind::RateLimited => Class::Throttled,
+        Kind::ReadTimeout | Kind::Timeout | Kind::ConnectTimeout => Class::Timeout,
+        Kind::Connect => Class::Connect,
+        Kind::Reset | Kind::Truncated | Kind::Canceled => Class::Reset,
+        _ => Class::Permanent,
+    };
+    let hint = match class {
+        Class::Throttled => throttle_hint(err),
         _ => None,
-    }
+    };
+    (class, hint)
 }
 
-fn chain_has_io(mut cur: Option<&(dyn StdError + 'static)>, pred: impl Fn(io::ErrorKind) -> bool) -> bool {
-    for _ in 0..MAX_CHAIN {
-        let Some(e) = cur else { return false };
-        if e.downcast_ref::<io::Error>().is_some_and(|io| pred(io.kind())) {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+/// The wait a throttling error names, from the first [`CoolingDown`] or
+/// [`RateLimitTimeout`] in the chain.
+fn throttle_hint(err: &(dyn StdError + 'static)) -> Option<Duration> {
+    std::iter::successors(Some(err), |&e| e.source())
+        .take(16)
+        .find_map(|e| {
+            if let Some(c) = e.downcast_ref::<CoolingDown>() {
+                Some(c.until.saturating_duration_since(Instant::now()))
+            } else {
+                e.downcast_ref::<RateLimitTimeout>().map(|r| r.wait)
+            }
+        })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
     use crate::context::PartitionKey;
     use crate::error::BoxError;
+    use crate::service::ReadTimeout;
 
     #[derive(Debug, thiserror::Error)]
     #[error("wrapped")]
@@ -228,5 +190,201 @@ mod tests {
             delay: Duration::from_secs(2),
         });
         assert_eq!(classify_response(&policy, &r).1, Some(Duration::from_secs(2)));
+    }
+
+    /// One classification, four readings: each kind of error pinned to its
+    /// [`Kind`], retry class, reason code, retryability and telemetry `error.type`.
+    #[tokio::test(start_paused = true)]
+    async fn one_classification_pins_every_reading() {
+        use crate::error::{Deferred, FailedOver};
+        use crate::layers::telemetry::RetryBudgetExhausted;
+        use crate::reason::{classify_error as reason_of, ReasonCode};
+        use crate::service::{TooManyRedirects, UnsupportedRedirectScheme};
+
+        let p = PartitionKey::new("p", "h");
+        let io = |k: io::ErrorKind| -> BoxError { Box::new(io::Error::from(k)) };
+        let deferred = Deferred {
+            operation: crate::context::OperationType::Download,
+            status: None,
+            retry_after: None,
+            attempts: 1,
+            reason: "r".into(),
+        };
+        let failed_over = FailedOver {
+            operation: crate::context::OperationType::Download,
+            status: None,
+            retry_after: None,
+            attempts: 1,
+            reason: "r".into(),
+        };
+        let elapsed = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        let cases: Vec<(BoxError, Kind, Class, ReasonCode, bool, &str)> = vec![
+            (
+                Box::new(deferred),
+                Kind::Deferred,
+                Class::Permanent,
+                ReasonCode::Deferred,
+                false,
+                "deferred",
+            ),
+            (
+                Box::new(failed_over),
+                Kind::FailedOver,
+                Class::Permanent,
+                ReasonCode::FailedOver,
+                false,
+                "failed_over",
+            ),
+            (
+                Box::new(CoolingDown {
+                    partition: p.clone(),
+                    until: Instant::now(),
+                }),
+                Kind::CoolingDown,
+                Class::Throttled,
+                ReasonCode::CoolingDown,
+                false,
+                "cooling_down",
+            ),
+            (
+                Box::new(RateLimitTimeout {
+                    partition: p,
+                    wait: Duration::ZERO,
+                    max_wait: Duration::ZERO,
+                }),
+                Kind::RateLimited,
+                Class::Throttled,
+                ReasonCode::RateLimited,
+                false,
+                "rate_limit_timeout",
+            ),
+            (
+                Box::new(RetryBudgetExhausted),
+                Kind::RetryBudgetExhausted,
+                Class::Permanent,
+                ReasonCode::Other,
+                false,
+                "retry_budget_exhausted",
+            ),
+            (
+                Box::new(ReadTimeout {
+                    after: Duration::from_secs(1),
+                }),
+                Kind::ReadTimeout,
+                Class::Timeout,
+                ReasonCode::Timeout,
+                true,
+                "read_timeout",
+            ),
+            (
+                Box::new(tower::timeout::error::Elapsed::new()),
+                Kind::Timeout,
+                Class::Timeout,
+                ReasonCode::Timeout,
+                true,
+                "timeout",
+            ),
+            // tokio's Elapsed was "other" for the reason code and telemetry before
+            (
+                Box::new(elapsed),
+                Kind::Timeout,
+                Class::Timeout,
+                ReasonCode::Timeout,
+                true,
+                "timeout",
+            ),
+            (
+                io(io::ErrorKind::TimedOut),
+                Kind::Timeout,
+                Class::Timeout,
+                ReasonCode::Timeout,
+                true,
+                "timeout",
+            ),
+            (
+                Box::new(TooManyRedirects { max: 1 }),
+                Kind::TooManyRedirects,
+                Class::Permanent,
+                ReasonCode::RedirectRefused,
+                false,
+                "too_many_redirects",
+            ),
+            (
+                Box::new(UnsupportedRedirectScheme { scheme: "ftp".into() }),
+                Kind::UnsupportedRedirectScheme,
+                Class::Permanent,
+                ReasonCode::RedirectRefused,
+                false,
+                "unsupported_redirect_scheme",
+            ),
+            (
+                io(io::ErrorKind::ConnectionRefused),
+                Kind::Connect,
+                Class::Connect,
+                ReasonCode::ConnectError,
+                true,
+                "connect_error",
+            ),
+            // NotConnected was a connect error for retry only before
+            (
+                io(io::ErrorKind::NotConnected),
+                Kind::Connect,
+                Class::Connect,
+                ReasonCode::ConnectError,
+                true,
+                "connect_error",
+            ),
+            (
+                io(io::ErrorKind::ConnectionReset),
+                Kind::Reset,
+                Class::Reset,
+                ReasonCode::Truncated,
+                true,
+                "connection_reset",
+            ),
+            (
+                io(io::ErrorKind::BrokenPipe),
+                Kind::Reset,
+                Class::Reset,
+                ReasonCode::Truncated,
+                true,
+                "connection_reset",
+            ),
+            (
+                io(io::ErrorKind::UnexpectedEof),
+                Kind::Truncated,
+                Class::Reset,
+                ReasonCode::Truncated,
+                true,
+                "incomplete_message",
+            ),
+            (
+                io(io::ErrorKind::PermissionDenied),
+                Kind::Other,
+                Class::Permanent,
+                ReasonCode::Other,
+                false,
+                "_OTHER",
+            ),
+            (
+                "some other failure".into(),
+                Kind::Other,
+                Class::Permanent,
+                ReasonCode::Other,
+                false,
+                "_OTHER",
+            ),
+        ];
+        for (err, kind, class, reason, transient, name) in cases {
+            let wrapped = Wrap(Box::new(Wrap(err)));
+            let what = format!("{wrapped:?}");
+            assert_eq!(classify(&wrapped), kind, "{what}");
+            assert_eq!(classify_error(&wrapped).0, class, "{what}");
+            assert_eq!(reason_of(&wrapped), (reason, transient), "{what}");
+            assert_eq!(kind.is_transient(), transient, "{what}");
+            assert_eq!(kind.as_str(), name, "{what}");
+        }
     }
 }

@@ -9,10 +9,8 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use super::layer::{Config, Placement};
-use super::metrics::RetryBudgetExhausted;
 use crate::context::{OperationType, Provider, WorkId};
-use crate::error::{BoxError, CoolingDown, Deferred, FailedOver, RateLimitTimeout};
-use crate::service::{ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme};
+use crate::error::BoxError;
 
 pub(crate) fn make_span<B>(placement: Placement, req: &Request<B>, config: &Config) -> Span {
     let uri = req.uri();
@@ -118,53 +116,8 @@ fn chain(err: &BoxError) -> impl Iterator<Item = &(dyn StdError + 'static)> {
     std::iter::successors(Some(first), |&e| e.source())
 }
 
-/// A low-cardinality class of an error, for `error.type` and the record's `reason`.
+/// A low-cardinality class of an error, for `error.type` and the record's `reason`
+/// ([`crate::error::Kind::as_str`]).
 pub(crate) fn error_type(err: &BoxError) -> &'static str {
-    for e in chain(err) {
-        let ty = if e.is::<Deferred>() {
-            "deferred"
-        } else if e.is::<FailedOver>() {
-            "failed_over"
-        } else if e.is::<CoolingDown>() {
-            "cooling_down"
-        } else if e.is::<RateLimitTimeout>() {
-            "rate_limit_timeout"
-        } else if e.is::<RetryBudgetExhausted>() {
-            "retry_budget_exhausted"
-        } else if e.is::<ReadTimeout>() {
-            "read_timeout"
-        } else if e.is::<TooManyRedirects>() {
-            "too_many_redirects"
-        } else if e.is::<UnsupportedRedirectScheme>() {
-            "unsupported_redirect_scheme"
-        } else if e.is::<tower::timeout::error::Elapsed>() {
-            "timeout"
-        } else if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if e.is_connect() {
-                "connect_error"
-            } else {
-                continue;
-            }
-        } else if let Some(e) = e.downcast_ref::<hyper::Error>() {
-            if e.is_incomplete_message() {
-                "incomplete_message"
-            } else if e.is_timeout() {
-                "timeout"
-            } else if e.is_canceled() {
-                "canceled"
-            } else {
-                "http_error"
-            }
-        } else if let Some(e) = e.downcast_ref::<std::io::Error>() {
-            match e.kind() {
-                std::io::ErrorKind::ConnectionReset => "connection_reset",
-                std::io::ErrorKind::TimedOut => "timeout",
-                _ => continue,
-            }
-        } else {
-            continue;
-        };
-        return ty;
-    }
-    "_OTHER"
+    crate::error::classify(&**err).as_str()
 }
