@@ -181,10 +181,10 @@ where
                         return Poll::Ready(Err("retry: no copy of the request left to resend".into()));
                     };
                     *this.attempt += 1;
-                    req.extensions_mut().insert(AttemptNumber(*this.attempt));
                     if *this.attempt < policy.max_attempts {
                         *this.spare = clone_request(&req);
                     }
+                    req.extensions_mut().insert(AttemptNumber(*this.attempt));
                     let future = this.service.call(req);
                     this.state.set(State::Called { future });
                 }

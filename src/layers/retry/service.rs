@@ -73,7 +73,6 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let operation = OperationType::of(&req);
         let policy = self.config.policy(operation);
-        req.extensions_mut().insert(AttemptNumber(1));
         let has_key =
             req.headers().contains_key(&IDEMPOTENCY_KEY) || req.extensions().get::<IdempotencyKey>().is_some();
         let may_retry = policy.max_attempts > 1;
@@ -82,14 +81,10 @@ where
         } else {
             Err("an unsafe method without an Idempotency-Key is sent once")
         };
-        let budget = if may_retry && self.budgets.enabled() {
-            self.budgets.get(&PartitionKey::of(&mut req))
-        } else {
-            None
-        };
-        if let Some(budget) = &budget {
-            budget.deposit();
-        }
+        // The spare is copied before this layer adds its own extensions (the attempt number
+        // and the cached partition): a resend sets its own number, and the layers below
+        // compute its partition again. Fewer extensions make the copy, and dropping it
+        // unused (nearly every time), cheaper.
         let spare = if may_retry && resendable.is_ok() {
             let spare = clone_request(&req);
             if spare.is_none() {
@@ -99,6 +94,15 @@ where
         } else {
             None
         };
+        req.extensions_mut().insert(AttemptNumber(1));
+        let budget = if may_retry && self.budgets.enabled() {
+            self.budgets.get(&PartitionKey::of(&mut req))
+        } else {
+            None
+        };
+        if let Some(budget) = &budget {
+            budget.deposit();
+        }
         let future = self.inner.call(req);
         let plan = Plan {
             config: self.config.clone(),
