@@ -157,7 +157,13 @@ impl std::future::Future for ClientFuture {
 /// # Ok(()) }
 /// ```
 pub struct HttpClient<B = Full<Bytes>> {
-    inner: Inner<B>,
+    // Behind an `Arc`: every layer that keeps an unready copy of the service below it (the
+    // retry layer for a resend, `FollowRedirect` for a hop, the rate limit while a request
+    // waits) clones the client, several times per request, and the tower-http services
+    // inside (an `Either` of `FollowRedirect` and `SetRequestHeader`) are a few hundred
+    // bytes with their own reference counts. One pointer is cheap; `call` clones the inside
+    // once.
+    inner: Arc<Inner<B>>,
     read_timeout: Duration,
     metadata_limit: usize,
 }
@@ -258,7 +264,7 @@ where
             Either::Right(client)
         };
         Ok(HttpClient {
-            inner,
+            inner: Arc::new(inner),
             read_timeout: config.read_timeout(),
             metadata_limit: config.max_metadata_body_bytes,
         })
@@ -294,14 +300,23 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<<Inner<B> as Service<Request<B>>>::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: hyper-util's client waits for a connection inside its response
+        // future, and `FollowRedirect` and `SetRequestHeader` only pass its readiness on.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // Above FollowRedirect, so that its policy sees the header and drops it when a hop
         // leaves the origin; below nothing that could log the password.
         super::credentials::move_userinfo(&mut req);
-        ResponseFuture::new(self.inner.call(req), self.read_timeout)
+        let mut inner = Inner::clone(&self.inner);
+        // Ready at once (see `poll_ready`); polled all the same, as the services inside ask.
+        let ready = inner.poll_ready(&mut Context::from_waker(std::task::Waker::noop()));
+        debug_assert!(
+            matches!(ready, Poll::Ready(Ok(()))),
+            "the shared client is always ready"
+        );
+        ResponseFuture::new(inner.call(req), self.read_timeout)
     }
 }

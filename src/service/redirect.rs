@@ -1,11 +1,12 @@
 //! The redirect policy given to tower-http's `FollowRedirect`.
 
-use http::{Request, Uri};
+use http::uri::Authority;
+use http::Request;
 use http_body::Body;
 use tower_http::follow_redirect::policy::{Action, Attempt, FilterCredentials, Policy};
 
 use super::error::{TooManyRedirects, UnsupportedRedirectScheme};
-use crate::context::{host_of, PartitionKey, Provider};
+use crate::context::{host_of, host_of_authority, PartitionKey, Provider};
 use crate::error::BoxError;
 
 /// Follows at most `max` redirects, only to http and https, and drops credentials
@@ -32,10 +33,10 @@ pub struct RedirectPolicy {
     remaining: usize,
     max: usize,
     credentials: FilterCredentials,
-    /// The first request's provider extension and URI; `None` before the first request.
-    /// (The URI, not its host: the host is needed only when a hop happens, and computing
-    /// it for every request was a measurable part of the stack's cost.)
-    origin: Option<(Option<Provider>, Uri)>,
+    /// The first request's provider extension and authority; `None` before the first
+    /// request. (The authority, not its host: the host is needed only when a hop happens,
+    /// and computing it for every request was a measurable part of the stack's cost.)
+    origin: Option<(Option<Provider>, Option<Authority>)>,
 }
 
 impl RedirectPolicy {
@@ -80,7 +81,7 @@ where
                 // The first request: its userinfo becomes a header the filter can drop later.
                 super::credentials::move_userinfo(request);
                 let provider = request.extensions().get::<Provider>().cloned();
-                self.origin = Some((provider, request.uri().clone()));
+                self.origin = Some((provider, request.uri().authority().cloned()));
             }
             Some((provider, origin)) => {
                 // A hop: the credentials filter first (a cross-origin hop loses the origin's
@@ -90,7 +91,7 @@ where
                 let extensions = request.extensions_mut();
                 extensions.remove::<PartitionKey>();
                 match provider {
-                    Some(p) if host_of(request.uri()) == host_of(origin) => {
+                    Some(p) if host_of(request.uri()) == host_of_authority(origin.as_ref()) => {
                         request.extensions_mut().insert(p.clone());
                     }
                     _ => {

@@ -170,8 +170,11 @@ where
 }
 
 fn set_operation(op: OperationType) -> impl Fn(Request<Full<Bytes>>) -> Request<Full<Bytes>> + Clone + Send + Sync {
+    // An absent `OperationType` means `Download` to every reader (`OperationType::of`), so
+    // the download service inserts nothing: one extension fewer to allocate, to copy for the
+    // retry and redirect layers, and to drop, on the busiest path.
     move |mut req| {
-        if req.extensions().get::<OperationType>().is_none() {
+        if op != OperationType::Download && req.extensions().get::<OperationType>().is_none() {
             req.extensions_mut().insert(op);
         }
         req
@@ -231,7 +234,8 @@ impl Stack {
     }
 
     /// The service for one operation type. Requests that carry no [`OperationType`] get
-    /// `op`; metadata operations (all but `Download`) also decompress gzip/deflate bodies.
+    /// `op` (for [`OperationType::Download`], the default, nothing is inserted: an absent
+    /// operation type means `Download`); metadata operations (all but `Download`) also decompress gzip/deflate bodies.
     pub fn service(&self, op: OperationType) -> HttpService {
         let bottom: Bottom = if op == OperationType::Download {
             Either::Right(tower::util::MapResponse::new(

@@ -32,7 +32,8 @@ pin_project! {
         pending: Option<(S, Req)>,
         gate: Option<Gate>,
         host_permit: Option<OwnedSemaphorePermit>,
-        called_at: Instant,
+        // when the wait began (none when there was no wait)
+        called_at: Option<Instant>,
         // the time held for the host and the token (not for the inner service's readiness)
         wait: Duration,
     }
@@ -50,6 +51,18 @@ pub(super) struct Gate {
     /// The reservation's number, once reserved.
     pub(super) index: u64,
     pub(super) reserved_at: Instant,
+}
+
+impl Gate {
+    /// A gate for `key`, reserved (or waiting for its host) from now.
+    pub(super) fn new(limiter: RateLimiter, key: PartitionKey) -> Gate {
+        Gate {
+            limiter,
+            key,
+            index: 0,
+            reserved_at: Instant::now(),
+        }
+    }
 }
 
 pin_project! {
@@ -96,7 +109,7 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
             }
         };
         ResponseFuture {
-            called_at: gate.reserved_at,
+            called_at: Some(gate.reserved_at),
             state,
             pending: Some((service, request)),
             gate: Some(gate),
@@ -108,7 +121,7 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
     /// The host is at its cap: wait for a permit of `semaphore` first, then reserve a slot.
     pub(super) fn host_full(service: S, request: Req, semaphore: Arc<Semaphore>, gate: Gate) -> Self {
         ResponseFuture {
-            called_at: gate.reserved_at,
+            called_at: Some(gate.reserved_at),
             state: State::Host {
                 acquire: Box::pin(semaphore.acquire_owned()),
             },
@@ -119,15 +132,25 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
         }
     }
 
-    pub(super) fn failed(error: RateLimitTimeout) -> Self {
+    /// A token was there and the service was ready: it was called at once.
+    pub(super) fn called(future: F, host_permit: Option<OwnedSemaphorePermit>) -> Self {
         ResponseFuture {
-            state: State::Failed {
-                error: Some(Box::new(error)),
-            },
+            state: State::Called { future },
+            pending: None,
+            gate: None,
+            host_permit,
+            called_at: None,
+            wait: Duration::ZERO,
+        }
+    }
+
+    pub(super) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
             pending: None,
             gate: None,
             host_permit: None,
-            called_at: Instant::now(),
+            called_at: None,
             wait: Duration::ZERO,
         }
     }
@@ -163,7 +186,7 @@ where
                             gate.index = ticket.index;
                             gate.reserved_at = Instant::now();
                             if ticket.wait.is_zero() {
-                                *this.wait = this.called_at.elapsed();
+                                *this.wait = this.called_at.map_or(Duration::ZERO, |at| at.elapsed());
                                 this.state.set(State::Ready);
                             } else {
                                 this.state.set(State::Waiting {
@@ -194,7 +217,7 @@ where
                         sleep.reset(now + remaining);
                         continue;
                     }
-                    *this.wait = now - *this.called_at;
+                    *this.wait = this.called_at.map_or(Duration::ZERO, |at| now - at);
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {

@@ -17,8 +17,9 @@ use crate::error::{BoxError, CoolingDown};
 
 pin_project! {
     /// Response future of [`RetryAfter`](super::RetryAfter): waits out the partition's
-    /// cool-down (if any), polls its own (unready) clone of the inner service for readiness,
-    /// calls it, then reads the response's hint. Nothing below is reserved while it waits.
+    /// cool-down (if any), polls its own clone of the inner service for readiness, calls it
+    /// (unless `call` found the service ready and called it already), then reads the
+    /// response's hint. Nothing below is reserved while it waits.
     #[derive(Debug)]
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
@@ -38,12 +39,13 @@ pin_project! {
         Waiting { #[pin] sleep: Sleep, service: Option<S>, request: Option<Req> },
         Ready { service: Option<S>, request: Option<Req> },
         Called { #[pin] future: F },
-        Failed { error: Option<CoolingDown> },
+        Failed { error: Option<BoxError> },
     }
 }
 
 impl<F, S, Req> ResponseFuture<F, S, Req> {
-    /// No cool-down: `service` (an unready clone) is polled for readiness, then called.
+    /// No cool-down, but `service` was not ready at `call`: it is polled for readiness
+    /// again, then called.
     pub(crate) fn ready(
         service: S,
         request: Req,
@@ -86,9 +88,26 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         }
     }
 
-    pub(crate) fn failed(error: CoolingDown) -> Self {
+    /// The service was ready at `call` and is called: `future` is its response.
+    pub(crate) fn called(future: F, partition: PartitionKey, max_wait: Duration, cooldowns: Cooldowns) -> Self {
         ResponseFuture {
-            partition: error.partition.clone(),
+            state: State::Called { future },
+            partition,
+            max_wait,
+            cooldowns,
+            waited_since: None,
+            waited: None,
+        }
+    }
+
+    pub(crate) fn failed(error: CoolingDown) -> Self {
+        let partition = error.partition.clone();
+        Self::error(Box::new(error), partition)
+    }
+
+    pub(crate) fn error(error: BoxError, partition: PartitionKey) -> Self {
+        ResponseFuture {
+            partition,
             state: State::Failed { error: Some(error) },
             max_wait: Duration::ZERO,
             cooldowns: Cooldowns::new(),
@@ -112,7 +131,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(match error.take() {
-                        Some(e) => Box::new(e),
+                        Some(e) => e,
                         None => "retry_after::ResponseFuture polled after completion".into(),
                     }))
                 }
@@ -130,7 +149,9 @@ where
                                 partition: this.partition.clone(),
                                 until,
                             };
-                            this.state.set(State::Failed { error: Some(error) });
+                            this.state.set(State::Failed {
+                                error: Some(Box::new(error)),
+                            });
                         } else {
                             sleep.reset(until);
                         }
