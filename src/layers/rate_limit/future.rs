@@ -26,7 +26,34 @@ pin_project! {
     /// While it waits it holds an *unready* clone of the inner service, so whatever the
     /// inner service reserves when it becomes ready (a global in-flight permit) is taken
     /// only once the wait is over.
+    ///
+    /// A request with a token at once and a ready service (nearly every one) was sent from
+    /// `call`: its future is the inner one and the host permit. The waiting machinery is
+    /// boxed, so that it does not make every request's future (and every future around
+    /// it, moved as the layers build them) a few hundred bytes larger.
     pub struct ResponseFuture<S, Req, F> {
+        #[pin]
+        kind: Kind<S, Req, F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, Req, F> {
+        Called {
+            #[pin]
+            future: F,
+            // the per-host slot, freed once the head is in (or the call failed)
+            host_permit: Option<OwnedSemaphorePermit>,
+        },
+        Slow { slow: Pin<Box<Slow<S, Req, F>>> },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+pin_project! {
+    /// The waiting part of a [`ResponseFuture`].
+    struct Slow<S, Req, F> {
         #[pin]
         state: State<F>,
         pending: Option<(S, Req)>,
@@ -78,16 +105,23 @@ pin_project! {
 
 impl<S, Req, F> std::fmt::Debug for ResponseFuture<S, Req, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Host { .. } => "waiting for the host",
-            State::Waiting { .. } => "waiting",
-            State::Ready => "ready",
-            State::Called { .. } => "called",
-            State::Failed { .. } => "failed",
+        let (state, wait) = match &self.kind {
+            Kind::Called { .. } => ("called", Duration::ZERO),
+            Kind::Failed { .. } => ("failed", Duration::ZERO),
+            Kind::Slow { slow } => (
+                match &slow.state {
+                    State::Host { .. } => "waiting for the host",
+                    State::Waiting { .. } => "waiting",
+                    State::Ready => "ready",
+                    State::Called { .. } => "called",
+                    State::Failed { .. } => "failed",
+                },
+                slow.wait,
+            ),
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("wait", &self.wait)
+            .field("wait", &wait)
             .finish()
     }
 }
@@ -108,19 +142,19 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
                 sleep: tokio::time::sleep_until(gate.reserved_at + wait),
             }
         };
-        ResponseFuture {
+        Self::slow(Slow {
             called_at: Some(gate.reserved_at),
             state,
             pending: Some((service, request)),
             gate: Some(gate),
             host_permit,
             wait: Duration::ZERO,
-        }
+        })
     }
 
     /// The host is at its cap: wait for a permit of `semaphore` first, then reserve a slot.
     pub(super) fn host_full(service: S, request: Req, semaphore: Arc<Semaphore>, gate: Gate) -> Self {
-        ResponseFuture {
+        Self::slow(Slow {
             called_at: Some(gate.reserved_at),
             state: State::Host {
                 acquire: Box::pin(semaphore.acquire_owned()),
@@ -129,29 +163,25 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
             gate: Some(gate),
             host_permit: None,
             wait: Duration::ZERO,
+        })
+    }
+
+    fn slow(slow: Slow<S, Req, F>) -> Self {
+        ResponseFuture {
+            kind: Kind::Slow { slow: Box::pin(slow) },
         }
     }
 
     /// A token was there and the service was ready: it was called at once.
     pub(super) fn called(future: F, host_permit: Option<OwnedSemaphorePermit>) -> Self {
         ResponseFuture {
-            state: State::Called { future },
-            pending: None,
-            gate: None,
-            host_permit,
-            called_at: None,
-            wait: Duration::ZERO,
+            kind: Kind::Called { future, host_permit },
         }
     }
 
     pub(super) fn failed(error: BoxError) -> Self {
         ResponseFuture {
-            state: State::Failed { error: Some(error) },
-            pending: None,
-            gate: None,
-            host_permit: None,
-            called_at: None,
-            wait: Duration::ZERO,
+            kind: Kind::Failed { error: Some(error) },
         }
     }
 }
@@ -161,6 +191,30 @@ fn gone() -> BoxError {
 }
 
 impl<S, Req, F, B, E> Future for ResponseFuture<S, Req, F>
+where
+    S: Service<Req, Future = F, Error = E>,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future, host_permit } => {
+                let result = ready!(future.poll(cx));
+                // the per-host slot is free again once the head is in (or the call failed)
+                host_permit.take();
+                let mut response = result.map_err(Into::into)?;
+                response.extensions_mut().insert(RateLimitWait(Duration::ZERO));
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Slow { slow } => slow.as_mut().poll(cx),
+            KindProj::Failed { error } => Poll::Ready(Err(error.take().unwrap_or_else(gone))),
+        }
+    }
+}
+
+impl<S, Req, F, B, E> Future for Slow<S, Req, F>
 where
     S: Service<Req, Future = F, Error = E>,
     F: Future<Output = Result<Response<B>, E>>,

@@ -41,7 +41,9 @@ pin_project! {
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F>,
-        service: S,
+        // the service's shared unready copy, and the clone of it a resend goes through
+        service: Arc<S>,
+        resending: Option<Box<S>>,
         spare: Option<Request<B>>,
         attempt: u32,
         plan: Plan,
@@ -59,10 +61,11 @@ pin_project! {
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(crate) fn new(future: F, service: S, spare: Option<Request<B>>, plan: Plan) -> Self {
+    pub(crate) fn new(future: F, service: Arc<S>, spare: Option<Request<B>>, plan: Plan) -> Self {
         ResponseFuture {
             state: State::Called { future },
             service,
+            resending: None,
             spare,
             attempt: 1,
             plan,
@@ -72,7 +75,7 @@ impl<F, S, B> ResponseFuture<F, S, B> {
 
 impl<F, S, B, ResB, E> Future for ResponseFuture<F, S, B>
 where
-    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F>,
+    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F> + Clone,
     F: Future<Output = Result<Response<ResB>, E>>,
     E: Into<BoxError>,
     B: CloneBody,
@@ -175,7 +178,8 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
-                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let resending = this.resending.get_or_insert_with(|| Box::new(S::clone(this.service)));
+                    ready!(resending.poll_ready(cx)).map_err(Into::into)?;
                     let Some(mut req) = this.spare.take() else {
                         // unreachable: a Retry is only decided with a spare request in hand
                         return Poll::Ready(Err("retry: no copy of the request left to resend".into()));
@@ -185,7 +189,7 @@ where
                         *this.spare = clone_request(&req);
                     }
                     req.extensions_mut().insert(AttemptNumber(*this.attempt));
-                    let future = this.service.call(req);
+                    let future = resending.call(req);
                     this.state.set(State::Called { future });
                 }
             }

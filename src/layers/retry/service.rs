@@ -21,20 +21,38 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// [`FailedOver`](crate::error::FailedOver).
 ///
 /// Clones share the configuration and the per-partition budgets (behind `Arc`s).
+///
+/// # Why a shared copy of the inner service
+///
+/// A request that may be resent needs a service to resend it through, long after `call`.
+/// tower's `Retry` clones the inner service into every response future; below this layer
+/// that is the rest of the stack (redirects, telemetry, cool-downs, learning, the rate
+/// limit, the client), cloned and dropped on every request though a resend is rare. Here
+/// every future shares one unready copy behind an `Arc`, taken when the service is built
+/// (and again after [`get_mut`](Self::get_mut)), and clones it only to resend.
 #[derive(Clone, Debug)]
 pub struct ContextualRetry<S> {
     inner: S,
+    /// An unready copy of `inner` for resends; `None` after `get_mut` until the next call.
+    spare_service: Option<Arc<S>>,
     config: Arc<RetryConfig>,
     budgets: Budgets,
 }
 
-impl<S> ContextualRetry<S> {
+impl<S: Clone> ContextualRetry<S> {
     /// Wraps `inner`. The configuration should be validated
     /// ([`RetryConfig::validate`]); [`ContextualRetryLayer::new`](super::ContextualRetryLayer::new) does.
     pub fn new(inner: S, config: Arc<RetryConfig>, budgets: Budgets) -> Self {
-        ContextualRetry { inner, config, budgets }
+        ContextualRetry {
+            spare_service: Some(Arc::new(inner.clone())),
+            inner,
+            config,
+            budgets,
+        }
     }
+}
 
+impl<S> ContextualRetry<S> {
     /// The configuration.
     pub fn config(&self) -> &RetryConfig {
         &self.config
@@ -45,8 +63,9 @@ impl<S> ContextualRetry<S> {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably (resends use a copy of it as it is at the next call).
     pub fn get_mut(&mut self) -> &mut S {
+        self.spare_service = None;
         &mut self.inner
     }
 
@@ -103,6 +122,14 @@ where
         if let Some(budget) = &budget {
             budget.deposit();
         }
+        let service = match &self.spare_service {
+            Some(service) => Arc::clone(service),
+            None => {
+                let service = Arc::new(self.inner.clone());
+                self.spare_service = Some(Arc::clone(&service));
+                service
+            }
+        };
         let future = self.inner.call(req);
         let plan = Plan {
             config: self.config.clone(),
@@ -112,6 +139,6 @@ where
             resendable,
             budget,
         };
-        ResponseFuture::new(future, self.inner.clone(), spare, plan)
+        ResponseFuture::new(future, service, spare, plan)
     }
 }
