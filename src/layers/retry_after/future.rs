@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::parse::hint_from_headers;
+use super::parse::hint_from_headers_at;
 use super::state::Cooldowns;
 use crate::context::{CooldownWait, PartitionKey, RetryAfterHint};
 use crate::error::{BoxError, CoolingDown};
@@ -181,7 +181,7 @@ where
                 StateProj::Called { future } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let status = response.status();
-                    if let Some(delay) = hint_from_headers(status, response.headers(), SystemTime::now()) {
+                    if let Some(delay) = hint_from_headers_at(status, response.headers(), SystemTime::now) {
                         response.extensions_mut().insert(RetryAfterHint { delay });
                         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
                             this.cooldowns.extend(this.partition.clone(), Instant::now() + delay);
