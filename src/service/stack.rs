@@ -13,6 +13,7 @@ use tower::ServiceBuilder;
 use tower_http::decompression::{Decompression, DecompressionBody, DecompressionLayer};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
+use super::client::DirectClient;
 use super::{HttpClient, HttpConfig, RedirectPolicy, ResponseBody};
 use crate::context::OperationType;
 use crate::error::BoxError;
@@ -147,10 +148,10 @@ type BottomBody = http_body_util::Either<DecompressionBody<ResponseBody>, Respon
 
 type Bottom = Either<
     tower::util::MapResponse<
-        Decompression<HttpClient>,
+        Decompression<DirectClient>,
         fn(Response<DecompressionBody<ResponseBody>>) -> Response<BottomBody>,
     >,
-    tower::util::MapResponse<HttpClient, fn(Response<ResponseBody>) -> Response<BottomBody>>,
+    tower::util::MapResponse<DirectClient, fn(Response<ResponseBody>) -> Response<BottomBody>>,
 >;
 
 fn left_decompressed(r: Response<DecompressionBody<ResponseBody>>) -> Response<BottomBody> {
@@ -239,12 +240,12 @@ impl Stack {
     pub fn service(&self, op: OperationType) -> HttpService {
         let bottom: Bottom = if op == OperationType::Download {
             Either::Right(tower::util::MapResponse::new(
-                self.client.clone(),
+                self.client.direct(),
                 right_plain as fn(_) -> _,
             ))
         } else {
             Either::Left(tower::util::MapResponse::new(
-                tower::Layer::layer(&DecompressionLayer::new(), self.client.clone()),
+                tower::Layer::layer(&DecompressionLayer::new(), self.client.direct()),
                 left_decompressed as fn(_) -> _,
             ))
         };
