@@ -190,8 +190,19 @@ impl ContentDownloadMiddleware {
 ///
 /// One slot each way: the stack sends the attempts of one request one after the other (a
 /// resend or a redirect hop only after the previous attempt's reply).
+///
+/// It also carries the caller's URL, so that an attempt to the same URI is sent without
+/// parsing the URL again (reqwest's `TryFrom<http::Request>` formats the URI and parses it:
+/// thousands of instructions per attempt); a redirect hop has another URI, and is parsed.
+/// (One extension rather than two: the retry and redirect layers copy every extension.)
 #[derive(Clone, Default)]
-struct AttemptChannel(Arc<Mutex<Exchange>>);
+struct AttemptChannel(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    exchange: Mutex<Exchange>,
+    caller: Option<(http::Uri, reqwest::Url)>,
+}
 
 type Reply = reqwest_middleware::Result<reqwest::Response>;
 
@@ -209,7 +220,22 @@ struct Exchange {
 impl AttemptChannel {
     fn lock(&self) -> MutexGuard<'_, Exchange> {
         // a panic while holding this lock cannot leave the exchange half-updated
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.exchange.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn for_caller(uri: http::Uri, url: reqwest::Url) -> Self {
+        AttemptChannel(Arc::new(Shared {
+            exchange: Mutex::default(),
+            caller: Some((uri, url)),
+        }))
+    }
+
+    /// The caller's URL when `uri` is the caller's URI (not a redirect hop's).
+    fn caller_url(&self, uri: &http::Uri) -> Option<reqwest::Url> {
+        match &self.0.caller {
+            Some((caller, url)) if caller == uri => Some(url.clone()),
+            _ => None,
+        }
     }
 
     /// Leaves an attempt for the middleware; `None` if one is there already (the stack
@@ -304,13 +330,6 @@ impl AttemptChannel {
     }
 }
 
-/// The caller's URL, carried with the request through the stack, so that an attempt to
-/// the same URI is sent without parsing the URL again (reqwest's `TryFrom<http::Request>`
-/// formats the URI and parses it: thousands of instructions per attempt). A redirect hop
-/// has another URI, and is parsed.
-#[derive(Clone)]
-struct CallerUrl(Arc<(http::Uri, reqwest::Url)>);
-
 /// The URL of the reply to an attempt (reqwest's `Response::url`), carried back through
 /// the stack to the `reqwest::Response` handed to the caller.
 #[derive(Clone)]
@@ -334,8 +353,7 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
         };
         let op = extensions.get::<OperationType>().copied().unwrap_or_default();
         let timeout = req.timeout().copied();
-        let channel = AttemptChannel::default();
-        let http_req = to_http(req, body, extensions, channel.clone())?;
+        let (http_req, channel) = to_http(req, body, extensions)?;
         let call = self.services[op_index(op)].clone().oneshot(http_req);
         tokio::pin!(call);
         // this task's waker: a reply for a future this task polls needs no wake-up
@@ -368,8 +386,7 @@ fn to_http(
     req: reqwest::Request,
     body: Bytes,
     extensions: &Extensions,
-    channel: AttemptChannel,
-) -> reqwest_middleware::Result<Request<Full<Bytes>>> {
+) -> reqwest_middleware::Result<(Request<Full<Bytes>>, AttemptChannel)> {
     let uri: http::Uri = req
         .url()
         .as_str()
@@ -380,9 +397,9 @@ fn to_http(
     *http_req.uri_mut() = uri.clone();
     *http_req.version_mut() = req.version();
     *http_req.headers_mut() = req.headers().clone();
+    let channel = AttemptChannel::for_caller(uri, req.url().clone());
     let ext = http_req.extensions_mut();
-    ext.insert(channel);
-    ext.insert(CallerUrl(Arc::new((uri, req.url().clone()))));
+    ext.insert(channel.clone());
     if let Some(v) = extensions.get::<OperationType>() {
         ext.insert(*v);
     }
@@ -395,7 +412,7 @@ fn to_http(
     if let Some(v) = extensions.get::<WorkId>() {
         ext.insert(v.clone());
     }
-    Ok(http_req)
+    Ok((http_req, channel))
 }
 
 fn from_http(response: Response<PipelineBody>) -> reqwest::Response {
@@ -462,9 +479,9 @@ impl tower::Service<Request<Full<Bytes>>> for NextService {
             // `Full` is always ready and cannot fail.
             _ => Bytes::new(),
         };
-        let url = match parts.extensions.get::<CallerUrl>() {
-            Some(CallerUrl(caller)) if caller.0 == parts.uri => caller.1.clone(),
-            _ => match reqwest::Url::parse(&parts.uri.to_string()) {
+        let url = match channel.caller_url(&parts.uri) {
+            Some(url) => url,
+            None => match reqwest::Url::parse(&parts.uri.to_string()) {
                 Ok(url) => url,
                 Err(e) => return NextFuture::failed_with(Box::new(e)),
             },
