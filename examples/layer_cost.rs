@@ -5,18 +5,18 @@
 //! ```text
 //! cargo build --release --example layer_cost
 //! for n in 1000 3000; do
-//!   LAYER_COST_ROW=retry LAYER_COST_REQUESTS=$n valgrind --tool=callgrind \
-//!     --callgrind-out-file=/tmp/lc.$n target/release/examples/layer_cost
+//!   valgrind --tool=callgrind --callgrind-out-file=/tmp/lc.$n \
+//!     target/release/examples/layer_cost retry $n
 //! done
 //! # (instructions at 3000 − instructions at 1000) / 2000 = instructions per request
 //! ```
 //!
-//! `LAYER_COST_ROW` is one of `bare`, `operation_telemetry`, `attempt_telemetry`,
-//! `idempotency`, `retry`, `retry_after`, `learning`, `rate_limit`, `stack` (default
-//! `stack`); `LAYER_COST_REQUESTS` (default 1000, at most 1,000,000) bounds the loop. Each
-//! row is type-erased the way the stack's service is (a `BoxCloneSyncService` and one boxed
-//! body), so that `bare` is the baseline of every other row. Without valgrind it prints the
-//! wall time per request, which is only a rough guide.
+//! `layer_cost [ROW] [REQUESTS]`: `ROW` is one of `bare`, `operation_telemetry`,
+//! `attempt_telemetry`, `idempotency`, `retry`, `retry_after`, `learning`, `rate_limit`,
+//! `stack` (the default), or `all` (each in turn); `REQUESTS` (default 1000, at most
+//! 1,000,000) bounds the loop. Each row is type-erased the way the stack's service is (a
+//! `BoxCloneSyncService` and one boxed body), so that `bare` is the baseline of every other
+//! row. It prints the wall time per request, which on a shared machine is only a rough guide.
 
 use std::time::Instant;
 
@@ -127,15 +127,46 @@ fn service(row: &str) -> Result<HttpService, BoxError> {
     })
 }
 
-fn main() -> Result<(), BoxError> {
-    let row = std::env::var("LAYER_COST_ROW").unwrap_or_else(|_| "stack".into());
-    let n: usize = std::env::var("LAYER_COST_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
-        .clamp(1, 1_000_000);
+const ROWS: [&str; 9] = [
+    "bare",
+    "operation_telemetry",
+    "attempt_telemetry",
+    "idempotency",
+    "retry",
+    "retry_after",
+    "learning",
+    "rate_limit",
+    "stack",
+];
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args().skip(1);
+    let row = args.next().unwrap_or_else(|| "stack".into());
+    let n = match args.next().map(|v| v.parse::<usize>()) {
+        None => 1000,
+        Some(Ok(n)) => n.clamp(1, 1_000_000),
+        Some(Err(e)) => {
+            eprintln!("layer_cost: REQUESTS must be a whole number: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rows: Vec<&str> = if row == "all" {
+        ROWS.to_vec()
+    } else {
+        vec![row.as_str()]
+    };
+    for row in rows {
+        if let Err(e) = measure(row, n) {
+            eprintln!("layer_cost: {row}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn measure(row: &str, n: usize) -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let svc = service(&row)?;
+    let svc = service(row)?;
     let elapsed = rt.block_on(async {
         let start = Instant::now();
         for _ in 0..n {
