@@ -201,3 +201,21 @@ async fn frontier_bench_compares_the_fast_host_alone_and_behind_a_slow_one() {
     assert!(out.contains("B's speed with A / alone: "), "{out}");
     assert!(out.contains("  2 s: A   1"), "A at 1 req/s:\n{out}");
 }
+
+#[tokio::test]
+async fn layer_cost_runs_every_row() {
+    let out = run("layer_cost", &["all", "20"], Duration::from_secs(60)).await;
+    for row in [
+        "bare",
+        "operation_telemetry",
+        "attempt_telemetry",
+        "idempotency",
+        "retry",
+        "retry_after",
+        "learning",
+        "rate_limit",
+        "stack",
+    ] {
+        assert!(out.contains(&format!("{row}: 20 requests")), "{row}: {out}");
+    }
+}

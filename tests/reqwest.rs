@@ -45,6 +45,11 @@ async fn a_429_then_200_is_retried_and_the_body_streams_through() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.url().as_str(),
+        sim.url("/f.pdf"),
+        "the response names the URL it came from"
+    );
     assert_eq!(res.text().await.unwrap(), "payload");
     assert_eq!(sim.count("/f.pdf"), 2);
 }

@@ -46,17 +46,16 @@
 //! features that brings one).
 //!
 //! Limits: a request whose body is a stream cannot be retried, so it is sent once through
-//! `next`, without the policies. The response handed back has the request's URL only
-//! through the request (reqwest's `Response::url` is not carried over `http::Response`).
+//! `next`, without the policies. The response handed back carries the URL of the last
+//! attempt's reply (`Response::url`).
 //!
 //! [`from_stack`]: ContentDownloadMiddleware::from_stack
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Extensions, Request, Response};
@@ -183,51 +182,158 @@ impl ContentDownloadMiddleware {
 /// A shared slot rather than channels: the stack and the middleware run in one task, and a
 /// channel's wake-up of its own task made tokio hand the task to another worker thread on
 /// every exchange, twice per attempt (`overhead_bench`, concurrency 1: p50 121–132 µs with
-/// channels, 39–50 µs with this slot). Nothing here needs a wake-up: the middleware's loop looks at the slot
-/// each time the stack's future returns `Pending`, and polls the stack again right after
-/// putting a reply in.
+/// channels, 39–50 µs with this slot). The wakers are still honoured, so the two sides may
+/// run in different tasks: whoever waits registers its waker in the slot, and whoever fills
+/// the slot wakes it, except when the waiter is the filler's own task, which polls the
+/// other side right after (the middleware's loop looks at the slot each time the stack's
+/// future returns `Pending`, and polls the stack again right after putting a reply in).
+///
+/// One slot each way: the stack sends the attempts of one request one after the other (a
+/// resend or a redirect hop only after the previous attempt's reply).
+///
+/// It also carries the caller's URL, so that an attempt to the same URI is sent without
+/// parsing the URL again (reqwest's `TryFrom<http::Request>` formats the URI and parses it:
+/// thousands of instructions per attempt); a redirect hop has another URI, and is parsed.
+/// (One extension rather than two: the retry and redirect layers copy every extension.)
 #[derive(Clone, Default)]
-struct AttemptChannel(Arc<Mutex<Exchange>>);
+struct AttemptChannel(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    exchange: Mutex<Exchange>,
+    caller: Option<(http::Uri, reqwest::Url)>,
+}
+
+type Reply = reqwest_middleware::Result<reqwest::Response>;
 
 #[derive(Default)]
 struct Exchange {
     next_id: u64,
-    attempts: VecDeque<(u64, reqwest::Request)>,
-    replies: Vec<(u64, reqwest_middleware::Result<reqwest::Response>)>,
+    attempt: Option<(u64, reqwest::Request)>,
+    reply: Option<(u64, Reply)>,
+    /// The attempt whose future waits for its reply, and that future's waker.
+    waiting: Option<(u64, Waker)>,
+    /// The task waiting for an attempt, when it registered (`poll_attempt`).
+    consumer: Option<Waker>,
 }
 
 impl AttemptChannel {
     fn lock(&self) -> MutexGuard<'_, Exchange> {
         // a panic while holding this lock cannot leave the exchange half-updated
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.exchange.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn send(&self, request: reqwest::Request) -> u64 {
+    fn for_caller(uri: http::Uri, url: reqwest::Url) -> Self {
+        AttemptChannel(Arc::new(Shared {
+            exchange: Mutex::default(),
+            caller: Some((uri, url)),
+        }))
+    }
+
+    /// The caller's URL when `uri` is the caller's URI (not a redirect hop's).
+    fn caller_url(&self, uri: &http::Uri) -> Option<reqwest::Url> {
+        match &self.0.caller {
+            Some((caller, url)) if caller == uri => Some(url.clone()),
+            _ => None,
+        }
+    }
+
+    /// Leaves an attempt for the middleware; `None` if one is there already (the stack
+    /// never sends two attempts of one request at once, so this is a bug, reported as an
+    /// error rather than a lost request).
+    fn send(&self, request: reqwest::Request) -> Option<u64> {
         let mut exchange = self.lock();
+        if exchange.attempt.is_some() {
+            return None;
+        }
         let id = exchange.next_id;
         exchange.next_id += 1;
-        exchange.attempts.push_back((id, request));
-        id
+        exchange.attempt = Some((id, request));
+        let consumer = exchange.consumer.take();
+        drop(exchange);
+        if let Some(waker) = consumer {
+            waker.wake();
+        }
+        Some(id)
     }
 
+    /// The attempt left by the stack, if any (for the middleware's loop, which looks each
+    /// time the stack's future returns `Pending`).
     fn take_attempt(&self) -> Option<(u64, reqwest::Request)> {
-        self.lock().attempts.pop_front()
+        self.lock().attempt.take()
     }
 
     fn has_attempt(&self) -> bool {
-        !self.lock().attempts.is_empty()
+        self.lock().attempt.is_some()
     }
 
-    fn reply(&self, id: u64, result: reqwest_middleware::Result<reqwest::Response>) {
-        self.lock().replies.push((id, result));
-    }
-
-    fn take_reply(&self, id: u64) -> Option<reqwest_middleware::Result<reqwest::Response>> {
+    /// The attempt left by the stack, or `Pending` with `cx`'s waker registered: for a
+    /// consumer that does not poll the stack itself.
+    #[cfg(test)]
+    fn poll_attempt(&self, cx: &mut Context<'_>) -> Poll<(u64, reqwest::Request)> {
         let mut exchange = self.lock();
-        let at = exchange.replies.iter().position(|(i, _)| *i == id)?;
-        Some(exchange.replies.swap_remove(at).1)
+        match exchange.attempt.take() {
+            Some(attempt) => Poll::Ready(attempt),
+            None => {
+                exchange.consumer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Leaves the reply to attempt `id` and wakes the future waiting for it, unless that
+    /// future runs in `own` task (which polls it next anyway: a wake-up would cost a trip
+    /// through the scheduler).
+    fn reply(&self, id: u64, result: Reply, own: Option<&Waker>) {
+        let mut exchange = self.lock();
+        exchange.reply = Some((id, result));
+        let waiter = match exchange.waiting.take() {
+            Some((waiting, waker)) if waiting == id => Some(waker),
+            other => {
+                exchange.waiting = other;
+                None
+            }
+        };
+        drop(exchange);
+        if let Some(waker) = waiter {
+            if !own.is_some_and(|own| own.will_wake(&waker)) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// The reply to attempt `id`, or `Pending` with `cx`'s waker registered for it.
+    fn poll_reply(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply> {
+        let mut exchange = self.lock();
+        match exchange.reply.take() {
+            Some((replied, reply)) if replied == id => return Poll::Ready(reply),
+            // the reply to an attempt whose future was dropped: nobody will take it
+            Some(_stale) => {}
+            None => {}
+        }
+        match &mut exchange.waiting {
+            Some((waiting, waker)) if *waiting == id => waker.clone_from(cx.waker()),
+            slot => *slot = Some((id, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+
+    /// Forgets attempt `id` (its future was dropped).
+    fn abandon(&self, id: u64) {
+        let mut exchange = self.lock();
+        if exchange.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id) {
+            exchange.waiting = None;
+        }
+        if exchange.attempt.as_ref().is_some_and(|(attempt, _)| *attempt == id) {
+            exchange.attempt = None;
+        }
     }
 }
+
+/// The URL of the reply to an attempt (reqwest's `Response::url`), carried back through
+/// the stack to the `reqwest::Response` handed to the caller.
+#[derive(Clone)]
+struct ReplyUrl(reqwest::Url);
 
 #[async_trait::async_trait]
 impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
@@ -247,10 +353,11 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
         };
         let op = extensions.get::<OperationType>().copied().unwrap_or_default();
         let timeout = req.timeout().copied();
-        let channel = AttemptChannel::default();
-        let http_req = to_http(req, body, extensions, channel.clone())?;
+        let (http_req, channel) = to_http(req, body, extensions)?;
         let call = self.services[op_index(op)].clone().oneshot(http_req);
         tokio::pin!(call);
+        // this task's waker: a reply for a future this task polls needs no wake-up
+        let own = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let result = loop {
             // Ready(Some): the stack is done; Ready(None): it left an attempt for `next`.
             let step = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
@@ -265,7 +372,7 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
             while let Some((id, mut attempt)) = channel.take_attempt() {
                 *attempt.timeout_mut() = timeout;
                 let reply = next.clone().run(attempt, extensions).await;
-                channel.reply(id, reply);
+                channel.reply(id, reply, Some(&own));
             }
         };
         match result {
@@ -279,35 +386,47 @@ fn to_http(
     req: reqwest::Request,
     body: Bytes,
     extensions: &Extensions,
-    channel: AttemptChannel,
-) -> reqwest_middleware::Result<Request<Full<Bytes>>> {
-    let mut builder = Request::builder()
-        .method(req.method().clone())
-        .uri(req.url().as_str())
-        .version(req.version())
-        .extension(channel);
-    if let Some(h) = builder.headers_mut() {
-        *h = req.headers().clone();
-    }
+) -> reqwest_middleware::Result<(Request<Full<Bytes>>, AttemptChannel)> {
+    let uri: http::Uri = req
+        .url()
+        .as_str()
+        .parse()
+        .map_err(reqwest_middleware::Error::middleware)?;
+    let mut http_req = Request::new(Full::new(body));
+    *http_req.method_mut() = req.method().clone();
+    *http_req.uri_mut() = uri.clone();
+    *http_req.version_mut() = req.version();
+    *http_req.headers_mut() = req.headers().clone();
+    let channel = AttemptChannel::for_caller(uri, req.url().clone());
+    let ext = http_req.extensions_mut();
+    ext.insert(channel.clone());
     if let Some(v) = extensions.get::<OperationType>() {
-        builder = builder.extension(*v);
+        ext.insert(*v);
     }
     if let Some(v) = extensions.get::<Provider>() {
-        builder = builder.extension(v.clone());
+        ext.insert(v.clone());
     }
     if let Some(v) = extensions.get::<IdempotencyKey>() {
-        builder = builder.extension(v.clone());
+        ext.insert(v.clone());
     }
     if let Some(v) = extensions.get::<WorkId>() {
-        builder = builder.extension(v.clone());
+        ext.insert(v.clone());
     }
-    builder
-        .body(Full::new(body))
-        .map_err(reqwest_middleware::Error::middleware)
+    Ok((http_req, channel))
 }
 
 fn from_http(response: Response<PipelineBody>) -> reqwest::Response {
-    reqwest::Response::from(response.map(|b| reqwest::Body::wrap_stream(BodyDataStream::new(b))))
+    let (mut parts, body) = response.into_parts();
+    if let Some(ReplyUrl(url)) = parts.extensions.remove::<ReplyUrl>() {
+        // reqwest reads a response's URL from an extension of its own, which only its
+        // response builder can set (without it, it parses a placeholder URL)
+        use reqwest::ResponseBuilderExt;
+        if let Some(ext) = Response::builder().url(url).extensions_mut() {
+            parts.extensions.extend(std::mem::take(ext));
+        }
+    }
+    let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
+    reqwest::Response::from(Response::from_parts(parts, body))
 }
 
 fn from_box(e: BoxError) -> reqwest_middleware::Error {
@@ -350,29 +469,39 @@ impl tower::Service<Request<Full<Bytes>>> for NextService {
     }
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> NextFuture {
-        let Some(channel) = req.extensions().get::<AttemptChannel>().cloned() else {
+        let (mut parts, body) = req.into_parts();
+        let Some(channel) = parts.extensions.remove::<AttemptChannel>() else {
             return NextFuture::failed("the request did not come through ContentDownloadMiddleware");
         };
-        let (parts, body) = req.into_parts();
         // `Full` of one chunk: taking its bytes does not copy.
         let bytes = match futures_util::FutureExt::now_or_never(body.collect()) {
             Some(Ok(collected)) => collected.to_bytes(),
             // `Full` is always ready and cannot fail.
             _ => Bytes::new(),
         };
-        let req = match reqwest::Request::try_from(Request::from_parts(parts, bytes)) {
-            Ok(r) => r,
-            Err(e) => return NextFuture::failed_with(e.into()),
+        let url = match channel.caller_url(&parts.uri) {
+            Some(url) => url,
+            None => match reqwest::Url::parse(&parts.uri.to_string()) {
+                Ok(url) => url,
+                Err(e) => return NextFuture::failed_with(Box::new(e)),
+            },
         };
-        let id = channel.send(req);
-        NextFuture {
-            state: Some(Ok((channel, id))),
+        let mut attempt = reqwest::Request::new(parts.method, url);
+        *attempt.headers_mut() = parts.headers;
+        *attempt.version_mut() = parts.version;
+        *attempt.body_mut() = Some(bytes.into());
+        match channel.send(attempt) {
+            Some(id) => NextFuture {
+                state: Some(Ok((channel, id))),
+            },
+            None => NextFuture::failed("an attempt was sent while another of the same request was in flight"),
         }
     }
 }
 
 /// The future of one attempt sent through `next`: ready once the middleware's loop has put
-/// its reply in the exchange (it polls the stack again right after, so no waker is needed).
+/// its reply in the exchange (woken then, unless it runs in the loop's own task, which
+/// polls it right after).
 struct NextFuture {
     state: Option<Result<(AttemptChannel, u64), BoxError>>,
 }
@@ -387,15 +516,20 @@ impl NextFuture {
     }
 }
 
+impl Drop for NextFuture {
+    fn drop(&mut self) {
+        if let Some(Ok((channel, id))) = &self.state {
+            channel.abandon(*id);
+        }
+    }
+}
+
 impl Future for NextFuture {
     type Output = Result<Response<PipelineBody>, BoxError>;
 
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let reply = match self.state.as_ref() {
-            Some(Ok((channel, id))) => match channel.take_reply(*id) {
-                Some(reply) => reply,
-                None => return Poll::Pending,
-            },
+            Some(Ok((channel, id))) => std::task::ready!(channel.poll_reply(*id, cx)),
             _ => {
                 return Poll::Ready(Err(match self.state.take() {
                     Some(Err(e)) => e,
@@ -407,8 +541,11 @@ impl Future for NextFuture {
         Poll::Ready(match reply {
             Err(e) => Err(unwrap_reqwest(e)),
             Ok(response) => {
+                let url = ReplyUrl(response.url().clone());
                 let response: Response<reqwest::Body> = response.into();
-                Ok(response.map(|b| b.map_err(Into::into).boxed_unsync()))
+                let mut response = response.map(|b| b.map_err(Into::into).boxed_unsync());
+                response.extensions_mut().insert(url);
+                Ok(response)
             }
         })
     }
@@ -420,5 +557,80 @@ fn unwrap_reqwest(e: reqwest_middleware::Error) -> BoxError {
     match e {
         reqwest_middleware::Error::Reqwest(e) => Box::new(e),
         other => Box::new(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::Service;
+
+    use super::*;
+
+    fn attempt_request(channel: &AttemptChannel) -> Request<Full<Bytes>> {
+        let mut req = Request::get("http://example.org/x")
+            .body(Full::new(Bytes::from_static(b"q")))
+            .unwrap();
+        req.extensions_mut().insert(channel.clone());
+        req
+    }
+
+    /// The attempt's future and the side that answers it run in two tasks: each must be
+    /// woken by the other (a future that returned `Pending` without a waker would sleep
+    /// forever; the paused clock turns that into the timeout below).
+    #[tokio::test(start_paused = true)]
+    async fn the_two_sides_wake_each_other_from_different_tasks() {
+        let channel = AttemptChannel::default();
+        let answerer = tokio::spawn({
+            let channel = channel.clone();
+            async move {
+                // waits for the attempt (registered before it is sent)
+                let (id, request) = std::future::poll_fn(|cx| channel.poll_attempt(cx)).await;
+                assert_eq!(request.url().as_str(), "http://example.org/x");
+                // bounded: the attempt's task runs at the first yield
+                for _ in 0..100 {
+                    if channel.lock().waiting.is_some() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                assert!(
+                    channel.lock().waiting.is_some(),
+                    "the attempt's future waits for its reply"
+                );
+                let reply = reqwest::Response::from(http::Response::new("hello"));
+                channel.reply(id, Ok(reply), None);
+            }
+        });
+        tokio::task::yield_now().await; // the answerer registers first
+        let attempt = tokio::spawn(NextService.call(attempt_request(&channel)));
+        let response = tokio::time::timeout(Duration::from_secs(60), attempt)
+            .await
+            .expect("the attempt's task was woken by the reply")
+            .unwrap()
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        answerer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dropped_attempt_leaves_nothing_behind_and_a_stale_reply_is_not_taken() {
+        let channel = AttemptChannel::default();
+        let first = NextService.call(attempt_request(&channel));
+        drop(first);
+        assert!(!channel.has_attempt(), "the dropped attempt is withdrawn");
+        let mut second = NextService.call(attempt_request(&channel));
+        let (id, _) = channel.take_attempt().unwrap();
+        // a reply to the first (id - 1) arrives late: the second does not take it
+        channel.reply(id - 1, Ok(reqwest::Response::from(http::Response::new("stale"))), None);
+        let waker = Waker::noop();
+        assert!(Pin::new(&mut second).poll(&mut Context::from_waker(waker)).is_pending());
+        channel.reply(id, Ok(reqwest::Response::from(http::Response::new("fresh"))), None);
+        let Poll::Ready(Ok(response)) = Pin::new(&mut second).poll(&mut Context::from_waker(waker)) else {
+            panic!("the reply to the second attempt is taken");
+        };
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "fresh");
     }
 }

@@ -157,7 +157,13 @@ impl std::future::Future for ClientFuture {
 /// # Ok(()) }
 /// ```
 pub struct HttpClient<B = Full<Bytes>> {
-    inner: Inner<B>,
+    // Behind an `Arc`: every layer that keeps an unready copy of the service below it (the
+    // retry layer for a resend, `FollowRedirect` for a hop, the rate limit while a request
+    // waits) clones the client, several times per request, and the tower-http services
+    // inside (an `Either` of `FollowRedirect` and `SetRequestHeader`) are a few hundred
+    // bytes with their own reference counts. One pointer is cheap; `call` clones the inside
+    // once.
+    inner: Arc<Inner<B>>,
     read_timeout: Duration,
     metadata_limit: usize,
 }
@@ -258,7 +264,7 @@ where
             Either::Right(client)
         };
         Ok(HttpClient {
-            inner,
+            inner: Arc::new(inner),
             read_timeout: config.read_timeout(),
             metadata_limit: config.max_metadata_body_bytes,
         })
@@ -294,14 +300,100 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<<Inner<B> as Service<Request<B>>>::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: hyper-util's client waits for a connection inside its response
+        // future, and `FollowRedirect` and `SetRequestHeader` only pass its readiness on.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // Above FollowRedirect, so that its policy sees the header and drops it when a hop
         // leaves the origin; below nothing that could log the password.
         super::credentials::move_userinfo(&mut req);
-        ResponseFuture::new(self.inner.call(req), self.read_timeout)
+        let mut inner = Inner::clone(&self.inner);
+        // Ready at once (see `poll_ready`); polled all the same, as the services inside ask.
+        let ready = inner.poll_ready(&mut Context::from_waker(std::task::Waker::noop()));
+        debug_assert!(
+            matches!(ready, Poll::Ready(Ok(()))),
+            "the shared client is always ready"
+        );
+        ResponseFuture::new(inner.call(req), self.read_timeout)
+    }
+}
+
+/// The shared client without the redirect machinery, for the [`Stack`](super::Stack), whose
+/// own redirect layer sits above the partition layers: `SetRequestHeader` over the pooled
+/// client, with the idle read timeout.
+///
+/// # Why not `HttpClient` itself
+///
+/// `HttpClient`'s future is an `Either` of tower-http's `FollowRedirect` future (which keeps
+/// the request's method, URI, headers, body, policy and a service to follow a hop with)
+/// and the plain one: about 900 bytes, though a client built without redirects never uses
+/// that side. Every layer's future contains the one below it and each layer moves it as it
+/// builds its own, so in a stack of ten layers those bytes were copied tens of times per
+/// request. This one's future is the plain client's (a few hundred bytes).
+pub(crate) struct DirectClient<B = Full<Bytes>> {
+    inner: Arc<Base<B>>,
+    read_timeout: Duration,
+}
+
+impl<B> Clone for DirectClient<B> {
+    fn clone(&self) -> Self {
+        DirectClient {
+            inner: Arc::clone(&self.inner),
+            read_timeout: self.read_timeout,
+        }
+    }
+}
+
+impl<B> fmt::Debug for DirectClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectClient")
+            .field("read_timeout", &self.read_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> HttpClient<B> {
+    /// The same pooled client and settings, sending without following redirects.
+    pub(crate) fn direct(&self) -> DirectClient<B> {
+        let base = match &*self.inner {
+            Either::Left(follow) => follow.get_ref().clone(),
+            Either::Right(base) => base.clone(),
+        };
+        DirectClient {
+            inner: Arc::new(base),
+            read_timeout: self.read_timeout,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for DirectClient<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<super::ResponseBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<ClientFuture>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: hyper-util's client waits for a connection inside its response
+        // future, and `SetRequestHeader` only passes its readiness on.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        super::credentials::move_userinfo(&mut req);
+        let mut inner = Base::clone(&self.inner);
+        // Ready at once (see `poll_ready`); polled all the same, as the service inside asks.
+        let ready = inner.poll_ready(&mut Context::from_waker(std::task::Waker::noop()));
+        debug_assert!(
+            matches!(ready, Poll::Ready(Ok(()))),
+            "the shared client is always ready"
+        );
+        ResponseFuture::new(inner.call(req), self.read_timeout)
     }
 }

@@ -1,11 +1,12 @@
 //! The redirect policy given to tower-http's `FollowRedirect`.
 
+use http::uri::Authority;
 use http::Request;
 use http_body::Body;
 use tower_http::follow_redirect::policy::{Action, Attempt, FilterCredentials, Policy};
 
 use super::error::{TooManyRedirects, UnsupportedRedirectScheme};
-use crate::context::{host_of, PartitionKey, Provider};
+use crate::context::{host_of, host_of_authority, PartitionKey, Provider};
 use crate::error::BoxError;
 
 /// Follows at most `max` redirects, only to http and https, and drops credentials
@@ -32,8 +33,10 @@ pub struct RedirectPolicy {
     remaining: usize,
     max: usize,
     credentials: FilterCredentials,
-    /// The first request's provider extension and host; `None` before the first request.
-    origin: Option<(Option<Provider>, String)>,
+    /// The first request's provider extension and authority; `None` before the first
+    /// request. (The authority, not its host: the host is needed only when a hop happens,
+    /// and computing it for every request was a measurable part of the stack's cost.)
+    origin: Option<(Option<Provider>, Option<Authority>)>,
 }
 
 impl RedirectPolicy {
@@ -78,9 +81,9 @@ where
                 // The first request: its userinfo becomes a header the filter can drop later.
                 super::credentials::move_userinfo(request);
                 let provider = request.extensions().get::<Provider>().cloned();
-                self.origin = Some((provider, host_of(request.uri())));
+                self.origin = Some((provider, request.uri().authority().cloned()));
             }
-            Some((provider, origin_host)) => {
+            Some((provider, origin)) => {
                 // A hop: the credentials filter first (a cross-origin hop loses the origin's
                 // Authorization), then the Location's own userinfo, which is meant for it.
                 Policy::<B, BoxError>::on_request(&mut self.credentials, request);
@@ -88,7 +91,7 @@ where
                 let extensions = request.extensions_mut();
                 extensions.remove::<PartitionKey>();
                 match provider {
-                    Some(p) if host_of(request.uri()) == *origin_host => {
+                    Some(p) if host_of(request.uri()) == host_of_authority(origin.as_ref()) => {
                         request.extensions_mut().insert(p.clone());
                     }
                     _ => {

@@ -13,6 +13,7 @@ use tower::ServiceBuilder;
 use tower_http::decompression::{Decompression, DecompressionBody, DecompressionLayer};
 use tower_http::follow_redirect::FollowRedirectLayer;
 
+use super::client::DirectClient;
 use super::{HttpClient, HttpConfig, RedirectPolicy, ResponseBody};
 use crate::context::OperationType;
 use crate::error::BoxError;
@@ -147,10 +148,10 @@ type BottomBody = http_body_util::Either<DecompressionBody<ResponseBody>, Respon
 
 type Bottom = Either<
     tower::util::MapResponse<
-        Decompression<HttpClient>,
+        Decompression<DirectClient>,
         fn(Response<DecompressionBody<ResponseBody>>) -> Response<BottomBody>,
     >,
-    tower::util::MapResponse<HttpClient, fn(Response<ResponseBody>) -> Response<BottomBody>>,
+    tower::util::MapResponse<DirectClient, fn(Response<ResponseBody>) -> Response<BottomBody>>,
 >;
 
 fn left_decompressed(r: Response<DecompressionBody<ResponseBody>>) -> Response<BottomBody> {
@@ -170,8 +171,11 @@ where
 }
 
 fn set_operation(op: OperationType) -> impl Fn(Request<Full<Bytes>>) -> Request<Full<Bytes>> + Clone + Send + Sync {
+    // An absent `OperationType` means `Download` to every reader (`OperationType::of`), so
+    // the download service inserts nothing: one extension fewer to allocate, to copy for the
+    // retry and redirect layers, and to drop, on the busiest path.
     move |mut req| {
-        if req.extensions().get::<OperationType>().is_none() {
+        if op != OperationType::Download && req.extensions().get::<OperationType>().is_none() {
             req.extensions_mut().insert(op);
         }
         req
@@ -231,16 +235,17 @@ impl Stack {
     }
 
     /// The service for one operation type. Requests that carry no [`OperationType`] get
-    /// `op`; metadata operations (all but `Download`) also decompress gzip/deflate bodies.
+    /// `op` (for [`OperationType::Download`], the default, nothing is inserted: an absent
+    /// operation type means `Download`); metadata operations (all but `Download`) also decompress gzip/deflate bodies.
     pub fn service(&self, op: OperationType) -> HttpService {
         let bottom: Bottom = if op == OperationType::Download {
             Either::Right(tower::util::MapResponse::new(
-                self.client.clone(),
+                self.client.direct(),
                 right_plain as fn(_) -> _,
             ))
         } else {
             Either::Left(tower::util::MapResponse::new(
-                tower::Layer::layer(&DecompressionLayer::new(), self.client.clone()),
+                tower::Layer::layer(&DecompressionLayer::new(), self.client.direct()),
                 left_decompressed as fn(_) -> _,
             ))
         };

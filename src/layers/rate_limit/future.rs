@@ -26,13 +26,41 @@ pin_project! {
     /// While it waits it holds an *unready* clone of the inner service, so whatever the
     /// inner service reserves when it becomes ready (a global in-flight permit) is taken
     /// only once the wait is over.
+    ///
+    /// A request with a token at once and a ready service (nearly every one) was sent from
+    /// `call`: its future is the inner one and the host permit. The waiting machinery is
+    /// boxed, so that it does not make every request's future (and every future around
+    /// it, moved as the layers build them) a few hundred bytes larger.
     pub struct ResponseFuture<S, Req, F> {
+        #[pin]
+        kind: Kind<S, Req, F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, Req, F> {
+        Called {
+            #[pin]
+            future: F,
+            // the per-host slot, freed once the head is in (or the call failed)
+            host_permit: Option<OwnedSemaphorePermit>,
+        },
+        Slow { slow: Pin<Box<Slow<S, Req, F>>> },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+pin_project! {
+    /// The waiting part of a [`ResponseFuture`].
+    struct Slow<S, Req, F> {
         #[pin]
         state: State<F>,
         pending: Option<(S, Req)>,
         gate: Option<Gate>,
         host_permit: Option<OwnedSemaphorePermit>,
-        called_at: Instant,
+        // when the wait began (none when there was no wait)
+        called_at: Option<Instant>,
         // the time held for the host and the token (not for the inner service's readiness)
         wait: Duration,
     }
@@ -52,6 +80,18 @@ pub(super) struct Gate {
     pub(super) reserved_at: Instant,
 }
 
+impl Gate {
+    /// A gate for `key`, reserved (or waiting for its host) from now.
+    pub(super) fn new(limiter: RateLimiter, key: PartitionKey) -> Gate {
+        Gate {
+            limiter,
+            key,
+            index: 0,
+            reserved_at: Instant::now(),
+        }
+    }
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<F> {
@@ -65,16 +105,23 @@ pin_project! {
 
 impl<S, Req, F> std::fmt::Debug for ResponseFuture<S, Req, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Host { .. } => "waiting for the host",
-            State::Waiting { .. } => "waiting",
-            State::Ready => "ready",
-            State::Called { .. } => "called",
-            State::Failed { .. } => "failed",
+        let (state, wait) = match &self.kind {
+            Kind::Called { .. } => ("called", Duration::ZERO),
+            Kind::Failed { .. } => ("failed", Duration::ZERO),
+            Kind::Slow { slow } => (
+                match &slow.state {
+                    State::Host { .. } => "waiting for the host",
+                    State::Waiting { .. } => "waiting",
+                    State::Ready => "ready",
+                    State::Called { .. } => "called",
+                    State::Failed { .. } => "failed",
+                },
+                slow.wait,
+            ),
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("wait", &self.wait)
+            .field("wait", &wait)
             .finish()
     }
 }
@@ -95,20 +142,20 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
                 sleep: tokio::time::sleep_until(gate.reserved_at + wait),
             }
         };
-        ResponseFuture {
-            called_at: gate.reserved_at,
+        Self::slow(Slow {
+            called_at: Some(gate.reserved_at),
             state,
             pending: Some((service, request)),
             gate: Some(gate),
             host_permit,
             wait: Duration::ZERO,
-        }
+        })
     }
 
     /// The host is at its cap: wait for a permit of `semaphore` first, then reserve a slot.
     pub(super) fn host_full(service: S, request: Req, semaphore: Arc<Semaphore>, gate: Gate) -> Self {
-        ResponseFuture {
-            called_at: gate.reserved_at,
+        Self::slow(Slow {
+            called_at: Some(gate.reserved_at),
             state: State::Host {
                 acquire: Box::pin(semaphore.acquire_owned()),
             },
@@ -116,19 +163,25 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
             gate: Some(gate),
             host_permit: None,
             wait: Duration::ZERO,
+        })
+    }
+
+    fn slow(slow: Slow<S, Req, F>) -> Self {
+        ResponseFuture {
+            kind: Kind::Slow { slow: Box::pin(slow) },
         }
     }
 
-    pub(super) fn failed(error: RateLimitTimeout) -> Self {
+    /// A token was there and the service was ready: it was called at once.
+    pub(super) fn called(future: F, host_permit: Option<OwnedSemaphorePermit>) -> Self {
         ResponseFuture {
-            state: State::Failed {
-                error: Some(Box::new(error)),
-            },
-            pending: None,
-            gate: None,
-            host_permit: None,
-            called_at: Instant::now(),
-            wait: Duration::ZERO,
+            kind: Kind::Called { future, host_permit },
+        }
+    }
+
+    pub(super) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            kind: Kind::Failed { error: Some(error) },
         }
     }
 }
@@ -138,6 +191,30 @@ fn gone() -> BoxError {
 }
 
 impl<S, Req, F, B, E> Future for ResponseFuture<S, Req, F>
+where
+    S: Service<Req, Future = F, Error = E>,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future, host_permit } => {
+                let result = ready!(future.poll(cx));
+                // the per-host slot is free again once the head is in (or the call failed)
+                host_permit.take();
+                let mut response = result.map_err(Into::into)?;
+                response.extensions_mut().insert(RateLimitWait(Duration::ZERO));
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Slow { slow } => slow.as_mut().poll(cx),
+            KindProj::Failed { error } => Poll::Ready(Err(error.take().unwrap_or_else(gone))),
+        }
+    }
+}
+
+impl<S, Req, F, B, E> Future for Slow<S, Req, F>
 where
     S: Service<Req, Future = F, Error = E>,
     F: Future<Output = Result<Response<B>, E>>,
@@ -163,7 +240,7 @@ where
                             gate.index = ticket.index;
                             gate.reserved_at = Instant::now();
                             if ticket.wait.is_zero() {
-                                *this.wait = this.called_at.elapsed();
+                                *this.wait = this.called_at.map_or(Duration::ZERO, |at| at.elapsed());
                                 this.state.set(State::Ready);
                             } else {
                                 this.state.set(State::Waiting {
@@ -194,7 +271,7 @@ where
                         sleep.reset(now + remaining);
                         continue;
                     }
-                    *this.wait = now - *this.called_at;
+                    *this.wait = this.called_at.map_or(Duration::ZERO, |at| now - at);
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {

@@ -1,11 +1,9 @@
 //! [`RateLimit`].
 
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 use tower_service::Service;
-
-use tokio::time::Instant;
 
 use super::future::{Gate, ResponseFuture};
 use super::limiter::HostSlot;
@@ -81,25 +79,41 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let key = PartitionKey::of(&mut req);
-        let service = self.inner.clone();
-        let mut gate = Gate {
-            limiter: self.limiter.clone(),
-            key,
-            index: 0,
-            reserved_at: Instant::now(),
-        };
-        let permit = match self.limiter.host_slot(&gate.key) {
+        let permit = match self.limiter.host_slot(&key) {
             HostSlot::Unlimited => None,
             HostSlot::Taken(permit) => Some(permit),
-            HostSlot::Full(semaphore) => return ResponseFuture::host_full(service, req, semaphore, gate),
+            HostSlot::Full(semaphore) => {
+                let gate = Gate::new(self.limiter.clone(), key);
+                return ResponseFuture::host_full(self.inner.clone(), req, semaphore, gate);
+            }
         };
-        match self.limiter.reserve_ticket(&gate.key) {
-            Err(timeout) => ResponseFuture::failed(timeout),
-            Ok(ticket) => {
-                gate.index = ticket.index;
-                ResponseFuture::reserved(service, req, ticket.wait, gate, permit)
+        let ticket = match self.limiter.reserve_ticket(&key) {
+            Err(timeout) => return ResponseFuture::failed(Box::new(timeout)),
+            Ok(ticket) => ticket,
+        };
+        if ticket.wait.is_zero() {
+            // A token now: the usual case. The service below is asked whether it is ready now
+            // and, if it is, called at once: no clone of it, no request parked in the future.
+            // (A waker that does nothing is enough: a service that is not ready goes into the
+            // future, which polls it again with the task's own.)
+            match self.inner.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(())) => return ResponseFuture::called(self.inner.call(req), permit),
+                Poll::Ready(Err(e)) => return ResponseFuture::failed(e.into()),
+                Poll::Pending => {}
             }
         }
+        // A wait, or a service not ready yet: the service goes into the future (for a wait an
+        // unready clone, polled only once the wait is over; otherwise the one whose readiness
+        // is under way, and this layer keeps a fresh clone for the next request).
+        let service = if ticket.wait.is_zero() {
+            let fresh = self.inner.clone();
+            std::mem::replace(&mut self.inner, fresh)
+        } else {
+            self.inner.clone()
+        };
+        let mut gate = Gate::new(self.limiter.clone(), key);
+        gate.index = ticket.index;
+        ResponseFuture::reserved(service, req, ticket.wait, gate, permit)
     }
 }
 

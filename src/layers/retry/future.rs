@@ -41,7 +41,9 @@ pin_project! {
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F>,
-        service: S,
+        // the service's shared unready copy, and the clone of it a resend goes through
+        service: Arc<S>,
+        resending: Option<Box<S>>,
         spare: Option<Request<B>>,
         attempt: u32,
         plan: Plan,
@@ -59,10 +61,11 @@ pin_project! {
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(crate) fn new(future: F, service: S, spare: Option<Request<B>>, plan: Plan) -> Self {
+    pub(crate) fn new(future: F, service: Arc<S>, spare: Option<Request<B>>, plan: Plan) -> Self {
         ResponseFuture {
             state: State::Called { future },
             service,
+            resending: None,
             spare,
             attempt: 1,
             plan,
@@ -72,7 +75,7 @@ impl<F, S, B> ResponseFuture<F, S, B> {
 
 impl<F, S, B, ResB, E> Future for ResponseFuture<F, S, B>
 where
-    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F>,
+    S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F> + Clone,
     F: Future<Output = Result<Response<ResB>, E>>,
     E: Into<BoxError>,
     B: CloneBody,
@@ -93,7 +96,12 @@ where
                     };
                     let attempt = Attempt {
                         number: *this.attempt,
-                        elapsed: plan.started.elapsed(),
+                        // (a success is decided without it: no clock read for it)
+                        elapsed: if class == Class::Success {
+                            std::time::Duration::ZERO
+                        } else {
+                            plan.started.elapsed()
+                        },
                         has_key: plan.has_key,
                         // no copy in hand when the body could not be cloned (or, harmlessly, when
                         // no attempt is left, which `decide` checks first)
@@ -175,17 +183,18 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
-                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let resending = this.resending.get_or_insert_with(|| Box::new(S::clone(this.service)));
+                    ready!(resending.poll_ready(cx)).map_err(Into::into)?;
                     let Some(mut req) = this.spare.take() else {
                         // unreachable: a Retry is only decided with a spare request in hand
                         return Poll::Ready(Err("retry: no copy of the request left to resend".into()));
                     };
                     *this.attempt += 1;
-                    req.extensions_mut().insert(AttemptNumber(*this.attempt));
                     if *this.attempt < policy.max_attempts {
                         *this.spare = clone_request(&req);
                     }
-                    let future = this.service.call(req);
+                    req.extensions_mut().insert(AttemptNumber(*this.attempt));
+                    let future = resending.call(req);
                     this.state.set(State::Called { future });
                 }
             }

@@ -70,7 +70,7 @@ impl Default for ContextualRetryLayer {
     }
 }
 
-impl<S> Layer<S> for ContextualRetryLayer {
+impl<S: Clone> Layer<S> for ContextualRetryLayer {
     type Service = ContextualRetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {

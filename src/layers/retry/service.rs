@@ -21,20 +21,38 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// [`FailedOver`](crate::error::FailedOver).
 ///
 /// Clones share the configuration and the per-partition budgets (behind `Arc`s).
+///
+/// # Why a shared copy of the inner service
+///
+/// A request that may be resent needs a service to resend it through, long after `call`.
+/// tower's `Retry` clones the inner service into every response future; below this layer
+/// that is the rest of the stack (redirects, telemetry, cool-downs, learning, the rate
+/// limit, the client), cloned and dropped on every request though a resend is rare. Here
+/// every future shares one unready copy behind an `Arc`, taken when the service is built
+/// (and again after [`get_mut`](Self::get_mut)), and clones it only to resend.
 #[derive(Clone, Debug)]
 pub struct ContextualRetry<S> {
     inner: S,
+    /// An unready copy of `inner` for resends; `None` after `get_mut` until the next call.
+    spare_service: Option<Arc<S>>,
     config: Arc<RetryConfig>,
     budgets: Budgets,
 }
 
-impl<S> ContextualRetry<S> {
+impl<S: Clone> ContextualRetry<S> {
     /// Wraps `inner`. The configuration should be validated
     /// ([`RetryConfig::validate`]); [`ContextualRetryLayer::new`](super::ContextualRetryLayer::new) does.
     pub fn new(inner: S, config: Arc<RetryConfig>, budgets: Budgets) -> Self {
-        ContextualRetry { inner, config, budgets }
+        ContextualRetry {
+            spare_service: Some(Arc::new(inner.clone())),
+            inner,
+            config,
+            budgets,
+        }
     }
+}
 
+impl<S> ContextualRetry<S> {
     /// The configuration.
     pub fn config(&self) -> &RetryConfig {
         &self.config
@@ -45,8 +63,9 @@ impl<S> ContextualRetry<S> {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably (resends use a copy of it as it is at the next call).
     pub fn get_mut(&mut self) -> &mut S {
+        self.spare_service = None;
         &mut self.inner
     }
 
@@ -73,7 +92,6 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let operation = OperationType::of(&req);
         let policy = self.config.policy(operation);
-        req.extensions_mut().insert(AttemptNumber(1));
         let has_key =
             req.headers().contains_key(&IDEMPOTENCY_KEY) || req.extensions().get::<IdempotencyKey>().is_some();
         let may_retry = policy.max_attempts > 1;
@@ -82,14 +100,10 @@ where
         } else {
             Err("an unsafe method without an Idempotency-Key is sent once")
         };
-        let budget = if may_retry && self.budgets.enabled() {
-            self.budgets.get(&PartitionKey::of(&mut req))
-        } else {
-            None
-        };
-        if let Some(budget) = &budget {
-            budget.deposit();
-        }
+        // The spare is copied before this layer adds its own extensions (the attempt number
+        // and the cached partition): a resend sets its own number, and the layers below
+        // compute its partition again. Fewer extensions make the copy, and dropping it
+        // unused (nearly every time), cheaper.
         let spare = if may_retry && resendable.is_ok() {
             let spare = clone_request(&req);
             if spare.is_none() {
@@ -98,6 +112,23 @@ where
             spare
         } else {
             None
+        };
+        req.extensions_mut().insert(AttemptNumber(1));
+        let budget = if may_retry && self.budgets.enabled() {
+            self.budgets.get(&PartitionKey::of(&mut req))
+        } else {
+            None
+        };
+        if let Some(budget) = &budget {
+            budget.deposit();
+        }
+        let service = match &self.spare_service {
+            Some(service) => Arc::clone(service),
+            None => {
+                let service = Arc::new(self.inner.clone());
+                self.spare_service = Some(Arc::clone(&service));
+                service
+            }
         };
         let future = self.inner.call(req);
         let plan = Plan {
@@ -108,6 +139,6 @@ where
             resendable,
             budget,
         };
-        ResponseFuture::new(future, self.inner.clone(), spare, plan)
+        ResponseFuture::new(future, service, spare, plan)
     }
 }

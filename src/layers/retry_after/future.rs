@@ -10,15 +10,16 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::parse::hint_from_headers;
+use super::parse::hint_from_headers_at;
 use super::state::Cooldowns;
 use crate::context::{CooldownWait, PartitionKey, RetryAfterHint};
 use crate::error::{BoxError, CoolingDown};
 
 pin_project! {
     /// Response future of [`RetryAfter`](super::RetryAfter): waits out the partition's
-    /// cool-down (if any), polls its own (unready) clone of the inner service for readiness,
-    /// calls it, then reads the response's hint. Nothing below is reserved while it waits.
+    /// cool-down (if any), polls its own clone of the inner service for readiness, calls it
+    /// (unless `call` found the service ready and called it already), then reads the
+    /// response's hint. Nothing below is reserved while it waits.
     #[derive(Debug)]
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
@@ -32,18 +33,29 @@ pin_project! {
 }
 
 pin_project! {
+    // The service and the request wait in a box (as does the timer): a request sent from
+    // `call` (nearly every one) needs neither, and they would make every request's future,
+    // and every future around it, a few hundred bytes larger to move.
     #[project = StateProj]
     #[derive(Debug)]
     enum State<F, S, Req> {
-        Waiting { #[pin] sleep: Sleep, service: Option<S>, request: Option<Req> },
-        Ready { service: Option<S>, request: Option<Req> },
+        Waiting { sleep: Pin<Box<Sleep>>, parked: Option<Box<Parked<S, Req>>> },
+        Ready { parked: Option<Box<Parked<S, Req>>> },
         Called { #[pin] future: F },
-        Failed { error: Option<CoolingDown> },
+        Failed { error: Option<BoxError> },
     }
 }
 
+/// A request not sent yet, with the service to send it through.
+#[derive(Debug)]
+struct Parked<S, Req> {
+    service: S,
+    request: Req,
+}
+
 impl<F, S, Req> ResponseFuture<F, S, Req> {
-    /// No cool-down: `service` (an unready clone) is polled for readiness, then called.
+    /// No cool-down, but `service` was not ready at `call`: it is polled for readiness
+    /// again, then called.
     pub(crate) fn ready(
         service: S,
         request: Req,
@@ -53,8 +65,7 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
     ) -> Self {
         ResponseFuture {
             state: State::Ready {
-                service: Some(service),
-                request: Some(request),
+                parked: Some(Box::new(Parked { service, request })),
             },
             partition,
             max_wait,
@@ -74,9 +85,8 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                sleep: tokio::time::sleep_until(until),
-                service: Some(service),
-                request: Some(request),
+                sleep: Box::pin(tokio::time::sleep_until(until)),
+                parked: Some(Box::new(Parked { service, request })),
             },
             partition,
             max_wait,
@@ -86,9 +96,26 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         }
     }
 
-    pub(crate) fn failed(error: CoolingDown) -> Self {
+    /// The service was ready at `call` and is called: `future` is its response.
+    pub(crate) fn called(future: F, partition: PartitionKey, max_wait: Duration, cooldowns: Cooldowns) -> Self {
         ResponseFuture {
-            partition: error.partition.clone(),
+            state: State::Called { future },
+            partition,
+            max_wait,
+            cooldowns,
+            waited_since: None,
+            waited: None,
+        }
+    }
+
+    pub(crate) fn failed(error: CoolingDown) -> Self {
+        let partition = error.partition.clone();
+        Self::error(Box::new(error), partition)
+    }
+
+    pub(crate) fn error(error: BoxError, partition: PartitionKey) -> Self {
+        ResponseFuture {
+            partition,
             state: State::Failed { error: Some(error) },
             max_wait: Duration::ZERO,
             cooldowns: Cooldowns::new(),
@@ -112,15 +139,11 @@ where
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(match error.take() {
-                        Some(e) => Box::new(e),
+                        Some(e) => e,
                         None => "retry_after::ResponseFuture polled after completion".into(),
                     }))
                 }
-                StateProj::Waiting {
-                    mut sleep,
-                    service,
-                    request,
-                } => {
+                StateProj::Waiting { sleep, parked } => {
                     ready!(sleep.as_mut().poll(cx));
                     // Another 429 may have pushed the cool-down further while we slept.
                     if let Some(until) = this.cooldowns.until(this.partition) {
@@ -130,32 +153,35 @@ where
                                 partition: this.partition.clone(),
                                 until,
                             };
-                            this.state.set(State::Failed { error: Some(error) });
+                            this.state.set(State::Failed {
+                                error: Some(Box::new(error)),
+                            });
                         } else {
-                            sleep.reset(until);
+                            sleep.as_mut().reset(until);
                         }
                         continue;
                     }
                     *this.waited = this.waited_since.map(|since| since.elapsed());
-                    let (service, request) = (service.take(), request.take());
-                    this.state.set(State::Ready { service, request });
+                    let parked = parked.take();
+                    this.state.set(State::Ready { parked });
                 }
-                StateProj::Ready { service, request } => {
+                StateProj::Ready { parked } => {
                     // Only now, with the wait over, does the service below get ready.
-                    let Some(svc) = service.as_mut() else {
+                    let Some(p) = parked.as_mut() else {
                         return Poll::Ready(Err("retry_after::ResponseFuture polled after completion".into()));
                     };
-                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
-                    let (Some(mut svc), Some(request)) = (service.take(), request.take()) else {
+                    ready!(p.service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(p) = parked.take() else {
                         return Poll::Ready(Err("retry_after::ResponseFuture polled after completion".into()));
                     };
-                    let future = svc.call(request);
+                    let Parked { mut service, request } = *p;
+                    let future = service.call(request);
                     this.state.set(State::Called { future });
                 }
                 StateProj::Called { future } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let status = response.status();
-                    if let Some(delay) = hint_from_headers(status, response.headers(), SystemTime::now()) {
+                    if let Some(delay) = hint_from_headers_at(status, response.headers(), SystemTime::now) {
                         response.extensions_mut().insert(RetryAfterHint { delay });
                         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
                             this.cooldowns.extend(this.partition.clone(), Instant::now() + delay);

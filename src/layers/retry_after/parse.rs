@@ -109,10 +109,20 @@ fn exhausted(headers: &HeaderMap) -> bool {
 /// assert_eq!(hint, Some(Duration::from_secs(12)));
 /// ```
 pub fn hint_from_headers(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    hint_from_headers_at(status, headers, || now)
+}
+
+/// [`hint_from_headers`] reading the clock only when a date has to be compared with it
+/// (the layer asks on every response, and nearly none carries a hint).
+pub(crate) fn hint_from_headers_at(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: impl Fn() -> SystemTime,
+) -> Option<Duration> {
     if let Some(hint) = headers
         .get(http::header::RETRY_AFTER)
         .and_then(as_str)
-        .and_then(|v| parse_retry_after(v, now))
+        .and_then(|v| parse_retry_after(v, now()))
     {
         return Some(hint);
     }
@@ -128,7 +138,7 @@ pub fn hint_from_headers(status: StatusCode, headers: &HeaderMap, now: SystemTim
             headers
                 .get(&X_RATELIMIT_RESET)
                 .and_then(as_str)
-                .and_then(|v| parse_rate_limit_reset(v, now))
+                .and_then(|v| parse_rate_limit_reset(v, now()))
         })
 }
 
