@@ -120,7 +120,10 @@ async fn the_size_limit_is_enforced() {
         get(&sim.url("/big.pdf")),
         out.path(),
         "W3",
-        &DownloadOptions { max_bytes: 1_000_000 },
+        &DownloadOptions {
+            max_bytes: 1_000_000,
+            ..DownloadOptions::default()
+        },
     )
     .await
     .unwrap_err();
@@ -151,8 +154,11 @@ async fn a_stem_that_could_escape_is_refused_before_any_request() {
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_download_leaves_no_partial_file() {
     let sim = Simulator::start().await.unwrap();
-    // 500 bytes (not enough for a verdict), then the body stalls
-    sim.on("/slow.pdf", [Reply::ok().body_spec(BodySpec::StallAfter { sent: 500 })]);
+    // 3 MiB of a PDF (more than a piece, so the partial file is on disk), then the body stalls
+    sim.on(
+        "/slow.pdf",
+        [Reply::ok().body_spec(BodySpec::StallAfter { sent: 3 << 20 })],
+    );
     let out = tempfile::tempdir().unwrap();
     let client = HttpClient::new(&HttpConfig::default()).unwrap();
     let options = DownloadOptions::default();

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::fallback::{DeferredBy, FetchEnv, FetchResult};
+use super::finish::Finished;
 use super::frontier::{gated, Slot};
 use super::run::{lock, Core};
 use crate::context::{OperationType, WorkId};
@@ -251,6 +252,7 @@ impl Core {
                 candidate,
                 attempts,
             } => {
+                let file_path = file.path.clone();
                 let path = file
                     .path
                     .file_name()
@@ -267,7 +269,14 @@ impl Core {
                     attempts,
                     ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
                 };
-                (record, JobState::Finalized, false, Vec::new())
+                // made durable and recorded by the finisher, in a group, while this work's
+                // slot goes to the next one (its lease stays held until then)
+                self.finisher.submit(Finished {
+                    job: job_id,
+                    result: job_result(&record),
+                    path: file_path,
+                });
+                return Ok(Processed::Done(record));
             }
             FetchResult::Failed {
                 reason,
@@ -293,13 +302,7 @@ impl Core {
             ),
         };
         if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
-            let result = JobResult {
-                outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
-                path: record.path.clone(),
-                sha256: record.sha256.clone(),
-                bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
-                reason: record.reason.map(|r| r.as_str().to_owned()),
-            };
+            let result = job_result(&record);
             let finished = ledger.finish(job, &self.config.worker_id, state, &result).await;
             lock(&self.held).remove(&job);
             finished?;
@@ -313,6 +316,17 @@ impl Core {
             }));
         }
         Ok(Processed::Done(record))
+    }
+}
+
+/// What the ledger keeps of a work's outcome.
+fn job_result(record: &WorkRecord) -> JobResult {
+    JobResult {
+        outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
+        path: record.path.clone(),
+        sha256: record.sha256.clone(),
+        bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
+        reason: record.reason.map(|r| r.as_str().to_owned()),
     }
 }
 
