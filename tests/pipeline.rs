@@ -140,7 +140,7 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
         (200, 0),
         "{summary:?}"
     );
-    assert_eq!(summary.skipped, finished_first, "{summary:?}");
+    assert!(summary.skipped >= finished_first, "{summary:?}");
 
     let total = counts_per_path(&sim);
     let (lines, bad) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
@@ -160,13 +160,12 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
         }
     }
     assert_eq!(skipped, summary.skipped);
-    // only what was in flight at the crash (8 at most), or downloaded but still waiting for
-    // its ledger row, is fetched a second time
-    let refetched = total.values().filter(|&&c| c > 1).count() as u64;
-    let waiting = done_first - finished_first;
+    // only what was in flight at the crash is fetched a second time: a file downloaded but
+    // still waiting for its ledger row is found in place, checked and recorded
+    let refetched = total.values().filter(|&&c| c > 1).count();
     assert!(
-        refetched <= 8 + waiting,
-        "{refetched} works fetched twice (8 were in flight at most, {waiting} waited for their row)"
+        refetched <= 8,
+        "{refetched} works fetched twice (8 were in flight at most)"
     );
 
     // every file is there with the hash the ledger recorded; the manifest's hashes match too

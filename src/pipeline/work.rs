@@ -138,6 +138,23 @@ impl Core {
         }
     }
 
+    /// The SHA-256 and size of `<out>/<stem>.pdf` when it is there and passes the payload
+    /// checks.
+    async fn file_in_place(&self, stem: &str) -> Option<(String, u64)> {
+        let path = safe_join(&self.config.out_dir, stem, "pdf")?;
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return None;
+        }
+        let checked = tokio::task::spawn_blocking(move || check_file(&path)).await.ok()?;
+        match checked {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("a file in place could not be read, downloading it again: {e}");
+                None
+            }
+        }
+    }
+
     pub(super) async fn process(
         &self,
         work: Work,
@@ -192,6 +209,30 @@ impl Core {
                     lock(&self.held).insert(job.id);
                     job_id = Some(job.id);
                 }
+            }
+            // A file in place without a FINALIZED row: downloaded by a run that stopped
+            // before the file's group was recorded. It passed the checks before its rename;
+            // checked again (a power loss may have cut it) and hashed, it is recorded, not
+            // fetched again.
+            if let Some((sha256, bytes)) = self.file_in_place(&stem).await {
+                let record = WorkRecord {
+                    reason: Some(ReasonCode::AlreadyDownloaded),
+                    detail: Some("found in place, checked and hashed; its run had stopped before recording it".into()),
+                    path: Some(format!("{stem}.pdf")),
+                    sha256: Some(sha256),
+                    bytes: Some(bytes),
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+                };
+                let result = JobResult {
+                    outcome: Some("downloaded".into()),
+                    ..job_result(&record)
+                };
+                self.finisher.submit(Finished {
+                    job: job_id,
+                    result,
+                    path: self.config.out_dir.join(format!("{stem}.pdf")),
+                });
+                return Ok(Processed::Done(record));
             }
         } else if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
             return Ok(Processed::Done(WorkRecord {
@@ -328,6 +369,28 @@ fn job_result(record: &WorkRecord) -> JobResult {
         bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
         reason: record.reason.map(|r| r.as_str().to_owned()),
     }
+}
+
+/// A file's SHA-256 and size when it passes the payload checks, read in 64 KiB pieces.
+fn check_file(path: &std::path::Path) -> std::io::Result<Option<(String, u64)>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut check = crate::download::PayloadCheck::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        check.update(&buf[..n]);
+        hasher.update(&buf[..n]);
+    }
+    if check.finish().is_err() {
+        return Ok(None);
+    }
+    Ok(Some((crate::ledger::hex(&hasher.finalize()), check.total())))
 }
 
 /// The SHA-256 of a file, lower-case hex, read in 64 KiB pieces.
