@@ -173,8 +173,10 @@ impl Core {
             // the ledger believes the disk: a downloaded work whose file is gone or changed
             // is planned and claimed again (once: a second settled claim means another
             // worker has just downloaded it again)
+            let mut replanned = false;
             if let Claim::Settled(job) = &claim {
                 if let Some(why) = self.recorded_file_problem(job).await {
+                    replanned = true;
                     tracing::warn!(
                         work = %work.id,
                         path = job.result.path.as_deref().unwrap_or(""),
@@ -213,8 +215,13 @@ impl Core {
             // A file in place without a FINALIZED row: downloaded by a run that stopped
             // before the file's group was recorded. It passed the checks before its rename;
             // checked again (a power loss may have cut it) and hashed, it is recorded, not
-            // fetched again.
-            if let Some((sha256, bytes)) = self.file_in_place(&stem).await {
+            // fetched again. (Not a file just found missing or changed: that one is fetched.)
+            let in_place = if replanned {
+                None
+            } else {
+                self.file_in_place(&stem).await
+            };
+            if let Some((sha256, bytes)) = in_place {
                 let record = WorkRecord {
                     reason: Some(ReasonCode::AlreadyDownloaded),
                     detail: Some("found in place, checked and hashed; its run had stopped before recording it".into()),
