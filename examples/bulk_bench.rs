@@ -17,8 +17,10 @@
 //! the end (`apt-get install nginx`). Each round runs, one after the other: `xargs -P C
 //! -n 50 curl --remote-name-all` (issue 14's baseline), `curl --parallel --parallel-max C`
 //! (one curl process), then the runner with each durability; rounds alternate so that the
-//! machine's other load falls on all sides alike. Every tool writes into a fresh folder
-//! that is deleted after its row is taken (the deletion is not timed). Nothing is dropped
+//! machine's other load falls on all sides alike. Every tool writes into a fresh folder,
+//! and nothing is deleted before the end (on ext4, making files soon after deleting many
+//! costs the next tool a scan of the deleted inodes), so the bench needs the disk space of
+//! `files x size x tools x rounds` (5 GB a round with the defaults). Nothing is dropped
 //! from the page cache between runs: all sides read the same warm docroot.
 //!
 //! The runner is the `contentdownload` binary next to the example's folder
@@ -261,8 +263,7 @@ struct Setup {
 }
 
 async fn run_tool(args: &Args, setup: &Setup, tool: &str, round: usize) -> Result<Row, String> {
-    let out = setup.tmp.join(format!("out-{}", tool.replace(' ', "-")));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = setup.tmp.join(format!("out-{round}-{}", tool.replace(' ', "-")));
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let c = args.concurrency.to_string();
     let urls = || {
@@ -335,8 +336,9 @@ async fn run_tool(args: &Args, setup: &Setup, tool: &str, round: usize) -> Resul
     };
     let (wall, user_s, sys_s, peak_rss_kib) = timed(&program, &argv, &out, stdin, &setup.tmp).await?;
     let (files, bytes) = landed(&out, args.size);
-    // the next tool starts from an empty disk queue, not behind this one's write-back
-    let _ = std::fs::remove_dir_all(&out);
+    // Kept until the end: ext4 skips inodes deleted in the last minute when it makes new
+    // files (`recently_deleted`), so deleting 10,000 files before the next tool's run would
+    // make that tool pay for a scan of them.
     Ok(Row {
         tool: tool.to_owned(),
         round,
@@ -387,15 +389,20 @@ async fn bench(args: Args) -> Result<(), String> {
     let mut nginx = Nginx::start(tmp.path(), &www, 1)?;
     let works = tmp.path().join("works.jsonl");
     write_works(&works, nginx.port, args.files).map_err(|e| format!("writing {}: {e}", works.display()))?;
+    let tools_per_round = 2 + args.durability.len();
+    let need = args.files as u64 * args.size * (tools_per_round * args.rounds + 1) as u64;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "bulk_bench: {} files of {} bytes, concurrency {}, {} CPU(s), nginx on 127.0.0.1:{}, load average {}",
+        "bulk_bench: {} files of {} bytes, concurrency {}, {} CPU(s), nginx on 127.0.0.1:{}, load average {}, \
+         {:.1} GB of disk in {}",
         args.files,
         args.size,
         args.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         nginx.port,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        need as f64 / 1e9,
+        tmp.path().display()
     );
     let setup = Setup {
         tmp: tmp.path().to_owned(),

@@ -30,6 +30,13 @@ use crate::ledger::{JobId, JobResult, JobState, Ledger};
 /// The most works made durable and finalized in one group.
 pub(super) const MAX_GROUP: usize = 1024;
 
+/// With `batch`, the shortest time from one group sync to the next (a flush does not wait
+/// for it). Each `syncfs` is a journal commit, during which new files wait for the journal;
+/// back to back, they made 10,000 downloads of 100 KB take 4.9 s instead of 3.5 s without
+/// syncs (bulk_bench, 2 shared cores); spaced by this, a group holds a quarter second of
+/// downloads and a FINALIZED row lags its file by at most about this plus one sync.
+pub(super) const BATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A downloaded work waiting to be recorded.
 pub(super) struct Finished {
     /// Its job, when there is a ledger.
@@ -161,7 +168,26 @@ async fn run(
     let mut messages = Vec::with_capacity(MAX_GROUP);
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut acks = Vec::new();
+    let mut last_sync: Option<tokio::time::Instant> = None;
     while rx.recv_many(&mut messages, MAX_GROUP).await > 0 {
+        let flushing = messages.iter().any(|m| matches!(m, Message::Flush(_)));
+        if let (Durability::Batch, Some(last), false) = (durability, last_sync, flushing) {
+            // let the group grow until the next sync is due (or a flush asks for it now)
+            let due = last + BATCH_EVERY;
+            while messages.len() < MAX_GROUP {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => break,
+                    m = rx.recv() => match m {
+                        Some(m @ Message::Flush(_)) => {
+                            messages.push(m);
+                            break;
+                        }
+                        Some(m) => messages.push(m),
+                        None => break,
+                    },
+                }
+            }
+        }
         for m in messages.drain(..) {
             match m {
                 Message::Finished(f) => group.push(f),
@@ -170,6 +196,7 @@ async fn run(
         }
         // after a failure nothing more is recorded; the run gives those leases back
         if !group.is_empty() && !*failed.borrow() {
+            last_sync = Some(tokio::time::Instant::now());
             if let Err(e) = finish_group(&mut group, ledger.as_ref(), &owner, durability, &held).await {
                 tracing::error!("stopping the run: {e}");
                 *lock(&error) = Some(e);

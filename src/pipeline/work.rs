@@ -174,6 +174,7 @@ impl Core {
             // is planned and claimed again (once: a second settled claim means another
             // worker has just downloaded it again)
             let mut replanned = false;
+            let retaken;
             if let Claim::Settled(job) = &claim {
                 if let Some(why) = self.recorded_file_problem(job).await {
                     replanned = true;
@@ -210,16 +211,18 @@ impl Core {
                 Claim::Leased(job) => {
                     lock(&self.held).insert(job.id);
                     job_id = Some(job.id);
+                    // only a work claimed before (by a run that stopped) can have left a file
+                    retaken = job.attempts > 1;
                 }
             }
             // A file in place without a FINALIZED row: downloaded by a run that stopped
             // before the file's group was recorded. It passed the checks before its rename;
             // checked again (a power loss may have cut it) and hashed, it is recorded, not
             // fetched again. (Not a file just found missing or changed: that one is fetched.)
-            let in_place = if replanned {
-                None
-            } else {
+            let in_place = if retaken && !replanned {
                 self.file_in_place(&stem).await
+            } else {
+                None
             };
             if let Some((sha256, bytes)) = in_place {
                 let record = WorkRecord {

@@ -583,6 +583,42 @@ connect_timeout_ms = 1234
     }
 
     #[test]
+    fn durability_is_batch_unless_asked() {
+        assert_eq!(resolve(&["--input", "w"]).unwrap().durability, Durability::Batch);
+        for (flag, want) in [
+            ("file", Durability::File),
+            ("NONE", Durability::None),
+            ("batch", Durability::Batch),
+        ] {
+            assert_eq!(
+                resolve(&["--input", "w", "--durability", flag]).unwrap().durability,
+                want
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "durability = \"none\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(
+            resolve(&["--input", "w", "--config", p]).unwrap().durability,
+            Durability::None
+        );
+        assert_eq!(
+            resolve(&["--input", "w", "--config", p, "--durability", "file"])
+                .unwrap()
+                .durability,
+            Durability::File,
+            "flag over file"
+        );
+        std::fs::write(&path, "durability = \"always\"\n").unwrap();
+        let err = resolve(&["--input", "w", "--config", p]).unwrap_err();
+        assert!(err.contains("durability"), "{err}");
+        let argv = ["contentdownload", "run", "--input", "w", "--durability", "sometimes"];
+        let err = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(err.contains("file, batch or none"), "{err}");
+    }
+
+    #[test]
     fn robots_are_honoured_unless_asked() {
         assert!(!resolve(&["--input", "w"]).unwrap().ignore_robots);
         assert!(resolve(&["--input", "w", "--ignore-robots"]).unwrap().ignore_robots);
