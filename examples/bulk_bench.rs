@@ -11,6 +11,12 @@
 //!     --files 10000 --size 102400 --concurrency 16 --durability batch,file,none --rounds 3
 //! ```
 //!
+//! One large PDF (issue 14's 1 GiB case, peak RSS included):
+//!
+//! ```sh
+//! cargo run --release --example bulk_bench -- --files 1 --size 1073741824 --concurrency 1 --rounds 3
+//! ```
+//!
 //! Defaults: 10,000 files of 102,400 bytes, concurrency 16, durability `batch,file,none`,
 //! one round. nginx (`/usr/sbin/nginx`, one worker, `sendfile`, no access log) serves a
 //! temporary docroot; the bench starts it with a temporary configuration and kills it at
@@ -130,16 +136,25 @@ fn url(port: u16, i: usize) -> String {
     format!("http://127.0.0.1:{port}/pdf/{}.pdf", work_id(i))
 }
 
-/// The docroot: `n` PDFs of `size` bytes (the same bytes each) under `www/pdf/`.
+/// The docroot: `n` PDFs of `size` bytes (the same bytes each) under `www/pdf/`, written
+/// in pieces of at most 1 MiB (a 1 GiB PDF is never in memory).
 fn write_docroot(www: &Path, n: usize, size: u64) -> std::io::Result<()> {
     let dir = www.join("pdf");
     std::fs::create_dir_all(&dir)?;
-    let mut body = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    let head = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n";
     let tail = b"\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n";
-    body.resize(size as usize - tail.len(), b'0');
-    body.extend_from_slice(tail);
+    let filler = vec![b'0'; (size as usize).min(1 << 20)];
     for i in 0..n {
-        std::fs::write(dir.join(format!("{}.pdf", work_id(i))), &body)?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{}.pdf", work_id(i))))?);
+        file.write_all(head)?;
+        let mut left = size - (head.len() + tail.len()) as u64;
+        while left > 0 {
+            let piece = left.min(filler.len() as u64) as usize;
+            file.write_all(&filler[..piece])?;
+            left -= piece as u64;
+        }
+        file.write_all(tail)?;
+        file.flush()?;
     }
     Ok(())
 }
@@ -360,13 +375,17 @@ fn print_table(rows: &[Row]) {
         let curl = rows.iter().find(|r| r.round == row.round && r.tool == "xargs curl");
         let ratio = |f: fn(&Row) -> f64| curl.map_or_else(|| "n/a".to_owned(), |c| format!("{:.2}", f(row) / f(c)));
         println!(
-            "| {} | {} | {} | {:.1} | {:.2} | {:.0} | {} | {:.2} | {:.2} | {:.3} | {} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {} | {} | {:.2} | {:.2} | {:.3} | {} | {:.1} |",
             row.tool,
             row.round,
             row.files,
             row.bytes as f64 / 1e6,
             row.wall.as_secs_f64(),
-            row.files_per_sec(),
+            if row.files_per_sec() < 100.0 {
+                format!("{:.2}", row.files_per_sec())
+            } else {
+                format!("{:.0}", row.files_per_sec())
+            },
             ratio(Row::files_per_sec),
             row.user_s,
             row.sys_s,
