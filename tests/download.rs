@@ -76,7 +76,7 @@ async fn every_durability_lands_the_same_bytes_in_one_piece_or_many() {
             assert_eq!(done.sha256, expected, "{durability} {path}");
             assert_eq!(partial_files(out.path()), 0);
             if durability == Durability::Batch {
-                contentdownload::download::sync_batch(&[done.path.clone()]).unwrap();
+                contentdownload::download::sync_batch(std::slice::from_ref(&done.path)).unwrap();
             }
         }
     }
