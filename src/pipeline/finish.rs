@@ -32,9 +32,11 @@ pub(super) const MAX_GROUP: usize = 1024;
 
 /// With `batch`, the shortest time from one group sync to the next (a flush does not wait
 /// for it). Each `syncfs` is a journal commit, during which new files wait for the journal;
-/// back to back, they made 10,000 downloads of 100 KB take 4.9 s instead of 3.5 s without
-/// syncs (bulk_bench, 2 shared cores); spaced by this, a group holds a quarter second of
-/// downloads and a FINALIZED row lags its file by at most about this plus one sync.
+/// with syncs back to back, 10,000 downloads of 100 KB took 4.9 s where `none` took 3.5 s
+/// (one bulk_bench run, 2 shared cores; the gap is mostly the 1 GB that `batch` writes to
+/// disk during the run and the others leave in the page cache). Spacing the syncs bounds
+/// the commits to four a second; on our noisy machine the gain was not measurable. A
+/// FINALIZED row lags its file by at most about this plus one sync.
 pub(super) const BATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A downloaded work waiting to be recorded.
