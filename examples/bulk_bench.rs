@@ -1,53 +1,73 @@
-//! The bulk benchmark of DESIGN's targets: N PDFs of S bytes from a loopback server, once
-//! through the real runner (`runner::exec::run`: SQLite ledger, manifest, attempts.csv,
-//! payload checks, SHA-256, fsync + rename, the full stack of layers) and once with
-//! `curl --parallel --parallel-max C` at the same concurrency, then a markdown table.
+//! The bulk benchmark of DESIGN's targets (issue 14): N PDFs of S bytes served by a real
+//! nginx on loopback, fetched by the runner binary (SQLite ledger, manifest, attempts.csv,
+//! payload checks, SHA-256, the full stack of layers) once per `--durability`, and by curl
+//! at the same concurrency, then a markdown table: files/s, CPU (user + system) per file,
+//! peak RSS, each as a ratio to curl.
 //!
 //! ```sh
+//! cargo build --release            # the runner binary the bench starts
 //! cargo run --release --example bulk_bench --features simulator
-//! cargo run --release --example bulk_bench --features simulator -- --files 1000 --size 102400 --concurrency 8
+//! cargo run --release --example bulk_bench --features simulator -- \
+//!     --files 10000 --size 102400 --concurrency 16 --durability batch,file,none --rounds 3
 //! ```
 //!
-//! Defaults: 10,000 files of 102,400 bytes, concurrency 8 (the runner's default
-//! `--workers`). Each work has one open-access PDF URL on the simulator, so the runner's
-//! concurrency is its worker count. The per-host rate limit for the simulator is set far
-//! above what loopback can do (`--rate 127.0.0.1:<port>=1000000:1000`): the point is the
-//! pipeline's overhead, not politeness. Both tools fetch from the same in-process
-//! simulator (HTTP/1.1 over loopback) into temporary folders that are deleted at the end.
+//! One large PDF (issue 14's 1 GiB case, peak RSS included):
 //!
-//! The runner reads its usual `DOCSTOKG_*` variables, so a gate can be switched off to see
-//! what it costs (`DOCSTOKG_ENABLE_IDEMPOTENCY=false`: no ledger). `RUST_LOG=info` shows
-//! the runner's logs on stderr; `BULK_BENCH_KEEP=1` keeps the temporary folder (output,
-//! ledger, manifest) and prints where it is.
+//! ```sh
+//! cargo run --release --example bulk_bench -- --files 1 --size 1073741824 --concurrency 1 --rounds 3
+//! ```
 //!
-//! Peak RSS: for the runner, this process's `VmHWM` (runner and simulator together, reset
-//! before the run where the kernel allows); for curl, its own maximum RSS from
-//! `/usr/bin/time` when that is installed.
+//! Defaults: 10,000 files of 102,400 bytes, concurrency 16, durability `batch,file,none`,
+//! one round. nginx (`/usr/sbin/nginx`, one worker, `sendfile`, no access log) serves a
+//! temporary docroot; the bench starts it with a temporary configuration and kills it at
+//! the end (`apt-get install nginx`). Each round runs, one after the other: `xargs -P C
+//! -n 50 curl --remote-name-all` (issue 14's baseline), `curl --parallel --parallel-max C`
+//! (one curl process), then the runner with each durability; rounds alternate so that the
+//! machine's other load falls on all sides alike. Every tool writes into a fresh folder,
+//! and nothing is deleted before the end (on ext4, making files soon after deleting many
+//! costs the next tool a scan of the deleted inodes), so the bench needs the disk space of
+//! `files x size x tools x rounds` (5 GB a round with the defaults). Nothing is dropped
+//! from the page cache between runs: all sides read the same warm docroot.
+//!
+//! The runner is the `contentdownload` binary next to the example's folder
+//! (`target/release/contentdownload` for a release example) or `--bin PATH`; it runs with
+//! `--workers C --max-per-host C` and a rate for the nginx host far above what loopback
+//! can do (the point is the runner's cost, not politeness). Its usual `DOCSTOKG_*`
+//! variables apply (`DOCSTOKG_ENABLE_IDEMPOTENCY=false`: no ledger).
+//!
+//! Every tool runs under `/usr/bin/time` (GNU time): wall time is measured here, user and
+//! system CPU time are the process's and its waited-for children's, and peak RSS is the
+//! largest single process's (for `xargs` + curl, one curl's). `BULK_BENCH_KEEP=1` keeps
+//! the temporary folder and prints where it is.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use contentdownload::resolvers::RESOLVER_NAMES;
-use contentdownload::runner::exec::{self, Exit};
-use contentdownload::runner::{Cli, Command, RunSettings};
-use contentdownload::simulator::{Reply, Simulator};
+use contentdownload::download::Durability;
 
 mod bench_support;
+
+use bench_support::servers::Nginx;
 
 struct Args {
     files: usize,
     size: u64,
     concurrency: usize,
+    durability: Vec<Durability>,
+    rounds: usize,
+    bin: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         files: 10_000,
         size: 102_400,
-        concurrency: 8,
+        concurrency: 16,
+        durability: vec![Durability::Batch, Durability::File, Durability::None],
+        rounds: 1,
+        bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,15 +81,21 @@ fn parse_args() -> Result<Args, String> {
             "--files" => args.files = number("files")? as usize,
             "--size" => args.size = number("bytes")?,
             "--concurrency" => args.concurrency = number("downloads at once")? as usize,
+            "--rounds" => args.rounds = number("rounds")? as usize,
+            "--durability" => {
+                args.durability = value.split(',').map(str::parse).collect::<Result<_, _>>()?;
+            }
+            "--bin" => args.bin = Some(PathBuf::from(value)),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}: use --files N --size BYTES --concurrency C"
+                    "unknown argument {other:?}: use --files N --size BYTES --concurrency C \
+                     --durability batch,file,none --rounds R --bin PATH"
                 ))
             }
         }
     }
-    if args.files == 0 {
-        return Err("--files must be at least 1".into());
+    if args.files == 0 || args.rounds == 0 || args.durability.is_empty() {
+        return Err("--files, --rounds and --durability need at least one".into());
     }
     if args.size < 1024 {
         return Err("--size must be at least 1024 bytes (smaller payloads fail the PDF checks)".into());
@@ -80,34 +106,75 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// One row of the table.
+/// One measured run.
 struct Row {
-    tool: &'static str,
+    tool: String,
+    round: usize,
     files: usize,
     bytes: u64,
     wall: Duration,
-    peak_rss_kib: Option<u64>,
+    user_s: f64,
+    sys_s: f64,
+    peak_rss_kib: u64,
 }
 
 impl Row {
     fn files_per_sec(&self) -> f64 {
         self.files as f64 / self.wall.as_secs_f64().max(1e-9)
     }
+
+    fn cpu_ms_per_file(&self) -> f64 {
+        (self.user_s + self.sys_s) * 1e3 / self.files.max(1) as f64
+    }
 }
 
-/// `VmHWM` of this process in KiB.
-fn vm_hwm_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+fn work_id(i: usize) -> String {
+    format!("W{}", 1_000_000 + i)
 }
 
-/// Resets `VmHWM` to the current RSS (Linux ≥ 4.0); false where that is not allowed.
-fn reset_hwm() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+fn url(port: u16, i: usize) -> String {
+    format!("http://127.0.0.1:{port}/pdf/{}.pdf", work_id(i))
 }
 
-/// Files in `dir` (not in sub-folders) of exactly `size` bytes, and their total size.
+/// The docroot: `n` PDFs of `size` bytes (the same bytes each) under `www/pdf/`, written
+/// in pieces of at most 1 MiB (a 1 GiB PDF is never in memory).
+fn write_docroot(www: &Path, n: usize, size: u64) -> std::io::Result<()> {
+    let dir = www.join("pdf");
+    std::fs::create_dir_all(&dir)?;
+    let head = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n";
+    let tail = b"\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n";
+    let filler = vec![b'0'; (size as usize).min(1 << 20)];
+    for i in 0..n {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{}.pdf", work_id(i))))?);
+        file.write_all(head)?;
+        let mut left = size - (head.len() + tail.len()) as u64;
+        while left > 0 {
+            let piece = left.min(filler.len() as u64) as usize;
+            file.write_all(&filler[..piece])?;
+            left -= piece as u64;
+        }
+        file.write_all(tail)?;
+        file.flush()?;
+    }
+    Ok(())
+}
+
+fn write_works(path: &Path, port: u16, n: usize) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..n {
+        let record = serde_json::json!({
+            "id": format!("https://openalex.org/{}", work_id(i)),
+            "title": format!("Benchmark work {i}"),
+            "best_oa_location": {"pdf_url": url(port, i)},
+            "open_access": {"is_oa": true},
+        });
+        writeln!(out, "{record}")?;
+    }
+    out.flush()
+}
+
+/// Files in `dir` (not in sub-folders) named `*.pdf` of exactly `size` bytes, and their
+/// total size.
 fn landed(dir: &Path, size: u64) -> (usize, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (0, 0);
@@ -126,145 +193,66 @@ fn landed(dir: &Path, size: u64) -> (usize, u64) {
     (count, bytes)
 }
 
-fn work_id(i: usize) -> String {
-    format!("W{}", 1_000_000 + i)
-}
-
-fn url(sim: &Simulator, i: usize) -> String {
-    sim.url(&format!("/pdf/{}.pdf", work_id(i)))
-}
-
-fn write_works(path: &Path, sim: &Simulator, n: usize) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for i in 0..n {
-        let record = serde_json::json!({
-            "id": format!("https://openalex.org/{}", work_id(i)),
-            "title": format!("Benchmark work {i}"),
-            "best_oa_location": {"pdf_url": url(sim, i)},
-            "open_access": {"is_oa": true},
-        });
-        writeln!(out, "{record}")?;
+/// The runner binary: `--bin`, or `contentdownload` in the folder above the example's.
+fn runner_bin(args: &Args) -> Result<PathBuf, String> {
+    if let Some(bin) = &args.bin {
+        return Ok(bin.clone());
     }
-    out.flush()
-}
-
-async fn run_pipeline(args: &Args, sim: &Simulator, works: &Path, out: &Path) -> Result<Row, String> {
-    let port = sim.addr().port();
-    let mut argv: Vec<String> = [
-        "contentdownload",
-        "run",
-        "--input",
-        &works.display().to_string(),
-        "--out",
-        &out.display().to_string(),
-        "--workers",
-        &args.concurrency.to_string(),
-        // as many connections to the one host as curl gets (the default cap is 4)
-        "--max-per-host",
-        &args.concurrency.to_string(),
-        "--rate",
-        &format!("127.0.0.1:{port}=1000000:1000"),
-        "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    // No resolver is asked for these works (their URLs are in the records), but should one
-    // be, it stays on loopback.
-    for name in RESOLVER_NAMES {
-        argv.push("--resolver-base".into());
-        argv.push(format!("{name}={}", sim.url(&format!("/{name}"))));
-    }
-    let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
-    let Command::Run(run_args) = cli.command else {
-        return Err("the runner did not parse a `run` command".into());
-    };
-    let settings = RunSettings::resolve(&run_args, exec::generated_run_id)?;
-    let hwm_reset = reset_hwm();
-
-    let started = Instant::now();
-    let exit = exec::run(settings, std::future::pending())
-        .await
-        .map_err(|(code, message)| format!("the runner failed ({code:?}): {message}"))?;
-    let wall = started.elapsed();
-    if exit != Exit::Completed {
-        return Err(format!("the runner ended with {exit:?}"));
-    }
-    let (files, bytes) = landed(out, args.size);
-    Ok(Row {
-        tool: "contentdownload run",
-        files,
-        bytes,
-        wall,
-        peak_rss_kib: if hwm_reset { vm_hwm_kib() } else { None },
-    })
-}
-
-/// `curl --version` says 7.66 or later (the first with `--parallel`).
-fn curl_has_parallel() -> Result<(), String> {
-    let out = std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("curl not found ({e})"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().nth(1).unwrap_or("");
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) >= (7, 66) {
-        Ok(())
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join(format!("contentdownload{}", std::env::consts::EXE_SUFFIX)))
+        .ok_or("cannot tell where the runner binary is; use --bin PATH")?;
+    if bin.is_file() {
+        Ok(bin)
     } else {
-        Err(format!("curl {version:?} is older than 7.66 and has no --parallel"))
+        Err(format!(
+            "no runner binary at {} (build it with `cargo build --release`, or use --bin PATH)",
+            bin.display()
+        ))
     }
 }
 
-fn quoted(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-async fn run_curl(args: &Args, sim: &Simulator, dir: &Path, config: &Path) -> Result<Row, String> {
-    curl_has_parallel()?;
-    let mut cfg = std::io::BufWriter::new(std::fs::File::create(config).map_err(|e| e.to_string())?);
-    for i in 0..args.files {
-        let file = dir.join(format!("{}.pdf", work_id(i)));
-        writeln!(
-            cfg,
-            "url = {}\noutput = {}",
-            quoted(&url(sim, i)),
-            quoted(&file.display().to_string())
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    cfg.flush().map_err(|e| e.to_string())?;
-    drop(cfg);
-
-    let time = Path::new("/usr/bin/time");
-    let rss_file = dir.with_extension("rss");
-    let mut command = if time.is_file() {
-        let mut c = tokio::process::Command::new(time);
-        c.arg("-f").arg("%M").arg("-o").arg(&rss_file).arg("curl");
-        c
-    } else {
-        tokio::process::Command::new("curl")
-    };
+/// Runs `program args` under GNU time in `cwd`, with `stdin` fed to it; returns the wall
+/// time, user and system CPU seconds and peak RSS in KiB.
+async fn timed(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    stdin: Option<Vec<u8>>,
+    scratch: &Path,
+) -> Result<(Duration, f64, f64, u64), String> {
+    let report = scratch.join("time.out");
+    let mut command = tokio::process::Command::new("/usr/bin/time");
     command
-        .args(["--parallel", "--parallel-max"])
-        .arg(args.concurrency.to_string())
-        .args(["--silent", "--show-error", "--fail", "--config"])
-        .arg(config)
+        .arg("-f")
+        .arg("%U %S %M")
+        .arg("-o")
+        .arg(&report)
+        .arg(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let started = Instant::now();
-    let output = command
+    let mut child = command
         .spawn()
-        .map_err(|e| format!("could not start curl: {e}"))?
-        .wait_with_output()
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("could not start {}: {e}", program.display()))?;
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut pipe = child.stdin.take().ok_or("no stdin pipe")?;
+        pipe.write_all(&input).await.map_err(|e| e.to_string())?;
+        drop(pipe);
+    }
+    let output = child.wait_with_output().await.map_err(|e| e.to_string())?;
     let wall = started.elapsed();
     if !output.status.success() {
         eprintln!(
-            "curl ended with {}: {}",
+            "{} ended with {}: {}",
+            program.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)
                 .lines()
@@ -273,42 +261,137 @@ async fn run_curl(args: &Args, sim: &Simulator, dir: &Path, config: &Path) -> Re
                 .join(" / ")
         );
     }
-    let peak_rss_kib = std::fs::read_to_string(&rss_file)
-        .ok()
-        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()));
-    let (files, bytes) = landed(dir, args.size);
+    let text = std::fs::read_to_string(&report).map_err(|e| format!("reading GNU time's report: {e}"))?;
+    let last = text.lines().last().unwrap_or("");
+    let mut fields = last.split_whitespace().map(str::parse::<f64>);
+    match (fields.next(), fields.next(), fields.next()) {
+        (Some(Ok(user)), Some(Ok(sys)), Some(Ok(rss))) => Ok((wall, user, sys, rss as u64)),
+        _ => Err(format!("GNU time's report is not `user sys rss`: {text:?}")),
+    }
+}
+
+struct Setup {
+    tmp: PathBuf,
+    works: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+async fn run_tool(args: &Args, setup: &Setup, tool: &str, round: usize) -> Result<Row, String> {
+    let out = setup.tmp.join(format!("out-{round}-{}", tool.replace(' ', "-")));
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let c = args.concurrency.to_string();
+    let urls = || {
+        (0..args.files)
+            .map(|i| url(setup.port, i) + "\n")
+            .collect::<String>()
+            .into_bytes()
+    };
+    let (program, argv, stdin): (PathBuf, Vec<String>, Option<Vec<u8>>) = match tool {
+        "xargs curl" => (
+            PathBuf::from("xargs"),
+            [
+                "-P",
+                &c,
+                "-n",
+                "50",
+                "curl",
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--remote-name-all",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            Some(urls()),
+        ),
+        "curl --parallel" => {
+            let config = setup.tmp.join("curl.cfg");
+            std::fs::write(
+                &config,
+                (0..args.files)
+                    .map(|i| format!("url = \"{}\"\n", url(setup.port, i)))
+                    .collect::<String>(),
+            )
+            .map_err(|e| e.to_string())?;
+            let argv = vec![
+                "--parallel".into(),
+                "--parallel-max".into(),
+                c.clone(),
+                "--silent".into(),
+                "--show-error".into(),
+                "--fail".into(),
+                "--remote-name-all".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ];
+            (PathBuf::from("curl"), argv, None)
+        }
+        _ => {
+            let durability = tool.trim_start_matches("runner ");
+            let argv = vec![
+                "run".into(),
+                "--input".into(),
+                setup.works.display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+                "--workers".into(),
+                c.clone(),
+                "--max-per-host".into(),
+                c.clone(),
+                "--rate".into(),
+                format!("127.0.0.1:{}=1000000:1000", setup.port),
+                "--durability".into(),
+                durability.into(),
+                "--quiet".into(),
+            ];
+            (setup.bin.clone(), argv, None)
+        }
+    };
+    let (wall, user_s, sys_s, peak_rss_kib) = timed(&program, &argv, &out, stdin, &setup.tmp).await?;
+    let (files, bytes) = landed(&out, args.size);
+    // Kept until the end: ext4 skips inodes deleted in the last minute when it makes new
+    // files (`recently_deleted`), so deleting 10,000 files before the next tool's run would
+    // make that tool pay for a scan of them.
     Ok(Row {
-        tool: "curl --parallel",
+        tool: tool.to_owned(),
+        round,
         files,
         bytes,
         wall,
+        user_s,
+        sys_s,
         peak_rss_kib,
     })
 }
 
-fn print_table(rows: &[Row], curl: Option<&Row>) {
-    println!("| tool | files | total MB | wall s | files/s | MB/s | ratio to curl | peak RSS MiB |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+fn print_table(rows: &[Row]) {
+    println!(
+        "| tool | round | files | MB | wall s | files/s | ratio to xargs curl | CPU user s | CPU sys s | CPU ms/file | CPU ratio to xargs curl | peak RSS MiB |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
-        let mb = row.bytes as f64 / 1e6;
-        let secs = row.wall.as_secs_f64();
-        let ratio = curl.map_or_else(
-            || "n/a".to_owned(),
-            |c| format!("{:.2}", row.files_per_sec() / c.files_per_sec()),
-        );
-        let rss = row
-            .peak_rss_kib
-            .map_or_else(|| "n/a".to_owned(), |k| format!("{:.0}", k as f64 / 1024.0));
+        let curl = rows.iter().find(|r| r.round == row.round && r.tool == "xargs curl");
+        let ratio = |f: fn(&Row) -> f64| curl.map_or_else(|| "n/a".to_owned(), |c| format!("{:.2}", f(row) / f(c)));
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.0} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {} | {} | {:.2} | {:.2} | {:.3} | {} | {:.1} |",
             row.tool,
+            row.round,
             row.files,
-            mb,
-            secs,
-            row.files_per_sec(),
-            mb / secs.max(1e-9),
-            ratio,
-            rss
+            row.bytes as f64 / 1e6,
+            row.wall.as_secs_f64(),
+            if row.files_per_sec() < 100.0 {
+                format!("{:.2}", row.files_per_sec())
+            } else {
+                format!("{:.0}", row.files_per_sec())
+            },
+            ratio(Row::files_per_sec),
+            row.user_s,
+            row.sys_s,
+            row.cpu_ms_per_file(),
+            ratio(Row::cpu_ms_per_file),
+            row.peak_rss_kib as f64 / 1024.0
         );
     }
 }
@@ -318,39 +401,45 @@ fn main() -> ExitCode {
 }
 
 async fn bench(args: Args) -> Result<(), String> {
-    let sim = Simulator::start().await.map_err(|e| format!("simulator: {e}"))?;
-    sim.on("/pdf/*", [Reply::pdf(args.size)]);
+    let bin = runner_bin(&args)?;
     let tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let www = tmp.path().join("www");
+    write_docroot(&www, args.files, args.size).map_err(|e| format!("writing the docroot: {e}"))?;
+    let mut nginx = Nginx::start(tmp.path(), &www, 1)?;
     let works = tmp.path().join("works.jsonl");
-    write_works(&works, &sim, args.files).map_err(|e| format!("writing {}: {e}", works.display()))?;
-    let pipeline_out: PathBuf = tmp.path().join("pipeline");
-    let curl_out: PathBuf = tmp.path().join("curl");
-    std::fs::create_dir_all(&curl_out).map_err(|e| e.to_string())?;
+    write_works(&works, nginx.port, args.files).map_err(|e| format!("writing {}: {e}", works.display()))?;
+    let tools_per_round = 2 + args.durability.len();
+    let need = args.files as u64 * args.size * (tools_per_round * args.rounds + 1) as u64;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "bulk_bench: {} files of {} bytes, concurrency {}, {} CPU(s), loopback simulator at {}",
+        "bulk_bench: {} files of {} bytes, concurrency {}, {} CPU(s), nginx on 127.0.0.1:{}, load average {}, \
+         {:.1} GB of disk in {}",
         args.files,
         args.size,
         args.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        sim.addr()
+        nginx.port,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        need as f64 / 1e9,
+        tmp.path().display()
     );
-
-    let pipeline = run_pipeline(&args, &sim, &works, &pipeline_out).await?;
-    let pdf_requests = sim.count("/pdf/*");
-    sim.clear_requests();
-    let curl = match run_curl(&args, &sim, &curl_out, &tmp.path().join("curl.cfg")).await {
-        Ok(row) => Some(row),
-        Err(reason) => {
-            println!("curl row skipped: {reason}");
-            None
-        }
+    let setup = Setup {
+        tmp: tmp.path().to_owned(),
+        works,
+        port: nginx.port,
+        bin,
     };
-    println!("pipeline PDF requests: {pdf_requests}");
+    let mut tools: Vec<String> = vec!["xargs curl".into(), "curl --parallel".into()];
+    tools.extend(args.durability.iter().map(|d| format!("runner {d}")));
+    let mut rows = Vec::new();
+    for round in 1..=args.rounds {
+        for tool in &tools {
+            nginx.server().check_alive()?;
+            rows.push(run_tool(&args, &setup, tool, round).await?);
+        }
+    }
     println!();
-    let mut rows = vec![pipeline];
-    rows.extend(curl);
-    let curl_row = rows.iter().find(|r| r.tool.starts_with("curl"));
-    print_table(&rows, curl_row);
+    print_table(&rows);
     if std::env::var_os("BULK_BENCH_KEEP").is_some() {
         println!("kept {}", tmp.keep().display());
     }

@@ -45,6 +45,43 @@ async fn a_valid_pdf_lands_with_its_hash() {
     assert_eq!(partial_files(out.path()), 0, "the partial file was renamed");
 }
 
+/// Every durability writes the same bytes and hash, for a payload of one piece and for one
+/// of several pieces (more than 1 MiB, written while the next piece is received), in frames
+/// of odd sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_durability_lands_the_same_bytes_in_one_piece_or_many() {
+    use contentdownload::download::Durability;
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/small.pdf", [Reply::pdf(5_000)]);
+    sim.on("/large.pdf", [Reply::pdf(3_500_017)]);
+    let client = HttpClient::new(&HttpConfig::default()).unwrap();
+    for durability in [Durability::File, Durability::Batch, Durability::None] {
+        for (path, len) in [("/small.pdf", 5_000usize), ("/large.pdf", 3_500_017)] {
+            let out = tempfile::tempdir().unwrap();
+            let options = DownloadOptions {
+                durability,
+                ..DownloadOptions::default()
+            };
+            let done = download_pdf(client.clone(), get(&sim.url(path)), out.path(), "W9", &options)
+                .await
+                .unwrap();
+            let bytes = std::fs::read(&done.path).unwrap();
+            assert_eq!((bytes.len(), done.bytes), (len, len as u64), "{durability} {path}");
+            assert!(
+                bytes.starts_with(b"%PDF-") && bytes.ends_with(b"%%EOF\n"),
+                "{durability} {path}"
+            );
+            let expected: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(done.sha256, expected, "{durability} {path}");
+            assert_eq!(partial_files(out.path()), 0);
+            if durability == Durability::Batch {
+                contentdownload::download::sync_batch(std::slice::from_ref(&done.path)).unwrap();
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn rejected_payloads_leave_nothing_behind() {
     let sim = Simulator::start().await.unwrap();
@@ -120,7 +157,10 @@ async fn the_size_limit_is_enforced() {
         get(&sim.url("/big.pdf")),
         out.path(),
         "W3",
-        &DownloadOptions { max_bytes: 1_000_000 },
+        &DownloadOptions {
+            max_bytes: 1_000_000,
+            ..DownloadOptions::default()
+        },
     )
     .await
     .unwrap_err();
@@ -151,8 +191,11 @@ async fn a_stem_that_could_escape_is_refused_before_any_request() {
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_download_leaves_no_partial_file() {
     let sim = Simulator::start().await.unwrap();
-    // 500 bytes (not enough for a verdict), then the body stalls
-    sim.on("/slow.pdf", [Reply::ok().body_spec(BodySpec::StallAfter { sent: 500 })]);
+    // 3 MiB of a PDF (more than a piece, so the partial file is on disk), then the body stalls
+    sim.on(
+        "/slow.pdf",
+        [Reply::ok().body_spec(BodySpec::StallAfter { sent: 3 << 20 })],
+    );
     let out = tempfile::tempdir().unwrap();
     let client = HttpClient::new(&HttpConfig::default()).unwrap();
     let options = DownloadOptions::default();

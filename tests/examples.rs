@@ -149,8 +149,9 @@ async fn learning_demo_learns_the_hidden_rate_and_recovers() {
 fn table_row(out: &str, tool: &str) -> Option<Vec<f64>> {
     let line = out.lines().find(|l| l.starts_with(&format!("| {tool}")))?;
     let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-    // tool, files, total MB, wall s, files/s, MB/s, ratio to curl, peak RSS MiB
-    assert_eq!(cells.len(), 8, "eight columns: {line}");
+    // tool, round, files, MB, wall s, files/s, ratio, CPU user s, CPU sys s, CPU ms/file,
+    // CPU ratio, peak RSS MiB
+    assert_eq!(cells.len(), 12, "twelve columns: {line}");
     Some(
         cells[1..6]
             .iter()
@@ -163,7 +164,7 @@ fn table_row(out: &str, tool: &str) -> Option<Vec<f64>> {
 }
 
 #[tokio::test]
-async fn bulk_bench_lands_every_file_with_both_tools() {
+async fn bulk_bench_lands_every_file_with_every_tool() {
     let out = run(
         "bulk_bench",
         &["--files", "50", "--size", "2048", "--concurrency", "4"],
@@ -171,20 +172,19 @@ async fn bulk_bench_lands_every_file_with_both_tools() {
     )
     .await;
     assert!(
-        out.contains("| tool | files | total MB | wall s | files/s | MB/s | ratio to curl | peak RSS MiB |"),
+        out.contains("| tool | round | files | MB | wall s | files/s | ratio to xargs curl | CPU user s | CPU sys s | CPU ms/file | CPU ratio to xargs curl | peak RSS MiB |"),
         "{out}"
     );
-    assert!(
-        out.contains("pipeline PDF requests: 50"),
-        "one request per work:\n{out}"
-    );
-    let pipeline = table_row(&out, "contentdownload run").unwrap_or_else(|| panic!("no runner row:\n{out}"));
-    assert_eq!(pipeline[0], 50.0, "every file landed through the runner:\n{out}");
-    assert!((pipeline[1] - 50.0 * 2048.0 / 1e6).abs() < 0.06, "{out}");
-    match table_row(&out, "curl") {
-        Some(curl) => assert_eq!(curl[0], 50.0, "every file landed through curl:\n{out}"),
-        // a machine without a curl that has --parallel: the example says so
-        None => assert!(out.contains("curl row skipped:"), "{out}"),
+    for tool in [
+        "xargs curl",
+        "curl --parallel",
+        "runner batch",
+        "runner file",
+        "runner none",
+    ] {
+        let row = table_row(&out, tool).unwrap_or_else(|| panic!("no {tool} row:\n{out}"));
+        assert_eq!(row[1], 50.0, "every file landed through {tool}:\n{out}");
+        assert!((row[2] - 50.0 * 2048.0 / 1e6).abs() < 0.06, "{out}");
     }
 }
 

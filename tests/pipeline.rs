@@ -89,6 +89,9 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
     // first run: dropped (no clean shutdown) once 80 works are done. It has its own ledger
     // handle, closed afterwards, as the connections of a crashed process would be.
     let crash = Arc::new(tokio::sync::Notify::new());
+    // works done (downloaded) when the run was dropped: some may still have been waiting
+    // for their group's ledger commit
+    let done_at_crash = Arc::new(std::sync::atomic::AtomicU64::new(0));
     {
         let crashed_ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
         let pipeline = Pipeline::new(
@@ -99,7 +102,9 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
         )
         .unwrap();
         let crash_at = crash.clone();
+        let done = done_at_crash.clone();
         let progress = move |p: &Progress| {
+            done.store(p.done, std::sync::atomic::Ordering::SeqCst);
             if p.done == 80 {
                 crash_at.notify_one();
             }
@@ -112,7 +117,13 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
         crashed_ledger.close().await;
     }
     let finished_first = ledger.counts(Some("run-1")).await.unwrap().finalized;
-    assert!((80..200).contains(&finished_first), "{finished_first}");
+    let done_first = done_at_crash.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        done_first >= 80 && finished_first <= done_first,
+        "{finished_first} {done_first}"
+    );
+    // finalized rows lag the downloads by at most the group being recorded
+    assert!(finished_first >= 60, "{finished_first}");
 
     // the crashed worker's leases expire; a new worker resumes (as run-2)
     ledger.clock().advance(Duration::from_secs(61));
@@ -129,7 +140,7 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
         (200, 0),
         "{summary:?}"
     );
-    assert!(summary.skipped >= 80, "{summary:?}");
+    assert!(summary.skipped >= finished_first, "{summary:?}");
 
     let total = counts_per_path(&sim);
     let (lines, bad) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
@@ -149,7 +160,8 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
         }
     }
     assert_eq!(skipped, summary.skipped);
-    // only what was in flight at the crash is fetched a second time
+    // only what was in flight at the crash is fetched a second time: a file downloaded but
+    // still waiting for its ledger row is found in place, checked and recorded
     let refetched = total.values().filter(|&&c| c > 1).count();
     assert!(
         refetched <= 8,

@@ -2,6 +2,8 @@
 //! `RUST_LOG` is set, run the bench on a multi-threaded runtime, and turn the outcome into
 //! an exit code (2 for bad arguments, 1 for a failed bench).
 
+pub mod servers;
+
 use std::future::Future;
 use std::process::ExitCode;
 

@@ -1,7 +1,10 @@
 //! Validated streaming downloads: the payload streams to `<out>/.partial/<stem>.part`
-//! while it is hashed (SHA-256) and checked ([`PayloadCheck`]), is fsynced, and only then
-//! renamed to `<out>/<stem>.pdf` ([`download_pdf`], or [`stage_pdf`] and [`Staged::commit`]). A payload that fails a check is removed, with a
-//! [`ReasonCode`] saying why. Nothing of the payload is held in memory beyond one frame.
+//! while it is hashed (SHA-256) and checked ([`PayloadCheck`]), is synced as
+//! [`Durability`] says, and only then renamed to `<out>/<stem>.pdf` ([`download_pdf`], or
+//! [`stage_pdf`] and [`Staged::commit`]). A payload that fails a check is removed, with a
+//! [`ReasonCode`] saying why. At most two pieces of 1 MiB of a payload are in memory at once;
+//! a PDF of up to 1 MiB costs one trip to the blocking pool (create, write, sync, close) and
+//! one for the rename.
 //!
 //! # Example
 //!
@@ -17,8 +20,10 @@
 //! # Ok(()) }
 //! ```
 
+mod durability;
 mod naming;
 mod validate;
+mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,13 +32,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 use tower_service::Service;
 
+pub use self::durability::{sync_batch, Durability};
 pub use self::naming::{file_stem, safe_join};
 pub use self::validate::{PayloadCheck, HEAD_WINDOW, MIN_PDF_BYTES, TAIL_WINDOW};
+use self::write::{DiskError, Gathered, Sink};
 use crate::error::BoxError;
 use crate::reason::ReasonCode;
 
@@ -47,6 +52,10 @@ pub struct DownloadOptions {
     /// The largest payload accepted, in bytes (default [`DEFAULT_MAX_BYTES`], 4 GiB); a
     /// larger one fails with `too_large` (the runner's `--max-bytes`).
     pub max_bytes: u64,
+    /// When the file is forced to disk (default [`Durability::File`]: before the download
+    /// returns). With [`Durability::Batch`] the caller syncs groups of downloads with
+    /// [`sync_batch`].
+    pub durability: Durability,
 }
 
 /// The default [`DownloadOptions::max_bytes`]: 4 GiB.
@@ -56,6 +65,7 @@ impl Default for DownloadOptions {
     fn default() -> Self {
         DownloadOptions {
             max_bytes: DEFAULT_MAX_BYTES,
+            durability: Durability::File,
         }
     }
 }
@@ -145,6 +155,7 @@ fn not_plain(name: &str) -> DownloadFailure {
 #[derive(Debug)]
 pub struct Staged {
     guard: PartialGuard,
+    durability: Durability,
     /// SHA-256 of the payload, lower-case hex.
     pub sha256: String,
     /// Its size.
@@ -160,9 +171,14 @@ impl Staged {
     }
 
     /// Renames the payload to `final_path` (in the same file system) and returns where it is.
+    /// With [`Durability::File`], the folder is synced after the rename (syncs of one folder
+    /// are shared by the renames that finished before them).
     pub async fn commit(mut self, final_path: &Path) -> Result<Downloaded, DownloadFailure> {
-        let from = self.guard.path.clone();
-        if let Err(e) = tokio::fs::rename(&from, final_path).await {
+        let (from, to) = (self.guard.path.clone(), final_path.to_owned());
+        let renamed = tokio::task::spawn_blocking(move || std::fs::rename(&from, &to))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = renamed {
             return Err(DownloadFailure::new(
                 ReasonCode::IoError,
                 Some(self.status),
@@ -170,7 +186,9 @@ impl Staged {
             ));
         }
         self.guard.armed = false;
-        sync_folder(final_path).await;
+        if self.durability == Durability::File {
+            sync_folder(final_path).await;
+        }
         Ok(Downloaded {
             path: final_path.to_owned(),
             sha256: std::mem::take(&mut self.sha256),
@@ -255,19 +273,6 @@ impl Drop for PartialGuard {
     }
 }
 
-/// Creates `path` in `dir`, making `dir` (and its parents) only when it is missing, so a
-/// run pays for the folder once, not once per download.
-fn create_part(dir: &Path, path: &Path) -> Result<std::fs::File, (&'static str, PathBuf, std::io::Error)> {
-    match std::fs::File::create(path) {
-        Ok(file) => Ok(file),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| ("cannot create", dir.to_owned(), e))?;
-            std::fs::File::create(path).map_err(|e| ("cannot create", path.to_owned(), e))
-        }
-        Err(e) => Err(("cannot create", path.to_owned(), e)),
-    }
-}
-
 /// Sends `request` through `service` and streams the payload to
 /// `<out_dir>/.partial/<key>.part` while hashing and checking it. Several candidates of one
 /// work can be staged at once under different keys; commit the first that succeeds.
@@ -313,54 +318,21 @@ where
         }
     }
 
-    let io_failure = |what: &str, path: &Path, e: std::io::Error| {
-        DownloadFailure::new(
-            ReasonCode::IoError,
-            Some(status),
-            format!("{what} {}: {e}", path.display()),
-        )
-    };
-    // Created on the blocking pool: a create (with the folder on first use) can take a
-    // millisecond, too long for the async thread that every download in flight shares.
-    // The guard exists first; if this future is cancelled meanwhile, the guard's drop and
-    // the create take the same lock, so the file is either never made or removed.
-    let gate = Arc::new(Mutex::new(false));
+    // The guard exists before anything is on disk: if this future is cancelled, its drop
+    // and the piece that creates the file take the same lock, so the file is either never
+    // made or removed.
+    let abandoned = Arc::new(Mutex::new(false));
     let guard = PartialGuard {
         path: partial_path.clone(),
         armed: true,
-        creating: gate.clone(),
+        creating: abandoned.clone(),
     };
-    let created = tokio::task::spawn_blocking(move || {
-        let abandoned = gate.lock().unwrap_or_else(|e| e.into_inner());
-        if *abandoned {
-            return Ok(None);
-        }
-        create_part(&partial_dir, &partial_path).map(Some)
-    })
-    .await;
-    let file = match created {
-        Ok(Ok(Some(file))) => file,
-        Ok(Ok(None)) => {
-            return Err(DownloadFailure::new(
-                ReasonCode::IoError,
-                Some(status),
-                "the download was abandoned",
-            ))
-        }
-        Ok(Err((what, path, e))) => return Err(io_failure(what, &path, e)),
-        Err(e) => {
-            return Err(DownloadFailure::new(
-                ReasonCode::IoError,
-                Some(status),
-                format!("cannot create {}: {e}", guard.path.display()),
-            ))
-        }
-    };
-    let file = tokio::fs::File::from_std(file);
+    let sink = Sink::new(partial_dir, partial_path, abandoned);
     let body = std::pin::pin!(response.into_body());
-    let (sha256, bytes) = stream_to(body, file, &guard.path, status, options).await?;
+    let (sha256, bytes) = stream_to(body, sink, status, options).await?;
     Ok(Staged {
         guard,
+        durability: options.durability,
         sha256,
         bytes,
         status,
@@ -378,10 +350,36 @@ fn declared_length<B>(response: &Response<B>) -> Option<u64> {
         .ok()
 }
 
+/// A piece's write on the blocking pool.
+type PieceTask = tokio::task::JoinHandle<Result<Sink, DiskError>>;
+
+fn spawn_piece(sink: Sink, frames: Vec<Bytes>, last: Option<Durability>) -> PieceTask {
+    tokio::task::spawn_blocking(move || sink.write(frames, last))
+}
+
+/// Waits for a piece's write and gives the sink back.
+async fn piece_done(task: PieceTask, status: StatusCode) -> Result<Sink, DownloadFailure> {
+    match task.await {
+        Ok(Ok(sink)) => Ok(sink),
+        Ok(Err((what, path, e))) => Err(DownloadFailure::new(
+            ReasonCode::IoError,
+            Some(status),
+            format!("{what} {}: {e}", path.display()),
+        )),
+        Err(e) => Err(DownloadFailure::new(
+            ReasonCode::IoError,
+            Some(status),
+            format!("the write was lost: {e}"),
+        )),
+    }
+}
+
+/// Receives the body, checking each frame here and handing pieces of up to 1 MiB to the
+/// blocking pool to be hashed and written (see `write.rs` for why): one piece is written
+/// while the next is received, never more.
 async fn stream_to<B>(
     mut body: std::pin::Pin<&mut B>,
-    file: tokio::fs::File,
-    path: &Path,
+    sink: Sink,
     status: StatusCode,
     options: &DownloadOptions,
 ) -> Result<(String, u64), DownloadFailure>
@@ -389,16 +387,11 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-    let mut hasher = Sha256::new();
     let mut check = PayloadCheck::new();
-    let write_failure = |e: std::io::Error| {
-        DownloadFailure::new(
-            ReasonCode::IoError,
-            Some(status),
-            format!("writing {}: {e}", path.display()),
-        )
-    };
+    let mut gathered = Gathered::default();
+    // the sink is either here or in the piece being written
+    let mut idle = Some(sink);
+    let mut writing: Option<PieceTask> = None;
     while let Some(frame) = body.as_mut().frame().await {
         let frame = frame.map_err(|e| DownloadFailure::from_error(e.into(), Some(status)))?;
         let Ok(data) = frame.into_data() else { continue };
@@ -413,8 +406,15 @@ where
         if let Some(reason) = check.early_verdict() {
             return Err(DownloadFailure::new(reason, Some(status), "the payload is not a PDF"));
         }
-        hasher.update(&data);
-        file.write_all(&data).await.map_err(write_failure)?;
+        gathered.push(data);
+        if gathered.is_full() {
+            let sink = match (idle.take(), writing.take()) {
+                (Some(sink), _) => sink,
+                (None, Some(task)) => piece_done(task, status).await?,
+                (None, None) => return Err(lost_sink(status)),
+            };
+            writing = Some(spawn_piece(sink, gathered.take(), None));
+        }
     }
     if let Err(reason) = check.finish() {
         let detail = if reason == ReasonCode::TooSmall {
@@ -427,8 +427,15 @@ where
         };
         return Err(DownloadFailure::new(reason, Some(status), detail));
     }
-    file.flush().await.map_err(write_failure)?;
-    file.get_mut().sync_all().await.map_err(write_failure)?;
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((sha256, check.total()))
+    let sink = match (idle.take(), writing.take()) {
+        (Some(sink), _) => sink,
+        (None, Some(task)) => piece_done(task, status).await?,
+        (None, None) => return Err(lost_sink(status)),
+    };
+    let sink = piece_done(spawn_piece(sink, gathered.take(), Some(options.durability)), status).await?;
+    Ok((sink.sha256(), check.total()))
+}
+
+fn lost_sink(status: StatusCode) -> DownloadFailure {
+    DownloadFailure::new(ReasonCode::IoError, Some(status), "the file being written was lost")
 }

@@ -7,14 +7,15 @@
 //! one multi-row statement (all claims, then all finishes): one round trip and one commit
 //! for the lot, so the more that wait, the cheaper each gets.
 //!
-//! Semantics are those of the one-at-a-time statements, in arrival order: each row carries
+//! Semantics are those of the one-at-a-time statements, in arrival order except that
+//! claims go ahead of finishes still waiting (see `run`): each row carries
 //! its own owner and times, the conflict condition is checked per row, and a caller hears
 //! back only after the commit. What the batch does not settle (a claim refused, a finish
 //! whose condition failed, a job twice in one batch, a failed statement) is answered
 //! `None`, and the caller runs the one-at-a-time statement, which says why.
 //! PostgreSQL does not use this: its pool writes side by side.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use sqlx::{Pool, Sqlite};
 use tokio::sync::{mpsc, oneshot};
@@ -95,22 +96,38 @@ impl Batcher {
     }
 }
 
+/// Claims go first: a claim is what a work waits for before it can download, while
+/// finishes come in groups of hundreds from the pipeline's finisher, which waits for no
+/// one. So each turn runs every claim waiting, then at most one statement of finishes, and
+/// looks for new claims again: in arrival order, a claim queued behind a group of 600
+/// finishes waited for five statements. (bulk_bench, 2 runs each on a machine at load 6:
+/// 2,419 and 2,224 files/s with claims first, 2,168 and 1,030 without; suggestive, not
+/// conclusive.) Reordering a claim before a finish is safe within one handle: a work is
+/// claimed again in a run only after its own finish returned.
 async fn run(pool: Pool<Sqlite>, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut pending = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
+    let mut finishes: VecDeque<Request> = VecDeque::new();
+    loop {
+        if finishes.is_empty() && rx.recv_many(&mut pending, MAX_BATCH).await == 0 {
+            break;
+        }
+        while let Ok(request) = rx.try_recv() {
+            pending.push(request);
+        }
         let mut claims = Vec::new();
-        let mut finishes = Vec::new();
         for request in pending.drain(..) {
             match request {
                 Request::Claim { .. } => claims.push(request),
-                Request::Finish { .. } => finishes.push(request),
+                Request::Finish { .. } => finishes.push_back(request),
             }
         }
-        if !claims.is_empty() {
-            claim_batch(&pool, claims).await;
+        while !claims.is_empty() {
+            let rest = claims.split_off(claims.len().min(MAX_BATCH));
+            claim_batch(&pool, std::mem::replace(&mut claims, rest)).await;
         }
         if !finishes.is_empty() {
-            finish_batch(&pool, finishes).await;
+            let take = finishes.len().min(MAX_BATCH);
+            finish_batch(&pool, finishes.drain(..take).collect()).await;
         }
     }
 }

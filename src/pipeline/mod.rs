@@ -5,6 +5,7 @@
 
 mod config;
 mod fallback;
+mod finish;
 mod frontier;
 mod run;
 mod second_pass;

@@ -10,6 +10,7 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::fallback::{Fallback, TriedUrls};
+use super::finish::Finisher;
 use super::frontier::{Dispatch, Frontier, Slot};
 use super::second_pass::{second_attempt_at, SourceHints};
 use super::work::{cancelled, Later, Processed};
@@ -91,6 +92,10 @@ pub enum PipelineError {
     /// The configuration is not usable.
     #[error("{0}")]
     Config(String),
+    /// Downloaded files could not be forced to disk (`--durability batch`); they are not
+    /// recorded as downloaded.
+    #[error("{0}")]
+    Durability(String),
 }
 
 /// The download pipeline: for every work, claim it in the ledger (when there is one), find
@@ -117,6 +122,8 @@ pub(super) struct Core {
     pub(super) redactor: Redactor,
     /// The run's worker slots and the hosts' turns.
     pub(super) frontier: Arc<Frontier>,
+    /// Makes downloaded works durable and FINALIZED, in groups, off the works' path.
+    pub(super) finisher: Finisher,
 }
 
 /// A spawned task that is aborted when its handle is dropped, so that a run that returns
@@ -166,15 +173,23 @@ impl Pipeline {
             robots: (!config.resolvers.ignore_robots)
                 .then(|| Arc::new(crate::resolvers::RobotsTxt::new(Some(stack.limiter().clone())))),
         };
+        let held = Arc::new(Mutex::new(HashSet::new()));
+        let finisher = Finisher::new(
+            ledger.clone(),
+            config.worker_id.clone(),
+            config.download.durability,
+            held.clone(),
+        );
         Ok(Pipeline {
             core: Arc::new(Core {
                 download: stack.service(OperationType::Download),
+                finisher,
                 fallback,
                 resolve,
                 ledger,
                 manifest,
                 tried: TriedUrls::default(),
-                held: Arc::new(Mutex::new(HashSet::new())),
+                held,
                 redactor: Redactor::default(),
                 frontier: Arc::new(Frontier::new(
                     stack.limiter().clone(),
@@ -212,6 +227,16 @@ impl Pipeline {
         F: Future<Output = ()>,
     {
         let result = self.run_inner(works, progress, shutdown).await;
+        let result = match result {
+            // what was downloaded before the error is still recorded, before the leases go back
+            Err(e) => {
+                if let Err(also) = self.core.finisher.flush().await {
+                    tracing::warn!("while stopping: {also}");
+                }
+                Err(e)
+            }
+            ok => ok,
+        };
         if let (Err(e), Some(ledger)) = (&result, &self.core.ledger) {
             lock(&self.core.held).clear();
             match ledger.release_all(&self.core.config.worker_id).await {
@@ -233,6 +258,7 @@ impl Pipeline {
         F: Future<Output = ()>,
     {
         let started = Instant::now();
+        self.core.finisher.start();
         if let Some(ledger) = &self.core.ledger {
             let fixed = ledger.reconcile().await?;
             if fixed.leases_reclaimed > 0 || fixed.ops_abandoned > 0 {
@@ -318,6 +344,15 @@ impl Pipeline {
                         let _ = cancel_tx.send(true);
                     }
                     () = &mut drain, if fatal.is_some() => break,
+                    () = self.core.finisher.failed(), if fatal.is_none() => {
+                        let e = match self.core.finisher.flush().await {
+                            Err(e) => e,
+                            Ok(()) => PipelineError::Durability("the finisher stopped".into()),
+                        };
+                        fatal = Some(e);
+                        let _ = cancel_tx.send(true);
+                        drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
+                    }
                     next = processing.next() => match next {
                         None => break,
                         Some(_) if fatal.is_some() => {}
@@ -464,8 +499,11 @@ impl Pipeline {
                 self.record(record, &mut summary, &mut counts, &progress)?;
             }
         }
+        // every download recorded (durable first) before the leases stop being renewed
+        let finished = self.core.finisher.flush().await;
         let _ = stop_heartbeat.send(true);
         let _ = heartbeat.await;
+        finished?;
         let _ = stop_syncing.send(true);
         let _ = syncing.await;
         summary.input_errors = input_errors;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::fallback::{DeferredBy, FetchEnv, FetchResult};
+use super::finish::Finished;
 use super::frontier::{gated, Slot};
 use super::run::{lock, Core};
 use crate::context::{OperationType, WorkId};
@@ -137,6 +138,23 @@ impl Core {
         }
     }
 
+    /// The SHA-256 and size of `<out>/<stem>.pdf` when it is there and passes the payload
+    /// checks.
+    async fn file_in_place(&self, stem: &str) -> Option<(String, u64)> {
+        let path = safe_join(&self.config.out_dir, stem, "pdf")?;
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return None;
+        }
+        let checked = tokio::task::spawn_blocking(move || check_file(&path)).await.ok()?;
+        match checked {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!("a file in place could not be read, downloading it again: {e}");
+                None
+            }
+        }
+    }
+
     pub(super) async fn process(
         &self,
         work: Work,
@@ -155,8 +173,11 @@ impl Core {
             // the ledger believes the disk: a downloaded work whose file is gone or changed
             // is planned and claimed again (once: a second settled claim means another
             // worker has just downloaded it again)
+            let mut replanned = false;
+            let retaken;
             if let Claim::Settled(job) = &claim {
                 if let Some(why) = self.recorded_file_problem(job).await {
+                    replanned = true;
                     tracing::warn!(
                         work = %work.id,
                         path = job.result.path.as_deref().unwrap_or(""),
@@ -190,7 +211,38 @@ impl Core {
                 Claim::Leased(job) => {
                     lock(&self.held).insert(job.id);
                     job_id = Some(job.id);
+                    // only a work claimed before (by a run that stopped) can have left a file
+                    retaken = job.attempts > 1;
                 }
+            }
+            // A file in place without a FINALIZED row: downloaded by a run that stopped
+            // before the file's group was recorded. It passed the checks before its rename;
+            // checked again (a power loss may have cut it) and hashed, it is recorded, not
+            // fetched again. (Not a file just found missing or changed: that one is fetched.)
+            let in_place = if retaken && !replanned {
+                self.file_in_place(&stem).await
+            } else {
+                None
+            };
+            if let Some((sha256, bytes)) = in_place {
+                let record = WorkRecord {
+                    reason: Some(ReasonCode::AlreadyDownloaded),
+                    detail: Some("found in place, checked and hashed; its run had stopped before recording it".into()),
+                    path: Some(format!("{stem}.pdf")),
+                    sha256: Some(sha256),
+                    bytes: Some(bytes),
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+                };
+                let result = JobResult {
+                    outcome: Some("downloaded".into()),
+                    ..job_result(&record)
+                };
+                self.finisher.submit(Finished {
+                    job: job_id,
+                    result,
+                    path: self.config.out_dir.join(format!("{stem}.pdf")),
+                });
+                return Ok(Processed::Done(record));
             }
         } else if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
             return Ok(Processed::Done(WorkRecord {
@@ -251,6 +303,7 @@ impl Core {
                 candidate,
                 attempts,
             } => {
+                let file_path = file.path.clone();
                 let path = file
                     .path
                     .file_name()
@@ -267,7 +320,14 @@ impl Core {
                     attempts,
                     ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
                 };
-                (record, JobState::Finalized, false, Vec::new())
+                // made durable and recorded by the finisher, in a group, while this work's
+                // slot goes to the next one (its lease stays held until then)
+                self.finisher.submit(Finished {
+                    job: job_id,
+                    result: job_result(&record),
+                    path: file_path,
+                });
+                return Ok(Processed::Done(record));
             }
             FetchResult::Failed {
                 reason,
@@ -293,13 +353,7 @@ impl Core {
             ),
         };
         if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
-            let result = JobResult {
-                outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
-                path: record.path.clone(),
-                sha256: record.sha256.clone(),
-                bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
-                reason: record.reason.map(|r| r.as_str().to_owned()),
-            };
+            let result = job_result(&record);
             let finished = ledger.finish(job, &self.config.worker_id, state, &result).await;
             lock(&self.held).remove(&job);
             finished?;
@@ -314,6 +368,39 @@ impl Core {
         }
         Ok(Processed::Done(record))
     }
+}
+
+/// What the ledger keeps of a work's outcome.
+fn job_result(record: &WorkRecord) -> JobResult {
+    JobResult {
+        outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
+        path: record.path.clone(),
+        sha256: record.sha256.clone(),
+        bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),
+        reason: record.reason.map(|r| r.as_str().to_owned()),
+    }
+}
+
+/// A file's SHA-256 and size when it passes the payload checks, read in 64 KiB pieces.
+fn check_file(path: &std::path::Path) -> std::io::Result<Option<(String, u64)>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut check = crate::download::PayloadCheck::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        check.update(&buf[..n]);
+        hasher.update(&buf[..n]);
+    }
+    if check.finish().is_err() {
+        return Ok(None);
+    }
+    Ok(Some((crate::ledger::hex(&hasher.finalize()), check.total())))
 }
 
 /// The SHA-256 of a file, lower-case hex, read in 64 KiB pieces.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::download::Durability;
 use crate::layers::rate_limit::{Quota, MIN_RATE};
 use crate::pipeline::{FallbackConfig, TierConfig};
 
@@ -161,6 +162,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// Parses `--durability`: `file`, `batch` or `none`.
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse()
+}
+
 /// Parses a size in bytes: a whole number with an optional 1024-based unit, `K`, `M`, `G`
 /// or `T` (`KiB`, `MB` and the like read the same) — `1048576`, `500M`, `4G`.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -315,6 +321,15 @@ pub struct RunArgs {
     /// [default: 4G].
     #[arg(long, value_name = "SIZE", env = "DOCSTOKG_MAX_BYTES", value_parser = parse_bytes)]
     pub max_bytes: Option<u64>,
+    /// When downloaded PDFs are forced to disk, against a power loss (a crash of the
+    /// runner alone never leaves a half file under a final name): `file` syncs each PDF
+    /// before its ledger row says FINALIZED; `batch` syncs a group of PDFs at once (one
+    /// `syncfs` on Linux) before the group's ledger rows say FINALIZED, so FINALIZED still
+    /// means on disk, for a fraction of the cost; `none` never syncs, for throwaway corpora
+    /// (after a power loss, works recorded as downloaded may have lost their files; a rerun
+    /// downloads those whose file is missing or short) [default: batch].
+    #[arg(long, value_name = "file|batch|none", env = "DOCSTOKG_DURABILITY", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
     /// Re-hash (SHA-256) the file of every work the ledger records as downloaded, and
     /// download it again when it differs (reads every file in full). Without it, a
     /// recorded file that is missing or has another size is downloaded again.

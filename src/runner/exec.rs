@@ -198,6 +198,7 @@ pub async fn run(
             resolvers,
             download: DownloadOptions {
                 max_bytes: settings.max_bytes,
+                durability: settings.durability,
             },
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
             second_pass_max_wait: settings.second_pass_max_wait,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::args::{parse_bytes, parse_default_rate, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
-use crate::download::{DEFAULT_MAX_BYTES, MIN_PDF_BYTES};
+use crate::download::{Durability, DEFAULT_MAX_BYTES, MIN_PDF_BYTES};
 use crate::layers::rate_limit::{normalize_rate_key, Quota, RateLimitConfig};
 use crate::ledger::{redact_url, LedgerConfig, DEFAULT_CONNECT_TIMEOUT};
 use crate::pipeline::{FallbackConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
@@ -95,6 +95,8 @@ pub struct FileConfig {
     /// The largest PDF accepted: bytes (`1048576`), or a string with a unit (`"500M"`).
     #[serde(deserialize_with = "de_bytes")]
     pub max_bytes: Option<u64>,
+    /// When PDFs are forced to disk: `"file"`, `"batch"` or `"none"` (`--durability`).
+    pub durability: Option<Durability>,
     /// Re-hash the recorded files of downloaded works (`--verify-existing`).
     pub verify_existing: Option<bool>,
     /// Fetch landing pages whatever robots.txt says (`--ignore-robots`).
@@ -157,6 +159,8 @@ pub struct RunSettings {
     pub fallback: FallbackConfig,
     /// The largest PDF accepted, in bytes.
     pub max_bytes: u64,
+    /// When PDFs are forced to disk (`--durability`, default `batch`).
+    pub durability: Durability,
     /// Re-hash the recorded files of downloaded works (the size is always checked).
     pub verify_existing: bool,
     /// Fetch landing pages whatever robots.txt says.
@@ -353,6 +357,7 @@ impl RunSettings {
                 .unwrap_or(DEFAULT_SECOND_PASS_MAX_WAIT),
             fallback,
             max_bytes,
+            durability: args.durability.or(file.durability).unwrap_or(Durability::Batch),
             verify_existing: args.verify_existing.or(file.verify_existing).unwrap_or(false),
             ignore_robots: args.ignore_robots.or(file.ignore_robots).unwrap_or(false),
             resolver_bases,
@@ -575,6 +580,42 @@ connect_timeout_ms = 1234
                 .unwrap()
                 .verify_existing
         );
+    }
+
+    #[test]
+    fn durability_is_batch_unless_asked() {
+        assert_eq!(resolve(&["--input", "w"]).unwrap().durability, Durability::Batch);
+        for (flag, want) in [
+            ("file", Durability::File),
+            ("NONE", Durability::None),
+            ("batch", Durability::Batch),
+        ] {
+            assert_eq!(
+                resolve(&["--input", "w", "--durability", flag]).unwrap().durability,
+                want
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "durability = \"none\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(
+            resolve(&["--input", "w", "--config", p]).unwrap().durability,
+            Durability::None
+        );
+        assert_eq!(
+            resolve(&["--input", "w", "--config", p, "--durability", "file"])
+                .unwrap()
+                .durability,
+            Durability::File,
+            "flag over file"
+        );
+        std::fs::write(&path, "durability = \"always\"\n").unwrap();
+        let err = resolve(&["--input", "w", "--config", p]).unwrap_err();
+        assert!(err.contains("durability"), "{err}");
+        let argv = ["contentdownload", "run", "--input", "w", "--durability", "sometimes"];
+        let err = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(err.contains("file, batch or none"), "{err}");
     }
 
     #[test]

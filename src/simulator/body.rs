@@ -62,7 +62,15 @@ impl SimBody {
                 )
             }
             BodySpec::ResetAfter { sent } => (filled(64 * 1024, b'x'), *sent, End::Abort, None),
-            BodySpec::StallAfter { sent } => (filled(64 * 1024, b'x'), *sent, End::Stall, None),
+            BodySpec::StallAfter { sent } => {
+                // the head of a PDF (when there is room for it), then filler
+                let head = Bytes::from_static(b"%PDF-1.7\n");
+                if *sent >= head.len() as u64 {
+                    prefix = Some(head.clone());
+                }
+                let rest = sent - prefix.as_ref().map_or(0, |h| h.len() as u64);
+                (filled(64 * 1024, b'0'), rest, End::Stall, None)
+            }
         };
         let exact = match (&end, declared) {
             (End::Finish, Some(len)) => Some(len),

@@ -40,7 +40,8 @@ pub enum BodySpec {
         /// Total length.
         len: u64,
     },
-    /// `sent` bytes (chunked), then nothing more, ever: the connection stays open and idle.
+    /// `sent` bytes (chunked) of a PDF that never ends (`%PDF-1.7` when `sent` leaves room
+    /// for it, then filler), then nothing more, ever: the connection stays open and idle.
     StallAfter {
         /// The bytes sent before the stall.
         sent: u64,
