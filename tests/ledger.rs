@@ -532,3 +532,27 @@ async fn the_leases_of_an_ended_process_on_this_host_are_taken_back_at_once() {
         assert_eq!(l.counts(Some("r")).await.unwrap().leased, 2, "{}", t.name);
     }
 }
+
+/// Several openers of one new SQLite ledger at once (as several runner processes starting
+/// together do): each gets a working ledger. Switching the fresh file to WAL mode takes an
+/// exclusive lock, and SQLite may answer "database is locked" at once instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_openers_of_one_new_sqlite_ledger_all_succeed() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("shared.sqlite").display());
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Ledger::open(&url).await })
+            })
+            .collect();
+        for (i, open) in opens.into_iter().enumerate() {
+            let ledger = open
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}, opener {i}: {e}"));
+            ledger.plan(&job("r", i)).await.unwrap();
+        }
+    }
+}

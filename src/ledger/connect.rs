@@ -334,20 +334,22 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
     // The writer first: it creates the file and switches it to WAL mode.
     // `test_before_acquire` is off: a ping per acquire costs a round trip to the
     // connection's thread, and a local file does not drop connections.
-    let write = SqlitePoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(acquire_timeout)
-        .test_before_acquire(false)
-        .connect_with(opts.clone())
-        .await
-        .map_err(LedgerError::db("open the SQLite ledger"))?;
-    let read = SqlitePoolOptions::new()
-        .max_connections(cfg.max_connections)
-        .acquire_timeout(acquire_timeout)
-        .test_before_acquire(false)
-        .connect_with(opts)
-        .await
-        .map_err(LedgerError::db("open the SQLite ledger"))?;
+    let write = open_busy_tolerant(|| {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire_timeout)
+            .test_before_acquire(false)
+            .connect_with(opts.clone())
+    })
+    .await?;
+    let read = open_busy_tolerant(|| {
+        SqlitePoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .acquire_timeout(acquire_timeout)
+            .test_before_acquire(false)
+            .connect_with(opts.clone())
+    })
+    .await?;
     let pool = write;
     let m = migrator(include_str!("../../migrations/sqlite/0001_jobs_and_ops.sql"));
     // Several processes may open a fresh file at once; SQLite has no migration lock, so
@@ -362,6 +364,28 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
         }
     }
     Ok(Backend::Sqlite(SqlitePools { read, write: pool }))
+}
+
+/// Opens a SQLite pool, trying again (up to 6 times, 50 ms doubling) while the file is
+/// busy: switching a fresh file to WAL mode takes an exclusive lock, and SQLite may answer
+/// `SQLITE_BUSY` at once rather than wait out the busy timeout when several processes open
+/// the same new ledger together.
+async fn open_busy_tolerant<F, Fut>(mut open: F) -> Result<sqlx::SqlitePool, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<sqlx::SqlitePool, sqlx::Error>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    for _ in 0..6 {
+        match open().await {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") => {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            other => return other.map_err(LedgerError::db("open the SQLite ledger")),
+        }
+    }
+    open().await.map_err(LedgerError::db("open the SQLite ledger"))
 }
 
 #[cfg(feature = "postgres")]
