@@ -35,7 +35,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -44,6 +44,8 @@ use contentdownload::runner::exec::{self, Exit};
 use contentdownload::runner::{Cli, Command as RunnerCommand, RunSettings};
 
 mod bench_support;
+
+use bench_support::servers::{find_program, free_port, Server};
 
 const PDF_BYTES: usize = 4096;
 const WORKERS: usize = 16;
@@ -119,74 +121,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// A free 127.0.0.1 port (bound, then released for the server to take).
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
-}
-
-fn find_program(name: &str) -> Result<PathBuf, String> {
-    for dir in ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(format!("{name} is not installed (apt-get install -y {name})"))
-}
-
-/// A server process that is killed and reaped when dropped, whatever happened.
-struct Server {
-    name: String,
-    child: Child,
-}
-
-impl Server {
-    fn start(name: &str, command: &mut Command) -> Result<Server, String> {
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("could not start {name}: {e}"))?;
-        Ok(Server {
-            name: name.to_owned(),
-            child,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn check_alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!("{} exited early ({status})", self.name)),
-            Err(e) => Err(format!("{}: {e}", self.name)),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM first: nginx's master then stops its workers (a SIGKILLed master leaves
-        // them running); SIGKILL if it has not exited within 2 s.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..40 {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// nginx serving `www`; with `limit = Some(rate)`, behind `limit_req`.
 fn nginx_config(dir: &Path, port: u16, limit: Option<u32>) -> String {
     let d = dir.display();
@@ -251,21 +185,6 @@ backend pdfs
     )
 }
 
-/// Waits until something accepts connections on `port` (bounded: 5 s).
-fn wait_listening(port: u16, server: &mut Server) -> Result<(), String> {
-    for _ in 0..100 {
-        server.check_alive()?;
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "{} is not listening on 127.0.0.1:{port} after 5 s",
-        server.name
-    ))
-}
-
 /// The servers of one run: the limiter, and for HAProxy the nginx behind it.
 struct Servers {
     limiter: Limiter,
@@ -286,7 +205,7 @@ impl Servers {
                 let config = dir.join(format!("nginx-{port}.conf"));
                 std::fs::write(&config, nginx_config(dir, port, Some(rate))).map_err(|e| e.to_string())?;
                 let mut front = Server::start("nginx", Command::new(&nginx).arg("-c").arg(&config))?;
-                wait_listening(port, &mut front)?;
+                front.wait_listening(port)?;
                 Ok(Servers {
                     limiter,
                     dir: dir.to_owned(),
@@ -304,11 +223,11 @@ impl Servers {
                 std::fs::write(&backend_config, nginx_config(dir, backend_port, None)).map_err(|e| e.to_string())?;
                 let mut backend =
                     Server::start("nginx (backend)", Command::new(&nginx).arg("-c").arg(&backend_config))?;
-                wait_listening(backend_port, &mut backend)?;
+                backend.wait_listening(backend_port)?;
                 let config = dir.join(format!("haproxy-{port}.cfg"));
                 std::fs::write(&config, haproxy_config(port, backend_port, rate)).map_err(|e| e.to_string())?;
                 let mut front = Server::start("haproxy", Command::new(&haproxy).arg("-db").arg("-f").arg(&config))?;
-                wait_listening(port, &mut front)?;
+                front.wait_listening(port)?;
                 Ok(Servers {
                     limiter,
                     dir: dir.to_owned(),

@@ -1,7 +1,6 @@
 //! Real servers for the benches: a program found in the usual folders, started as a child
 //! that is killed and reaped when dropped, and nginx serving a folder on loopback from a
-//! temporary configuration. (`politeness_bench` still has its own copies of these; it can
-//! use this module instead.)
+//! temporary configuration.
 #![allow(dead_code)] // each bench uses part of it
 
 use std::path::{Path, PathBuf};
@@ -25,7 +24,9 @@ pub fn find_program(name: &str) -> Result<PathBuf, String> {
     Err(format!("{name} is not installed (apt-get install -y {name})"))
 }
 
-/// A server process that is killed and reaped when dropped, whatever happened.
+/// A server process that is stopped and reaped when dropped, whatever happened: SIGTERM
+/// first (nginx's master then stops its workers; a SIGKILLed master leaves them running),
+/// SIGKILL if it has not exited within 2 s.
 pub struct Server {
     name: String,
     child: Child,
@@ -75,6 +76,16 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..40 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
