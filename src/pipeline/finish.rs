@@ -46,6 +46,9 @@ pub(super) struct Finished {
     pub(super) result: JobResult,
     /// The file, in place.
     pub(super) path: PathBuf,
+    /// Found in place rather than written by this run (a run stopped before recording
+    /// it): its data was never synced here, so `file` syncs it too before its row.
+    pub(super) adopted: bool,
 }
 
 enum Message {
@@ -56,9 +59,9 @@ enum Message {
 
 /// See the module docs.
 pub(super) struct Finisher {
-    tx: mpsc::UnboundedSender<Message>,
-    /// Until the task is started (by the first run, on its runtime).
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
+    /// To the task of the current run's runtime (replaced by [`start`](Finisher::start)
+    /// when that task has ended, e.g. with the runtime of an earlier run).
+    tx: Mutex<mpsc::UnboundedSender<Message>>,
     task: Mutex<Option<AbortOnDrop>>,
     ledger: Option<Ledger>,
     owner: String,
@@ -95,10 +98,9 @@ impl Finisher {
         durability: Durability,
         held: Arc<Mutex<HashSet<JobId>>>,
     ) -> Finisher {
-        let (tx, rx) = mpsc::unbounded_channel();
         Finisher {
-            tx,
-            rx: Mutex::new(Some(rx)),
+            // closed until `start`
+            tx: Mutex::new(mpsc::unbounded_channel().0),
             task: Mutex::new(None),
             ledger,
             owner,
@@ -109,12 +111,19 @@ impl Finisher {
         }
     }
 
-    /// Starts the task on the current runtime (once; later calls do nothing).
+    /// Starts the task on the current runtime, unless one is still running (a pipeline
+    /// run again on another runtime, after the first one's runtime is gone, gets a new
+    /// task), and clears the failure of an earlier run.
     pub(super) fn start(&self) {
-        let Some(rx) = lock(&self.rx).take() else {
+        lock(&self.error).take();
+        self.failed_tx.send_replace(false);
+        let mut task = lock(&self.task);
+        if task.as_ref().is_some_and(|t| !t.0.is_finished()) {
             return;
-        };
-        let task = tokio::spawn(run(
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.tx) = tx;
+        let handle = tokio::spawn(run(
             rx,
             self.ledger.clone(),
             self.owner.clone(),
@@ -123,13 +132,26 @@ impl Finisher {
             self.error.clone(),
             self.failed_tx.clone(),
         ));
-        *lock(&self.task) = Some(AbortOnDrop(task));
+        *task = Some(AbortOnDrop(handle));
     }
 
     /// Queues a downloaded work. Once the finisher has failed, it is not finalized (its
     /// lease is given back with the run's).
     pub(super) fn submit(&self, finished: Finished) {
-        let _ = self.tx.send(Message::Finished(finished));
+        if lock(&self.tx).send(Message::Finished(finished)).is_err() {
+            // the task is gone (its runtime ended): say so rather than drop the work quietly
+            self.fail(PipelineError::Durability(
+                "the finisher is not running; downloaded works cannot be recorded".into(),
+            ));
+        }
+    }
+
+    fn fail(&self, e: PipelineError) {
+        let mut error = lock(&self.error);
+        if error.is_none() {
+            *error = Some(e);
+        }
+        self.failed_tx.send_replace(true);
     }
 
     /// Completes when the finisher has failed (never, while it works); [`flush`] then
@@ -145,16 +167,17 @@ impl Finisher {
     }
 
     /// Waits until every work queued so far is durable and recorded, and returns the first
-    /// failure, if there was one since the last flush.
+    /// failure of this run, if it was not returned already. After a failure nothing more
+    /// is recorded until the next run's [`start`](Finisher::start).
     pub(super) async fn flush(&self) -> Result<(), PipelineError> {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(Message::Flush(ack)).is_ok() && lock(&self.task).is_some() {
-            let _ = done.await;
+        let sent = lock(&self.tx).send(Message::Flush(ack)).is_ok();
+        if !sent || done.await.is_err() {
+            self.fail(PipelineError::Durability(
+                "the finisher is not running; downloaded works cannot be recorded".into(),
+            ));
         }
-        let error = lock(&self.error).take();
-        // a later run records again
-        self.failed_tx.send_replace(false);
-        error.map_or(Ok(()), Err)
+        lock(&self.error).take().map_or(Ok(()), Err)
     }
 }
 
@@ -219,8 +242,18 @@ async fn finish_group(
     durability: Durability,
     held: &Mutex<HashSet<JobId>>,
 ) -> Result<(), PipelineError> {
-    if durability == Durability::Batch {
-        let paths: Vec<PathBuf> = group.iter_mut().map(|f| std::mem::take(&mut f.path)).collect();
+    // `batch` syncs the group; `file` synced what it wrote before the rename, but not a
+    // file it found in place
+    let paths: Vec<PathBuf> = match durability {
+        Durability::Batch => group.iter_mut().map(|f| std::mem::take(&mut f.path)).collect(),
+        Durability::File => group
+            .iter_mut()
+            .filter(|f| f.adopted)
+            .map(|f| std::mem::take(&mut f.path))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !paths.is_empty() {
         tokio::task::spawn_blocking(move || sync_batch(&paths))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -244,4 +277,57 @@ async fn finish_group(
     }
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(dir: &std::path::Path) -> Finished {
+        let path = dir.join("a.pdf");
+        std::fs::write(&path, b"%PDF-1.7\n").unwrap();
+        Finished {
+            job: None,
+            result: JobResult::default(),
+            path,
+            adopted: false,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A pipeline run again on another runtime, after the first runtime is gone, gets a
+    /// finisher task of its own; a finisher whose task is gone says so instead of dropping
+    /// the works it is handed.
+    #[test]
+    fn a_finisher_outlives_the_runtime_of_its_first_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let finisher = Finisher::new(None, "w".into(), Durability::Batch, Arc::default());
+        let first = runtime();
+        first.block_on(async {
+            finisher.start();
+            finisher.submit(finished(dir.path()));
+            finisher.flush().await.unwrap();
+        });
+        drop(first);
+
+        // no start on the new runtime: the old task is gone, and the flush says so
+        runtime().block_on(async {
+            finisher.submit(finished(dir.path()));
+            let err = finisher.flush().await.unwrap_err();
+            assert!(err.to_string().contains("finisher is not running"), "{err}");
+        });
+
+        // a run on another runtime starts a task of its own, and the old failure is cleared
+        runtime().block_on(async {
+            finisher.start();
+            finisher.submit(finished(dir.path()));
+            finisher.flush().await.unwrap();
+        });
+    }
 }

@@ -241,6 +241,7 @@ impl Core {
                     job: job_id,
                     result,
                     path: self.config.out_dir.join(format!("{stem}.pdf")),
+                    adopted: true,
                 });
                 return Ok(Processed::Done(record));
             }
@@ -326,6 +327,7 @@ impl Core {
                     job: job_id,
                     result: job_result(&record),
                     path: file_path,
+                    adopted: false,
                 });
                 return Ok(Processed::Done(record));
             }
