@@ -20,6 +20,10 @@ pub(super) struct Bucket {
     pub(super) anchor_index: f64,
     /// How many reservations were handed out.
     pub(super) issued: u64,
+    /// The end of the latest [`hold`](Bucket::hold), in seconds from the limiter's epoch
+    /// (negative infinity: none): a rate change re-spaces the waiting reservations from
+    /// here, so it neither shortens nor stretches the hold.
+    pub(super) held_until: f64,
     /// The rate key that gave the quota (its index in the limiter's
     /// [`RateKeys`](super::RateKeys)); `None` for the default.
     pub(super) rate_key: Option<usize>,
@@ -35,6 +39,7 @@ impl Bucket {
             anchor_time: now,
             anchor_index: 0.0,
             issued: 0,
+            held_until: f64::NEG_INFINITY,
             rate_key,
         }
     }
@@ -62,6 +67,7 @@ impl Bucket {
     /// until `until`: the first of them moves to `until`, the rest follow at the interval.
     /// Nothing changes when that first slot is already at or after `until`.
     pub(super) fn hold(&mut self, now: f64, until: f64) {
+        self.held_until = self.held_until.max(until);
         let tolerance = self.tolerance();
         // the (fractional) reservation number whose slot is `now`; later ones are waiting
         let at_now = self.anchor_index + (now + tolerance - self.anchor_time) / self.interval;

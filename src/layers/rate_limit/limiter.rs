@@ -342,10 +342,12 @@ impl RateLimiter {
             if b.rate == rate {
                 return;
             }
-            // The backlog, in intervals: reservations still ahead of now. They keep their
-            // order and are re-spaced at the new interval from now on.
-            let pending = ((b.tat() - now) / b.interval).max(0.0);
-            b.anchor_time = now;
+            // The backlog, in intervals: reservations still ahead of now (or of the end of
+            // a hold, which stays where it is). They keep their order and are re-spaced at
+            // the new interval from then on.
+            let start = now.max(b.held_until);
+            let pending = ((b.tat() - start) / b.interval).max(0.0);
+            b.anchor_time = start;
             b.anchor_index = b.issued as f64 - pending;
             b.rate = rate;
             b.interval = 1.0 / rate;
@@ -598,6 +600,33 @@ mod tests {
         lim.hold_until(&k, Instant::now() + Duration::from_millis(500));
         assert_eq!(lim.slot_of(&k, tickets[2].index), Duration::from_secs(1));
         assert_eq!(lim.reserve(&k).unwrap(), Duration::from_millis(1300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_change_during_a_hold_neither_shortens_nor_stretches_it() {
+        let lim = RateLimiter::new(RateLimitConfig {
+            default: Quota::new(10.0, 1),
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let k = key("a");
+        let tickets: Vec<_> = (0..3).map(|_| lim.reserve_ticket(&k).unwrap()).collect();
+        lim.hold_until(&k, Instant::now() + Duration::from_secs(10));
+        assert_eq!(lim.slot_of(&k, tickets[1].index), Duration::from_secs(10));
+        // the rate halves during the hold: the hold still ends at 10 s, the rest follow at
+        // the new interval (it was 20 s for the first waiter before: the hold's 100
+        // intervals re-spaced at 5/s)
+        lim.set_rate(&k, 5.0);
+        assert_eq!(lim.slot_of(&k, tickets[1].index), Duration::from_secs(10));
+        assert_eq!(lim.slot_of(&k, tickets[2].index), Duration::from_millis(10_200));
+        // and doubles: not earlier either
+        lim.set_rate(&k, 20.0);
+        assert_eq!(lim.slot_of(&k, tickets[1].index), Duration::from_secs(10));
+        assert_eq!(lim.slot_of(&k, tickets[2].index), Duration::from_millis(10_050));
+        // after the hold, a rate change re-spaces from now as before
+        tokio::time::advance(Duration::from_secs(11)).await;
+        lim.set_rate(&k, 10.0);
+        assert_eq!(lim.reserve(&k).unwrap(), Duration::ZERO);
     }
 
     proptest::proptest! {
