@@ -45,7 +45,7 @@ use contentdownload::runner::{Cli, Command as RunnerCommand, RunSettings};
 
 mod bench_support;
 
-use bench_support::servers::{find_program, free_port, Server};
+use bench_support::servers::{self, find_program, free_port, Server};
 
 const PDF_BYTES: usize = 4096;
 const WORKERS: usize = 16;
@@ -123,7 +123,6 @@ fn parse_args() -> Result<Args, String> {
 
 /// nginx serving `www`; with `limit = Some(rate)`, behind `limit_req`.
 fn nginx_config(dir: &Path, port: u16, limit: Option<u32>) -> String {
-    let d = dir.display();
     let (zone, location) = match limit {
         Some(rate) => (
             format!("limit_req_zone $binary_remote_addr zone=bench:1m rate={rate}r/s;\n    limit_req_status 429;"),
@@ -131,36 +130,24 @@ fn nginx_config(dir: &Path, port: u16, limit: Option<u32>) -> String {
         ),
         None => (String::new(), ""),
     };
-    format!(
-        r#"worker_processes 1;
-daemon off;
-master_process on;
-pid {d}/nginx-{port}.pid;
-error_log {d}/nginx-{port}.error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp-{port}-body;
-    proxy_temp_path {d}/tmp-{port}-proxy;
-    fastcgi_temp_path {d}/tmp-{port}-fastcgi;
-    uwsgi_temp_path {d}/tmp-{port}-uwsgi;
-    scgi_temp_path {d}/tmp-{port}-scgi;
-    default_type application/pdf;
-    keepalive_requests 100000;
-    {zone}
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/www;
+    let server = format!(
+        r#"listen 127.0.0.1:{port};
+        root {}/www;
         location / {{
             {location}
         }}
         location @throttled {{
             add_header Retry-After 1 always;
             return 429;
-        }}
-    }}
-}}
-"#
+        }}"#,
+        dir.display()
+    );
+    servers::nginx_config(
+        dir,
+        port,
+        1,
+        &format!("keepalive_requests 100000;\n    {zone}"),
+        &server,
     )
 }
 

@@ -118,8 +118,11 @@ impl Nginx {
     }
 }
 
-fn static_config(dir: &Path, www: &Path, port: u16, workers: usize) -> String {
-    let (d, www) = (dir.display(), www.display());
+/// An nginx configuration for a server on 127.0.0.1:`port` with its pid, logs and
+/// temporary files in `dir`: the shared frame, with `http` (directives inside `http {}`)
+/// and `server` (inside `server {}`) filled in by each bench.
+pub fn nginx_config(dir: &Path, port: u16, workers: usize, http: &str, server: &str) -> String {
+    let d = dir.display();
     format!(
         r#"worker_processes {workers};
 daemon off;
@@ -135,15 +138,21 @@ http {{
     uwsgi_temp_path {d}/tmp-{port}-uwsgi;
     scgi_temp_path {d}/tmp-{port}-scgi;
     default_type application/pdf;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
+    {http}
     server {{
-        listen 127.0.0.1:{port} backlog=1024;
-        root {www};
+        {server}
     }}
 }}
 "#
+    )
+}
+
+fn static_config(dir: &Path, www: &Path, port: u16, workers: usize) -> String {
+    nginx_config(
+        dir,
+        port,
+        workers,
+        "sendfile on;\n    tcp_nopush on;\n    keepalive_requests 1000000;\n    keepalive_timeout 60s;",
+        &format!("listen 127.0.0.1:{port} backlog=1024;\n        root {};", www.display()),
     )
 }
