@@ -341,3 +341,17 @@ async fn the_runner_honours_robots_unless_told_to_ignore_them() {
         "only the run that honours robots.txt asks for it"
     );
 }
+
+/// A site that cannot be reached: its page is not fetched, and the work fails with the
+/// connect error (a later run may reach it), not with a `robots_disallowed` that hides it.
+#[tokio::test]
+async fn an_unreachable_site_fails_with_its_connect_error_not_robots() {
+    // a port nothing listens on
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/landing", closed.local_addr().unwrap());
+    drop(closed);
+    let env = Env::new(&base, true);
+    let fb = fallback("page=landing");
+    let result = fb.fetch(&Work::from_doi("10.1000/a").unwrap(), env.fetch_env()).await;
+    assert_eq!(reason(&result), Some(ReasonCode::ConnectError), "{result:?}");
+}

@@ -215,12 +215,20 @@ fn fetch_rules(
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                return match classify_error(&*e).0 {
+                return match classify_error(&*e) {
                     // our own politeness put it off: not the site's answer, not cached
-                    ReasonCode::Deferred
-                    | ReasonCode::FailedOver
-                    | ReasonCode::CoolingDown
-                    | ReasonCode::RateLimited => Err(e),
+                    (
+                        ReasonCode::Deferred
+                        | ReasonCode::FailedOver
+                        | ReasonCode::CoolingDown
+                        | ReasonCode::RateLimited,
+                        _,
+                    ) => Err(e),
+                    // the site could not be reached (DNS, refused, timed out, reset): its
+                    // pages are not fetched either way (RFC 9309 says assume a complete
+                    // disallow), but the work fails with that cause, which a later run may
+                    // not meet, rather than a `robots_disallowed` that hides it; not cached
+                    (_, true) => Err(e),
                     _ => Ok(unavailable(&origin, format!("robots.txt could not be fetched: {e}"))),
                 };
             }
