@@ -55,6 +55,7 @@ pub mod append;
 pub mod context;
 pub mod download;
 pub mod error;
+pub mod input;
 pub mod layers;
 pub mod ledger;
 pub mod manifest;
