@@ -138,12 +138,12 @@ impl Input {
     /// that is not a work, is one `Err` naming the file and line; reading goes on with the
     /// next line or file.
     pub fn works(self) -> impl Iterator<Item = Result<Work, LineError>> + Send {
-        self.each(|r| read_works_jsonl(r))
+        self.each(read_works_jsonl)
     }
 
     /// The DOIs (one a line, `#` comments) of every file in turn, as [`works`](Self::works).
     pub fn dois(self) -> impl Iterator<Item = Result<Work, LineError>> + Send {
-        self.each(|r| read_doi_list(r))
+        self.each(read_doi_list)
     }
 
     fn each<I, F>(self, read: F) -> impl Iterator<Item = Result<Work, LineError>> + Send
