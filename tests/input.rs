@@ -19,7 +19,7 @@ fn record(sim: &Simulator, n: usize) -> String {
         "id": format!("https://openalex.org/W{}", 7000 + n),
         "doi": format!("https://doi.org/10.5555/s{n}"),
         "publication_year": 2020 + (n % 4) as i32,
-        "type": if n % 5 == 0 { "book-chapter" } else { "article" },
+        "type": if n.is_multiple_of(5) { "book-chapter" } else { "article" },
         "open_access": {"is_oa": true},
         "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{n}.pdf"))}
     })
