@@ -61,6 +61,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod pipeline;
 pub mod reason;
+pub mod report;
 pub mod resolvers;
 pub mod runner;
 pub mod service;
