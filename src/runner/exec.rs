@@ -182,8 +182,12 @@ pub async fn run(
         mailto: settings.mailto.clone(),
         base_urls: settings.resolver_bases.clone(),
         ignore_robots: settings.ignore_robots,
+        api_keys: settings.api_keys.clone(),
         ..ResolverConfig::default()
     };
+    for note in &settings.notes {
+        tracing::warn!("{note}");
+    }
     if settings.ignore_robots {
         tracing::warn!("--ignore-robots: landing pages are fetched whatever their site's robots.txt says");
     }
@@ -302,6 +306,7 @@ fn open_source(settings: &RunSettings, stack: &Stack, resolvers: &ResolverConfig
             (*year_start, *year_end),
             max.unwrap_or(u64::MAX),
             resolvers.mailto.clone(),
+            resolvers.api_keys.get("openalex").map(str::to_owned),
             stack.client().metadata_limit(),
         ),
     })
@@ -315,6 +320,7 @@ fn topic_stream(
     years: (Option<i32>, Option<i32>),
     max: u64,
     mailto: Option<String>,
+    api_key: Option<String>,
     limit: usize,
 ) -> WorkStream {
     struct Page {
@@ -328,7 +334,8 @@ fn topic_stream(
         line: 0,
     };
     stream::unfold(start, move |mut page| {
-        let (http, base, text, mailto) = (http.clone(), base.clone(), text.clone(), mailto.clone());
+        let (http, base, text, mailto, api_key) =
+            (http.clone(), base.clone(), text.clone(), mailto.clone(), api_key.clone());
         async move {
             let cursor = page.cursor.take()?;
             if page.left == 0 {
@@ -348,6 +355,10 @@ fn topic_stream(
             }
             if let Some(m) = &mailto {
                 pairs.push(("mailto", m.clone()));
+            }
+            // OpenAlex documents its key as the `api_key` query parameter (redacted in logs)
+            if let Some(k) = &api_key {
+                pairs.push(("api_key", k.clone()));
             }
             let fetched: Result<(Vec<Work>, Option<String>), String> = async {
                 let mut url = url::Url::parse(&format!("{base}/works")).map_err(|e| e.to_string())?;
