@@ -245,16 +245,12 @@ pub struct ApiKeySpec {
     pub key: Secret,
 }
 
-/// Parses `--api-key PROVIDER=KEY`; the error never repeats the key.
+/// Parses `--api-key PROVIDER=KEY`. Never fails here: clap would quote the whole value,
+/// key included, in its error; the settings check it and name only the provider.
 pub fn parse_api_key(s: &str) -> Result<ApiKeySpec, String> {
-    let (provider, key) = s
-        .split_once('=')
-        .ok_or_else(|| "expected PROVIDER=KEY (the value is not shown)".to_owned())?;
-    let provider = provider.trim().to_ascii_lowercase();
-    // validated here so that a bad flag is a usage error naming the provider
-    crate::resolvers::ApiKeys::default().insert(&provider, key)?;
+    let (provider, key) = s.split_once('=').unwrap_or(("", s));
     Ok(ApiKeySpec {
-        provider,
+        provider: provider.trim().to_ascii_lowercase(),
         key: Secret::new(key.trim()),
     })
 }

@@ -243,6 +243,9 @@ fn api_keys(args: &RunArgs, file: &BTreeMap<String, Secret>) -> Result<ApiKeys, 
         }
     }
     for spec in &args.api_keys {
+        if spec.provider.is_empty() {
+            return Err("--api-key: expected PROVIDER=KEY (the value is not shown)".into());
+        }
         keys.insert(&spec.provider, spec.key.expose())
             .map_err(|e| format!("--api-key: {e}"))?;
     }
@@ -472,11 +475,54 @@ mod tests {
         assert_eq!(s.ledger, "sqlite://pdfs/ledger.sqlite");
         assert_eq!(s.provider_learning_path, PathBuf::from("pdfs/provider_learning.json"));
         assert_eq!(s.run_id, "generated");
-        assert_eq!(s.fallback, FallbackConfig::default());
+        let mut without_core = FallbackConfig::default();
+        without_core.tiers[1].resolvers.retain(|r| r != "core");
+        assert_eq!(s.fallback, without_core, "core needs a key, and none was given");
+        assert_eq!(s.notes.len(), 1);
+        assert!(s.notes[0].contains("core") && s.notes[0].contains("CORE_API_KEY"), "{:?}", s.notes);
         assert_eq!(s.workers, 8);
         assert_eq!(s.second_pass_max_wait, DEFAULT_SECOND_PASS_MAX_WAIT);
         assert_eq!(s.ledger_connect_timeout, Duration::from_secs(10));
         assert_eq!(s.default_rate, Quota::new(5.0, 5));
+    }
+
+    #[test]
+    fn api_keys_from_flag_environment_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[api_keys]\ncore = \"FILEKEY\"\nopenalex = \"OAFILE\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = resolve(&["--input", "w", "--config", p]).unwrap();
+        assert_eq!(s.api_keys.get("core"), Some("FILEKEY"));
+        assert!(s.notes.is_empty(), "core has its key: {:?}", s.notes);
+        assert!(s.fallback.tiers[1].resolvers.contains(&"core".to_string()));
+        // the hidden flags are the environment variables' (CORE_API_KEY, ...)
+        let s = resolve(&["--input", "w", "--config", p, "--core-api-key", "ENVKEY", "--s2-api-key", "S2"]).unwrap();
+        assert_eq!(s.api_keys.get("core"), Some("ENVKEY"), "environment over file");
+        assert_eq!(s.api_keys.get("semantic_scholar"), Some("S2"));
+        let s = resolve(&[
+            "--input", "w", "--config", p, "--core-api-key", "ENVKEY", "--api-key", "core=FLAGKEY",
+            "--api-key", "crossref=PLUS",
+        ])
+        .unwrap();
+        assert_eq!(s.api_keys.get("core"), Some("FLAGKEY"), "flag over environment");
+        assert_eq!(s.api_keys.get("crossref"), Some("PLUS"));
+        assert_eq!(s.api_keys.get("openalex"), Some("OAFILE"));
+        // never in Debug
+        let shown = format!("{s:?}");
+        for secret in ["FLAGKEY", "ENVKEY", "FILEKEY", "PLUS", "OAFILE"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // errors name the provider, never the key
+        let err = resolve(&["--input", "w", "--api-key", "nope=SECRETX"]).unwrap_err();
+        assert!(err.contains("nope") && !err.contains("SECRETX"), "{err}");
+        let err = resolve(&["--input", "w", "--api-key", "SECRETX"]).unwrap_err();
+        assert!(err.contains("PROVIDER=KEY") && !err.contains("SECRETX"), "{err}");
+        let err = resolve(&["--input", "w", "--core-api-key", "a b"]).unwrap_err();
+        assert!(err.contains("CORE_API_KEY") && !err.contains("a b"), "{err}");
+        // only keyless tiers left: a usage error, not a run that asks nothing
+        let err = resolve(&["--input", "w", "--fallback-tier", "r=core"]).unwrap_err();
+        assert!(err.contains("core") && err.contains("no resolver"), "{err}");
     }
 
     #[test]
