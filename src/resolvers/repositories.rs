@@ -66,9 +66,10 @@ impl Resolver for Doaj {
     }
 }
 
-/// Zenodo: `GET {base}/api/records?q=doi:"{doi}"&size=5`; the PDF files (`key` ending in
-/// `.pdf`, or a PDF `type`/`mimetype`) of the records whose `doi`, `conceptdoi` or
-/// `metadata.doi` is the DOI, each by its `links.content` (today's API) or `links.self`.
+/// Zenodo: `GET {base}/api/records?q=doi:"{doi}"&size=5`; the PDF files (a name, `key` or
+/// `filename`, ending in `.pdf`, or a PDF `type`/`mimetype`) of the records whose `doi`,
+/// `conceptdoi` or `metadata.doi` is the DOI, each by its `links.content`,
+/// `links.download` or `links.self` (the API has used each over the years).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Zenodo;
 
@@ -97,15 +98,18 @@ impl Resolver for Zenodo {
                     continue;
                 }
                 for file in items(at(record, &["files"])) {
-                    let key = text(file, &["key"]).unwrap_or("");
+                    let name = text(file, &["key"]).or_else(|| text(file, &["filename"])).unwrap_or("");
                     let typed_pdf = [&["type"][..], &["mimetype"]]
                         .into_iter()
                         .filter_map(|p| text(file, p))
                         .any(|t| t.to_ascii_lowercase().contains("pdf"));
-                    if !(typed_pdf || looks_like_pdf(key)) {
+                    if !(typed_pdf || looks_like_pdf(name)) {
                         continue;
                     }
-                    if let Some(url) = text(file, &["links", "content"]).or_else(|| text(file, &["links", "self"])) {
+                    let link = ["content", "download", "self"]
+                        .into_iter()
+                        .find_map(|l| text(file, &["links", l]));
+                    if let Some(url) = link {
                         found.push(url);
                     }
                 }
@@ -287,20 +291,48 @@ impl Resolver for Osf {
     }
 }
 
-/// OpenAIRE: `GET {base}/search/publications?doi={doi}&format=json`; every web URL in the
-/// answer whose path ends in `.pdf` (the record nests its instances' URLs at varying
-/// depths, as XML turned into JSON). The answer is asked for by DOI, so no further match.
+/// OpenAIRE: `GET {base}/search/publications?doi={doi}&format=json`; for each result whose
+/// `pid` holds the DOI, the `.pdf` URLs (`webresource.url`, `url`, `fulltext`) of its own
+/// open instances (`instance` and `children.instance`, `accessright` OPEN or not given)
+/// and its `fulltext`. Never anything under `rels`: those are other works (cited, related),
+/// and their PDFs are not this work's. A `doi.org` URL is left out (it is the landing page).
+///
+/// The answer is XML turned into JSON: a text is `{"$": "…"}`, and a list of one is often
+/// the item alone; both read the same here.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenAire;
 
-/// Every `.pdf` URL in `value`, depth first, in document order.
-fn pdf_urls<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
-    match value {
-        Value::String(s) if looks_like_pdf(s.trim()) => out.push(s.trim()),
-        Value::Array(a) => a.iter().for_each(|v| pdf_urls(v, out)),
-        Value::Object(o) => o.values().for_each(|v| pdf_urls(v, out)),
-        _ => {}
+/// A text node: `"…"` or `{"$": "…"}`.
+fn node_text(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => Some(s.as_str()),
+        Value::Object(_) => text(v, &["$"]),
+        _ => None,
     }
+    .map(str::trim)
+    .filter(|s| !s.is_empty())
+}
+
+/// Whether an instance is open: its `accessright` `@classid` is OPEN, or it says nothing.
+fn open_instance(instance: &Value) -> bool {
+    match at(instance, &["accessright"]) {
+        None | Some(Value::Null) => true,
+        Some(right) => text(right, &["@classid"]).is_some_and(|c| c.eq_ignore_ascii_case("open")),
+    }
+}
+
+/// The PDF URLs of one `oaf:result` (see [`OpenAire`]).
+fn openaire_pdfs<'a>(result: &'a Value, out: &mut Vec<&'a str>) {
+    let instances = items(at(result, &["instance"])).chain(items(at(result, &["children", "instance"])));
+    for instance in instances.filter(|i| open_instance(i)) {
+        let urls = items(at(instance, &["webresource"]))
+            .flat_map(|w| items(at(w, &["url"])))
+            .chain(items(at(instance, &["url"])))
+            .chain(items(at(instance, &["fulltext"])));
+        out.extend(urls.filter_map(node_text));
+    }
+    out.extend(items(at(result, &["fulltext"])).filter_map(node_text));
+    out.retain(|u| looks_like_pdf(u) && !u.to_ascii_lowercase().contains("://doi.org/"));
 }
 
 impl Resolver for OpenAire {
@@ -321,11 +353,21 @@ impl Resolver for OpenAire {
             let Some(answer) = fetch_json::<Value>(cx, "openaire", work, &url).await? else {
                 return Ok(vec![]);
             };
-            let mut urls = Vec::new();
-            // serde_json refuses input nested deeper than 128 levels, so this walk is bounded
-            pdf_urls(&answer, &mut urls);
             let mut found = Found::new("openaire");
-            urls.into_iter().for_each(|u| found.push(u));
+            for entry in items(at(&answer, &["response", "results", "result"])) {
+                let Some(result) = at(entry, &["metadata", "oaf:entity", "oaf:result"]) else {
+                    continue;
+                };
+                let dois = items(at(result, &["pid"]))
+                    .filter(|p| text(p, &["@classid"]).is_some_and(|c| c.eq_ignore_ascii_case("doi")))
+                    .filter_map(node_text);
+                if !has_doi(dois, doi) {
+                    continue;
+                }
+                let mut urls = Vec::new();
+                openaire_pdfs(result, &mut urls);
+                urls.into_iter().for_each(|u| found.push(u));
+            }
             Ok(found.into_vec())
         }
         .boxed()
@@ -348,10 +390,20 @@ mod tests {
     }
 
     #[test]
-    fn openaire_urls_at_any_depth() {
-        let v = json!({"a": [{"b": {"$": "https://r.example/x.pdf"}}, "https://r.example/y.html", null, 3]});
+    fn openaire_reads_open_instances_never_rels() {
+        let r = json!({
+            "pid": {"@classid": "doi", "$": "10.1/x"},
+            "children": {"instance": {"accessright": {"@classid": "OPEN"},
+                                      "webresource": {"url": {"$": "https://r.example/x.pdf"}}}},
+            "instance": [
+                {"accessright": {"@classid": "CLOSED"}, "webresource": {"url": {"$": "https://c.example/x.pdf"}}},
+                {"webresource": {"url": [{"$": "https://doi.org/10.1/x.pdf"}, {"$": "https://r.example/page"}]}},
+                null
+            ],
+            "rels": {"rel": [{"instance": {"fulltext": {"$": "https://other.example/other.pdf"}}}]}
+        });
         let mut out = Vec::new();
-        pdf_urls(&v, &mut out);
+        openaire_pdfs(&r, &mut out);
         assert_eq!(out, ["https://r.example/x.pdf"]);
     }
 }
