@@ -99,11 +99,26 @@ async fn each_key_reaches_its_provider_as_documented_and_no_sink() {
     let core_flag = format!("core={CORE_KEY}");
     let done = run(
         &[
-            "run", "--topic", "keys", "--out", out_arg, "--quiet",
-            "--fallback-tier", "keyed=core,semantic_scholar,crossref",
-            "--resolver-base", &core_base, "--resolver-base", &s2_base,
-            "--resolver-base", &crossref_base, "--resolver-base", &openalex_base,
-            "--rate", &rate, "--api-key", &core_flag,
+            "run",
+            "--topic",
+            "keys",
+            "--out",
+            out_arg,
+            "--quiet",
+            "--fallback-tier",
+            "keyed=core,semantic_scholar,crossref",
+            "--resolver-base",
+            &core_base,
+            "--resolver-base",
+            &s2_base,
+            "--resolver-base",
+            &crossref_base,
+            "--resolver-base",
+            &openalex_base,
+            "--rate",
+            &rate,
+            "--api-key",
+            &core_flag,
         ],
         &[
             ("RUST_LOG", "trace"),
@@ -125,13 +140,17 @@ async fn each_key_reaches_its_provider_as_documented_and_no_sink() {
         .count();
     assert_eq!(downloaded, 2, "{stdout}\n{logs}");
     assert!(logs.contains("url.full="), "trace logs hold the requests' URLs: {logs}");
-    assert!(logs.contains("api_key=REDACTED"), "the OpenAlex search is logged, redacted: {logs}");
+    assert!(
+        logs.contains("api_key=REDACTED"),
+        "the OpenAlex search is logged, redacted: {logs}"
+    );
 
     // OpenAlex: the api_key query parameter
     let search = sim.requests_to("/openalex/works");
     assert_eq!(search.len(), 1);
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(search[0].uri.query().unwrap().as_bytes()).into_owned().collect();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(search[0].uri.query().unwrap().as_bytes())
+        .into_owned()
+        .collect();
     assert!(pairs.contains(&("api_key".into(), OPENALEX_KEY.into())), "{pairs:?}");
     // CORE: Authorization: Bearer
     let core = sim.requests_to("/core/*");
@@ -196,9 +215,20 @@ async fn without_a_core_key_core_is_left_out_with_one_line() {
     let rate = format!("{}=1000:100", sim.addr());
     let done = run(
         &[
-            "run", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet",
-            "--fallback-tier", "keyed=core,semantic_scholar",
-            "--resolver-base", &core_base, "--resolver-base", &s2_base, "--rate", &rate,
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--fallback-tier",
+            "keyed=core,semantic_scholar",
+            "--resolver-base",
+            &core_base,
+            "--resolver-base",
+            &s2_base,
+            "--rate",
+            &rate,
         ],
         &[("RUST_LOG", "warn")],
     )

@@ -45,9 +45,7 @@ fn context(sim: &Simulator, keys: &[(&str, &str)]) -> ResolveContext {
 fn fixture(path: &str) -> Reply {
     let file = format!("{}/tests/fixtures/resolvers/{path}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
-    Reply::ok()
-        .header("content-type", "application/json")
-        .body(text)
+    Reply::ok().header("content-type", "application/json").body(text)
 }
 
 /// The candidate URLs `name` finds for `doi`.
@@ -91,7 +89,10 @@ async fn core_with_its_key() {
         ]
     );
     assert!(urls("core", doi, &cx).await.is_empty(), "nothing open");
-    assert_eq!(urls("core", doi, &cx).await, ["https://oro.open.ac.uk/89835/1/article.pdf"]);
+    assert_eq!(
+        urls("core", doi, &cx).await,
+        ["https://oro.open.ac.uk/89835/1/article.pdf"]
+    );
     // a search answer about another work is not this work's
     assert!(urls("core", "10.1038/another", &cx).await.is_empty());
 
@@ -128,9 +129,15 @@ async fn semantic_scholar_open_access_pdf() {
     let keyed = context(&sim, &[("semantic_scholar", "S2-KEY-1")]);
     assert_eq!(urls("semantic_scholar", doi, &keyed).await, [pdf]);
     let cx = context(&sim, &[]);
-    assert!(urls("semantic_scholar", doi, &cx).await.is_empty(), "openAccessPdf null");
+    assert!(
+        urls("semantic_scholar", doi, &cx).await.is_empty(),
+        "openAccessPdf null"
+    );
     assert_eq!(urls("semantic_scholar", doi, &cx).await, [pdf]);
-    assert!(urls("semantic_scholar", "10.1/unknown", &cx).await.is_empty(), "404 is a miss");
+    assert!(
+        urls("semantic_scholar", "10.1/unknown", &cx).await.is_empty(),
+        "404 is a miss"
+    );
 
     let seen = sim.requests_to("/semantic_scholar/*");
     // the DOI is one path segment after `DOI:`
@@ -188,7 +195,11 @@ async fn zenodo_pdf_files_of_the_record_with_the_doi() {
         urls("zenodo", "10.11646/zootaxa.3916.1.1", &cx).await.is_empty(),
         "a restricted record without files"
     );
-    assert_eq!(urls("zenodo", doi, &cx).await, [file], "links.download null: links.self");
+    assert_eq!(
+        urls("zenodo", doi, &cx).await,
+        [file],
+        "links.download null: links.self"
+    );
     let q = query(&sim, "/zenodo/*", 0);
     assert!(q.contains(&("q".into(), format!("doi:\"{doi}\""))), "{q:?}");
 }
@@ -268,8 +279,15 @@ async fn osf_preprint_then_its_primary_file() {
     let pdf = "https://osf.io/download/60f52a94f1369301d5793a17/";
     assert_eq!(urls("osf", doi, &cx).await, [pdf]);
     assert!(urls("osf", doi, &cx).await.is_empty(), "no preprint");
-    assert_eq!(urls("osf", doi, &cx).await, [pdf], "the file id from relationships data");
-    assert_eq!(query(&sim, "/osf/v2/preprints/", 0), [("filter[doi]".to_string(), doi.to_string())]);
+    assert_eq!(
+        urls("osf", doi, &cx).await,
+        [pdf],
+        "the file id from relationships data"
+    );
+    assert_eq!(
+        query(&sim, "/osf/v2/preprints/", 0),
+        [("filter[doi]".to_string(), doi.to_string())]
+    );
 }
 
 #[tokio::test]
@@ -302,12 +320,23 @@ async fn odd_shapes_are_a_miss_or_a_clear_error_never_a_panic() {
         "null",
         "\"text\"",
         "{\"results\": \"x\", \"hits\": [], \"response\": 3, \"data\": {\"links\": 1}}",
+        "{\"openAccessPdf\": {\"url\": \"\", \"status\": \"CLOSED\"}}",
     ];
-    for name in ["doaj", "zenodo", "figshare", "hal", "osf", "openaire", "semantic_scholar", "core"] {
+    for name in [
+        "doaj",
+        "zenodo",
+        "figshare",
+        "hal",
+        "osf",
+        "openaire",
+        "semantic_scholar",
+        "core",
+    ] {
         sim.clear_requests();
         sim.on(
             &format!("/{name}/*"),
-            odd.iter().map(|b| Reply::ok().header("content-type", "application/json").body(*b)),
+            odd.iter()
+                .map(|b| Reply::ok().header("content-type", "application/json").body(*b)),
         );
         let cx = context(&sim, &[("core", "k")]);
         for _ in odd {

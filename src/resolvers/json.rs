@@ -34,8 +34,11 @@ pub(crate) fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
 
 /// Whether any DOI among `dois` is `asked` (normalised: no `https://doi.org/`, any case).
 pub(crate) fn has_doi<'a>(dois: impl IntoIterator<Item = &'a str>, asked: &str) -> bool {
-    let Some(asked) = normalize_doi(asked) else { return false };
-    dois.into_iter().any(|d| normalize_doi(d).as_deref() == Some(asked.as_str()))
+    let Some(asked) = normalize_doi(asked) else {
+        return false;
+    };
+    dois.into_iter()
+        .any(|d| normalize_doi(d).as_deref() == Some(asked.as_str()))
 }
 
 /// Whether a URL's path ends in `.pdf` (any case; the query and fragment left out).

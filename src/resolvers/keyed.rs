@@ -28,7 +28,11 @@ impl Resolver for Core {
         Some("core")
     }
 
-    fn resolve<'a>(&'a self, work: &'a Work, cx: &'a ResolveContext) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
         async move {
             let Some(doi) = work.doi.as_deref() else {
                 return Ok(vec![]);
@@ -81,12 +85,18 @@ impl Resolver for SemanticScholar {
         "semantic_scholar"
     }
 
-    fn resolve<'a>(&'a self, work: &'a Work, cx: &'a ResolveContext) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
+    fn resolve<'a>(
+        &'a self,
+        work: &'a Work,
+        cx: &'a ResolveContext,
+    ) -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>> {
         async move {
             let Some(doi) = work.doi.as_deref() else {
                 return Ok(vec![]);
             };
-            let base = cx.config.base_url("semantic_scholar", "https://api.semanticscholar.org");
+            let base = cx
+                .config
+                .base_url("semantic_scholar", "https://api.semanticscholar.org");
             let url = with_query(
                 &format!("{base}/graph/v1/paper/DOI:{}", doi_segment(doi)?),
                 &[("fields", "openAccessPdf")],

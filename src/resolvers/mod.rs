@@ -238,7 +238,16 @@ pub const DEFAULT_TIERS: [(&str, &[&str], usize); 4] = [
     ("direct_oa", &["openalex", "unpaywall", "arxiv", "pmc", "europe_pmc"], 2),
     (
         "repositories",
-        &["core", "semantic_scholar", "doaj", "zenodo", "figshare", "hal", "osf", "openaire"],
+        &[
+            "core",
+            "semantic_scholar",
+            "doaj",
+            "zenodo",
+            "figshare",
+            "hal",
+            "osf",
+            "openaire",
+        ],
         2,
     ),
     ("doi", &["crossref", "landing"], 1),

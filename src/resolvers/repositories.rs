@@ -54,7 +54,8 @@ impl Resolver for Doaj {
                 }
                 for link in items(at(article, &["bibjson", "link"])) {
                     let Some(url) = text(link, &["url"]) else { continue };
-                    let pdf_type = text(link, &["content_type"]).is_some_and(|t| t.to_ascii_lowercase().contains("pdf"));
+                    let pdf_type =
+                        text(link, &["content_type"]).is_some_and(|t| t.to_ascii_lowercase().contains("pdf"));
                     if pdf_type || looks_like_pdf(url) {
                         found.push(url);
                     }
@@ -158,7 +159,9 @@ impl Resolver for Figshare {
                     Some(files) => files,
                     None => {
                         // the id must be a number: it goes into the path
-                        let Some(id) = at(article, &["id"]).and_then(Value::as_u64) else { continue };
+                        let Some(id) = at(article, &["id"]).and_then(Value::as_u64) else {
+                            continue;
+                        };
                         let url = format!("{base}/v2/articles/{id}/files");
                         match fetch_json::<Value>(cx, "figshare", work, &url).await? {
                             Some(v) => {

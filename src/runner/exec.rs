@@ -334,8 +334,13 @@ fn topic_stream(
         line: 0,
     };
     stream::unfold(start, move |mut page| {
-        let (http, base, text, mailto, api_key) =
-            (http.clone(), base.clone(), text.clone(), mailto.clone(), api_key.clone());
+        let (http, base, text, mailto, api_key) = (
+            http.clone(),
+            base.clone(),
+            text.clone(),
+            mailto.clone(),
+            api_key.clone(),
+        );
         async move {
             let cursor = page.cursor.take()?;
             if page.left == 0 {

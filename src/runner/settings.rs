@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::args::{
-    parse_bytes, parse_default_rate, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs, Secret,
-};
+use super::args::{parse_bytes, parse_default_rate, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs, Secret};
 use crate::download::{Durability, DEFAULT_MAX_BYTES, MIN_PDF_BYTES};
 use crate::layers::rate_limit::{normalize_rate_key, Quota, RateLimitConfig};
 use crate::ledger::{redact_url, LedgerConfig, DEFAULT_CONNECT_TIMEOUT};
@@ -265,9 +263,8 @@ fn leave_out_keyless(fallback: &mut FallbackConfig, keys: &ApiKeys) -> Vec<Strin
                         .iter()
                         .find(|p| p.name == provider)
                         .map_or("", |p| p.env);
-                    let note = format!(
-                        "resolver {name} skipped: it needs an API key (set {var} or --api-key {provider}=KEY)"
-                    );
+                    let note =
+                        format!("resolver {name} skipped: it needs an API key (set {var} or --api-key {provider}=KEY)");
                     if !notes.contains(&note) {
                         notes.push(note);
                     }
@@ -479,7 +476,11 @@ mod tests {
         without_core.tiers[1].resolvers.retain(|r| r != "core");
         assert_eq!(s.fallback, without_core, "core needs a key, and none was given");
         assert_eq!(s.notes.len(), 1);
-        assert!(s.notes[0].contains("core") && s.notes[0].contains("CORE_API_KEY"), "{:?}", s.notes);
+        assert!(
+            s.notes[0].contains("core") && s.notes[0].contains("CORE_API_KEY"),
+            "{:?}",
+            s.notes
+        );
         assert_eq!(s.workers, 8);
         assert_eq!(s.second_pass_max_wait, DEFAULT_SECOND_PASS_MAX_WAIT);
         assert_eq!(s.ledger_connect_timeout, Duration::from_secs(10));
@@ -497,12 +498,30 @@ mod tests {
         assert!(s.notes.is_empty(), "core has its key: {:?}", s.notes);
         assert!(s.fallback.tiers[1].resolvers.contains(&"core".to_string()));
         // the hidden flags are the environment variables' (CORE_API_KEY, ...)
-        let s = resolve(&["--input", "w", "--config", p, "--core-api-key", "ENVKEY", "--s2-api-key", "S2"]).unwrap();
+        let s = resolve(&[
+            "--input",
+            "w",
+            "--config",
+            p,
+            "--core-api-key",
+            "ENVKEY",
+            "--s2-api-key",
+            "S2",
+        ])
+        .unwrap();
         assert_eq!(s.api_keys.get("core"), Some("ENVKEY"), "environment over file");
         assert_eq!(s.api_keys.get("semantic_scholar"), Some("S2"));
         let s = resolve(&[
-            "--input", "w", "--config", p, "--core-api-key", "ENVKEY", "--api-key", "core=FLAGKEY",
-            "--api-key", "crossref=PLUS",
+            "--input",
+            "w",
+            "--config",
+            p,
+            "--core-api-key",
+            "ENVKEY",
+            "--api-key",
+            "core=FLAGKEY",
+            "--api-key",
+            "crossref=PLUS",
         ])
         .unwrap();
         assert_eq!(s.api_keys.get("core"), Some("FLAGKEY"), "flag over environment");
