@@ -38,8 +38,15 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn assert_no_key(what: &str, text: &str) {
     for key in KEYS {
         if let Some(at) = text.find(key) {
-            let from = text.floor_char_boundary(at.saturating_sub(200));
-            let to = text.ceil_char_boundary((at + 200).min(text.len()));
+            // the surroundings, not the whole text (some files are binary)
+            let mut from = at.saturating_sub(200);
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            let mut to = (at + 200).min(text.len());
+            while !text.is_char_boundary(to) {
+                to += 1;
+            }
             panic!("{key} leaked into {what}: …{}…", &text[from..to]);
         }
     }

@@ -305,8 +305,15 @@ fn open_source(settings: &RunSettings, stack: &Stack, resolvers: &ResolverConfig
             text.clone(),
             (*year_start, *year_end),
             max.unwrap_or(u64::MAX),
-            resolvers.mailto.clone(),
-            resolvers.api_keys.get("openalex").map(str::to_owned),
+            // the contact address, and the key as OpenAlex documents it: `api_key=`
+            // (redacted in every log and file like any `api_key` parameter)
+            [
+                resolvers.mailto.clone().map(|m| ("mailto", m)),
+                resolvers.api_keys.get("openalex").map(|k| ("api_key", k.to_owned())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             stack.client().metadata_limit(),
         ),
     })
@@ -319,8 +326,7 @@ fn topic_stream(
     text: String,
     years: (Option<i32>, Option<i32>),
     max: u64,
-    mailto: Option<String>,
-    api_key: Option<String>,
+    identity: Vec<(&'static str, String)>,
     limit: usize,
 ) -> WorkStream {
     struct Page {
@@ -334,13 +340,7 @@ fn topic_stream(
         line: 0,
     };
     stream::unfold(start, move |mut page| {
-        let (http, base, text, mailto, api_key) = (
-            http.clone(),
-            base.clone(),
-            text.clone(),
-            mailto.clone(),
-            api_key.clone(),
-        );
+        let (http, base, text, identity) = (http.clone(), base.clone(), text.clone(), identity.clone());
         async move {
             let cursor = page.cursor.take()?;
             if page.left == 0 {
@@ -358,13 +358,7 @@ fn topic_stream(
                 (None, Some(b)) => pairs.push(("filter", format!("publication_year:<{}", b + 1))),
                 (None, None) => {}
             }
-            if let Some(m) = &mailto {
-                pairs.push(("mailto", m.clone()));
-            }
-            // OpenAlex documents its key as the `api_key` query parameter (redacted in logs)
-            if let Some(k) = &api_key {
-                pairs.push(("api_key", k.clone()));
-            }
+            pairs.extend(identity);
             let fetched: Result<(Vec<Work>, Option<String>), String> = async {
                 let mut url = url::Url::parse(&format!("{base}/works")).map_err(|e| e.to_string())?;
                 url.query_pairs_mut()
