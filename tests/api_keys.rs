@@ -90,8 +90,14 @@ async fn each_key_reaches_its_provider_as_documented_and_no_sink() {
     sim.on_fn("/core/v3/search/works", move |_| Reply::json(&core_answer));
     sim.on("/semantic_scholar/*", [Reply::status(404), Reply::status(404)]);
     let crossref_answer = json!({"message": {"link": [{"URL": pdf(2), "content-type": "application/pdf"}]}});
-    sim.on_fn("/crossref/works/*", move |_| Reply::json(&crossref_answer));
-    sim.on("/pdf/*", [Reply::pdf(3000), Reply::pdf(3000)]);
+    sim.on_fn("/crossref/works/*", move |r| {
+        if r.uri.path().ends_with("k2") {
+            Reply::json(&crossref_answer)
+        } else {
+            Reply::status(404)
+        }
+    });
+    sim.on_fn("/pdf/*", |_| Reply::pdf(3000));
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pdfs");
