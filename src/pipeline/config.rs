@@ -58,19 +58,19 @@ pub struct FallbackConfigError {
 }
 
 impl FallbackConfig {
-    /// direct_oa (openalex, unpaywall, arxiv, pmc, europe_pmc; parallel 2) → doi
-    /// (crossref, landing; parallel 1) → archive (wayback; parallel 1).
+    /// [`DEFAULT_TIERS`](crate::resolvers::DEFAULT_TIERS): direct_oa (openalex, unpaywall,
+    /// arxiv, pmc, europe_pmc; parallel 2) → repositories (core, semantic_scholar, doaj,
+    /// zenodo, figshare, hal, osf, openaire; parallel 2) → doi (crossref, landing; parallel 1)
+    /// → archive (wayback; parallel 1).
     pub fn default_tiers() -> Vec<TierConfig> {
-        let tier = |name: &str, resolvers: &[&str], parallel| TierConfig {
-            name: name.to_owned(),
-            resolvers: resolvers.iter().map(|r| r.to_string()).collect(),
-            parallel,
-        };
-        vec![
-            tier("direct_oa", &["openalex", "unpaywall", "arxiv", "pmc", "europe_pmc"], 2),
-            tier("doi", &["crossref", "landing"], 1),
-            tier("archive", &["wayback"], 1),
-        ]
+        crate::resolvers::DEFAULT_TIERS
+            .iter()
+            .map(|(name, resolvers, parallel)| TierConfig {
+                name: (*name).to_owned(),
+                resolvers: resolvers.iter().map(|r| r.to_string()).collect(),
+                parallel: *parallel,
+            })
+            .collect()
     }
 
     /// Parses a `--fallback-tier` value: `NAME=r1,r2[:parallel=N]`, or one of the default
@@ -106,7 +106,7 @@ impl FallbackConfig {
                 .find(|t| t.name == head.trim())
                 .ok_or_else(|| {
                     err(format!(
-                        "{head:?} is not a default tier (direct_oa, doi, archive); write NAME=resolver,resolver"
+                        "{head:?} is not a default tier (direct_oa, repositories, doi, archive); write NAME=resolver,resolver"
                     ))
                 })?,
         };

@@ -5,7 +5,7 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 
 use super::landing::tags;
-use super::{candidate, doi_segment, fetch, fetch_json, with_query, ResolveContext, Resolver};
+use super::{candidate, doi_segment, fetch, fetch_json, fetch_json_with, with_query, Ask, ResolveContext, Resolver};
 use crate::context::OperationType;
 use crate::error::BoxError;
 use crate::works::{lenient_list, normalize_doi, null_as_default, Candidate, Work};
@@ -82,6 +82,7 @@ impl Resolver for Unpaywall {
 }
 
 /// Crossref: `GET {base}/works/{doi}?mailto=`; the `link[]` entries with a PDF content type.
+/// With a Crossref Plus token, it is sent as `Crossref-Plus-API-Token: Bearer {token}`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Crossref;
 
@@ -122,7 +123,12 @@ impl Resolver for Crossref {
             let base = cx.config.base_url("crossref", "https://api.crossref.org");
             let pairs: Vec<(&str, &str)> = cx.config.mailto.as_deref().map(|m| ("mailto", m)).into_iter().collect();
             let url = with_query(&format!("{base}/works/{}", doi_segment(doi)?), &pairs)?;
-            let Some(record) = fetch_json::<CrossrefEnvelope>(cx, "crossref", work, &url).await? else {
+            let mut ask = Ask::get(&url);
+            if let Some(token) = cx.config.api_keys.get("crossref") {
+                // Crossref Metadata Plus: the token in its own header, as `Bearer TOKEN`
+                ask = ask.secret_header("crossref-plus-api-token", &format!("Bearer {token}"))?;
+            }
+            let Some(record) = fetch_json_with::<CrossrefEnvelope>(cx, "crossref", work, ask).await? else {
                 return Ok(vec![]);
             };
             Ok(record

@@ -21,14 +21,44 @@
 //! | `arxiv` | nothing: `/pdf/{arxiv id}` | `https://arxiv.org` |
 //! | `europe_pmc` | `GET /search?query=DOI:"{doi}"`, `fullTextUrlList` of the results with that `doi` | `https://www.ebi.ac.uk/europepmc/webservices/rest` |
 //! | `pmc` | the ID converter, then the OA web service | `https://www.ncbi.nlm.nih.gov/pmc/utils` |
+//! | `core` | `GET /v3/search/works?q=doi:"{doi}"`, `downloadUrl` and download links (needs a key) | `https://api.core.ac.uk` |
+//! | `semantic_scholar` | `GET /graph/v1/paper/DOI:{doi}?fields=openAccessPdf` | `https://api.semanticscholar.org` |
+//! | `doaj` | `GET /api/search/articles/{doi:"…"}`, `bibjson.link[]` that are PDFs | `https://doaj.org` |
+//! | `zenodo` | `GET /api/records?q=doi:"{doi}"`, the records' PDF `files[]` | `https://zenodo.org` |
+//! | `figshare` | `POST /v2/articles/search`, then `GET /v2/articles/{id}/files`, the PDFs | `https://api.figshare.com` |
+//! | `hal` | `GET /search/?q=doiId_s:"{doi}"`, `fileMain_s` and PDF `files_s` | `https://api.archives-ouvertes.fr` |
+//! | `osf` | `GET /v2/preprints/?filter[doi]=`, then the primary file's `download` link | `https://api.osf.io` |
+//! | `openaire` | `GET /search/publications?doi=&format=json`, the PDF URLs in the record | `https://api.openaire.eu` |
 //! | `landing` | the DOI's landing page, its `citation_pdf_url` meta tag (`Extract`) | `https://doi.org` |
 //! | `wayback` | the availability API, as the last resort | `https://archive.org` |
+//!
+//! The search APIs (`core`, `doaj`, `zenodo`, `figshare`, `hal`, `osf`) can answer with
+//! other works than the one asked for; only a record carrying the DOI asked for is used. The
+//! DOI goes into their query as a quoted phrase (`"` and `\` escaped), encoded.
+//!
+//! # Order
+//!
+//! [`DEFAULT_TIERS`]: the cheap OA indexes first, then repositories and preprint servers
+//! (which hold the author's copy when the publisher's is closed), then Crossref's publisher
+//! links and the landing page (a scraped page: slower, robots.txt), and the Wayback Machine
+//! last, as the copy of last resort.
+//!
+//! # API keys
+//!
+//! [`ApiKeys`] holds each provider's key; each is sent as its provider documents it:
+//! OpenAlex `api_key=` (query), CORE `Authorization: Bearer`, Semantic Scholar `x-api-key`,
+//! Crossref Plus `Crossref-Plus-API-Token: Bearer`. Header values are marked sensitive.
+//! `core` needs a key ([`Resolver::required_key`]); the others work without.
 //!
 //! Of these only `landing` scrapes a page, and only it honours robots.txt ([`RobotsTxt`]):
 //! the others ask APIs, and the PDF URLs they hand back are fetched as given.
 
 mod apis;
+mod json;
+mod keyed;
+mod keys;
 mod landing;
+mod repositories;
 mod robots;
 
 use std::collections::BTreeMap;
@@ -43,7 +73,10 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
 
 pub use self::apis::{Arxiv, Crossref, EuropePmc, OpenAlex, Pmc, Unpaywall, Wayback};
+pub use self::keyed::{Core, SemanticScholar};
+pub use self::keys::{ApiKeys, KeyedProvider, KEYED_PROVIDERS};
 pub use self::landing::{citation_pdf_url, Landing};
+pub use self::repositories::{Doaj, Figshare, Hal, OpenAire, Osf, Zenodo};
 pub use self::robots::{RobotsDisallowed, RobotsTxt, MAX_ROBOTS_BYTES, ROBOTS_AGENT};
 use crate::context::{OperationType, Provider, WorkId};
 use crate::error::BoxError;
@@ -66,6 +99,10 @@ pub struct ResolverConfig {
     /// see [`RobotsTxt`]). The pipeline reads it; a hand-built [`ResolveContext`] has its
     /// own `robots`.
     pub ignore_robots: bool,
+    /// Provider API keys (`--api-key`, `CORE_API_KEY`, …). Never serialized, and redacted in
+    /// `Debug`.
+    #[serde(skip)]
+    pub api_keys: ApiKeys,
 }
 
 impl Default for ResolverConfig {
@@ -75,6 +112,7 @@ impl Default for ResolverConfig {
             base_urls: BTreeMap::new(),
             max_response_bytes: 8 * 1024 * 1024,
             ignore_robots: false,
+            api_keys: ApiKeys::default(),
         }
     }
 }
@@ -115,6 +153,12 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     /// The candidate URLs for `work`, best first. A miss is `Ok(vec![])`.
     fn resolve<'a>(&'a self, work: &'a Work, cx: &'a ResolveContext)
         -> BoxFuture<'a, Result<Vec<Candidate>, BoxError>>;
+
+    /// The provider whose API key this resolver cannot work without (`Some("core")`), if
+    /// any. A run leaves such a resolver out, with one line at start, when it has no key.
+    fn required_key(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A resolver API answered with a status that is neither success nor a miss.
@@ -146,6 +190,14 @@ pub fn resolver_by_name(name: &str) -> Option<Arc<dyn Resolver>> {
         "arxiv" => Arc::new(Arxiv),
         "europe_pmc" => Arc::new(EuropePmc),
         "pmc" => Arc::new(Pmc),
+        "core" => Arc::new(Core),
+        "semantic_scholar" => Arc::new(SemanticScholar),
+        "doaj" => Arc::new(Doaj),
+        "zenodo" => Arc::new(Zenodo),
+        "figshare" => Arc::new(Figshare),
+        "hal" => Arc::new(Hal),
+        "osf" => Arc::new(Osf),
+        "openaire" => Arc::new(OpenAire),
         "landing" => Arc::new(Landing),
         "wayback" => Arc::new(Wayback),
         _ => return None,
@@ -154,15 +206,52 @@ pub fn resolver_by_name(name: &str) -> Option<Arc<dyn Resolver>> {
 }
 
 /// The names [`resolver_by_name`] knows.
-pub const RESOLVER_NAMES: [&str; 8] = [
+pub const RESOLVER_NAMES: [&str; 16] = [
     "openalex",
     "unpaywall",
     "crossref",
     "arxiv",
     "europe_pmc",
     "pmc",
+    "core",
+    "semantic_scholar",
+    "doaj",
+    "zenodo",
+    "figshare",
+    "hal",
+    "osf",
+    "openaire",
     "landing",
     "wayback",
+];
+
+/// The default fallback tiers: name, resolvers in order, how many run at once.
+///
+/// 1. `direct_oa`: the record's own URLs and the OA indexes that answer with the best copy
+///    (often the publisher's) in one cheap call;
+/// 2. `repositories`: aggregators, repositories and preprint servers, which hold the
+///    author's copy when the publisher's is closed — asked before any page is scraped,
+///    because an API answer is cheaper and surer than a landing page;
+/// 3. `doi`: Crossref's publisher links, then the landing page (scraping, robots.txt);
+/// 4. `archive`: the Wayback Machine, last, as the copy of last resort.
+pub const DEFAULT_TIERS: [(&str, &[&str], usize); 4] = [
+    ("direct_oa", &["openalex", "unpaywall", "arxiv", "pmc", "europe_pmc"], 2),
+    (
+        "repositories",
+        &[
+            "core",
+            "semantic_scholar",
+            "doaj",
+            "zenodo",
+            "figshare",
+            "hal",
+            "osf",
+            "openaire",
+        ],
+        2,
+    ),
+    ("doi", &["crossref", "landing"], 1),
+    ("archive", &["wayback"], 1),
 ];
 
 /// Sends a metadata request for `resolver` and reads the body (bounded). `Ok(None)` on 404
@@ -174,9 +263,49 @@ pub(crate) fn fetch<'a>(
     work: &'a Work,
     url: &'a str,
 ) -> BoxFuture<'a, Result<Option<(Bytes, http::Uri)>, BoxError>> {
+    fetch_with(cx, resolver, operation, work, Ask::get(url))
+}
+
+/// A resolver request beyond a plain GET: a method, extra headers (an API key: sent marked
+/// sensitive, so that no `Debug` of the request shows it) and a body.
+pub(crate) struct Ask<'a> {
+    pub(crate) method: http::Method,
+    pub(crate) url: &'a str,
+    pub(crate) headers: Vec<(http::header::HeaderName, http::HeaderValue)>,
+    pub(crate) body: Bytes,
+}
+
+impl<'a> Ask<'a> {
+    pub(crate) fn get(url: &'a str) -> Ask<'a> {
+        Ask {
+            method: http::Method::GET,
+            url,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Adds a header holding a secret (marked sensitive).
+    pub(crate) fn secret_header(mut self, name: &'static str, value: &str) -> Result<Ask<'a>, BoxError> {
+        let mut v = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("the {name} header value is not a valid HTTP header value"))?;
+        v.set_sensitive(true);
+        self.headers.push((http::header::HeaderName::from_static(name), v));
+        Ok(self)
+    }
+}
+
+/// [`fetch`] with an [`Ask`].
+pub(crate) fn fetch_with<'a>(
+    cx: &'a ResolveContext,
+    resolver: &'static str,
+    operation: OperationType,
+    work: &'a Work,
+    ask: Ask<'a>,
+) -> BoxFuture<'a, Result<Option<(Bytes, http::Uri)>, BoxError>> {
     use futures_util::FutureExt;
     async move {
-        let uri: http::Uri = match url.parse() {
+        let uri: http::Uri = match ask.url.parse() {
             Ok(u) => u,
             Err(e) => {
                 return Err(Box::new(ResolverParseError {
@@ -185,12 +314,18 @@ pub(crate) fn fetch<'a>(
                 }) as BoxError)
             }
         };
-        let req = Request::get(uri.clone())
-            .header(http::header::ACCEPT, "application/json, text/html;q=0.9, */*;q=0.5")
+        let mut builder = Request::builder()
+            .method(ask.method)
+            .uri(uri.clone())
+            .header(http::header::ACCEPT, "application/json, text/html;q=0.9, */*;q=0.5");
+        for (name, value) in ask.headers {
+            builder = builder.header(name, value);
+        }
+        let req = builder
             .extension(operation)
             .extension(Provider::new(resolver))
             .extension(WorkId::new(work.id.as_str()))
-            .body(Full::default())
+            .body(Full::new(ask.body))
             .map_err(|e| Box::new(e) as BoxError)?;
         let response = cx.http.clone().oneshot(req).await?;
         let status = response.status();
@@ -228,6 +363,19 @@ pub(crate) async fn fetch_json<T: serde::de::DeserializeOwned>(
     url: &str,
 ) -> Result<Option<T>, BoxError> {
     match fetch(cx, resolver, OperationType::Resolve, work, url).await? {
+        Some((body, _)) => parse_json(resolver, &body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`fetch_with`] a Resolve call and parse its JSON; `Ok(None)` on a miss (404/410).
+pub(crate) async fn fetch_json_with<T: serde::de::DeserializeOwned>(
+    cx: &ResolveContext,
+    resolver: &'static str,
+    work: &Work,
+    ask: Ask<'_>,
+) -> Result<Option<T>, BoxError> {
+    match fetch_with(cx, resolver, OperationType::Resolve, work, ask).await? {
         Some((body, _)) => parse_json(resolver, &body).map(Some),
         None => Ok(None),
     }

@@ -212,6 +212,53 @@ fn parse_resolver_base(s: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), url.to_owned()))
 }
 
+/// A secret given on the command line, in the environment or in the TOML file (an API key):
+/// `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::layers::telemetry::REDACTED)
+    }
+}
+
+/// A `--api-key PROVIDER=KEY` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeySpec {
+    /// The provider (`core`).
+    pub provider: String,
+    /// The key.
+    pub key: Secret,
+}
+
+/// Parses `--api-key PROVIDER=KEY`. Never fails here: clap would quote the whole value,
+/// key included, in its error; the settings check it and name only the provider.
+pub fn parse_api_key(s: &str) -> Result<ApiKeySpec, String> {
+    let (provider, key) = s.split_once('=').unwrap_or(("", s));
+    Ok(ApiKeySpec {
+        provider: provider.trim().to_ascii_lowercase(),
+        key: Secret::new(key.trim()),
+    })
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
 /// `contentdownload run`.
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
@@ -315,7 +362,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", env = "DOCSTOKG_FALLBACK_MAX_CONCURRENT")]
     pub fallback_max_concurrent: Option<usize>,
     /// A fallback tier (repeatable; replaces the default tiers): `NAME=r1,r2[:parallel=N]`
-    /// or a default tier name (`direct_oa`, `doi`, `archive`) with an optional `:parallel=N`.
+    /// or a default tier name (`direct_oa`, `repositories`, `doi`, `archive`) with an optional
+    /// `:parallel=N`.
     #[arg(long = "fallback-tier", value_name = "TIER[:parallel=N]", value_parser = parse_tier)]
     pub fallback_tiers: Vec<TierConfig>,
     /// The largest PDF accepted: bytes, or with K, M, G (1024-based), e.g. `500M`; a larger
@@ -350,6 +398,29 @@ pub struct RunArgs {
     /// Point a resolver at another base URL (repeatable), e.g. `unpaywall=http://127.0.0.1:8080`.
     #[arg(long = "resolver-base", value_name = "NAME=URL", value_parser = parse_resolver_base)]
     pub resolver_bases: Vec<(String, String)>,
+    /// A provider's API key (repeatable): `openalex` (sent as `api_key=`), `core` (needed by
+    /// the core resolver; `Authorization: Bearer`), `semantic_scholar` (`x-api-key`),
+    /// `crossref` (Crossref Plus, `Crossref-Plus-API-Token`). Also from OPENALEX_API_KEY,
+    /// CORE_API_KEY, S2_API_KEY, CROSSREF_PLUS_TOKEN, or the config file's `[api_keys]`
+    /// (precedence: flag > environment > file). Keys are never logged nor written.
+    #[arg(long = "api-key", value_name = "PROVIDER=KEY", value_parser = parse_api_key)]
+    pub api_keys: Vec<ApiKeySpec>,
+    /// OpenAlex's key from the environment (see `--api-key`).
+    #[arg(long = "openalex-api-key", env = "OPENALEX_API_KEY", hide = true, hide_env_values = true,
+          value_parser = parse_secret)]
+    pub openalex_api_key: Option<Secret>,
+    /// CORE's key from the environment (see `--api-key`).
+    #[arg(long = "core-api-key", env = "CORE_API_KEY", hide = true, hide_env_values = true,
+          value_parser = parse_secret)]
+    pub core_api_key: Option<Secret>,
+    /// Semantic Scholar's key from the environment (see `--api-key`).
+    #[arg(long = "s2-api-key", env = "S2_API_KEY", hide = true, hide_env_values = true,
+          value_parser = parse_secret)]
+    pub s2_api_key: Option<Secret>,
+    /// Crossref Plus's token from the environment (see `--api-key`).
+    #[arg(long = "crossref-plus-token", env = "CROSSREF_PLUS_TOKEN", hide = true, hide_env_values = true,
+          value_parser = parse_secret)]
+    pub crossref_plus_token: Option<Secret>,
 
     /// A TOML file with the same settings (precedence: flags > environment > file > defaults).
     #[arg(long, value_name = "FILE", env = "DOCSTOKG_CONFIG")]

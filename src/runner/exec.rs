@@ -173,8 +173,12 @@ pub async fn run(
         mailto: settings.mailto.clone(),
         base_urls: settings.resolver_bases.clone(),
         ignore_robots: settings.ignore_robots,
+        api_keys: settings.api_keys.clone(),
         ..ResolverConfig::default()
     };
+    for note in &settings.notes {
+        tracing::warn!("{note}");
+    }
     if settings.ignore_robots {
         tracing::warn!("--ignore-robots: landing pages are fetched whatever their site's robots.txt says");
     }
@@ -296,7 +300,15 @@ fn open_source(
             text.clone(),
             (*year_start, *year_end),
             max.unwrap_or(u64::MAX),
-            resolvers.mailto.clone(),
+            // the contact address, and the key as OpenAlex documents it: `api_key=`
+            // (redacted in every log and file like any `api_key` parameter)
+            [
+                resolvers.mailto.clone().map(|m| ("mailto", m)),
+                resolvers.api_keys.get("openalex").map(|k| ("api_key", k.to_owned())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             stack.client().metadata_limit(),
         ),
     })
@@ -309,7 +321,7 @@ fn topic_stream(
     text: String,
     years: (Option<i32>, Option<i32>),
     max: u64,
-    mailto: Option<String>,
+    identity: Vec<(&'static str, String)>,
     limit: usize,
 ) -> WorkStream {
     struct Page {
@@ -323,7 +335,7 @@ fn topic_stream(
         line: 0,
     };
     stream::unfold(start, move |mut page| {
-        let (http, base, text, mailto) = (http.clone(), base.clone(), text.clone(), mailto.clone());
+        let (http, base, text, identity) = (http.clone(), base.clone(), text.clone(), identity.clone());
         async move {
             let cursor = page.cursor.take()?;
             if page.left == 0 {
@@ -341,9 +353,7 @@ fn topic_stream(
                 (None, Some(b)) => pairs.push(("filter", format!("publication_year:<{}", b + 1))),
                 (None, None) => {}
             }
-            if let Some(m) = &mailto {
-                pairs.push(("mailto", m.clone()));
-            }
+            pairs.extend(identity);
             let fetched: Result<(Vec<Work>, Option<String>), String> = async {
                 let mut url = url::Url::parse(&format!("{base}/works")).map_err(|e| e.to_string())?;
                 url.query_pairs_mut()

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::args::{parse_bytes, parse_default_rate, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs};
+use super::args::{parse_bytes, parse_default_rate, parse_duration, parse_rate, LogFormat, RateSpec, RunArgs, Secret};
 use crate::download::{Durability, DEFAULT_MAX_BYTES, MIN_PDF_BYTES};
 use crate::layers::rate_limit::{normalize_rate_key, Quota, RateLimitConfig};
 use crate::ledger::{redact_url, LedgerConfig, DEFAULT_CONNECT_TIMEOUT};
 use crate::pipeline::{FallbackConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
+use crate::resolvers::{resolver_by_name, ApiKeys};
 use crate::service::HttpConfig;
 
 /// Where the works come from.
@@ -48,6 +49,8 @@ pub enum Source {
 /// "127.0.0.1" = "1000:100"
 /// [resolver_base]
 /// unpaywall = "http://127.0.0.1:8080"
+/// [api_keys]
+/// core = "…"
 /// [fallback]
 /// max_attempts = 10
 /// [http]
@@ -103,6 +106,8 @@ pub struct FileConfig {
     pub ignore_robots: Option<bool>,
     /// Resolver base URLs.
     pub resolver_base: BTreeMap<String, String>,
+    /// Provider API keys (`core = "…"`), under the flags and the environment variables.
+    pub api_keys: BTreeMap<String, Secret>,
     /// The shared client's settings.
     pub http: Option<HttpConfig>,
     /// Log format.
@@ -167,6 +172,10 @@ pub struct RunSettings {
     pub ignore_robots: bool,
     /// Resolver base URLs.
     pub resolver_bases: BTreeMap<String, String>,
+    /// Provider API keys (redacted in `Debug`).
+    pub api_keys: ApiKeys,
+    /// Lines to tell the user at start (a resolver left out for want of its key).
+    pub notes: Vec<String>,
     /// The shared client's settings.
     pub http: HttpConfig,
     /// Log format.
@@ -209,6 +218,64 @@ fn gate(enable: Option<bool>, disable: bool, file: Option<bool>) -> bool {
     } else {
         enable.or(file).unwrap_or(true)
     }
+}
+
+/// The API keys: the file's, then the environment's, then the flags' (each replacing the
+/// one before for its provider).
+fn api_keys(args: &RunArgs, file: &BTreeMap<String, Secret>) -> Result<ApiKeys, String> {
+    let mut keys = ApiKeys::default();
+    for (provider, key) in file {
+        keys.insert(&provider.to_ascii_lowercase(), key.expose())
+            .map_err(|e| format!("config file api_keys: {e}"))?;
+    }
+    let env = [
+        ("openalex", "OPENALEX_API_KEY", &args.openalex_api_key),
+        ("core", "CORE_API_KEY", &args.core_api_key),
+        ("semantic_scholar", "S2_API_KEY", &args.s2_api_key),
+        ("crossref", "CROSSREF_PLUS_TOKEN", &args.crossref_plus_token),
+    ];
+    for (provider, var, key) in env {
+        // an empty variable is the same as none (`CORE_API_KEY= contentdownload run …`)
+        if let Some(key) = key.as_ref().filter(|k| !k.expose().trim().is_empty()) {
+            keys.insert(provider, key.expose()).map_err(|e| format!("{var}: {e}"))?;
+        }
+    }
+    for spec in &args.api_keys {
+        if spec.provider.is_empty() {
+            return Err("--api-key: expected PROVIDER=KEY (the value is not shown)".into());
+        }
+        keys.insert(&spec.provider, spec.key.expose())
+            .map_err(|e| format!("--api-key: {e}"))?;
+    }
+    Ok(keys)
+}
+
+/// Takes out of the tiers each resolver that needs a key it has not got; one line for each,
+/// to tell at start (not a failure for every work).
+fn leave_out_keyless(fallback: &mut FallbackConfig, keys: &ApiKeys) -> Vec<String> {
+    let mut notes = Vec::new();
+    for tier in &mut fallback.tiers {
+        tier.resolvers.retain(|name| {
+            let needs = resolver_by_name(name).and_then(|r| r.required_key());
+            match needs {
+                Some(provider) if keys.get(provider).is_none() => {
+                    let var = crate::resolvers::KEYED_PROVIDERS
+                        .iter()
+                        .find(|p| p.name == provider)
+                        .map_or("", |p| p.env);
+                    let note =
+                        format!("resolver {name} skipped: it needs an API key (set {var} or --api-key {provider}=KEY)");
+                    if !notes.contains(&note) {
+                        notes.push(note);
+                    }
+                    false
+                }
+                _ => true,
+            }
+        });
+    }
+    fallback.tiers.retain(|t| !t.resolvers.is_empty());
+    notes
 }
 
 impl RunSettings {
@@ -289,6 +356,12 @@ impl RunSettings {
             return Err(format!("config file resolver_base: unknown resolver {bad:?}"));
         }
 
+        let api_keys = api_keys(args, &file.api_keys)?;
+        let notes = leave_out_keyless(&mut fallback, &api_keys);
+        if fallback.tiers.is_empty() {
+            return Err(format!("{}; no resolver is left to ask", notes.join("; ")));
+        }
+
         let mailto = args.mailto.clone().or(file.mailto).filter(|m| !m.trim().is_empty());
         let mut http = file.http.unwrap_or_default();
         if mailto.is_some() {
@@ -361,6 +434,8 @@ impl RunSettings {
             verify_existing: args.verify_existing.or(file.verify_existing).unwrap_or(false),
             ignore_robots: args.ignore_robots.or(file.ignore_robots).unwrap_or(false),
             resolver_bases,
+            api_keys,
+            notes,
             http,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             quiet: args.quiet || file.quiet.unwrap_or(false),
@@ -397,11 +472,76 @@ mod tests {
         assert_eq!(s.ledger, "sqlite://pdfs/ledger.sqlite");
         assert_eq!(s.provider_learning_path, PathBuf::from("pdfs/provider_learning.json"));
         assert_eq!(s.run_id, "generated");
-        assert_eq!(s.fallback, FallbackConfig::default());
+        let mut without_core = FallbackConfig::default();
+        without_core.tiers[1].resolvers.retain(|r| r != "core");
+        assert_eq!(s.fallback, without_core, "core needs a key, and none was given");
+        assert_eq!(s.notes.len(), 1);
+        assert!(
+            s.notes[0].contains("core") && s.notes[0].contains("CORE_API_KEY"),
+            "{:?}",
+            s.notes
+        );
         assert_eq!(s.workers, 8);
         assert_eq!(s.second_pass_max_wait, DEFAULT_SECOND_PASS_MAX_WAIT);
         assert_eq!(s.ledger_connect_timeout, Duration::from_secs(10));
         assert_eq!(s.default_rate, Quota::new(5.0, 5));
+    }
+
+    #[test]
+    fn api_keys_from_flag_environment_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[api_keys]\ncore = \"FILEKEY\"\nopenalex = \"OAFILE\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = resolve(&["--input", "w", "--config", p]).unwrap();
+        assert_eq!(s.api_keys.get("core"), Some("FILEKEY"));
+        assert!(s.notes.is_empty(), "core has its key: {:?}", s.notes);
+        assert!(s.fallback.tiers[1].resolvers.contains(&"core".to_string()));
+        // the hidden flags are the environment variables' (CORE_API_KEY, ...)
+        let s = resolve(&[
+            "--input",
+            "w",
+            "--config",
+            p,
+            "--core-api-key",
+            "ENVKEY",
+            "--s2-api-key",
+            "S2",
+        ])
+        .unwrap();
+        assert_eq!(s.api_keys.get("core"), Some("ENVKEY"), "environment over file");
+        assert_eq!(s.api_keys.get("semantic_scholar"), Some("S2"));
+        let s = resolve(&[
+            "--input",
+            "w",
+            "--config",
+            p,
+            "--core-api-key",
+            "ENVKEY",
+            "--api-key",
+            "core=FLAGKEY",
+            "--api-key",
+            "crossref=PLUS",
+        ])
+        .unwrap();
+        assert_eq!(s.api_keys.get("core"), Some("FLAGKEY"), "flag over environment");
+        assert_eq!(s.api_keys.get("crossref"), Some("PLUS"));
+        assert_eq!(s.api_keys.get("openalex"), Some("OAFILE"));
+        // never in Debug
+        let shown = format!("{s:?}");
+        for secret in ["FLAGKEY", "ENVKEY", "FILEKEY", "PLUS", "OAFILE"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // errors name the provider, never the key
+        let err = resolve(&["--input", "w", "--api-key", "nope=SECRETX"]).unwrap_err();
+        assert!(err.contains("nope") && !err.contains("SECRETX"), "{err}");
+        let err = resolve(&["--input", "w", "--api-key", "SECRETX"]).unwrap_err();
+        assert!(err.contains("PROVIDER=KEY") && !err.contains("SECRETX"), "{err}");
+        let err = resolve(&["--input", "w", "--core-api-key", "a b"]).unwrap_err();
+        assert!(err.contains("CORE_API_KEY") && !err.contains("a b"), "{err}");
+        // only keyless tiers left: a usage error, not a run that asks nothing
+        let err = resolve(&["--input", "w", "--fallback-tier", "r=core"]).unwrap_err();
+        assert!(err.contains("core") && err.contains("no resolver"), "{err}");
     }
 
     #[test]

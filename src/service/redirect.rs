@@ -10,7 +10,8 @@ use crate::context::{host_of, host_of_authority, PartitionKey, Provider};
 use crate::error::BoxError;
 
 /// Follows at most `max` redirects, only to http and https, and drops credentials
-/// (`Authorization`, `Cookie`, `Proxy-Authorization`) when a hop leaves the origin.
+/// (`Authorization`, `Cookie`, `Proxy-Authorization`, and the API key headers `x-api-key`
+/// and `Crossref-Plus-API-Token`) when a hop leaves the origin.
 ///
 /// Unlike tower-http's `Limited` (which hands the last 3xx back), running out of hops is an
 /// error, [`TooManyRedirects`], so a redirect loop cannot be mistaken for an answer.
@@ -57,6 +58,10 @@ pub(crate) fn is_web_scheme(scheme: Option<&str>) -> bool {
     matches!(scheme, Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
 }
 
+/// Provider API key headers (besides `Authorization`), dropped with the other credentials
+/// when a hop leaves the origin host.
+const API_KEY_HEADERS: [&str; 2] = ["x-api-key", "crossref-plus-api-token"];
+
 impl<B> Policy<B, BoxError> for RedirectPolicy
 where
     B: Body + Clone,
@@ -87,6 +92,12 @@ where
                 // A hop: the credentials filter first (a cross-origin hop loses the origin's
                 // Authorization), then the Location's own userinfo, which is meant for it.
                 Policy::<B, BoxError>::on_request(&mut self.credentials, request);
+                if request.uri().authority() != origin.as_ref() {
+                    // API keys in headers of their own are credentials too
+                    for name in API_KEY_HEADERS {
+                        request.headers_mut().remove(name);
+                    }
+                }
                 super::credentials::move_userinfo(request);
                 let extensions = request.extensions_mut();
                 extensions.remove::<PartitionKey>();
@@ -153,6 +164,8 @@ mod tests {
     #[tokio::test]
     async fn the_provider_stays_on_its_host_and_the_context_follows_every_hop() {
         let req = Request::get("http://u:p@api.example.org/x")
+            .header("x-api-key", "S2KEY")
+            .header("crossref-plus-api-token", "Bearer PLUS")
             .extension(Provider::new("crossref"))
             .extension(OperationType::Resolve)
             .extension(WorkId::new("W1"))
@@ -179,9 +192,13 @@ mod tests {
         assert_eq!(provider(1).as_deref(), Some("crossref"), "same host keeps the provider");
         assert!(seen[1].2.get::<PartitionKey>().is_none(), "recomputed per hop");
         assert!(seen[1].1.contains_key(AUTHORIZATION), "same origin keeps credentials");
+        assert!(seen[1].1.contains_key("x-api-key") && seen[1].1.contains_key("crossref-plus-api-token"));
 
         assert_eq!(provider(2), None, "another host: its own partition");
         assert!(!seen[2].1.contains_key(AUTHORIZATION), "no credentials across origins");
+        for key in API_KEY_HEADERS {
+            assert!(!seen[2].1.contains_key(key) && !seen[3].1.contains_key(key), "{key}");
+        }
         assert_eq!(seen[2].2.get::<OperationType>(), Some(&OperationType::Resolve));
         assert_eq!(
             seen[2].2.get::<WorkId>().map(|w| w.as_str().to_owned()).as_deref(),

@@ -31,11 +31,14 @@ pub const REDACTED: &str = "REDACTED";
 /// The query parameters whose values are redacted by default (compared case-insensitively;
 /// a name ending in `*` is a prefix: `x-amz-*` covers `X-Amz-Signature`, `X-Amz-Credential`
 /// and `X-Amz-Security-Token`).
-pub const DEFAULT_SENSITIVE_PARAMS: [&str; 23] = [
+pub const DEFAULT_SENSITIVE_PARAMS: [&str; 25] = [
     "email",
     "mailto",
     "api_key",
     "apikey",
+    // the spellings of the provider key headers, when a gateway takes them as parameters
+    "api-key",
+    "x-api-key",
     "key",
     "token",
     "access_token",

@@ -17,6 +17,10 @@ fn redacts_sensitive_values_and_keeps_the_rest() {
     );
     assert_eq!(redact("http://127.0.0.1:8080/a?x=1"), "http://127.0.0.1:8080/a?x=1");
     assert_eq!(redact("/relative?token=abc"), "/relative?token=REDACTED");
+    assert_eq!(
+        redact("https://h/p?X-Api-Key=k1&api-key=k2&API_KEY=k3&q=1"),
+        "https://h/p?X-Api-Key=REDACTED&api-key=REDACTED&API_KEY=REDACTED&q=1"
+    );
     // a parameter that only starts with a sensitive name is kept
     assert_eq!(
         redact("https://h/p?keyword=rust&tokens=2"),
