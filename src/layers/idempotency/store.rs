@@ -335,3 +335,177 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt;
+    use http::{Request, Response};
+    use tower_test::mock;
+
+    use super::*;
+    use crate::layers::idempotency::{AlreadyFinalized, IdempotencyLayer, LeasedElsewhere, LedgerJob};
+
+    /// Answers claims from a script and writes down every call.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<Claimed, &'static str>>>,
+        complete_fails: bool,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn new(answers: impl IntoIterator<Item = Result<Claimed, &'static str>>) -> Arc<Self> {
+            Arc::new(Scripted {
+                answers: Mutex::new(answers.into_iter().collect()),
+                ..Scripted::default()
+            })
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl ClaimStore for Scripted {
+        fn claim(&self, job: NewJob, owner: Arc<str>, ttl: Duration) -> StoreFuture<Claimed> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("claim {} {owner} {}s", job.work_id.as_str(), ttl.as_secs()));
+            let answer = self
+                .answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Err("no answer left"));
+            Box::pin(std::future::ready(answer.map_err(BoxError::from)))
+        }
+
+        fn complete(&self, job: JobId, owner: Arc<str>, to: JobState, result: JobResult) -> StoreFuture<()> {
+            self.calls.lock().unwrap().push(format!(
+                "complete {} {owner} {to} {}",
+                job.0,
+                result.outcome.unwrap_or_default()
+            ));
+            let done = if self.complete_fails {
+                Err("disk full".into())
+            } else {
+                Ok(())
+            };
+            Box::pin(std::future::ready(done))
+        }
+
+        fn release(&self, job: JobId, owner: Arc<str>) -> StoreFuture<()> {
+            self.calls.lock().unwrap().push(format!("release {} {owner}", job.0));
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn lease_ttl(&self) -> Duration {
+            Duration::from_secs(42)
+        }
+    }
+
+    type Handle = mock::Handle<Request<&'static str>, Response<()>>;
+
+    fn request(work: &str) -> Request<&'static str> {
+        let mut req = Request::get("https://example.org/a.pdf").body("").unwrap();
+        crate::context::RequestContextExt::set_work_id(&mut req, crate::context::WorkId::new(work));
+        req
+    }
+
+    fn spawn(
+        store: Arc<Scripted>,
+    ) -> (
+        mock::Spawn<super::super::Idempotency<mock::Mock<Request<&'static str>, Response<()>>>>,
+        Handle,
+    ) {
+        mock::spawn_layer(IdempotencyLayer::with_ledger(store, "run", "me"))
+    }
+
+    #[tokio::test]
+    async fn a_leased_claim_runs_once_and_completes_with_the_outcome() {
+        let store = Scripted::new([Ok(Claimed::Leased(JobId(7)))]);
+        let (mut svc, mut handle) = spawn(store.clone());
+        handle.allow(1);
+        assert!(svc.poll_ready().is_ready());
+        let fut = svc.call(request("W1"));
+        let serve = async {
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(Response::new(()));
+        };
+        let (res, ()) = tokio::join!(fut, serve);
+        let job = res.unwrap().extensions().get::<LedgerJob>().cloned().unwrap();
+        assert_eq!((job.job, job.state, &*job.owner), (JobId(7), JobState::Finalized, "me"));
+        assert_eq!(store.calls(), ["claim W1 me 42s", "complete 7 me FINALIZED http_200"]);
+    }
+
+    #[tokio::test]
+    async fn settled_and_busy_claims_send_nothing() {
+        let settled = Claimed::Settled {
+            job: JobId(1),
+            state: JobState::Skipped,
+            result: JobResult::reason("out of scope"),
+        };
+        let busy = Claimed::Busy {
+            job: JobId(2),
+            owner: Some("other".into()),
+            expires_at_ms: Some(99),
+        };
+        let store = Scripted::new([Ok(settled), Ok(busy)]);
+        let (mut svc, mut handle) = spawn(store.clone());
+        handle.allow(2);
+
+        assert!(svc.poll_ready().is_ready());
+        let err = svc.call(request("W1")).await.unwrap_err();
+        let done = err
+            .downcast_ref::<AlreadyFinalized>()
+            .unwrap_or_else(|| panic!("{err}"));
+        assert_eq!((done.job, done.state), (JobId(1), JobState::Skipped));
+        assert_eq!(done.result().reason.as_deref(), Some("out of scope"));
+
+        assert!(svc.poll_ready().is_ready());
+        let err = svc.call(request("W2")).await.unwrap_err();
+        let busy = err.downcast_ref::<LeasedElsewhere>().unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(
+            (busy.job, busy.owner.as_deref(), busy.expires_at_ms),
+            (JobId(2), Some("other"), Some(99))
+        );
+
+        assert!(handle.next_request().now_or_never().is_none(), "nothing was sent");
+        assert_eq!(store.calls(), ["claim W1 me 42s", "claim W2 me 42s"]);
+    }
+
+    #[tokio::test]
+    async fn store_errors_reach_the_caller() {
+        // the claim fails: nothing is sent
+        let store = Scripted::new([Err("database is locked")]);
+        let (mut svc, mut handle) = spawn(store);
+        handle.allow(1);
+        assert!(svc.poll_ready().is_ready());
+        let err = svc.call(request("W1")).await.unwrap_err();
+        assert_eq!(err.to_string(), "database is locked");
+        assert!(handle.next_request().now_or_never().is_none(), "nothing was sent");
+
+        // the request succeeded but its outcome could not be recorded: an error, not a
+        // success nobody can find again
+        let store = Arc::new(Scripted {
+            answers: Mutex::new([Ok(Claimed::Leased(JobId(3)))].into()),
+            complete_fails: true,
+            ..Scripted::default()
+        });
+        let (mut svc, mut handle) = spawn(store.clone());
+        handle.allow(1);
+        assert!(svc.poll_ready().is_ready());
+        let fut = svc.call(request("W3"));
+        let serve = async {
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(Response::new(()));
+        };
+        let (res, ()) = tokio::join!(fut, serve);
+        assert_eq!(res.unwrap_err().to_string(), "disk full");
+        assert_eq!(store.calls(), ["claim W3 me 42s", "complete 3 me FINALIZED http_200"]);
+    }
+}
