@@ -416,12 +416,10 @@ mod tests {
         req
     }
 
-    fn spawn(
-        store: Arc<Scripted>,
-    ) -> (
-        mock::Spawn<super::super::Idempotency<mock::Mock<Request<&'static str>, Response<()>>>>,
-        Handle,
-    ) {
+    type Spawned =
+        mock::Spawn<crate::layers::idempotency::Idempotency<mock::Mock<Request<&'static str>, Response<()>>>>;
+
+    fn spawn(store: Arc<Scripted>) -> (Spawned, Handle) {
         mock::spawn_layer(IdempotencyLayer::with_ledger(store, "run", "me"))
     }
 
