@@ -47,7 +47,7 @@
 //!
 //! | feature | what it adds |
 //! | --- | --- |
-//! | `runner` (default) | the `contentdownload` binary and its modules: `runner`, `pipeline`, `resolvers`, `download`, `manifest`, `works`, `reason` (clap, indicatif, toml, csv); turns on `ledger` and `csv` |
+//! | `runner` (default) | the `contentdownload` binary and its modules: `runner`, `pipeline`, `resolvers`, `download`, `manifest`, `works`, `reason`, `input`, `report` (clap, indicatif, toml, csv, flate2, walkdir, plotters); turns on `ledger` and `csv` |
 //! | `ledger` | `ledger`: the job ledger on SQLite (sqlx), a [`ClaimStore`](layers::idempotency::ClaimStore) for the idempotency layer |
 //! | `postgres` | the `ledger` on PostgreSQL (`postgres://` URLs, `FOR UPDATE SKIP LOCKED` leasing) for many machines; turns on `ledger` |
 //! | `csv` | `layers::telemetry::CsvSink`: attempt records as CSV rows, and `append`, the locked appends it uses |
@@ -78,6 +78,9 @@ pub mod ledger;
 pub mod download;
 #[cfg(feature = "runner")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod input;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
 pub mod manifest;
 #[cfg(feature = "runner")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
@@ -85,6 +88,9 @@ pub mod pipeline;
 #[cfg(feature = "runner")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
 pub mod reason;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod report;
 #[cfg(feature = "runner")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
 pub mod resolvers;
