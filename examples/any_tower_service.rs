@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --example any_tower_service --features simulator
+//! cargo run --example any_tower_service --no-default-features --features simulator   # the layers alone, no runner
 //! ```
 
 use std::convert::Infallible;

@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --example axum_gateway --features simulator
+//! cargo run --example axum_gateway --no-default-features --features simulator   # the layers alone, no runner
 //! ```
 
 use axum::extract::{Path, State};

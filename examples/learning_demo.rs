@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --example learning_demo --features simulator          # 20 s
 //! cargo run --example learning_demo --features simulator -- 6     # 6 s
+//! cargo run --example learning_demo --no-default-features --features simulator   # the layers alone, no runner
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,7 +4,8 @@
 //! concurrency 1 and 64, in one run, as ratios to (a); and (e) reqwest with this crate's
 //! adapter (`ContentDownloadMiddleware`, sharing (b)'s stack state).
 //!
-//! Run in release mode: `cargo run --release --example overhead_bench --features simulator,reqwest`.
+//! Run in release mode: `cargo run --release --example overhead_bench --features simulator,reqwest`
+//! (it needs no runner: `--no-default-features` builds it too).
 //! `OVERHEAD_REQUESTS=<n>` sets the requests per measurement at concurrency 64 (default
 //! 8000; a quarter of that at concurrency 1). Every count is bounded. `OVERHEAD_ROWS=ab`
 //! runs only the rows whose letters are given (for profiling one client at a time);

@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --example wrap_hyper_client --features simulator
+//! cargo run --example wrap_hyper_client --no-default-features --features simulator   # the layers alone, no runner
 //! ```
 
 use std::time::Instant;

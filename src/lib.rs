@@ -7,8 +7,8 @@
 //! [`tower::ServiceBuilder`] around the shared [`service::HttpClient`], and any other
 //! tower or hyper client can be wrapped the same way.
 //!
-//! The crate also ships a runner binary, `contentdownload`, that resolves open-access PDFs
-//! for scholarly works and downloads them.
+//! The crate also ships a runner binary, `contentdownload` (feature `runner`, on by default),
+//! that resolves open-access PDFs for scholarly works and downloads them.
 //!
 //! # Example
 //!
@@ -38,10 +38,20 @@
 //!
 //! # Feature flags
 //!
+//! The default features build the runner. Without them
+//! (`contentdownload = { version = "0.1", default-features = false }`) the crate is
+//! [`context`], [`error`], [`layers`] and [`service`] on tower, tower-http, hyper,
+//! hyper-util, hyper-rustls, tokio, tracing, opentelemetry and serde; the idempotency
+//! layer's run-once gate then takes any
+//! [`ClaimStore`](layers::idempotency::ClaimStore) of yours.
+//!
 //! | feature | what it adds |
 //! | --- | --- |
-//! | `simulator` | [`simulator`]: a scriptable provider simulator (a real hyper server on 127.0.0.1) for tests, benches and examples |
-//! | `postgres` | the [`ledger`] on PostgreSQL (`postgres://` URLs, `FOR UPDATE SKIP LOCKED` leasing) for many machines; SQLite is always available |
+//! | `runner` (default) | the `contentdownload` binary and its modules: `runner`, `pipeline`, `resolvers`, `download`, `manifest`, `works`, `reason`, `input`, `report` (clap, indicatif, toml, csv, flate2, walkdir, plotters); turns on `ledger` and `csv` |
+//! | `ledger` | `ledger`: the job ledger on SQLite (sqlx), a [`ClaimStore`](layers::idempotency::ClaimStore) for the idempotency layer |
+//! | `postgres` | the `ledger` on PostgreSQL (`postgres://` URLs, `FOR UPDATE SKIP LOCKED` leasing) for many machines; turns on `ledger` |
+//! | `csv` | `layers::telemetry::CsvSink`: attempt records as CSV rows, and `append`, the locked appends it uses |
+//! | `simulator` | `simulator`: a scriptable provider simulator (a real hyper server on 127.0.0.1) for tests, benches and examples |
 //! | `otlp` | OTLP/HTTP export of the telemetry layer's spans and metrics: `layers::telemetry::otel::otlp` |
 //! | `reqwest` | `adapters::reqwest`: a `reqwest_middleware::Middleware` that runs a reqwest client's requests through the stack's policies |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -51,20 +61,44 @@
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod adapters;
+#[cfg(feature = "csv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "csv")))]
 pub mod append;
 pub mod context;
-pub mod download;
 pub mod error;
-pub mod input;
 pub mod layers;
-pub mod ledger;
-pub mod manifest;
-pub mod pipeline;
-pub mod reason;
-pub mod report;
-pub mod resolvers;
-pub mod runner;
 pub mod service;
+
+#[cfg(feature = "ledger")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ledger")))]
+pub mod ledger;
+
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod download;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod input;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod manifest;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod pipeline;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod reason;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod report;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod resolvers;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub mod runner;
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
 pub mod works;
 
 #[cfg(feature = "simulator")]

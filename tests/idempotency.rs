@@ -1,4 +1,4 @@
-#![cfg(feature = "simulator")]
+#![cfg(all(feature = "simulator", feature = "ledger"))]
 //! The idempotency layer against the loopback simulator: keys, headers, retries, and the
 //! ledger gate (SQLite, and PostgreSQL when available).
 
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use contentdownload::context::{IdempotencyKey, OperationType, RequestContextExt, WorkId};
 use contentdownload::error::BoxError;
 use contentdownload::layers::idempotency::{
-    canonical_url, derive_key, AlreadyFinalized, IdempotencyLayer, LeasedElsewhere, LedgerJob,
+    canonical_url, derive_key, AlreadyFinalized, ClaimStore, IdempotencyLayer, LeasedElsewhere, LedgerJob,
 };
 use contentdownload::ledger::{Claim, JobResult, JobState, Ledger, LedgerConfig, NewJob};
 use contentdownload::service::{HttpClient, HttpConfig, ResponseBody};
@@ -287,6 +287,67 @@ async fn finishing_can_be_left_to_the_caller() {
         .await
         .unwrap();
     assert_eq!(ledger.get(ticket.job).await.unwrap().unwrap().result.bytes, Some(4096));
+}
+
+/// The caller who took over finishing gives a job back through the ledger's `ClaimStore`
+/// side (`release`), and the next request for the same key runs again; `complete` then
+/// settles it, and a third request is not sent.
+#[tokio::test]
+async fn a_released_job_runs_again_and_a_completed_one_does_not() {
+    for t in ledger_support::backends("a_released_job_runs_again_and_a_completed_one_does_not").await {
+        let sim = Simulator::start().await.unwrap();
+        sim.on(
+            "/a.pdf",
+            [Reply::ok().body("%PDF-1.7 first"), Reply::ok().body("%PDF-1.7 second")],
+        );
+        let layer = IdempotencyLayer::with_ledger(t.ledger.clone(), "run", "w").finalize_on_response(false);
+        let svc = stack(layer);
+
+        let res = svc
+            .clone()
+            .oneshot(request("GET", &sim.url("/a.pdf"), "W1"))
+            .await
+            .unwrap();
+        let first = res.extensions().get::<LedgerJob>().unwrap().clone();
+        ClaimStore::release(&t.ledger, first.job, first.owner.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            t.ledger.get(first.job).await.unwrap().unwrap().state,
+            JobState::Planned,
+            "{}",
+            t.name
+        );
+
+        let res = svc
+            .clone()
+            .oneshot(request("GET", &sim.url("/a.pdf"), "W1"))
+            .await
+            .unwrap();
+        let again = res.extensions().get::<LedgerJob>().unwrap().clone();
+        assert_eq!((again.job, again.state), (first.job, JobState::Leased), "{}", t.name);
+        ClaimStore::complete(
+            &t.ledger,
+            again.job,
+            again.owner,
+            JobState::Finalized,
+            JobResult::outcome("pdf"),
+        )
+        .await
+        .unwrap();
+        // releasing what is no longer held is the ledger's error, boxed
+        let err = ClaimStore::release(&t.ledger, first.job, first.owner)
+            .await
+            .unwrap_err();
+        assert!(err.is::<contentdownload::ledger::LedgerError>(), "{}: {err}", t.name);
+
+        let err = svc.oneshot(request("GET", &sim.url("/a.pdf"), "W1")).await.unwrap_err();
+        let done = err
+            .downcast_ref::<AlreadyFinalized>()
+            .unwrap_or_else(|| panic!("{}: {err}", t.name));
+        assert_eq!(done.result.outcome.as_deref(), Some("pdf"));
+        assert_eq!(sim.count("/a.pdf"), 2, "{}: sent twice, not three times", t.name);
+    }
 }
 
 mod with_the_contextual_retry_layer {

@@ -62,6 +62,7 @@
 //! ```
 
 mod batch;
+mod claim_store;
 mod connect;
 mod error;
 mod jobs;

@@ -1,6 +1,5 @@
 //! The values the ledger stores and hands out: jobs, their states and results, ops.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -8,94 +7,16 @@ use serde::{Deserialize, Serialize};
 use super::error::LedgerError;
 use crate::context::{IdempotencyKey, WorkId};
 
-/// The ledger's id of a job (its row id).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub i64);
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "job {}", self.0)
-    }
-}
-
-/// Where a job is in its life: `PLANNED → LEASED → FINALIZED | FAILED | DEFERRED | SKIPPED`.
-///
-/// The legal moves are those of [`JobState::can_become`]; anything else is a
-/// [`LedgerError::IllegalTransition`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobState {
-    /// Known and waiting for a worker.
-    Planned,
-    /// Held by one worker until its lease expires (renewed by heartbeats).
-    Leased,
-    /// Done; its result is recorded. Terminal, unless its file is found missing or
-    /// changed: then it is re-planned ([`replan`](super::Ledger::replan)).
-    Finalized,
-    /// Given up on; the reason is recorded. Can be re-planned with [`requeue`](super::Ledger::requeue).
-    Failed,
-    /// Put off for a later pass (the provider asked us to wait). Can be re-planned.
-    Deferred,
-    /// Deliberately not done (already present, out of scope). Terminal.
-    Skipped,
-}
+// The vocabulary the ledger shares with the idempotency layer's claim store lives with the
+// layer, so that the layer builds without the ledger (feature `ledger`); the ledger re-exports it.
+pub(crate) use crate::layers::idempotency::hex;
+pub use crate::layers::idempotency::{JobId, JobResult, JobState, NewJob};
 
 impl JobState {
-    /// Every state, in life order.
-    pub const ALL: [JobState; 6] = [
-        JobState::Planned,
-        JobState::Leased,
-        JobState::Finalized,
-        JobState::Failed,
-        JobState::Deferred,
-        JobState::Skipped,
-    ];
-
-    /// The name stored in the database (`"PLANNED"`, ...).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            JobState::Planned => "PLANNED",
-            JobState::Leased => "LEASED",
-            JobState::Finalized => "FINALIZED",
-            JobState::Failed => "FAILED",
-            JobState::Deferred => "DEFERRED",
-            JobState::Skipped => "SKIPPED",
-        }
-    }
-
-    /// Whether a job in `self` may move to `to`:
-    /// PLANNED → LEASED | SKIPPED; LEASED → FINALIZED | FAILED | DEFERRED | SKIPPED | PLANNED
-    /// (released, or reclaimed after its lease expired); FAILED | DEFERRED → PLANNED (requeued);
-    /// FINALIZED → PLANNED (re-planned: its file is missing or changed). SKIPPED is terminal.
-    pub const fn can_become(self, to: JobState) -> bool {
-        use JobState::*;
-        matches!(
-            (self, to),
-            (Planned, Leased)
-                | (Planned, Skipped)
-                | (Leased, Finalized | Failed | Deferred | Skipped | Planned)
-                | (Failed | Deferred | Finalized, Planned)
-        )
-    }
-
     /// Whether a leased job may be finished into this state (FINALIZED, FAILED, DEFERRED,
     /// SKIPPED): what [`Ledger::finish`](super::Ledger::finish) accepts.
     pub(crate) const fn is_finish_target(self) -> bool {
         JobState::Leased.can_become(self) && !matches!(self, JobState::Planned)
-    }
-
-    /// Whether nothing more will happen to a job in this state (FINALIZED, SKIPPED) in the
-    /// normal course: a claim finds it settled. (A FINALIZED job whose file is gone is the
-    /// exception, see [`replan`](super::Ledger::replan).)
-    pub const fn is_terminal(self) -> bool {
-        matches!(self, JobState::Finalized | JobState::Skipped)
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -111,52 +32,6 @@ impl FromStr for JobState {
                 value: s.to_owned(),
             })
     }
-}
-
-/// What happened to a job, recorded with its final state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobResult {
-    /// A short classification (`"pdf"`, `"http_200"`, `"not_found"`, ...).
-    pub outcome: Option<String>,
-    /// Where the payload was stored, relative to the output folder.
-    pub path: Option<String>,
-    /// The payload's SHA-256, lower-case hex.
-    pub sha256: Option<String>,
-    /// The payload's size in bytes.
-    pub bytes: Option<i64>,
-    /// Why (for FAILED, DEFERRED, SKIPPED), in a few words.
-    pub reason: Option<String>,
-}
-
-impl JobResult {
-    /// A result with just an outcome.
-    pub fn outcome(outcome: impl Into<String>) -> Self {
-        JobResult {
-            outcome: Some(outcome.into()),
-            ..JobResult::default()
-        }
-    }
-
-    /// A result with just a reason.
-    pub fn reason(reason: impl Into<String>) -> Self {
-        JobResult {
-            reason: Some(reason.into()),
-            ..JobResult::default()
-        }
-    }
-}
-
-/// A job to plan: one logical unit of work, identified by its idempotency key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewJob {
-    /// The run that planned it.
-    pub run_id: String,
-    /// The work it serves.
-    pub work_id: WorkId,
-    /// Its idempotency key; planning the same key twice yields one job.
-    pub key: IdempotencyKey,
-    /// The canonical URL it fetches.
-    pub canonical_url: String,
 }
 
 /// A job as stored.
@@ -247,17 +122,6 @@ impl OpKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// Lower-case hex of some bytes (a dependency for twenty lines is not worth it).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
 }
 
 /// One side effect as recorded.

@@ -1,7 +1,7 @@
 //! Error types.
 
+use super::store::{JobId, JobResult, JobState};
 use crate::context::IdempotencyKey;
-use crate::ledger::{Job, JobId, JobResult, JobState};
 
 /// The operation's key is already settled (FINALIZED, or SKIPPED) in the ledger, so the
 /// request was not sent: the recorded outcome is in [`job`](AlreadyFinalized::job).
@@ -10,23 +10,27 @@ use crate::ledger::{Job, JobId, JobResult, JobState};
 /// [`BoxError`](crate::error::BoxError), because a layer cannot make up a response of the
 /// inner service's body type. It is not a failure of the work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key} is already {state} in the ledger ({job_id}); not sent again", state = .job.state, job_id = .job.id)]
+#[error("{key} is already {state} in the ledger ({job}); not sent again")]
 pub struct AlreadyFinalized {
     /// The operation's key.
     pub key: IdempotencyKey,
-    /// The job as recorded, with its state and result.
-    pub job: Job,
+    /// Its job.
+    pub job: JobId,
+    /// FINALIZED or SKIPPED.
+    pub state: JobState,
+    /// The recorded result (outcome, path, sha256, bytes, reason).
+    pub result: JobResult,
 }
 
 impl AlreadyFinalized {
     /// The recorded result (outcome, path, sha256, bytes, reason).
     pub fn result(&self) -> &JobResult {
-        &self.job.result
+        &self.result
     }
 
     /// FINALIZED or SKIPPED.
     pub fn state(&self) -> JobState {
-        self.job.state
+        self.state
     }
 }
 

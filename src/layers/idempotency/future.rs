@@ -12,18 +12,9 @@ use tower_service::Service;
 use super::error::{AlreadyFinalized, LeasedElsewhere};
 use super::layer::Gate;
 use super::outcome::{self, LedgerJob};
+use super::store::{Claimed, JobId, JobState, StoreFuture};
 use crate::context::IdempotencyKey;
 use crate::error::BoxError;
-use crate::ledger::{Claim, JobId, JobResult, JobState, LedgerError};
-
-/// A ledger round trip. sqlx's calls are `async fn`s whose futures cannot be named, so they
-/// are boxed: one allocation per ledger step, only when a ledger is configured, and small
-/// next to the database I/O it waits for. Without a ledger nothing is boxed.
-pub(crate) type LedgerFuture<T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send>>;
-
-async fn record(gate: Arc<Gate>, job: JobId, to: JobState, result: JobResult) -> Result<(), LedgerError> {
-    gate.ledger.finish(job, &gate.worker, to, &result).await
-}
 
 /// The job a request holds a lease on while it runs.
 #[derive(Debug)]
@@ -54,7 +45,7 @@ pin_project! {
         Failed { error: Option<BoxError> },
         // Waiting for the ledger to plan and lease the key.
         Claiming {
-            fut: LedgerFuture<Claim>,
+            fut: StoreFuture<Claimed>,
             svc: Option<S>,
             req: Option<Request<B>>,
             key: Option<IdempotencyKey>,
@@ -65,7 +56,7 @@ pin_project! {
         // The request is in flight (with a lease, or with no ledger at all).
         Calling { #[pin] fut: S::Future, lease: Option<Lease> },
         // Writing the outcome to the ledger before handing it over.
-        Recording { fut: LedgerFuture<()>, out: Option<Result<S::Response, BoxError>> },
+        Recording { fut: StoreFuture<()>, out: Option<Result<S::Response, BoxError>> },
         Done,
     }
 }
@@ -87,7 +78,7 @@ where
     }
 
     pub(crate) fn claiming(
-        fut: LedgerFuture<Claim>,
+        fut: StoreFuture<Claimed>,
         svc: S,
         req: Request<B>,
         key: IdempotencyKey,
@@ -144,9 +135,9 @@ where
                     let claim = ready!(fut.as_mut().poll(cx));
                     let key = key.take().ok_or_else(polled_after_completion)?;
                     let err: BoxError = match claim {
-                        Ok(Claim::Leased(job)) => {
+                        Ok(Claimed::Leased(job)) => {
                             let lease = Lease {
-                                job: job.id,
+                                job,
                                 key,
                                 gate: gate.clone(),
                             };
@@ -158,14 +149,23 @@ where
                             });
                             continue;
                         }
-                        Ok(Claim::Settled(job)) => Box::new(AlreadyFinalized { key, job }),
-                        Ok(Claim::Busy(job)) => Box::new(LeasedElsewhere {
+                        Ok(Claimed::Settled { job, state, result }) => Box::new(AlreadyFinalized {
                             key,
-                            job: job.id,
-                            owner: job.lease_owner,
-                            expires_at_ms: job.lease_expires_at,
+                            job,
+                            state,
+                            result,
                         }),
-                        Err(e) => Box::new(e),
+                        Ok(Claimed::Busy {
+                            job,
+                            owner,
+                            expires_at_ms,
+                        }) => Box::new(LeasedElsewhere {
+                            key,
+                            job,
+                            owner,
+                            expires_at_ms,
+                        }),
+                        Err(e) => e,
                     };
                     this.state.set(State::Done);
                     return Poll::Ready(Err(err));
@@ -186,7 +186,10 @@ where
                                 return Poll::Ready(Err(e));
                             };
                             let (to, result) = outcome::of_error(&e);
-                            let fut = Box::pin(record(lease.gate, lease.job, to, result));
+                            let fut = lease
+                                .gate
+                                .store
+                                .complete(lease.job, lease.gate.worker.clone(), to, result);
                             this.state.set(State::Recording { fut, out: Some(Err(e)) });
                         }
                     }
@@ -215,7 +218,10 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(out);
                     }
-                    let fut = Box::pin(record(lease.gate, lease.job, to, result));
+                    let fut = lease
+                        .gate
+                        .store
+                        .complete(lease.job, lease.gate.worker.clone(), to, result);
                     this.state.set(State::Recording { fut, out: Some(out) });
                 }
                 StateProj::Recording { fut, out } => {
@@ -230,7 +236,7 @@ where
                             Err(original)
                         }
                         // done, but not recorded (the lease was lost, or the database failed)
-                        (Err(e), Ok(_)) => Err(Box::new(e)),
+                        (Err(e), Ok(_)) => Err(e),
                     });
                 }
                 StateProj::Done => return Poll::Ready(Err(polled_after_completion())),

@@ -61,7 +61,7 @@ pub fn derive_key(op: OperationType, work: Option<&WorkId>, canonical_url: &str)
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    IdempotencyKey::new(crate::ledger::hex(&h.finalize()))
+    IdempotencyKey::new(super::store::hex(&h.finalize()))
 }
 
 /// `key` as an RFC 8941 sf-string (`"..."`, with `\` and `"` escaped), the form the IETF

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::service::Idempotency;
-use crate::ledger::Ledger;
+use super::store::ClaimStore;
 
 /// Gives each logical operation a stable [`IdempotencyKey`](crate::context::IdempotencyKey),
 /// sends it as `Idempotency-Key` on unsafe methods and, with a ledger, runs each key at most
@@ -19,7 +19,7 @@ pub struct IdempotencyLayer {
 /// The ledger side of the layer, shared by every service it builds.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    pub(crate) ledger: Ledger,
+    pub(crate) store: Arc<dyn ClaimStore>,
     pub(crate) run_id: String,
     pub(crate) worker: Arc<str>,
     pub(crate) lease_ttl: Duration,
@@ -32,14 +32,18 @@ impl IdempotencyLayer {
         IdempotencyLayer { gate: None }
     }
 
-    /// Keys, headers and the ledger: each key is claimed in `ledger` for run `run_id` by
+    /// Keys, headers and a ledger: each key is claimed in `store` for run `run_id` by
     /// `worker` before the request is sent, and its outcome recorded after. Leases last the
-    /// ledger's configured TTL unless [`lease_ttl`](IdempotencyLayer::lease_ttl) says otherwise.
-    pub fn with_ledger(ledger: Ledger, run_id: impl Into<String>, worker: impl Into<Arc<str>>) -> Self {
-        let lease_ttl = ledger.lease_ttl();
+    /// store's [`ClaimStore::lease_ttl`] unless [`lease_ttl`](IdempotencyLayer::lease_ttl)
+    /// says otherwise.
+    ///
+    /// The store is the crate's job ledger (`contentdownload::ledger::Ledger`, feature
+    /// `ledger`), or any [`ClaimStore`] of your own (see its example).
+    pub fn with_ledger(store: impl ClaimStore, run_id: impl Into<String>, worker: impl Into<Arc<str>>) -> Self {
+        let lease_ttl = store.lease_ttl();
         IdempotencyLayer {
             gate: Some(Arc::new(Gate {
-                ledger,
+                store: Arc::new(store),
                 run_id: run_id.into(),
                 worker: worker.into(),
                 lease_ttl,
@@ -55,7 +59,7 @@ impl IdempotencyLayer {
     }
 
     /// Whether a successful (2xx) response finalizes the job at once (the default), or leaves
-    /// it LEASED for the caller to finish with [`Ledger::finish`] after it has consumed the
+    /// it LEASED for the caller to finish with [`ClaimStore::complete`] after it has consumed the
     /// body (a download is only done once the file is on disk). Failures are recorded either
     /// way. No effect without a ledger.
     pub fn finalize_on_response(self, yes: bool) -> Self {
@@ -65,7 +69,7 @@ impl IdempotencyLayer {
     fn map_gate(mut self, f: impl FnOnce(&mut Gate)) -> Self {
         if let Some(gate) = self.gate.take() {
             let mut g = Arc::try_unwrap(gate).unwrap_or_else(|shared| Gate {
-                ledger: shared.ledger.clone(),
+                store: shared.store.clone(),
                 run_id: shared.run_id.clone(),
                 worker: shared.worker.clone(),
                 lease_ttl: shared.lease_ttl,

@@ -1,5 +1,6 @@
 //! Idempotency keys: one stable key per logical operation, sent as `Idempotency-Key` on
-//! unsafe methods and, with the [job ledger](crate::ledger), run at most once.
+//! unsafe methods and, with a ledger (a [`ClaimStore`]: the crate's job ledger, or your
+//! own), run at most once.
 //!
 //! For every request with an unsafe method (and, with a ledger, every request) the layer:
 //! - takes the request's [`IdempotencyKey`] extension, or derives one with [`derive_key`]
@@ -10,7 +11,7 @@
 //!   header to the key as an RFC 8941 sf-string (`"…"`), unless the caller set the header.
 //!
 //! With a ledger ([`IdempotencyLayer::with_ledger`]), before sending it claims the key
-//! ([`Ledger::claim`](crate::ledger::Ledger::claim): plan if new, then lease):
+//! ([`ClaimStore::claim`]: plan if new, then lease):
 //! - a key already FINALIZED (or SKIPPED) is not sent: the call fails with
 //!   [`AlreadyFinalized`], which carries the recorded job and result. It is an error value
 //!   only because a layer cannot make up a response body; downcast it from the
@@ -53,6 +54,13 @@
 //! The key must survive the process: a run that crashes and restarts, or a second machine
 //! on the same PostgreSQL ledger, must see that a download already finished. The ledger's
 //! conditional transitions make "run once" hold across processes, not just across tasks.
+//!
+//! # Why a trait between the layer and the ledger?
+//!
+//! The ledger needs sqlx and a database; the layer needs three calls of it. Behind
+//! [`ClaimStore`] the layer builds without the ledger (`default-features = false`), and a
+//! library user can keep claims wherever their system already keeps state. The crate's
+//! `Ledger` implements it (feature `ledger`).
 
 mod error;
 mod future;
@@ -60,6 +68,7 @@ mod key;
 mod layer;
 mod outcome;
 mod service;
+mod store;
 
 pub use self::error::{AlreadyFinalized, InvalidIdempotencyKey, LeasedElsewhere};
 pub use self::future::ResponseFuture;
@@ -67,6 +76,9 @@ pub use self::key::{canonical_url, derive_key, header_value};
 pub use self::layer::IdempotencyLayer;
 pub use self::outcome::LedgerJob;
 pub use self::service::{Idempotency, IDEMPOTENCY_KEY};
+#[cfg(feature = "ledger")]
+pub(crate) use self::store::hex;
+pub use self::store::{ClaimStore, Claimed, JobId, JobResult, JobState, NewJob, StoreFuture};
 
 #[cfg(doc)]
 use crate::context::IdempotencyKey;

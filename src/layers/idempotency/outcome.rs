@@ -4,15 +4,16 @@ use std::sync::Arc;
 
 use http::{header, Response, StatusCode};
 
+use super::store::{JobId, JobResult, JobState};
 use crate::context::IdempotencyKey;
 use crate::error::{BoxError, CoolingDown, Deferred, RateLimitTimeout};
-use crate::ledger::{JobId, JobResult, JobState};
 
 /// Response extension: the ledger job this response belongs to, and the state the layer
 /// left it in: FINALIZED (2xx), FAILED or DEFERRED (other statuses), or LEASED when
 /// [`finalize_on_response(false)`](super::IdempotencyLayer::finalize_on_response) leaves
 /// finishing to the caller, who then calls
-/// [`Ledger::finish`](crate::ledger::Ledger::finish)`(job, owner, ...)`.
+/// [`ClaimStore::complete`](super::ClaimStore::complete)`(job, owner, ...)` (for the
+/// ledger, `Ledger::finish`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerJob {
     /// The job.

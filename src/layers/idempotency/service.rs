@@ -7,12 +7,12 @@ use http::header::HeaderName;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::future::{LedgerFuture, ResponseFuture};
+use super::future::ResponseFuture;
 use super::key::{canonical_url, derive_key, header_value};
 use super::layer::Gate;
+use super::store::NewJob;
 use crate::context::{IdempotencyKey, RequestContextExt, WorkId};
 use crate::error::BoxError;
-use crate::ledger::{Claim, Ledger, NewJob};
 
 /// The `Idempotency-Key` header (IETF httpapi draft).
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -81,11 +81,6 @@ fn prepare<B>(req: &mut Request<B>, with_ledger: bool) -> Result<Option<(Idempot
     Ok(Some((key, url)))
 }
 
-// The ledger calls are async fns of owned values, so `call` only boxes them.
-async fn claim(ledger: Ledger, job: NewJob, gate: Arc<Gate>) -> Result<Claim, crate::ledger::LedgerError> {
-    ledger.claim(&job, &gate.worker, gate.lease_ttl).await
-}
-
 impl<S, B, ResBody> Service<Request<B>> for Idempotency<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
@@ -117,7 +112,7 @@ where
             key: key.clone(),
             canonical_url: url,
         };
-        let fut: LedgerFuture<Claim> = Box::pin(claim(gate.ledger.clone(), job, gate.clone()));
+        let fut = gate.store.claim(job, gate.worker.clone(), gate.lease_ttl);
         // the ready service goes into the future; this one keeps a fresh clone
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);

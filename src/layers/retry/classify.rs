@@ -193,7 +193,9 @@ mod tests {
     }
 
     /// One classification, four readings: each kind of error pinned to its
-    /// [`Kind`], retry class, reason code, retryability and telemetry `error.type`.
+    /// [`Kind`], retry class, reason code, retryability and telemetry `error.type`. The
+    /// reason codes are the runner's, so this runs with the `runner` feature.
+    #[cfg(feature = "runner")]
     #[tokio::test(start_paused = true)]
     async fn one_classification_pins_every_reading() {
         use crate::error::{Deferred, FailedOver};

@@ -85,6 +85,8 @@
 
 mod attributes;
 mod body;
+#[cfg(feature = "csv")]
+mod csv_sink;
 pub mod future;
 mod layer;
 mod metrics;
@@ -98,9 +100,12 @@ mod tests;
 mod writer;
 
 pub use self::body::TelemetryBody;
+#[cfg(feature = "csv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "csv")))]
+pub use self::csv_sink::CsvSink;
 pub use self::layer::{Placement, TelemetryLayer};
 pub use self::metrics::{names, RateSource, RetryBudgetExhausted, TelemetryMetrics, DURATION_BUCKETS};
-pub use self::record::{AttemptRecord, CsvSink, JsonlSink, MemorySink, RecordSink, SCHEMA_VERSION};
+pub use self::record::{AttemptRecord, JsonlSink, MemorySink, RecordSink, SCHEMA_VERSION};
 pub use self::redact::{
     redacted, shareable, RedactedUri, RedactedUrl, Redactor, DEFAULT_SENSITIVE_PARAMS, MAX_NESTING, REDACTED,
 };
