@@ -383,6 +383,17 @@ fn resolver_reason(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, bool
     }
 }
 
+/// One resolver's answer, named. A function with a boxed future rather than an `async`
+/// closure: the closure's future, borrowing the work, trips the compiler's proof that the
+/// whole fetch is `Send` (rust-lang/rust#102211), which spawning each work as a task needs.
+fn resolve_with<'a>(
+    r: Arc<dyn Resolver>,
+    work: &'a Work,
+    cx: &'a ResolveContext,
+) -> futures_util::future::BoxFuture<'a, (&'static str, Result<Vec<Candidate>, BoxError>)> {
+    Box::pin(async move { (r.name(), r.resolve(work, cx).await) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,15 +458,4 @@ mod tests {
         t.failure_with_status(ReasonCode::HttpStatus, Some(503), "archive".into(), None);
         assert_eq!(t.best, Some((ReasonCode::HttpStatus, "publisher".into(), Some(404))));
     }
-}
-
-/// One resolver's answer, named. A function with a boxed future rather than an `async`
-/// closure: the closure's future, borrowing the work, trips the compiler's proof that the
-/// whole fetch is `Send` (rust-lang/rust#102211), which spawning each work as a task needs.
-fn resolve_with<'a>(
-    r: Arc<dyn Resolver>,
-    work: &'a Work,
-    cx: &'a ResolveContext,
-) -> futures_util::future::BoxFuture<'a, (&'static str, Result<Vec<Candidate>, BoxError>)> {
-    Box::pin(async move { (r.name(), r.resolve(work, cx).await) })
 }
