@@ -191,6 +191,39 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
     assert!(matches!(lines.last().unwrap().record, ManifestRecord::Summary(_)));
 }
 
+// One owner for ledger claims: with the runner's stack (its idempotency layer on), each
+// work is claimed once, by the pipeline, and the layer records nothing in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_is_the_ledgers_only_claimant() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on_fn("/pdf/*", |_| Reply::pdf(4096));
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    let s = stack();
+    let pipeline = Pipeline::new(
+        config(&sim, out.path(), "w1"),
+        &s,
+        Some(ledger.clone()),
+        manifest(out.path()),
+    )
+    .unwrap();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        pipeline.run(input(works(&sim, 5)), |_| {}, std::future::pending()),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    assert_eq!(summary.downloaded, 5, "{summary:?}");
+    let jobs = ledger.jobs(None).await.unwrap();
+    assert_eq!(jobs.len(), 5);
+    for job in &jobs {
+        assert_eq!(job.attempts, 1, "claimed once: {job:?}");
+        assert_eq!(job.result.outcome.as_deref(), Some("downloaded"));
+        assert!(ledger.ops(job.id).await.unwrap().is_empty(), "no layer op: {job:?}");
+    }
+}
+
 // No ledger here: sqlx's pool keeps real-time timeouts, which a paused clock would fire.
 #[tokio::test(start_paused = true)]
 async fn a_throttled_download_is_deferred_then_picked_up_by_a_later_run() {
