@@ -600,7 +600,7 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
                 serde_json::json!({
                     "provider": s.partition.provider().as_str(),
                     "host": s.partition.host(),
-                    "status": format!("{:?}", s.phase).to_ascii_lowercase(),
+                    "status": s.phase.to_string(),
                     "rate": s.rate,
                     "ceiling": s.ceiling,
                     "reduction": s.applied_reduction,
