@@ -99,7 +99,7 @@ pub struct DownloadFailure {
     pub retryable: bool,
     /// How long the provider asked us to wait before asking again, when it said: the
     /// Retry-After of a refused response (the
-    /// [`RetryAfterHint`](crate::context::RetryAfterHint) the Retry-After layer set on it),
+    /// [`RetryAfterHint`] the Retry-After layer set on it),
     /// or the wait carried by the error behind the failure (a `Deferred`'s Retry-After, a
     /// cool-down's or a rate limit's remaining wait). Found once, where the failure is made,
     /// so a caller planning a second attempt need not look into the error chain.

@@ -328,11 +328,12 @@ impl Pipeline {
                                     Ok(())
                                 }
                             })
-                            .err(),
+                            .err()
+                            .inspect(|e| tracing::error!("stopping the run: {e}")),
                     },
                 };
+                // (the finisher logs its own failure)
                 if let Some(e) = failed {
-                    tracing::error!("stopping the run: {e}");
                     fatal = Some(e);
                     stop.cancel();
                     drain.as_mut().reset(Instant::now() + FATAL_DRAIN);

@@ -23,7 +23,7 @@ use super::finish::{Finished, Finisher};
 use super::frontier::{gated, Frontier, Slot};
 use super::lock;
 use crate::context::{OperationType, WorkId};
-use crate::download::{file_stem, safe_join};
+use crate::download::{file_stem, safe_join, Downloaded};
 use crate::layers::idempotency::derive_key;
 use crate::layers::telemetry::Redactor;
 use crate::ledger::{Claim, Job, JobId, JobResult, JobState, Ledger, LedgerError, NewJob};
@@ -31,7 +31,7 @@ use crate::manifest::{Outcome, SharedManifest, WorkRecord, MANIFEST_SYNC_EVERY};
 use crate::reason::ReasonCode;
 use crate::resolvers::{ResolveContext, RobotsTxt};
 use crate::service::{HttpService, Stack};
-use crate::works::Work;
+use crate::works::{Candidate, Work};
 
 /// What a work's task needs: each work runs as a task of its own, so that the works in
 /// flight spread over the runtime's threads and one work's CPU time (hashing, checks,
@@ -431,20 +431,10 @@ impl Core {
                 candidate,
                 attempts,
             } => {
-                let path = file
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
                 let record = WorkRecord {
-                    resolver: Some(candidate.resolver),
-                    url: Some(self.redactor.redact_str(&candidate.url).to_string()),
-                    path: Some(path),
-                    sha256: Some(file.sha256),
-                    bytes: Some(file.bytes),
                     elapsed_ms,
                     attempts,
-                    ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
+                    ..self.downloaded(&work, &file, candidate)
                 };
                 // made durable and recorded by the finisher, in a group, while this work's
                 // slot goes to the next one (its lease stays held until then)
@@ -492,6 +482,23 @@ impl Core {
                 by,
             })),
             None => Ok(Processed::Done(record)),
+        }
+    }
+
+    /// The record of a download: its file, and the candidate's resolver and URL (redacted).
+    fn downloaded(&self, work: &Work, file: &Downloaded, candidate: Candidate) -> WorkRecord {
+        let path = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        WorkRecord {
+            resolver: Some(candidate.resolver),
+            url: Some(self.redactor.redact_str(&candidate.url).to_string()),
+            path: Some(path),
+            sha256: Some(file.sha256.clone()),
+            bytes: Some(file.bytes),
+            ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
         }
     }
 }
