@@ -43,6 +43,13 @@ pub struct Work {
     pub arxiv_id: Option<String>,
     /// Candidate URLs already in the record, best first, without duplicates.
     pub candidates: Vec<Candidate>,
+    /// The work's type as OpenAlex names it (`article`, `preprint`, `book-chapter`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_type: Option<String>,
+    /// OpenAlex's `open_access.is_oa`: whether any open-access copy is known. `None` when the
+    /// record does not say (and for a bare DOI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_oa: Option<bool>,
 }
 
 /// A URL that may serve the work's PDF, and where it came from.
@@ -79,6 +86,8 @@ impl Work {
             pmcid: None,
             pmid: None,
             candidates: Vec::new(),
+            work_type: None,
+            is_oa: None,
         })
     }
 
@@ -134,14 +143,76 @@ fn arxiv_from_url(url: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_owned())
 }
 
-/// The lines of `reader`, numbered from 1; an unreadable line is a [`LineError`].
-fn numbered_lines<R: BufRead>(reader: R) -> impl Iterator<Item = Result<(usize, String), LineError>> {
-    reader.lines().enumerate().map(|(i, line)| {
-        line.map(|l| (i + 1, l)).map_err(|e| LineError {
-            line: i + 1,
-            message: format!("unreadable: {e}"),
-        })
+/// The longest input line read, in bytes (64 MiB). OpenAlex's largest records (thousands of
+/// authors) are a few MiB; a longer line is one [`LineError`] and is skipped, so the input
+/// never chooses how much memory a line takes.
+pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The lines of `reader`, numbered from 1, without their `\n` or `\r\n`. A line that is not
+/// UTF-8 or is longer than [`MAX_LINE_BYTES`] is a [`LineError`] and reading goes on; a read
+/// error (a truncated gzip part) is a [`LineError`] that ends the reader.
+fn numbered_lines<R: BufRead>(mut reader: R) -> impl Iterator<Item = Result<(usize, String), LineError>> {
+    let mut line = 0usize;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        line += 1;
+        let mut buf = Vec::new();
+        let read = std::io::Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf);
+        let fail = |message: String| Some(Err(LineError { line, message }));
+        match read {
+            Ok(0) => {
+                done = true;
+                None
+            }
+            Ok(_) if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') => {
+                if let Err(e) = skip_line(&mut reader) {
+                    done = true;
+                    return fail(format!("unreadable: {e}"));
+                }
+                fail(format!("longer than {MAX_LINE_BYTES} bytes"))
+            }
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                match String::from_utf8(buf) {
+                    Ok(text) => Some(Ok((line, text))),
+                    Err(_) => fail("unreadable: not UTF-8".into()),
+                }
+            }
+            Err(e) => {
+                // A read error does not go away when asked again: stop this reader.
+                done = true;
+                fail(format!("unreadable: {e}"))
+            }
+        }
     })
+}
+
+/// Consumes `reader` up to and including the next `\n` (or to the end).
+fn skip_line<R: BufRead>(reader: &mut R) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
 }
 
 /// Reads OpenAlex works from JSONL, one result per non-blank line.
@@ -154,9 +225,14 @@ pub fn read_works_jsonl<R: BufRead>(reader: R) -> impl Iterator<Item = Result<Wo
         if line.trim().is_empty() {
             return None;
         }
-        let parsed = serde_json::from_str::<serde_json::Value>(&line)
-            .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| Work::from_openalex(&v));
+        // Straight into the record's few fields: a snapshot's lines are large (authorships,
+        // abstracts) and a `Value` first would build all of it.
+        let parsed = serde_json::from_str::<OpenAlexWork>(&line)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => format!("not an OpenAlex work: {e}"),
+                _ => format!("not JSON: {e}"),
+            })
+            .and_then(OpenAlexWork::into_work);
         Some(parsed.map_err(|message| LineError { line: line_no, message }))
     })
 }
@@ -214,6 +290,8 @@ struct OpenAlexWork {
     #[serde(default, deserialize_with = "lenient_list")]
     locations: Vec<Location>,
     open_access: Option<OpenAccess>,
+    #[serde(rename = "type")]
+    work_type: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -233,6 +311,7 @@ struct Location {
 #[derive(Deserialize)]
 struct OpenAccess {
     oa_url: Option<String>,
+    is_oa: Option<bool>,
 }
 
 fn last_segment(url: &str) -> &str {
@@ -312,6 +391,8 @@ impl OpenAlexWork {
             pmid,
             arxiv_id,
             candidates,
+            work_type: self.work_type,
+            is_oa: self.open_access.as_ref().and_then(|oa| oa.is_oa),
         })
     }
 }

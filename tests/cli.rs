@@ -683,26 +683,3 @@ async fn status_reports_a_corrupt_learning_file_and_leaves_it() {
     assert_eq!(before, after, "status changed nothing in the folder");
     assert_eq!(std::fs::read(&learning).unwrap(), b"{not json");
 }
-
-#[tokio::test]
-async fn a_directory_as_input_is_named_as_such() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("pdfs");
-    for (flag, says) in [("--input", "give a JSONL file"), ("--dois", "give a file of DOIs")] {
-        let done = contentdownload(
-            &[
-                "run",
-                flag,
-                dir.path().to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .await;
-        let stderr = String::from_utf8_lossy(&done.stderr);
-        assert_eq!(done.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("is a directory") && stderr.contains(says), "{stderr}");
-        assert!(!out.exists());
-    }
-}

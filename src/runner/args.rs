@@ -215,11 +215,13 @@ fn parse_resolver_base(s: &str) -> Result<(String, String), String> {
 /// `contentdownload run`.
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
-    /// OpenAlex works, one JSON record a line (`-` reads standard input).
-    #[arg(long, value_name = "FILE", env = "DOCSTOKG_INPUT", group = "source")]
+    /// OpenAlex works, one JSON record a line: a file, plain or gzipped; a folder (every
+    /// `*.jsonl`, `*.jsonl.gz` and `*.gz` under it, in path order, such as the OpenAlex
+    /// snapshot's `works` folder); or `-` for standard input.
+    #[arg(long, value_name = "FILE|DIR", env = "DOCSTOKG_INPUT", group = "source")]
     pub input: Option<PathBuf>,
-    /// DOIs, one a line.
-    #[arg(long, value_name = "FILE", env = "DOCSTOKG_DOIS", group = "source")]
+    /// DOIs, one a line (`#` comments): a file, plain or gzipped, a folder of them, or `-`.
+    #[arg(long, value_name = "FILE|DIR", env = "DOCSTOKG_DOIS", group = "source")]
     pub dois: Option<PathBuf>,
     /// An OpenAlex search: fetch the works it finds (paged with a cursor).
     #[arg(long, value_name = "TEXT", env = "DOCSTOKG_TOPIC", group = "source")]

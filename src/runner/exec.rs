@@ -1,7 +1,7 @@
 //! Carrying out `run`, `status` and `fetch`: what the binary does, as library code so that
 //! it can be tested.
 
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +18,7 @@ use super::settings::{RunSettings, Source};
 use crate::context::{OperationType, Provider};
 use crate::download::DownloadOptions;
 use crate::error::BoxError;
+use crate::input::Input;
 use crate::layers::learning::{InspectError, Learner, LearningPolicy};
 use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
@@ -26,7 +27,7 @@ use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord};
 use crate::pipeline::{ConfigError, Pipeline, PipelineConfig, PipelineError, Progress};
 use crate::resolvers::ResolverConfig;
 use crate::service::{HttpClient, HttpConfig, HttpService, Stack, StackConfig};
-use crate::works::{read_doi_list, read_works_jsonl, LineError, Work};
+use crate::works::{LineError, Work};
 
 /// How a command ended, as a process exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,20 +194,12 @@ fn ledger_message(url: &str, e: &LedgerError) -> String {
 /// `contentdownload run`. Returns the exit status, or why the run could not complete.
 pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Output = ()>) -> Result<Exit, RunError> {
     // a missing input is a usage error, found before anything is created on disk
-    if let Source::Works(path) | Source::Dois(path) = &settings.source {
-        if path != Path::new("-") && !path.is_file() {
-            let message = if path.is_dir() {
-                let want = match &settings.source {
-                    Source::Dois(_) => "a file of DOIs, one a line",
-                    _ => "a JSONL file, one OpenAlex record a line",
-                };
-                format!("the input {} is a directory; give {want}", path.display())
-            } else {
-                format!("cannot read the input {}: no such file", path.display())
-            };
-            return Err(RunError::Usage(message));
+    let input = match &settings.source {
+        Source::Works(path) | Source::Dois(path) => {
+            Some(Input::open(path).map_err(|e| RunError::Usage(e.to_string()))?)
         }
-    }
+        Source::Topic { .. } => None,
+    };
     if settings.idempotency {
         check_ledger_folder(&settings.ledger, &settings.out)?;
     }
@@ -267,7 +260,7 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
     if settings.ignore_robots {
         tracing::warn!("--ignore-robots: landing pages are fetched whatever their site's robots.txt says");
     }
-    let works = open_source(&settings, &stack, &resolvers).map_err(RunError::Usage)?;
+    let works = open_source(&settings, input, &stack, &resolvers).map_err(RunError::Usage)?;
     let pipeline = Pipeline::new(
         PipelineConfig {
             out_dir: settings.out.clone(),
@@ -346,23 +339,27 @@ fn check_ledger_folder(url: &str, out: &Path) -> Result<(), RunError> {
 
 type WorkStream = BoxStream<'static, Result<Work, LineError>>;
 
-fn open_source(settings: &RunSettings, stack: &Stack, resolvers: &ResolverConfig) -> Result<WorkStream, String> {
-    let lines = |path: &Path| -> Result<Box<dyn BufRead + Send>, String> {
-        if path == Path::new("-") {
-            return Ok(Box::new(BufReader::new(std::io::stdin())));
+fn open_source(
+    settings: &RunSettings,
+    input: Option<Input>,
+    stack: &Stack,
+    resolvers: &ResolverConfig,
+) -> Result<WorkStream, String> {
+    Ok(match (&settings.source, input) {
+        (Source::Dois(_), Some(input)) => stream::iter(input.dois()).boxed(),
+        (_, Some(input)) => stream::iter(input.works()).boxed(),
+        (Source::Works(path) | Source::Dois(path), None) => {
+            return Err(format!("the input {} was not opened", path.display()))
         }
-        let file = std::fs::File::open(path).map_err(|e| format!("cannot read the input {}: {e}", path.display()))?;
-        Ok(Box::new(BufReader::new(file)))
-    };
-    Ok(match &settings.source {
-        Source::Works(path) => stream::iter(read_works_jsonl(lines(path)?)).boxed(),
-        Source::Dois(path) => stream::iter(read_doi_list(lines(path)?)).boxed(),
-        Source::Topic {
-            text,
-            year_start,
-            year_end,
-            max,
-        } => topic_stream(
+        (
+            Source::Topic {
+                text,
+                year_start,
+                year_end,
+                max,
+            },
+            _,
+        ) => topic_stream(
             stack.service(OperationType::ManifestFetch),
             resolvers.base_url("openalex", "https://api.openalex.org"),
             text.clone(),

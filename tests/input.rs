@@ -1,0 +1,147 @@
+//! `--input` at snapshot scale, end to end with the binary: a folder of gzipped JSON Lines
+//! parts laid out like the OpenAlex snapshot, and gzipped standard input.
+#![cfg(feature = "simulator")]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use contentdownload::simulator::{Reply, Simulator};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+mod bin_support;
+use bin_support::{command, contentdownload};
+
+fn record(sim: &Simulator, n: usize) -> String {
+    json!({
+        "id": format!("https://openalex.org/W{}", 7000 + n),
+        "doi": format!("https://doi.org/10.5555/s{n}"),
+        "publication_year": 2020 + (n % 4) as i32,
+        "type": if n.is_multiple_of(5) { "book-chapter" } else { "article" },
+        "open_access": {"is_oa": true},
+        "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{n}.pdf"))}
+    })
+    .to_string()
+        + "\n"
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+/// `works/updated_date=…/part_NNN.gz` with `per_part` records each, a `manifest`, and
+/// `n` records in all.
+fn snapshot(sim: &Simulator, root: &Path, dates: &[&str], parts: usize, per_part: usize) -> usize {
+    let works = root.join("works");
+    let mut n = 0;
+    for date in dates {
+        let dir = works.join(format!("updated_date={date}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for p in 0..parts {
+            let text: String = (0..per_part).map(|i| record(sim, n + i)).collect();
+            n += per_part;
+            std::fs::write(dir.join(format!("part_{p:03}.gz")), gzip(&text)).unwrap();
+        }
+    }
+    std::fs::write(works.join("manifest"), r#"{"entries": []}"#).unwrap();
+    n
+}
+
+/// The number on the summary line that starts with `label`.
+fn summary(stdout: &[u8], label: &str) -> u64 {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} in {text}"));
+    line[label.len()..].trim().parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
+fn args<'a>(input: &'a str, out: &'a str, rate: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--input",
+        input,
+        "--out",
+        out,
+        "--quiet",
+        "--fallback-tier",
+        "direct=openalex",
+        "--rate",
+        rate,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_folder_of_gzipped_parts_is_read_whole_and_a_rerun_fetches_nothing() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(2000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let n = snapshot(&sim, dir.path(), &["2024-01-02", "2024-01-01"], 3, 10);
+    let works = dir.path().join("works");
+    let out = dir.path().join("pdfs");
+    let rate = format!("{}=1000:100", sim.addr());
+    let args = args(works.to_str().unwrap(), out.to_str().unwrap(), &rate);
+
+    let done = contentdownload(&args, &[]).await;
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(summary(&done.stdout, "downloaded"), n as u64, "{stdout}");
+    for i in 0..n {
+        assert!(out.join(format!("W{}.pdf", 7000 + i)).is_file(), "W{}", 7000 + i);
+    }
+    assert_eq!(sim.count("/pdf/*"), n);
+
+    let again = contentdownload(&args, &[]).await;
+    assert!(again.status.success());
+    assert_eq!(summary(&again.stdout, "skipped"), n as u64);
+    assert_eq!(sim.count("/pdf/*"), n, "the rerun fetched nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzipped_standard_input_reads_like_a_file() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(2000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pdfs");
+    let rate = format!("{}=1000:100", sim.addr());
+    let text: String = (0..5).map(|i| record(&sim, i)).collect();
+    let mut child = command(&args("-", out.to_str().unwrap(), &rate), &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&gzip(&text)).await.unwrap();
+    drop(stdin);
+    let done = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(summary(&done.stdout, "downloaded"), 5, "{stdout}");
+}
+
+#[tokio::test]
+async fn a_folder_without_parts_and_a_missing_input_are_usage_errors_that_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifest"), "").unwrap();
+    let out = dir.path().join("pdfs");
+    let missing = dir.path().join("nope.jsonl.gz");
+    for (input, says) in [
+        (dir.path(), "holds no *.jsonl, *.jsonl.gz or *.gz files"),
+        (missing.as_path(), "cannot read the input"),
+    ] {
+        let done = contentdownload(&args(input.to_str().unwrap(), out.to_str().unwrap(), "x=1"), &[]).await;
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!out.exists());
+    }
+}
