@@ -121,7 +121,7 @@ async fn run(args: &Args, works: &Path, out: &Path, a: &Simulator, b: &Simulator
     let started = Instant::now();
     let exit = exec::run(settings, std::future::pending())
         .await
-        .map_err(|(code, message)| format!("the runner failed ({code:?}): {message}"))?;
+        .map_err(|e| format!("the runner failed ({:?}): {e}", e.exit()))?;
     if exit != Exit::Completed {
         return Err(format!("the runner ended with {exit:?}"));
     }

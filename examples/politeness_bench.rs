@@ -452,7 +452,7 @@ async fn run_once(
     };
     match exit {
         Ok(Exit::Fatal) | Ok(Exit::Usage) => return Err(format!("the runner ended with {exit:?}")),
-        Err((code, message)) => return Err(format!("the runner failed ({code:?}): {message}")),
+        Err(e) => return Err(format!("the runner failed ({:?}): {e}", e.exit())),
         Ok(_) => {}
     }
     servers.front.check_alive()?;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use contentdownload::runner::exec::{self, Exit};
+use contentdownload::runner::exec::{self, Exit, RunError};
 use contentdownload::runner::{Cli, Command, LogFormat, RunSettings};
 
 fn init_logging(format: LogFormat) {
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => match RunSettings::resolve(&args, exec::generated_run_id) {
-            Err(e) => Err((Exit::Usage, e)),
+            Err(e) => Err(RunError::Usage(e)),
             Ok(settings) => {
                 init_logging(settings.log_format);
                 runtime.block_on(exec::run(settings, async {
@@ -58,9 +58,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => exit(code),
-        Err((code, message)) => {
-            eprintln!("error: {message}");
-            exit(code)
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit(e.exit())
         }
     }
 }

@@ -50,6 +50,39 @@ pub enum Outcome {
     Deferred,
 }
 
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Downloaded,
+        Outcome::Skipped,
+        Outcome::Failed,
+        Outcome::Deferred,
+    ];
+
+    /// The outcome's name, as the manifest (its serde name) and the ledger's `outcome`
+    /// column write it: `downloaded`, `skipped`, `failed`, `deferred`.
+    ///
+    /// ```
+    /// use contentdownload::manifest::Outcome;
+    ///
+    /// assert_eq!(Outcome::Downloaded.as_str(), "downloaded");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Downloaded => "downloaded",
+            Outcome::Skipped => "skipped",
+            Outcome::Failed => "failed",
+            Outcome::Deferred => "deferred",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outcome of one work.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkRecord {
@@ -382,6 +415,16 @@ pub fn read_manifest(path: &Path) -> io::Result<(Vec<ManifestLine>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names the manifest and the ledger hold: the serde name, and the lower-cased
+    /// Debug form the ledger's `outcome` column was written with before `as_str`.
+    #[test]
+    fn outcome_names_are_those_written_before() {
+        for o in Outcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(format!("{o:?}").to_ascii_lowercase(), o.as_str());
+        }
+    }
 
     #[test]
     fn writes_and_reads_every_record_type() {

@@ -203,9 +203,83 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, b
     (reason, kind.is_transient())
 }
 
+/// When the provider behind `err` expects us back, if the error says: a
+/// [`Deferred`]'s Retry-After, a [`CoolingDown`]'s end (with its partition's host), a
+/// [`RateLimitTimeout`]'s wait (with its host). Walks the source chain; relative waits
+/// count from `now`.
+pub(crate) fn retry_hint(
+    err: &(dyn std::error::Error + 'static),
+    now: tokio::time::Instant,
+) -> (Option<String>, Option<tokio::time::Instant>) {
+    use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
+
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(d) = e.downcast_ref::<Deferred>() {
+            return (None, d.retry_after.and_then(|w| now.checked_add(w)));
+        }
+        if let Some(c) = e.downcast_ref::<CoolingDown>() {
+            return (Some(c.partition.host().to_owned()), Some(c.until));
+        }
+        if let Some(r) = e.downcast_ref::<RateLimitTimeout>() {
+            return (Some(r.partition.host().to_owned()), now.checked_add(r.wait));
+        }
+        current = e.source();
+    }
+    (None, None)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use http::StatusCode;
+    use tokio::time::Instant;
+
     use super::*;
+    use crate::context::{OperationType, PartitionKey};
+    use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] crate::error::BoxError);
+
+    #[test]
+    fn hints_are_found_in_the_source_chain() {
+        let now = Instant::now();
+        let deferred = Deferred {
+            operation: OperationType::Validate,
+            status: Some(StatusCode::TOO_MANY_REQUESTS),
+            retry_after: Some(Duration::from_secs(30)),
+            attempts: 1,
+            reason: "throttled".into(),
+        };
+        let wrapped = Wrapped(Box::new(deferred.clone()));
+        assert_eq!(retry_hint(&wrapped, now), (None, Some(now + Duration::from_secs(30))));
+        let unhinted = Deferred {
+            retry_after: None,
+            ..deferred
+        };
+        assert_eq!(retry_hint(&unhinted, now), (None, None));
+        let cooling = CoolingDown {
+            partition: PartitionKey::new("p", "API.example.org:8443"),
+            until: now + Duration::from_secs(7),
+        };
+        assert_eq!(
+            retry_hint(&cooling, now),
+            (Some("api.example.org:8443".into()), Some(now + Duration::from_secs(7)))
+        );
+        let limited = RateLimitTimeout {
+            partition: PartitionKey::new("p", "h"),
+            wait: Duration::from_secs(3),
+            max_wait: Duration::from_secs(1),
+        };
+        assert_eq!(
+            retry_hint(&limited, now),
+            (Some("h".into()), Some(now + Duration::from_secs(3)))
+        );
+        assert_eq!(retry_hint(&std::io::Error::other("x"), now), (None, None));
+    }
 
     #[test]
     fn serde_name_is_as_str() {

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use contentdownload::download::DownloadOptions;
+use contentdownload::context::OperationType;
+use contentdownload::download::{stage_pdf, DownloadOptions};
 use contentdownload::ledger::{JobState, Ledger, LedgerConfig};
 use contentdownload::manifest::{read_manifest, ManifestRecord, ManifestWriter, MANIFEST_FILE};
 use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress, DEFAULT_SECOND_PASS_MAX_WAIT};
@@ -190,6 +191,39 @@ async fn a_crashed_run_resumes_without_fetching_anything_twice() {
     assert!(matches!(lines.last().unwrap().record, ManifestRecord::Summary(_)));
 }
 
+// One owner for ledger claims: with the runner's stack (its idempotency layer on), each
+// work is claimed once, by the pipeline, and the layer records nothing in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_is_the_ledgers_only_claimant() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on_fn("/pdf/*", |_| Reply::pdf(4096));
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    let s = stack();
+    let pipeline = Pipeline::new(
+        config(&sim, out.path(), "w1"),
+        &s,
+        Some(ledger.clone()),
+        manifest(out.path()),
+    )
+    .unwrap();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        pipeline.run(input(works(&sim, 5)), |_| {}, std::future::pending()),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    assert_eq!(summary.downloaded, 5, "{summary:?}");
+    let jobs = ledger.jobs(None).await.unwrap();
+    assert_eq!(jobs.len(), 5);
+    for job in &jobs {
+        assert_eq!(job.attempts, 1, "claimed once: {job:?}");
+        assert_eq!(job.result.outcome.as_deref(), Some("downloaded"));
+        assert!(ledger.ops(job.id).await.unwrap().is_empty(), "no layer op: {job:?}");
+    }
+}
+
 // No ledger here: sqlx's pool keeps real-time timeouts, which a paused clock would fire.
 #[tokio::test(start_paused = true)]
 async fn a_throttled_download_is_deferred_then_picked_up_by_a_later_run() {
@@ -231,6 +265,41 @@ async fn a_throttled_download_is_deferred_then_picked_up_by_a_later_run() {
     let pipeline = Pipeline::new(config(&sim, out.path(), "w1"), &s, None, manifest(out.path())).unwrap();
     let summary = pipeline.run(input(one), |_| {}, std::future::pending()).await.unwrap();
     assert_eq!(summary.downloaded, 1, "{summary:?}");
+}
+
+// The hint travels with the failure: a 429 + Retry-After on a PDF fetch through the
+// stack comes back as a failure carrying that wait (no side channel, no error chain).
+#[tokio::test(start_paused = true)]
+async fn a_refused_pdf_fetch_carries_its_retry_after() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/0.pdf", [Reply::status(429).retry_after_secs(300)]);
+    sim.on("/pdf/1.pdf", [Reply::pdf(4096)]);
+    let out = tempfile::tempdir().unwrap();
+    let s = stack();
+    let out = out.path();
+    let options = DownloadOptions::default();
+    let fetch = |path: &str| {
+        let request = http::Request::get(sim.url(path))
+            .extension(OperationType::Download)
+            .body(Default::default())
+            .unwrap();
+        stage_pdf(s.service(OperationType::Download), request, out, "k", &options)
+    };
+    let refused = fetch("/pdf/0.pdf").await.unwrap_err();
+    assert_eq!(refused.reason, ReasonCode::Throttled);
+    assert_eq!(refused.retry_after, Some(Duration::from_secs(300)));
+    // the host now cools down: the next fetch is not sent, and its failure carries the
+    // cool-down's remaining wait
+    let cooling = fetch("/pdf/1.pdf").await.unwrap_err();
+    assert_eq!(cooling.reason, ReasonCode::CoolingDown);
+    assert!(
+        cooling
+            .retry_after
+            .is_some_and(|w| w > Duration::ZERO && w <= Duration::from_secs(300)),
+        "{:?}",
+        cooling.retry_after
+    );
+    assert_eq!(sim.count("/pdf/1.pdf"), 0);
 }
 
 // The 429's hint (90 s) is past the Download retry's deadline (60 s), so the work is

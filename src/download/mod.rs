@@ -27,6 +27,7 @@ mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -39,6 +40,7 @@ pub use self::durability::{sync_batch, Durability};
 pub use self::naming::{file_stem, safe_join};
 pub use self::validate::{PayloadCheck, HEAD_WINDOW, MIN_PDF_BYTES, TAIL_WINDOW};
 use self::write::{DiskError, Gathered, Sink};
+use crate::context::RetryAfterHint;
 use crate::error::BoxError;
 use crate::reason::ReasonCode;
 
@@ -95,6 +97,13 @@ pub struct DownloadFailure {
     pub detail: String,
     /// Whether trying the same URL again may help (a cut connection, a timeout).
     pub retryable: bool,
+    /// How long the provider asked us to wait before asking again, when it said: the
+    /// Retry-After of a refused response (the
+    /// [`RetryAfterHint`] the Retry-After layer set on it),
+    /// or the wait carried by the error behind the failure (a `Deferred`'s Retry-After, a
+    /// cool-down's or a rate limit's remaining wait). Found once, where the failure is made,
+    /// so a caller planning a second attempt need not look into the error chain.
+    pub retry_after: Option<Duration>,
     /// The error behind it, when there was one (for downcasting `Deferred` and the like).
     #[source]
     pub source: Option<BoxError>,
@@ -107,18 +116,25 @@ impl DownloadFailure {
             status,
             detail: detail.into(),
             retryable: false,
+            retry_after: None,
             source: None,
         }
     }
 
-    /// A failure from an error of the stack or the body.
+    /// A failure from an error of the stack or the body, with the wait the error carries
+    /// (see [`retry_after`](DownloadFailure::retry_after)).
     pub fn from_error(err: BoxError, status: Option<StatusCode>) -> Self {
         let (reason, retryable) = crate::reason::classify_error(&*err);
+        let now = tokio::time::Instant::now();
+        let retry_after = crate::reason::retry_hint(&*err, now)
+            .1
+            .map(|at| at.saturating_duration_since(now));
         DownloadFailure {
             reason,
             status,
             detail: err.to_string(),
             retryable,
+            retry_after,
             source: Some(err),
         }
     }
@@ -303,6 +319,8 @@ where
         };
         let mut failure = DownloadFailure::new(reason, Some(status), format!("the server answered {status}"));
         failure.retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+        // the response is dropped here: its hint goes on with the failure
+        failure.retry_after = response.extensions().get::<RetryAfterHint>().map(|h| h.delay);
         return Err(failure);
     }
     if let Some(len) = declared_length(&response) {

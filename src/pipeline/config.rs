@@ -1,8 +1,44 @@
-//! Fallback configuration: tiers of resolvers and the per-work budgets.
+//! The pipeline's configuration: its run ([`PipelineConfig`]), and the fallback's tiers of
+//! resolvers and per-work budgets ([`FallbackConfig`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resolvers::RESOLVER_NAMES;
+use crate::download::DownloadOptions;
+use crate::resolvers::{ResolverConfig, RESOLVER_NAMES};
+
+/// What a [`Pipeline`](super::Pipeline) needs besides the stack, the ledger and the manifest.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// The output folder.
+    pub out_dir: PathBuf,
+    /// This run's id (on every manifest line and ledger job).
+    pub run_id: String,
+    /// This worker's name in the ledger (unique per process).
+    pub worker_id: String,
+    /// Works processed at once. A work waiting for a host that is not ready (the crawl
+    /// frontier) gives its slot to another meanwhile: up to four times as many works
+    /// more (at least 64) may wait so, their leases held.
+    pub workers: usize,
+    /// Tiers and budgets.
+    pub fallback: FallbackConfig,
+    /// Resolver base URLs and contact address.
+    pub resolvers: ResolverConfig,
+    /// Download limits.
+    pub download: DownloadOptions,
+    /// How long a work's lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+    /// The longest the second pass waits for the providers of deferred works to accept
+    /// again ([`DEFAULT_SECOND_PASS_MAX_WAIT`](super::DEFAULT_SECOND_PASS_MAX_WAIT) by
+    /// default); works expected back later stay deferred for the next run. Zero: no wait.
+    pub second_pass_max_wait: Duration,
+    /// Re-hash (SHA-256) the file of a work the ledger records as downloaded before
+    /// skipping it; off by default, as it reads every file. The file's presence and size
+    /// are always checked: a work whose file is missing or changed is downloaded again.
+    pub verify_existing: bool,
+}
 
 /// One tier: resolvers asked together, `parallel` at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,14 +12,12 @@ use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::config::FallbackConfig;
-use crate::context::{OperationType, RetryAfterHint, WorkId};
+use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
 use crate::error::BoxError;
-use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
 use crate::layers::telemetry::redacted;
-use crate::reason::{classify_error, ReasonCode};
+use crate::reason::{classify_error, retry_hint, ReasonCode};
 use crate::resolvers::{resolver_by_name, HttpService, ResolveContext, Resolver};
-use crate::service::PipelineBody;
 use crate::works::{Candidate, Work};
 
 /// URLs already tried in this run, shared by every work, so that no URL is fetched twice
@@ -175,27 +173,6 @@ impl Tally {
     }
 }
 
-/// When the provider behind `err` expects us back, if the error says: a
-/// [`Deferred`]'s Retry-After, a [`CoolingDown`]'s end (with its partition's host), a
-/// [`RateLimitTimeout`]'s wait (with its host). Walks the source chain; relative waits
-/// count from `now`.
-pub(crate) fn retry_hint(err: &(dyn std::error::Error + 'static), now: Instant) -> (Option<String>, Option<Instant>) {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(d) = e.downcast_ref::<Deferred>() {
-            return (None, d.retry_after.and_then(|w| now.checked_add(w)));
-        }
-        if let Some(c) = e.downcast_ref::<CoolingDown>() {
-            return (Some(c.partition.host().to_owned()), Some(c.until));
-        }
-        if let Some(r) = e.downcast_ref::<RateLimitTimeout>() {
-            return (Some(r.partition.host().to_owned()), now.checked_add(r.wait));
-        }
-        current = e.source();
-    }
-    (None, None)
-}
-
 impl Fallback {
     /// Builds the tiers. Fails on an invalid configuration.
     pub fn new(config: FallbackConfig) -> Result<Fallback, super::config::FallbackConfigError> {
@@ -335,13 +312,13 @@ impl Fallback {
                             Ok(file) => return Some((file, candidate)),
                             Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
                         },
-                        Err((candidate, failure, retry_at)) => {
+                        Err((candidate, failure)) => {
                             if is_deferral(failure.reason) {
                                 env.tried.remove(&candidate.url);
                             }
                             let by = DeferredBy {
                                 source: DeferredBy::host_of(&candidate.url),
-                                retry_at,
+                                retry_at: failure.retry_after.and_then(|d| Instant::now().checked_add(d)),
                             };
                             // the URL as the manifest and the logs may show it: no userinfo, no secrets
                             tally.failure_with_status(
@@ -358,15 +335,15 @@ impl Fallback {
         None
     }
 
-    /// Downloads one candidate. A failure comes with the moment its provider expects us
-    /// back, when it said (a Retry-After on the refused response, or one inside the error).
+    /// Downloads one candidate. A failure carries how long its provider asked us to wait,
+    /// when it said ([`DownloadFailure::retry_after`]).
     async fn try_candidate(
         &self,
         work: &Work,
         env: FetchEnv<'_>,
         candidate: Candidate,
         key: String,
-    ) -> Result<(crate::download::Staged, Candidate), (Candidate, DownloadFailure, Option<Instant>)> {
+    ) -> Result<(crate::download::Staged, Candidate), (Candidate, DownloadFailure)> {
         let mut tries = 0;
         loop {
             let request = match Request::get(candidate.url.as_str())
@@ -381,16 +358,10 @@ impl Fallback {
                         reason: ReasonCode::InvalidUrl,
                         ..failure
                     };
-                    return Err((candidate, failure, None));
+                    return Err((candidate, failure));
                 }
             };
-            // stage_pdf drops a refused response; keep its hint (set by the Retry-After layer)
-            let hint: Arc<Mutex<Option<Duration>>> = Arc::default();
-            let service = KeepHint {
-                inner: env.download.clone(),
-                seen: hint.clone(),
-            };
-            match stage_pdf(service, request, env.out_dir, &key, env.options).await {
+            match stage_pdf(env.download.clone(), request, env.out_dir, &key, env.options).await {
                 Ok(staged) => return Ok((staged, candidate)),
                 // A body cut or stalled after a good head: the layers cannot retry that, we do.
                 Err(f)
@@ -399,14 +370,7 @@ impl Fallback {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(250 << tries)).await;
                 }
-                Err(f) => {
-                    let now = Instant::now();
-                    let from_response = *hint.lock().unwrap_or_else(|e| e.into_inner());
-                    let at = from_response
-                        .and_then(|d| now.checked_add(d))
-                        .or_else(|| f.source.as_deref().and_then(|e| retry_hint(e, now).1));
-                    return Err((candidate, f, at));
-                }
+                Err(f) => return Err((candidate, f)),
             }
         }
     }
@@ -419,53 +383,20 @@ fn resolver_reason(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, bool
     }
 }
 
+/// One resolver's answer, named. A function with a boxed future rather than an `async`
+/// closure: the closure's future, borrowing the work, trips the compiler's proof that the
+/// whole fetch is `Send` (rust-lang/rust#102211), which spawning each work as a task needs.
+fn resolve_with<'a>(
+    r: Arc<dyn Resolver>,
+    work: &'a Work,
+    cx: &'a ResolveContext,
+) -> futures_util::future::BoxFuture<'a, (&'static str, Result<Vec<Candidate>, BoxError>)> {
+    Box::pin(async move { (r.name(), r.resolve(work, cx).await) })
+}
+
 #[cfg(test)]
 mod tests {
-    use http::StatusCode;
-
     use super::*;
-    use crate::context::PartitionKey;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("wrapped")]
-    struct Wrapped(#[source] crate::error::BoxError);
-
-    #[test]
-    fn hints_are_found_in_the_source_chain() {
-        let now = Instant::now();
-        let deferred = Deferred {
-            operation: OperationType::Validate,
-            status: Some(StatusCode::TOO_MANY_REQUESTS),
-            retry_after: Some(Duration::from_secs(30)),
-            attempts: 1,
-            reason: "throttled".into(),
-        };
-        let wrapped = Wrapped(Box::new(deferred.clone()));
-        assert_eq!(retry_hint(&wrapped, now), (None, Some(now + Duration::from_secs(30))));
-        let unhinted = Deferred {
-            retry_after: None,
-            ..deferred
-        };
-        assert_eq!(retry_hint(&unhinted, now), (None, None));
-        let cooling = CoolingDown {
-            partition: PartitionKey::new("p", "API.example.org:8443"),
-            until: now + Duration::from_secs(7),
-        };
-        assert_eq!(
-            retry_hint(&cooling, now),
-            (Some("api.example.org:8443".into()), Some(now + Duration::from_secs(7)))
-        );
-        let limited = RateLimitTimeout {
-            partition: PartitionKey::new("p", "h"),
-            wait: Duration::from_secs(3),
-            max_wait: Duration::from_secs(1),
-        };
-        assert_eq!(
-            retry_hint(&limited, now),
-            (Some("h".into()), Some(now + Duration::from_secs(3)))
-        );
-        assert_eq!(retry_hint(&std::io::Error::other("x"), now), (None, None));
-    }
 
     #[test]
     fn deferrals_are_kept_with_their_source() {
@@ -527,46 +458,4 @@ mod tests {
         t.failure_with_status(ReasonCode::HttpStatus, Some(503), "archive".into(), None);
         assert_eq!(t.best, Some((ReasonCode::HttpStatus, "publisher".into(), Some(404))));
     }
-}
-
-/// The download service, noting the Retry-After hint of each response (set by the
-/// Retry-After layer) before handing it on. A type rather than `map_response` with a
-/// closure, for the reason given at [`resolve_with`].
-#[derive(Clone)]
-struct KeepHint {
-    inner: HttpService,
-    seen: Arc<Mutex<Option<Duration>>>,
-}
-
-impl tower_service::Service<Request<Full<bytes::Bytes>>> for KeepHint {
-    type Response = http::Response<PipelineBody>;
-    type Error = BoxError;
-    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Full<bytes::Bytes>>) -> Self::Future {
-        let response = self.inner.call(request);
-        let seen = self.seen.clone();
-        Box::pin(async move {
-            let res = response.await?;
-            if let Some(h) = res.extensions().get::<RetryAfterHint>() {
-                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.delay);
-            }
-            Ok(res)
-        })
-    }
-}
-
-/// One resolver's answer, named. A function with a boxed future rather than an `async`
-/// closure: the closure's future, borrowing the work, trips the compiler's proof that the
-/// whole fetch is `Send` (rust-lang/rust#102211), which spawning each work as a task needs.
-fn resolve_with<'a>(
-    r: Arc<dyn Resolver>,
-    work: &'a Work,
-    cx: &'a ResolveContext,
-) -> futures_util::future::BoxFuture<'a, (&'static str, Result<Vec<Candidate>, BoxError>)> {
-    Box::pin(async move { (r.name(), r.resolve(work, cx).await) })
 }

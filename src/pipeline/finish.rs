@@ -23,7 +23,8 @@ use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::run::{lock, PipelineError};
+use super::error::{DurabilityError, PipelineError};
+use super::lock;
 use crate::download::{sync_batch, Durability};
 use crate::ledger::{JobId, JobResult, JobState, Ledger};
 
@@ -140,9 +141,7 @@ impl Finisher {
     pub(super) fn submit(&self, finished: Finished) {
         if lock(&self.tx).send(Message::Finished(finished)).is_err() {
             // the task is gone (its runtime ended): say so rather than drop the work quietly
-            self.fail(PipelineError::Durability(
-                "the finisher is not running; downloaded works cannot be recorded".into(),
-            ));
+            self.fail(DurabilityError::FinisherGone.into());
         }
     }
 
@@ -173,9 +172,7 @@ impl Finisher {
         let (ack, done) = oneshot::channel();
         let sent = lock(&self.tx).send(Message::Flush(ack)).is_ok();
         if !sent || done.await.is_err() {
-            self.fail(PipelineError::Durability(
-                "the finisher is not running; downloaded works cannot be recorded".into(),
-            ));
+            self.fail(DurabilityError::FinisherGone.into());
         }
         lock(&self.error).take().map_or(Ok(()), Err)
     }
@@ -257,7 +254,7 @@ async fn finish_group(
         tokio::task::spawn_blocking(move || sync_batch(&paths))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|e| PipelineError::Durability(format!("cannot force the downloaded files to disk: {e}")))?;
+            .map_err(DurabilityError::Sync)?;
     }
     let Some(ledger) = ledger else {
         return Ok(());

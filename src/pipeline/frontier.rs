@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::run::lock;
+use super::lock;
 use crate::context::{PartitionKey, PartitionMap};
 use crate::error::{BoxError, RateLimitTimeout};
 use crate::layers::rate_limit::RateLimiter;

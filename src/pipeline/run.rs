@@ -1,28 +1,30 @@
 //! [`Pipeline`]: works in, outcomes out, with the ledger, the manifest and a second pass.
+//!
+//! A run is a first pass over the input ([`Pipeline::first_pass`]), a wait for the works
+//! leased by other workers ([`Pipeline::after_siblings`]), the second pass's plan
+//! ([`Pipeline::plan`]) and the second pass itself ([`Pipeline::second_pass`]).
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{Stream, StreamExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::fallback::{Fallback, TriedUrls};
-use super::finish::Finisher;
-use super::frontier::{Dispatch, Frontier, Slot};
+use super::config::PipelineConfig;
+use super::error::{DurabilityError, PipelineError};
+use super::frontier::{Dispatch, Slot};
+use super::lock;
 use super::second_pass::{second_attempt_at, SourceHints};
-use super::work::{cancelled, Later, Processed};
-use super::FallbackConfig;
-use crate::context::OperationType;
-use crate::download::DownloadOptions;
-use crate::layers::telemetry::{RecordWriter, Redactor};
-use crate::ledger::{JobId, Ledger, LedgerError};
+use super::work::{cancelled, Core, Later, Processed};
+use crate::layers::telemetry::RecordWriter;
+use crate::ledger::{Ledger, LedgerError};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
 use crate::reason::ReasonCode;
-use crate::resolvers::{ResolveContext, ResolverConfig};
-use crate::service::{HttpService, Stack};
+use crate::service::Stack;
 use crate::works::{LineError, Work};
 
 /// After a fatal error, how long the works in flight get to stop and give their leases
@@ -31,37 +33,6 @@ const FATAL_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often a run waiting for other workers' leases says how long it may still wait.
 const COUNTDOWN_EVERY: Duration = Duration::from_secs(10);
-
-/// What a [`Pipeline`] needs besides the stack, the ledger and the manifest.
-#[derive(Clone, Debug)]
-pub struct PipelineConfig {
-    /// The output folder.
-    pub out_dir: PathBuf,
-    /// This run's id (on every manifest line and ledger job).
-    pub run_id: String,
-    /// This worker's name in the ledger (unique per process).
-    pub worker_id: String,
-    /// Works processed at once. A work waiting for a host that is not ready (the crawl
-    /// frontier) gives its slot to another meanwhile: up to four times as many works
-    /// more (at least 64) may wait so, their leases held.
-    pub workers: usize,
-    /// Tiers and budgets.
-    pub fallback: FallbackConfig,
-    /// Resolver base URLs and contact address.
-    pub resolvers: ResolverConfig,
-    /// Download limits.
-    pub download: DownloadOptions,
-    /// How long a work's lease lasts without a heartbeat.
-    pub lease_ttl: Duration,
-    /// The longest the second pass waits for the providers of deferred works to accept
-    /// again ([`DEFAULT_SECOND_PASS_MAX_WAIT`](super::DEFAULT_SECOND_PASS_MAX_WAIT) by
-    /// default); works expected back later stay deferred for the next run. Zero: no wait.
-    pub second_pass_max_wait: Duration,
-    /// Re-hash (SHA-256) the file of a work the ledger records as downloaded before
-    /// skipping it; off by default, as it reads every file. The file's presence and size
-    /// are always checked: a work whose file is missing or changed is downloaded again.
-    pub verify_existing: bool,
-}
 
 /// Counts so far, handed to the progress callback after every work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,50 +51,13 @@ pub struct Progress {
     pub bytes: u64,
 }
 
-/// A failure that stops the run (a single work's failure does not).
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// The ledger could not be used.
-    #[error("the ledger failed: {0}")]
-    Ledger(#[from] LedgerError),
-    /// The manifest could not be written.
-    #[error("cannot write the manifest: {0}")]
-    Manifest(#[from] std::io::Error),
-    /// The configuration is not usable.
-    #[error("{0}")]
-    Config(String),
-    /// Downloaded files could not be forced to disk (`--durability batch`); they are not
-    /// recorded as downloaded.
-    #[error("{0}")]
-    Durability(String),
-}
-
 /// The download pipeline: for every work, claim it in the ledger (when there is one), find
 /// and download a valid PDF through the fallback tiers, record the outcome in the ledger and
 /// the manifest. Deferred works get a second pass at the end.
 pub struct Pipeline {
     /// Shared with the task of each work in flight.
-    pub(super) core: Arc<Core>,
-    pub(super) records: Option<RecordWriter>,
-}
-
-/// What a work's task needs: each work runs as a task of its own, so that the works in
-/// flight spread over the runtime's threads and one work's CPU time (hashing, checks,
-/// JSON) does not hold up the others.
-pub(super) struct Core {
-    pub(super) config: PipelineConfig,
-    pub(super) fallback: Fallback,
-    pub(super) resolve: ResolveContext,
-    pub(super) download: HttpService,
-    pub(super) ledger: Option<Ledger>,
-    pub(super) manifest: SharedManifest,
-    pub(super) tried: TriedUrls,
-    pub(super) held: Arc<Mutex<HashSet<JobId>>>,
-    pub(super) redactor: Redactor,
-    /// The run's worker slots and the hosts' turns.
-    pub(super) frontier: Arc<Frontier>,
-    /// Makes downloaded works durable and FINALIZED, in groups, off the works' path.
-    pub(super) finisher: Finisher,
+    core: Arc<Core>,
+    records: Option<RecordWriter>,
 }
 
 /// A spawned task that is aborted when its handle is dropped, so that a run that returns
@@ -138,8 +72,8 @@ impl<T> Drop for AbortOnDrop<T> {
 
 impl<T> Future for AbortOnDrop<T> {
     type Output = Result<T, tokio::task::JoinError>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 
@@ -151,8 +85,51 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// How a run stops: the caller's shutdown, and the cancellation that it (or a fatal
+/// error) sends to the works in flight. Cancellation is cooperative: intake stops and each
+/// work in flight abandons its fetch, but ledger calls always run to the end (a
+/// transaction dropped halfway would keep SQLite's write lock).
+struct Stop<'s, F> {
+    shutdown: Pin<&'s mut F>,
+    /// The shutdown has completed.
+    interrupted: bool,
+    cancel_tx: watch::Sender<bool>,
+    cancel: watch::Receiver<bool>,
+}
+
+impl<F: Future<Output = ()>> Stop<'_, F> {
+    /// The shutdown completed: nothing new starts, the works in flight stop.
+    fn interrupt(&mut self) {
+        self.interrupted = true;
+        self.cancel();
+    }
+
+    /// The works in flight stop (a shutdown, or a fatal error).
+    fn cancel(&self) {
+        let _ = self.cancel_tx.send(true);
+    }
+}
+
+/// What the run has recorded so far, and whom to tell.
+struct Books<'p, P> {
+    summary: SummaryRecord,
+    counts: Progress,
+    progress: &'p P,
+}
+
+/// What the first pass leaves: the works for the second, who put them off, and how many
+/// input lines were unusable.
+struct FirstPass {
+    later: Vec<Later>,
+    hints: SourceHints,
+    input_errors: u64,
+}
+
+/// The second pass's plan: the deferred works in the order they go, each with when (none:
+/// it stays deferred) and its provider's hint.
+struct Plan {
+    start: Instant,
+    works: Vec<(Option<Instant>, Option<Instant>, Later)>,
 }
 
 impl Pipeline {
@@ -163,41 +140,8 @@ impl Pipeline {
         ledger: Option<Ledger>,
         manifest: SharedManifest,
     ) -> Result<Pipeline, PipelineError> {
-        if config.workers == 0 {
-            return Err(PipelineError::Config("workers must be at least 1".into()));
-        }
-        let fallback = Fallback::new(config.fallback.clone()).map_err(|e| PipelineError::Config(e.to_string()))?;
-        let resolve = ResolveContext {
-            http: stack.service(OperationType::Resolve),
-            config: Arc::new(config.resolvers.clone()),
-            robots: (!config.resolvers.ignore_robots)
-                .then(|| Arc::new(crate::resolvers::RobotsTxt::new(Some(stack.limiter().clone())))),
-        };
-        let held = Arc::new(Mutex::new(HashSet::new()));
-        let finisher = Finisher::new(
-            ledger.clone(),
-            config.worker_id.clone(),
-            config.download.durability,
-            held.clone(),
-        );
         Ok(Pipeline {
-            core: Arc::new(Core {
-                download: stack.service(OperationType::Download),
-                finisher,
-                fallback,
-                resolve,
-                ledger,
-                manifest,
-                tried: TriedUrls::default(),
-                held,
-                redactor: Redactor::default(),
-                frontier: Arc::new(Frontier::new(
-                    stack.limiter().clone(),
-                    stack.cooldowns().clone(),
-                    config.workers,
-                )),
-                config,
-            }),
+            core: Arc::new(Core::new(config, stack, ledger, manifest)?),
             records: None,
         })
     }
@@ -259,245 +203,34 @@ impl Pipeline {
     {
         let started = Instant::now();
         self.core.finisher.start();
-        if let Some(ledger) = &self.core.ledger {
-            let fixed = ledger.reconcile().await?;
-            if fixed.leases_reclaimed > 0 || fixed.ops_abandoned > 0 {
-                tracing::info!(
-                    leases = fixed.leases_reclaimed,
-                    ops = fixed.ops_abandoned,
-                    "took back the work of a worker that stopped without finishing"
-                );
-            }
-        }
-        let mut summary = SummaryRecord::default();
-        let mut counts = Progress::default();
-        let mut later: Vec<Later> = Vec::new();
-        let mut hints = SourceHints::default();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut input_errors = 0u64;
-
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut interrupted = false;
-        // Cancellation is cooperative: intake stops and each work in flight abandons its
-        // fetch, but ledger calls always run to the end (a transaction dropped halfway would
-        // keep SQLite's write lock).
-        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
-        // Leases are renewed by a task of their own: awaited in the loop below, a heartbeat
-        // waiting for SQLite's write lock would stop the claims that hold it from progressing.
+        self.reconcile().await?;
+        let (cancel_tx, cancel) = watch::channel(false);
+        let mut stop = Stop {
+            shutdown: std::pin::pin!(shutdown),
+            interrupted: false,
+            cancel_tx,
+            cancel,
+        };
+        let mut books = Books {
+            summary: SummaryRecord::default(),
+            counts: Progress::default(),
+            progress: &progress,
+        };
+        // Leases are renewed by a task of their own: awaited in a pass, a heartbeat waiting
+        // for SQLite's write lock would stop the claims that hold it from progressing.
         let (stop_heartbeat, heartbeat) = self.core.spawn_heartbeat();
         let (stop_syncing, syncing) = self.core.spawn_manifest_sync();
-        {
-            let works = works.filter_map(|item| {
-                let keep = match item {
-                    Ok(work) if seen.insert(work.id.clone()) => Some(work),
-                    Ok(work) => {
-                        tracing::warn!(work = %work.id, "the same work appears twice in the input; once is enough");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::warn!("skipping input {e}");
-                        input_errors += 1;
-                        None
-                    }
-                };
-                std::future::ready(keep)
-            });
-            let works = works.take_until(cancelled(cancel_rx.clone()));
-            // The crawl frontier: each work starts once a worker slot is free, and gives
-            // its slot back while it waits for a host that is not ready (see frontier.rs).
-            let start = |w: Work, slot: Arc<Slot>| {
-                let (core, cancel) = (self.core.clone(), cancel_rx.clone());
-                // a work that got its slot after a shutdown is not started
-                let stopped = *cancel.borrow();
-                let task = (!stopped).then(|| {
-                    AbortOnDrop(tokio::spawn(async move {
-                        core.process(w, false, cancel, Some(&slot)).await
-                    }))
-                });
-                async move {
-                    let Some(task) = task else {
-                        return Ok(Processed::Cancelled);
-                    };
-                    match task.await {
-                        Ok(processed) => processed,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        // the runtime is shutting down
-                        Err(_) => Ok(Processed::Cancelled),
-                    }
-                }
-            };
-            let mut processing = std::pin::pin!(Dispatch::new(
-                works,
-                self.core.frontier.clone(),
-                self.core.config.workers,
-                start
-            ));
-            // A fatal error cancels the run like a shutdown: the works in flight give their
-            // leases back as they stop (for at most FATAL_DRAIN), then the error is returned.
-            let mut fatal: Option<PipelineError> = None;
-            let drain = tokio::time::sleep(Duration::ZERO);
-            let mut drain = std::pin::pin!(drain);
-            loop {
-                tokio::select! {
-                    () = &mut shutdown, if !interrupted => {
-                        interrupted = true;
-                        let _ = cancel_tx.send(true);
-                    }
-                    () = &mut drain, if fatal.is_some() => break,
-                    () = self.core.finisher.failed(), if fatal.is_none() => {
-                        let e = match self.core.finisher.flush().await {
-                            Err(e) => e,
-                            Ok(()) => PipelineError::Durability("the finisher stopped".into()),
-                        };
-                        fatal = Some(e);
-                        let _ = cancel_tx.send(true);
-                        drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
-                    }
-                    next = processing.next() => match next {
-                        None => break,
-                        Some(_) if fatal.is_some() => {}
-                        Some(result) => {
-                            let step = result.map_err(PipelineError::from).and_then(|processed| match processed {
-                                Processed::Done(record) => self.record(record, &mut summary, &mut counts, &progress),
-                                Processed::Cancelled => Ok(()),
-                                Processed::Later(work) => {
-                                    counts.deferred += 1;
-                                    progress(&counts);
-                                    hints.note(&work.by);
-                                    later.push(work);
-                                    Ok(())
-                                }
-                            });
-                            if let Err(e) = step {
-                                tracing::error!("stopping the run: {e}");
-                                fatal = Some(e);
-                                let _ = cancel_tx.send(true);
-                                drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
-                            }
-                        }
-                    },
-                }
-            }
-            if let Some(e) = fatal {
-                return Err(e);
-            }
-        }
-        if !interrupted && !later.is_empty() {
-            // Works leased by another worker: wait for each lease to end (polling the ledger),
-            // then take the other worker's outcome or the work; no blanket sleep.
-            let (leased, rest): (Vec<Later>, Vec<Later>) = std::mem::take(&mut later)
+        let first = self.first_pass(works, &mut books, &mut stop).await?;
+        if !stop.interrupted && !first.later.is_empty() {
+            let (leased, rest): (Vec<Later>, Vec<Later>) = first
+                .later
                 .into_iter()
                 .partition(|l| l.reason == ReasonCode::LeasedElsewhere);
-            later = rest;
             if !leased.is_empty() {
-                let mut pending = leased.len();
-                let (deadline, waits) = self.core.after_siblings(leased, &cancel_rx);
-                let mut waits = std::pin::pin!(waits);
-                let mut countdown = tokio::time::interval_at(Instant::now() + COUNTDOWN_EVERY, COUNTDOWN_EVERY);
-                loop {
-                    tokio::select! {
-                        () = &mut shutdown, if !interrupted => {
-                            interrupted = true;
-                            let _ = cancel_tx.send(true);
-                        }
-                        _ = countdown.tick() => tracing::info!(
-                            works = pending,
-                            left_s = deadline.saturating_duration_since(Instant::now()).as_secs(),
-                            "still waiting for other workers' leases; what is still held then is left to them"
-                        ),
-                        next = waits.next() => match next {
-                            None => break,
-                            Some(record) => {
-                                pending -= 1;
-                                counts.deferred = counts.deferred.saturating_sub(1);
-                                self.record(record?, &mut summary, &mut counts, &progress)?;
-                            }
-                        },
-                    }
-                }
+                self.after_siblings(leased, &mut books, &mut stop).await?;
             }
-            // Each work waits for its provider's hint, in hint order, up to the maximum wait
-            // from here.
-            let start = Instant::now();
-            let max_wait = self.core.config.second_pass_max_wait;
-            let mut planned: Vec<(Option<Instant>, Option<Instant>, Later)> = std::mem::take(&mut later)
-                .into_iter()
-                .map(|l| {
-                    let hint = hints.work_hint(&l.by);
-                    (second_attempt_at(start, hint, max_wait), hint, l)
-                })
-                .collect();
-            // those that go first, by time; those that stay deferred at the end
-            planned.sort_by_key(|(at, _, _)| (at.is_none(), *at));
-            let going = planned.iter().filter(|(at, _, _)| at.is_some()).count();
-            if let Some(first) = planned.first().and_then(|(at, _, _)| *at) {
-                tracing::info!(
-                    works = going,
-                    wait_ms = first.saturating_duration_since(start).as_millis() as u64,
-                    max_wait_ms = max_wait.as_millis() as u64,
-                    "second pass over deferred works once their providers accept again"
-                );
-            }
-            let mut pending = planned.into_iter();
-            for (at, hint, l) in pending.by_ref() {
-                counts.deferred = counts.deferred.saturating_sub(1);
-                if interrupted {
-                    // stopped while waiting for the leases: nothing more is asked
-                    let record = self.settle_later(&l.work, l.reason, l.detail);
-                    self.record(record, &mut summary, &mut counts, &progress)?;
-                    break;
-                }
-                let Some(at) = at else {
-                    let record = self.beyond_max_wait(l, hint, start, max_wait);
-                    self.record(record, &mut summary, &mut counts, &progress)?;
-                    continue;
-                };
-                if at > Instant::now() {
-                    tracing::info!(
-                        work = %l.work.id,
-                        wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
-                        "waiting for the provider to accept again before the second attempt"
-                    );
-                    tokio::select! {
-                        () = &mut shutdown => {
-                            interrupted = true;
-                            let _ = cancel_tx.send(true);
-                        }
-                        () = tokio::time::sleep_until(at) => {}
-                    }
-                    if interrupted {
-                        let record = self.settle_later(&l.work, l.reason, l.detail);
-                        self.record(record, &mut summary, &mut counts, &progress)?;
-                        break;
-                    }
-                }
-                let second = {
-                    let mut pass = std::pin::pin!(self.core.process(l.work.clone(), true, cancel_rx.clone(), None));
-                    loop {
-                        tokio::select! {
-                            () = &mut shutdown, if !interrupted => {
-                                interrupted = true;
-                                let _ = cancel_tx.send(true);
-                            }
-                            r = &mut pass => break r?,
-                        }
-                    }
-                };
-                let record = match second {
-                    Processed::Done(record) => record,
-                    Processed::Later(again) => self.settle_later(&again.work, again.reason, again.detail),
-                    Processed::Cancelled => self.settle_later(&l.work, l.reason, l.detail),
-                };
-                self.record(record, &mut summary, &mut counts, &progress)?;
-                if interrupted {
-                    break;
-                }
-            }
-            for (_, _, l) in pending {
-                counts.deferred = counts.deferred.saturating_sub(1);
-                let record = self.settle_later(&l.work, l.reason, l.detail);
-                self.record(record, &mut summary, &mut counts, &progress)?;
-            }
+            let plan = self.plan(rest, &first.hints);
+            self.second_pass(plan, &mut books, &mut stop).await?;
         }
         // every download recorded (durable first) before the leases stop being renewed
         let finished = self.core.finisher.flush().await;
@@ -506,8 +239,9 @@ impl Pipeline {
         finished?;
         let _ = stop_syncing.send(true);
         let _ = syncing.await;
-        summary.input_errors = input_errors;
-        summary.interrupted = interrupted;
+        let mut summary = books.summary;
+        summary.input_errors = first.input_errors;
+        summary.interrupted = stop.interrupted;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
         if let Some(records) = &self.records {
             if let Err(e) = records.flush().await {
@@ -518,6 +252,279 @@ impl Pipeline {
         manifest.write(&ManifestLine::summary(&self.core.config.run_id, summary.clone()))?;
         manifest.flush()?;
         Ok(summary)
+    }
+
+    /// Takes back the work of a worker that stopped without finishing.
+    async fn reconcile(&self) -> Result<(), LedgerError> {
+        let Some(ledger) = &self.core.ledger else {
+            return Ok(());
+        };
+        let fixed = ledger.reconcile().await?;
+        if fixed.leases_reclaimed > 0 || fixed.ops_abandoned > 0 {
+            tracing::info!(
+                leases = fixed.leases_reclaimed,
+                ops = fixed.ops_abandoned,
+                "took back the work of a worker that stopped without finishing"
+            );
+        }
+        Ok(())
+    }
+
+    /// Every work of the input once (a repeated id is dropped, a bad line counted), each in
+    /// a task of its own as the crawl frontier gives it a worker slot (see frontier.rs).
+    /// Deferred works and works leased elsewhere are kept for later. A fatal error cancels
+    /// the pass like a shutdown: the works in flight give their leases back as they stop
+    /// (for at most [`FATAL_DRAIN`]), then the error is returned.
+    async fn first_pass<S, P, F>(
+        &self,
+        works: S,
+        books: &mut Books<'_, P>,
+        stop: &mut Stop<'_, F>,
+    ) -> Result<FirstPass, PipelineError>
+    where
+        S: Stream<Item = Result<Work, LineError>>,
+        P: Fn(&Progress),
+        F: Future<Output = ()>,
+    {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut input_errors = 0u64;
+        let mut later: Vec<Later> = Vec::new();
+        let mut hints = SourceHints::default();
+        let mut fatal: Option<PipelineError> = None;
+        {
+            let works = works
+                .filter_map(|item| std::future::ready(once(item, &mut seen, &mut input_errors)))
+                .take_until(cancelled(stop.cancel.clone()));
+            let cancel = stop.cancel.clone();
+            let start = |w: Work, slot: Arc<Slot>| self.start(w, slot, cancel.clone());
+            let workers = self.core.config.workers;
+            let mut processing = std::pin::pin!(Dispatch::new(works, self.core.frontier.clone(), workers, start));
+            let drain = tokio::time::sleep(Duration::ZERO);
+            let mut drain = std::pin::pin!(drain);
+            loop {
+                let failed = tokio::select! {
+                    () = stop.shutdown.as_mut(), if !stop.interrupted => {
+                        stop.interrupt();
+                        None
+                    }
+                    () = &mut drain, if fatal.is_some() => break,
+                    () = self.core.finisher.failed(), if fatal.is_none() => Some(match self.core.finisher.flush().await {
+                        Err(e) => e,
+                        Ok(()) => DurabilityError::FinisherStopped.into(),
+                    }),
+                    next = processing.next() => match next {
+                        None => break,
+                        Some(_) if fatal.is_some() => None,
+                        Some(result) => result
+                            .map_err(PipelineError::from)
+                            .and_then(|processed| match processed {
+                                Processed::Done(record) => self.record(books, record),
+                                Processed::Cancelled => Ok(()),
+                                Processed::Later(work) => {
+                                    books.counts.deferred += 1;
+                                    (books.progress)(&books.counts);
+                                    hints.note(&work.by);
+                                    later.push(work);
+                                    Ok(())
+                                }
+                            })
+                            .err()
+                            .inspect(|e| tracing::error!("stopping the run: {e}")),
+                    },
+                };
+                // (the finisher logs its own failure)
+                if let Some(e) = failed {
+                    fatal = Some(e);
+                    stop.cancel();
+                    drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
+                }
+            }
+        }
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(FirstPass {
+                later,
+                hints,
+                input_errors,
+            }),
+        }
+    }
+
+    /// Starts `w`'s task (unless the run was cancelled before its slot came); the future
+    /// gives its outcome. The task is aborted if the future is dropped.
+    fn start(
+        &self,
+        w: Work,
+        slot: Arc<Slot>,
+        cancel: watch::Receiver<bool>,
+    ) -> impl Future<Output = Result<Processed, LedgerError>> {
+        let core = self.core.clone();
+        // a work that got its slot after a shutdown is not started
+        let stopped = *cancel.borrow();
+        let task = (!stopped).then(|| {
+            AbortOnDrop(tokio::spawn(async move {
+                core.process(w, false, cancel, Some(&slot)).await
+            }))
+        });
+        async move {
+            let Some(task) = task else {
+                return Ok(Processed::Cancelled);
+            };
+            match task.await {
+                Ok(processed) => processed,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // the runtime is shutting down
+                Err(_) => Ok(Processed::Cancelled),
+            }
+        }
+    }
+
+    /// Works leased by another worker: waits for each lease to end (polling the ledger),
+    /// then takes the other worker's outcome or the work; no blanket sleep.
+    async fn after_siblings<P, F>(
+        &self,
+        leased: Vec<Later>,
+        books: &mut Books<'_, P>,
+        stop: &mut Stop<'_, F>,
+    ) -> Result<(), PipelineError>
+    where
+        P: Fn(&Progress),
+        F: Future<Output = ()>,
+    {
+        let mut pending = leased.len();
+        let cancel = stop.cancel.clone();
+        let (deadline, waits) = self.core.after_siblings(leased, &cancel);
+        let mut waits = std::pin::pin!(waits);
+        let mut countdown = tokio::time::interval_at(Instant::now() + COUNTDOWN_EVERY, COUNTDOWN_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.shutdown.as_mut(), if !stop.interrupted => stop.interrupt(),
+                _ = countdown.tick() => tracing::info!(
+                    works = pending,
+                    left_s = deadline.saturating_duration_since(Instant::now()).as_secs(),
+                    "still waiting for other workers' leases; what is still held then is left to them"
+                ),
+                next = waits.next() => match next {
+                    None => return Ok(()),
+                    Some(record) => {
+                        pending -= 1;
+                        books.counts.deferred = books.counts.deferred.saturating_sub(1);
+                        self.record(books, record?)?;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The second pass's plan: each deferred work waits for its provider's hint, in hint
+    /// order, up to the maximum wait from now; those expected back later stay deferred (at
+    /// the end).
+    fn plan(&self, later: Vec<Later>, hints: &SourceHints) -> Plan {
+        let start = Instant::now();
+        let max_wait = self.core.config.second_pass_max_wait;
+        let mut works: Vec<(Option<Instant>, Option<Instant>, Later)> = later
+            .into_iter()
+            .map(|l| {
+                let hint = hints.work_hint(&l.by);
+                (second_attempt_at(start, hint, max_wait), hint, l)
+            })
+            .collect();
+        // those that go first, by time; those that stay deferred at the end
+        works.sort_by_key(|(at, _, _)| (at.is_none(), *at));
+        let going = works.iter().filter(|(at, _, _)| at.is_some()).count();
+        if let Some(first) = works.first().and_then(|(at, _, _)| *at) {
+            tracing::info!(
+                works = going,
+                wait_ms = first.saturating_duration_since(start).as_millis() as u64,
+                max_wait_ms = max_wait.as_millis() as u64,
+                "second pass over deferred works once their providers accept again"
+            );
+        }
+        Plan { start, works }
+    }
+
+    /// Carries out `plan`: each work, at its time, is tried once more; one that stays
+    /// deferred, or every work left when the run is interrupted, is recorded as deferred.
+    async fn second_pass<P, F>(
+        &self,
+        plan: Plan,
+        books: &mut Books<'_, P>,
+        stop: &mut Stop<'_, F>,
+    ) -> Result<(), PipelineError>
+    where
+        P: Fn(&Progress),
+        F: Future<Output = ()>,
+    {
+        let max_wait = self.core.config.second_pass_max_wait;
+        let mut pending = plan.works.into_iter();
+        for (at, hint, l) in pending.by_ref() {
+            books.counts.deferred = books.counts.deferred.saturating_sub(1);
+            let Some(at) = at.filter(|_| !stop.interrupted) else {
+                let record = if stop.interrupted {
+                    // stopped while waiting for the leases: nothing more is asked
+                    self.settle_later(&l.work, l.reason, l.detail)
+                } else {
+                    self.beyond_max_wait(l, hint, plan.start, max_wait)
+                };
+                self.record(books, record)?;
+                if stop.interrupted {
+                    break;
+                }
+                continue;
+            };
+            let record = self.second_attempt(l, at, stop).await?;
+            self.record(books, record)?;
+            if stop.interrupted {
+                break;
+            }
+        }
+        for (_, _, l) in pending {
+            books.counts.deferred = books.counts.deferred.saturating_sub(1);
+            let record = self.settle_later(&l.work, l.reason, l.detail);
+            self.record(books, record)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `at`, then tries `l` once more; deferred again, or interrupted, it is
+    /// recorded as deferred.
+    async fn second_attempt<F>(
+        &self,
+        l: Later,
+        at: Instant,
+        stop: &mut Stop<'_, F>,
+    ) -> Result<WorkRecord, PipelineError>
+    where
+        F: Future<Output = ()>,
+    {
+        if at > Instant::now() {
+            tracing::info!(
+                work = %l.work.id,
+                wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                "waiting for the provider to accept again before the second attempt"
+            );
+            tokio::select! {
+                () = stop.shutdown.as_mut() => stop.interrupt(),
+                () = tokio::time::sleep_until(at) => {}
+            }
+            if stop.interrupted {
+                return Ok(self.settle_later(&l.work, l.reason, l.detail));
+            }
+        }
+        let second = {
+            let mut pass = std::pin::pin!(self.core.process(l.work.clone(), true, stop.cancel.clone(), None));
+            loop {
+                tokio::select! {
+                    () = stop.shutdown.as_mut(), if !stop.interrupted => stop.interrupt(),
+                    r = &mut pass => break r?,
+                }
+            }
+        };
+        Ok(match second {
+            Processed::Done(record) => record,
+            Processed::Later(again) => self.settle_later(&again.work, again.reason, again.detail),
+            Processed::Cancelled => self.settle_later(&l.work, l.reason, l.detail),
+        })
     }
 
     /// A work whose provider expects us back after the second pass's maximum wait: it stays
@@ -552,14 +559,9 @@ impl Pipeline {
         }
     }
 
-    fn record<P: Fn(&Progress)>(
-        &self,
-        record: WorkRecord,
-        summary: &mut SummaryRecord,
-        counts: &mut Progress,
-        progress: &P,
-    ) -> Result<(), PipelineError> {
-        summary.add(&record);
+    fn record<P: Fn(&Progress)>(&self, books: &mut Books<'_, P>, record: WorkRecord) -> Result<(), PipelineError> {
+        let counts = &mut books.counts;
+        books.summary.add(&record);
         counts.done += 1;
         match record.outcome {
             Some(Outcome::Downloaded) => {
@@ -571,7 +573,23 @@ impl Pipeline {
             Some(Outcome::Failed) | None => counts.failed += 1,
         }
         lock(&self.core.manifest).write(&ManifestLine::work(&self.core.config.run_id, record))?;
-        progress(counts);
+        (books.progress)(counts);
         Ok(())
+    }
+}
+
+/// The work of an input line, the first time its id comes; a bad line is counted.
+fn once(item: Result<Work, LineError>, seen: &mut HashSet<String>, input_errors: &mut u64) -> Option<Work> {
+    match item {
+        Ok(work) if seen.insert(work.id.clone()) => Some(work),
+        Ok(work) => {
+            tracing::warn!(work = %work.id, "the same work appears twice in the input; once is enough");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("skipping input {e}");
+            *input_errors += 1;
+            None
+        }
     }
 }

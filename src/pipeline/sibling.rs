@@ -10,8 +10,7 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-use super::run::Core;
-use super::work::{cancelled, Later, Processed};
+use super::work::{cancelled, Core, Later, Processed};
 use crate::ledger::{liveness_of, JobState, LedgerError, Liveness};
 use crate::manifest::{Outcome, WorkRecord};
 use crate::reason::ReasonCode;

@@ -1,8 +1,14 @@
-//! One work's way through the pipeline: its ledger claim, its fetch, its outcome recorded;
-//! and the heartbeat that keeps the leases of the works in flight.
+//! [`Core`], what the task of each work shares, and one work's way through the pipeline:
+//! its ledger claim, its fetch, its outcome recorded; and the heartbeat that keeps the
+//! leases of the works in flight.
+//!
+//! The pipeline is the only claimant of the ledger in the runner's path: a work is claimed
+//! here ([`Core::claim`]) and nowhere else (the stack's idempotency layer runs without a
+//! ledger of its own).
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,18 +16,42 @@ use tokio::task::JoinHandle;
 
 use tokio::time::Instant;
 
-use super::fallback::{DeferredBy, FetchEnv, FetchResult};
-use super::finish::Finished;
-use super::frontier::{gated, Slot};
-use super::run::{lock, Core};
+use super::config::PipelineConfig;
+use super::error::ConfigError;
+use super::fallback::{DeferredBy, Fallback, FetchEnv, FetchResult, TriedUrls};
+use super::finish::{Finished, Finisher};
+use super::frontier::{gated, Frontier, Slot};
+use super::lock;
 use crate::context::{OperationType, WorkId};
-use crate::download::{file_stem, safe_join};
+use crate::download::{file_stem, safe_join, Downloaded};
 use crate::layers::idempotency::derive_key;
-use crate::ledger::{Claim, Job, JobId, JobResult, JobState, LedgerError, NewJob};
-use crate::manifest::{Outcome, WorkRecord, MANIFEST_SYNC_EVERY};
+use crate::layers::telemetry::Redactor;
+use crate::ledger::{Claim, Job, JobId, JobResult, JobState, Ledger, LedgerError, NewJob};
+use crate::manifest::{Outcome, SharedManifest, WorkRecord, MANIFEST_SYNC_EVERY};
 use crate::reason::ReasonCode;
-use crate::resolvers::ResolveContext;
-use crate::works::Work;
+use crate::resolvers::{ResolveContext, RobotsTxt};
+use crate::service::{HttpService, Stack};
+use crate::works::{Candidate, Work};
+
+/// What a work's task needs: each work runs as a task of its own, so that the works in
+/// flight spread over the runtime's threads and one work's CPU time (hashing, checks,
+/// JSON) does not hold up the others.
+pub(super) struct Core {
+    pub(super) config: PipelineConfig,
+    fallback: Fallback,
+    resolve: ResolveContext,
+    download: HttpService,
+    pub(super) ledger: Option<Ledger>,
+    pub(super) manifest: SharedManifest,
+    tried: TriedUrls,
+    /// The jobs whose leases this worker holds (renewed by the heartbeat).
+    pub(super) held: Arc<Mutex<HashSet<JobId>>>,
+    redactor: Redactor,
+    /// The run's worker slots and the hosts' turns.
+    pub(super) frontier: Arc<Frontier>,
+    /// Makes downloaded works durable and FINALIZED, in groups, off the works' path.
+    pub(super) finisher: Finisher,
+}
 
 pub(super) enum Processed {
     Done(WorkRecord),
@@ -40,7 +70,61 @@ pub(super) struct Later {
     pub(super) by: Vec<DeferredBy>,
 }
 
+/// How a work's claim ended: with its outcome already known, or with the work to fetch.
+// (Made once per work and taken apart at once: boxing the larger variant would gain nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Claimed {
+    /// Settled without a fetch: skipped (downloaded before, found in place), or for later
+    /// (leased by a live worker elsewhere).
+    Settled(Processed),
+    /// To fetch, under this job's lease (none without a ledger).
+    Fetch(Option<JobId>),
+}
+
 impl Core {
+    /// The core of a pipeline over `stack`'s services; `ledger` is `None` when idempotency
+    /// is off.
+    pub(super) fn new(
+        config: PipelineConfig,
+        stack: &Stack,
+        ledger: Option<Ledger>,
+        manifest: SharedManifest,
+    ) -> Result<Core, ConfigError> {
+        if config.workers == 0 {
+            return Err(ConfigError::NoWorkers);
+        }
+        let fallback = Fallback::new(config.fallback.clone())?;
+        let resolve = ResolveContext {
+            http: stack.service(OperationType::Resolve),
+            config: Arc::new(config.resolvers.clone()),
+            robots: (!config.resolvers.ignore_robots).then(|| Arc::new(RobotsTxt::new(Some(stack.limiter().clone())))),
+        };
+        let held = Arc::new(Mutex::new(HashSet::new()));
+        let finisher = Finisher::new(
+            ledger.clone(),
+            config.worker_id.clone(),
+            config.download.durability,
+            held.clone(),
+        );
+        Ok(Core {
+            download: stack.service(OperationType::Download),
+            finisher,
+            fallback,
+            resolve,
+            ledger,
+            manifest,
+            tried: TriedUrls::default(),
+            held,
+            redactor: Redactor::default(),
+            frontier: Arc::new(Frontier::new(
+                stack.limiter().clone(),
+                stack.cooldowns().clone(),
+                config.workers,
+            )),
+            config,
+        })
+    }
+
     fn heartbeat_every(&self) -> Duration {
         (self.config.lease_ttl / 3).max(Duration::from_millis(100))
     }
@@ -155,104 +239,135 @@ impl Core {
         }
     }
 
+    /// One work's way: claimed (or found settled), fetched through the fallback tiers
+    /// (abandoned when `cancel` fires, its lease given back), its outcome recorded in the
+    /// ledger. In a first pass (`slot` given) each request waits for its host's turn in the
+    /// crawl frontier; a deferred work is handed back for the second pass, except in one.
     pub(super) async fn process(
         &self,
         work: Work,
         second_pass: bool,
-        cancel: tokio::sync::watch::Receiver<bool>,
+        cancel: watch::Receiver<bool>,
         slot: Option<&Arc<Slot>>,
     ) -> Result<Processed, LedgerError> {
         let started = Instant::now();
-        let stem = file_stem(&work);
-        let mut job_id = None;
-        if let Some(ledger) = &self.ledger {
-            let new_job = self.job_for(&work);
-            let mut claim = ledger
-                .claim(&new_job, &self.config.worker_id, self.config.lease_ttl)
-                .await?;
-            // the ledger believes the disk: a downloaded work whose file is gone or changed
-            // is planned and claimed again (once: a second settled claim means another
-            // worker has just downloaded it again)
-            let mut replanned = false;
-            let retaken;
-            if let Claim::Settled(job) = &claim {
-                if let Some(why) = self.recorded_file_problem(job).await {
-                    replanned = true;
-                    tracing::warn!(
-                        work = %work.id,
-                        path = job.result.path.as_deref().unwrap_or(""),
-                        "the file of a downloaded work is {why}: planning it again"
-                    );
-                    ledger.replan(job, &format!("file {why}")).await?;
-                    claim = ledger
-                        .claim(&new_job, &self.config.worker_id, self.config.lease_ttl)
-                        .await?;
-                }
-            }
-            match claim {
-                Claim::Settled(job) => {
-                    return Ok(Processed::Done(WorkRecord {
-                        reason: Some(ReasonCode::AlreadyDownloaded),
-                        path: job.result.path,
-                        sha256: job.result.sha256,
-                        bytes: job.result.bytes.and_then(|b| u64::try_from(b).ok()),
-                        ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
-                    }));
-                }
-                Claim::Busy(job) => {
-                    let owner = job.lease_owner.unwrap_or_default();
-                    return Ok(Processed::Later(Later {
-                        work,
-                        reason: ReasonCode::LeasedElsewhere,
-                        detail: format!("leased by {owner}"),
-                        by: Vec::new(),
-                    }));
-                }
-                Claim::Leased(job) => {
-                    lock(&self.held).insert(job.id);
-                    job_id = Some(job.id);
-                    // only a work claimed before (by a run that stopped) can have left a file
-                    retaken = job.attempts > 1;
-                }
-            }
-            // A file in place without a FINALIZED row: downloaded by a run that stopped
-            // before the file's group was recorded. It passed the checks before its rename;
-            // checked again (a power loss may have cut it) and hashed, it is recorded, not
-            // fetched again. (Not a file just found missing or changed: that one is fetched.)
-            let in_place = if retaken && !replanned {
-                self.file_in_place(&stem).await
-            } else {
-                None
-            };
-            if let Some((sha256, bytes)) = in_place {
-                let record = WorkRecord {
-                    reason: Some(ReasonCode::AlreadyDownloaded),
-                    detail: Some("found in place, checked and hashed; its run had stopped before recording it".into()),
-                    path: Some(format!("{stem}.pdf")),
-                    sha256: Some(sha256),
-                    bytes: Some(bytes),
-                    ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
-                };
-                let result = JobResult {
-                    outcome: Some("downloaded".into()),
-                    ..job_result(&record)
-                };
-                self.finisher.submit(Finished {
-                    job: job_id,
-                    result,
-                    path: self.config.out_dir.join(format!("{stem}.pdf")),
-                    adopted: true,
-                });
-                return Ok(Processed::Done(record));
-            }
-        } else if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
-            return Ok(Processed::Done(WorkRecord {
-                reason: Some(ReasonCode::AlreadyDownloaded),
-                path: Some(format!("{stem}.pdf")),
-                ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
-            }));
-        }
+        let job = match self.claim(&work).await? {
+            Claimed::Settled(processed) => return Ok(processed),
+            Claimed::Fetch(job) => job,
+        };
+        let Some(result) = self.fetch(&work, slot, cancel, job).await? else {
+            return Ok(Processed::Cancelled);
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        self.settle(work, result, job, second_pass, elapsed_ms).await
+    }
 
+    /// Claims `work` in the ledger (when there is one), or, without a ledger, looks for its
+    /// file. The ledger believes the disk: a downloaded work whose file is gone or changed
+    /// is planned and claimed again; a file in place without a FINALIZED row is adopted.
+    async fn claim(&self, work: &Work) -> Result<Claimed, LedgerError> {
+        let stem = file_stem(work);
+        let Some(ledger) = &self.ledger else {
+            if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
+                return Ok(Claimed::Settled(Processed::Done(WorkRecord {
+                    reason: Some(ReasonCode::AlreadyDownloaded),
+                    path: Some(format!("{stem}.pdf")),
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+                })));
+            }
+            return Ok(Claimed::Fetch(None));
+        };
+        let (claim, replanned) = self.claim_in(ledger, work).await?;
+        let job = match claim {
+            Claim::Settled(job) => {
+                return Ok(Claimed::Settled(Processed::Done(WorkRecord {
+                    reason: Some(ReasonCode::AlreadyDownloaded),
+                    path: job.result.path,
+                    sha256: job.result.sha256,
+                    bytes: job.result.bytes.and_then(|b| u64::try_from(b).ok()),
+                    ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+                })));
+            }
+            Claim::Busy(job) => {
+                let owner = job.lease_owner.unwrap_or_default();
+                return Ok(Claimed::Settled(Processed::Later(Later {
+                    work: work.clone(),
+                    reason: ReasonCode::LeasedElsewhere,
+                    detail: format!("leased by {owner}"),
+                    by: Vec::new(),
+                })));
+            }
+            Claim::Leased(job) => job,
+        };
+        lock(&self.held).insert(job.id);
+        // Only a work claimed before (by a run that stopped) can have left a file; not one
+        // just found missing or changed (that one is fetched).
+        if job.attempts > 1 && !replanned {
+            if let Some(record) = self.adopt_in_place(work, &stem, job.id).await {
+                return Ok(Claimed::Settled(Processed::Done(record)));
+            }
+        }
+        Ok(Claimed::Fetch(Some(job.id)))
+    }
+
+    /// The ledger's claim of `work`, and whether it was planned again first: a downloaded
+    /// work whose file is gone or changed is planned and claimed again (once: a second
+    /// settled claim means another worker has just downloaded it again).
+    async fn claim_in(&self, ledger: &Ledger, work: &Work) -> Result<(Claim, bool), LedgerError> {
+        let new_job = self.job_for(work);
+        let (owner, ttl) = (&self.config.worker_id, self.config.lease_ttl);
+        let claim = ledger.claim(&new_job, owner, ttl).await?;
+        let Claim::Settled(job) = &claim else {
+            return Ok((claim, false));
+        };
+        let Some(why) = self.recorded_file_problem(job).await else {
+            return Ok((claim, false));
+        };
+        tracing::warn!(
+            work = %work.id,
+            path = job.result.path.as_deref().unwrap_or(""),
+            "the file of a downloaded work is {why}: planning it again"
+        );
+        ledger.replan(job, &format!("file {why}")).await?;
+        Ok((ledger.claim(&new_job, owner, ttl).await?, true))
+    }
+
+    /// A file in place without a FINALIZED row: downloaded by a run that stopped before
+    /// the file's group was recorded. It passed the checks before its rename; checked again
+    /// (a power loss may have cut it) and hashed, it is recorded (by the finisher), not
+    /// fetched again.
+    async fn adopt_in_place(&self, work: &Work, stem: &str, job: JobId) -> Option<WorkRecord> {
+        let (sha256, bytes) = self.file_in_place(stem).await?;
+        let record = WorkRecord {
+            reason: Some(ReasonCode::AlreadyDownloaded),
+            detail: Some("found in place, checked and hashed; its run had stopped before recording it".into()),
+            path: Some(format!("{stem}.pdf")),
+            sha256: Some(sha256),
+            bytes: Some(bytes),
+            ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+        };
+        let result = JobResult {
+            outcome: Some(Outcome::Downloaded.as_str().to_owned()),
+            ..job_result(&record)
+        };
+        self.finisher.submit(Finished {
+            job: Some(job),
+            result,
+            path: self.config.out_dir.join(format!("{stem}.pdf")),
+            adopted: true,
+        });
+        Some(record)
+    }
+
+    /// Fetches `work` through the fallback tiers; `None` when `cancel` fired first (the
+    /// partial files are gone with the fetch, and the work's lease is given back).
+    async fn fetch(
+        &self,
+        work: &Work,
+        slot: Option<&Arc<Slot>>,
+        cancel: watch::Receiver<bool>,
+        job: Option<JobId>,
+    ) -> Result<Option<FetchResult>, LedgerError> {
         // In a run's first pass each request waits for its host's turn in the crawl
         // frontier, the work's worker slot given back meanwhile.
         let gated = slot.map(|slot| {
@@ -276,20 +391,32 @@ impl Core {
         };
         // Boxed as `Send` here, where its lifetimes are concrete: left to the task spawn, the
         // compiler fails to prove the fetch `Send` (rust-lang/rust#102211).
-        let fetch: futures_util::future::BoxFuture<'_, FetchResult> = Box::pin(self.fallback.fetch(&work, env));
-        let result = tokio::select! {
-            r = fetch => r,
+        let fetch: futures_util::future::BoxFuture<'_, FetchResult> = Box::pin(self.fallback.fetch(work, env));
+        tokio::select! {
+            r = fetch => Ok(Some(r)),
             () = cancelled(cancel) => {
-                // abandoned: the partial files are gone with the fetch; give the work back
-                if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
+                if let (Some(ledger), Some(job)) = (&self.ledger, job) {
                     let released = ledger.release(job, &self.config.worker_id).await;
                     lock(&self.held).remove(&job);
                     released?;
                 }
-                return Ok(Processed::Cancelled);
+                Ok(None)
             }
-        };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        }
+    }
+
+    /// Records the fetch's outcome: a download goes to the finisher (made durable and
+    /// FINALIZED in a group, its lease held until then); a failure or a deferral is
+    /// finished in the ledger here. A deferral in a first pass is handed back for the
+    /// second.
+    async fn settle(
+        &self,
+        work: Work,
+        result: FetchResult,
+        job: Option<JobId>,
+        second_pass: bool,
+        elapsed_ms: u64,
+    ) -> Result<Processed, LedgerError> {
         let not_done = |outcome, reason, detail, attempts, http_status| WorkRecord {
             reason: Some(reason),
             detail: Some(detail),
@@ -298,35 +425,23 @@ impl Core {
             http_status,
             ..WorkRecord::new(work.id.as_str(), outcome)
         };
-        let (record, state, later, by) = match result {
+        let (record, state, by) = match result {
             FetchResult::Downloaded {
                 file,
                 candidate,
                 attempts,
             } => {
-                let file_path = file.path.clone();
-                let path = file
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let url = self.redactor.redact_str(&candidate.url).to_string();
                 let record = WorkRecord {
-                    resolver: Some(candidate.resolver),
-                    url: Some(url),
-                    path: Some(path),
-                    sha256: Some(file.sha256),
-                    bytes: Some(file.bytes),
                     elapsed_ms,
                     attempts,
-                    ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
+                    ..self.downloaded(&work, &file, candidate)
                 };
                 // made durable and recorded by the finisher, in a group, while this work's
                 // slot goes to the next one (its lease stays held until then)
                 self.finisher.submit(Finished {
-                    job: job_id,
+                    job,
                     result: job_result(&record),
-                    path: file_path,
+                    path: file.path,
                     adopted: false,
                 });
                 return Ok(Processed::Done(record));
@@ -339,8 +454,7 @@ impl Core {
             } => (
                 not_done(Outcome::Failed, reason, detail, attempts, status),
                 JobState::Failed,
-                false,
-                Vec::new(),
+                None,
             ),
             FetchResult::Deferred {
                 reason,
@@ -350,32 +464,49 @@ impl Core {
             } => (
                 not_done(Outcome::Deferred, reason, detail, attempts, None),
                 JobState::Deferred,
-                !second_pass,
-                by,
+                (!second_pass).then_some(by),
             ),
         };
-        if let (Some(ledger), Some(job)) = (&self.ledger, job_id) {
-            let result = job_result(&record);
-            let finished = ledger.finish(job, &self.config.worker_id, state, &result).await;
+        if let (Some(ledger), Some(job)) = (&self.ledger, job) {
+            let finished = ledger
+                .finish(job, &self.config.worker_id, state, &job_result(&record))
+                .await;
             lock(&self.held).remove(&job);
             finished?;
         }
-        if later {
-            return Ok(Processed::Later(Later {
+        match by {
+            Some(by) => Ok(Processed::Later(Later {
                 reason: record.reason.unwrap_or(ReasonCode::Deferred),
                 detail: record.detail.unwrap_or_default(),
                 work,
                 by,
-            }));
+            })),
+            None => Ok(Processed::Done(record)),
         }
-        Ok(Processed::Done(record))
+    }
+
+    /// The record of a download: its file, and the candidate's resolver and URL (redacted).
+    fn downloaded(&self, work: &Work, file: &Downloaded, candidate: Candidate) -> WorkRecord {
+        let path = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        WorkRecord {
+            resolver: Some(candidate.resolver),
+            url: Some(self.redactor.redact_str(&candidate.url).to_string()),
+            path: Some(path),
+            sha256: Some(file.sha256.clone()),
+            bytes: Some(file.bytes),
+            ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
+        }
     }
 }
 
 /// What the ledger keeps of a work's outcome.
 fn job_result(record: &WorkRecord) -> JobResult {
     JobResult {
-        outcome: record.outcome.map(|o| format!("{o:?}").to_ascii_lowercase()),
+        outcome: record.outcome.map(|o| o.as_str().to_owned()),
         path: record.path.clone(),
         sha256: record.sha256.clone(),
         bytes: record.bytes.and_then(|b| i64::try_from(b).ok()),

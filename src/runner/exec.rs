@@ -24,7 +24,7 @@ use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
 use crate::ledger::{redact_url, LeaseOwner, Ledger, LedgerConfig, LedgerError};
 use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord};
-use crate::pipeline::{Pipeline, PipelineConfig, Progress};
+use crate::pipeline::{ConfigError, Pipeline, PipelineConfig, PipelineError, Progress};
 use crate::resolvers::ResolverConfig;
 use crate::service::{HttpClient, HttpConfig, HttpService, Stack, StackConfig};
 use crate::works::{LineError, Work};
@@ -96,36 +96,122 @@ pub fn generated_run_id() -> String {
     format!("run-{secs}-{}", std::process::id())
 }
 
-fn fatal(msg: impl std::fmt::Display) -> (Exit, String) {
-    (Exit::Fatal, msg.to_string())
+/// Why a command did not complete: the one line the binary prints, and through
+/// [`RunError::exit`] its exit status (decided there and nowhere else).
+///
+/// ```
+/// use contentdownload::runner::exec::{Exit, RunError};
+///
+/// let e = RunError::Usage("cannot read the input works.jsonl: no such file".into());
+/// assert_eq!(e.exit(), Exit::Usage);
+/// assert_eq!(e.to_string(), "cannot read the input works.jsonl: no such file");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The command line or the input cannot be used; nothing was done.
+    #[error("{0}")]
+    Usage(String),
+    /// A setting of the stack, the rate table or the client cannot be used.
+    #[error("{0}")]
+    Settings(#[source] BoxError),
+    /// The pipeline's configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The ledger cannot be opened or used.
+    #[error("{}", ledger_message(.url, .source))]
+    Ledger {
+        /// Its URL, the password redacted.
+        url: String,
+        /// Why.
+        #[source]
+        source: LedgerError,
+    },
+    /// A file or folder cannot be created, written or moved.
+    #[error("{what}: {source}")]
+    Io {
+        /// What could not be done, and to which path.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The run stopped on a fatal error (the ledger or the manifest failed, downloads could
+    /// not be made durable).
+    #[error(transparent)]
+    Pipeline(PipelineError),
+    /// Anything else that stops the command (a learning file that cannot be inspected,
+    /// `fetch`'s transfer).
+    #[error("{0}")]
+    Failed(#[source] BoxError),
 }
 
-/// `contentdownload run`. Returns the exit status and, on failure, the one-line message.
-pub async fn run(
-    settings: RunSettings,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<Exit, (Exit, String)> {
+impl RunError {
+    /// The process's exit status for this failure: [`Exit::Usage`] for what the command
+    /// line or its settings got wrong, [`Exit::Fatal`] for the rest.
+    pub fn exit(&self) -> Exit {
+        match self {
+            RunError::Usage(_) | RunError::Settings(_) | RunError::Config(_) => Exit::Usage,
+            RunError::Ledger { .. } | RunError::Io { .. } | RunError::Pipeline(_) | RunError::Failed(_) => Exit::Fatal,
+        }
+    }
+
+    fn io(what: String) -> impl FnOnce(std::io::Error) -> RunError {
+        move |source| RunError::Io { what, source }
+    }
+
+    fn failed(e: impl Into<BoxError>) -> RunError {
+        RunError::Failed(e.into())
+    }
+
+    /// The ledger at `url` cannot be opened.
+    fn ledger(url: &str) -> impl FnOnce(LedgerError) -> RunError + '_ {
+        move |source| RunError::Ledger {
+            url: redact_url(url),
+            source,
+        }
+    }
+}
+
+impl From<PipelineError> for RunError {
+    fn from(e: PipelineError) -> RunError {
+        match e {
+            PipelineError::Config(c) => RunError::Config(c),
+            e => RunError::Pipeline(e),
+        }
+    }
+}
+
+/// The message for a ledger that cannot be opened: the ledger's own when it already names
+/// the ledger (unreachable), otherwise prefixed with its URL (password redacted).
+fn ledger_message(url: &str, e: &LedgerError) -> String {
+    match e {
+        LedgerError::Unreachable { .. } => e.to_string(),
+        e => format!("the ledger {url} cannot be used: {e}"),
+    }
+}
+
+/// `contentdownload run`. Returns the exit status, or why the run could not complete.
+pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Output = ()>) -> Result<Exit, RunError> {
     // a missing input is a usage error, found before anything is created on disk
     let input = match &settings.source {
-        Source::Works(path) | Source::Dois(path) => Some(Input::open(path).map_err(|e| (Exit::Usage, e.to_string()))?),
+        Source::Works(path) | Source::Dois(path) => {
+            Some(Input::open(path).map_err(|e| RunError::Usage(e.to_string()))?)
+        }
         Source::Topic { .. } => None,
     };
     if settings.idempotency {
         check_ledger_folder(&settings.ledger, &settings.out)?;
     }
-    std::fs::create_dir_all(&settings.out).map_err(|e| {
-        fatal(format!(
-            "the output folder {} cannot be created: {e}",
-            settings.out.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&settings.out).map_err(RunError::io(format!(
+        "the output folder {} cannot be created",
+        settings.out.display()
+    )))?;
     let probe = settings.out.join(".write-test");
-    std::fs::write(&probe, b"").map_err(|e| {
-        fatal(format!(
-            "the output folder {} is not writable: {e}",
-            settings.out.display()
-        ))
-    })?;
+    std::fs::write(&probe, b"").map_err(RunError::io(format!(
+        "the output folder {} is not writable",
+        settings.out.display()
+    )))?;
     let _ = std::fs::remove_file(&probe);
 
     let ledger = if settings.idempotency {
@@ -134,20 +220,16 @@ pub async fn run(
             connect_timeout: settings.ledger_connect_timeout,
             ..LedgerConfig::new(settings.ledger.clone())
         };
-        Some(
-            Ledger::connect(cfg)
-                .await
-                .map_err(|e| ledger_failed(&settings.ledger, e))?,
-        )
+        Some(Ledger::connect(cfg).await.map_err(RunError::ledger(&settings.ledger))?)
     } else {
         None
     };
 
-    let manifest = ManifestWriter::open(&settings.out).map_err(fatal)?;
+    let manifest = ManifestWriter::open(&settings.out).map_err(RunError::failed)?;
     let manifest = Arc::new(Mutex::new(manifest));
     // attempts.csv keeps every run's attempts, as the manifest does (each row has its run id)
     let csv_path = settings.out.join("attempts.csv");
-    let csv = CsvSink::append(&csv_path).map_err(|e| fatal(format!("cannot open {}: {e}", csv_path.display())))?;
+    let csv = CsvSink::append(&csv_path).map_err(RunError::io(format!("cannot open {}", csv_path.display())))?;
     let records = RecordWriter::spawn(
         (ManifestSink::new(manifest.clone(), settings.run_id.clone()), csv),
         4096,
@@ -166,7 +248,7 @@ pub async fn run(
         run_id: Some(settings.run_id.clone()),
         ..StackConfig::default()
     })
-    .map_err(|e| (Exit::Usage, e.to_string()))?;
+    .map_err(RunError::Settings)?;
     let persist = stack.learner().map(|l| l.spawn_persist_task(Duration::from_secs(30)));
 
     let resolvers = ResolverConfig {
@@ -182,7 +264,7 @@ pub async fn run(
     if settings.ignore_robots {
         tracing::warn!("--ignore-robots: landing pages are fetched whatever their site's robots.txt says");
     }
-    let works = open_source(&settings, input, &stack, &resolvers).map_err(|e| (Exit::Usage, e))?;
+    let works = open_source(&settings, input, &stack, &resolvers).map_err(RunError::Usage)?;
     let pipeline = Pipeline::new(
         PipelineConfig {
             out_dir: settings.out.clone(),
@@ -202,8 +284,7 @@ pub async fn run(
         &stack,
         ledger.clone(),
         manifest.clone(),
-    )
-    .map_err(|e| (Exit::Usage, e.to_string()))?
+    )?
     .with_records(records.clone());
 
     tracing::info!(run_id = %settings.run_id, out = %settings.out.display(), "run started");
@@ -221,7 +302,7 @@ pub async fn run(
     if let Some(ledger) = &ledger {
         ledger.close().await;
     }
-    let summary = result.map_err(fatal)?;
+    let summary = result?;
     print_summary(&summary, stack.learner());
     print_rates(stack.limiter(), &settings.rates);
     if summary.interrupted {
@@ -245,30 +326,18 @@ pub fn completed(summary: &SummaryRecord) -> Exit {
 
 /// A SQLite ledger's folder must exist already, unless it is the output folder (which the
 /// run creates): checked before anything is created, so a mistyped path makes nothing.
-fn check_ledger_folder(url: &str, out: &Path) -> Result<(), (Exit, String)> {
-    let usage = |e: LedgerError| (Exit::Usage, format!("--ledger {}: {e}", redact_url(url)));
+fn check_ledger_folder(url: &str, out: &Path) -> Result<(), RunError> {
+    let usage = |e: LedgerError| RunError::Usage(format!("--ledger {}: {e}", redact_url(url)));
     let Some(file) = LedgerConfig::new(url).sqlite_path().map_err(usage)? else {
         return Ok(());
     };
     match file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(folder) if folder != out && !folder.is_dir() => Err((
-            Exit::Usage,
-            format!(
-                "--ledger {}: the ledger's folder {} does not exist; create it or choose another path",
-                redact_url(url),
-                folder.display()
-            ),
-        )),
+        Some(folder) if folder != out && !folder.is_dir() => Err(RunError::Usage(format!(
+            "--ledger {}: the ledger's folder {} does not exist; create it or choose another path",
+            redact_url(url),
+            folder.display()
+        ))),
         _ => Ok(()),
-    }
-}
-
-/// The message for a ledger that cannot be opened: the ledger's own when it already names
-/// the ledger (unreachable), otherwise prefixed with its URL (password redacted).
-fn ledger_failed(url: &str, e: LedgerError) -> (Exit, String) {
-    match e {
-        LedgerError::Unreachable { .. } => fatal(e),
-        e => fatal(format!("the ledger {} cannot be used: {e}", redact_url(url))),
     }
 }
 
@@ -477,9 +546,12 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
 }
 
 /// `contentdownload status`: the learned provider state and the ledger's counts.
-pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
+pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
     if !args.out.is_dir() {
-        return Err((Exit::Usage, format!("{} is not an output folder", args.out.display())));
+        return Err(RunError::Usage(format!(
+            "{} is not an output folder",
+            args.out.display()
+        )));
     }
     let learning_path = args
         .provider_learning_path
@@ -492,7 +564,7 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
         &args.rates,
         args.default_rate.unwrap_or(RateLimitConfig::default().default),
     ))
-    .map_err(|e| (Exit::Usage, e.to_string()))?;
+    .map_err(|e| RunError::Settings(e.into()))?;
     let rates = rate_rows(&limiter, &args.rates);
     let default_rate = limiter.rate_keys().default_quota();
     let (statuses, learning_problem) = match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
@@ -501,7 +573,7 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
             eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
             (Vec::new(), Some(e.to_string()))
         }
-        Err(e) => return Err(fatal(e)),
+        Err(e) => return Err(RunError::failed(e)),
     };
     let ledger_url = args
         .ledger
@@ -513,16 +585,16 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
     };
     let sqlite_file = ledger_config
         .sqlite_path()
-        .map_err(|e| (Exit::Usage, format!("--ledger {}: {e}", redact_url(&ledger_url))))?;
+        .map_err(|e| RunError::Usage(format!("--ledger {}: {e}", redact_url(&ledger_url))))?;
     let exists = sqlite_file.as_deref().is_none_or(Path::is_file);
     if args.ledger.is_some() && !exists {
-        return Err((Exit::Usage, format!("no ledger at {}", redact_url(&ledger_url))));
+        return Err(RunError::Usage(format!("no ledger at {}", redact_url(&ledger_url))));
     }
     let counts = if exists {
         let ledger = Ledger::connect(ledger_config)
             .await
-            .map_err(|e| ledger_failed(&ledger_url, e))?;
-        let counts = ledger.counts(None).await.map_err(fatal)?;
+            .map_err(RunError::ledger(&ledger_url))?;
+        let counts = ledger.counts(None).await.map_err(RunError::failed)?;
         ledger.close().await;
         Some(counts)
     } else {
@@ -535,7 +607,7 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
                 serde_json::json!({
                     "provider": s.partition.provider().as_str(),
                     "host": s.partition.host(),
-                    "status": format!("{:?}", s.phase).to_ascii_lowercase(),
+                    "status": s.phase.to_string(),
                     "rate": s.rate,
                     "ceiling": s.ceiling,
                     "reduction": s.applied_reduction,
@@ -594,26 +666,28 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, (Exit, String)> {
 }
 
 /// `contentdownload fetch`: one URL through the shared client, streamed to a file.
-pub async fn fetch(args: &FetchArgs) -> Result<Exit, (Exit, String)> {
+pub async fn fetch(args: &FetchArgs) -> Result<Exit, RunError> {
     let uri: http::Uri = args.url.parse().map_err(|e| {
         let shown = crate::layers::telemetry::redacted(&args.url).to_string();
-        (Exit::Usage, format!("invalid URL {shown:?}: {e}"))
+        RunError::Usage(format!("invalid URL {shown:?}: {e}"))
     })?;
     let client = HttpClient::new(&HttpConfig {
         mailto: args.mailto.clone(),
         ..HttpConfig::default()
     })
-    .map_err(|e| (Exit::Usage, e.to_string()))?;
-    let req = http::Request::get(uri).body(Full::<Bytes>::default()).map_err(fatal)?;
-    let response = client.oneshot(req).await.map_err(fatal)?;
+    .map_err(|e| RunError::Settings(e.into()))?;
+    let req = http::Request::get(uri)
+        .body(Full::<Bytes>::default())
+        .map_err(RunError::failed)?;
+    let response = client.oneshot(req).await.map_err(RunError::Failed)?;
     if !response.status().is_success() {
-        return Err(fatal(format!("the server answered {}", response.status())));
+        return Err(RunError::failed(format!("the server answered {}", response.status())));
     }
     // Stream to a temporary name, then rename: a failed download leaves no half file.
     let partial = args.output.with_extension("part");
     let mut file = tokio::fs::File::create(&partial)
         .await
-        .map_err(|e| fatal(format!("cannot write {}: {e}", partial.display())))?;
+        .map_err(RunError::io(format!("cannot write {}", partial.display())))?;
     let mut body = response.into_body();
     let mut bytes = 0u64;
     let copied: Result<(), BoxError> = async {
@@ -629,9 +703,11 @@ pub async fn fetch(args: &FetchArgs) -> Result<Exit, (Exit, String)> {
     .await;
     if let Err(e) = copied {
         let _ = tokio::fs::remove_file(&partial).await;
-        return Err(fatal(e));
+        return Err(RunError::Failed(e));
     }
-    tokio::fs::rename(&partial, &args.output).await.map_err(fatal)?;
+    tokio::fs::rename(&partial, &args.output)
+        .await
+        .map_err(RunError::failed)?;
     eprintln!("wrote {bytes} bytes to {}", args.output.display());
     Ok(Exit::Completed)
 }
@@ -639,6 +715,52 @@ pub async fn fetch(args: &FetchArgs) -> Result<Exit, (Exit, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each failure's exit status, decided by `RunError::exit` alone, and the ledger's
+    /// message: its own when it names the ledger, else prefixed with the redacted URL.
+    #[test]
+    fn run_errors_map_to_exit_codes() {
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let unreachable = || LedgerError::Unreachable {
+            url: "postgres://me:REDACTED@db/x".into(),
+            timeout: Duration::from_secs(1),
+            cause: "refused".into(),
+        };
+        let cases: Vec<(RunError, Exit)> = vec![
+            (RunError::Usage("no input".into()), Exit::Usage),
+            (RunError::Settings("bad rate".into()), Exit::Usage),
+            (PipelineError::from(ConfigError::NoWorkers).into(), Exit::Usage),
+            (
+                RunError::ledger("postgres://me:s3cret@db/x")(unreachable()),
+                Exit::Fatal,
+            ),
+            (
+                RunError::io("the output folder o is not writable".into())(io()),
+                Exit::Fatal,
+            ),
+            (PipelineError::Manifest(io()).into(), Exit::Fatal),
+            (RunError::failed("the server answered 404 Not Found"), Exit::Fatal),
+        ];
+        for (e, exit) in cases {
+            assert_eq!(e.exit(), exit, "{e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let own = RunError::ledger("postgres://me:s3cret@db/x")(unreachable()).to_string();
+        assert!(
+            own.starts_with("cannot reach the PostgreSQL ledger at postgres://me:REDACTED@db/x"),
+            "{own}"
+        );
+        let prefixed =
+            RunError::ledger("sqlite://o/l.sqlite")(LedgerError::NotFound(crate::ledger::JobId(7))).to_string();
+        assert!(
+            prefixed.starts_with("the ledger sqlite://o/l.sqlite cannot be used: "),
+            "{prefixed}"
+        );
+        assert_eq!(
+            RunError::from(PipelineError::from(ConfigError::NoWorkers)).to_string(),
+            "workers must be at least 1"
+        );
+    }
 
     #[test]
     fn ledger_passwords_are_redacted() {

@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::budget::PartitionBudget;
 use super::classify::{classify_error, classify_response, Class};
 use super::config::RetryConfig;
-use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp};
+use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp, NotResendable, Resendable};
 use crate::context::{AttemptNumber, OperationType};
 use crate::error::{BoxError, Deferred, FailedOver};
 use crate::layers::telemetry::RetryBudgetExhausted;
@@ -29,7 +29,7 @@ pub(crate) struct Plan {
     pub(crate) operation: OperationType,
     pub(crate) started: Instant,
     pub(crate) has_key: bool,
-    pub(crate) resendable: Result<(), &'static str>,
+    pub(crate) resendable: Resendable,
     pub(crate) budget: Option<PartitionBudget>,
 }
 
@@ -106,9 +106,9 @@ where
                         // no copy in hand when the body could not be cloned (or, harmlessly, when
                         // no attempt is left, which `decide` checks first)
                         resendable: match (&*this.spare, plan.resendable) {
-                            (Some(_), _) => Ok(()),
-                            (None, Err(why)) => Err(why),
-                            (None, Ok(())) => Err("the request body cannot be cloned, so it is not resent"),
+                            (Some(_), _) => Resendable::Yes,
+                            (None, Resendable::No(why)) => Resendable::No(why),
+                            (None, Resendable::Yes) => Resendable::No(NotResendable::NoCopyLeft),
                         },
                     };
                     let (mut decision, mut gave_up) = policy.decide(class, hint, attempt);

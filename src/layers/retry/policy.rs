@@ -72,12 +72,43 @@ impl fmt::Display for Decision {
     }
 }
 
+/// Whether a request can be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resendable {
+    /// A copy is in hand (or can be made).
+    Yes,
+    /// It cannot, and why.
+    No(NotResendable),
+}
+
+/// Why a request cannot be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NotResendable {
+    /// A method that is not idempotent, without an Idempotency-Key: sent once.
+    UnsafeWithoutKey,
+    /// The request's body cannot be cloned: sent once.
+    BodyNotCloneable,
+    /// The body of a resent request could not be cloned again: not resent once more.
+    NoCopyLeft,
+}
+
+impl NotResendable {
+    /// In words, as the "giving up" log line says it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NotResendable::UnsafeWithoutKey => "an unsafe method without an Idempotency-Key is sent once",
+            NotResendable::BodyNotCloneable => "the request body cannot be cloned, so it is sent once",
+            NotResendable::NoCopyLeft => "the request body cannot be cloned, so it is not resent",
+        }
+    }
+}
+
 /// Why a retry that the class called for did not happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GaveUp {
     /// The request cannot be resent (unsafe method without a key, or a body that cannot
     /// be cloned).
-    NotResendable(&'static str),
+    NotResendable(NotResendable),
     /// `max_attempts` reached.
     Attempts(u32),
     /// The wait would end past the deadline.
@@ -89,7 +120,7 @@ pub(crate) enum GaveUp {
 impl fmt::Display for GaveUp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GaveUp::NotResendable(why) => f.write_str(why),
+            GaveUp::NotResendable(why) => f.write_str(why.as_str()),
             GaveUp::Attempts(n) => write!(f, "all {n} attempts used"),
             GaveUp::Deadline { wait } => write!(f, "a wait of {}ms would pass the deadline", wait.as_millis()),
             GaveUp::Budget => f.write_str("the partition's retry budget is used up"),
@@ -106,8 +137,8 @@ pub(crate) struct Attempt {
     pub(crate) elapsed: Duration,
     /// The request carries an Idempotency-Key.
     pub(crate) has_key: bool,
-    /// `Err(why)` when the request cannot be sent again.
-    pub(crate) resendable: Result<(), &'static str>,
+    /// Whether the request can be sent again.
+    pub(crate) resendable: Resendable,
 }
 
 impl OperationPolicy {
@@ -138,7 +169,7 @@ impl OperationPolicy {
         if attempt.number >= self.max_attempts {
             return give_up(GaveUp::Attempts(self.max_attempts));
         }
-        if let Err(why) = attempt.resendable {
+        if let Resendable::No(why) = attempt.resendable {
             return give_up(GaveUp::NotResendable(why));
         }
         let wait = match hint {
@@ -242,7 +273,7 @@ mod tests {
             number,
             elapsed: Duration::from_millis(elapsed_ms),
             has_key: false,
-            resendable: Ok(()),
+            resendable: Resendable::Yes,
         }
     }
 
@@ -278,10 +309,13 @@ mod tests {
         let p = OperationPolicy::download();
         assert_eq!(p.decide(Class::Reset, None, attempt(6, 0)).1, Some(GaveUp::Attempts(6)));
         let mut a = attempt(1, 0);
-        a.resendable = Err("no key");
+        a.resendable = Resendable::No(NotResendable::UnsafeWithoutKey);
         assert_eq!(
             p.decide(Class::Reset, None, a),
-            (Decision::Fail, Some(GaveUp::NotResendable("no key")))
+            (
+                Decision::Fail,
+                Some(GaveUp::NotResendable(NotResendable::UnsafeWithoutKey))
+            )
         );
         assert_eq!(p.decide(Class::Success, None, a).0, Decision::Done);
         assert_eq!(p.decide(Class::Permanent, None, attempt(1, 0)).0, Decision::Fail);

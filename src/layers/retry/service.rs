@@ -9,7 +9,7 @@ use tower_service::Service;
 use super::budget::Budgets;
 use super::config::RetryConfig;
 use super::future::{Plan, ResponseFuture};
-use super::policy::{clone_request, CloneBody};
+use super::policy::{clone_request, CloneBody, NotResendable, Resendable};
 use crate::context::{AttemptNumber, IdempotencyKey, OperationType, PartitionKey};
 use crate::error::BoxError;
 
@@ -96,18 +96,18 @@ where
             req.headers().contains_key(&IDEMPOTENCY_KEY) || req.extensions().get::<IdempotencyKey>().is_some();
         let may_retry = policy.max_attempts > 1;
         let mut resendable = if req.method().is_idempotent() || has_key {
-            Ok(())
+            Resendable::Yes
         } else {
-            Err("an unsafe method without an Idempotency-Key is sent once")
+            Resendable::No(NotResendable::UnsafeWithoutKey)
         };
         // The spare is copied before this layer adds its own extensions (the attempt number
         // and the cached partition): a resend sets its own number, and the layers below
         // compute its partition again. Fewer extensions make the copy, and dropping it
         // unused (nearly every time), cheaper.
-        let spare = if may_retry && resendable.is_ok() {
+        let spare = if may_retry && resendable == Resendable::Yes {
             let spare = clone_request(&req);
             if spare.is_none() {
-                resendable = Err("the request body cannot be cloned, so it is sent once");
+                resendable = Resendable::No(NotResendable::BodyNotCloneable);
             }
             spare
         } else {
