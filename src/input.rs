@@ -224,7 +224,8 @@ pub struct WorkFilter {
 }
 
 /// Why a [`WorkFilter`] skipped a work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Skip {
     /// `--only-oa`, and the record knows no open-access copy.
     NotOpenAccess,

@@ -171,6 +171,10 @@ pub struct SummaryRecord {
     /// error, a provider's wait, our disk): [`WorkRecord::may_succeed_later`].
     #[serde(default)]
     pub retry_later: u64,
+    /// Works the run's [`WorkFilter`](crate::input::WorkFilter) left out before any
+    /// request (`--only-oa`, the years, `--type`), by why; not counted in `works`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filtered: BTreeMap<crate::input::Skip, u64>,
 }
 
 impl SummaryRecord {

@@ -20,7 +20,7 @@ fn record(sim: &Simulator, n: usize) -> String {
         "doi": format!("https://doi.org/10.5555/s{n}"),
         "publication_year": 2020 + (n % 4) as i32,
         "type": if n.is_multiple_of(5) { "book-chapter" } else { "article" },
-        "open_access": {"is_oa": true},
+        "open_access": {"is_oa": n % 7 != 3},
         "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{n}.pdf"))}
     })
     .to_string()
@@ -58,7 +58,8 @@ fn summary(stdout: &[u8], label: &str) -> u64 {
         .lines()
         .find(|l| l.starts_with(label))
         .unwrap_or_else(|| panic!("no {label} in {text}"));
-    line[label.len()..].trim().parse().unwrap_or_else(|_| panic!("{line}"))
+    let number = line[label.len()..].split_whitespace().next().unwrap_or("");
+    number.parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 fn args<'a>(input: &'a str, out: &'a str, rate: &'a str) -> Vec<&'a str> {
@@ -126,6 +127,47 @@ async fn gzipped_standard_input_reads_like_a_file() {
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     assert_eq!(summary(&done.stdout, "downloaded"), 5, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_leave_works_out_before_any_request_and_the_summary_says_why() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(2000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let n = snapshot(&sim, dir.path(), &["2024-01-01"], 2, 20);
+    let works = dir.path().join("works");
+    let out = dir.path().join("pdfs");
+    let rate = format!("{}=1000:100", sim.addr());
+    let mut args = args(works.to_str().unwrap(), out.to_str().unwrap(), &rate);
+    args.extend(["--only-oa", "--year-start", "2021", "--type", "Article,preprint"]);
+    let done = contentdownload(&args, &[]).await;
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+
+    // the same rules as record(): closed when n % 7 == 3, year 2020 + n % 4, a book chapter when n % 5 == 0
+    let (mut closed, mut early, mut chapters) = (0, 0, 0);
+    let mut kept = 0;
+    for i in 0..n {
+        if i % 7 == 3 {
+            closed += 1;
+        } else if i % 4 == 0 {
+            early += 1;
+        } else if i.is_multiple_of(5) {
+            chapters += 1;
+        } else {
+            kept += 1;
+        }
+    }
+    assert_eq!(summary(&done.stdout, "downloaded"), kept, "{stdout}");
+    assert_eq!(sim.count("/pdf/*"), kept as usize, "no request for a filtered work");
+    assert_eq!(summary(&done.stdout, "filtered"), closed + early + chapters, "{stdout}");
+    for (why, count) in [("not_open_access", closed), ("year", early), ("type", chapters)] {
+        assert_eq!(summary(&done.stdout, &format!("  {why}")), count, "{stdout}");
+    }
+    let manifest = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(manifest.lines().last().unwrap()).unwrap();
+    assert_eq!(last["filtered"]["not_open_access"], closed, "{last}");
+    assert_eq!(last["works"], kept, "filtered works are not counted as works");
 }
 
 #[tokio::test]

@@ -38,6 +38,9 @@ pub struct PipelineConfig {
     /// skipping it; off by default, as it reads every file. The file's presence and size
     /// are always checked: a work whose file is missing or changed is downloaded again.
     pub verify_existing: bool,
+    /// Which works of the input are left out before any request (`--only-oa`, years,
+    /// `--type`); [`WorkFilter::default`](crate::input::WorkFilter) keeps all.
+    pub filter: crate::input::WorkFilter,
 }
 
 /// One tier: resolvers asked together, `parallel` at a time.

@@ -4,7 +4,7 @@
 //! leased by other workers ([`Pipeline::after_siblings`]), the second pass's plan
 //! ([`Pipeline::plan`]) and the second pass itself ([`Pipeline::second_pass`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use super::frontier::{Dispatch, Slot};
 use super::lock;
 use super::second_pass::{second_attempt_at, SourceHints};
 use super::work::{cancelled, Core, Later, Processed};
+use crate::input::Skip;
 use crate::layers::telemetry::RecordWriter;
 use crate::ledger::{Ledger, LedgerError};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
@@ -123,6 +124,7 @@ struct FirstPass {
     later: Vec<Later>,
     hints: SourceHints,
     input_errors: u64,
+    filtered: BTreeMap<Skip, u64>,
 }
 
 /// The second pass's plan: the deferred works in the order they go, each with when (none:
@@ -241,6 +243,7 @@ impl Pipeline {
         let _ = syncing.await;
         let mut summary = books.summary;
         summary.input_errors = first.input_errors;
+        summary.filtered = first.filtered;
         summary.interrupted = stop.interrupted;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
         if let Some(records) = &self.records {
@@ -288,12 +291,27 @@ impl Pipeline {
     {
         let mut seen: HashSet<String> = HashSet::new();
         let mut input_errors = 0u64;
+        let mut filtered: BTreeMap<Skip, u64> = BTreeMap::new();
+        let filter = &self.core.config.filter;
         let mut later: Vec<Later> = Vec::new();
         let mut hints = SourceHints::default();
         let mut fatal: Option<PipelineError> = None;
         {
             let works = works
-                .filter_map(|item| std::future::ready(once(item, &mut seen, &mut input_errors)))
+                .filter_map(|item| {
+                    // left out before the dedup set, which then holds only the kept works
+                    let kept = match item {
+                        Ok(work) => match filter.skips(&work) {
+                            Some(skip) => {
+                                *filtered.entry(skip).or_default() += 1;
+                                None
+                            }
+                            None => Some(Ok(work)),
+                        },
+                        Err(e) => Some(Err(e)),
+                    };
+                    std::future::ready(kept.and_then(|item| once(item, &mut seen, &mut input_errors)))
+                })
                 .take_until(cancelled(stop.cancel.clone()));
             let cancel = stop.cancel.clone();
             let start = |w: Work, slot: Arc<Slot>| self.start(w, slot, cancel.clone());
@@ -346,6 +364,7 @@ impl Pipeline {
                 later,
                 hints,
                 input_errors,
+                filtered,
             }),
         }
     }

@@ -273,12 +273,25 @@ pub struct RunArgs {
     /// An OpenAlex search: fetch the works it finds (paged with a cursor).
     #[arg(long, value_name = "TEXT", env = "DOCSTOKG_TOPIC", group = "source")]
     pub topic: Option<String>,
-    /// With --topic: first publication year.
+    /// Leave out works published before this year: the OpenAlex search asks only for
+    /// those; from --input and --dois, a work whose record gives an earlier year is skipped
+    /// before any request (a work without a year is kept).
     #[arg(long, value_name = "YEAR", env = "DOCSTOKG_YEAR_START")]
     pub year_start: Option<i32>,
-    /// With --topic: last publication year.
+    /// Leave out works published after this year (as --year-start).
     #[arg(long, value_name = "YEAR", env = "DOCSTOKG_YEAR_END")]
     pub year_end: Option<i32>,
+    /// Skip, before any request, works whose OpenAlex record knows no open-access copy
+    /// (`open_access.is_oa: false`, or neither the flag nor any location); works known
+    /// only by a DOI are kept. Most of the OpenAlex snapshot is closed: with this flag those
+    /// works cost nothing, not even a ledger row.
+    #[arg(long, env = "DOCSTOKG_ONLY_OA", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub only_oa: Option<bool>,
+    /// Keep only works of these OpenAlex types (repeatable or comma-separated, any case:
+    /// `article`, `preprint`, `book-chapter`, ...); a work whose record gives no type is kept.
+    #[arg(long = "type", value_name = "TYPE", env = "DOCSTOKG_TYPE", value_delimiter = ',')]
+    pub types: Vec<String>,
     /// With --topic: at most this many works.
     #[arg(long, value_name = "N", env = "DOCSTOKG_MAX")]
     pub max: Option<u64>,

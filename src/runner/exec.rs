@@ -280,6 +280,7 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
             lease_ttl: Duration::from_secs(settings.lease_ttl_secs),
             second_pass_max_wait: settings.second_pass_max_wait,
             verify_existing: settings.verify_existing,
+            filter: settings.filter.clone(),
         },
         &stack,
         ledger.clone(),
@@ -530,6 +531,15 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
     }
     println!("deferred    {:>8}", s.deferred);
     println!("bad input   {:>8}", s.input_errors);
+    if !s.filtered.is_empty() {
+        println!(
+            "filtered    {:>8}  (left out before any request)",
+            s.filtered.values().sum::<u64>()
+        );
+        for (why, n) in &s.filtered {
+            println!("  {:<22}{n:>6}", why.as_str());
+        }
+    }
     println!("bytes       {:>8}", s.bytes);
     println!("elapsed     {:>7.1}s", s.elapsed_ms as f64 / 1000.0);
     if s.retry_later > 0 {

@@ -168,6 +168,8 @@ pub struct RunSettings {
     pub durability: Durability,
     /// Re-hash the recorded files of downloaded works (the size is always checked).
     pub verify_existing: bool,
+    /// Works left out before any request (`--only-oa`, `--year-start`/`--year-end`, `--type`).
+    pub filter: crate::input::WorkFilter,
     /// Fetch landing pages whatever robots.txt says.
     pub ignore_robots: bool,
     /// Resolver base URLs.
@@ -432,6 +434,17 @@ impl RunSettings {
             max_bytes,
             durability: args.durability.or(file.durability).unwrap_or(Durability::Batch),
             verify_existing: args.verify_existing.or(file.verify_existing).unwrap_or(false),
+            filter: crate::input::WorkFilter {
+                only_oa: args.only_oa.unwrap_or(false),
+                year_start: args.year_start,
+                year_end: args.year_end,
+                types: args
+                    .types
+                    .iter()
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+            },
             ignore_robots: args.ignore_robots.or(file.ignore_robots).unwrap_or(false),
             resolver_bases,
             api_keys,
