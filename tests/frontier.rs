@@ -55,6 +55,7 @@ fn config(out: &Path, workers: usize) -> PipelineConfig {
         lease_ttl: Duration::from_secs(60),
         second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
         verify_existing: false,
+        filter: Default::default(),
     }
 }
 

@@ -344,6 +344,7 @@ async fn every_ledger_backend_replans_a_work_whose_file_is_gone() {
                 lease_ttl: Duration::from_secs(60),
                 second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
                 verify_existing: false,
+                filter: Default::default(),
             };
             let mut stack = StackConfig::default();
             stack.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);

@@ -54,6 +54,7 @@ fn config(sim: &Simulator, out: &Path, worker: &str) -> PipelineConfig {
         lease_ttl: Duration::from_secs(60),
         second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
         verify_existing: false,
+        filter: Default::default(),
     }
 }
 
