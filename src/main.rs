@@ -1,4 +1,4 @@
-//! The `contentdownload` runner: `run`, `status` and `fetch`.
+//! The `contentdownload` runner: `run`, `status`, `fetch` and `report`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -54,6 +54,10 @@ fn main() -> ExitCode {
         Command::Fetch(args) => {
             init_logging(LogFormat::Text);
             runtime.block_on(exec::fetch(&args))
+        }
+        Command::Report(args) => {
+            init_logging(LogFormat::Text);
+            exec::report(&args)
         }
     };
     match result {

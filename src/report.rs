@@ -481,21 +481,26 @@ fn bar_chart(x: &str, rows: &[(String, u64)]) -> String {
             .disable_y_mesh()
             .y_labels(rows.len())
             .y_label_formatter(&|y| match y {
-                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+                // the largest at the top: row i from the bottom is the (n - 1 - i)th
+                SegmentValue::CenterOf(i) if *i < names.len() => names[names.len() - 1 - i].clone(),
                 _ => String::new(),
             })
             .x_desc(x)
             .draw()?;
+        let at = |i: usize| rows.len() - 1 - i;
         chart.draw_series(rows.iter().enumerate().map(|(i, (_, n))| {
             Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (*n as f64, SegmentValue::Exact(i + 1))],
+                [
+                    (0.0, SegmentValue::Exact(at(i))),
+                    (*n as f64, SegmentValue::Exact(at(i) + 1)),
+                ],
                 PALETTE[0].filled(),
             )
         }))?;
         chart.draw_series(rows.iter().enumerate().map(|(i, (_, n))| {
             Text::new(
                 format!(" {n}"),
-                (*n as f64, SegmentValue::CenterOf(i)),
+                (*n as f64, SegmentValue::CenterOf(at(i))),
                 ("sans-serif", 13),
             )
         }))?;

@@ -27,6 +27,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Download one URL through the shared client and stream it to a file.
     Fetch(FetchArgs),
+    /// Write `report.html` from an output folder's manifest: rates and 429s per provider
+    /// over time, downloads per second, outcomes by reason, resolver and host, the slowest
+    /// and most failing hosts (inline SVG, no script, nothing fetched).
+    Report(ReportArgs),
 }
 
 /// The exit codes of `run`, shown under its `--help`.
@@ -467,6 +471,23 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long, action = ArgAction::SetTrue)]
     pub json: bool,
+}
+
+/// `contentdownload report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The output folder of a run (its `manifest.jsonl` is read, `report.html` written there).
+    #[arg(long, value_name = "DIR", env = "DOCSTOKG_OUT", default_value = "pdfs")]
+    pub out: PathBuf,
+    /// Read this manifest instead of `<out>/manifest.jsonl`.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Only this run's lines (the manifest keeps every run of the folder).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Write the report here instead of `<out>/report.html`.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `contentdownload fetch`.

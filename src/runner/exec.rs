@@ -2,7 +2,7 @@
 //! it can be tested.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 
-use super::args::{FetchArgs, RateSpec, StatusArgs};
+use super::args::{FetchArgs, RateSpec, ReportArgs, StatusArgs};
 use super::rates::{print_rates, rate_rows, show_quota};
 use super::settings::{RunSettings, Source};
 use crate::context::{OperationType, Provider};
@@ -23,8 +23,9 @@ use crate::layers::learning::{InspectError, Learner, LearningPolicy};
 use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
 use crate::ledger::{redact_url, LeaseOwner, Ledger, LedgerConfig, LedgerError};
-use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord};
+use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord, MANIFEST_FILE};
 use crate::pipeline::{ConfigError, Pipeline, PipelineConfig, PipelineError, Progress};
+use crate::report::{Report, REPORT_FILE};
 use crate::resolvers::ResolverConfig;
 use crate::service::{HttpClient, HttpConfig, HttpService, Stack, StackConfig};
 use crate::works::{LineError, Work};
@@ -553,6 +554,46 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
             println!("rate        {status}");
         }
     }
+}
+
+/// `contentdownload report`: reads the folder's manifest (or `--manifest`) and writes
+/// `report.html` (or `--output`) whole: to a temporary file in the same folder, then renamed,
+/// so a reader never sees half a report.
+pub fn report(args: &ReportArgs) -> Result<Exit, RunError> {
+    let manifest = args.manifest.clone().unwrap_or_else(|| args.out.join(MANIFEST_FILE));
+    if !manifest.is_file() {
+        return Err(RunError::Usage(format!(
+            "no manifest at {}: give the output folder of a run (--out) or --manifest FILE",
+            manifest.display()
+        )));
+    }
+    let report = Report::read(&manifest, args.run_id.as_deref()).map_err(|e| RunError::Failed(e.into()))?;
+    if let (Some(run), 0, 0) = (&args.run_id, report.works(), report.attempts()) {
+        return Err(RunError::Usage(format!(
+            "the manifest {} has no line of run {run:?}",
+            manifest.display()
+        )));
+    }
+    let output = args.output.clone().unwrap_or_else(|| args.out.join(REPORT_FILE));
+    let folder = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let io = |what: &str, source| RunError::Io {
+        what: format!("{what} {}", output.display()),
+        source,
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&folder).map_err(|e| io("cannot write the report", e))?;
+    std::io::Write::write_all(&mut tmp, report.html().as_bytes()).map_err(|e| io("cannot write the report", e))?;
+    tmp.persist(&output)
+        .map_err(|e| io("cannot write the report", e.error))?;
+    println!(
+        "report: {} ({} works, {} attempts)",
+        output.display(),
+        report.works(),
+        report.attempts()
+    );
+    Ok(Exit::Completed)
 }
 
 /// `contentdownload status`: the learned provider state and the ledger's counts.

@@ -6,5 +6,5 @@ pub mod exec;
 mod rates;
 pub mod settings;
 
-pub use self::args::{Cli, Command, LogFormat, RateSpec, RunArgs, StatusArgs};
+pub use self::args::{Cli, Command, LogFormat, RateSpec, ReportArgs, RunArgs, StatusArgs};
 pub use self::settings::{FileConfig, RunSettings, Source};
