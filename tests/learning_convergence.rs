@@ -262,7 +262,7 @@ async fn settles_just_under_a_leaky_bucket_and_probes_less_and_less() {
         model.episodes
     );
     // each probe that meets the limit costs the second of cool-down its Retry-After asks
-    assert!(goodput >= 0.9, "goodput {goodput:.3}× the hidden rate");
+    assert!(goodput >= 0.95, "goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.02, "{:.2}% of requests throttled", throttled * 100.0);
     let rate = model.learner.rate(&model.key);
     assert!((18.0..=21.0).contains(&rate), "learned {rate:.2}/s for a hidden 20/s");
@@ -404,9 +404,10 @@ async fn one_decrease_per_retry_after_period() {
 /// The politeness bench's scoring (60 s, the client told 5× the hidden rate, from the
 /// sixth second on), for both limiters. The goal is goodput ≥ 0.95× and ≤ 2% 429s;
 /// the model (whose numbers matched the real nginx and HAProxy runs within 0.01) reaches
-/// 0.925 and 0.885, so these guard against losing that: each probe or step that meets the
-/// limit costs the whole second its `Retry-After` asks, and the first seconds go to the
-/// descent from 5×.
+/// 0.959 and 0.915 (0.925 and 0.885 before the descent aimed low and fast convergence
+/// measured the provider's acceptance), so these guard against losing that: each probe or
+/// step that meets the limit costs the whole second its `Retry-After` asks, and the first
+/// seconds go to the descent from 5×.
 async fn sixty_seconds(mut model: Model, hidden: f64) -> (f64, f64) {
     let end = model.start + Duration::from_secs(60);
     model.run_until(end).await;
@@ -422,14 +423,14 @@ async fn sixty_seconds(mut model: Model, hidden: f64) -> (f64, f64) {
 #[tokio::test(start_paused = true)]
 async fn sixty_seconds_against_a_leaky_bucket() {
     let (goodput, throttled) = sixty_seconds(Model::new(20.0, 5, 100.0), 20.0).await;
-    assert!(goodput >= 0.91, "goodput {goodput:.3}× the hidden rate");
+    assert!(goodput >= 0.955, "goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.01, "{:.2}% of requests throttled", throttled * 100.0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn sixty_seconds_against_a_window_that_counts_refusals() {
     let (goodput, throttled) = sixty_seconds(Model::haproxy(20.0, 100.0), 20.0).await;
-    assert!(goodput >= 0.87, "goodput {goodput:.3}× the hidden rate");
+    assert!(goodput >= 0.91, "goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.01, "{:.2}% of requests throttled", throttled * 100.0);
 }
 

@@ -27,6 +27,11 @@ const SETTLE_SECS: f64 = 2.0;
 /// fraction of the rate the throttled request was sent at.
 const FAST_CONVERGENCE: f64 = 0.9;
 
+/// A settled plateau that meets the limit is remembered as at most this multiple of the
+/// requests the provider accepted in the second before (a little more than them: a count
+/// over one second is coarse at low rates).
+const ACCEPTED_MARGIN: f64 = 1.03;
+
 /// After an early throttle (see [`EARLY`]) the ceiling is a guess, not a measurement: the
 /// rate probes above it after this fraction of the usual hold.
 const GUESSED_HOLD: f64 = 0.5;
@@ -235,6 +240,12 @@ impl PartitionState {
                         sent_at >= c + Duration::from_secs_f64(k + SETTLE_SECS)
                     });
                 let early = asked_wait.is_some() && self.curve_from.is_none_or(|c| sent_at < c + EARLY);
+                // The requests the provider accepted in the second before this one was sent.
+                let recent = self
+                    .delivered
+                    .iter()
+                    .filter(|&&t| t <= sent_at && t + Duration::from_secs(1) > sent_at)
+                    .count() as f64;
                 if probing {
                     // A probe above the plateau met the limit: the same ceiling again. Its
                     // 429 comes once the server's burst is spent, above the limit, so the
@@ -252,9 +263,16 @@ impl PartitionState {
                     self.r0 = cfg.plateau * self.w_max;
                 } else if settled {
                     // The plateau held for a while, then met the limit: it is a little
-                    // too high. Step down below it, no multiplicative drop.
-                    self.w_max = sent_rate;
-                    self.too_high = Some(sent_rate);
+                    // too high. Step down below it, no multiplicative drop. In the second
+                    // before, the provider accepted `recent` requests: against a leaky
+                    // bucket that has filled, that is its rate, a better ceiling than the
+                    // rate sent.
+                    self.w_max = if recent > 0.0 {
+                        sent_rate.min(recent * ACCEPTED_MARGIN)
+                    } else {
+                        sent_rate
+                    };
+                    self.too_high = Some(self.w_max);
                     self.r0 = cfg.plateau * self.w_max;
                 } else {
                     // The first throttle, or one while climbing: drop multiplicatively.
@@ -285,11 +303,6 @@ impl PartitionState {
                     self.w_max = if early {
                         sent_rate * cfg.beta
                     } else if lower {
-                        let recent = self
-                            .delivered
-                            .iter()
-                            .filter(|&&t| t <= sent_at && t + Duration::from_secs(1) > sent_at)
-                            .count() as f64;
                         (sent_rate * FAST_CONVERGENCE).max(recent.min(sent_rate * cfg.plateau))
                     } else {
                         sent_rate
