@@ -455,3 +455,42 @@ async fn a_window_limit_that_triples_is_found_within_30_s() {
         );
     }
 }
+
+/// A throttle that asks for a wait within a second of the rate's start says the rate was
+/// far above the limit: the rate drops by β² and climbs back only to the plateau under
+/// β × the throttled rate (a guess, held for half the usual hold), not to the throttled
+/// rate, which would only meet the limit again and cost another pause.
+#[tokio::test(start_paused = true)]
+async fn after_an_early_throttle_the_climb_aims_below_the_throttled_rate() {
+    let limiter = RateLimiter::new(RateLimitConfig {
+        default: Quota::new(100.0, 1),
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let learner = Learner::new(limiter, LearningPolicy::default()).unwrap();
+    let key = PartitionKey::new("bench", "127.0.0.1:8080");
+    let throttled = Response::builder()
+        .status(429)
+        .header("retry-after", "1")
+        .body(())
+        .unwrap();
+    learner.observe(&key, Instant::now(), &throttled);
+    assert!((learner.rate(&key) - 49.0).abs() < 1e-9, "{}", learner.rate(&key));
+    let ok = Response::builder().status(200).body(()).unwrap();
+    // six seconds of successes, 20 a second: the climb flattens at 0.97 × 70 (after 3.6 s)
+    let plateau = 0.97 * 70.0;
+    let mut highest: f64 = 0.0;
+    for _ in 0..120 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        learner.observe(&key, Instant::now(), &ok);
+        highest = highest.max(learner.rate(&key));
+    }
+    assert!((highest - plateau).abs() < 1e-6, "climbed to {highest:.2}");
+    // the guessed ceiling is probed after half the 8 s hold: above it 10 s in, not 15 s
+    for _ in 0..80 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        learner.observe(&key, Instant::now(), &ok);
+    }
+    let rate = learner.rate(&key);
+    assert!(rate > plateau * 1.01, "still on the plateau at {rate:.2} after 10 s");
+}
