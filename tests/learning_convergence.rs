@@ -262,7 +262,7 @@ async fn settles_just_under_a_leaky_bucket_and_probes_less_and_less() {
         model.episodes
     );
     // each probe that meets the limit costs the second of cool-down its Retry-After asks
-    assert!(goodput >= 0.9, "goodput {goodput:.3}× the hidden rate");
+    assert!(goodput >= 0.95, "goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.02, "{:.2}% of requests throttled", throttled * 100.0);
     let rate = model.learner.rate(&model.key);
     assert!((18.0..=21.0).contains(&rate), "learned {rate:.2}/s for a hidden 20/s");
@@ -404,9 +404,10 @@ async fn one_decrease_per_retry_after_period() {
 /// The politeness bench's scoring (60 s, the client told 5× the hidden rate, from the
 /// sixth second on), for both limiters. The goal is goodput ≥ 0.95× and ≤ 2% 429s;
 /// the model (whose numbers matched the real nginx and HAProxy runs within 0.01) reaches
-/// 0.925 and 0.885, so these guard against losing that: each probe or step that meets the
-/// limit costs the whole second its `Retry-After` asks, and the first seconds go to the
-/// descent from 5×.
+/// 0.959 and 0.915 (0.925 and 0.885 before the descent aimed low and fast convergence
+/// measured the provider's acceptance), so these guard against losing that: each probe or
+/// step that meets the limit costs the whole second its `Retry-After` asks, and the first
+/// seconds go to the descent from 5×.
 async fn sixty_seconds(mut model: Model, hidden: f64) -> (f64, f64) {
     let end = model.start + Duration::from_secs(60);
     model.run_until(end).await;
@@ -422,14 +423,14 @@ async fn sixty_seconds(mut model: Model, hidden: f64) -> (f64, f64) {
 #[tokio::test(start_paused = true)]
 async fn sixty_seconds_against_a_leaky_bucket() {
     let (goodput, throttled) = sixty_seconds(Model::new(20.0, 5, 100.0), 20.0).await;
-    assert!(goodput >= 0.91, "goodput {goodput:.3}× the hidden rate");
+    assert!(goodput >= 0.955, "goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.01, "{:.2}% of requests throttled", throttled * 100.0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn sixty_seconds_against_a_window_that_counts_refusals() {
     let (goodput, throttled) = sixty_seconds(Model::haproxy(20.0, 100.0), 20.0).await;
-    assert!(goodput >= 0.87, "goodput {goodput:.3}× the hidden rate");
+    assert!(goodput >= 0.91, "goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.01, "{:.2}% of requests throttled", throttled * 100.0);
 }
 
@@ -453,4 +454,43 @@ async fn a_window_limit_that_triples_is_found_within_30_s() {
             "tripled at {at} s: 0.9× after {took:?} s"
         );
     }
+}
+
+/// A throttle that asks for a wait within a second of the rate's start says the rate was
+/// far above the limit: the rate drops by β² and climbs back only to the plateau under
+/// β × the throttled rate (a guess, held for half the usual hold), not to the throttled
+/// rate, which would only meet the limit again and cost another pause.
+#[tokio::test(start_paused = true)]
+async fn after_an_early_throttle_the_climb_aims_below_the_throttled_rate() {
+    let limiter = RateLimiter::new(RateLimitConfig {
+        default: Quota::new(100.0, 1),
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let learner = Learner::new(limiter, LearningPolicy::default()).unwrap();
+    let key = PartitionKey::new("bench", "127.0.0.1:8080");
+    let throttled = Response::builder()
+        .status(429)
+        .header("retry-after", "1")
+        .body(())
+        .unwrap();
+    learner.observe(&key, Instant::now(), &throttled);
+    assert!((learner.rate(&key) - 49.0).abs() < 1e-9, "{}", learner.rate(&key));
+    let ok = Response::builder().status(200).body(()).unwrap();
+    // six seconds of successes, 20 a second: the climb flattens at 0.97 × 70 (after 3.6 s)
+    let plateau = 0.97 * 70.0;
+    let mut highest: f64 = 0.0;
+    for _ in 0..120 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        learner.observe(&key, Instant::now(), &ok);
+        highest = highest.max(learner.rate(&key));
+    }
+    assert!((highest - plateau).abs() < 1e-6, "climbed to {highest:.2}");
+    // the guessed ceiling is probed after half the 8 s hold: above it 10 s in, not 15 s
+    for _ in 0..80 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        learner.observe(&key, Instant::now(), &ok);
+    }
+    let rate = learner.rate(&key);
+    assert!(rate > plateau * 1.01, "still on the plateau at {rate:.2} after 10 s");
 }

@@ -7,7 +7,9 @@
 //!   drops to 0.7× (to 0.49× when a throttle with Retry-After comes before the rate ran
 //!   for a second: the first throttle, or one right after a decrease) — once per round trip and per `Retry-After`
 //!   period (at most 250 ms), not once per in-flight request — and the rate it was
-//!   throttled at is remembered as the ceiling. The `Retry-After` wait holds the whole
+//!   throttled at is remembered as the ceiling (0.7× it after such an early drop; 0.9× it,
+//!   but no less than the requests the provider accepted in the second before, when it is
+//!   below the ceiling remembered). The `Retry-After` wait holds the whole
 //!   partition in the limiter, the requests already queued there included. On success it climbs back along a cubic curve that flattens at 0.97× that
 //!   ceiling and stays there; it probes above only after a hold that doubles each time the
 //!   same ceiling is confirmed (8 s, 16 s, at most 16 s), and climbs on when a probe meets
@@ -61,6 +63,21 @@
 //! confirmed (as CUBIC's `W_max` plus an exponential backoff of probes). The longest hold
 //! bounds how long a raised limit goes unnoticed. Measured against nginx `limit_req` and
 //! HAProxy on loopback by `examples/politeness_bench.rs`.
+//!
+//! # Why the descent aims low, and what is measured
+//!
+//! Against a server that answers 429 + `Retry-After: 1`, every step down costs a second
+//! of silence, so a client told 5× the limit must get under it in as few steps as
+//! possible and then not overshoot on the way back up. A throttle that comes within a
+//! second of a rate's start says the rate is far above the limit, so the rate drops by
+//! β² and the curve climbs back only to β × the throttled rate (the limit is nearer the
+//! new rate than the old one): with the told rate at 5×, the descent is over in 3–4
+//! pauses and the rate settles near the limit instead of meeting it again on the way up.
+//! That ceiling is a guess, so the first probe above it comes after half the usual hold.
+//! Once the rate has run for a second, the provider's acceptance is measured instead: the
+//! requests it accepted in the second before a throttle are a floor for the new ceiling
+//! (a window limiter such as HAProxy's `http_req_rate` accepts exactly its limit), in
+//! place of CUBIC's fixed 0.9× fast convergence.
 
 mod advertised;
 pub mod future;

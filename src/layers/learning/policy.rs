@@ -49,8 +49,9 @@ impl LearningPolicy {
 /// `W_max`), and how many times that ceiling was confirmed. After a throttle below the
 /// remembered ceiling (or the first one) the rate drops to `beta × W` (`beta² × W` when a
 /// throttle with `Retry-After` comes for a request that left within a second of its rate's
-/// start: the rate is far above the limit, and each step costs the pause), then climbs along a
-/// concave cubic that flattens at `plateau × W` and stays there. Only after a hold of
+/// start: the rate is far above the limit, and each step costs the pause; `W` is then
+/// taken as `beta ×` the throttled rate, a guess probed after half the usual hold), then
+/// climbs along a concave cubic that flattens at `plateau × W` and stays there. Only after a hold of
 /// `probe_hold_secs × 2^(confirmations − 1)` (at most `max_probe_hold_secs`) does it probe
 /// above the plateau along a convex cubic (`plateau × (1 + 0.005 t³)`). A throttle during
 /// a probe confirms the ceiling: the rate goes straight back to the plateau (no

@@ -27,6 +27,20 @@ const SETTLE_SECS: f64 = 2.0;
 /// fraction of the rate the throttled request was sent at.
 const FAST_CONVERGENCE: f64 = 0.9;
 
+/// A settled plateau that meets the limit is remembered as at most this multiple of the
+/// requests the provider accepted in the second before (a little more than them: a count
+/// over one second is coarse at low rates).
+const ACCEPTED_MARGIN: f64 = 1.03;
+
+/// After an early throttle (see [`EARLY`]) the ceiling is a guess, not a measurement: the
+/// rate probes above it after this fraction of the usual hold.
+const GUESSED_HOLD: f64 = 0.5;
+
+/// The most success times a partition keeps to measure its delivery rate (the successes
+/// in the last second). Above this many per second the measurement saturates and the
+/// throttle falls back to [`FAST_CONVERGENCE`]; it bounds memory with many fast partitions.
+const MAX_DELIVERED: usize = 512;
+
 /// A throttle with a `Retry-After` of a request sent within this long of its rate's start
 /// (or before the rate had any success) is "early": the rate is far above the limit and
 /// drops by β².
@@ -144,6 +158,9 @@ pub(super) struct PartitionState {
     pub(super) throttled_since: Option<Instant>,
     pub(super) throttles: u64,
     pub(super) successes: u64,
+    /// Adaptive: when the successful requests of the last second were sent (at most
+    /// [`MAX_DELIVERED`]), to measure how many the provider accepts per second.
+    pub(super) delivered: VecDeque<Instant>,
 }
 
 impl PartitionState {
@@ -166,6 +183,7 @@ impl PartitionState {
             throttled_since: None,
             throttles: 0,
             successes: 0,
+            delivered: VecDeque::new(),
         }
     }
 
@@ -221,6 +239,13 @@ impl PartitionState {
                         let k = ((plateau.max(self.r0) - self.r0) / cfg.scale).cbrt();
                         sent_at >= c + Duration::from_secs_f64(k + SETTLE_SECS)
                     });
+                let early = asked_wait.is_some() && self.curve_from.is_none_or(|c| sent_at < c + EARLY);
+                // The requests the provider accepted in the second before this one was sent.
+                let recent = self
+                    .delivered
+                    .iter()
+                    .filter(|&&t| t <= sent_at && t + Duration::from_secs(1) > sent_at)
+                    .count() as f64;
                 if probing {
                     // A probe above the plateau met the limit: the same ceiling again. Its
                     // 429 comes once the server's burst is spent, above the limit, so the
@@ -238,9 +263,16 @@ impl PartitionState {
                     self.r0 = cfg.plateau * self.w_max;
                 } else if settled {
                     // The plateau held for a while, then met the limit: it is a little
-                    // too high. Step down below it, no multiplicative drop.
-                    self.w_max = sent_rate;
-                    self.too_high = Some(sent_rate);
+                    // too high. Step down below it, no multiplicative drop. In the second
+                    // before, the provider accepted `recent` requests: against a leaky
+                    // bucket that has filled, that is its rate, a better ceiling than the
+                    // rate sent.
+                    self.w_max = if recent > 0.0 {
+                        sent_rate.min(recent * ACCEPTED_MARGIN)
+                    } else {
+                        sent_rate
+                    };
+                    self.too_high = Some(self.w_max);
                     self.r0 = cfg.plateau * self.w_max;
                 } else {
                     // The first throttle, or one while climbing: drop multiplicatively.
@@ -253,16 +285,36 @@ impl PartitionState {
                     // above the limit, not near it: drop twice (β²). Each step then costs a
                     // Retry-After pause, so a client started at several times the limit
                     // gets under it in a few pauses rather than many. (Without a wait, a
-                    // step costs only a round trip: β.)
+                    // step costs only a round trip: β.) Such a throttle also says the limit
+                    // is nearer the new rate than the old one, so the curve climbs towards
+                    // β × the throttled rate, not back to it (which would only meet the
+                    // limit again, another pause), and probes above it after half the
+                    // usual hold, since that ceiling is a guess.
+                    //
+                    // Otherwise the rate ran for a while and the provider's acceptance is
+                    // measured: it accepted `recent` requests in the second before this
+                    // one was sent, so the limit is at least about that (a window limiter
+                    // such as HAProxy's accepts exactly its limit; a leaky bucket its rate
+                    // plus what its burst still held). Fast convergence never remembers
+                    // less than that measurement (nor more than the plateau under the
+                    // throttled rate).
                     let lower = self.confirmations > 0 && sent_rate < self.w_max;
-                    let early = asked_wait.is_some() && self.curve_from.is_none_or(|c| sent_at < c + EARLY);
                     self.confirmations = 1;
-                    self.w_max = if lower { sent_rate * FAST_CONVERGENCE } else { sent_rate };
+                    self.w_max = if early {
+                        sent_rate * cfg.beta
+                    } else if lower {
+                        (sent_rate * FAST_CONVERGENCE).max(recent.min(sent_rate * cfg.plateau))
+                    } else {
+                        sent_rate
+                    };
                     self.r0 = sent_rate * if early { cfg.beta * cfg.beta } else { cfg.beta };
                 }
                 self.r0 = self.r0.max(cfg.min_rate.min(ceiling)).min(ceiling);
                 self.rate = self.r0;
                 self.hold = cfg.hold(self.confirmations);
+                if early && !probing && !settled {
+                    self.hold *= GUESSED_HOLD;
+                }
                 self.last_decrease = Some(now);
                 // A gentle step (probe or settled plateau) keeps the rate near the limit, and
                 // the requests queued before it answer 429 for the whole Retry-After period;
@@ -297,6 +349,15 @@ impl PartitionState {
         let LearningPolicy::Adaptive(cfg) = policy else {
             return;
         };
+        while self
+            .delivered
+            .front()
+            .is_some_and(|&t| t + Duration::from_secs(1) <= sent_at)
+            || self.delivered.len() >= MAX_DELIVERED
+        {
+            self.delivered.pop_front();
+        }
+        self.delivered.push_back(sent_at);
         let ceiling = self.ceiling();
         if self.rate >= ceiling {
             self.rate = ceiling;
