@@ -556,3 +556,46 @@ async fn eight_openers_of_one_new_sqlite_ledger_all_succeed() {
         }
     }
 }
+
+#[tokio::test]
+async fn settled_reads_finalized_and_skipped_jobs_by_key_in_batches() {
+    for t in backends("settled_reads_finalized_and_skipped_jobs_by_key_in_batches").await {
+        let l = &t.ledger;
+        // more than one batch of keys, so the statement is built and bound more than once
+        let n = contentdownload::ledger::SETTLED_BATCH + 7;
+        let jobs: Vec<NewJob> = (0..n).map(|i| job("r", i)).collect();
+        let ids = l.plan_many(&jobs).await.unwrap();
+        let done = JobResult {
+            outcome: Some("downloaded".into()),
+            path: Some("W1.pdf".into()),
+            bytes: Some(3000),
+            ..JobResult::default()
+        };
+        for &i in &[1, n - 1] {
+            let Claim::Leased(leased) = l.claim(&jobs[i], "w", TTL).await.unwrap() else {
+                panic!("{}: claim {i}", t.name)
+            };
+            l.finish(leased.id, "w", JobState::Finalized, &done).await.unwrap();
+        }
+        l.skip(ids[3], "not wanted").await.unwrap();
+        let Claim::Leased(_) = l.claim(&jobs[5], "w", TTL).await.unwrap() else {
+            panic!("{}: claim 5", t.name)
+        };
+        let mut keys: Vec<IdempotencyKey> = jobs.iter().map(|j| j.key.clone()).collect();
+        keys.push(IdempotencyKey::new("never-planned"));
+        let settled = l.settled(&keys).await.unwrap();
+        let mut found: Vec<&str> = settled.keys().map(|k| k.as_str()).collect();
+        found.sort();
+        let (one, three, last) = (jobs[1].key.as_str(), jobs[3].key.as_str(), jobs[n - 1].key.as_str());
+        let mut want = vec![one, three, last];
+        want.sort();
+        assert_eq!(
+            found, want,
+            "{}: planned, leased and unknown keys are not settled",
+            t.name
+        );
+        assert_eq!(settled[&jobs[1].key].result.bytes, Some(3000), "{}", t.name);
+        assert_eq!(settled[&jobs[3].key].state, JobState::Skipped, "{}", t.name);
+        assert!(l.settled(&[]).await.unwrap().is_empty());
+    }
+}

@@ -72,6 +72,7 @@ mod owner;
 mod pg_batch;
 mod query;
 mod row;
+mod settled;
 mod types;
 
 use std::sync::Arc;
@@ -82,6 +83,7 @@ pub use self::error::LedgerError;
 pub use self::jobs::Claim;
 pub(crate) use self::owner::liveness_of;
 pub use self::owner::{LeaseOwner, Liveness};
+pub use self::settled::SETTLED_BATCH;
 pub(crate) use self::types::hex;
 pub use self::types::{Job, JobId, JobResult, JobState, NewJob, Op, OpKey, OpStart, OpStatus, Reconciled, StateCounts};
 

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{Stream, StreamExt};
+use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -22,7 +22,7 @@ use super::second_pass::{second_attempt_at, SourceHints};
 use super::work::{cancelled, Core, Later, Processed};
 use crate::input::Skip;
 use crate::layers::telemetry::RecordWriter;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, SETTLED_BATCH};
 use crate::manifest::{ManifestLine, Outcome, SharedManifest, SummaryRecord, WorkRecord};
 use crate::reason::ReasonCode;
 use crate::service::Stack;
@@ -296,6 +296,7 @@ impl Pipeline {
         let mut later: Vec<Later> = Vec::new();
         let mut hints = SourceHints::default();
         let mut fatal: Option<PipelineError> = None;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<WorkRecord>>();
         {
             let works = works
                 .filter_map(|item| {
@@ -312,6 +313,21 @@ impl Pipeline {
                     };
                     std::future::ready(kept.and_then(|item| once(item, &mut seen, &mut input_errors)))
                 })
+                // what the ledger has settled is skipped a batch at a time, not claimed one
+                // by one: a rerun over millions of done works reads, it does not write
+                .ready_chunks(SETTLED_BATCH)
+                .then(|chunk| {
+                    let (core, done) = (self.core.clone(), done_tx.clone());
+                    async move {
+                        let mut records = Vec::new();
+                        let keep = core.skip_settled(chunk, &mut records).await;
+                        if !records.is_empty() {
+                            let _ = done.send(records);
+                        }
+                        stream::iter(keep)
+                    }
+                })
+                .flatten()
                 .take_until(cancelled(stop.cancel.clone()));
             let cancel = stop.cancel.clone();
             let start = |w: Work, slot: Arc<Slot>| self.start(w, slot, cancel.clone());
@@ -326,6 +342,11 @@ impl Pipeline {
                         None
                     }
                     () = &mut drain, if fatal.is_some() => break,
+                    Some(records) = done_rx.recv(), if fatal.is_none() => records
+                        .into_iter()
+                        .try_for_each(|record| self.record(books, record))
+                        .err()
+                        .inspect(|e| tracing::error!("stopping the run: {e}")),
                     () = self.core.finisher.failed(), if fatal.is_none() => Some(match self.core.finisher.flush().await {
                         Err(e) => e,
                         Ok(()) => DurabilityError::FinisherStopped.into(),
@@ -356,6 +377,13 @@ impl Pipeline {
                     stop.cancel();
                     drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
                 }
+            }
+        }
+        // the settled works of the last batches, read before the input ended
+        while let (None, Ok(records)) = (&fatal, done_rx.try_recv()) {
+            if let Err(e) = records.into_iter().try_for_each(|record| self.record(books, record)) {
+                tracing::error!("stopping the run: {e}");
+                fatal = Some(e);
             }
         }
         match fatal {

@@ -279,15 +279,7 @@ impl Core {
         };
         let (claim, replanned) = self.claim_in(ledger, work).await?;
         let job = match claim {
-            Claim::Settled(job) => {
-                return Ok(Claimed::Settled(Processed::Done(WorkRecord {
-                    reason: Some(ReasonCode::AlreadyDownloaded),
-                    path: job.result.path,
-                    sha256: job.result.sha256,
-                    bytes: job.result.bytes.and_then(|b| u64::try_from(b).ok()),
-                    ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
-                })));
-            }
+            Claim::Settled(job) => return Ok(Claimed::Settled(Processed::Done(already_done(work, job)))),
             Claim::Busy(job) => {
                 let owner = job.lease_owner.unwrap_or_default();
                 return Ok(Claimed::Settled(Processed::Later(Later {
@@ -308,6 +300,34 @@ impl Core {
             }
         }
         Ok(Claimed::Fetch(Some(job.id)))
+    }
+
+    /// `works` without those the ledger has settled (FINALIZED or SKIPPED) with their file
+    /// as recorded: one read per [`SETTLED_BATCH`](crate::ledger::SETTLED_BATCH) works instead of a claim each, which is
+    /// what makes a rerun over a large input cheap. Each settled one's record goes to
+    /// `done`. Without a ledger, or when the read fails (the claims will then say why), all
+    /// are kept.
+    pub(super) async fn skip_settled(&self, works: Vec<Work>, done: &mut Vec<WorkRecord>) -> Vec<Work> {
+        let Some(ledger) = &self.ledger else {
+            return works;
+        };
+        let keys: Vec<_> = works.iter().map(|w| self.job_for(w).key).collect();
+        let mut settled = match ledger.settled(&keys).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                tracing::debug!("could not read which works are settled, claiming each: {e}");
+                return works;
+            }
+        };
+        let mut keep = Vec::with_capacity(works.len() - settled.len().min(works.len()));
+        for (work, key) in works.into_iter().zip(keys) {
+            match settled.remove(&key) {
+                // a file found missing or changed is left to the claim, which plans it again
+                Some(job) if self.recorded_file_problem(&job).await.is_none() => done.push(already_done(&work, job)),
+                _ => keep.push(work),
+            }
+        }
+        keep
     }
 
     /// The ledger's claim of `work`, and whether it was planned again first: a downloaded
@@ -500,6 +520,17 @@ impl Core {
             bytes: Some(file.bytes),
             ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
         }
+    }
+}
+
+/// The record of a work the ledger has settled: skipped, as already downloaded.
+fn already_done(work: &Work, job: Job) -> WorkRecord {
+    WorkRecord {
+        reason: Some(ReasonCode::AlreadyDownloaded),
+        path: job.result.path,
+        sha256: job.result.sha256,
+        bytes: job.result.bytes.and_then(|b| u64::try_from(b).ok()),
+        ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
     }
 }
 
