@@ -16,6 +16,10 @@
 //! request. The runner runs with the `direct=openalex` tier only (no resolver API is asked:
 //! the point is the runner's own cost at scale) and a rate far above what loopback can do.
 //!
+//! `--only-oa` passes the runner's flag: closed works are then left out before the ledger
+//! (as a user harvesting the snapshot would run it); without it they are planned, found to
+//! have no candidate and recorded as failed (`no_candidates`), and a rerun tries them again.
+//!
 //! Reported, per ledger: the first run's works/s (reading, planning into the ledger,
 //! downloading) and downloads/s, its peak RSS (GNU time's largest process), `status` wall
 //! time on the full ledger, and the rerun's wall time. Needs `/usr/bin/time` and nginx
@@ -39,6 +43,7 @@ struct Args {
     workers: usize,
     postgres: Option<String>,
     bin: Option<PathBuf>,
+    only_oa: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -50,6 +55,7 @@ fn parse() -> Result<Args, String> {
         workers: 16,
         postgres: None,
         bin: None,
+        only_oa: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,10 +69,11 @@ fn parse() -> Result<Args, String> {
             "--workers" => args.workers = num(value()?)?,
             "--postgres" => args.postgres = Some(value()?),
             "--bin" => args.bin = Some(PathBuf::from(value()?)),
+            "--only-oa" => args.only_oa = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: scale_bench [--works N] [--parts N] [--oa-fraction F] [--pdf-size BYTES] \
-                     [--workers N] [--postgres URL] [--bin PATH]"
+                     [--workers N] [--postgres URL] [--bin PATH] [--only-oa]"
                         .into(),
                 )
             }
@@ -274,6 +281,9 @@ async fn bench(args: Args) -> Result<(), String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if args.only_oa {
+            run_args.push("--only-oa".into());
+        }
         let mut status_args = vec!["status".to_string(), "--out".into(), out.display().to_string()];
         if let Some(url) = &url {
             run_args.extend(["--ledger".into(), url.clone()]);
