@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo build --release            # the runner binary the bench starts
 //! cargo run --release --example scale_bench -- --works 1000000
+//! cargo build --release --features postgres   # for --postgres: the runner with PostgreSQL
 //! cargo run --release --example scale_bench -- --works 1000000 \
 //!     --postgres postgres://postgres@127.0.0.1:5432/scale   # an empty database
 //! ```
