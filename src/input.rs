@@ -40,6 +40,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::works::{read_doi_list, read_works_jsonl, LineError, Work};
 
@@ -65,10 +67,32 @@ pub enum InputError {
 }
 
 /// What `--input`/`--dois` names: standard input (`-`), one file, or the files of a folder.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Input {
     files: Vec<PathBuf>,
     stdin: bool,
+    read: Arc<AtomicU64>,
+}
+
+/// How far the reading of an [`Input`] has come, from [`Input::progress`]: a handle that
+/// stays valid while the works are read (on another task).
+#[derive(Clone, Debug)]
+pub struct InputProgress {
+    read: Arc<AtomicU64>,
+    total: Option<u64>,
+}
+
+impl InputProgress {
+    /// Bytes read from the files so far (compressed bytes for gzipped parts).
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// The share of the input read, `0.0..=1.0`, when its size is known (not for stdin).
+    pub fn fraction(&self) -> Option<f64> {
+        let total = self.total.filter(|t| *t > 0)?;
+        Some((self.read() as f64 / total as f64).min(1.0))
+    }
 }
 
 impl Input {
@@ -79,6 +103,7 @@ impl Input {
             return Ok(Input {
                 files: Vec::new(),
                 stdin: true,
+                read: Arc::default(),
             });
         }
         let meta = std::fs::metadata(path).map_err(|source| InputError::Unreadable {
@@ -89,6 +114,7 @@ impl Input {
             return Ok(Input {
                 files: vec![path.to_owned()],
                 stdin: false,
+                read: Arc::default(),
             });
         }
         let mut files = Vec::new();
@@ -112,7 +138,11 @@ impl Input {
         if files.is_empty() {
             return Err(InputError::EmptyFolder { path: path.to_owned() });
         }
-        Ok(Input { files, stdin: false })
+        Ok(Input {
+            files,
+            stdin: false,
+            read: Arc::default(),
+        })
     }
 
     /// The files that will be read, in order (empty for standard input).
@@ -132,6 +162,14 @@ impl Input {
                 .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
                 .sum(),
         )
+    }
+
+    /// A handle on how much of the input has been read, for a progress display.
+    pub fn progress(&self) -> InputProgress {
+        InputProgress {
+            read: self.read.clone(),
+            total: self.total_bytes(),
+        }
     }
 
     /// The OpenAlex works of every file in turn. A file that cannot be opened, or a line
@@ -157,9 +195,11 @@ impl Input {
             self.files.into_iter().map(Some).collect()
         };
         let many = sources.len() > 1;
+        let counter = self.read;
         sources.into_iter().flat_map(move |source| {
             let name = source.as_ref().filter(|_| many).map(|p| p.display().to_string());
-            let items: Box<dyn Iterator<Item = Result<Work, LineError>> + Send> = match open_reader(source.as_deref()) {
+            let opened = open_reader(source.as_deref(), counter.clone());
+            let items: Box<dyn Iterator<Item = Result<Work, LineError>> + Send> = match opened {
                 Ok(reader) => Box::new(read(reader).map(move |item| {
                     item.map_err(|mut e| {
                         if let Some(name) = &name {
@@ -284,6 +324,20 @@ impl WorkFilter {
     }
 }
 
+/// Counts the bytes read from the file (before gunzipping), for [`InputProgress`].
+struct Counting {
+    inner: Box<dyn Read + Send>,
+    read: Arc<AtomicU64>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 fn is_jsonl_name(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
     name.ends_with(".jsonl") || name.ends_with(".gz")
@@ -291,7 +345,7 @@ fn is_jsonl_name(name: &std::ffi::OsStr) -> bool {
 
 /// A buffered reader over `path` (standard input for `None`), gunzipped if it starts with
 /// gzip's magic bytes.
-fn open_reader(path: Option<&Path>) -> Result<Box<dyn BufRead + Send>, InputError> {
+fn open_reader(path: Option<&Path>, read: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>, InputError> {
     let raw: Box<dyn Read + Send> = match path {
         None => Box::new(io::stdin()),
         Some(p) => Box::new(File::open(p).map_err(|source| InputError::Unreadable {
@@ -299,6 +353,7 @@ fn open_reader(path: Option<&Path>) -> Result<Box<dyn BufRead + Send>, InputErro
             source,
         })?),
     };
+    let raw = Counting { inner: raw, read };
     let mut buffered = BufReader::with_capacity(256 * 1024, raw);
     let gzipped = buffered
         .fill_buf()
@@ -351,12 +406,15 @@ mod tests {
 
         let input = Input::open(&works).unwrap();
         assert_eq!(input.files().len(), 5, "{:?}", input.files());
+        let progress = input.progress();
+        assert_eq!(progress.fraction(), Some(0.0));
         let ids: Vec<String> = input.works().map(|w| w.unwrap().id).collect();
         assert_eq!(
             ids,
             ["W100", "W0", "W1", "W2", "W3", "W10", "W11", "W12", "W13"],
             "extra.jsonl sorts before the date folders; dates and parts in order"
         );
+        assert_eq!(progress.fraction(), Some(1.0), "every byte of every part was read");
     }
 
     #[test]

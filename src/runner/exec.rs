@@ -18,7 +18,7 @@ use super::settings::{RunSettings, Source};
 use crate::context::{OperationType, Provider};
 use crate::download::DownloadOptions;
 use crate::error::BoxError;
-use crate::input::Input;
+use crate::input::{Input, InputProgress};
 use crate::layers::learning::{InspectError, Learner, LearningPolicy};
 use crate::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
 use crate::layers::telemetry::{CsvSink, RecordWriter};
@@ -265,6 +265,7 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
     if settings.ignore_robots {
         tracing::warn!("--ignore-robots: landing pages are fetched whatever their site's robots.txt says");
     }
+    let input_progress = input.as_ref().map(Input::progress);
     let works = open_source(&settings, input, &stack, &resolvers).map_err(RunError::Usage)?;
     let pipeline = Pipeline::new(
         PipelineConfig {
@@ -290,7 +291,7 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
     .with_records(records.clone());
 
     tracing::info!(run_id = %settings.run_id, out = %settings.out.display(), "run started");
-    let reporter = Reporter::new(settings.quiet);
+    let reporter = Reporter::new(settings.quiet, input_progress);
     let result = pipeline.run(works, |p| reporter.update(p), shutdown).await;
     reporter.finish();
 
@@ -473,10 +474,13 @@ struct Reporter {
     bar: Option<indicatif::ProgressBar>,
     quiet: bool,
     last_line: Mutex<std::time::Instant>,
+    /// How much of the input files was read: the share done and the ETA, once known.
+    input: Option<InputProgress>,
+    started: std::time::Instant,
 }
 
 impl Reporter {
-    fn new(quiet: bool) -> Reporter {
+    fn new(quiet: bool, input: Option<InputProgress>) -> Reporter {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
@@ -491,18 +495,36 @@ impl Reporter {
             bar,
             quiet,
             last_line: Mutex::new(std::time::Instant::now()),
+            input,
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// `, input 42% read, ETA 3m10s` once a share of a sized input is read.
+    fn eta(&self) -> String {
+        let Some(f) = self
+            .input
+            .as_ref()
+            .and_then(InputProgress::fraction)
+            .filter(|f| *f > 0.0)
+        else {
+            return String::new();
+        };
+        let left = self.started.elapsed().as_secs_f64() * (1.0 - f) / f;
+        let (m, s) = ((left / 60.0) as u64, (left % 60.0) as u64);
+        format!(", input {:.0}% read, ETA {m}m{s:02}s", f * 100.0)
     }
 
     fn update(&self, p: &Progress) {
         let msg = format!(
-            "{} done: {} downloaded, {} skipped, {} failed, {} deferred, {:.1} MiB",
+            "{} done: {} downloaded, {} skipped, {} failed, {} deferred, {:.1} MiB{}",
             p.done,
             p.downloaded,
             p.skipped,
             p.failed,
             p.deferred,
-            p.bytes as f64 / 1048576.0
+            p.bytes as f64 / 1048576.0,
+            self.eta()
         );
         if let Some(bar) = &self.bar {
             bar.set_position(p.done);
@@ -766,6 +788,24 @@ pub async fn fetch(args: &FetchArgs) -> Result<Exit, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_shows_the_share_read_and_an_eta_once_the_input_is_sized() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.jsonl");
+        let line = "{\"id\": \"W1\"}\n";
+        std::fs::write(&path, line.repeat(4)).unwrap();
+        let input = Input::open(&path).unwrap();
+        let reporter = Reporter::new(true, Some(input.progress()));
+        assert_eq!(reporter.eta(), "", "nothing read yet: no ETA");
+        assert_eq!(input.works().count(), 4);
+        assert!(
+            reporter.eta().starts_with(", input 100% read, ETA 0m00s"),
+            "{}",
+            reporter.eta()
+        );
+        assert_eq!(Reporter::new(true, None).eta(), "", "standard input has no size");
+    }
 
     /// Each failure's exit status, decided by `RunError::exit` alone, and the ledger's
     /// message: its own when it names the ledger, else prefixed with the redacted URL.
