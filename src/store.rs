@@ -76,11 +76,19 @@ impl Store {
     /// The store `url` names: `s3://bucket[/prefix]` (configured from the `AWS_*`
     /// environment variables) or `file:///absolute/dir`.
     pub fn from_url(url: &str) -> Result<Store, StoreError> {
+        // the S3 client's reqwest has rustls without a provider of its own: ring, as the
+        // rest of the crate (the aws-lc-rs default would add a C build)
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let parsed = url::Url::parse(url).map_err(|e| StoreError::Url(format!("--out {url}: {e}")))?;
         let bad = |what: &str| StoreError::Url(format!("--out {url}: {what}"));
         let (inner, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
             "s3" | "s3a" => {
-                let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("no bucket"))?;
+                let bucket = parsed
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| bad("no bucket"))?;
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     // fewer and shorter retries than the crate's (10 over 3 minutes): a work

@@ -202,9 +202,10 @@ impl Core {
             let recorded = job.result.bytes.and_then(|b| u64::try_from(b).ok());
             return match store.size(name).await {
                 Ok(None) => Some("missing from the store".into()),
-                Ok(Some(found)) if recorded.is_some_and(|r| r != found) => {
-                    Some(format!("{found} bytes in the store, not the {} recorded", recorded.unwrap_or(0)))
-                }
+                Ok(Some(found)) if recorded.is_some_and(|r| r != found) => Some(format!(
+                    "{found} bytes in the store, not the {} recorded",
+                    recorded.unwrap_or(0)
+                )),
                 Ok(Some(_)) => None,
                 Err(e) => Some(format!("unreadable in the store ({e})")),
             };

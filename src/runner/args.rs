@@ -465,7 +465,13 @@ pub struct RunArgs {
 pub struct StatusArgs {
     /// The output folder of a run; for a run whose --out was an object store, its --state
     /// folder (`--state` is another name for this flag).
-    #[arg(long, visible_alias = "state", value_name = "DIR", env = "DOCSTOKG_OUT", default_value = "pdfs")]
+    #[arg(
+        long,
+        visible_alias = "state",
+        value_name = "DIR",
+        env = "DOCSTOKG_OUT",
+        default_value = "pdfs"
+    )]
     pub out: PathBuf,
     /// The ledger, if not the default one in the folder.
     #[arg(long, value_name = "URL", env = "DOCSTOKG_LEDGER")]
@@ -490,7 +496,13 @@ pub struct ReportArgs {
     /// The output folder of a run (its `manifest.jsonl` is read, `report.html` written there);
     /// for a run whose --out was an object store, its --state folder (`--state` is another
     /// name for this flag).
-    #[arg(long, visible_alias = "state", value_name = "DIR", env = "DOCSTOKG_OUT", default_value = "pdfs")]
+    #[arg(
+        long,
+        visible_alias = "state",
+        value_name = "DIR",
+        env = "DOCSTOKG_OUT",
+        default_value = "pdfs"
+    )]
     pub out: PathBuf,
     /// Read this manifest instead of `<out>/manifest.jsonl`.
     #[arg(long, value_name = "FILE")]
