@@ -61,7 +61,12 @@ impl Moto {
                 std::env::var_os("CONTENTDOWNLOAD_REQUIRE_S3").is_none(),
                 "CONTENTDOWNLOAD_REQUIRE_S3 is set but no moto_server was found"
             );
-            println!("SKIPPED-S3 {test}: no moto_server (set CONTENTDOWNLOAD_MOTO_SERVER)");
+            // to stderr itself, not through the test harness's capture: CI greps for it
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED-S3 {test}: no moto_server (set CONTENTDOWNLOAD_MOTO_SERVER)"
+            );
             return None;
         };
         let port = free_port();
