@@ -501,6 +501,28 @@ mod tests {
     }
 
     #[test]
+    fn an_object_store_out_keeps_the_state_in_the_state_folder() {
+        let s = resolve(&["--input", "a", "--out", "s3://bucket/pdfs"]);
+        if cfg!(feature = "s3") {
+            let s = s.unwrap();
+            assert_eq!(s.store.as_deref(), Some("s3://bucket/pdfs"));
+            assert_eq!(s.out, PathBuf::from(DEFAULT_STATE_DIR));
+            assert_eq!(s.ledger, format!("sqlite://{DEFAULT_STATE_DIR}/ledger.sqlite"));
+            assert_eq!(
+                s.provider_learning_path,
+                PathBuf::from(DEFAULT_STATE_DIR).join("provider_learning.json")
+            );
+            let s = resolve(&["--input", "a", "--out", "s3://bucket/pdfs", "--state", "st"]).unwrap();
+            assert_eq!(s.out, PathBuf::from("st"));
+        } else {
+            assert!(s.unwrap_err().contains("--features s3"));
+        }
+        let e = resolve(&["--input", "a", "--out", "pdfs", "--state", "st"]).unwrap_err();
+        assert!(e.contains("--state goes with an object-store --out"), "{e}");
+        assert_eq!(resolve(&["--input", "a"]).unwrap().store, None);
+    }
+
+    #[test]
     fn defaults() {
         let s = resolve(&["--input", "works.jsonl"]).unwrap();
         assert_eq!(s.source, Source::Works("works.jsonl".into()));
