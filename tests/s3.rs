@@ -156,6 +156,11 @@ fn write_works(sim: &Simulator, path: &Path, paths: &[&str]) {
 
 /// `run --out s3://corpus/pdfs --state <state>` with the store at `endpoint`.
 fn runner(sim: &Simulator, input: &Path, state: &Path, endpoint: &str) -> tokio::process::Command {
+    runner_with(sim, input, state, endpoint, &["--lease-ttl-secs", "120"])
+}
+
+/// [`runner`] with more flags.
+fn runner_with(sim: &Simulator, input: &Path, state: &Path, endpoint: &str, more: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCSTOKG_") || k.starts_with("AWS_")) {
         cmd.env_remove(k);
@@ -175,11 +180,10 @@ fn runner(sim: &Simulator, input: &Path, state: &Path, endpoint: &str) -> tokio:
         "direct=openalex",
         "--rate",
         &format!("{}=1000:100", sim.addr()),
-        "--lease-ttl-secs",
-        "120",
         "--workers",
         "4",
     ])
+    .args(more)
     .env("AWS_ACCESS_KEY_ID", "testing")
     .env("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-logged")
     .env("AWS_REGION", "us-east-1")
@@ -489,4 +493,123 @@ async fn a_killed_upload_leaves_no_object_and_the_rerun_puts_it() {
         "{lines:?}"
     );
     assert!(pdfs_in(&state).is_empty(), "no PDF left in the state folder");
+}
+
+#[cfg(feature = "postgres")]
+mod ledger_support;
+
+/// Four runners (four "machines": a state folder each) on one PostgreSQL ledger and one
+/// bucket, with one run id; one is SIGKILLed midway. Every work ends FINALIZED exactly once
+/// in the ledger, its object in the bucket with the served bytes' SHA-256, and no surviving
+/// runner downloaded a work another had finished.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_runners_on_one_postgres_ledger_and_one_bucket_one_killed() {
+    use contentdownload::ledger::{Ledger, LedgerConfig};
+    const TEST: &str = "four_runners_on_one_postgres_ledger_and_one_bucket";
+    const WORKS: usize = 40;
+    let Some(url) = ledger_support::pg_url(TEST) else {
+        return;
+    };
+    let Some(moto) = Moto::start(TEST).await else { return };
+    let schema = ledger_support::unique_schema("s3_four_runners");
+    let mut config = LedgerConfig::new(url.clone());
+    config.pg_schema = Some(schema.clone());
+    // the schema and its tables, for the runners to find through their search path
+    Ledger::connect(config.clone()).await.unwrap().close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let ledger_url = format!("{url}{sep}options[search_path]={schema}");
+
+    let sim = Simulator::start().await.unwrap();
+    // slow enough that works are in flight when the kill comes; sizes differ per work
+    sim.on_fn("/pdf/*", |req| {
+        let i: u64 = req
+            .path()
+            .trim_start_matches("/pdf/")
+            .trim_end_matches(".pdf")
+            .parse()
+            .unwrap_or(0);
+        Reply::pdf(2000 + 7 * i).delay(Duration::from_millis(100))
+    });
+    let paths: Vec<String> = (0..WORKS).map(|i| format!("/pdf/{i}.pdf")).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    write_works(&sim, &input, &refs);
+    // a short lease: the killed runner's works are taken over by the others within the
+    // test's bound (they poll the ledger until its leases end)
+    let more = [
+        "--ledger",
+        &ledger_url,
+        "--run-id",
+        "harvest-1",
+        "--lease-ttl-secs",
+        "3",
+    ];
+    let states: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("machine-{i}"))).collect();
+    let mut children: Vec<_> = states
+        .iter()
+        .map(|st| runner_with(&sim, &input, st, &moto.endpoint(), &more).spawn().unwrap())
+        .collect();
+    let mut killed = children.remove(0);
+    // bounded: until some PDFs were served, then SIGKILL the first runner
+    let mut started = false;
+    for _ in 0..1200 {
+        if sim.count("/pdf/*") >= 8 {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started, "no PDF served within 60 s");
+    killed.kill().await.unwrap();
+    let outputs = futures_util::future::join_all(children.into_iter().map(|c| async move {
+        tokio::time::timeout(BOUND, c.wait_with_output())
+            .await
+            .expect("a runner within the bound")
+            .unwrap()
+    }))
+    .await;
+    for out in &outputs {
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // fetched again: only the killed runner's works in flight or not yet finalized (at
+    // most 4 a host in flight, and a finisher group of a quarter second)
+    let fetches = sim.count("/pdf/*");
+    assert!(
+        fetches >= WORKS && fetches <= WORKS + 20,
+        "{fetches} fetches for {WORKS} works"
+    );
+
+    let ledger = Ledger::connect(config).await.unwrap();
+    let counts = ledger.counts(None).await.unwrap();
+    ledger.close().await;
+    assert_eq!(
+        (counts.finalized, counts.leased, counts.total()),
+        (WORKS as u64, 0, WORKS as u64)
+    );
+
+    let store = moto.client();
+    for (i, p) in paths.iter().enumerate() {
+        let name = format!("W{}.pdf", 7000 + i);
+        let (bytes, sha) = object(&store, &name)
+            .await
+            .unwrap_or_else(|| panic!("{name} not in the bucket"));
+        let expected = served(&sim, p).await;
+        assert!(bytes == expected, "{name}'s bytes");
+        assert_eq!(sha.as_deref(), Some(sha256_hex(&expected).as_str()));
+    }
+    // the survivors downloaded each work at most once between them (the killed runner may
+    // have fetched a few it never finalized, fetched again by a survivor)
+    let mut downloads = std::collections::HashMap::<String, usize>::new();
+    for st in &states[1..] {
+        for (w, o, _, _) in manifest(st) {
+            if o == Outcome::Downloaded {
+                *downloads.entry(w).or_default() += 1;
+            }
+        }
+        assert!(pdfs_in(st).is_empty(), "no PDF left in {}", st.display());
+    }
+    assert!(downloads.values().all(|n| *n == 1), "{downloads:?}");
 }
