@@ -104,6 +104,9 @@ pub mod works;
 #[cfg(feature = "simulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
 pub mod simulator;
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub mod store;
 
 // The README's Rust example is compiled as a doc test, so it stays true.
 #[cfg(doctest)]

@@ -56,6 +56,7 @@ fn config(out: &Path, workers: usize) -> PipelineConfig {
         second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
         verify_existing: false,
         filter: Default::default(),
+        output: Default::default(),
     }
 }
 

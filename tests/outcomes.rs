@@ -345,6 +345,7 @@ async fn every_ledger_backend_replans_a_work_whose_file_is_gone() {
                 second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
                 verify_existing: false,
                 filter: Default::default(),
+                output: Default::default(),
             };
             let mut stack = StackConfig::default();
             stack.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);

@@ -48,6 +48,19 @@ use crate::reason::ReasonCode;
 /// checked.
 pub const PARTIAL_DIR: &str = ".partial";
 
+/// Where finished PDFs go: the output folder they were checked in (the default), or an
+/// object store they are put to from there (feature `s3`), the local file then removed.
+#[derive(Clone, Debug, Default)]
+pub enum Output {
+    /// `<out>/<stem>.pdf`, where the download renamed it.
+    #[default]
+    Folder,
+    /// `<prefix>/<stem>.pdf` in this store; the local folder only stages.
+    #[cfg(feature = "s3")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+    Store(crate::store::Store),
+}
+
 /// Limits of one download.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DownloadOptions {

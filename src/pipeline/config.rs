@@ -41,6 +41,9 @@ pub struct PipelineConfig {
     /// Which works of the input are left out before any request (`--only-oa`, years,
     /// `--type`); [`WorkFilter::default`](crate::input::WorkFilter) keeps all.
     pub filter: crate::input::WorkFilter,
+    /// Where finished PDFs go: `out_dir` ([`Output::Folder`](crate::download::Output)), or
+    /// an object store, `out_dir` then only staging them.
+    pub output: crate::download::Output,
 }
 
 /// One tier: resolvers asked together, `parallel` at a time.

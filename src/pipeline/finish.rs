@@ -50,6 +50,8 @@ pub(super) struct Finished {
     /// Found in place rather than written by this run (a run stopped before recording
     /// it): its data was never synced here, so `file` syncs it too before its row.
     pub(super) adopted: bool,
+    /// Put to an object store, which acknowledged it: nothing on local disk to sync.
+    pub(super) stored: bool,
 }
 
 enum Message {
@@ -242,10 +244,14 @@ async fn finish_group(
     // `batch` syncs the group; `file` synced what it wrote before the rename, but not a
     // file it found in place
     let paths: Vec<PathBuf> = match durability {
-        Durability::Batch => group.iter_mut().map(|f| std::mem::take(&mut f.path)).collect(),
+        Durability::Batch => group
+            .iter_mut()
+            .filter(|f| !f.stored)
+            .map(|f| std::mem::take(&mut f.path))
+            .collect(),
         Durability::File => group
             .iter_mut()
-            .filter(|f| f.adopted)
+            .filter(|f| f.adopted && !f.stored)
             .map(|f| std::mem::take(&mut f.path))
             .collect(),
         _ => Vec::new(),
@@ -288,6 +294,7 @@ mod tests {
             result: JobResult::default(),
             path,
             adopted: false,
+            stored: false,
         }
     }
 

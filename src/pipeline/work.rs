@@ -23,7 +23,7 @@ use super::finish::{Finished, Finisher};
 use super::frontier::{gated, Frontier, Slot};
 use super::lock;
 use crate::context::{OperationType, WorkId};
-use crate::download::{file_stem, safe_join, Downloaded};
+use crate::download::{file_stem, safe_join, Downloaded, Output};
 use crate::layers::idempotency::derive_key;
 use crate::layers::telemetry::Redactor;
 use crate::ledger::{Claim, Job, JobId, JobResult, JobState, Ledger, LedgerError, NewJob};
@@ -192,6 +192,24 @@ impl Core {
             return None;
         }
         let name = job.result.path.as_deref()?;
+        #[cfg(feature = "s3")]
+        if let Output::Store(store) = &self.config.output {
+            // the ledger is trusted (a HEAD per work would cost a request per work of every
+            // rerun) unless --verify-existing: then the object's size is checked
+            if !self.config.verify_existing {
+                return None;
+            }
+            let recorded = job.result.bytes.and_then(|b| u64::try_from(b).ok());
+            return match store.size(name).await {
+                Ok(None) => Some("missing from the store".into()),
+                Ok(Some(found)) if recorded.is_some_and(|r| r != found) => Some(format!(
+                    "{found} bytes in the store, not the {} recorded",
+                    recorded.unwrap_or(0)
+                )),
+                Ok(Some(_)) => None,
+                Err(e) => Some(format!("unreadable in the store ({e})")),
+            };
+        }
         // a recorded path is a plain file name in the output folder; anything else is not ours
         let stem = name.strip_suffix(".pdf");
         let Some(path) = stem.and_then(|stem| safe_join(&self.config.out_dir, stem, "pdf")) else {
@@ -268,7 +286,7 @@ impl Core {
     async fn claim(&self, work: &Work) -> Result<Claimed, LedgerError> {
         let stem = file_stem(work);
         let Some(ledger) = &self.ledger else {
-            if self.config.out_dir.join(format!("{stem}.pdf")).is_file() {
+            if self.in_output(&stem).await {
                 return Ok(Claimed::Settled(Processed::Done(WorkRecord {
                     reason: Some(ReasonCode::AlreadyDownloaded),
                     path: Some(format!("{stem}.pdf")),
@@ -358,6 +376,14 @@ impl Core {
     /// fetched again.
     async fn adopt_in_place(&self, work: &Work, stem: &str, job: JobId) -> Option<WorkRecord> {
         let (sha256, bytes) = self.file_in_place(stem).await?;
+        let path = self.config.out_dir.join(format!("{stem}.pdf"));
+        let stored = match self.place(&path, &sha256).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(work = %work.id, "a file in place could not be put to the store, downloading it again: {e}");
+                return None;
+            }
+        };
         let record = WorkRecord {
             reason: Some(ReasonCode::AlreadyDownloaded),
             detail: Some("found in place, checked and hashed; its run had stopped before recording it".into()),
@@ -373,10 +399,56 @@ impl Core {
         self.finisher.submit(Finished {
             job: Some(job),
             result,
-            path: self.config.out_dir.join(format!("{stem}.pdf")),
+            path,
             adopted: true,
+            stored,
         });
         Some(record)
+    }
+
+    /// Whether `<stem>.pdf` is in the output (the folder, or the store: one HEAD), for a
+    /// run without a ledger.
+    async fn in_output(&self, stem: &str) -> bool {
+        match &self.config.output {
+            Output::Folder => self.config.out_dir.join(format!("{stem}.pdf")).is_file(),
+            #[cfg(feature = "s3")]
+            Output::Store(store) => match store.size(&format!("{stem}.pdf")).await {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    tracing::warn!("could not look for {stem}.pdf in {}: {e}", store.url());
+                    false
+                }
+            },
+        }
+    }
+
+    /// Puts a checked file where finished PDFs go: nothing to do for the folder (it is in
+    /// place); for a store, the file is put (its SHA-256 as metadata) and, once the store
+    /// acknowledged it, removed from the local folder. `Ok(true)` when it went to a store.
+    /// On an error the file stays, for the next run to put.
+    #[cfg_attr(not(feature = "s3"), allow(clippy::unused_async))]
+    async fn place(&self, path: &std::path::Path, sha256: &str) -> Result<bool, String> {
+        match &self.config.output {
+            Output::Folder => {
+                let _ = (path, sha256);
+                Ok(false)
+            }
+            #[cfg(feature = "s3")]
+            Output::Store(store) => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| format!("{} has no file name", path.display()))?;
+                store
+                    .put_file(path, &name, sha256)
+                    .await
+                    .map_err(|e| format!("putting {name} to {}: {e}", store.url()))?;
+                if let Err(e) = tokio::fs::remove_file(path).await {
+                    tracing::warn!(path = %path.display(), "could not remove a file put to the store: {e}");
+                }
+                Ok(true)
+            }
+        }
     }
 
     /// Fetches `work` through the fallback tiers; `None` when `cancel` fired first (the
@@ -456,6 +528,27 @@ impl Core {
                     attempts,
                     ..self.downloaded(&work, &file, candidate)
                 };
+                let stored = match self.place(&file.path, &file.sha256).await {
+                    Ok(stored) => stored,
+                    Err(detail) => {
+                        // not FINALIZED: FAILED (retried by the next run, which puts the
+                        // file left in the state folder, or downloads it again)
+                        let record = WorkRecord {
+                            outcome: Some(Outcome::Failed),
+                            reason: Some(ReasonCode::IoError),
+                            detail: Some(detail),
+                            ..record
+                        };
+                        if let (Some(ledger), Some(job)) = (&self.ledger, job) {
+                            let finished = ledger
+                                .finish(job, &self.config.worker_id, JobState::Failed, &job_result(&record))
+                                .await;
+                            lock(&self.held).remove(&job);
+                            finished?;
+                        }
+                        return Ok(Processed::Done(record));
+                    }
+                };
                 // made durable and recorded by the finisher, in a group, while this work's
                 // slot goes to the next one (its lease stays held until then)
                 self.finisher.submit(Finished {
@@ -463,6 +556,7 @@ impl Core {
                     result: job_result(&record),
                     path: file.path,
                     adopted: false,
+                    stored,
                 });
                 return Ok(Processed::Done(record));
             }

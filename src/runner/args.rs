@@ -299,9 +299,17 @@ pub struct RunArgs {
     /// With --topic: at most this many works.
     #[arg(long, value_name = "N", env = "DOCSTOKG_MAX")]
     pub max: Option<u64>,
-    /// Output folder [default: ./pdfs].
-    #[arg(long, value_name = "DIR", env = "DOCSTOKG_OUT")]
+    /// Output folder [default: ./pdfs], or an object store (build feature `s3`):
+    /// `s3://BUCKET/PREFIX` (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP) or
+    /// `file:///DIR`. With a store, the ledger, manifest, attempts.csv and learned state live
+    /// in the --state folder.
+    #[arg(long, value_name = "DIR|URL", env = "DOCSTOKG_OUT")]
     pub out: Option<PathBuf>,
+    /// With an object-store --out: the local state folder (ledger, manifest, attempts.csv,
+    /// learned state, PDFs being checked) [default: ./contentdownload-state].
+    #[arg(long, value_name = "DIR", env = "DOCSTOKG_STATE")]
+    pub state: Option<PathBuf>,
     /// Contact address for the User-Agent and the APIs' polite pools.
     #[arg(long, value_name = "EMAIL", env = "DOCSTOKG_MAILTO")]
     pub mailto: Option<String>,
@@ -399,7 +407,9 @@ pub struct RunArgs {
     pub durability: Option<Durability>,
     /// Re-hash (SHA-256) the file of every work the ledger records as downloaded, and
     /// download it again when it differs (reads every file in full). Without it, a
-    /// recorded file that is missing or has another size is downloaded again.
+    /// recorded file that is missing or has another size is downloaded again. With an
+    /// object-store --out the ledger is trusted, and this checks each object's size instead
+    /// (one HEAD request per work).
     #[arg(long, env = "DOCSTOKG_VERIFY_EXISTING", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub verify_existing: Option<bool>,
@@ -453,8 +463,15 @@ pub struct RunArgs {
 /// `contentdownload status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The output folder of a run.
-    #[arg(long, value_name = "DIR", env = "DOCSTOKG_OUT", default_value = "pdfs")]
+    /// The output folder of a run; for a run whose --out was an object store, its --state
+    /// folder (`--state` is another name for this flag).
+    #[arg(
+        long,
+        visible_alias = "state",
+        value_name = "DIR",
+        env = "DOCSTOKG_OUT",
+        default_value = "pdfs"
+    )]
     pub out: PathBuf,
     /// The ledger, if not the default one in the folder.
     #[arg(long, value_name = "URL", env = "DOCSTOKG_LEDGER")]
@@ -476,8 +493,16 @@ pub struct StatusArgs {
 /// `contentdownload report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The output folder of a run (its `manifest.jsonl` is read, `report.html` written there).
-    #[arg(long, value_name = "DIR", env = "DOCSTOKG_OUT", default_value = "pdfs")]
+    /// The output folder of a run (its `manifest.jsonl` is read, `report.html` written there);
+    /// for a run whose --out was an object store, its --state folder (`--state` is another
+    /// name for this flag).
+    #[arg(
+        long,
+        visible_alias = "state",
+        value_name = "DIR",
+        env = "DOCSTOKG_OUT",
+        default_value = "pdfs"
+    )]
     pub out: PathBuf,
     /// Read this manifest instead of `<out>/manifest.jsonl`.
     #[arg(long, value_name = "FILE")]

@@ -16,7 +16,7 @@ use super::args::{FetchArgs, RateSpec, ReportArgs, StatusArgs};
 use super::rates::{print_rates, rate_rows, show_quota};
 use super::settings::{RunSettings, Source};
 use crate::context::{OperationType, Provider};
-use crate::download::DownloadOptions;
+use crate::download::{DownloadOptions, Output};
 use crate::error::BoxError;
 use crate::input::{Input, InputProgress};
 use crate::layers::learning::{InspectError, Learner, LearningPolicy};
@@ -201,6 +201,7 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
         }
         Source::Topic { .. } => None,
     };
+    let output = output(&settings)?;
     if settings.idempotency {
         check_ledger_folder(&settings.ledger, &settings.out)?;
     }
@@ -283,6 +284,7 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
             second_pass_max_wait: settings.second_pass_max_wait,
             verify_existing: settings.verify_existing,
             filter: settings.filter.clone(),
+            output,
         },
         &stack,
         ledger.clone(),
@@ -290,7 +292,15 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
     )?
     .with_records(records.clone());
 
-    tracing::info!(run_id = %settings.run_id, out = %settings.out.display(), "run started");
+    match &settings.store {
+        Some(store) => tracing::info!(
+            run_id = %settings.run_id,
+            out = %redact_url(store),
+            state = %settings.out.display(),
+            "run started"
+        ),
+        None => tracing::info!(run_id = %settings.run_id, out = %settings.out.display(), "run started"),
+    }
     let reporter = Reporter::new(settings.quiet, input_progress);
     let result = pipeline.run(works, |p| reporter.update(p), shutdown).await;
     reporter.finish();
@@ -315,6 +325,25 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
         return Ok(Exit::Interrupted);
     }
     Ok(completed(&summary))
+}
+
+/// Where the run's finished PDFs go: the output folder, or the `--out` object store (its URL
+/// checked, its client built from the environment; no request yet).
+fn output(settings: &RunSettings) -> Result<Output, RunError> {
+    let Some(url) = &settings.store else {
+        return Ok(Output::Folder);
+    };
+    #[cfg(feature = "s3")]
+    {
+        crate::store::Store::from_url(url)
+            .map(Output::Store)
+            .map_err(|e| RunError::Usage(format!("--out {}: {e}", redact_url(url))))
+    }
+    #[cfg(not(feature = "s3"))]
+    Err(RunError::Usage(format!(
+        "--out {}: this build has no object-store output (build with --features s3)",
+        redact_url(url)
+    )))
 }
 
 /// How a run that finished ended: [`Exit::RetryLater`] when some works may succeed in a

@@ -59,8 +59,10 @@ pub enum Source {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
-    /// Output folder.
+    /// Output folder, or an object store's URL (`s3://bucket/prefix`).
     pub out: Option<PathBuf>,
+    /// The local state folder with an object-store `out`.
+    pub state: Option<PathBuf>,
     /// Contact address.
     pub mailto: Option<String>,
     /// Works at once.
@@ -125,13 +127,24 @@ impl FileConfig {
     }
 }
 
+/// The default `--state` folder, with an object-store `--out`.
+pub const DEFAULT_STATE_DIR: &str = "contentdownload-state";
+
+/// Whether `out` names an object store (`s3://`, `s3a://`, `file://`) rather than a folder.
+pub fn is_store_url(out: &str) -> bool {
+    ["s3://", "s3a://", "file://"].iter().any(|s| out.starts_with(s))
+}
+
 /// The effective settings of `contentdownload run`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSettings {
     /// Where the works come from.
     pub source: Source,
-    /// Output folder.
+    /// Output folder; with an object store ([`store`](Self::store)), the local state
+    /// folder (ledger, manifest, attempts.csv, learned state, PDFs being checked).
     pub out: PathBuf,
+    /// The object store finished PDFs go to (`--out s3://bucket/prefix`), if not `out`.
+    pub store: Option<String>,
     /// Contact address (never logged).
     pub mailto: Option<String>,
     /// Rate limits by rate key: a provider name, a host (any port) or `host:port`.
@@ -300,6 +313,16 @@ impl RunSettings {
             _ => return Err("give only one of --input, --dois and --topic".into()),
         };
         let out = args.out.clone().or(file.out).unwrap_or_else(|| PathBuf::from("pdfs"));
+        let state = args.state.clone().or(file.state);
+        let (out, store) = match out.to_str().filter(|o| is_store_url(o)) {
+            Some(url) if cfg!(feature = "s3") => (
+                state.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                Some(url.to_owned()),
+            ),
+            Some(_) => return Err("--out names an object store: this build has no object-store output (build with --features s3)".into()),
+            None if state.is_some() => return Err("--state goes with an object-store --out (s3://BUCKET/PREFIX); with a folder --out, the state lives in that folder".into()),
+            None => (out, None),
+        };
 
         let mut rates = Vec::new();
         for (key, value) in &file.rates {
@@ -405,6 +428,7 @@ impl RunSettings {
         Ok(RunSettings {
             source,
             out,
+            store,
             mailto,
             rates,
             default_rate,
@@ -474,6 +498,28 @@ mod tests {
 
     fn resolve(argv: &[&str]) -> Result<RunSettings, String> {
         RunSettings::resolve(&run_args(argv), || "generated".into())
+    }
+
+    #[test]
+    fn an_object_store_out_keeps_the_state_in_the_state_folder() {
+        let s = resolve(&["--input", "a", "--out", "s3://bucket/pdfs"]);
+        if cfg!(feature = "s3") {
+            let s = s.unwrap();
+            assert_eq!(s.store.as_deref(), Some("s3://bucket/pdfs"));
+            assert_eq!(s.out, PathBuf::from(DEFAULT_STATE_DIR));
+            assert_eq!(s.ledger, format!("sqlite://{DEFAULT_STATE_DIR}/ledger.sqlite"));
+            assert_eq!(
+                s.provider_learning_path,
+                PathBuf::from(DEFAULT_STATE_DIR).join("provider_learning.json")
+            );
+            let s = resolve(&["--input", "a", "--out", "s3://bucket/pdfs", "--state", "st"]).unwrap();
+            assert_eq!(s.out, PathBuf::from("st"));
+        } else {
+            assert!(s.unwrap_err().contains("--features s3"));
+        }
+        let e = resolve(&["--input", "a", "--out", "pdfs", "--state", "st"]).unwrap_err();
+        assert!(e.contains("--state goes with an object-store --out"), "{e}");
+        assert_eq!(resolve(&["--input", "a"]).unwrap().store, None);
     }
 
     #[test]
