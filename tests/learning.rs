@@ -102,6 +102,45 @@ async fn progressive_table_step_by_step() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_bucket_evicted_while_idle_comes_back_at_the_learned_rate() {
+    let lim = RateLimiter::new(RateLimitConfig {
+        default: Quota::new(100.0, 1),
+        idle_timeout: Duration::from_secs(10),
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let learner = Learner::new(lim.clone(), LearningPolicy::Progressive).unwrap();
+    let k = key();
+    for _ in 0..3 {
+        learner.observe(&k, Instant::now(), &status(429));
+    }
+    assert!((lim.rate(&k) - 90.0).abs() < 1e-9);
+    // a success leaves the learned rate as it is: the limiter is not set again
+    learner.observe(&k, Instant::now(), &status(200));
+    assert!((lim.rate(&k) - 90.0).abs() < 1e-9);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    lim.evict_idle();
+    assert_eq!(lim.len(), 0, "the idle bucket is gone");
+    // the bucket made again, before any response, takes the learned rate, not the 100/s
+    // configured; and stays there through responses that do not change it
+    lim.reserve(&k).unwrap();
+    assert!((lim.rate(&k) - 90.0).abs() < 1e-9, "{}", lim.rate(&k));
+    learner.observe(&k, Instant::now(), &status(200));
+    assert!((lim.rate(&k) - 90.0).abs() < 1e-9);
+
+    // a second learner of the same limiter is not its source: it sets the rate each time
+    let other = Learner::new(lim.clone(), LearningPolicy::Progressive).unwrap();
+    let k2 = PartitionKey::new("q", "example.org");
+    for _ in 0..3 {
+        other.observe(&k2, Instant::now(), &status(429));
+    }
+    tokio::time::advance(Duration::from_secs(30)).await;
+    lim.evict_idle();
+    other.observe(&k2, Instant::now(), &status(200));
+    assert!((lim.rate(&k2) - 90.0).abs() < 1e-9, "{}", lim.rate(&k2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn progressive_never_goes_below_one_request_per_second() {
     let learner = Learner::new(limiter(3.0, 1), LearningPolicy::Progressive).unwrap();
     for _ in 0..30 {

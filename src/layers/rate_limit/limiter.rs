@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -45,8 +46,35 @@ struct Shared {
     /// Ceilings set by [`RateLimiter::cap_rate`] (a robots.txt `Crawl-delay`), kept apart
     /// from the buckets so that they survive eviction and every later `set_rate`.
     caps: Mutex<PartitionMap<f64>>,
+    /// Whether `caps` has ever had an entry: until then `set_rate` (the learner calls it
+    /// on every response) and bucket creation skip its lock and lookup (~40 instructions
+    /// of `layer_cost stack`'s per-request cost under callgrind).
+    any_caps: AtomicBool,
+    /// Where a bucket made anew takes its rate from: the learner's learned rate
+    /// ([`RateLimiter::set_rate_source`]).
+    rate_source: OnceLock<RateSource>,
     /// One semaphore of `max_per_host` permits per host, when that cap is set.
     hosts: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+}
+
+/// A rate source: the rate a partition's bucket starts at when it is made anew, if it has
+/// one ([`RateLimiter::set_rate_source`]).
+pub(crate) type RateSource = Box<dyn Fn(&PartitionKey) -> Option<f64> + Send + Sync>;
+
+/// Sets the bucket's rate to `rate` (already capped), at `now`.
+fn retune(b: &mut Bucket, now: f64, rate: f64) {
+    if b.rate == rate {
+        return;
+    }
+    // The backlog, in intervals: reservations still ahead of now (or of the end of a hold,
+    // which stays where it is). They keep their order and are re-spaced at the new
+    // interval from then on.
+    let start = now.max(b.held_until);
+    let pending = ((b.tat() - start) / b.interval).max(0.0);
+    b.anchor_time = start;
+    b.anchor_index = b.issued as f64 - pending;
+    b.rate = rate;
+    b.interval = 1.0 / rate;
 }
 
 /// Above this many hosts, the semaphores nobody holds or waits for are dropped when a new
@@ -137,6 +165,8 @@ impl RateLimiter {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 semaphore,
                 caps: Mutex::new(PartitionMap::default()),
+                any_caps: AtomicBool::new(false),
+                rate_source: OnceLock::new(),
                 hosts: Mutex::new(HashMap::new()),
             }),
         })
@@ -183,6 +213,9 @@ impl RateLimiter {
     }
 
     fn cap_of(&self, key: &PartitionKey) -> Option<f64> {
+        if !self.shared.any_caps.load(Ordering::Acquire) {
+            return None;
+        }
         self.shared
             .caps
             .lock()
@@ -209,6 +242,7 @@ impl RateLimiter {
                 Some(&cap) if cap <= rate => false,
                 _ => {
                     caps.insert(key.clone(), rate);
+                    self.shared.any_caps.store(true, Ordering::Release);
                     true
                 }
             }
@@ -246,11 +280,44 @@ impl RateLimiter {
         if let Some(bucket) = shard.buckets.get_mut(key) {
             return f(bucket, now);
         }
+        // A new bucket (a new partition, or one evicted while idle): its quota from the
+        // configuration, its rate from the rate source (the learner) when that has one.
+        // Worked out without the shard's lock: the learner takes its own lock first, then
+        // a shard's (`Learner::observe` → `set_rate`), never the other way round.
+        drop(shard);
+        let found = self.rate_match(key);
+        let quota = self.within_cap(key, found.quota);
+        let learned = self
+            .shared
+            .rate_source
+            .get()
+            .and_then(|source| source(key))
+            .filter(|rate| rate.is_finite())
+            .map(|rate| self.capped(key, rate));
+        let mut shard = self.shard(key);
         let bucket = shard.buckets.entry(key.clone()).or_insert_with(|| {
-            let found = self.rate_match(key);
-            Bucket::new(self.within_cap(key, found.quota), found.key, now)
+            let mut bucket = Bucket::new(quota, found.key, now);
+            if let Some(rate) = learned {
+                retune(&mut bucket, now, rate);
+            }
+            bucket
         });
         f(bucket, now)
+    }
+
+    /// Makes `source` the place a bucket made anew (a new partition, or one evicted while
+    /// idle) takes its rate from, instead of the configured rate, when it gives one (still
+    /// held under [`cap_rate`](Self::cap_rate)). The learner sets itself as the source, so
+    /// that it need not [`set_rate`](Self::set_rate) on every response to undo an
+    /// eviction. One source per limiter: `false` when one was set already (that one
+    /// stays). The source is called with no lock of the limiter held.
+    pub(crate) fn set_rate_source(&self, source: RateSource) -> bool {
+        self.shared.rate_source.set(source).is_ok()
+    }
+
+    /// `rate` held under the partition's cap and above the minimum rate.
+    fn capped(&self, key: &PartitionKey, rate: f64) -> f64 {
+        self.cap_of(key).map_or(rate, |cap| rate.min(cap)).max(MIN_RATE)
     }
 
     /// Takes a token for the partition: reserves its next free slot and returns how long
@@ -337,21 +404,8 @@ impl RateLimiter {
         if !rate.is_finite() {
             return;
         }
-        let rate = self.cap_of(key).map_or(rate, |cap| rate.min(cap)).max(MIN_RATE);
-        self.with_bucket(key, |b, now| {
-            if b.rate == rate {
-                return;
-            }
-            // The backlog, in intervals: reservations still ahead of now (or of the end of
-            // a hold, which stays where it is). They keep their order and are re-spaced at
-            // the new interval from then on.
-            let start = now.max(b.held_until);
-            let pending = ((b.tat() - start) / b.interval).max(0.0);
-            b.anchor_time = start;
-            b.anchor_index = b.issued as f64 - pending;
-            b.rate = rate;
-            b.interval = 1.0 / rate;
-        });
+        let rate = self.capped(key, rate);
+        self.with_bucket(key, |b, now| retune(b, now, rate));
     }
 
     /// Holds the partition until `until`: no request is sent before it (a provider asked
