@@ -597,5 +597,20 @@ async fn settled_reads_finalized_and_skipped_jobs_by_key_in_batches() {
         assert_eq!(settled[&jobs[1].key].result.bytes, Some(3000), "{}", t.name);
         assert_eq!(settled[&jobs[3].key].state, JobState::Skipped, "{}", t.name);
         assert!(l.settled(&[]).await.unwrap().is_empty());
+
+        // a FAILED job counts only for a caller that asks for failures since a time
+        let Claim::Leased(failed) = l.claim(&jobs[7], "w", TTL).await.unwrap() else {
+            panic!("{}: claim 7", t.name)
+        };
+        l.finish(failed.id, "w", JobState::Failed, &JobResult::reason("no_candidates"))
+            .await
+            .unwrap();
+        let key = std::slice::from_ref(&jobs[7].key);
+        assert!(l.settled(key).await.unwrap().is_empty(), "{}", t.name);
+        let recent = l.settled_or_failed_since(key, Some(0)).await.unwrap();
+        assert_eq!(recent[&jobs[7].key].state, JobState::Failed, "{}", t.name);
+        assert_eq!(recent[&jobs[7].key].result.reason.as_deref(), Some("no_candidates"));
+        let later = i64::MAX / 2;
+        assert!(l.settled_or_failed_since(key, Some(later)).await.unwrap().is_empty(), "{}", t.name);
     }
 }

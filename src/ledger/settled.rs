@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::error::LedgerError;
 use super::row::{self, job_columns};
-use super::types::{Job, JobState};
+use super::types::Job;
 use super::{with_pool, Ledger};
 use crate::context::IdempotencyKey;
 
@@ -20,13 +20,21 @@ impl Ledger {
     /// only be re-planned by [`replan`](Ledger::replan), so an answer stays true for the
     /// caller unless it replans.
     pub async fn settled(&self, keys: &[IdempotencyKey]) -> Result<HashMap<IdempotencyKey, Job>, LedgerError> {
+        self.settled_or_failed_since(keys, None).await
+    }
+
+    /// As [`settled`](Ledger::settled), and also the FAILED jobs among `keys` last updated
+    /// at or after `failed_since` (milliseconds, the ledger's clock): what a caller that
+    /// remembers answers for a while (the runner's `--resolver-cache-ttl`) may skip when
+    /// their reason will not change.
+    pub async fn settled_or_failed_since(
+        &self,
+        keys: &[IdempotencyKey],
+        failed_since: Option<i64>,
+    ) -> Result<HashMap<IdempotencyKey, Job>, LedgerError> {
         let mut found = HashMap::new();
         for chunk in keys.chunks(SETTLED_BATCH) {
-            let mut sql = String::from(concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM jobs WHERE idempotency_key IN ("
-            ));
+            let mut sql = String::from(concat!("SELECT ", job_columns!(), " FROM jobs WHERE idempotency_key IN ("));
             for i in 1..=chunk.len() {
                 if i > 1 {
                     sql.push_str(", ");
@@ -34,11 +42,18 @@ impl Ledger {
                 sql.push('$');
                 sql.push_str(&i.to_string());
             }
-            sql.push_str(") AND state IN ('FINALIZED', 'SKIPPED')");
+            sql.push_str(") AND (state IN ('FINALIZED', 'SKIPPED')");
+            if failed_since.is_some() {
+                sql.push_str(&format!(" OR (state = 'FAILED' AND updated_at >= ${})", chunk.len() + 1));
+            }
+            sql.push(')');
             let jobs: Vec<Job> = with_pool!(self, pool => {
                 let mut query = sqlx::query(&sql);
                 for key in chunk {
                     query = query.bind(key.as_str());
+                }
+                if let Some(since) = failed_since {
+                    query = query.bind(since);
                 }
                 let rows = query
                     .fetch_all(pool)
@@ -47,9 +62,7 @@ impl Ledger {
                 rows.iter().map(row::job).collect::<Result<_, _>>()?
             });
             for job in jobs {
-                if matches!(job.state, JobState::Finalized | JobState::Skipped) {
-                    found.insert(job.key.clone(), job);
-                }
+                found.insert(job.key.clone(), job);
             }
         }
         Ok(found)
