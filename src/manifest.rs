@@ -175,9 +175,35 @@ pub struct SummaryRecord {
     /// request (`--only-oa`, the years, `--type`), by why; not counted in `works`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub filtered: BTreeMap<crate::input::Skip, u64>,
+    /// Per resolver: works it was asked about, answers taken from the ledger's memory
+    /// instead, and PDFs downloaded from its candidates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolvers: BTreeMap<String, ResolverCounts>,
+}
+
+/// What one resolver did in a run ([`SummaryRecord::resolvers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResolverCounts {
+    /// Works it was asked about (a request made, whatever came of it).
+    pub asked: u64,
+    /// Works whose answer was taken from the ledger instead (no request).
+    pub cached: u64,
+    /// Works whose PDF was downloaded from one of its candidates.
+    pub pdfs: u64,
 }
 
 impl SummaryRecord {
+    /// Adds resolvers' asked and from-memory counts (the PDFs are counted by [`add`](Self::add)).
+    pub fn add_resolver_counts(&mut self, counts: &BTreeMap<String, ResolverCounts>) {
+        for (name, c) in counts {
+            let mine = self.resolvers.entry(name.clone()).or_default();
+            mine.asked += c.asked;
+            mine.cached += c.cached;
+            mine.pdfs += c.pdfs;
+        }
+    }
+
     /// Counts one work's outcome.
     pub fn add(&mut self, record: &WorkRecord) {
         self.works += 1;
@@ -186,6 +212,9 @@ impl SummaryRecord {
             Some(Outcome::Downloaded) => {
                 self.downloaded += 1;
                 self.bytes += record.bytes.unwrap_or(0);
+                if let Some(resolver) = &record.resolver {
+                    self.resolvers.entry(resolver.clone()).or_default().pdfs += 1;
+                }
             }
             Some(Outcome::Skipped) => self.skipped += 1,
             Some(Outcome::Deferred) => self.deferred += 1,
