@@ -459,6 +459,65 @@ mod tests {
         }
     }
 
+    /// A summary line written before the per-resolver counts reads, with none.
+    #[test]
+    fn an_old_summary_line_still_reads() {
+        let old = r#"{"schema_version":1,"run_id":"r","record_type":"summary","works":2,"downloaded":1,"skipped":0,"failed":1,"deferred":0,"failed_by_reason":{"no_candidates":1},"bytes":10,"elapsed_ms":5,"input_errors":0,"interrupted":false}"#;
+        let line: ManifestLine = serde_json::from_str(old).unwrap();
+        let ManifestRecord::Summary(s) = line.record else {
+            panic!("not a summary: {line:?}")
+        };
+        assert!(s.resolvers.is_empty());
+        assert_eq!(s.downloaded, 1);
+        // and a new one without resolvers writes no `resolvers` field
+        assert!(!serde_json::to_string(&s).unwrap().contains("resolvers"));
+    }
+
+    #[test]
+    fn the_summary_counts_pdfs_per_resolver() {
+        let mut s = SummaryRecord::default();
+        s.add(&WorkRecord {
+            resolver: Some("unpaywall".into()),
+            ..WorkRecord::new("W1", Outcome::Downloaded)
+        });
+        s.add(&WorkRecord::new("W2", Outcome::Failed));
+        let asked = BTreeMap::from([
+            (
+                "unpaywall".to_owned(),
+                ResolverCounts {
+                    asked: 2,
+                    cached: 1,
+                    pdfs: 0,
+                },
+            ),
+            (
+                "crossref".to_owned(),
+                ResolverCounts {
+                    asked: 1,
+                    cached: 0,
+                    pdfs: 0,
+                },
+            ),
+        ]);
+        s.add_resolver_counts(&asked);
+        assert_eq!(
+            s.resolvers["unpaywall"],
+            ResolverCounts {
+                asked: 2,
+                cached: 1,
+                pdfs: 1
+            }
+        );
+        assert_eq!(
+            s.resolvers["crossref"],
+            ResolverCounts {
+                asked: 1,
+                cached: 0,
+                pdfs: 0
+            }
+        );
+    }
+
     #[test]
     fn writes_and_reads_every_record_type() {
         let dir = tempfile::tempdir().unwrap();

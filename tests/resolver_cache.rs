@@ -4,6 +4,7 @@
 //! with `CONTENTDOWNLOAD_TEST_POSTGRES_URL`, PostgreSQL.
 #![cfg(feature = "simulator")]
 
+mod bin_support;
 mod ledger_support;
 
 use std::collections::BTreeMap;
@@ -12,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use contentdownload::ledger::{Ledger, ResolverTotals};
-use contentdownload::manifest::{ManifestWriter, ResolverCounts, SummaryRecord};
+use contentdownload::manifest::{
+    read_manifest, ManifestRecord, ManifestWriter, ResolverCounts, SummaryRecord, MANIFEST_FILE,
+};
 use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
 use contentdownload::resolvers::ResolverConfig;
 use contentdownload::service::{Stack, StackConfig};
@@ -170,4 +173,85 @@ async fn a_zero_age_remembers_nothing() {
         assert_eq!(again.resolvers["crossref"], counts(4, 0, 0), "{}", t.name);
         assert!(t.ledger.resolver_totals().await.unwrap().is_empty(), "{}", t.name);
     }
+}
+
+/// The summary table, the manifest's summary line and `status` (text and `--json`) name,
+/// per resolver, the works asked about, the answers remembered and the PDFs found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_and_status_count_per_resolver() {
+    let sim = Simulator::start().await.unwrap();
+    server(&sim);
+    let dir = tempfile::tempdir().unwrap();
+    let dois = dir.path().join("dois.txt");
+    let lines: Vec<String> = (0..6).map(|i| format!("10.1234/w{i}")).collect();
+    std::fs::write(&dois, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let (unpaywall, crossref) = (
+        format!("unpaywall={}", sim.url("/unpaywall")),
+        format!("crossref={}", sim.url("/crossref")),
+    );
+    let rate = format!("{}=1000:100", sim.addr());
+    let args = [
+        "run",
+        "--dois",
+        dois.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--mailto",
+        "ci@example.org",
+        "--fallback-tier",
+        "a=unpaywall",
+        "--fallback-tier",
+        "b=crossref",
+        "--resolver-base",
+        &unpaywall,
+        "--resolver-base",
+        &crossref,
+        "--rate",
+        &rate,
+    ];
+    let first = bin_support::contentdownload(&args, &[]).await;
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("resolver       asked remembered   pdfs"), "{stdout}");
+    assert!(stdout.contains("  unpaywall            6         0      2"), "{stdout}");
+    assert!(stdout.contains("  crossref             4         0      0"), "{stdout}");
+    let again = bin_support::contentdownload(&args, &[]).await;
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("  unpaywall            2         2      0"), "{stdout}");
+    assert!(stdout.contains("  crossref             0         4      0"), "{stdout}");
+    assert_eq!(sim.count("/unpaywall/*"), 8);
+
+    let (manifest, bad) = read_manifest(&out.join(MANIFEST_FILE)).unwrap();
+    assert_eq!(bad, 0);
+    let summaries: Vec<&SummaryRecord> = manifest
+        .iter()
+        .filter_map(|l| match &l.record {
+            ManifestRecord::Summary(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0].resolvers["unpaywall"], counts(6, 0, 2));
+    assert_eq!(summaries[1].resolvers["crossref"], counts(0, 4, 0));
+
+    let status = bin_support::contentdownload(&["status", "--out", out.to_str().unwrap()], &[]).await;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("resolver: unpaywall: 4 works answered (2 with candidates), 2 PDFs found"),
+        "{text}"
+    );
+    assert!(
+        text.contains("resolver: crossref: 4 works answered (0 with candidates), 0 PDFs found"),
+        "{text}"
+    );
+    let status = bin_support::contentdownload(&["status", "--out", out.to_str().unwrap(), "--json"], &[]).await;
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        json["resolvers"],
+        json!([
+            {"resolver": "crossref", "works": 4, "with_candidates": 0, "pdfs": 0},
+            {"resolver": "unpaywall", "works": 4, "with_candidates": 2, "pdfs": 2},
+        ])
+    );
 }
