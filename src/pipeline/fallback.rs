@@ -1,17 +1,42 @@
 //! The per-work fallback: ask the tiers' resolvers, download their candidates, keep the
-//! first valid PDF.
+//! best valid PDF.
+//!
+//! # Which PDF wins
+//!
+//! The tiers are tried in order: a valid PDF from an earlier tier ends the work, and a later
+//! tier is not asked. Within a tier, the resolvers are asked `parallel` at a time and their
+//! candidates downloaded `max_concurrent` at a time, so several may give a valid PDF; the
+//! winner is the best ranked, whatever finished first:
+//! 1. the publisher's version ([`PUBLISHER_SOURCES`](super::PUBLISHER_SOURCES): Crossref's
+//!    links, the landing page's PDF, DOAJ's full text) over a repository, preprint, index or
+//!    archive copy;
+//! 2. then the resolver's place in the tier;
+//! 3. then the candidate's place in its resolver's answer.
+//!
+//! A valid PDF waits (staged, not yet in place) for the better-ranked candidates still
+//! pending, for at most [`WAIT_FOR_BETTER`](super::WAIT_FOR_BETTER) (10 s); the losers'
+//! files are deleted.
+//!
+//! # Answers remembered
+//!
+//! Each resolver's answer (not its errors) is remembered in the ledger for
+//! [`resolver_cache_ttl_secs`](FallbackConfig::resolver_cache_ttl_secs) (see
+//! [`Fallback::with_ledger`]); within that age a rerun, or the second pass, takes it from
+//! there and sends no request.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use http::Request;
 use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::answers::{Answers, Given, Recalled};
+use super::choice::{Choice, WAIT_FOR_BETTER};
 use super::config::FallbackConfig;
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
@@ -317,44 +342,78 @@ impl Fallback {
                 .collect();
             let mut resolving = futures_util::stream::iter(asks).buffer_unordered(tier.parallel);
             let mut resolving_done = false;
-            let mut queue: VecDeque<Candidate> = VecDeque::new();
+            let mut choice = Choice::new(tier.resolvers.iter().map(|r| r.name()).collect());
             let mut downloads = FuturesUnordered::new();
+            // when the PDF in hand stops waiting for better-ranked candidates
+            let mut patience: Option<Instant> = None;
             loop {
                 while downloads.len() < self.config.max_concurrent && tally.attempts < self.config.max_attempts {
-                    let Some(candidate) = queue.pop_front() else { break };
+                    let Some((rank, candidate)) = choice.next() else { break };
                     if !env.tried.insert(&candidate.url) {
+                        choice.ended(rank);
                         continue;
                     }
                     tally.attempts += 1;
                     let key = format!("{stem}-{}", tally.attempts);
-                    downloads.push(self.try_candidate(work, env, candidate, key));
+                    downloads.push(self.try_candidate(work, env, candidate, key).map(move |r| (rank, r)));
+                }
+                // the best valid PDF, once no better-ranked candidate is still pending
+                // (queued candidates count only while the attempt budget lets them start)
+                let live = tally.attempts < self.config.max_attempts;
+                while let Some((staged, candidate)) = choice.winner(live) {
+                    match staged.commit(&final_path).await {
+                        Ok(file) => return Some((file, candidate)),
+                        Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
+                    }
+                }
+                if choice.has_staged() {
+                    patience.get_or_insert_with(|| Instant::now() + WAIT_FOR_BETTER);
                 }
                 if resolving_done && downloads.is_empty() {
+                    // nothing pending: the staged PDFs, best first
+                    while let Some((staged, candidate)) = choice.winner(false) {
+                        match staged.commit(&final_path).await {
+                            Ok(file) => return Some((file, candidate)),
+                            Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
+                        }
+                    }
                     break;
                 }
                 tokio::select! {
+                    () = tokio::time::sleep_until(patience.unwrap_or_else(Instant::now)), if patience.is_some() => {
+                        // waited long enough for better-ranked candidates: the best in hand
+                        patience = None;
+                        while let Some((staged, candidate)) = choice.best_now() {
+                            match staged.commit(&final_path).await {
+                                Ok(file) => return Some((file, candidate)),
+                                Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
+                            }
+                        }
+                    }
                     next = resolving.next(), if !resolving_done => match next {
                         None => resolving_done = true,
                         Some((name, recalled_at, Ok(found))) => {
                             self.answers.count(name, recalled_at.is_some());
                             tally.candidates += found.len() as u32;
                             tally.given.push(Given { resolver: name, candidates: found.clone(), recalled_at });
-                            queue.extend(found);
+                            choice.answered(name, found);
                         }
                         Some((name, _, Err(e))) => {
                             self.answers.count(name, false);
+                            choice.answered(name, Vec::new());
                             let (reason, _) = resolver_reason(&*e);
                             let (host, retry_at) = retry_hint(&*e, Instant::now());
                             let source = host.unwrap_or_else(|| format!("resolver {name}"));
                             tally.failure(reason, format!("{name}: {e}"), Some(DeferredBy { source, retry_at }));
                         }
                     },
-                    Some(done) = downloads.next(), if !downloads.is_empty() => match done {
-                        Ok((staged, candidate)) => match staged.commit(&final_path).await {
-                            Ok(file) => return Some((file, candidate)),
-                            Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
-                        },
+                    Some((rank, done)) = downloads.next(), if !downloads.is_empty() => match done {
+                        Ok((staged, candidate)) => {
+                            choice.ended(rank);
+                            choice.stage(rank, staged, candidate);
+                        }
                         Err((candidate, failure)) => {
+                            choice.ended(rank);
                             if is_deferral(failure.reason) {
                                 env.tried.remove(&candidate.url);
                             }
