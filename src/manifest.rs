@@ -179,6 +179,10 @@ pub struct SummaryRecord {
     /// instead, and PDFs downloaded from its candidates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resolvers: BTreeMap<String, ResolverCounts>,
+    /// Works still deferred at the end, by why (a provider's allowance spent or its wait
+    /// too long: `rate_limited`, `cooling_down`, `throttled`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deferred_by_reason: BTreeMap<ReasonCode, u64>,
 }
 
 /// What one resolver did in a run ([`SummaryRecord::resolvers`]).
@@ -217,7 +221,13 @@ impl SummaryRecord {
                 }
             }
             Some(Outcome::Skipped) => self.skipped += 1,
-            Some(Outcome::Deferred) => self.deferred += 1,
+            Some(Outcome::Deferred) => {
+                self.deferred += 1;
+                *self
+                    .deferred_by_reason
+                    .entry(record.reason.unwrap_or(ReasonCode::Deferred))
+                    .or_default() += 1;
+            }
             Some(Outcome::Failed) | None => {
                 self.failed += 1;
                 *self
@@ -481,6 +491,11 @@ mod tests {
             ..WorkRecord::new("W1", Outcome::Downloaded)
         });
         s.add(&WorkRecord::new("W2", Outcome::Failed));
+        s.add(&WorkRecord {
+            reason: Some(ReasonCode::RateLimited),
+            ..WorkRecord::new("W3", Outcome::Deferred)
+        });
+        assert_eq!(s.deferred_by_reason, BTreeMap::from([(ReasonCode::RateLimited, 1)]));
         let asked = BTreeMap::from([
             (
                 "unpaywall".to_owned(),

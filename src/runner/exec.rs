@@ -531,6 +531,9 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
         println!("  {reason:<22}{n:>6}");
     }
     println!("deferred    {:>8}", s.deferred);
+    for (reason, n) in &s.deferred_by_reason {
+        println!("  {reason:<22}{n:>6}");
+    }
     println!("bad input   {:>8}", s.input_errors);
     if !s.filtered.is_empty() {
         println!(
