@@ -175,9 +175,39 @@ pub struct SummaryRecord {
     /// request (`--only-oa`, the years, `--type`), by why; not counted in `works`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub filtered: BTreeMap<crate::input::Skip, u64>,
+    /// Per resolver: works it was asked about, answers taken from the ledger's memory
+    /// instead, and PDFs downloaded from its candidates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolvers: BTreeMap<String, ResolverCounts>,
+    /// Works still deferred at the end, by why (a provider's allowance spent or its wait
+    /// too long: `rate_limited`, `cooling_down`, `throttled`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deferred_by_reason: BTreeMap<ReasonCode, u64>,
+}
+
+/// What one resolver did in a run ([`SummaryRecord::resolvers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResolverCounts {
+    /// Works it was asked about (a request made, whatever came of it).
+    pub asked: u64,
+    /// Works whose answer was taken from the ledger instead (no request).
+    pub cached: u64,
+    /// Works whose PDF was downloaded from one of its candidates.
+    pub pdfs: u64,
 }
 
 impl SummaryRecord {
+    /// Adds resolvers' asked and from-memory counts (the PDFs are counted by [`add`](Self::add)).
+    pub fn add_resolver_counts(&mut self, counts: &BTreeMap<String, ResolverCounts>) {
+        for (name, c) in counts {
+            let mine = self.resolvers.entry(name.clone()).or_default();
+            mine.asked += c.asked;
+            mine.cached += c.cached;
+            mine.pdfs += c.pdfs;
+        }
+    }
+
     /// Counts one work's outcome.
     pub fn add(&mut self, record: &WorkRecord) {
         self.works += 1;
@@ -186,9 +216,18 @@ impl SummaryRecord {
             Some(Outcome::Downloaded) => {
                 self.downloaded += 1;
                 self.bytes += record.bytes.unwrap_or(0);
+                if let Some(resolver) = &record.resolver {
+                    self.resolvers.entry(resolver.clone()).or_default().pdfs += 1;
+                }
             }
             Some(Outcome::Skipped) => self.skipped += 1,
-            Some(Outcome::Deferred) => self.deferred += 1,
+            Some(Outcome::Deferred) => {
+                self.deferred += 1;
+                *self
+                    .deferred_by_reason
+                    .entry(record.reason.unwrap_or(ReasonCode::Deferred))
+                    .or_default() += 1;
+            }
             Some(Outcome::Failed) | None => {
                 self.failed += 1;
                 *self
@@ -428,6 +467,70 @@ mod tests {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
             assert_eq!(format!("{o:?}").to_ascii_lowercase(), o.as_str());
         }
+    }
+
+    /// A summary line written before the per-resolver counts reads, with none.
+    #[test]
+    fn an_old_summary_line_still_reads() {
+        let old = r#"{"schema_version":1,"run_id":"r","record_type":"summary","works":2,"downloaded":1,"skipped":0,"failed":1,"deferred":0,"failed_by_reason":{"no_candidates":1},"bytes":10,"elapsed_ms":5,"input_errors":0,"interrupted":false}"#;
+        let line: ManifestLine = serde_json::from_str(old).unwrap();
+        let ManifestRecord::Summary(s) = line.record else {
+            panic!("not a summary: {line:?}")
+        };
+        assert!(s.resolvers.is_empty());
+        assert_eq!(s.downloaded, 1);
+        // and a new one without resolvers writes no `resolvers` field
+        assert!(!serde_json::to_string(&s).unwrap().contains("resolvers"));
+    }
+
+    #[test]
+    fn the_summary_counts_pdfs_per_resolver() {
+        let mut s = SummaryRecord::default();
+        s.add(&WorkRecord {
+            resolver: Some("unpaywall".into()),
+            ..WorkRecord::new("W1", Outcome::Downloaded)
+        });
+        s.add(&WorkRecord::new("W2", Outcome::Failed));
+        s.add(&WorkRecord {
+            reason: Some(ReasonCode::RateLimited),
+            ..WorkRecord::new("W3", Outcome::Deferred)
+        });
+        assert_eq!(s.deferred_by_reason, BTreeMap::from([(ReasonCode::RateLimited, 1)]));
+        let asked = BTreeMap::from([
+            (
+                "unpaywall".to_owned(),
+                ResolverCounts {
+                    asked: 2,
+                    cached: 1,
+                    pdfs: 0,
+                },
+            ),
+            (
+                "crossref".to_owned(),
+                ResolverCounts {
+                    asked: 1,
+                    cached: 0,
+                    pdfs: 0,
+                },
+            ),
+        ]);
+        s.add_resolver_counts(&asked);
+        assert_eq!(
+            s.resolvers["unpaywall"],
+            ResolverCounts {
+                asked: 2,
+                cached: 1,
+                pdfs: 1
+            }
+        );
+        assert_eq!(
+            s.resolvers["crossref"],
+            ResolverCounts {
+                asked: 1,
+                cached: 0,
+                pdfs: 0
+            }
+        );
     }
 
     #[test]

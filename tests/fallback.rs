@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use contentdownload::download::{DownloadOptions, PARTIAL_DIR};
-use contentdownload::pipeline::{Fallback, FallbackConfig, FetchEnv, FetchResult, TierConfig, TriedUrls};
+use contentdownload::pipeline::{
+    Fallback, FallbackConfig, FetchEnv, FetchResult, TierConfig, TriedUrls, WAIT_FOR_BETTER,
+};
 use contentdownload::reason::ReasonCode;
 use contentdownload::resolvers::{HttpService, ResolveContext, ResolverConfig, RESOLVER_NAMES};
 use contentdownload::service::{HttpClient, HttpConfig, ResponseBody};
@@ -252,29 +254,104 @@ async fn the_attempt_budget_is_kept() {
     assert_eq!(sim.count("/bad/*"), 2);
 }
 
+/// Of two valid PDFs the better ranked wins, not the first to finish: here the first of the
+/// answer's candidates, which finishes last (and the other's staged file is deleted).
 #[tokio::test(start_paused = true)]
-async fn the_first_valid_pdf_wins_and_the_rest_are_cancelled() {
+async fn the_better_ranked_pdf_wins_though_it_finishes_last() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/first.pdf", [Reply::pdf(9_000).delay(Duration::from_millis(500))]);
+    sim.on("/second.pdf", [Reply::pdf(8_000).delay(Duration::from_millis(50))]);
+    let env = Env::new(&sim);
+    let work = openalex_work("W7", &[sim.url("/first.pdf"), sim.url("/second.pdf")]);
+    let result = Fallback::new(only_openalex())
+        .unwrap()
+        .fetch(&work, env.fetch_env())
+        .await;
+    assert!(
+        matches!(result, FetchResult::Downloaded { ref candidate, ref file, .. }
+            if candidate.url.ends_with("/first.pdf") && file.bytes == 9_000),
+        "{result:?}"
+    );
+    assert_eq!(sim.count("/second.pdf"), 1, "both ran at once");
+    assert_eq!(partials(env.out.path()), 0, "the loser's staged file is deleted");
+}
+
+/// Within a tier the publisher's copy (Crossref's link) wins over a repository's (CORE's),
+/// whichever finishes first and whatever the tier's order.
+#[tokio::test(start_paused = true)]
+async fn the_publishers_version_wins_over_a_repository_copy() {
+    for (publisher_delay, repository_delay) in [(500, 10), (10, 500)] {
+        let sim = Simulator::start().await.unwrap();
+        sim.on(
+            "/crossref/works/10.1000%2Fx",
+            [Reply::json(
+                &json!({"message": {"link": [{"URL": sim.url("/pub/x.pdf"), "content-type": "application/pdf"}]}}),
+            )],
+        );
+        sim.on(
+            "/core/*",
+            [Reply::json(
+                &json!({"totalHits": 1, "results": [{"doi": "10.1000/x", "downloadUrl": sim.url("/repo/x.pdf")}]}),
+            )],
+        );
+        sim.on(
+            "/pub/x.pdf",
+            [Reply::pdf(7_000).delay(Duration::from_millis(publisher_delay))],
+        );
+        sim.on(
+            "/repo/x.pdf",
+            [Reply::pdf(6_000).delay(Duration::from_millis(repository_delay))],
+        );
+        let mut env = Env::new(&sim);
+        let mut config = (*env.cx.config).clone();
+        config.api_keys.insert("core", "k").unwrap();
+        env.cx.config = Arc::new(config);
+        let fallback = Fallback::new(FallbackConfig {
+            tiers: vec![FallbackConfig::parse_tier("one=core,crossref:parallel=2").unwrap()],
+            ..FallbackConfig::default()
+        })
+        .unwrap();
+        let work = Work::from_doi("10.1000/x").unwrap();
+        let result = fallback.fetch(&work, env.fetch_env()).await;
+        assert!(
+            matches!(result, FetchResult::Downloaded { ref candidate, .. } if candidate.resolver == "crossref"),
+            "publisher {publisher_delay} ms, repository {repository_delay} ms: {result:?}"
+        );
+        assert_eq!(sim.count("/repo/x.pdf"), 1, "both were tried");
+        assert_eq!(partials(env.out.path()), 0);
+    }
+}
+
+/// A better-ranked candidate that stalls is waited for at most `WAIT_FOR_BETTER` (10 s)
+/// once a valid PDF is in hand; then the PDF in hand wins, and the stalled one leaves no
+/// partial file.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_better_candidate_is_waited_for_then_the_next_wins() {
     let sim = Simulator::start().await.unwrap();
     sim.on("/slow.pdf", [Reply::ok().body_spec(BodySpec::StallAfter { sent: 100 })]);
     sim.on("/fast.pdf", [Reply::pdf(8_000).delay(Duration::from_millis(50))]);
     let env = Env::new(&sim);
-    let config = only_openalex();
     let work = openalex_work("W7", &[sim.url("/slow.pdf"), sim.url("/fast.pdf")]);
     let started = tokio::time::Instant::now();
-    let result = Fallback::new(config).unwrap().fetch(&work, env.fetch_env()).await;
+    let result = Fallback::new(only_openalex())
+        .unwrap()
+        .fetch(&work, env.fetch_env())
+        .await;
     assert!(
         matches!(result, FetchResult::Downloaded { ref candidate, .. } if candidate.url.ends_with("/fast.pdf")),
         "{result:?}"
     );
+    // (the paused clock: virtual time, no real wait)
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "did not wait for the stalled candidate"
+        waited >= WAIT_FOR_BETTER && waited < WAIT_FOR_BETTER + Duration::from_secs(1),
+        "{waited:?}"
     );
     assert_eq!(sim.count("/slow.pdf"), 1, "both ran at once");
     assert_eq!(
         partials(env.out.path()),
         0,
-        "the cancelled candidate left no partial file"
+        "the stalled candidate left no partial file"
     );
 }
 

@@ -603,3 +603,42 @@ async fn a_retry_after_holds_the_requests_already_queued() {
     assert!(early.is_empty(), "sent within the Retry-After second: {early:?}");
     assert!(seen.iter().filter(|r| r.status == StatusCode::OK).count() == 7);
 }
+
+/// A 429 that says the allowance is spent ("credits spent, reset in 3 h", the headers
+/// OpenAlex sends) is no rate signal: the learned rate stays, the partition is paused until
+/// the reset, and the pause is told; a plain 429 still drops the rate.
+#[tokio::test(start_paused = true)]
+async fn a_spent_allowance_pauses_the_provider_and_leaves_the_rate() {
+    let sim = Simulator::start().await.unwrap();
+    let spent = || {
+        Reply::status(429)
+            .header("x-ratelimit-limit", "100000")
+            .header("x-ratelimit-remaining", "0")
+            .header("x-ratelimit-credits-used", "1")
+            .header("x-ratelimit-reset", "10800")
+    };
+    sim.on("/works", [spent(), spent()]);
+    let learner = Learner::new(limiter(10.0, 10), LearningPolicy::default()).unwrap();
+    let spent_stack = stack(&learner);
+    let host = sim.addr().to_string();
+    let key = PartitionKey::new("sim", &host);
+    let started = Instant::now();
+    get(&spent_stack, &sim.url("/works")).await;
+    let st = learner.status("sim", &host).unwrap();
+    assert_eq!(st.rate, 10.0, "a spent allowance does not drag the rate down");
+    assert_eq!(st.consecutive_429, 0);
+    let until = learner.quota_paused_until(&key).expect("paused");
+    assert_eq!(until - started, Duration::from_secs(10_800));
+    let wait = learner.limiter().ready_in(&key);
+    assert!(
+        wait > Duration::from_secs(10_700) && wait <= Duration::from_secs(10_800),
+        "the partition waits for the reset: {wait:?}"
+    );
+
+    // a plain 429 on another partition still teaches a lower rate
+    sim.on("/busy", [Reply::status(429).retry_after_secs(1)]);
+    let other = Learner::new(limiter(10.0, 10), LearningPolicy::default()).unwrap();
+    get(&stack(&other), &sim.url("/busy")).await;
+    assert!(other.status("sim", &host).unwrap().rate < 10.0);
+    assert_eq!(other.quota_paused_until(&key), None);
+}

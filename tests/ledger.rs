@@ -359,10 +359,10 @@ async fn op_results_are_capped_and_migrations_are_idempotent() {
         let stored = l.ops(j.id).await.unwrap().remove(0).result.unwrap();
         assert!(stored.len() <= 16 && stored.ends_with('…'), "{}: {stored:?}", t.name);
         // opening the same database again re-runs the migrator: nothing to do, data kept
-        assert_eq!(l.schema_version().await.unwrap(), 1);
+        assert_eq!(l.schema_version().await.unwrap(), 2);
         let again = Ledger::connect(t.config.clone()).await.unwrap();
         assert_eq!(again.get(j.id).await.unwrap().unwrap().key, j.key);
-        assert_eq!(again.schema_version().await.unwrap(), 1);
+        assert_eq!(again.schema_version().await.unwrap(), 2);
         if t.name == "sqlite" {
             let wal = format!("{}-wal", t.config.url);
             assert!(std::path::Path::new(&wal).exists(), "SQLite runs in WAL mode: {wal}");

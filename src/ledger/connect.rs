@@ -290,15 +290,23 @@ impl WritePool for Pool<sqlx::Postgres> {
     }
 }
 
-fn migrator(sql: &'static str) -> Migrator {
+/// The migrations in order: `(version, description, sql)`.
+fn migrator(steps: &[(i64, &'static str, &'static str)]) -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("jobs and ops"),
-            MigrationType::Simple,
-            Cow::Borrowed(sql),
-            false,
-        )]),
+        migrations: Cow::Owned(
+            steps
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
         ignore_missing: false,
         locking: true,
         no_tx: false,
@@ -351,7 +359,18 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
     })
     .await?;
     let pool = write;
-    let m = migrator(include_str!("../../migrations/sqlite/0001_jobs_and_ops.sql"));
+    let m = migrator(&[
+        (
+            1,
+            "jobs and ops",
+            include_str!("../../migrations/sqlite/0001_jobs_and_ops.sql"),
+        ),
+        (
+            2,
+            "resolver answers",
+            include_str!("../../migrations/sqlite/0002_resolver_answers.sql"),
+        ),
+    ]);
     // Several processes may open a fresh file at once; SQLite has no migration lock, so
     // the loser of the race sees the version already taken and simply tries again (the
     // migration itself is idempotent).
@@ -431,9 +450,20 @@ pub(crate) async fn open_postgres(cfg: &LedgerConfig) -> Result<Backend, LedgerE
             e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)) => unreachable(e.to_string()),
             e => LedgerError::db("connect to PostgreSQL")(e),
         })?;
-    migrator(include_str!("../../migrations/postgres/0001_jobs_and_ops.sql"))
-        .run(&pool)
-        .await?;
+    migrator(&[
+        (
+            1,
+            "jobs and ops",
+            include_str!("../../migrations/postgres/0001_jobs_and_ops.sql"),
+        ),
+        (
+            2,
+            "resolver answers",
+            include_str!("../../migrations/postgres/0002_resolver_answers.sql"),
+        ),
+    ])
+    .run(&pool)
+    .await?;
     Ok(Backend::Postgres(pool))
 }
 

@@ -24,6 +24,10 @@
 //!   of kind, job and context ([`OpKey`]), with start, finish and a capped result, so a
 //!   restarted worker knows what already happened.
 //!
+//! - **Resolver answers** are remembered per work and resolver ([`remember_answers`](Ledger::remember_answers),
+//!   [`resolver_answers`](Ledger::resolver_answers)), so a rerun asks no provider twice within
+//!   the cache's age.
+//!
 //! The schema is applied by sqlx's migrator (versioned, recorded in `_sqlx_migrations`;
 //! the statements themselves are idempotent too). SQLite runs in WAL mode with a busy
 //! timeout, so several processes can share one file. Within one process (one handle and its
@@ -61,6 +65,7 @@
 //! # Ok(()) }
 //! ```
 
+mod answers;
 mod batch;
 mod claim_store;
 mod connect;
@@ -78,6 +83,7 @@ mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::answers::{ResolverAnswer, ResolverTotals};
 pub use self::connect::{redact_url, LedgerClock, LedgerConfig, DEFAULT_CONNECT_TIMEOUT, SQLITE_FILE_NAME};
 pub use self::error::LedgerError;
 pub use self::jobs::Claim;

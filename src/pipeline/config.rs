@@ -74,7 +74,14 @@ pub struct FallbackConfig {
     pub disable_wayback: bool,
     /// How often one URL is tried again when its body was cut or stalled (default 2).
     pub body_retries: u32,
+    /// How long a resolver's answer for a work is remembered in the ledger, in seconds
+    /// (default [`DEFAULT_RESOLVER_CACHE_TTL`], 30 days; `0` remembers nothing). Needs a
+    /// ledger: without one every run asks again.
+    pub resolver_cache_ttl_secs: u64,
 }
+
+/// How long a resolver's answer is remembered by default: 30 days.
+pub const DEFAULT_RESOLVER_CACHE_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl Default for FallbackConfig {
     fn default() -> Self {
@@ -85,6 +92,7 @@ impl Default for FallbackConfig {
             max_concurrent: 3,
             disable_wayback: false,
             body_retries: 2,
+            resolver_cache_ttl_secs: DEFAULT_RESOLVER_CACHE_TTL.as_secs(),
         }
     }
 }

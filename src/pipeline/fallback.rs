@@ -1,21 +1,49 @@
 //! The per-work fallback: ask the tiers' resolvers, download their candidates, keep the
-//! first valid PDF.
+//! best valid PDF.
+//!
+//! # Which PDF wins
+//!
+//! The tiers are tried in order: a valid PDF from an earlier tier ends the work, and a later
+//! tier is not asked. Within a tier, the resolvers are asked `parallel` at a time and their
+//! candidates downloaded `max_concurrent` at a time, so several may give a valid PDF; the
+//! winner is the best ranked, whatever finished first:
+//! 1. the publisher's version ([`PUBLISHER_SOURCES`](super::PUBLISHER_SOURCES): Crossref's
+//!    links, the landing page's PDF, DOAJ's full text) over a repository, preprint, index or
+//!    archive copy;
+//! 2. then the resolver's place in the tier;
+//! 3. then the candidate's place in its resolver's answer.
+//!
+//! A valid PDF waits (staged, not yet in place) for the better-ranked candidates still
+//! pending, for at most [`WAIT_FOR_BETTER`](super::WAIT_FOR_BETTER) (10 s); the losers'
+//! files are deleted.
+//!
+//! # Answers remembered
+//!
+//! Each resolver's answer (not its errors) is remembered in the ledger for
+//! [`resolver_cache_ttl_secs`](FallbackConfig::resolver_cache_ttl_secs) (see
+//! [`Fallback::with_ledger`]); within that age a rerun, or the second pass, takes it from
+//! there and sends no request.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use http::Request;
 use http_body_util::Full;
 use tokio::time::Instant;
 
+use super::answers::{Answers, Given, Recalled};
+use super::choice::{Choice, WAIT_FOR_BETTER};
 use super::config::FallbackConfig;
 use crate::context::{OperationType, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
 use crate::error::BoxError;
 use crate::layers::telemetry::redacted;
+use crate::ledger::Ledger;
+use crate::manifest::ResolverCounts;
 use crate::reason::{classify_error, retry_hint, ReasonCode};
 use crate::resolvers::{resolver_by_name, HttpService, ResolveContext, Resolver};
 use crate::works::{Candidate, Work};
@@ -123,6 +151,8 @@ struct Tier {
 pub struct Fallback {
     tiers: Vec<Tier>,
     config: FallbackConfig,
+    /// Resolver answers remembered in the ledger, and this run's counts.
+    answers: Answers,
 }
 
 impl std::fmt::Debug for Fallback {
@@ -149,6 +179,8 @@ struct Tally {
     by: Vec<DeferredBy>,
     /// The most informative failure so far, with its HTTP status.
     best: Option<(ReasonCode, String, Option<u16>)>,
+    /// The resolvers' answers (not their errors), to remember.
+    given: Vec<Given>,
 }
 
 impl Tally {
@@ -191,14 +223,40 @@ impl Fallback {
             })
             .filter(|t| !t.resolvers.is_empty())
             .collect();
-        Ok(Fallback { tiers, config })
+        Ok(Fallback {
+            tiers,
+            answers: Answers::default(),
+            config,
+        })
+    }
+
+    /// Remembers resolver answers in `ledger` for
+    /// [`resolver_cache_ttl_secs`](FallbackConfig::resolver_cache_ttl_secs), and takes them
+    /// from there within that age instead of asking again (see the module docs).
+    pub fn with_ledger(mut self, ledger: Option<Ledger>) -> Self {
+        self.answers = Answers::new(ledger, Duration::from_secs(self.config.resolver_cache_ttl_secs));
+        self
+    }
+
+    /// Per resolver, the works asked about and the answers taken from memory since the last
+    /// call (the PDFs are counted from the works' records by the summary), leaving zero.
+    pub fn take_resolver_counts(&self) -> BTreeMap<String, ResolverCounts> {
+        self.answers.take_counts()
     }
 
     /// Finds and downloads a valid PDF for `work` within its budgets.
     pub async fn fetch(&self, work: &Work, env: FetchEnv<'_>) -> FetchResult {
         let deadline = Instant::now() + Duration::from_millis(self.config.total_timeout_ms);
         let mut tally = Tally::default();
-        let outcome = tokio::time::timeout_at(deadline, self.run_tiers(work, env, &mut tally)).await;
+        let mut recalled = self.answers.recall(work).await;
+        let outcome = tokio::time::timeout_at(deadline, self.run_tiers(work, env, &mut tally, &mut recalled)).await;
+        let winner = match &outcome {
+            Ok(Some((_, candidate))) => Some(candidate.resolver.as_str()),
+            _ => None,
+        };
+        self.answers
+            .remember(work, std::mem::take(&mut tally.given), winner)
+            .await;
         let attempts = tally.attempts;
         match outcome {
             Ok(Some((file, candidate))) => {
@@ -265,7 +323,13 @@ impl Fallback {
         }
     }
 
-    async fn run_tiers(&self, work: &Work, env: FetchEnv<'_>, tally: &mut Tally) -> Option<(Downloaded, Candidate)> {
+    async fn run_tiers(
+        &self,
+        work: &Work,
+        env: FetchEnv<'_>,
+        tally: &mut Tally,
+        recalled: &mut HashMap<String, Recalled>,
+    ) -> Option<(Downloaded, Candidate)> {
         let stem = file_stem(work);
         let final_path = env.out_dir.join(format!("{stem}.pdf"));
         for tier in &self.tiers {
@@ -274,45 +338,82 @@ impl Fallback {
             let asks: Vec<_> = tier
                 .resolvers
                 .iter()
-                .map(|r| resolve_with(r.clone(), work, env.resolve))
+                .map(|r| resolve_with(r.clone(), work, env.resolve, recalled.remove(r.name())))
                 .collect();
             let mut resolving = futures_util::stream::iter(asks).buffer_unordered(tier.parallel);
             let mut resolving_done = false;
-            let mut queue: VecDeque<Candidate> = VecDeque::new();
+            let mut choice = Choice::new(tier.resolvers.iter().map(|r| r.name()).collect());
             let mut downloads = FuturesUnordered::new();
+            // when the PDF in hand stops waiting for better-ranked candidates
+            let mut patience: Option<Instant> = None;
             loop {
                 while downloads.len() < self.config.max_concurrent && tally.attempts < self.config.max_attempts {
-                    let Some(candidate) = queue.pop_front() else { break };
+                    let Some((rank, candidate)) = choice.next() else { break };
                     if !env.tried.insert(&candidate.url) {
+                        choice.ended(rank);
                         continue;
                     }
                     tally.attempts += 1;
                     let key = format!("{stem}-{}", tally.attempts);
-                    downloads.push(self.try_candidate(work, env, candidate, key));
+                    downloads.push(self.try_candidate(work, env, candidate, key).map(move |r| (rank, r)));
+                }
+                // the best valid PDF, once no better-ranked candidate is still pending
+                // (queued candidates count only while the attempt budget lets them start)
+                let live = tally.attempts < self.config.max_attempts;
+                while let Some((staged, candidate)) = choice.winner(live) {
+                    match staged.commit(&final_path).await {
+                        Ok(file) => return Some((file, candidate)),
+                        Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
+                    }
+                }
+                if choice.has_staged() {
+                    patience.get_or_insert_with(|| Instant::now() + WAIT_FOR_BETTER);
                 }
                 if resolving_done && downloads.is_empty() {
+                    // nothing pending: the staged PDFs, best first
+                    while let Some((staged, candidate)) = choice.winner(false) {
+                        match staged.commit(&final_path).await {
+                            Ok(file) => return Some((file, candidate)),
+                            Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
+                        }
+                    }
                     break;
                 }
                 tokio::select! {
+                    () = tokio::time::sleep_until(patience.unwrap_or_else(Instant::now)), if patience.is_some() => {
+                        // waited long enough for better-ranked candidates: the best in hand
+                        patience = None;
+                        while let Some((staged, candidate)) = choice.best_now() {
+                            match staged.commit(&final_path).await {
+                                Ok(file) => return Some((file, candidate)),
+                                Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
+                            }
+                        }
+                    }
                     next = resolving.next(), if !resolving_done => match next {
                         None => resolving_done = true,
-                        Some((_, Ok(found))) => {
+                        Some((name, recalled_at, Ok(found))) => {
+                            self.answers.count(name, recalled_at.is_some());
                             tally.candidates += found.len() as u32;
-                            queue.extend(found);
+                            tally.given.push(Given { resolver: name, candidates: found.clone(), recalled_at });
+                            choice.answered(name, found);
                         }
-                        Some((name, Err(e))) => {
+                        Some((name, _, Err(e))) => {
+                            self.answers.count(name, false);
+                            choice.answered(name, Vec::new());
                             let (reason, _) = resolver_reason(&*e);
                             let (host, retry_at) = retry_hint(&*e, Instant::now());
                             let source = host.unwrap_or_else(|| format!("resolver {name}"));
                             tally.failure(reason, format!("{name}: {e}"), Some(DeferredBy { source, retry_at }));
                         }
                     },
-                    Some(done) = downloads.next(), if !downloads.is_empty() => match done {
-                        Ok((staged, candidate)) => match staged.commit(&final_path).await {
-                            Ok(file) => return Some((file, candidate)),
-                            Err(f) => tally.failure_with_status(f.reason, f.status.map(|s| s.as_u16()), f.detail, None),
-                        },
+                    Some((rank, done)) = downloads.next(), if !downloads.is_empty() => match done {
+                        Ok((staged, candidate)) => {
+                            choice.ended(rank);
+                            choice.stage(rank, staged, candidate);
+                        }
                         Err((candidate, failure)) => {
+                            choice.ended(rank);
                             if is_deferral(failure.reason) {
                                 env.tried.remove(&candidate.url);
                             }
@@ -383,15 +484,25 @@ fn resolver_reason(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, bool
     }
 }
 
-/// One resolver's answer, named. A function with a boxed future rather than an `async`
-/// closure: the closure's future, borrowing the work, trips the compiler's proof that the
-/// whole fetch is `Send` (rust-lang/rust#102211), which spawning each work as a task needs.
+/// One resolver's answer, named, with the time it was first given when it comes from the
+/// ledger's memory (`recalled`: no request is made). A function with a boxed future rather
+/// than an `async` closure: the closure's future, borrowing the work, trips the compiler's
+/// proof that the whole fetch is `Send` (rust-lang/rust#102211), which spawning each work as
+/// a task needs.
+type Answer = (&'static str, Option<i64>, Result<Vec<Candidate>, BoxError>);
+
 fn resolve_with<'a>(
     r: Arc<dyn Resolver>,
     work: &'a Work,
     cx: &'a ResolveContext,
-) -> futures_util::future::BoxFuture<'a, (&'static str, Result<Vec<Candidate>, BoxError>)> {
-    Box::pin(async move { (r.name(), r.resolve(work, cx).await) })
+    recalled: Option<Recalled>,
+) -> futures_util::future::BoxFuture<'a, Answer> {
+    Box::pin(async move {
+        match recalled {
+            Some(known) => (r.name(), Some(known.answered_at.unwrap_or(0)), Ok(known.candidates)),
+            None => (r.name(), None, r.resolve(work, cx).await),
+        }
+    })
 }
 
 #[cfg(test)]

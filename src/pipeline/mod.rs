@@ -9,11 +9,15 @@
 //! - `work.rs`: `Core`, what each work's task shares, and one work's way: its ledger claim
 //!   (the pipeline is the ledger's only claimant), its fetch, its outcome recorded;
 //! - `sibling.rs`: waiting for works leased by another worker;
-//! - `fallback.rs`: one work's tiers of resolvers and candidate downloads;
+//! - `fallback.rs`: one work's tiers of resolvers and candidate downloads; `answers.rs`:
+//!   the resolvers' answers remembered in the ledger, and their counts; `choice.rs`: which
+//!   valid PDF of a tier wins;
 //! - `frontier.rs`: the worker slots and the hosts' turns; `finish.rs`: downloads made
 //!   durable and recorded in groups; `second_pass.rs`: when a deferred work goes again;
 //! - `config.rs` and `error.rs`: what a pipeline is given and what stops it.
 
+mod answers;
+mod choice;
 mod config;
 mod error;
 mod fallback;
@@ -26,7 +30,8 @@ mod work;
 
 use std::sync::Mutex;
 
-pub use self::config::{FallbackConfig, FallbackConfigError, PipelineConfig, TierConfig};
+pub use self::choice::{PUBLISHER_SOURCES, WAIT_FOR_BETTER};
+pub use self::config::{FallbackConfig, FallbackConfigError, PipelineConfig, TierConfig, DEFAULT_RESOLVER_CACHE_TTL};
 pub use self::error::{ConfigError, DurabilityError, PipelineError};
 pub use self::fallback::{DeferredBy, Fallback, FetchEnv, FetchResult, TriedUrls};
 pub use self::run::{Pipeline, Progress};

@@ -246,6 +246,7 @@ impl Pipeline {
         summary.filtered = first.filtered;
         summary.interrupted = stop.interrupted;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        summary.add_resolver_counts(&self.core.fallback.take_resolver_counts());
         if let Some(records) = &self.records {
             if let Err(e) = records.flush().await {
                 tracing::warn!("attempt records were not all written: {e}");

@@ -38,7 +38,7 @@ use crate::works::{Candidate, Work};
 /// JSON) does not hold up the others.
 pub(super) struct Core {
     pub(super) config: PipelineConfig,
-    fallback: Fallback,
+    pub(super) fallback: Fallback,
     resolve: ResolveContext,
     download: HttpService,
     pub(super) ledger: Option<Ledger>,
@@ -93,7 +93,7 @@ impl Core {
         if config.workers == 0 {
             return Err(ConfigError::NoWorkers);
         }
-        let fallback = Fallback::new(config.fallback.clone())?;
+        let fallback = Fallback::new(config.fallback.clone())?.with_ledger(ledger.clone());
         let resolve = ResolveContext {
             http: stack.service(OperationType::Resolve),
             config: Arc::new(config.resolvers.clone()),

@@ -143,8 +143,8 @@ pub fn parse_default_rate(s: &str) -> Result<Quota, String> {
     Ok(Quota::new(rate, burst.unwrap_or(1)))
 }
 
-/// Parses a duration: a whole number with an optional unit, `ms`, `s` (the default) or `m`
-/// (`90`, `90s`, `1500ms`, `2m`).
+/// Parses a duration: a whole number with an optional unit, `ms`, `s` (the default), `m`,
+/// `h` or `d` (`90`, `90s`, `1500ms`, `2m`, `30d`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     use std::time::Duration;
     let t = s.trim();
@@ -152,17 +152,21 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         Some(i) => t.split_at(i),
         None => (t, "s"),
     };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write a whole number with ms, s or m (90s, 1500ms, 2m)"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{s:?} is not a duration; write a whole number with ms, s, m, h or d (90s, 1500ms, 2m, 30d)")
+    })?;
+    let times = |secs: u64| {
+        n.checked_mul(secs)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long")),
-        other => Err(format!("unknown unit {other:?} in {s:?}; use ms, s or m")),
+        "m" => times(60),
+        "h" => times(3600),
+        "d" => times(86_400),
+        other => Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m, h or d")),
     }
 }
 
@@ -376,6 +380,11 @@ pub struct RunArgs {
     /// `0` does not wait [default: 60s].
     #[arg(long, value_name = "DURATION", env = "DOCSTOKG_SECOND_PASS_MAX_WAIT", value_parser = parse_duration)]
     pub second_pass_max_wait: Option<std::time::Duration>,
+    /// How long each resolver's answer for a work (its candidate URLs, or nothing) is
+    /// remembered in the ledger: a rerun or the second pass within this age asks no provider
+    /// again for that work. Errors are never remembered. `0` turns it off [default: 30d].
+    #[arg(long, value_name = "DURATION", env = "DOCSTOKG_RESOLVER_CACHE_TTL", value_parser = parse_duration)]
+    pub resolver_cache_ttl: Option<std::time::Duration>,
 
     /// Time allowed for one work, all sources together [default: 120000].
     #[arg(long, value_name = "MS", env = "DOCSTOKG_FALLBACK_TOTAL_TIMEOUT_MS")]
@@ -569,10 +578,12 @@ mod tests {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "s", "-1", "1.5s", "10h", "ten"] {
+        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        for bad in ["", "s", "-1", "1.5s", "10w", "ten", "99999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert!(parse_duration("10h").unwrap_err().contains("ms, s or m"));
+        assert!(parse_duration("10w").unwrap_err().contains("ms, s, m, h or d"));
     }
 
     #[test]

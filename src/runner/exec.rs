@@ -582,6 +582,9 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
         println!("  {reason:<22}{n:>6}");
     }
     println!("deferred    {:>8}", s.deferred);
+    for (reason, n) in &s.deferred_by_reason {
+        println!("  {reason:<22}{n:>6}");
+    }
     println!("bad input   {:>8}", s.input_errors);
     if !s.filtered.is_empty() {
         println!(
@@ -594,6 +597,12 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
     }
     println!("bytes       {:>8}", s.bytes);
     println!("elapsed     {:>7.1}s", s.elapsed_ms as f64 / 1000.0);
+    if !s.resolvers.is_empty() {
+        println!("resolver       asked remembered   pdfs  (works asked about; answers taken from the ledger instead; PDFs found)");
+        for (name, c) in &s.resolvers {
+            println!("  {name:<16}{:>6}{:>10}{:>7}", c.asked, c.cached, c.pdfs);
+        }
+    }
     if s.retry_later > 0 {
         println!(
             "retry later {:>8}  (failed or deferred for a reason a later run may fix: network, 5xx, 429, disk; exit 3)",
@@ -697,11 +706,13 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
             .await
             .map_err(RunError::ledger(&ledger_url))?;
         let counts = ledger.counts(None).await.map_err(RunError::failed)?;
+        let answers = ledger.resolver_totals().await.map_err(RunError::failed)?;
         ledger.close().await;
-        Some(counts)
+        Some((counts, answers))
     } else {
         None
     };
+    let (counts, answers) = counts.map_or((None, Vec::new()), |(c, a)| (Some(c), a));
     if args.json {
         let providers: Vec<serde_json::Value> = statuses
             .iter()
@@ -737,9 +748,20 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
             "default": { "rate": default_rate.rate, "burst": default_rate.burst },
             "keys": keys,
         });
+        let resolvers: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "resolver": t.resolver, "works": t.works, "with_candidates": t.with_candidates, "pdfs": t.pdfs,
+                })
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({ "providers": providers, "providers_error": learning_problem, "ledger": ledger, "rates": rates })
+            serde_json::json!({
+                "providers": providers, "providers_error": learning_problem, "ledger": ledger, "rates": rates,
+                "resolvers": resolvers,
+            })
         );
     } else {
         if let Some(problem) = &learning_problem {
@@ -762,6 +784,12 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
                 c.planned, c.leased, c.finalized, c.failed, c.deferred, c.skipped
             ),
             None => println!("ledger: none in this folder"),
+        }
+        for t in &answers {
+            println!(
+                "resolver: {}: {} works answered ({} with candidates), {} PDFs found",
+                t.resolver, t.works, t.with_candidates, t.pdfs
+            );
         }
     }
     Ok(Exit::Completed)

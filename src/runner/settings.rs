@@ -93,6 +93,10 @@ pub struct FileConfig {
     /// The second pass's longest wait: seconds, or a string with a unit (`"90s"`).
     #[serde(deserialize_with = "de_duration")]
     pub second_pass_max_wait: Option<Duration>,
+    /// How long resolver answers are remembered: seconds, or a string with a unit (`"30d"`);
+    /// `0` turns it off.
+    #[serde(deserialize_with = "de_duration")]
+    pub resolver_cache_ttl: Option<Duration>,
     /// Fallback tiers and budgets.
     pub fallback: Option<FallbackConfig>,
     /// Never use the Wayback Machine.
@@ -361,6 +365,9 @@ impl RunSettings {
         }
         if let Some(n) = args.fallback_max_concurrent {
             fallback.max_concurrent = n;
+        }
+        if let Some(ttl) = args.resolver_cache_ttl.or(file.resolver_cache_ttl) {
+            fallback.resolver_cache_ttl_secs = ttl.as_secs();
         }
         fallback.disable_wayback |= args.disable_wayback_fallback || file.disable_wayback_fallback.unwrap_or(false);
         fallback.validate().map_err(|e| e.to_string())?;
@@ -721,6 +728,7 @@ workers = 3
 enable_idempotency = false
 second_pass_max_wait = "1500ms"
 ledger_connect_timeout = 3
+resolver_cache_ttl = "7d"
 [rates]
 crossref = "2:1"
 "arxiv.org" = "0.33"
@@ -743,8 +751,22 @@ connect_timeout_ms = 1234
             Duration::from_secs(3),
             "whole seconds in the file"
         );
-        let zero = resolve(&["--input", "w", "--config", p, "--second-pass-max-wait", "0"]).unwrap();
+        assert_eq!(s.fallback.resolver_cache_ttl_secs, 7 * 86_400, "file over default");
+        let zero = resolve(&[
+            "--input",
+            "w",
+            "--config",
+            p,
+            "--second-pass-max-wait",
+            "0",
+            "--resolver-cache-ttl",
+            "0",
+        ])
+        .unwrap();
         assert_eq!(zero.second_pass_max_wait, Duration::ZERO, "flag over file");
+        assert_eq!(zero.fallback.resolver_cache_ttl_secs, 0, "flag over file");
+        let default = resolve(&["--input", "w"]).unwrap();
+        assert_eq!(default.fallback.resolver_cache_ttl_secs, 30 * 86_400);
         assert_eq!(s.http.connect_timeout_ms, 1234);
         assert_eq!(s.http.mailto.as_deref(), Some("file@example.org"));
         let crossref = s.rates.iter().find(|r| r.key == "crossref").unwrap();

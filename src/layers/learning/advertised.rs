@@ -40,6 +40,14 @@ static X_RATELIMIT_WINDOW: HeaderName = HeaderName::from_static("x-ratelimit-win
 /// Longest hold a reset header may ask for, as for Retry-After.
 const MAX_HOLD: Duration = Duration::from_secs(900);
 
+/// A spent quota whose reset is further away than this is an allowance (credits for the
+/// day), not a rate: no slower rate brings it back sooner.
+pub(super) const QUOTA_SPENT_AFTER: Duration = Duration::from_secs(600);
+
+/// The longest pause for a spent allowance (a daily quota resets within a day; two allow for
+/// clocks and time zones).
+const MAX_QUOTA_PAUSE: Duration = Duration::from_secs(48 * 3600);
+
 /// Unix times are told from delta-seconds by size: nothing sends a 30-year delta.
 const UNIX_TIME_THRESHOLD: u64 = 1_000_000_000;
 
@@ -86,6 +94,9 @@ pub(super) struct Advertised {
     pub(super) ceiling: Option<f64>,
     /// The quota is spent: no requests for this long.
     pub(super) exhausted_for: Option<Duration>,
+    /// The allowance is spent until a reset more than [`QUOTA_SPENT_AFTER`] away: the
+    /// provider is paused this long (at most two days), and its 429 is no rate signal.
+    pub(super) quota_spent: Option<Duration>,
 }
 
 /// Whether a header of that name may advertise a limit: every name read here starts so.
@@ -114,9 +125,13 @@ pub(super) fn parse(headers: &HeaderMap, now: SystemTime) -> Advertised {
     if ceiling.is_none() {
         ceiling = x_ratelimit(headers);
     }
+    let exhausted = exhausted(headers, now);
     Advertised {
         ceiling,
-        exhausted_for: exhausted(headers, now),
+        exhausted_for: exhausted.map(|d| d.min(MAX_HOLD)),
+        quota_spent: exhausted
+            .filter(|d| *d > QUOTA_SPENT_AFTER)
+            .map(|d| d.min(MAX_QUOTA_PAUSE)),
     }
 }
 
@@ -190,7 +205,8 @@ fn ietf_policy(value: &str) -> Option<f64> {
         .reduce(f64::min)
 }
 
-/// How long the quota stays spent, when a remaining count of 0 comes with a reset.
+/// How long the quota stays spent, when a remaining count of 0 comes with a reset (not
+/// capped).
 fn exhausted(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let (remaining, reset) = ietf_remaining_reset(headers)
         .or_else(|| separate(headers, &RATELIMIT_REMAINING, &RATELIMIT_RESET))
@@ -204,7 +220,7 @@ fn exhausted(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     } else {
         reset
     };
-    (reset > 0).then(|| Duration::from_secs(reset).min(MAX_HOLD))
+    (reset > 0).then(|| Duration::from_secs(reset))
 }
 
 fn separate(headers: &HeaderMap, remaining: &HeaderName, reset: &HeaderName) -> Option<(u64, u64)> {
@@ -290,6 +306,15 @@ mod tests {
         assert_eq!(adv.ceiling, None, "no window, no rate");
         let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "99999")]);
         assert_eq!(parse(&h, at(0)).exhausted_for, Some(MAX_HOLD));
+        assert_eq!(
+            parse(&h, at(0)).quota_spent,
+            Some(Duration::from_secs(99999)),
+            "an allowance"
+        );
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "600")]);
+        assert_eq!(parse(&h, at(0)).quota_spent, None, "ten minutes is a rate window");
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "9999999")]);
+        assert_eq!(parse(&h, at(0)).quota_spent, Some(MAX_QUOTA_PAUSE));
         let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "-5")]);
         assert_eq!(parse(&h, at(0)).exhausted_for, None);
         let h = headers(&[("x-ratelimit-limit", "60"), ("x-ratelimit-window", "60s")]);

@@ -45,6 +45,8 @@ pub(super) struct Shared {
     /// per request, `layer_cost stack` under callgrind). `false` when another learner of
     /// the same limiter is its source: this one sets the rate on every response.
     pub(super) sourced: std::sync::atomic::AtomicBool,
+    /// Partitions whose allowance is spent, until when: the user is told once per pause.
+    pub(super) quota_paused: Mutex<PartitionMap<Instant>>,
 }
 
 /// What the provider-learning layer knows, per partition, behind a cheap cloneable handle:
@@ -158,6 +160,7 @@ impl Learner {
             path,
             write_lock: Mutex::new(()),
             sourced: std::sync::atomic::AtomicBool::new(false),
+            quota_paused: Mutex::default(),
         });
         // A weak reference: the limiter outlives no learner through it (a dropped
         // learner's source answers nothing, and the configured rate applies).
@@ -223,12 +226,19 @@ impl Learner {
         });
         let advertised = advertised::parse(headers, SystemTime::now());
         let now = Instant::now();
+        // A 429 that says the allowance is spent until a reset hours away: no rate fixes it,
+        // so the rate is left as it is and the partition pauses until the reset.
+        let quota_spent = match signal {
+            Signal::Throttled => advertised.quota_spent,
+            _ => None,
+        };
         let mut throttled = None;
         let (before, rate) = self.update(key, |state, policy| {
             if let Some(ceiling) = advertised.ceiling {
                 state.set_advertised(ceiling);
             }
             match signal {
+                Signal::Throttled if quota_spent.is_some() => {}
                 Signal::Throttled => {
                     let before = state.rate;
                     state.on_throttle(policy, now, sent_at, asked_wait);
@@ -258,10 +268,43 @@ impl Learner {
             Signal::Throttled => asked_wait,
             _ => None,
         };
-        if let Some(hold) = advertised.exhausted_for.into_iter().chain(throttled_wait).max() {
+        if let Some(hold) = advertised
+            .exhausted_for
+            .into_iter()
+            .chain(throttled_wait)
+            .chain(quota_spent)
+            .max()
+        {
             self.shared.limiter.hold_until(key, now + hold);
         }
+        if let Some(pause) = quota_spent {
+            self.tell_quota_spent(key, now + pause, pause);
+        }
         rate
+    }
+
+    /// Tells the user, once per pause, that `key`'s allowance is spent until `until`.
+    fn tell_quota_spent(&self, key: &PartitionKey, until: Instant, pause: Duration) {
+        let mut paused = self.shared.quota_paused.lock().unwrap_or_else(|e| e.into_inner());
+        let told = paused.get(key).is_some_and(|t| *t > Instant::now());
+        if !told {
+            tracing::warn!(
+                partition = %key,
+                resets_in_s = pause.as_secs(),
+                "{key}: its allowance (quota) is spent; paused until it resets in {} min, \
+                 its works deferred to a later run; the learned rate is left as it was",
+                pause.as_secs().div_ceil(60)
+            );
+        }
+        if paused.get(key).is_none_or(|t| *t < until) {
+            paused.insert(key.clone(), until);
+        }
+    }
+
+    /// When `key`'s spent allowance resets, if it is paused for that now.
+    pub fn quota_paused_until(&self, key: &PartitionKey) -> Option<Instant> {
+        let paused = self.shared.quota_paused.lock().unwrap_or_else(|e| e.into_inner());
+        paused.get(key).copied().filter(|t| *t > Instant::now())
     }
 
     /// Records a throttling response for `key` (what [`observe`](Self::observe) does for

@@ -1,0 +1,130 @@
+//! Resolver answers remembered across runs ([`Answers`]), and how often each resolver was
+//! asked in this run.
+//!
+//! Each resolver's answer for a work (its candidate URLs, or "nothing") is kept in the
+//! ledger with the time it was given ([`Ledger::remember_answers`]); within
+//! [`FallbackConfig::resolver_cache_ttl_secs`](super::FallbackConfig::resolver_cache_ttl_secs)
+//! a rerun, or the second pass, takes the answer from there instead of asking the provider
+//! again. Only answers are kept: an error (throttled, 5xx, unreachable) is asked again next
+//! time. The answers of one work are read in one query before its first tier and written in
+//! one statement when its fetch ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::ledger::{Ledger, ResolverAnswer};
+use crate::manifest::ResolverCounts;
+use crate::works::{Candidate, Work};
+
+/// Resolvers that read the work's record and ask no one: their answers are not remembered
+/// (a newer record must be read anew, and there is no call to save).
+const ASKS_NO_ONE: [&str; 2] = ["openalex", "arxiv"];
+
+/// An answer taken from the ledger.
+#[derive(Debug)]
+pub(super) struct Recalled {
+    pub(super) candidates: Vec<Candidate>,
+    pub(super) answered_at: Option<i64>,
+}
+
+/// A resolver's answer given in a fetch, to remember.
+#[derive(Debug)]
+pub(super) struct Given {
+    pub(super) resolver: &'static str,
+    pub(super) candidates: Vec<Candidate>,
+    /// `Some` when it came from the ledger (its original time).
+    pub(super) recalled_at: Option<i64>,
+}
+
+/// The answers memory of a [`Fallback`](super::Fallback): the ledger (none: nothing is
+/// remembered), the age within which an answer is used, and this run's counts.
+#[derive(Debug, Default)]
+pub(super) struct Answers {
+    ledger: Option<Ledger>,
+    ttl: Duration,
+    counts: Mutex<BTreeMap<String, ResolverCounts>>,
+}
+
+impl Answers {
+    pub(super) fn new(ledger: Option<Ledger>, ttl: Duration) -> Answers {
+        Answers {
+            ledger,
+            ttl,
+            counts: Mutex::default(),
+        }
+    }
+
+    fn remembers(&self) -> Option<&Ledger> {
+        self.ledger.as_ref().filter(|_| !self.ttl.is_zero())
+    }
+
+    /// The answers remembered for `work` within the age, by resolver. A ledger that cannot
+    /// be read, or an answer that cannot be parsed, costs a request, not the work.
+    pub(super) async fn recall(&self, work: &Work) -> HashMap<String, Recalled> {
+        let Some(ledger) = self.remembers() else {
+            return HashMap::new();
+        };
+        let rows = match ledger.resolver_answers(work.id.as_str(), self.ttl).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(work = %work.id, "could not read remembered resolver answers, asking again: {e}");
+                return HashMap::new();
+            }
+        };
+        rows.into_iter()
+            .filter_map(|row| {
+                let candidates: Vec<Candidate> = serde_json::from_str(&row.answer).ok()?;
+                Some((
+                    row.resolver,
+                    Recalled {
+                        candidates,
+                        answered_at: row.answered_at,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Counts one answer of `resolver` (from memory or asked).
+    pub(super) fn count(&self, resolver: &str, recalled: bool) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let c = counts.entry(resolver.to_owned()).or_default();
+        if recalled {
+            c.cached += 1;
+        } else {
+            c.asked += 1;
+        }
+    }
+
+    /// This run's counts so far (asked and from memory; the PDFs are counted from the
+    /// works' records), leaving zero behind.
+    pub(super) fn take_counts(&self) -> BTreeMap<String, ResolverCounts> {
+        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Remembers the answers given in one fetch of `work`, in one statement: the fresh
+    /// ones, and the one the PDF came from (`winner`) marked as such.
+    pub(super) async fn remember(&self, work: &Work, given: Vec<Given>, winner: Option<&str>) {
+        let Some(ledger) = self.remembers() else {
+            return;
+        };
+        let rows: Vec<ResolverAnswer> = given
+            .into_iter()
+            .filter(|g| !ASKS_NO_ONE.contains(&g.resolver))
+            .filter(|g| g.recalled_at.is_none() || winner == Some(g.resolver))
+            .filter_map(|g| {
+                Some(ResolverAnswer {
+                    resolver: g.resolver.to_owned(),
+                    answer: serde_json::to_string(&g.candidates).ok()?,
+                    candidates: u32::try_from(g.candidates.len()).unwrap_or(u32::MAX),
+                    found_pdf: winner == Some(g.resolver),
+                    answered_at: g.recalled_at,
+                })
+            })
+            .collect();
+        if let Err(e) = ledger.remember_answers(work.id.as_str(), &rows).await {
+            tracing::warn!(work = %work.id, "could not remember resolver answers: {e}");
+        }
+    }
+}
