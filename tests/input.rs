@@ -187,3 +187,44 @@ async fn a_folder_without_parts_and_a_missing_input_are_usage_errors_that_create
         assert!(!out.exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_skips_definite_failures_within_the_cache_age_without_claiming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("closed.jsonl");
+    let closed: String = (0..30)
+        .map(|i| format!("{{\"id\": \"W{}\", \"open_access\": {{\"is_oa\": false}}}}\n", 8000 + i))
+        .collect();
+    std::fs::write(&input, closed).unwrap();
+    let out = dir.path().join("pdfs");
+    let base = args(input.to_str().unwrap(), out.to_str().unwrap(), "x=1");
+    let details = |out: &Path| -> Vec<String> {
+        let manifest = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+        manifest
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["record_type"] == "work")
+            .map(|v| v["detail"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    for round in 0..2 {
+        let done = contentdownload(&base, &[]).await;
+        assert_eq!(done.status.code(), Some(0), "{}", String::from_utf8_lossy(&done.stderr));
+        assert_eq!(summary(&done.stdout, "failed"), 30, "round {round}");
+    }
+    let lines = details(&out);
+    assert_eq!(lines.len(), 60);
+    assert!(lines[..30].iter().all(|d| d.contains("no resolver found")), "{lines:?}");
+    assert!(
+        lines[30..]
+            .iter()
+            .all(|d| d.contains("in an earlier run, within --resolver-cache-ttl")),
+        "the rerun read them from the ledger: {lines:?}"
+    );
+    // without the cache they are tried again
+    let mut again = base.clone();
+    again.extend(["--resolver-cache-ttl", "0"]);
+    let done = contentdownload(&again, &[]).await;
+    assert_eq!(summary(&done.stdout, "failed"), 30);
+    assert!(details(&out)[60..].iter().all(|d| d.contains("no resolver found")));
+}

@@ -611,6 +611,10 @@ async fn settled_reads_finalized_and_skipped_jobs_by_key_in_batches() {
         assert_eq!(recent[&jobs[7].key].state, JobState::Failed, "{}", t.name);
         assert_eq!(recent[&jobs[7].key].result.reason.as_deref(), Some("no_candidates"));
         let later = i64::MAX / 2;
-        assert!(l.settled_or_failed_since(key, Some(later)).await.unwrap().is_empty(), "{}", t.name);
+        assert!(
+            l.settled_or_failed_since(key, Some(later)).await.unwrap().is_empty(),
+            "{}",
+            t.name
+        );
     }
 }

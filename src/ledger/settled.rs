@@ -34,7 +34,11 @@ impl Ledger {
     ) -> Result<HashMap<IdempotencyKey, Job>, LedgerError> {
         let mut found = HashMap::new();
         for chunk in keys.chunks(SETTLED_BATCH) {
-            let mut sql = String::from(concat!("SELECT ", job_columns!(), " FROM jobs WHERE idempotency_key IN ("));
+            let mut sql = String::from(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE idempotency_key IN ("
+            ));
             for i in 1..=chunk.len() {
                 if i > 1 {
                     sql.push_str(", ");
@@ -44,7 +48,10 @@ impl Ledger {
             }
             sql.push_str(") AND (state IN ('FINALIZED', 'SKIPPED')");
             if failed_since.is_some() {
-                sql.push_str(&format!(" OR (state = 'FAILED' AND updated_at >= ${})", chunk.len() + 1));
+                sql.push_str(&format!(
+                    " OR (state = 'FAILED' AND updated_at >= ${})",
+                    chunk.len() + 1
+                ));
             }
             sql.push(')');
             let jobs: Vec<Job> = with_pool!(self, pool => {

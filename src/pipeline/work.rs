@@ -321,16 +321,23 @@ impl Core {
     }
 
     /// `works` without those the ledger has settled (FINALIZED or SKIPPED) with their file
-    /// as recorded: one read per [`SETTLED_BATCH`](crate::ledger::SETTLED_BATCH) works instead of a claim each, which is
-    /// what makes a rerun over a large input cheap. Each settled one's record goes to
-    /// `done`. Without a ledger, or when the read fails (the claims will then say why), all
-    /// are kept.
+    /// as recorded, or failed within the resolver cache's age for a reason that will not
+    /// change (no candidates, not a PDF, robots: what the answers remembered would say
+    /// again): one read per [`SETTLED_BATCH`](crate::ledger::SETTLED_BATCH) works instead of
+    /// a claim each, which is what makes a rerun over a large input cheap. Each skipped
+    /// one's record goes to `done`. Without a ledger, or when the read fails (the claims
+    /// will then say why), all are kept.
     pub(super) async fn skip_settled(&self, works: Vec<Work>, done: &mut Vec<WorkRecord>) -> Vec<Work> {
         let Some(ledger) = &self.ledger else {
             return works;
         };
         let keys: Vec<_> = works.iter().map(|w| self.job_for(w).key).collect();
-        let mut settled = match ledger.settled(&keys).await {
+        let ttl = self.config.fallback.resolver_cache_ttl_secs;
+        let since = (ttl > 0).then(|| {
+            let ttl_ms = i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX);
+            ledger.clock().now_ms().saturating_sub(ttl_ms)
+        });
+        let mut settled = match ledger.settled_or_failed_since(&keys, since).await {
             Ok(settled) => settled,
             Err(e) => {
                 tracing::debug!("could not read which works are settled, claiming each: {e}");
@@ -340,6 +347,10 @@ impl Core {
         let mut keep = Vec::with_capacity(works.len() - settled.len().min(works.len()));
         for (work, key) in works.into_iter().zip(keys) {
             match settled.remove(&key) {
+                Some(job) if job.state == JobState::Failed => match definite_failure(&work, &job) {
+                    Some(record) => done.push(record),
+                    None => keep.push(work),
+                },
                 // a file found missing or changed is left to the claim, which plans it again
                 Some(job) if self.recorded_file_problem(&job).await.is_none() => done.push(already_done(&work, job)),
                 _ => keep.push(work),
@@ -615,6 +626,23 @@ impl Core {
             ..WorkRecord::new(work.id.as_str(), Outcome::Downloaded)
         }
     }
+}
+
+/// The record of a work that failed in an earlier run for a reason that will not change
+/// (`None` when it may: that work is claimed and tried again).
+fn definite_failure(work: &Work, job: &Job) -> Option<WorkRecord> {
+    use serde::de::IntoDeserializer;
+    let text = job.result.reason.as_deref()?;
+    let deserializer: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = text.into_deserializer();
+    let reason = <ReasonCode as serde::Deserialize>::deserialize(deserializer).ok()?;
+    // an HTTP status is not in the ledger's row: 404 and 503 look alike there, so try again
+    (!reason.may_succeed_later(None)).then(|| WorkRecord {
+        reason: Some(reason),
+        detail: Some(format!(
+            "{reason} in an earlier run, within --resolver-cache-ttl: not tried again"
+        )),
+        ..WorkRecord::new(work.id.as_str(), Outcome::Failed)
+    })
 }
 
 /// The record of a work the ledger has settled: skipped, as already downloaded.
