@@ -76,6 +76,7 @@ fn config(sim: &Simulator, out: &Path, run: &str, ttl: Duration) -> PipelineConf
         second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
         verify_existing: false,
         filter: Default::default(),
+        output: Default::default(),
     }
 }
 
