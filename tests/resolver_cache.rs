@@ -146,8 +146,11 @@ async fn a_rerun_asks_no_provider_again_for_a_work_it_answered() {
             "{}: every crossref answer remembered",
             t.name
         );
-        assert_eq!(second.resolvers["unpaywall"], counts(2, 2, 0), "{}", t.name);
-        assert_eq!(second.resolvers["crossref"], counts(0, 4, 0), "{}", t.name);
+        // the two that found no candidate are not even claimed: the ledger's batch read
+        // settles them (a reason that will not change, within the age); the two errors
+        // are asked of unpaywall again and take crossref's answer from memory
+        assert_eq!(second.resolvers["unpaywall"], counts(2, 0, 0), "{}", t.name);
+        assert_eq!(second.resolvers["crossref"], counts(0, 2, 0), "{}", t.name);
 
         // an answer older than the age is asked again
         sim.clear_requests();
@@ -219,8 +222,8 @@ async fn the_summary_and_status_count_per_resolver() {
     assert!(stdout.contains("  crossref             4         0      0"), "{stdout}");
     let again = bin_support::contentdownload(&args, &[]).await;
     let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout.contains("  unpaywall            2         2      0"), "{stdout}");
-    assert!(stdout.contains("  crossref             0         4      0"), "{stdout}");
+    assert!(stdout.contains("  unpaywall            2         0      0"), "{stdout}");
+    assert!(stdout.contains("  crossref             0         2      0"), "{stdout}");
     assert_eq!(sim.count("/unpaywall/*"), 8);
 
     let (manifest, bad) = read_manifest(&out.join(MANIFEST_FILE)).unwrap();
@@ -234,7 +237,7 @@ async fn the_summary_and_status_count_per_resolver() {
         .collect();
     assert_eq!(summaries.len(), 2);
     assert_eq!(summaries[0].resolvers["unpaywall"], counts(6, 0, 2));
-    assert_eq!(summaries[1].resolvers["crossref"], counts(0, 4, 0));
+    assert_eq!(summaries[1].resolvers["crossref"], counts(0, 2, 0));
 
     let status = bin_support::contentdownload(&["status", "--out", out.to_str().unwrap()], &[]).await;
     let text = String::from_utf8_lossy(&status.stdout);
