@@ -4,13 +4,15 @@
 //! CORE key the core resolver is left out, with one line at start.
 #![cfg(feature = "simulator")]
 
-use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use contentdownload::manifest::{read_manifest, ManifestRecord, Outcome, MANIFEST_FILE};
 use contentdownload::simulator::{Reply, Simulator};
 use serde_json::json;
+
+mod bin_support;
+use bin_support::{assert_absent, files_under};
 
 const BIN: &str = env!("CARGO_BIN_EXE_contentdownload");
 
@@ -36,38 +38,7 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn assert_no_key(what: &str, text: &str) {
-    for key in KEYS {
-        if let Some(at) = text.find(key) {
-            // the surroundings, not the whole text (some files are binary)
-            let mut from = at.saturating_sub(200);
-            while !text.is_char_boundary(from) {
-                from -= 1;
-            }
-            let mut to = (at + 200).min(text.len());
-            while !text.is_char_boundary(to) {
-                to += 1;
-            }
-            panic!("{key} leaked into {what}: …{}…", &text[from..to]);
-        }
-    }
-}
-
-/// Every file under `dir`, as text (lossy), with its name.
-fn files_under(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                out.push((path.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
-            }
-        }
-    }
-    out
+    assert_absent(&KEYS, what, text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@
 #![cfg(feature = "simulator")]
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +15,9 @@ use contentdownload::simulator::{Reply, Simulator};
 use http_body_util::Full;
 use serde_json::json;
 use tower::ServiceExt;
+
+mod bin_support;
+use bin_support::{assert_absent, files_under};
 
 const BIN: &str = env!("CARGO_BIN_EXE_contentdownload");
 
@@ -31,38 +33,9 @@ const SECRETS: [&str; 6] = [USER, PASSWORD, API_KEY, TOKEN, ACCESS_TOKEN, SIGNAT
 const BASIC: &str = "Basic dXNlck5BTUVxN1pyOlBBU1NXT1JEazNWeDlUcTI=";
 
 fn assert_no_secret(what: &str, text: &str) {
-    for secret in SECRETS.iter().chain(&["user:"]) {
-        if let Some(at) = text.find(secret) {
-            // the surroundings, not the whole file (some are binary)
-            let mut from = at.saturating_sub(200);
-            while !text.is_char_boundary(from) {
-                from -= 1;
-            }
-            let mut to = (at + 200).min(text.len());
-            while !text.is_char_boundary(to) {
-                to += 1;
-            }
-            panic!("{secret} leaked into {what}: …{}…", &text[from..to]);
-        }
-    }
-}
-
-/// Every file under `dir`, as text (lossy), with its name.
-fn files_under(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                out.push((path.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
-            }
-        }
-    }
-    out
+    let mut secrets = SECRETS.to_vec();
+    secrets.push("user:");
+    assert_absent(&secrets, what, text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

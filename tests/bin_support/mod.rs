@@ -28,3 +28,39 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
     cmd.env("RUST_LOG", "warn").args(args).envs(env.iter().copied());
     cmd
 }
+
+/// Panics if any of `secrets` appears in `text` (what `what` names), showing 200 bytes of
+/// its surroundings rather than the whole text (some files are binary).
+pub fn assert_absent(secrets: &[&str], what: &str, text: &str) {
+    for secret in secrets {
+        if let Some(at) = text.find(secret) {
+            let mut from = at.saturating_sub(200);
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            let mut to = (at + 200).min(text.len());
+            while !text.is_char_boundary(to) {
+                to += 1;
+            }
+            panic!("{secret} leaked into {what}: …{}…", &text[from..to]);
+        }
+    }
+}
+
+/// Every file under `dir`, as text (lossy), with its name.
+pub fn files_under(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+    }
+    out
+}
