@@ -359,16 +359,12 @@ fn bucketed<T>(per: &BTreeMap<u64, T>, seconds: u64, pick: impl Fn(&T) -> u64) -
     (width, points)
 }
 
-/// `scheme://host[:port]` of a URL as `host[:port]`, or `unknown`.
+/// The `host[:port]` of a URL as its partition key names it (lower-case, the port when
+/// written), or `unknown`.
 fn host_of(url: Option<&str>) -> String {
-    url.and_then(|u| url::Url::parse(u).ok())
-        .and_then(|u| {
-            let host = u.host_str()?.to_owned();
-            Some(match u.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host,
-            })
-        })
+    url.and_then(|u| u.parse::<http::Uri>().ok())
+        .map(|u| crate::context::host_of(&u))
+        .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
 
