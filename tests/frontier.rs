@@ -7,11 +7,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use contentdownload::download::DownloadOptions;
 use contentdownload::layers::rate_limit::Quota;
 use contentdownload::ledger::{JobState, Ledger, LedgerConfig};
 use contentdownload::manifest::{ManifestWriter, SummaryRecord};
-use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress, DEFAULT_SECOND_PASS_MAX_WAIT};
+use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress};
 use contentdownload::resolvers::{ResolverConfig, RESOLVER_NAMES};
 use contentdownload::service::{Stack, StackConfig};
 use contentdownload::simulator::{Reply, Simulator};
@@ -35,8 +34,6 @@ fn works(sim: &Simulator, first: usize, n: usize) -> Vec<Work> {
 
 fn config(out: &Path, workers: usize) -> PipelineConfig {
     PipelineConfig {
-        out_dir: out.to_owned(),
-        run_id: "run-1".into(),
         worker_id: "w1".into(),
         workers,
         fallback: FallbackConfig {
@@ -51,12 +48,8 @@ fn config(out: &Path, workers: usize) -> PipelineConfig {
                 .collect::<BTreeMap<_, _>>(),
             ..ResolverConfig::default()
         },
-        download: DownloadOptions::default(),
         lease_ttl: Duration::from_secs(60),
-        second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
-        verify_existing: false,
-        filter: Default::default(),
-        output: Default::default(),
+        ..PipelineConfig::new(out, "run-1")
     }
 }
 

@@ -307,10 +307,9 @@ async fn a_finalized_work_whose_file_is_gone_or_changed_is_downloaded_again() {
 /// finalized in one run whose file is then deleted is downloaded again by the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ledger_backend_replans_a_work_whose_file_is_gone() {
-    use contentdownload::download::DownloadOptions;
     use contentdownload::ledger::JobState;
     use contentdownload::manifest::ManifestWriter;
-    use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
+    use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig};
     use contentdownload::resolvers::ResolverConfig;
     use contentdownload::service::{Stack, StackConfig};
     use contentdownload::works::Work;
@@ -331,8 +330,6 @@ async fn every_ledger_backend_replans_a_work_whose_file_is_gone() {
             .collect();
         let run = |run_id: &str| {
             let config = PipelineConfig {
-                out_dir: out.path().to_owned(),
-                run_id: run_id.into(),
                 worker_id: format!("{}-{run_id}", t.name),
                 workers: 2,
                 fallback: FallbackConfig {
@@ -340,12 +337,8 @@ async fn every_ledger_backend_replans_a_work_whose_file_is_gone() {
                     ..FallbackConfig::default()
                 },
                 resolvers: ResolverConfig::default(),
-                download: DownloadOptions::default(),
                 lease_ttl: Duration::from_secs(60),
-                second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
-                verify_existing: false,
-                filter: Default::default(),
-                output: Default::default(),
+                ..PipelineConfig::new(out.path(), run_id)
             };
             let mut stack = StackConfig::default();
             stack.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);

@@ -11,7 +11,7 @@ use contentdownload::context::OperationType;
 use contentdownload::download::{stage_pdf, DownloadOptions};
 use contentdownload::ledger::{JobState, Ledger, LedgerConfig};
 use contentdownload::manifest::{read_manifest, ManifestRecord, ManifestWriter, MANIFEST_FILE};
-use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress, DEFAULT_SECOND_PASS_MAX_WAIT};
+use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, Progress};
 use contentdownload::reason::ReasonCode;
 use contentdownload::resolvers::{ResolverConfig, RESOLVER_NAMES};
 use contentdownload::service::{Stack, StackConfig};
@@ -35,8 +35,6 @@ fn works(sim: &Simulator, n: usize) -> Vec<Work> {
 
 fn config(sim: &Simulator, out: &Path, worker: &str) -> PipelineConfig {
     PipelineConfig {
-        out_dir: out.to_owned(),
-        run_id: "run-1".into(),
         worker_id: worker.into(),
         workers: 8,
         fallback: FallbackConfig {
@@ -50,12 +48,8 @@ fn config(sim: &Simulator, out: &Path, worker: &str) -> PipelineConfig {
                 .collect::<BTreeMap<_, _>>(),
             ..ResolverConfig::default()
         },
-        download: DownloadOptions::default(),
         lease_ttl: Duration::from_secs(60),
-        second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
-        verify_existing: false,
-        filter: Default::default(),
-        output: Default::default(),
+        ..PipelineConfig::new(out, "run-1")
     }
 }
 

@@ -16,7 +16,7 @@ use contentdownload::ledger::{Ledger, ResolverTotals};
 use contentdownload::manifest::{
     read_manifest, ManifestRecord, ManifestWriter, ResolverCounts, SummaryRecord, MANIFEST_FILE,
 };
-use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig, DEFAULT_SECOND_PASS_MAX_WAIT};
+use contentdownload::pipeline::{FallbackConfig, Pipeline, PipelineConfig};
 use contentdownload::resolvers::ResolverConfig;
 use contentdownload::service::{Stack, StackConfig};
 use contentdownload::simulator::{Reply, Simulator};
@@ -51,8 +51,6 @@ fn works() -> Vec<Work> {
 
 fn config(sim: &Simulator, out: &Path, run: &str, ttl: Duration) -> PipelineConfig {
     PipelineConfig {
-        out_dir: out.to_owned(),
-        run_id: run.into(),
         worker_id: format!("worker-{run}"),
         workers: 4,
         fallback: FallbackConfig {
@@ -71,12 +69,8 @@ fn config(sim: &Simulator, out: &Path, run: &str, ttl: Duration) -> PipelineConf
                 .collect::<BTreeMap<_, _>>(),
             ..ResolverConfig::default()
         },
-        download: Default::default(),
         lease_ttl: Duration::from_secs(60),
-        second_pass_max_wait: DEFAULT_SECOND_PASS_MAX_WAIT,
-        verify_existing: false,
-        filter: Default::default(),
-        output: Default::default(),
+        ..PipelineConfig::new(out, run)
     }
 }
 

@@ -46,6 +46,38 @@ pub struct PipelineConfig {
     pub output: crate::download::Output,
 }
 
+impl PipelineConfig {
+    /// A configuration with the runner's defaults: output to the folder `out_dir`, this
+    /// process as the worker ([`LeaseOwner::current`](crate::ledger::LeaseOwner::current)),
+    /// 8 works at once, the default tiers and resolvers, 120 s leases, every work kept.
+    /// Change the fields you need; new settings get a default here, so code that starts
+    /// from `new` keeps compiling when one is added.
+    ///
+    /// ```
+    /// use contentdownload::pipeline::PipelineConfig;
+    ///
+    /// let mut config = PipelineConfig::new("pdfs", "run-1");
+    /// config.workers = 4;
+    /// assert_eq!(config.run_id, "run-1");
+    /// ```
+    pub fn new(out_dir: impl Into<PathBuf>, run_id: impl Into<String>) -> Self {
+        PipelineConfig {
+            out_dir: out_dir.into(),
+            run_id: run_id.into(),
+            worker_id: crate::ledger::LeaseOwner::current().to_string(),
+            workers: 8,
+            fallback: FallbackConfig::default(),
+            resolvers: ResolverConfig::default(),
+            download: DownloadOptions::default(),
+            lease_ttl: Duration::from_secs(120),
+            second_pass_max_wait: super::DEFAULT_SECOND_PASS_MAX_WAIT,
+            verify_existing: false,
+            filter: crate::input::WorkFilter::default(),
+            output: crate::download::Output::default(),
+        }
+    }
+}
+
 /// One tier: resolvers asked together, `parallel` at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
