@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::error::LedgerError;
 use super::row::{self, job_columns};
-use super::types::Job;
+use super::types::{Job, JobState};
 use super::{with_pool, Ledger};
 use crate::context::IdempotencyKey;
 
@@ -34,33 +34,15 @@ impl Ledger {
     ) -> Result<HashMap<IdempotencyKey, Job>, LedgerError> {
         let mut found = HashMap::new();
         for chunk in keys.chunks(SETTLED_BATCH) {
-            let mut sql = String::from(concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM jobs WHERE idempotency_key IN ("
-            ));
-            for i in 1..=chunk.len() {
-                if i > 1 {
-                    sql.push_str(", ");
-                }
-                sql.push('$');
-                sql.push_str(&i.to_string());
-            }
-            sql.push_str(") AND (state IN ('FINALIZED', 'SKIPPED')");
-            if failed_since.is_some() {
-                sql.push_str(&format!(
-                    " OR (state = 'FAILED' AND updated_at >= ${})",
-                    chunk.len() + 1
-                ));
-            }
-            sql.push(')');
+            let sql = statement(chunk.len());
+            // The state test is made on the rows, not in the statement: with it in the
+            // WHERE clause SQLite's planner chose the (state, lease) index and read every
+            // FAILED row once per statement (0.48 s per 500 keys on a 1M-row ledger,
+            // against 7 ms by the key's own index).
             let jobs: Vec<Job> = with_pool!(self, pool => {
                 let mut query = sqlx::query(&sql);
                 for key in chunk {
                     query = query.bind(key.as_str());
-                }
-                if let Some(since) = failed_since {
-                    query = query.bind(since);
                 }
                 let rows = query
                     .fetch_all(pool)
@@ -68,10 +50,65 @@ impl Ledger {
                     .map_err(LedgerError::db("read settled jobs"))?;
                 rows.iter().map(row::job).collect::<Result<_, _>>()?
             });
+            let wanted = |job: &Job| match job.state {
+                JobState::Finalized | JobState::Skipped => true,
+                JobState::Failed => failed_since.is_some_and(|since| job.updated_at >= since),
+                _ => false,
+            };
+            let jobs = jobs.into_iter().filter(wanted);
             for job in jobs {
                 found.insert(job.key.clone(), job);
             }
         }
         Ok(found)
+    }
+}
+
+/// `SELECT … WHERE idempotency_key IN ($1, …, $n)`: by the key's own unique index only.
+fn statement(n: usize) -> String {
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE idempotency_key IN ("
+    ));
+    for i in 1..=n {
+        if i > 1 {
+            sql.push_str(", ");
+        }
+        sql.push('$');
+        sql.push_str(&i.to_string());
+    }
+    sql.push(')');
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerConfig;
+
+    /// The plan SQLite makes for a full batch reads the rows by key, not by state: a plan
+    /// that walked the (state, lease) index read every FAILED row of the ledger once per
+    /// batch, which made a rerun over 1M works take a quarter of an hour.
+    #[tokio::test]
+    async fn a_full_batch_is_read_by_the_key_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::connect(LedgerConfig::in_dir(dir.path())).await.unwrap();
+        let super::super::connect::Backend::Sqlite(pools) = &ledger.inner.backend else {
+            unreachable!("a folder's ledger is SQLite")
+        };
+        let sql = format!("EXPLAIN QUERY PLAN {}", statement(SETTLED_BATCH));
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
+        for i in 0..SETTLED_BATCH {
+            query = query.bind(format!("key-{i}"));
+        }
+        let plan: Vec<String> = query
+            .fetch_all(&pools.read)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.3)
+            .collect();
+        assert!(plan.len() == 1 && plan[0].contains("(idempotency_key=?)"), "{plan:?}");
     }
 }
