@@ -19,7 +19,8 @@
 //!
 //! `--only-oa` passes the runner's flag: closed works are then left out before the ledger
 //! (as a user harvesting the snapshot would run it); without it they are planned, found to
-//! have no candidate and recorded as failed (`no_candidates`), and a rerun tries them again.
+//! have no candidate and recorded as failed (`no_candidates`); a rerun within
+//! `--resolver-cache-ttl` skips them from the ledger as it skips the downloaded ones.
 //!
 //! Reported, per ledger: the first run's works/s (reading, planning into the ledger,
 //! downloading) and downloads/s, its peak RSS (GNU time's largest process), `status` wall

@@ -32,6 +32,10 @@ use crate::works::{LineError, Work};
 /// back before the run returns the error.
 const FATAL_DRAIN: Duration = Duration::from_secs(10);
 
+/// Batches of [`SETTLED_BATCH`] works whose settled read runs at once, in order, while
+/// the input is read on: one at a time left the input waiting on each answer.
+const SETTLED_READS_AHEAD: usize = 3;
+
 /// How often a run waiting for other workers' leases says how long it may still wait.
 const COUNTDOWN_EVERY: Duration = Duration::from_secs(10);
 
@@ -317,7 +321,7 @@ impl Pipeline {
                 // what the ledger has settled is skipped a batch at a time, not claimed one
                 // by one: a rerun over millions of done works reads, it does not write
                 .ready_chunks(SETTLED_BATCH)
-                .then(|chunk| {
+                .map(|chunk| {
                     let (core, done) = (self.core.clone(), done_tx.clone());
                     async move {
                         let mut records = Vec::new();
@@ -328,6 +332,9 @@ impl Pipeline {
                         stream::iter(keep)
                     }
                 })
+                // a few batches read at once, in order: the input is parsed while the
+                // ledger answers (on the read pool's connections)
+                .buffered(SETTLED_READS_AHEAD)
                 .flatten()
                 .take_until(cancelled(stop.cancel.clone()));
             let cancel = stop.cancel.clone();
