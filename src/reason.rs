@@ -171,7 +171,8 @@ impl ReasonCode {
 
 impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so that a width (`{reason:<22}`) lines a table up
+        f.pad(self.as_str())
     }
 }
 
@@ -279,6 +280,12 @@ mod tests {
             (Some("h".into()), Some(now + Duration::from_secs(3)))
         );
         assert_eq!(retry_hint(&std::io::Error::other("x"), now), (None, None));
+    }
+
+    #[test]
+    fn a_width_pads_the_name() {
+        // the summary's table: `no_candidates980000` ran the name into the count
+        assert_eq!(format!("[{:<16}]", ReasonCode::NoCandidates), "[no_candidates   ]");
     }
 
     #[test]
