@@ -24,7 +24,7 @@
 //!
 //! Reported, per ledger: the first run's works/s (reading, planning into the ledger,
 //! downloading) and downloads/s, its peak RSS (GNU time's largest process), `status` wall
-//! time on the full ledger, and the rerun's wall time. Needs `/usr/bin/time` and nginx
+//! time on the full ledger, and the rerun's wall time and peak RSS. Needs `/usr/bin/time` and nginx
 //! (`apt-get install time nginx`) and about 1.2 KB of disk a work for the parts.
 //! `SCALE_BENCH_KEEP=1` keeps the temporary folder.
 
@@ -257,8 +257,8 @@ async fn bench(args: Args) -> Result<(), String> {
         ledgers.push(("postgres", Some(url.clone())));
     }
     println!();
-    println!("| ledger | first run | works/s | downloads/s | peak RSS | status | rerun |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| ledger | first run | works/s | downloads/s | peak RSS | status | rerun | rerun peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (name, url) in ledgers {
         let out = root.join(format!("out-{name}"));
         let input = root.join("works");
@@ -314,13 +314,14 @@ async fn bench(args: Args) -> Result<(), String> {
         }
         let secs = first.wall.as_secs_f64();
         println!(
-            "| {name} | {:.1} s | {:.0} | {:.0} | {:.0} MiB | {:.2} s | {:.1} s |",
+            "| {name} | {:.1} s | {:.0} | {:.0} | {:.0} MiB | {:.2} s | {:.1} s | {:.0} MiB |",
             secs,
             args.works as f64 / secs,
             downloaded as f64 / secs,
             first.peak_rss_kib as f64 / 1024.0,
             status.wall.as_secs_f64(),
-            rerun.wall.as_secs_f64()
+            rerun.wall.as_secs_f64(),
+            rerun.peak_rss_kib as f64 / 1024.0
         );
     }
     if std::env::var_os("SCALE_BENCH_KEEP").is_some() {

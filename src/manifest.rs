@@ -4,6 +4,8 @@
 //! Every line carries `schema_version`, `run_id` and `record_type`:
 //! - `"attempt"`: one HTTP attempt (the telemetry layer's attempt record);
 //! - `"work"`: the outcome of one work ([`WorkRecord`]);
+//! - `"rate"`: a provider's learned rate when it changed ([`RateRecord`]; the runner
+//!   samples it once a second, for `contentdownload report`);
 //! - `"summary"`: the totals of a run, last ([`SummaryRecord`]).
 //!
 //! # Example
@@ -144,6 +146,25 @@ impl WorkRecord {
     }
 }
 
+/// A partition's learned rate at one moment: written when it changed since the last line
+/// of its partition (by more than 1%, or its phase), so that `report` can draw each
+/// provider's rate over time.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateRecord {
+    /// When it was read, in milliseconds since the Unix epoch (wall clock).
+    pub timestamp_ms: u64,
+    /// The partition's provider (a resolver's name, or the host for PDF hosts).
+    pub provider: String,
+    /// The partition's host (`host[:port]`).
+    pub host: String,
+    /// The rate the limiter was set to, in requests per second.
+    pub rate: f64,
+    /// The most the rate goes back up to.
+    pub ceiling: f64,
+    /// `normal`, `reducing` or `recovering`.
+    pub phase: String,
+}
+
 /// The totals of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SummaryRecord {
@@ -260,6 +281,8 @@ pub enum ManifestRecord {
     Attempt(serde_json::Map<String, serde_json::Value>),
     /// One work's outcome.
     Work(WorkRecord),
+    /// A provider's learned rate, when it changed.
+    Rate(RateRecord),
     /// The run's totals.
     Summary(SummaryRecord),
 }
@@ -271,6 +294,15 @@ impl ManifestLine {
             schema_version: SCHEMA_VERSION,
             run_id: run_id.to_owned(),
             record: ManifestRecord::Work(record),
+        }
+    }
+
+    /// A `rate` line.
+    pub fn rate(run_id: &str, record: RateRecord) -> Self {
+        ManifestLine {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.to_owned(),
+            record: ManifestRecord::Rate(record),
         }
     }
 
@@ -545,6 +577,15 @@ mod tests {
         w.write_attempt("r", &serde_json::json!({"status": 200, "url": "http://x/"}))
             .unwrap();
         w.write(&ManifestLine::work("r", rec.clone())).unwrap();
+        let rate = RateRecord {
+            timestamp_ms: 1_700_000_000_000,
+            provider: "openalex".into(),
+            host: "api.openalex.org".into(),
+            rate: 4.9,
+            ceiling: 10.0,
+            phase: "reducing".into(),
+        };
+        w.write(&ManifestLine::rate("r", rate.clone())).unwrap();
         w.write(&ManifestLine::summary("r", summary.clone())).unwrap();
         w.flush().unwrap();
         drop(w);
@@ -555,16 +596,18 @@ mod tests {
         .unwrap();
         let (lines, bad) = read_manifest(&dir.path().join("other")).unwrap();
         assert_eq!(bad, 1);
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert!(matches!(&lines[0].record, ManifestRecord::Attempt(m) if m["status"] == 200));
         assert_eq!(lines[1].record, ManifestRecord::Work(rec));
-        assert_eq!(lines[2].record, ManifestRecord::Summary(summary.clone()));
+        assert_eq!(lines[2].record, ManifestRecord::Rate(rate));
+        assert_eq!(lines[3].record, ManifestRecord::Summary(summary.clone()));
         assert_eq!(summary.failed_by_reason[&ReasonCode::HtmlLandingPage], 1);
         let raw = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(raw
             .lines()
             .all(|l| l.contains("\"schema_version\":1") && l.contains("\"run_id\":\"r\"")));
         assert!(raw.contains("\"record_type\":\"summary\""));
+        assert!(raw.contains("\"record_type\":\"rate\""));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! in bounded memory; [`Report::html`] renders the counters as one HTML page with inline SVG
 //! charts (drawn by `plotters`, no JavaScript, nothing fetched from the network):
 //!
-//! - requests sent per second by provider (what the learned rate let through) and HTTP 429s
-//!   per second by provider;
+//! - each provider's learned rate over time (the runner's `rate` lines), requests sent per
+//!   second by provider (what that rate let through) and HTTP 429s per second by provider;
 //! - PDFs downloaded per second;
 //! - work outcomes by reason, by resolver and by host;
 //! - the slowest hosts (mean and largest attempt time) and the most failing hosts.
@@ -74,6 +74,9 @@ struct Line {
     // work lines
     outcome: Option<String>,
     resolver: Option<String>,
+    // rate lines (and `provider`, `timestamp_ms`)
+    host: Option<String>,
+    rate: Option<f64>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -97,6 +100,9 @@ pub struct Report {
     first_ms: Option<u64>,
     /// per provider, per second since `first_ms`
     providers: BTreeMap<String, BTreeMap<u64, PerSecond>>,
+    /// per partition label, the learned rate read at a second since `first_ms` (the last
+    /// reading of that second)
+    rates: BTreeMap<String, BTreeMap<u64, f64>>,
     downloads: BTreeMap<u64, u64>,
     hosts: HashMap<String, HostStats>,
     by_reason: BTreeMap<String, u64>,
@@ -157,6 +163,7 @@ impl Report {
             match line.record_type.as_str() {
                 "attempt" => report.attempt(line),
                 "work" => report.work(line),
+                "rate" => report.rate(line),
                 _ => {}
             }
         }
@@ -173,15 +180,36 @@ impl Report {
         self.attempts
     }
 
-    fn attempt(&mut self, line: Line) {
-        self.attempts += 1;
-        let Some(ts) = line.timestamp_ms else { return };
+    /// The second since the earliest line seen of a line stamped `ts`.
+    fn second(&mut self, ts: u64) -> u64 {
         // manifests grow across runs, the seconds count from the earliest line seen so far
         let first = *self.first_ms.get_or_insert(ts);
         if ts < first {
             self.shift(first - ts);
         }
-        let second = (ts - self.first_ms.unwrap_or(ts)) / 1000;
+        (ts - self.first_ms.unwrap_or(ts)) / 1000
+    }
+
+    fn rate(&mut self, line: Line) {
+        let (Some(ts), Some(rate)) = (line.timestamp_ms, line.rate) else {
+            return;
+        };
+        if !rate.is_finite() {
+            return;
+        }
+        let second = self.second(ts);
+        let provider = line.provider.unwrap_or_else(|| "unknown".into());
+        let label = match line.host {
+            Some(host) if host != provider => format!("{provider} ({host})"),
+            _ => provider,
+        };
+        self.rates.entry(label).or_default().insert(second, rate);
+    }
+
+    fn attempt(&mut self, line: Line) {
+        self.attempts += 1;
+        let Some(ts) = line.timestamp_ms else { return };
+        let second = self.second(ts);
         let throttled = line.status == Some(429);
         let provider = line.provider.unwrap_or_else(|| "unknown".into());
         let slot = self.providers.entry(provider).or_default().entry(second).or_default();
@@ -205,6 +233,9 @@ impl Report {
         let by = by_ms.div_ceil(1000);
         self.first_ms = self.first_ms.map(|f| f - by * 1000);
         for seconds in self.providers.values_mut() {
+            later(seconds, by);
+        }
+        for seconds in self.rates.values_mut() {
             later(seconds, by);
         }
         later(&mut self.downloads, by);
@@ -256,6 +287,8 @@ impl Report {
         page.push_str("</p>\n");
 
         let seconds = self.last_second() + 1;
+        page.push_str("<h2>Learned rate by provider</h2>\n");
+        page.push_str(&self.rate_chart(seconds));
         page.push_str("<h2>Requests per second by provider</h2>\n");
         page.push_str("<p>What each provider's learned rate let through; 429s below.</p>\n");
         page.push_str(&self.time_chart("requests per second", seconds, |s| s.requests));
@@ -317,6 +350,7 @@ impl Report {
         self.providers
             .values()
             .map(last)
+            .chain(self.rates.values().filter_map(|r| r.keys().next_back().copied()))
             .chain(self.downloads.keys().next_back().copied())
             .max()
             .unwrap_or(0)
@@ -335,6 +369,36 @@ impl Report {
             .collect();
         line_chart(y, &series, width)
     }
+}
+
+impl Report {
+    /// The partitions whose rate moved most often (at most one line per colour), each drawn
+    /// from its first reading on as the rate last read.
+    fn rate_chart(&self, seconds: u64) -> String {
+        let mut moved: Vec<(&String, &BTreeMap<u64, f64>)> = self.rates.iter().collect();
+        moved.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+        moved.truncate(PALETTE.len());
+        moved.sort_by(|a, b| a.0.cmp(b.0));
+        let width = seconds.div_ceil(MAX_POINTS as u64).max(1);
+        let series: Vec<(String, Vec<f64>)> = moved
+            .into_iter()
+            .map(|(label, per)| (label.clone(), stepped(per, seconds, width)))
+            .collect();
+        line_chart("learned requests per second", &series, width)
+    }
+}
+
+/// The rate last read by the end of each bucket of `width` seconds over `0..seconds`; NaN
+/// (not drawn) before the first reading.
+fn stepped(per: &BTreeMap<u64, f64>, seconds: u64, width: u64) -> Vec<f64> {
+    let n = seconds.div_ceil(width).max(1);
+    (0..n)
+        .map(|i| {
+            per.range(..(i + 1) * width)
+                .next_back()
+                .map_or(f64::NAN, |(_, rate)| *rate)
+        })
+        .collect()
 }
 
 fn later<T>(per: &mut BTreeMap<u64, T>, by: u64) {
@@ -410,7 +474,7 @@ const PALETTE: [RGBColor; 8] = [
 
 /// One line per series over time; an empty chart says so in words.
 fn line_chart(y: &str, series: &[(String, Vec<f64>)], width: u64) -> String {
-    if series.iter().all(|(_, p)| p.iter().all(|v| *v == 0.0)) {
+    if series.iter().all(|(_, p)| p.iter().all(|v| *v == 0.0 || v.is_nan())) {
         return "<p><em>No data.</em></p>\n".into();
     }
     let len = series.iter().map(|(_, p)| p.len()).max().unwrap_or(1).max(2);
@@ -430,7 +494,12 @@ fn line_chart(y: &str, series: &[(String, Vec<f64>)], width: u64) -> String {
             let color = PALETTE[i % PALETTE.len()];
             chart
                 .draw_series(LineSeries::new(
-                    points.iter().enumerate().map(|(x, v)| ((x as u64 * width) as f64, *v)),
+                    points
+                        .iter()
+                        .enumerate()
+                        // NaN: no value yet (a rate not read before that time)
+                        .filter(|(_, v)| !v.is_nan())
+                        .map(|(x, v)| ((x as u64 * width) as f64, *v)),
                     color.stroke_width(2),
                 ))?
                 // plotters escapes the text it writes into the SVG
@@ -571,6 +640,15 @@ mod tests {
             "resolve",
         ));
         lines.push("{\"schema_version\":1,\"run_id\":\"r1\",\"record_ty".into());
+        // the learned rate of unpaywall: read at 0 s, dropped at 4 s, climbing at 12 s
+        for (at, rate, phase) in [(0, 10.0, "normal"), (4, 4.9, "reducing"), (12, 7.0, "recovering")] {
+            lines.push(
+                serde_json::json!({"schema_version": 1, "run_id": "r1", "record_type": "rate",
+                    "timestamp_ms": t0 + at * 1000, "provider": "unpaywall", "host": "api.unpaywall.org",
+                    "rate": rate, "ceiling": 10.0, "phase": phase})
+                .to_string(),
+            );
+        }
         for i in 0..30 {
             lines.push(work(i, "downloaded", None, "https://pub.example:8443/a.pdf"));
         }
@@ -603,7 +681,7 @@ mod tests {
         assert!(!html.contains("timeout"), "run r2 is not in r1's report");
 
         let charts = svgs(&html);
-        assert_eq!(charts.len(), 4, "requests, 429s, downloads, reasons");
+        assert_eq!(charts.len(), 5, "learned rate, requests, 429s, downloads, reasons");
         let parsed: Vec<roxmltree::Document<'_>> = charts
             .iter()
             .map(|svg| roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("{e}: {svg}")))
@@ -614,14 +692,29 @@ mod tests {
                 .map(|n| n.attribute("points").unwrap_or("").split_whitespace().count())
                 .collect()
         };
+        // the rate from its first reading (second 3 of 23) to the end, at the rates read
+        let rate_lines = polylines(&parsed[0]);
+        assert_eq!(rate_lines.iter().filter(|n| **n == 20).count(), 1, "{rate_lines:?}");
+        let rate_texts: Vec<&str> = parsed[0].descendants().filter_map(|n| n.text()).collect();
+        assert!(
+            rate_texts.iter().any(|t| t.trim() == "unpaywall (api.unpaywall.org)"),
+            "{rate_texts:?}"
+        );
+        let per = &report.rates["unpaywall (api.unpaywall.org)"];
+        let steps = stepped(per, 23, 1);
+        assert!(steps[..3].iter().all(|v| v.is_nan()), "{steps:?}");
+        assert_eq!(
+            (steps[3], steps[6], steps[7], steps[14], steps[15], steps[22]),
+            (10.0, 10.0, 4.9, 4.9, 7.0, 7.0)
+        );
         // 23 seconds (the early line shifts the start by 3 s), two providers, one line each
         // (plus the legend's short lines)
-        for doc in &parsed[..2] {
+        for doc in &parsed[1..3] {
             let lines = polylines(doc);
             assert_eq!(lines.iter().filter(|n| **n == 23).count(), 2, "{lines:?}");
         }
-        assert_eq!(polylines(&parsed[2]).iter().filter(|n| **n == 23).count(), 1);
-        let texts: Vec<String> = parsed[3]
+        assert_eq!(polylines(&parsed[3]).iter().filter(|n| **n == 23).count(), 1);
+        let texts: Vec<String> = parsed[4]
             .descendants()
             .filter(|n| n.has_tag_name("text"))
             .filter_map(|n| n.text())

@@ -73,16 +73,29 @@ async fn the_report_of_a_real_run_has_every_chart_with_its_data() {
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
 
     let charts = charts(&html);
-    // an all-zero chart is "No data." with no svg: four charts means the 429 was counted
-    assert_eq!(charts.len(), 4, "requests, 429s, downloads, reasons");
-    for (i, (lines, _)) in charts[..3].iter().enumerate() {
+    // an all-zero chart is "No data." with no svg: five charts means the 429 was counted
+    // and the learned rate was written
+    assert_eq!(charts.len(), 5, "learned rate, requests, 429s, downloads, reasons");
+    for (i, (lines, _)) in charts[..4].iter().enumerate() {
         assert!(lines.iter().any(|n| *n >= 1), "chart {i} draws a series: {lines:?}");
     }
-    let (_, reasons) = &charts[3];
+    let (_, rate_texts) = &charts[0];
+    let host = sim.addr().to_string();
+    assert!(rate_texts.contains(&host), "the host's learned rate: {rate_texts:?}");
+    let manifest = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    let rates: Vec<serde_json::Value> = manifest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["record_type"] == "rate" && l["host"] == host.as_str())
+        .collect();
+    assert!(
+        rates.iter().any(|r| r["rate"].as_f64().is_some_and(|v| v < 1000.0)),
+        "the 429 lowered the rate the manifest shows: {rates:?}"
+    );
+    let (_, reasons) = &charts[4];
     for want in ["downloaded", "http_status", "11", "1"] {
         assert!(reasons.iter().any(|t| t == want), "{want} in {reasons:?}");
     }
-    let host = sim.addr().to_string();
     assert!(html.contains(&host), "the simulator's host:port is in the host tables");
 }
 

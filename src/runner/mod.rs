@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod exec;
+mod rate_log;
 mod rates;
 pub mod settings;
 
