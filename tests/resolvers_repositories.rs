@@ -38,6 +38,7 @@ fn context(sim: &Simulator, keys: &[(&str, &str)]) -> ResolveContext {
             ..ResolverConfig::default()
         }),
         robots: None,
+        learner: None,
     }
 }
 

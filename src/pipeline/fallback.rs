@@ -166,7 +166,11 @@ impl std::fmt::Debug for Fallback {
 fn is_deferral(reason: ReasonCode) -> bool {
     matches!(
         reason,
-        ReasonCode::Deferred | ReasonCode::CoolingDown | ReasonCode::RateLimited | ReasonCode::Throttled
+        ReasonCode::Deferred
+            | ReasonCode::CoolingDown
+            | ReasonCode::RateLimited
+            | ReasonCode::Throttled
+            | ReasonCode::QuotaSpent
     )
 }
 

@@ -50,6 +50,12 @@
 //! Crossref Plus `Crossref-Plus-API-Token: Bearer`. Header values are marked sensitive.
 //! `core` needs a key ([`Resolver::required_key`]); the others work without.
 //!
+//! # Spent allowances
+//!
+//! A provider that answers 429 because its allowance for the day is spent (see
+//! [`Learner::quota_pause`]) is paused until its reset: every call to it fails at once
+//! with [`QuotaSpent`] (no request, no wait), and its works are deferred as `quota_spent`.
+//!
 //! Of these only `landing` scrapes a page, and only it honours robots.txt ([`RobotsTxt`]):
 //! the others ask APIs, and the PDF URLs they hand back are fetched as given.
 
@@ -78,8 +84,9 @@ pub use self::keys::{ApiKeys, KeyedProvider, KEYED_PROVIDERS};
 pub use self::landing::{citation_pdf_url, Landing};
 pub use self::repositories::{Doaj, Figshare, Hal, OpenAire, Osf, Zenodo};
 pub use self::robots::{RobotsDisallowed, RobotsTxt, MAX_ROBOTS_BYTES, ROBOTS_AGENT};
-use crate::context::{OperationType, Provider, WorkId};
-use crate::error::BoxError;
+use crate::context::{OperationType, PartitionKey, Provider, WorkId};
+use crate::error::{BoxError, QuotaSpent};
+use crate::layers::learning::Learner;
 use crate::service::read_metadata;
 use crate::works::{Candidate, Work};
 
@@ -137,6 +144,10 @@ pub struct ResolveContext {
     pub config: Arc<ResolverConfig>,
     /// The robots.txt every scraped page is checked against; `None` checks nothing.
     pub robots: Option<Arc<RobotsTxt>>,
+    /// The stack's learner, asked before and after each call whether the provider's
+    /// allowance is spent ([`Learner::quota_pause`]): then the call fails with
+    /// [`QuotaSpent`] and sends nothing until the reset. `None` asks no one.
+    pub learner: Option<Learner>,
 }
 
 impl fmt::Debug for ResolveContext {
@@ -327,7 +338,25 @@ pub(crate) fn fetch_with<'a>(
             .extension(WorkId::new(work.id.as_str()))
             .body(Full::new(ask.body))
             .map_err(|e| Box::new(e) as BoxError)?;
-        let response = cx.http.clone().oneshot(req).await?;
+        // a provider whose allowance is spent is not asked (nor waited for) until its reset
+        let key = PartitionKey::new(resolver, crate::context::host_of(&uri));
+        let spent = |cx: &ResolveContext| {
+            let pause = cx.learner.as_ref()?.quota_pause(&key)?;
+            Some(Box::new(QuotaSpent {
+                partition: key.clone(),
+                until: pause.until,
+                resets_at: pause.resets_at,
+            }) as BoxError)
+        };
+        if let Some(e) = spent(cx) {
+            return Err(e);
+        }
+        let response = match cx.http.clone().oneshot(req).await {
+            Ok(r) if r.status() != StatusCode::TOO_MANY_REQUESTS => r,
+            // the 429 that spent it (or a wait it caused) says so
+            Ok(r) => return Err(spent(cx).unwrap_or_else(|| Box::new(ResolverStatus { resolver, status: r.status() }))),
+            Err(e) => return Err(spent(cx).unwrap_or(e)),
+        };
         let status = response.status();
         if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
             return Ok(None);

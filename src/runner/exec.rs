@@ -25,6 +25,7 @@ use crate::layers::telemetry::{CsvSink, RecordWriter};
 use crate::ledger::{redact_url, LeaseOwner, Ledger, LedgerConfig, LedgerError};
 use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord, MANIFEST_FILE};
 use crate::pipeline::{ConfigError, Pipeline, PipelineConfig, PipelineError, Progress};
+use crate::reason::ReasonCode;
 use crate::report::{Report, REPORT_FILE};
 use crate::resolvers::ResolverConfig;
 use crate::service::{HttpClient, HttpConfig, HttpService, Stack, StackConfig};
@@ -589,6 +590,10 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
     for (reason, n) in &s.deferred_by_reason {
         println!("  {reason:<22}{n:>6}");
     }
+    if let Some(n) = s.deferred_by_reason.get(&ReasonCode::QuotaSpent) {
+        let pauses = learner.map(quota_resets).unwrap_or_default();
+        println!("{}", quota_line(*n, &pauses, std::time::SystemTime::now()));
+    }
     println!("bad input   {:>8}", s.input_errors);
     if !s.filtered.is_empty() {
         println!(
@@ -618,6 +623,46 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
             println!("rate        {status}");
         }
     }
+}
+
+/// The providers whose allowance is spent now, each with when it resets.
+fn quota_resets(learner: &Learner) -> Vec<(String, std::time::SystemTime)> {
+    let mut out: Vec<(String, std::time::SystemTime)> = Vec::new();
+    for (key, pause) in learner.quota_pauses() {
+        let provider = key.provider().as_str();
+        match out.iter_mut().find(|(p, _)| p == provider) {
+            Some((_, at)) => *at = (*at).max(pause.resets_at),
+            None => out.push((provider.to_owned(), pause.resets_at)),
+        }
+    }
+    out
+}
+
+/// What the user is told of the works deferred because a provider's allowance is spent:
+/// `12 deferred: unpaywall allowance spent, resets at 02:05 UTC (in 3 h); ...`.
+fn quota_line(deferred: u64, resets: &[(String, std::time::SystemTime)], now: std::time::SystemTime) -> String {
+    if resets.is_empty() {
+        return format!(
+            "{deferred} deferred: a provider's allowance spent (quota_spent); a run after its reset asks it again"
+        );
+    }
+    let each: Vec<String> = resets
+        .iter()
+        .map(|(provider, at)| {
+            let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let left = at.duration_since(now).unwrap_or_default();
+            format!(
+                "{provider} allowance spent, resets at {:02}:{:02} UTC (in {})",
+                secs / 3600 % 24,
+                secs / 60 % 60,
+                crate::layers::learning::in_words(left)
+            )
+        })
+        .collect();
+    format!(
+        "{deferred} deferred: {}; a run after the reset asks again",
+        each.join("; ")
+    )
 }
 
 /// `contentdownload report`: reads the folder's manifest (or `--manifest`) and writes
@@ -682,11 +727,11 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
     .map_err(|e| RunError::Settings(e.into()))?;
     let rates = rate_rows(&limiter, &args.rates);
     let default_rate = limiter.rate_keys().default_quota();
-    let (statuses, learning_problem) = match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
-        Ok(learner) => (learner.statuses(), None),
+    let (statuses, resets, learning_problem) = match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
+        Ok(learner) => (learner.statuses(), quota_resets(&learner), None),
         Err(InspectError::File(e)) => {
             eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
-            (Vec::new(), Some(e.to_string()))
+            (Vec::new(), Vec::new(), Some(e.to_string()))
         }
         Err(e) => return Err(RunError::failed(e)),
     };
@@ -711,12 +756,20 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
             .map_err(RunError::ledger(&ledger_url))?;
         let counts = ledger.counts(None).await.map_err(RunError::failed)?;
         let answers = ledger.resolver_totals().await.map_err(RunError::failed)?;
+        let deferred = ledger
+            .reasons(crate::ledger::JobState::Deferred)
+            .await
+            .map_err(RunError::failed)?;
         ledger.close().await;
-        Some((counts, answers))
+        Some((counts, answers, deferred))
     } else {
         None
     };
-    let (counts, answers) = counts.map_or((None, Vec::new()), |(c, a)| (Some(c), a));
+    let (counts, answers, deferred) = counts.map_or((None, Vec::new(), Vec::new()), |(c, a, d)| (Some(c), a, d));
+    let quota_spent = deferred
+        .iter()
+        .find(|(r, _)| r.as_deref() == Some(ReasonCode::QuotaSpent.as_str()))
+        .map_or(0, |(_, n)| *n);
     if args.json {
         let providers: Vec<serde_json::Value> = statuses
             .iter()
@@ -760,11 +813,22 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
                 })
             })
             .collect();
+        let deferred_by_reason: serde_json::Map<String, serde_json::Value> = deferred
+            .iter()
+            .map(|(r, n)| (r.clone().unwrap_or_else(|| "none".into()), (*n).into()))
+            .collect();
+        let quota: Vec<serde_json::Value> = resets
+            .iter()
+            .map(|(provider, at)| {
+                let unix = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                serde_json::json!({ "provider": provider, "resets_at_unix": unix })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
                 "providers": providers, "providers_error": learning_problem, "ledger": ledger, "rates": rates,
-                "resolvers": resolvers,
+                "resolvers": resolvers, "deferred_by_reason": deferred_by_reason, "quota_spent": quota,
             })
         );
     } else {
@@ -788,6 +852,20 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
                 c.planned, c.leased, c.finalized, c.failed, c.deferred, c.skipped
             ),
             None => println!("ledger: none in this folder"),
+        }
+        for (reason, n) in &deferred {
+            println!("deferred: {n} {}", reason.as_deref().unwrap_or("(no reason)"));
+        }
+        if quota_spent > 0 {
+            println!("{}", quota_line(quota_spent, &resets, std::time::SystemTime::now()));
+        } else {
+            for (provider, at) in &resets {
+                let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                println!(
+                    "{provider}: allowance spent, resets in {}",
+                    crate::layers::learning::in_words(left)
+                );
+            }
         }
         for t in &answers {
             println!(
