@@ -72,6 +72,9 @@ pub struct QuotaSpent {
     pub until: Instant,
     /// When it resets, as wall-clock time (for what the user is told).
     pub resets_at: std::time::SystemTime,
+    /// Whether this call's request was sent (it is the 429 that said so), or the call was
+    /// refused before sending because the pause was already known.
+    pub sent: bool,
 }
 
 /// The retry layer decided the operation should be queued and tried later (for example a

@@ -176,7 +176,8 @@ impl ReasonCode {
 
 impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, not `write_str`: the summary's `{reason:<22}` columns need the width honoured
+        f.pad(self.as_str())
     }
 }
 

@@ -403,7 +403,11 @@ impl Fallback {
                             choice.answered(name, found);
                         }
                         Some((name, _, Err(e))) => {
-                            self.answers.count(name, false);
+                            // a provider paused for its spent allowance was not asked
+                            let unsent = e.downcast_ref::<crate::error::QuotaSpent>().is_some_and(|q| !q.sent);
+                            if !unsent {
+                                self.answers.count(name, false);
+                            }
                             choice.answered(name, Vec::new());
                             let (reason, _) = resolver_reason(&*e);
                             let (host, retry_at) = retry_hint(&*e, Instant::now());

@@ -340,22 +340,33 @@ pub(crate) fn fetch_with<'a>(
             .map_err(|e| Box::new(e) as BoxError)?;
         // a provider whose allowance is spent is not asked (nor waited for) until its reset
         let key = PartitionKey::new(resolver, crate::context::host_of(&uri));
-        let spent = |cx: &ResolveContext| {
+        let spent = |cx: &ResolveContext, sent: bool| {
             let pause = cx.learner.as_ref()?.quota_pause(&key)?;
             Some(Box::new(QuotaSpent {
                 partition: key.clone(),
                 until: pause.until,
                 resets_at: pause.resets_at,
+                sent,
             }) as BoxError)
         };
-        if let Some(e) = spent(cx) {
+        if let Some(e) = spent(cx, false) {
             return Err(e);
         }
         let response = match cx.http.clone().oneshot(req).await {
             Ok(r) if r.status() != StatusCode::TOO_MANY_REQUESTS => r,
-            // the 429 that spent it (or a wait it caused) says so
-            Ok(r) => return Err(spent(cx).unwrap_or_else(|| Box::new(ResolverStatus { resolver, status: r.status() }))),
-            Err(e) => return Err(spent(cx).unwrap_or(e)),
+            // the 429 that spent it says so
+            Ok(r) => {
+                let status = r.status();
+                return Err(spent(cx, true).unwrap_or_else(|| Box::new(ResolverStatus { resolver, status })));
+            }
+            // so does the retry layer's failover on that 429, or a wait the pause caused
+            Err(e) => {
+                let sent = !matches!(
+                    crate::error::classify(&*e),
+                    crate::error::Kind::CoolingDown | crate::error::Kind::RateLimited
+                );
+                return Err(spent(cx, sent).unwrap_or(e));
+            }
         };
         let status = response.status();
         if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {

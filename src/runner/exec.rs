@@ -727,14 +727,15 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
     .map_err(|e| RunError::Settings(e.into()))?;
     let rates = rate_rows(&limiter, &args.rates);
     let default_rate = limiter.rate_keys().default_quota();
-    let (statuses, resets, learning_problem) = match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
-        Ok(learner) => (learner.statuses(), quota_resets(&learner), None),
-        Err(InspectError::File(e)) => {
-            eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
-            (Vec::new(), Vec::new(), Some(e.to_string()))
-        }
-        Err(e) => return Err(RunError::failed(e)),
-    };
+    let (statuses, resets, learning_problem) =
+        match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
+            Ok(learner) => (learner.statuses(), quota_resets(&learner), None),
+            Err(InspectError::File(e)) => {
+                eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
+                (Vec::new(), Vec::new(), Some(e.to_string()))
+            }
+            Err(e) => return Err(RunError::failed(e)),
+        };
     let ledger_url = args
         .ledger
         .clone()
@@ -944,6 +945,27 @@ mod tests {
 
     /// Each failure's exit status, decided by `RunError::exit` alone, and the ledger's
     /// message: its own when it names the ledger, else prefixed with the redacted URL.
+    #[test]
+    fn the_quota_line_names_each_provider_and_its_reset() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // 2026-11-27 23:10 UTC, resets at 02:10 the next day and at 23:55
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_907_400);
+        let resets = [
+            ("unpaywall".to_owned(), now + Duration::from_secs(3 * 3600)),
+            ("openalex".to_owned(), now + Duration::from_secs(45 * 60)),
+        ];
+        assert_eq!(
+            quota_line(12, &resets[..1], now),
+            "12 deferred: unpaywall allowance spent, resets at 02:10 UTC (in 3 h); a run after the reset asks again"
+        );
+        assert_eq!(
+            quota_line(2, &resets, now),
+            "2 deferred: unpaywall allowance spent, resets at 02:10 UTC (in 3 h); \
+             openalex allowance spent, resets at 23:55 UTC (in 45 min); a run after the reset asks again"
+        );
+        assert!(quota_line(1, &[], now).starts_with("1 deferred: a provider's allowance spent"));
+    }
+
     #[test]
     fn run_errors_map_to_exit_codes() {
         let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);

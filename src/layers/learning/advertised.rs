@@ -243,7 +243,11 @@ fn exhausted(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// credits or in dollars) is less than this request costs. Until `X-RateLimit-Reset`, or
 /// `Retry-After` in seconds when there is no reset; at least a second.
 fn credits_spent(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let number = |name: &HeaderName| header_str(headers, name).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+    let number = |name: &HeaderName| {
+        header_str(headers, name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+    };
     let short = |left: Option<f64>, prepaid: Option<f64>, cost: Option<f64>| match (left, cost) {
         (Some(left), Some(cost)) => cost > 0.0 && left + prepaid.unwrap_or(0.0).max(0.0) < cost,
         _ => false,

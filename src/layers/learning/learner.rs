@@ -157,7 +157,9 @@ impl Learner {
         // allowances spent in an earlier run stay spent until their reset: nothing is sent
         let wall = SystemTime::now();
         for (key, resets_at) in pauses {
-            let Ok(left) = resets_at.duration_since(wall) else { continue };
+            let Ok(left) = resets_at.duration_since(wall) else {
+                continue;
+            };
             let until = now + left.min(advertised::MAX_QUOTA_PAUSE);
             learner.shared.limiter.hold_until(&key, until);
             learner.quotas().insert(key, QuotaPause { until, resets_at });

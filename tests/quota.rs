@@ -1,0 +1,265 @@
+//! A provider whose allowance is spent, through the real binary: a loopback server answers
+//! Unpaywall with "credits spent, reset in 3 h" while Crossref and the PDF host work. The
+//! provider is paused (asked at most once more), the other works are downloaded, the run
+//! ends without waiting for the reset, and the summary, the manifest, the ledger (through
+//! `status`) and a single warning say why the rest were deferred: `quota_spent`. A rerun
+//! before the reset asks the provider nothing at all (the pause is in the learning file).
+#![cfg(feature = "simulator")]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use contentdownload::manifest::{read_manifest, ManifestRecord, Outcome, MANIFEST_FILE};
+use contentdownload::reason::ReasonCode;
+use contentdownload::simulator::{Reply, Simulator};
+use serde_json::json;
+
+mod bin_support;
+use bin_support::contentdownload;
+
+/// Works q1..q6; Crossref knows a PDF for q1..q3 only.
+const WORKS: usize = 6;
+const WITH_PDF: usize = 3;
+
+/// The two shapes of a spent allowance, 3 h before its reset.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `X-RateLimit-Remaining: 0` with a reset 3 h away (no `Retry-After`).
+    RemainingZero,
+    /// OpenAlex's credits, as its API proxy answers (GitHub `ourresearch/openalex-api-proxy`,
+    /// `src/index.ts`): 5 credits left for a request that costs 10, the reset (seconds to
+    /// midnight UTC) and `Retry-After`, in credits and in dollars.
+    OpenAlexCredits,
+}
+
+fn spent(shape: Shape) -> Reply {
+    let reply = Reply::status(429).header("content-type", "application/json");
+    match shape {
+        Shape::RemainingZero => reply
+            .header("x-ratelimit-limit", "100000")
+            .header("x-ratelimit-remaining", "0")
+            .header("x-ratelimit-reset", "10800")
+            .body(r#"{"error":"daily quota exceeded"}"#),
+        Shape::OpenAlexCredits => reply
+            .header("retry-after", "10800")
+            .header("x-ratelimit-limit-usd", "1")
+            .header("x-ratelimit-remaining-usd", "0.0005")
+            .header("x-ratelimit-prepaid-remaining-usd", "0")
+            .header("x-ratelimit-cost-required-usd", "0.001")
+            .header("x-ratelimit-limit", "10000")
+            .header("x-ratelimit-remaining", "5")
+            .header("x-ratelimit-onetime-remaining", "0")
+            .header("x-ratelimit-credits-required", "10")
+            .header("x-ratelimit-reset", "10800")
+            .body(
+                r#"{"error":"Rate limit exceeded","message":"Insufficient budget. This request costs $0.001 but you only have $0.0005 remaining. Resets at midnight UTC.","retryAfter":10800,"creditsRequired":10,"creditsRemaining":5}"#,
+            ),
+    }
+}
+
+struct Setup {
+    sim: Simulator,
+    /// Requests Unpaywall got.
+    asked: Arc<AtomicUsize>,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(shape: Shape) -> Setup {
+    let sim = Simulator::start().await.unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let seen = asked.clone();
+    sim.on_fn("/unpaywall/*", move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        spent(shape)
+    });
+    let base = sim.url("/pdf");
+    sim.on_fn("/crossref/works/*", move |r| {
+        let n: usize = r
+            .uri
+            .path()
+            .rsplit('q')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if (1..=WITH_PDF).contains(&n) {
+            Reply::json(&json!({"message": {"link": [
+                {"URL": format!("{base}/{n}.pdf"), "content-type": "application/pdf"}
+            ]}}))
+        } else {
+            Reply::status(404)
+        }
+    });
+    sim.on_fn("/pdf/*", |_| Reply::pdf(3000));
+    let dir = tempfile::tempdir().unwrap();
+    let works: Vec<String> = (1..=WORKS)
+        .map(|i| json!({"id": format!("https://openalex.org/W{i}"), "doi": format!("10.1000/q{i}")}).to_string())
+        .collect();
+    std::fs::write(dir.path().join("works.jsonl"), works.join("\n") + "\n").unwrap();
+    Setup { sim, asked, dir }
+}
+
+/// One run over the works; stdout, stderr and the exit code.
+async fn run(s: &Setup) -> (String, String, Option<i32>) {
+    let input = s.dir.path().join("works.jsonl");
+    let out = s.dir.path().join("out");
+    let (unpaywall, crossref) = (
+        format!("unpaywall={}", s.sim.url("/unpaywall")),
+        format!("crossref={}", s.sim.url("/crossref")),
+    );
+    let done = contentdownload(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--fallback-tier",
+            "apis=unpaywall,crossref",
+            "--resolver-base",
+            &unpaywall,
+            "--resolver-base",
+            &crossref,
+            // one Unpaywall request a second: the works after the first wait for their turn,
+            // by which time the 429 has paused the provider
+            "--rate",
+            "unpaywall=1",
+            "--rate",
+            "crossref=1000:100",
+            "--default-rate",
+            "1000:100",
+            "--mailto",
+            "quota@example.org",
+        ],
+        &[],
+    )
+    .await;
+    (
+        String::from_utf8_lossy(&done.stdout).into_owned(),
+        String::from_utf8_lossy(&done.stderr).into_owned(),
+        done.status.code(),
+    )
+}
+
+async fn status(out: &Path, json: bool) -> String {
+    let mut args = vec!["status", "--out", out.to_str().unwrap()];
+    if json {
+        args.push("--json");
+    }
+    let done = contentdownload(&args, &[]).await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    String::from_utf8_lossy(&done.stdout).into_owned()
+}
+
+async fn spent_allowance_defers_its_works_and_says_why(shape: Shape) {
+    let s = setup(shape).await;
+    let out = s.dir.path().join("out");
+    let (stdout, stderr, code) = run(&s).await;
+    let asked = s.asked.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&asked),
+        "Unpaywall is asked at most once or twice, not once per work: {asked}\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        code,
+        Some(3),
+        "deferred works: a later run may succeed\n{stdout}\n{stderr}"
+    );
+
+    // the other provider's works are downloaded; the rest wait for the reset
+    let (lines, bad) = read_manifest(&out.join(MANIFEST_FILE)).unwrap();
+    assert_eq!(bad, 0);
+    let works: Vec<_> = lines
+        .iter()
+        .filter_map(|l| match &l.record {
+            ManifestRecord::Work(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(works.len(), WORKS, "{stdout}\n{stderr}");
+    let downloaded = works.iter().filter(|w| w.outcome == Some(Outcome::Downloaded)).count();
+    assert_eq!(downloaded, WITH_PDF, "{stdout}\n{stderr}");
+    let quota: Vec<_> = works
+        .iter()
+        .filter(|w| w.outcome == Some(Outcome::Deferred) && w.reason == Some(ReasonCode::QuotaSpent))
+        .collect();
+    assert_eq!(quota.len(), WORKS - WITH_PDF, "{works:?}");
+    assert!(
+        quota
+            .iter()
+            .all(|w| w.detail.as_deref().is_some_and(|d| d.contains("unpaywall"))),
+        "the detail names the provider: {quota:?}"
+    );
+    let summary = lines
+        .iter()
+        .find_map(|l| match &l.record {
+            ManifestRecord::Summary(s) => Some(s),
+            _ => None,
+        })
+        .expect("a summary line");
+    assert_eq!(
+        summary.deferred_by_reason.get(&ReasonCode::QuotaSpent),
+        Some(&((WORKS - WITH_PDF) as u64))
+    );
+    assert_eq!(
+        summary.resolvers.get("unpaywall").map(|c| c.asked),
+        Some(asked as u64),
+        "the works refused before sending are not counted as asked"
+    );
+
+    // told once, in the logs, and in the summary with the reset
+    assert_eq!(
+        stderr.matches("allowance (quota) is spent").count(),
+        1,
+        "one warning, not one per work: {stderr}"
+    );
+    let line = format!("{} deferred: unpaywall allowance spent, resets at ", WORKS - WITH_PDF);
+    assert!(stdout.contains(&line), "{stdout}");
+    assert!(stdout.contains("UTC (in 3 h)"), "{stdout}");
+
+    // the ledger and the learning file, through `status`
+    let text = status(&out, false).await;
+    assert!(
+        text.contains(&format!("deferred: {} quota_spent", WORKS - WITH_PDF)),
+        "{text}"
+    );
+    assert!(text.contains(&line), "{text}");
+    let status_json: serde_json::Value = serde_json::from_str(&status(&out, true).await).unwrap();
+    assert_eq!(
+        status_json["deferred_by_reason"]["quota_spent"],
+        json!(WORKS - WITH_PDF),
+        "{status_json}"
+    );
+    assert_eq!(
+        status_json["quota_spent"][0]["provider"],
+        json!("unpaywall"),
+        "{status_json}"
+    );
+    // the learned rate was not dragged down: Unpaywall's is still the one configured
+    let unpaywall = status_json["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == json!("unpaywall"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(unpaywall["rate"], json!(1.0), "{status_json}");
+    assert_eq!(unpaywall["throttles"], json!(0), "{status_json}");
+
+    // a rerun before the reset asks Unpaywall nothing: its works stay deferred, as quota_spent
+    let (stdout, stderr, code) = run(&s).await;
+    assert_eq!(s.asked.load(Ordering::SeqCst), asked, "{stdout}\n{stderr}");
+    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&line), "{stdout}\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaining_zero_with_a_reset_hours_away() {
+    spent_allowance_defers_its_works_and_says_why(Shape::RemainingZero).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openalex_credits_spent() {
+    spent_allowance_defers_its_works_and_says_why(Shape::OpenAlexCredits).await;
+}
