@@ -61,6 +61,13 @@ fn default_rates() -> RateLimitConfig {
         .provider("pmc", Quota::new(3.0, 1))
         .provider("landing", Quota::new(5.0, 2))
         .provider("wayback", Quota::new(1.0, 1))
+        // Semantic Scholar: an API key allows 1 request per second on every endpoint (its API
+        // documentation); keyless clients share a pool, where 1/s is as polite
+        .provider("semantic_scholar", Quota::new(1.0, 1))
+        // CORE (API v3, which needs a key here): a registered personal key may send 25
+        // requests a minute, within 1,000 tokens a day (CORE's v3 documentation, "Rate
+        // limits", as other projects quote it)
+        .provider("core", Quota::new(25.0 / 60.0, 1))
         // arXiv asks for one request every 3 seconds
         .provider("arxiv.org", Quota::new(1.0 / 3.0, 1))
         .provider("export.arxiv.org", Quota::new(1.0 / 3.0, 1))
