@@ -263,3 +263,76 @@ async fn remaining_zero_with_a_reset_hours_away() {
 async fn openalex_credits_spent() {
     spent_allowance_defers_its_works_and_says_why(Shape::OpenAlexCredits).await;
 }
+
+/// The `--topic` search meets OpenAlex's spent credits on its second page: it stops there,
+/// says why and when the allowance resets, asks no more pages, and the works of the first
+/// page are still downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topic_search_stops_at_spent_credits_and_says_when_they_reset() {
+    let sim = Simulator::start().await.unwrap();
+    let first = json!({
+        "meta": {"next_cursor": "page2"},
+        "results": [
+            {"id": "https://openalex.org/W1", "doi": "https://doi.org/10.1000/q1"},
+            {"id": "https://openalex.org/W2", "doi": "https://doi.org/10.1000/q2"}
+        ]
+    });
+    sim.on_fn("/openalex/works", move |r| {
+        if r.uri.query().is_some_and(|q| q.contains("cursor=page2")) {
+            spent(Shape::OpenAlexCredits)
+        } else {
+            Reply::json(&first)
+        }
+    });
+    let base = sim.url("/pdf");
+    sim.on_fn("/crossref/works/*", move |r| {
+        let n = r.uri.path().rsplit('q').next().unwrap_or("0").to_owned();
+        Reply::json(&json!({"message": {"link": [
+            {"URL": format!("{base}/{n}.pdf"), "content-type": "application/pdf"}
+        ]}}))
+    });
+    sim.on_fn("/pdf/*", |_| Reply::pdf(3000));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (openalex, crossref) = (
+        format!("openalex={}", sim.url("/openalex")),
+        format!("crossref={}", sim.url("/crossref")),
+    );
+    let done = contentdownload(
+        &[
+            "run",
+            "--topic",
+            "quota",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--fallback-tier",
+            "doi=crossref",
+            "--resolver-base",
+            &openalex,
+            "--resolver-base",
+            &crossref,
+            "--default-rate",
+            "1000:100",
+            "--rate",
+            "crossref=1000:100",
+        ],
+        &[],
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr),
+    );
+    assert_eq!(
+        sim.count("/openalex/works"),
+        2,
+        "no page after the spent one\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("OpenAlex's allowance is spent; it resets in 3 h"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("allowance (quota) is spent").count(), 1, "{stderr}");
+    assert!(stdout.contains("downloaded         2"), "{stdout}\n{stderr}");
+}

@@ -405,6 +405,7 @@ fn open_source(
             _,
         ) => topic_stream(
             stack.service(OperationType::ManifestFetch),
+            stack.learner().cloned(),
             resolvers.base_url("openalex", "https://api.openalex.org"),
             text.clone(),
             (*year_start, *year_end),
@@ -424,8 +425,10 @@ fn open_source(
 }
 
 /// An OpenAlex search paged with a cursor (on the ManifestFetch stack).
+#[allow(clippy::too_many_arguments)]
 fn topic_stream(
     http: HttpService,
+    learner: Option<Learner>,
     base: String,
     text: String,
     years: (Option<i32>, Option<i32>),
@@ -445,6 +448,7 @@ fn topic_stream(
     };
     stream::unfold(start, move |mut page| {
         let (http, base, text, identity) = (http.clone(), base.clone(), text.clone(), identity.clone());
+        let learner = learner.clone();
         async move {
             let cursor = page.cursor.take()?;
             if page.left == 0 {
@@ -471,9 +475,24 @@ fn topic_stream(
                     .extension(Provider::new("openalex"))
                     .body(Full::<Bytes>::default())
                     .map_err(|e| e.to_string())?;
-                let res = http.oneshot(req).await.map_err(|e| e.to_string())?;
+                // a spent allowance (OpenAlex's credits) says so, and when it resets
+                let key = crate::context::PartitionKey::new("openalex", crate::context::host_of(req.uri()));
+                let spent = || {
+                    let pause = learner.as_ref()?.quota_pause(&key)?;
+                    Some(format!(
+                        "OpenAlex's allowance is spent; it resets in {}: the search stops here, \
+                         run the same command again after the reset",
+                        crate::layers::learning::in_words(
+                            pause.until.saturating_duration_since(tokio::time::Instant::now())
+                        )
+                    ))
+                };
+                let res = match http.oneshot(req).await {
+                    Ok(res) => res,
+                    Err(e) => return Err(spent().unwrap_or_else(|| e.to_string())),
+                };
                 if !res.status().is_success() {
-                    return Err(format!("OpenAlex answered {}", res.status()));
+                    return Err(spent().unwrap_or_else(|| format!("OpenAlex answered {}", res.status())));
                 }
                 let body = crate::resolvers::read_pipeline_body(res, limit)
                     .await
