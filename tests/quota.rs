@@ -252,6 +252,11 @@ async fn spent_allowance_defers_its_works_and_says_why(shape: Shape) {
     assert_eq!(s.asked.load(Ordering::SeqCst), asked, "{stdout}\n{stderr}");
     assert_eq!(code, Some(3), "{stdout}\n{stderr}");
     assert!(stdout.contains(&line), "{stdout}\n{stderr}");
+    assert_eq!(
+        stderr.matches("allowance (quota) is spent").count(),
+        1,
+        "told once at start: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

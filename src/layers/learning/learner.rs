@@ -124,7 +124,18 @@ impl Learner {
         policy.validate()?;
         let path = path.into();
         let (states, pauses) = persist::load(&path, &limiter, SystemTime::now());
-        Ok(Learner::from_loaded(limiter, policy, Some(path), states, pauses))
+        let learner = Learner::from_loaded(limiter, policy, Some(path), states, pauses);
+        // told once, at start, as the pause itself was when it began
+        for (key, pause) in learner.quota_pauses() {
+            tracing::warn!(
+                partition = %key,
+                resets_in_s = pause.until.saturating_duration_since(Instant::now()).as_secs(),
+                "{key}: its allowance (quota) is spent (as an earlier run learned); not asked \
+                 until it resets in {}, its works deferred to a later run",
+                in_words(pause.until.saturating_duration_since(Instant::now()))
+            );
+        }
+        Ok(learner)
     }
 
     /// The state saved in `path`, read without changing anything on disk (for a read-only
