@@ -341,3 +341,50 @@ async fn the_topic_search_stops_at_spent_credits_and_says_when_they_reset() {
     assert_eq!(stderr.matches("allowance (quota) is spent").count(), 1, "{stderr}");
     assert!(stdout.contains("downloaded         2"), "{stdout}\n{stderr}");
 }
+
+mod ledger_support;
+
+/// `status` counts the deferred works by reason with one query, on SQLite and PostgreSQL.
+#[tokio::test]
+async fn the_ledger_counts_deferred_works_by_reason() {
+    use contentdownload::context::{IdempotencyKey, WorkId};
+    use contentdownload::ledger::{JobResult, JobState, NewJob};
+    use std::time::Duration;
+
+    for t in ledger_support::backends("the_ledger_counts_deferred_works_by_reason").await {
+        let l = &t.ledger;
+        let reasons = [Some("quota_spent"), Some("quota_spent"), Some("rate_limited"), None];
+        for (i, reason) in reasons.iter().enumerate() {
+            let work = format!("W{i}");
+            l.plan(&NewJob {
+                run_id: "r".into(),
+                work_id: WorkId::new(work.as_str()),
+                key: IdempotencyKey::new(format!("k{i}")),
+                canonical_url: format!("https://example.org/{i}"),
+            })
+            .await
+            .unwrap();
+            let job = l
+                .lease(Some("r"), "A", 1, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .remove(0);
+            let result = JobResult {
+                reason: reason.map(str::to_owned),
+                ..JobResult::default()
+            };
+            l.finish(job.id, "A", JobState::Deferred, &result).await.unwrap();
+        }
+        assert_eq!(
+            l.reasons(JobState::Deferred).await.unwrap(),
+            [
+                (Some("quota_spent".to_owned()), 2),
+                (None, 1),
+                (Some("rate_limited".to_owned()), 1),
+            ],
+            "{}",
+            t.name
+        );
+        assert!(l.reasons(JobState::Failed).await.unwrap().is_empty(), "{}", t.name);
+    }
+}

@@ -110,7 +110,7 @@ impl Ledger {
     /// recorded), most first: what `status` says of the deferred works.
     pub async fn reasons(&self, state: super::types::JobState) -> Result<Vec<(Option<String>, u64)>, LedgerError> {
         with_pool!(self, pool => {
-            let rows = sqlx::query("SELECT reason, COUNT(*) FROM jobs WHERE state = $1 GROUP BY reason ORDER BY COUNT(*) DESC, reason")
+            let rows = sqlx::query("SELECT reason, COUNT(*) FROM jobs WHERE state = $1 GROUP BY reason ORDER BY COUNT(*) DESC, COALESCE(reason, '')")
                 .bind(state.as_str())
                 .fetch_all(pool)
                 .await
