@@ -9,8 +9,9 @@
 //!   `RateLimit-Remaining` / `RateLimit-Reset`, and `X-RateLimit-Remaining` /
 //!   `X-RateLimit-Reset`: when remaining is 0, hold until the reset (delta seconds, or a
 //!   Unix time when it is that large), capped at 900 s.
-//! - OpenAlex's credits (its API proxy, GitHub `ourresearch/openalex-api-proxy`,
-//!   `src/index.ts`, the 429 it builds when a request costs more than is left): besides
+//! - OpenAlex's credits (its API proxy, GitHub `ourresearch/openalex-api-proxy` @
+//!   4faf1368d729f1288aebe85d3f1513f5698db9d3, `src/index.ts`, the 429 it builds when a
+//!   request costs more than is left; pyalex's pull request #101 reads the same): besides
 //!   `Retry-After`, `X-RateLimit-Remaining` (credits left, which may be above 0 when a
 //!   search costs 10 and 5 are left), `X-RateLimit-Credits-Required` (this request's cost),
 //!   `X-RateLimit-Onetime-Remaining` (prepaid credits) and `X-RateLimit-Reset` (seconds to

@@ -332,6 +332,9 @@ impl Learner {
             );
         }
         if paused.get(key).is_none_or(|p| p.until < until) {
+            // (the pauses that have passed go, so the map holds only the providers paused now)
+            let now = Instant::now();
+            paused.retain(|_, p| p.until > now);
             let resets_at = SystemTime::now() + pause;
             paused.insert(key.clone(), QuotaPause { until, resets_at });
         }
