@@ -388,3 +388,62 @@ async fn the_ledger_counts_deferred_works_by_reason() {
         assert!(l.reasons(JobState::Failed).await.unwrap().is_empty(), "{}", t.name);
     }
 }
+
+/// A PDF host whose allowance is spent (a content API that bills each file) is paused as a
+/// resolver is: its downloads are not sent until the reset, and their works are deferred as
+/// `quota_spent`, naming the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdf_host_with_its_allowance_spent_is_paused_too() {
+    let sim = Simulator::start().await.unwrap();
+    let cdn = Simulator::start().await.unwrap();
+    let base = cdn.url("/content");
+    sim.on_fn("/crossref/works/*", move |r| {
+        let n = r.uri.path().rsplit('q').next().unwrap_or("0").to_owned();
+        Reply::json(&json!({"message": {"link": [
+            {"URL": format!("{base}/{n}.pdf"), "content-type": "application/pdf"}
+        ]}}))
+    });
+    cdn.on_fn("/content/*", |_| spent(Shape::OpenAlexCredits));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("works.jsonl");
+    let works: Vec<String> = (1..=3)
+        .map(|i| json!({"id": format!("https://openalex.org/W{i}"), "doi": format!("10.1000/q{i}")}).to_string())
+        .collect();
+    std::fs::write(&input, works.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let crossref = format!("crossref={}", sim.url("/crossref"));
+    // one download a second from the host: the later ones wait, and meet the pause
+    let cdn_rate = format!("{}=1", cdn.addr());
+    let done = contentdownload(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--fallback-tier",
+            "doi=crossref",
+            "--resolver-base",
+            &crossref,
+            "--default-rate",
+            "1000:100",
+            "--rate",
+            "crossref=1000:100",
+            "--rate",
+            &cdn_rate,
+        ],
+        &[],
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr),
+    );
+    let asked = cdn.count("/content/*");
+    assert!((1..=2).contains(&asked), "asked {asked} times\n{stdout}\n{stderr}");
+    assert_eq!(done.status.code(), Some(3), "{stdout}\n{stderr}");
+    let line = format!("3 deferred: {} allowance spent, resets at ", cdn.addr());
+    assert!(stdout.contains(&line), "{stdout}\n{stderr}");
+    assert_eq!(stderr.matches("allowance (quota) is spent").count(), 1, "{stderr}");
+}

@@ -54,7 +54,8 @@
 //!
 //! A provider that answers 429 because its allowance for the day is spent (see
 //! [`Learner::quota_pause`]) is paused until its reset: every call to it fails at once
-//! with [`QuotaSpent`] (no request, no wait), and its works are deferred as `quota_spent`.
+//! with [`QuotaSpent`](crate::error::QuotaSpent) (no request, no wait), and its works are
+//! deferred as `quota_spent`. So are the downloads from a host whose allowance is spent.
 //!
 //! Of these only `landing` scrapes a page, and only it honours robots.txt ([`RobotsTxt`]):
 //! the others ask APIs, and the PDF URLs they hand back are fetched as given.
@@ -85,7 +86,7 @@ pub use self::landing::{citation_pdf_url, Landing};
 pub use self::repositories::{Doaj, Figshare, Hal, OpenAire, Osf, Zenodo};
 pub use self::robots::{RobotsDisallowed, RobotsTxt, MAX_ROBOTS_BYTES, ROBOTS_AGENT};
 use crate::context::{OperationType, PartitionKey, Provider, WorkId};
-use crate::error::{BoxError, QuotaSpent};
+use crate::error::BoxError;
 use crate::layers::learning::Learner;
 use crate::service::read_metadata;
 use crate::works::{Candidate, Work};
@@ -146,7 +147,8 @@ pub struct ResolveContext {
     pub robots: Option<Arc<RobotsTxt>>,
     /// The stack's learner, asked before and after each call whether the provider's
     /// allowance is spent ([`Learner::quota_pause`]): then the call fails with
-    /// [`QuotaSpent`] and sends nothing until the reset. `None` asks no one.
+    /// [`QuotaSpent`](crate::error::QuotaSpent) and sends nothing until the reset (the
+    /// fallback asks it for the candidates' hosts too). `None` asks no one.
     pub learner: Option<Learner>,
 }
 
@@ -339,15 +341,10 @@ pub(crate) fn fetch_with<'a>(
             .body(Full::new(ask.body))
             .map_err(|e| Box::new(e) as BoxError)?;
         // a provider whose allowance is spent is not asked (nor waited for) until its reset
-        let key = PartitionKey::new(resolver, crate::context::host_of(&uri));
+        let key = PartitionKey::compute(&req);
         let spent = |cx: &ResolveContext, sent: bool| {
-            let pause = cx.learner.as_ref()?.quota_pause(&key)?;
-            Some(Box::new(QuotaSpent {
-                partition: key.clone(),
-                until: pause.until,
-                resets_at: pause.resets_at,
-                sent,
-            }) as BoxError)
+            let spent = cx.learner.as_ref()?.quota_spent(&key, sent)?;
+            Some(Box::new(spent) as BoxError)
         };
         if let Some(e) = spent(cx, false) {
             return Err(e);

@@ -350,6 +350,19 @@ impl Learner {
         self.quotas().get(key).copied().filter(|p| p.until > Instant::now())
     }
 
+    /// A [`QuotaSpent`](crate::error::QuotaSpent) for a call to `key` when its allowance is
+    /// spent now (`sent`: whether that call's request went out), for the callers that stop
+    /// there instead of waiting for the reset.
+    pub fn quota_spent(&self, key: &PartitionKey, sent: bool) -> Option<crate::error::QuotaSpent> {
+        let pause = self.quota_pause(key)?;
+        Some(crate::error::QuotaSpent {
+            partition: key.clone(),
+            until: pause.until,
+            resets_at: pause.resets_at,
+            sent,
+        })
+    }
+
     /// Every partition paused now for a spent allowance, sorted by partition.
     pub fn quota_pauses(&self) -> Vec<(PartitionKey, QuotaPause)> {
         let now = Instant::now();
