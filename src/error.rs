@@ -64,7 +64,7 @@ pub struct RateLimitTimeout {
 /// no slower rate brings it back sooner, so nothing is sent to it until then and its works
 /// wait for a later run. Made by the resolvers' calls when their partition is paused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}'s allowance is spent; it resets in {} min (not asked until then)", .partition.provider(), remaining_ms(*.until).div_ceil(60_000))]
+#[error("{}'s allowance is spent; it resets in {} (not asked until then)", .partition.provider(), crate::layers::learning::in_words(.until.saturating_duration_since(Instant::now())))]
 pub struct QuotaSpent {
     /// The partition whose allowance is spent.
     pub partition: PartitionKey,

@@ -447,3 +447,58 @@ async fn a_pdf_host_with_its_allowance_spent_is_paused_too() {
     assert!(stdout.contains(&line), "{stdout}\n{stderr}");
     assert_eq!(stderr.matches("allowance (quota) is spent").count(), 1, "{stderr}");
 }
+
+/// The resolvers' own calls, without the runner: the 429 that spends the allowance fails as
+/// `QuotaSpent` (sent), the next call fails the same way before sending, and the learned
+/// rate is left as it was.
+#[tokio::test]
+async fn a_resolver_call_to_a_paused_provider_sends_nothing() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use contentdownload::context::PartitionKey;
+    use contentdownload::error::QuotaSpent;
+    use contentdownload::layers::learning::{Learner, LearningPolicy, ProviderLearningLayer};
+    use contentdownload::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
+    use contentdownload::resolvers::{resolver_by_name, HttpService, ResolveContext, ResolverConfig};
+    use contentdownload::service::{HttpClient, HttpConfig, ResponseBody};
+    use contentdownload::works::Work;
+    use http_body_util::BodyExt;
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on_fn("/unpaywall/*", |_| spent(Shape::RemainingZero));
+    let limiter = RateLimiter::new(RateLimitConfig::default().provider("unpaywall", Quota::new(4.0, 1))).unwrap();
+    let learner = Learner::new(limiter, LearningPolicy::default()).unwrap();
+    let client = HttpClient::new(&HttpConfig::default()).unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .map_response(|r: http::Response<ResponseBody>| r.map(|b| b.boxed_unsync()))
+        .layer(ProviderLearningLayer::new(learner.clone()))
+        .service(client);
+    let cx = ResolveContext {
+        http: HttpService::new(svc),
+        config: Arc::new(ResolverConfig {
+            mailto: Some("quota@example.org".into()),
+            base_urls: BTreeMap::from([("unpaywall".to_owned(), sim.url("/unpaywall"))]),
+            ..ResolverConfig::default()
+        }),
+        robots: None,
+        learner: Some(learner.clone()),
+    };
+    let unpaywall = resolver_by_name("unpaywall").unwrap();
+    let key = PartitionKey::new("unpaywall", sim.addr().to_string());
+    for (doi, sent) in [("10.1000/a", true), ("10.1000/b", false), ("10.1000/c", false)] {
+        let err = unpaywall
+            .resolve(&Work::from_doi(doi).unwrap(), &cx)
+            .await
+            .expect_err("a spent allowance is an error, not a miss");
+        let spent = err.downcast_ref::<QuotaSpent>().expect("QuotaSpent");
+        assert_eq!((spent.partition.clone(), spent.sent), (key.clone(), sent), "{doi}");
+        assert!(
+            err.to_string()
+                .contains("unpaywall's allowance is spent; it resets in 3 h"),
+            "{err}"
+        );
+    }
+    assert_eq!(sim.count("/unpaywall/*"), 1, "one request, then none");
+    assert_eq!(learner.rate(&key), 4.0, "the learned rate is left as it was");
+}
