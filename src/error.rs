@@ -59,6 +59,24 @@ pub struct RateLimitTimeout {
     pub max_wait: Duration,
 }
 
+/// A provider's allowance (its credits for the day) is spent until a reset hours away, as
+/// the provider's 429 said (see [`Learner::quota_paused_until`](crate::layers::learning::Learner::quota_paused_until)):
+/// no slower rate brings it back sooner, so nothing is sent to it until then and its works
+/// wait for a later run. Made by the resolvers' calls when their partition is paused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}'s allowance is spent; it resets in {} (not asked until then)", .partition.provider(), crate::layers::learning::in_words(.until.saturating_duration_since(Instant::now())))]
+pub struct QuotaSpent {
+    /// The partition whose allowance is spent.
+    pub partition: PartitionKey,
+    /// When it resets (this process's clock).
+    pub until: Instant,
+    /// When it resets, as wall-clock time (for what the user is told).
+    pub resets_at: std::time::SystemTime,
+    /// Whether this call's request was sent (it is the 429 that said so), or the call was
+    /// refused before sending because the pause was already known.
+    pub sent: bool,
+}
+
 /// The retry layer decided the operation should be queued and tried later (for example a
 /// `Validate` that met a 429): not a failure of the work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +136,8 @@ pub enum Kind {
     CoolingDown,
     /// Not sent: the partition's next slot is past the maximum wait ([`RateLimitTimeout`]).
     RateLimited,
+    /// Not sent: the provider's allowance is spent until a reset hours away ([`QuotaSpent`]).
+    QuotaSpent,
     /// The retry budget is spent
     /// ([`RetryBudgetExhausted`](crate::layers::telemetry::RetryBudgetExhausted)).
     RetryBudgetExhausted,
@@ -156,6 +176,7 @@ impl Kind {
             Kind::FailedOver => "failed_over",
             Kind::CoolingDown => "cooling_down",
             Kind::RateLimited => "rate_limit_timeout",
+            Kind::QuotaSpent => "quota_spent",
             Kind::RetryBudgetExhausted => "retry_budget_exhausted",
             Kind::ReadTimeout => "read_timeout",
             Kind::Timeout => "timeout",
@@ -211,6 +232,8 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
             Some(Kind::CoolingDown)
         } else if e.is::<RateLimitTimeout>() {
             Some(Kind::RateLimited)
+        } else if e.is::<QuotaSpent>() {
+            Some(Kind::QuotaSpent)
         } else if e.is::<RetryBudgetExhausted>() {
             Some(Kind::RetryBudgetExhausted)
         } else if e.is::<ReadTimeout>() {

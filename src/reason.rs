@@ -48,6 +48,9 @@ pub enum ReasonCode {
     CoolingDown,
     /// The rate limiter's wait bound was exceeded.
     RateLimited,
+    /// The provider's allowance (its credits for the day) is spent until a reset hours away:
+    /// the work waits for a run after the reset (the summary and `status` say when).
+    QuotaSpent,
     /// The per-work fallback budget (time, attempts) ran out.
     BudgetExhausted,
     /// A resolver answered something that could not be used.
@@ -91,6 +94,7 @@ impl ReasonCode {
             ReasonCode::FailedOver => "failed_over",
             ReasonCode::CoolingDown => "cooling_down",
             ReasonCode::RateLimited => "rate_limited",
+            ReasonCode::QuotaSpent => "quota_spent",
             ReasonCode::BudgetExhausted => "budget_exhausted",
             ReasonCode::ResolverError => "resolver_error",
             ReasonCode::InvalidUrl => "invalid_url",
@@ -118,7 +122,8 @@ impl ReasonCode {
     /// 4. The server refused where to go (70 `redirect_refused`, 68 `robots_disallowed`,
     ///    65 `invalid_url`).
     /// 5. A server that answered badly (60 `truncated`, 55 `timeout`), a source that put
-    ///    the work off (50 `deferred`, `cooling_down`, `rate_limited`), a spent budget (45).
+    ///    the work off (50 `deferred`, `cooling_down`, `rate_limited`, `quota_spent`), a
+    ///    spent budget (45).
     /// 6. A resolver's unusable answer (40 `resolver_error`), anything else (35 `other`).
     /// 7. No server reached (20 `connect_error`): typically a fallback (the Wayback
     ///    Machine) out of reach, which says nothing about the publisher's answer.
@@ -136,7 +141,7 @@ impl ReasonCode {
             InvalidUrl => 65,
             Truncated => 60,
             Timeout => 55,
-            Deferred | CoolingDown | RateLimited => 50,
+            Deferred | CoolingDown | RateLimited | QuotaSpent => 50,
             BudgetExhausted => 45,
             ResolverError => 40,
             Other => 35,
@@ -161,8 +166,8 @@ impl ReasonCode {
                 Some(s) => s >= 500 || s == 408 || s == 429,
                 None => true,
             },
-            IoError | Truncated | Timeout | ConnectError | Deferred | CoolingDown | RateLimited | Throttled
-            | BudgetExhausted | ResolverError | FailedOver | LeasedElsewhere | Cancelled | Other => true,
+            IoError | Truncated | Timeout | ConnectError | Deferred | CoolingDown | RateLimited | QuotaSpent
+            | Throttled | BudgetExhausted | ResolverError | FailedOver | LeasedElsewhere | Cancelled | Other => true,
             AlreadyDownloaded | NoCandidates | AllCandidatesFailed | NotPdf | HtmlLandingPage | TooSmall
             | MissingEof | HtmlTail | TooLarge | InvalidUrl | RedirectRefused | RobotsDisallowed => false,
         }
@@ -171,7 +176,7 @@ impl ReasonCode {
 
 impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `pad`, so that a width (`{reason:<22}`) lines a table up
+        // `pad`, not `write_str`: the summary's `{reason:<22}` columns need the width honoured
         f.pad(self.as_str())
     }
 }
@@ -195,6 +200,7 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, b
         Kind::FailedOver => ReasonCode::FailedOver,
         Kind::CoolingDown => ReasonCode::CoolingDown,
         Kind::RateLimited => ReasonCode::RateLimited,
+        Kind::QuotaSpent => ReasonCode::QuotaSpent,
         Kind::ReadTimeout | Kind::Timeout => ReasonCode::Timeout,
         Kind::TooManyRedirects | Kind::UnsupportedRedirectScheme => ReasonCode::RedirectRefused,
         Kind::Connect | Kind::ConnectTimeout => ReasonCode::ConnectError,
@@ -206,13 +212,13 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> (ReasonCode, b
 
 /// When the provider behind `err` expects us back, if the error says: a
 /// [`Deferred`]'s Retry-After, a [`CoolingDown`]'s end (with its partition's host), a
-/// [`RateLimitTimeout`]'s wait (with its host). Walks the source chain; relative waits
+/// [`RateLimitTimeout`]'s wait (with its host), a [`QuotaSpent`]'s reset (with its host). Walks the source chain; relative waits
 /// count from `now`.
 pub(crate) fn retry_hint(
     err: &(dyn std::error::Error + 'static),
     now: tokio::time::Instant,
 ) -> (Option<String>, Option<tokio::time::Instant>) {
-    use crate::error::{CoolingDown, Deferred, RateLimitTimeout};
+    use crate::error::{CoolingDown, Deferred, QuotaSpent, RateLimitTimeout};
 
     let mut current = Some(err);
     while let Some(e) = current {
@@ -224,6 +230,9 @@ pub(crate) fn retry_hint(
         }
         if let Some(r) = e.downcast_ref::<RateLimitTimeout>() {
             return (Some(r.partition.host().to_owned()), now.checked_add(r.wait));
+        }
+        if let Some(q) = e.downcast_ref::<QuotaSpent>() {
+            return (Some(q.partition.host().to_owned()), Some(q.until));
         }
         current = e.source();
     }
@@ -338,6 +347,7 @@ mod tests {
             Deferred,
             CoolingDown,
             RateLimited,
+            QuotaSpent,
             Throttled,
             IoError,
         ] {

@@ -42,6 +42,7 @@ fn resolve_cx(sim: &Simulator) -> ResolveContext {
             ..ResolverConfig::default()
         }),
         robots: None,
+        learner: None,
     }
 }
 

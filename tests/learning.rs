@@ -642,3 +642,47 @@ async fn a_spent_allowance_pauses_the_provider_and_leaves_the_rate() {
     assert!(other.status("sim", &host).unwrap().rate < 10.0);
     assert_eq!(other.quota_paused_until(&key), None);
 }
+
+/// A spent allowance outlives the run: the learning file keeps its reset, so the next run
+/// (and `status`, reading the file) knows the provider is paused without asking it.
+#[tokio::test]
+async fn a_spent_allowance_is_kept_in_the_learning_file_until_its_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider_learning.json");
+    let key = PartitionKey::new("unpaywall", "api.unpaywall.org");
+    let learner = Learner::with_persistence(limiter(10.0, 1), LearningPolicy::default(), &path).unwrap();
+    let spent = Response::builder()
+        .status(429)
+        .header("x-ratelimit-remaining", "0")
+        .header("x-ratelimit-reset", "10800")
+        .body(())
+        .unwrap();
+    learner.observe(&key, Instant::now(), &spent);
+    let first = learner.quota_pause(&key).expect("paused");
+    learner.persist().unwrap();
+
+    for again in [
+        Learner::with_persistence(limiter(10.0, 1), LearningPolicy::default(), &path).unwrap(),
+        Learner::inspect(limiter(10.0, 1), LearningPolicy::default(), &path).unwrap(),
+    ] {
+        let pause = again.quota_pause(&key).expect("still paused after a reload");
+        let drift = pause
+            .resets_at
+            .duration_since(first.resets_at)
+            .unwrap_or_else(|e| e.duration());
+        assert!(drift <= Duration::from_secs(1), "the same reset: {drift:?}");
+        assert!(
+            again.limiter().ready_in(&key) > Duration::from_secs(10_000),
+            "nothing is sent until then"
+        );
+        assert_eq!(again.rate(&key), 10.0);
+    }
+
+    // a reset that has passed is forgotten
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    file["quota_spent"][0]["resets_at_unix"] = serde_json::json!(1);
+    std::fs::write(&path, file.to_string()).unwrap();
+    let later = Learner::inspect(limiter(10.0, 1), LearningPolicy::default(), &path).unwrap();
+    assert_eq!(later.quota_pause(&key), None);
+}

@@ -32,6 +32,7 @@ fn context(sim: &Simulator, mailto: Option<&str>) -> ResolveContext {
             ..ResolverConfig::default()
         }),
         robots: None,
+        learner: None,
     }
 }
 

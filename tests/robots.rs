@@ -44,6 +44,7 @@ impl Env {
                     ..ResolverConfig::default()
                 }),
                 robots: robots.then(|| Arc::new(RobotsTxt::new(Some(stack.limiter().clone())))),
+                learner: None,
             },
             download: stack.service(OperationType::Download),
             out: tempfile::tempdir().unwrap(),

@@ -106,6 +106,26 @@ impl Ledger {
         })
     }
 
+    /// How many jobs (of all runs) in `state` ended with each reason (`None`: no reason
+    /// recorded), most first: what `status` says of the deferred works.
+    pub async fn reasons(&self, state: super::types::JobState) -> Result<Vec<(Option<String>, u64)>, LedgerError> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query("SELECT reason, COUNT(*) FROM jobs WHERE state = $1 GROUP BY reason ORDER BY COUNT(*) DESC, COALESCE(reason, '')")
+                .bind(state.as_str())
+                .fetch_all(pool)
+                .await
+                .map_err(LedgerError::db("count jobs by reason"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                use sqlx::Row;
+                let reason: Option<String> = r.try_get(0).map_err(LedgerError::db("count jobs by reason"))?;
+                let n: i64 = r.try_get(1).map_err(LedgerError::db("count jobs by reason"))?;
+                out.push((reason, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
+        })
+    }
+
     /// The newest schema migration applied (from sqlx's `_sqlx_migrations` table).
     pub async fn schema_version(&self) -> Result<i64, LedgerError> {
         with_pool!(self, pool => {

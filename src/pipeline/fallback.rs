@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use super::answers::{Answers, Given, Recalled};
 use super::choice::{Choice, WAIT_FOR_BETTER};
 use super::config::FallbackConfig;
-use crate::context::{OperationType, WorkId};
+use crate::context::{OperationType, PartitionKey, WorkId};
 use crate::download::{file_stem, stage_pdf, DownloadFailure, DownloadOptions, Downloaded};
 use crate::error::BoxError;
 use crate::layers::telemetry::redacted;
@@ -166,7 +166,11 @@ impl std::fmt::Debug for Fallback {
 fn is_deferral(reason: ReasonCode) -> bool {
     matches!(
         reason,
-        ReasonCode::Deferred | ReasonCode::CoolingDown | ReasonCode::RateLimited | ReasonCode::Throttled
+        ReasonCode::Deferred
+            | ReasonCode::CoolingDown
+            | ReasonCode::RateLimited
+            | ReasonCode::Throttled
+            | ReasonCode::QuotaSpent
     )
 }
 
@@ -399,7 +403,11 @@ impl Fallback {
                             choice.answered(name, found);
                         }
                         Some((name, _, Err(e))) => {
-                            self.answers.count(name, false);
+                            // a provider paused for its spent allowance was not asked
+                            let unsent = e.downcast_ref::<crate::error::QuotaSpent>().is_some_and(|q| !q.sent);
+                            if !unsent {
+                                self.answers.count(name, false);
+                            }
                             choice.answered(name, Vec::new());
                             let (reason, _) = resolver_reason(&*e);
                             let (host, retry_at) = retry_hint(&*e, Instant::now());
@@ -462,8 +470,22 @@ impl Fallback {
                     return Err((candidate, failure));
                 }
             };
+            // a host whose allowance is spent is not asked (nor waited for) until its reset
+            let partition = PartitionKey::compute(&request);
+            let spent = |sent: bool| {
+                let spent = env.resolve.learner.as_ref()?.quota_spent(&partition, sent)?;
+                Some(DownloadFailure::from_error(Box::new(spent), None))
+            };
+            if let Some(failure) = spent(false) {
+                return Err((candidate, failure));
+            }
             match stage_pdf(env.download.clone(), request, env.out_dir, &key, env.options).await {
                 Ok(staged) => return Ok((staged, candidate)),
+                // the 429 that spent it, or a wait the pause caused, says so
+                Err(f) if is_deferral(f.reason) || f.status == Some(http::StatusCode::TOO_MANY_REQUESTS) => {
+                    let sent = f.status.is_some();
+                    return Err((candidate, spent(sent).unwrap_or(f)));
+                }
                 // A body cut or stalled after a good head: the layers cannot retry that, we do.
                 Err(f)
                     if f.retryable && f.status.is_some_and(|s| s.is_success()) && tries < self.config.body_retries =>

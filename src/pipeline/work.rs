@@ -98,6 +98,7 @@ impl Core {
             http: stack.service(OperationType::Resolve),
             config: Arc::new(config.resolvers.clone()),
             robots: (!config.resolvers.ignore_robots).then(|| Arc::new(RobotsTxt::new(Some(stack.limiter().clone())))),
+            learner: stack.learner().cloned(),
         };
         let held = Arc::new(Mutex::new(HashSet::new()));
         let finisher = Finisher::new(
@@ -478,6 +479,7 @@ impl Core {
                 http: gated(&self.resolve.http, slot),
                 config: self.resolve.config.clone(),
                 robots: self.resolve.robots.clone(),
+                learner: self.resolve.learner.clone(),
             };
             (resolve, gated(&self.download, slot))
         });

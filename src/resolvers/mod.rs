@@ -50,6 +50,13 @@
 //! Crossref Plus `Crossref-Plus-API-Token: Bearer`. Header values are marked sensitive.
 //! `core` needs a key ([`Resolver::required_key`]); the others work without.
 //!
+//! # Spent allowances
+//!
+//! A provider that answers 429 because its allowance for the day is spent (see
+//! [`Learner::quota_pause`]) is paused until its reset: every call to it fails at once
+//! with [`QuotaSpent`](crate::error::QuotaSpent) (no request, no wait), and its works are
+//! deferred as `quota_spent`. So are the downloads from a host whose allowance is spent.
+//!
 //! Of these only `landing` scrapes a page, and only it honours robots.txt ([`RobotsTxt`]):
 //! the others ask APIs, and the PDF URLs they hand back are fetched as given.
 
@@ -78,8 +85,9 @@ pub use self::keys::{ApiKeys, KeyedProvider, KEYED_PROVIDERS};
 pub use self::landing::{citation_pdf_url, Landing};
 pub use self::repositories::{Doaj, Figshare, Hal, OpenAire, Osf, Zenodo};
 pub use self::robots::{RobotsDisallowed, RobotsTxt, MAX_ROBOTS_BYTES, ROBOTS_AGENT};
-use crate::context::{OperationType, Provider, WorkId};
+use crate::context::{OperationType, PartitionKey, Provider, WorkId};
 use crate::error::BoxError;
+use crate::layers::learning::Learner;
 use crate::service::read_metadata;
 use crate::works::{Candidate, Work};
 
@@ -137,6 +145,11 @@ pub struct ResolveContext {
     pub config: Arc<ResolverConfig>,
     /// The robots.txt every scraped page is checked against; `None` checks nothing.
     pub robots: Option<Arc<RobotsTxt>>,
+    /// The stack's learner, asked before and after each call whether the provider's
+    /// allowance is spent ([`Learner::quota_pause`]): then the call fails with
+    /// [`QuotaSpent`](crate::error::QuotaSpent) and sends nothing until the reset (the
+    /// fallback asks it for the candidates' hosts too). `None` asks no one.
+    pub learner: Option<Learner>,
 }
 
 impl fmt::Debug for ResolveContext {
@@ -327,7 +340,31 @@ pub(crate) fn fetch_with<'a>(
             .extension(WorkId::new(work.id.as_str()))
             .body(Full::new(ask.body))
             .map_err(|e| Box::new(e) as BoxError)?;
-        let response = cx.http.clone().oneshot(req).await?;
+        // a provider whose allowance is spent is not asked (nor waited for) until its reset
+        let key = PartitionKey::compute(&req);
+        let spent = |cx: &ResolveContext, sent: bool| {
+            let spent = cx.learner.as_ref()?.quota_spent(&key, sent)?;
+            Some(Box::new(spent) as BoxError)
+        };
+        if let Some(e) = spent(cx, false) {
+            return Err(e);
+        }
+        let response = match cx.http.clone().oneshot(req).await {
+            Ok(r) if r.status() != StatusCode::TOO_MANY_REQUESTS => r,
+            // the 429 that spent it says so
+            Ok(r) => {
+                let status = r.status();
+                return Err(spent(cx, true).unwrap_or_else(|| Box::new(ResolverStatus { resolver, status })));
+            }
+            // so does the retry layer's failover on that 429, or a wait the pause caused
+            Err(e) => {
+                let sent = !matches!(
+                    crate::error::classify(&*e),
+                    crate::error::Kind::CoolingDown | crate::error::Kind::RateLimited
+                );
+                return Err(spent(cx, sent).unwrap_or(e));
+            }
+        };
         let status = response.status();
         if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
             return Ok(None);

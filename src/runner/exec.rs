@@ -26,6 +26,7 @@ use crate::layers::telemetry::{CsvSink, RecordWriter};
 use crate::ledger::{redact_url, LeaseOwner, Ledger, LedgerConfig, LedgerError};
 use crate::manifest::{ManifestSink, ManifestWriter, SummaryRecord, MANIFEST_FILE};
 use crate::pipeline::{ConfigError, Pipeline, PipelineConfig, PipelineError, Progress};
+use crate::reason::ReasonCode;
 use crate::report::{Report, REPORT_FILE};
 use crate::resolvers::ResolverConfig;
 use crate::service::{HttpClient, HttpConfig, HttpService, Stack, StackConfig};
@@ -61,6 +62,13 @@ fn default_rates() -> RateLimitConfig {
         .provider("pmc", Quota::new(3.0, 1))
         .provider("landing", Quota::new(5.0, 2))
         .provider("wayback", Quota::new(1.0, 1))
+        // Semantic Scholar: an API key allows 1 request per second on every endpoint (its API
+        // documentation); keyless clients share a pool, where 1/s is as polite
+        .provider("semantic_scholar", Quota::new(1.0, 1))
+        // CORE (API v3, which needs a key here): a registered personal key may send 25
+        // requests a minute, within 1,000 tokens a day (CORE's v3 documentation, "Rate
+        // limits", as other projects quote it)
+        .provider("core", Quota::new(25.0 / 60.0, 1))
         // arXiv asks for one request every 3 seconds
         .provider("arxiv.org", Quota::new(1.0 / 3.0, 1))
         .provider("export.arxiv.org", Quota::new(1.0 / 3.0, 1))
@@ -411,6 +419,7 @@ fn open_source(
             _,
         ) => topic_stream(
             stack.service(OperationType::ManifestFetch),
+            stack.learner().cloned(),
             resolvers.base_url("openalex", "https://api.openalex.org"),
             text.clone(),
             (*year_start, *year_end),
@@ -430,8 +439,10 @@ fn open_source(
 }
 
 /// An OpenAlex search paged with a cursor (on the ManifestFetch stack).
+#[allow(clippy::too_many_arguments)]
 fn topic_stream(
     http: HttpService,
+    learner: Option<Learner>,
     base: String,
     text: String,
     years: (Option<i32>, Option<i32>),
@@ -451,6 +462,7 @@ fn topic_stream(
     };
     stream::unfold(start, move |mut page| {
         let (http, base, text, identity) = (http.clone(), base.clone(), text.clone(), identity.clone());
+        let learner = learner.clone();
         async move {
             let cursor = page.cursor.take()?;
             if page.left == 0 {
@@ -477,9 +489,24 @@ fn topic_stream(
                     .extension(Provider::new("openalex"))
                     .body(Full::<Bytes>::default())
                     .map_err(|e| e.to_string())?;
-                let res = http.oneshot(req).await.map_err(|e| e.to_string())?;
+                // a spent allowance (OpenAlex's credits) says so, and when it resets
+                let key = crate::context::PartitionKey::new("openalex", crate::context::host_of(req.uri()));
+                let spent = || {
+                    let pause = learner.as_ref()?.quota_pause(&key)?;
+                    Some(format!(
+                        "OpenAlex's allowance is spent; it resets in {}: the search stops here, \
+                         run the same command again after the reset",
+                        crate::layers::learning::in_words(
+                            pause.until.saturating_duration_since(tokio::time::Instant::now())
+                        )
+                    ))
+                };
+                let res = match http.oneshot(req).await {
+                    Ok(res) => res,
+                    Err(e) => return Err(spent().unwrap_or_else(|| e.to_string())),
+                };
                 if !res.status().is_success() {
-                    return Err(format!("OpenAlex answered {}", res.status()));
+                    return Err(spent().unwrap_or_else(|| format!("OpenAlex answered {}", res.status())));
                 }
                 let body = crate::resolvers::read_pipeline_body(res, limit)
                     .await
@@ -603,6 +630,10 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
     for (reason, n) in &s.deferred_by_reason {
         println!("  {reason:<22}{n:>6}");
     }
+    if let Some(n) = s.deferred_by_reason.get(&ReasonCode::QuotaSpent) {
+        let pauses = learner.map(quota_resets).unwrap_or_default();
+        println!("{}", quota_line(*n, &pauses, std::time::SystemTime::now()));
+    }
     println!("bad input   {:>8}", s.input_errors);
     if !s.filtered.is_empty() {
         println!(
@@ -632,6 +663,46 @@ fn print_summary(s: &SummaryRecord, learner: Option<&Learner>) {
             println!("rate        {status}");
         }
     }
+}
+
+/// The providers whose allowance is spent now, each with when it resets.
+fn quota_resets(learner: &Learner) -> Vec<(String, std::time::SystemTime)> {
+    let mut out: Vec<(String, std::time::SystemTime)> = Vec::new();
+    for (key, pause) in learner.quota_pauses() {
+        let provider = key.provider().as_str();
+        match out.iter_mut().find(|(p, _)| p == provider) {
+            Some((_, at)) => *at = (*at).max(pause.resets_at),
+            None => out.push((provider.to_owned(), pause.resets_at)),
+        }
+    }
+    out
+}
+
+/// What the user is told of the works deferred because a provider's allowance is spent:
+/// `12 deferred: unpaywall allowance spent, resets at 02:05 UTC (in 3 h); ...`.
+fn quota_line(deferred: u64, resets: &[(String, std::time::SystemTime)], now: std::time::SystemTime) -> String {
+    if resets.is_empty() {
+        return format!(
+            "{deferred} deferred: a provider's allowance spent (quota_spent); a run after its reset asks it again"
+        );
+    }
+    let each: Vec<String> = resets
+        .iter()
+        .map(|(provider, at)| {
+            let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let left = at.duration_since(now).unwrap_or_default();
+            format!(
+                "{provider} allowance spent, resets at {:02}:{:02} UTC (in {})",
+                secs / 3600 % 24,
+                secs / 60 % 60,
+                crate::layers::learning::in_words(left)
+            )
+        })
+        .collect();
+    format!(
+        "{deferred} deferred: {}; a run after the reset asks again",
+        each.join("; ")
+    )
 }
 
 /// `contentdownload report`: reads the folder's manifest (or `--manifest`) and writes
@@ -696,14 +767,15 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
     .map_err(|e| RunError::Settings(e.into()))?;
     let rates = rate_rows(&limiter, &args.rates);
     let default_rate = limiter.rate_keys().default_quota();
-    let (statuses, learning_problem) = match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
-        Ok(learner) => (learner.statuses(), None),
-        Err(InspectError::File(e)) => {
-            eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
-            (Vec::new(), Some(e.to_string()))
-        }
-        Err(e) => return Err(RunError::failed(e)),
-    };
+    let (statuses, resets, learning_problem) =
+        match Learner::inspect(limiter, LearningPolicy::default(), &learning_path) {
+            Ok(learner) => (learner.statuses(), quota_resets(&learner), None),
+            Err(InspectError::File(e)) => {
+                eprintln!("warning: {e}; left in place (the next run moves it aside and starts fresh)");
+                (Vec::new(), Vec::new(), Some(e.to_string()))
+            }
+            Err(e) => return Err(RunError::failed(e)),
+        };
     let ledger_url = args
         .ledger
         .clone()
@@ -725,12 +797,20 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
             .map_err(RunError::ledger(&ledger_url))?;
         let counts = ledger.counts(None).await.map_err(RunError::failed)?;
         let answers = ledger.resolver_totals().await.map_err(RunError::failed)?;
+        let deferred = ledger
+            .reasons(crate::ledger::JobState::Deferred)
+            .await
+            .map_err(RunError::failed)?;
         ledger.close().await;
-        Some((counts, answers))
+        Some((counts, answers, deferred))
     } else {
         None
     };
-    let (counts, answers) = counts.map_or((None, Vec::new()), |(c, a)| (Some(c), a));
+    let (counts, answers, deferred) = counts.map_or((None, Vec::new(), Vec::new()), |(c, a, d)| (Some(c), a, d));
+    let quota_spent = deferred
+        .iter()
+        .find(|(r, _)| r.as_deref() == Some(ReasonCode::QuotaSpent.as_str()))
+        .map_or(0, |(_, n)| *n);
     if args.json {
         let providers: Vec<serde_json::Value> = statuses
             .iter()
@@ -774,11 +854,22 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
                 })
             })
             .collect();
+        let deferred_by_reason: serde_json::Map<String, serde_json::Value> = deferred
+            .iter()
+            .map(|(r, n)| (r.clone().unwrap_or_else(|| "none".into()), (*n).into()))
+            .collect();
+        let quota: Vec<serde_json::Value> = resets
+            .iter()
+            .map(|(provider, at)| {
+                let unix = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                serde_json::json!({ "provider": provider, "resets_at_unix": unix })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
                 "providers": providers, "providers_error": learning_problem, "ledger": ledger, "rates": rates,
-                "resolvers": resolvers,
+                "resolvers": resolvers, "deferred_by_reason": deferred_by_reason, "quota_spent": quota,
             })
         );
     } else {
@@ -802,6 +893,20 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
                 c.planned, c.leased, c.finalized, c.failed, c.deferred, c.skipped
             ),
             None => println!("ledger: none in this folder"),
+        }
+        for (reason, n) in &deferred {
+            println!("deferred: {n} {}", reason.as_deref().unwrap_or("(no reason)"));
+        }
+        if quota_spent > 0 {
+            println!("{}", quota_line(quota_spent, &resets, std::time::SystemTime::now()));
+        } else {
+            for (provider, at) in &resets {
+                let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                println!(
+                    "{provider}: allowance spent, resets in {}",
+                    crate::layers::learning::in_words(left)
+                );
+            }
         }
         for t in &answers {
             println!(
@@ -880,6 +985,27 @@ mod tests {
 
     /// Each failure's exit status, decided by `RunError::exit` alone, and the ledger's
     /// message: its own when it names the ledger, else prefixed with the redacted URL.
+    #[test]
+    fn the_quota_line_names_each_provider_and_its_reset() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // 2026-11-27 23:10 UTC, resets at 02:10 the next day and at 23:55
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_907_400);
+        let resets = [
+            ("unpaywall".to_owned(), now + Duration::from_secs(3 * 3600)),
+            ("openalex".to_owned(), now + Duration::from_secs(45 * 60)),
+        ];
+        assert_eq!(
+            quota_line(12, &resets[..1], now),
+            "12 deferred: unpaywall allowance spent, resets at 02:10 UTC (in 3 h); a run after the reset asks again"
+        );
+        assert_eq!(
+            quota_line(2, &resets, now),
+            "2 deferred: unpaywall allowance spent, resets at 02:10 UTC (in 3 h); \
+             openalex allowance spent, resets at 23:55 UTC (in 45 min); a run after the reset asks again"
+        );
+        assert!(quota_line(1, &[], now).starts_with("1 deferred: a provider's allowance spent"));
+    }
+
     #[test]
     fn run_errors_map_to_exit_codes() {
         let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);

@@ -9,6 +9,16 @@
 //!   `RateLimit-Remaining` / `RateLimit-Reset`, and `X-RateLimit-Remaining` /
 //!   `X-RateLimit-Reset`: when remaining is 0, hold until the reset (delta seconds, or a
 //!   Unix time when it is that large), capped at 900 s.
+//! - OpenAlex's credits (its API proxy, GitHub `ourresearch/openalex-api-proxy` @
+//!   4faf1368d729f1288aebe85d3f1513f5698db9d3, `src/index.ts`, the 429 it builds when a
+//!   request costs more than is left; pyalex's pull request #101 reads the same): besides
+//!   `Retry-After`, `X-RateLimit-Remaining` (credits left, which may be above 0 when a
+//!   search costs 10 and 5 are left), `X-RateLimit-Credits-Required` (this request's cost),
+//!   `X-RateLimit-Onetime-Remaining` (prepaid credits) and `X-RateLimit-Reset` (seconds to
+//!   midnight UTC); later versions add the same in dollars (`X-RateLimit-Remaining-USD`,
+//!   `X-RateLimit-Prepaid-Remaining-USD`, `X-RateLimit-Cost-Required-USD`). Left + prepaid
+//!   below the cost is a spent allowance until the reset, however near; OpenAlex's
+//!   per-second limit (100/s) answers 429 with credits left, which is a rate signal.
 //! - `X-RateLimit-Limit` sets a ceiling only together with a window
 //!   (`X-RateLimit-Interval` or `X-RateLimit-Window`): a bare limit says nothing about a
 //!   rate (GitHub's is per hour, others per minute).
@@ -36,6 +46,11 @@ static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limi
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 static X_RATELIMIT_WINDOW: HeaderName = HeaderName::from_static("x-ratelimit-window");
+static X_RATELIMIT_CREDITS_REQUIRED: HeaderName = HeaderName::from_static("x-ratelimit-credits-required");
+static X_RATELIMIT_ONETIME_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-onetime-remaining");
+static X_RATELIMIT_COST_REQUIRED_USD: HeaderName = HeaderName::from_static("x-ratelimit-cost-required-usd");
+static X_RATELIMIT_REMAINING_USD: HeaderName = HeaderName::from_static("x-ratelimit-remaining-usd");
+static X_RATELIMIT_PREPAID_REMAINING_USD: HeaderName = HeaderName::from_static("x-ratelimit-prepaid-remaining-usd");
 
 /// Longest hold a reset header may ask for, as for Retry-After.
 const MAX_HOLD: Duration = Duration::from_secs(900);
@@ -46,7 +61,7 @@ pub(super) const QUOTA_SPENT_AFTER: Duration = Duration::from_secs(600);
 
 /// The longest pause for a spent allowance (a daily quota resets within a day; two allow for
 /// clocks and time zones).
-const MAX_QUOTA_PAUSE: Duration = Duration::from_secs(48 * 3600);
+pub(super) const MAX_QUOTA_PAUSE: Duration = Duration::from_secs(48 * 3600);
 
 /// Unix times are told from delta-seconds by size: nothing sends a 30-year delta.
 const UNIX_TIME_THRESHOLD: u64 = 1_000_000_000;
@@ -126,11 +141,13 @@ pub(super) fn parse(headers: &HeaderMap, now: SystemTime) -> Advertised {
         ceiling = x_ratelimit(headers);
     }
     let exhausted = exhausted(headers, now);
+    let credits = credits_spent(headers, now);
     Advertised {
         ceiling,
-        exhausted_for: exhausted.map(|d| d.min(MAX_HOLD)),
+        exhausted_for: exhausted.or(credits).map(|d| d.min(MAX_HOLD)),
         quota_spent: exhausted
             .filter(|d| *d > QUOTA_SPENT_AFTER)
+            .or(credits)
             .map(|d| d.min(MAX_QUOTA_PAUSE)),
     }
 }
@@ -221,6 +238,45 @@ fn exhausted(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         reset
     };
     (reset > 0).then(|| Duration::from_secs(reset))
+}
+
+/// OpenAlex's spent credits (see the module docs): what is left (daily plus prepaid, in
+/// credits or in dollars) is less than this request costs. Until `X-RateLimit-Reset`, or
+/// `Retry-After` in seconds when there is no reset; at least a second.
+fn credits_spent(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let number = |name: &HeaderName| {
+        header_str(headers, name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+    };
+    let short = |left: Option<f64>, prepaid: Option<f64>, cost: Option<f64>| match (left, cost) {
+        (Some(left), Some(cost)) => cost > 0.0 && left + prepaid.unwrap_or(0.0).max(0.0) < cost,
+        _ => false,
+    };
+    let spent = short(
+        number(&X_RATELIMIT_REMAINING),
+        number(&X_RATELIMIT_ONETIME_REMAINING),
+        number(&X_RATELIMIT_CREDITS_REQUIRED),
+    ) || short(
+        number(&X_RATELIMIT_REMAINING_USD),
+        number(&X_RATELIMIT_PREPAID_REMAINING_USD),
+        number(&X_RATELIMIT_COST_REQUIRED_USD),
+    );
+    if !spent {
+        return None;
+    }
+    let reset = header_str(headers, &X_RATELIMIT_RESET)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|reset| {
+            if reset >= UNIX_TIME_THRESHOLD {
+                let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                reset.saturating_sub(now)
+            } else {
+                reset
+            }
+        })
+        .or_else(|| header_str(headers, &RETRY_AFTER)?.parse::<u64>().ok())?;
+    Some(Duration::from_secs(reset.max(1)))
 }
 
 fn separate(headers: &HeaderMap, remaining: &HeaderName, reset: &HeaderName) -> Option<(u64, u64)> {
@@ -319,6 +375,53 @@ mod tests {
         assert_eq!(parse(&h, at(0)).exhausted_for, None);
         let h = headers(&[("x-ratelimit-limit", "60"), ("x-ratelimit-window", "60s")]);
         assert_eq!(parse(&h, at(0)).ceiling, Some(1.0));
+    }
+
+    #[test]
+    fn openalex_credits_spent() {
+        // the 429 of OpenAlex's proxy for a search (10 credits) with 5 left, 3 h to midnight
+        let h = headers(&[
+            ("retry-after", "10800"),
+            ("x-ratelimit-limit", "10000"),
+            ("x-ratelimit-remaining", "5"),
+            ("x-ratelimit-onetime-remaining", "0"),
+            ("x-ratelimit-credits-required", "10"),
+            ("x-ratelimit-reset", "10800"),
+        ]);
+        assert_eq!(parse(&h, at(0)).quota_spent, Some(Duration::from_secs(10800)));
+        assert_eq!(parse(&h, at(0)).exhausted_for, Some(MAX_HOLD));
+        // prepaid credits cover it: not spent (a per-second 429)
+        let h = headers(&[
+            ("x-ratelimit-remaining", "5"),
+            ("x-ratelimit-onetime-remaining", "500"),
+            ("x-ratelimit-credits-required", "10"),
+            ("x-ratelimit-reset", "10800"),
+        ]);
+        assert_eq!(parse(&h, at(0)).quota_spent, None);
+        // the dollar form, reset near: still the allowance
+        let h = headers(&[
+            ("x-ratelimit-remaining-usd", "0"),
+            ("x-ratelimit-prepaid-remaining-usd", "0"),
+            ("x-ratelimit-cost-required-usd", "0.001"),
+            ("x-ratelimit-reset", "300"),
+        ]);
+        assert_eq!(parse(&h, at(0)).quota_spent, Some(Duration::from_secs(300)));
+        // no reset: Retry-After
+        let h = headers(&[
+            ("retry-after", "7200"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-credits-required", "1"),
+        ]);
+        assert_eq!(parse(&h, at(0)).quota_spent, Some(Duration::from_secs(7200)));
+        // OpenAlex's per-second limit: credits left
+        let h = headers(&[
+            ("retry-after", "1"),
+            ("x-ratelimit-remaining", "9000"),
+            ("x-ratelimit-credits-required", "1"),
+            ("x-ratelimit-reset", "10800"),
+        ]);
+        assert_eq!(parse(&h, at(0)).quota_spent, None);
+        assert_eq!(parse(&h, at(0)).exhausted_for, None);
     }
 
     #[test]

@@ -46,7 +46,16 @@ pub(super) struct Shared {
     /// the same limiter is its source: this one sets the rate on every response.
     pub(super) sourced: std::sync::atomic::AtomicBool,
     /// Partitions whose allowance is spent, until when: the user is told once per pause.
-    pub(super) quota_paused: Mutex<PartitionMap<Instant>>,
+    pub(super) quota_paused: Mutex<PartitionMap<QuotaPause>>,
+}
+
+/// A partition paused because its allowance is spent ([`Learner::quota_pause`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaPause {
+    /// When the allowance resets, on this process's clock.
+    pub until: Instant,
+    /// The same moment as wall-clock time, for what the user is told and for the file.
+    pub resets_at: SystemTime,
 }
 
 /// What the provider-learning layer knows, per partition, behind a cheap cloneable handle:
@@ -114,8 +123,19 @@ impl Learner {
     ) -> Result<Learner, LearningConfigError> {
         policy.validate()?;
         let path = path.into();
-        let states = persist::load(&path, &limiter, SystemTime::now());
-        Ok(Learner::from_loaded(limiter, policy, Some(path), states))
+        let (states, pauses) = persist::load(&path, &limiter, SystemTime::now());
+        let learner = Learner::from_loaded(limiter, policy, Some(path), states, pauses);
+        // told once, at start, as the pause itself was when it began
+        for (key, pause) in learner.quota_pauses() {
+            tracing::warn!(
+                partition = %key,
+                resets_in_s = pause.until.saturating_duration_since(Instant::now()).as_secs(),
+                "{key}: its allowance (quota) is spent (as an earlier run learned); not asked \
+                 until it resets in {}, its works deferred to a later run",
+                in_words(pause.until.saturating_duration_since(Instant::now()))
+            );
+        }
+        Ok(learner)
     }
 
     /// The state saved in `path`, read without changing anything on disk (for a read-only
@@ -123,8 +143,8 @@ impl Learner {
     /// says what is wrong with it, left where it is. A missing file is an empty state.
     pub fn inspect(limiter: RateLimiter, policy: LearningPolicy, path: &Path) -> Result<Learner, InspectError> {
         policy.validate()?;
-        let states = persist::read(path, &limiter)?;
-        Ok(Learner::from_loaded(limiter, policy, None, states))
+        let (states, pauses) = persist::read(path, &limiter)?;
+        Ok(Learner::from_loaded(limiter, policy, None, states, pauses))
     }
 
     fn from_loaded(
@@ -132,6 +152,7 @@ impl Learner {
         policy: LearningPolicy,
         path: Option<PathBuf>,
         mut states: PartitionMap<PartitionState>,
+        pauses: Vec<(PartitionKey, SystemTime)>,
     ) -> Learner {
         let now = Instant::now();
         for state in states.values_mut() {
@@ -144,7 +165,21 @@ impl Learner {
         for (key, rate) in rates {
             learner.shared.limiter.set_rate(&key, rate);
         }
+        // allowances spent in an earlier run stay spent until their reset: nothing is sent
+        let wall = SystemTime::now();
+        for (key, resets_at) in pauses {
+            let Ok(left) = resets_at.duration_since(wall) else {
+                continue;
+            };
+            let until = now + left.min(advertised::MAX_QUOTA_PAUSE);
+            learner.shared.limiter.hold_until(&key, until);
+            learner.quotas().insert(key, QuotaPause { until, resets_at });
+        }
         learner
+    }
+
+    fn quotas(&self) -> MutexGuard<'_, PartitionMap<QuotaPause>> {
+        self.shared.quota_paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn build(
@@ -285,26 +320,60 @@ impl Learner {
 
     /// Tells the user, once per pause, that `key`'s allowance is spent until `until`.
     fn tell_quota_spent(&self, key: &PartitionKey, until: Instant, pause: Duration) {
-        let mut paused = self.shared.quota_paused.lock().unwrap_or_else(|e| e.into_inner());
-        let told = paused.get(key).is_some_and(|t| *t > Instant::now());
+        let mut paused = self.quotas();
+        let told = paused.get(key).is_some_and(|p| p.until > Instant::now());
         if !told {
             tracing::warn!(
                 partition = %key,
                 resets_in_s = pause.as_secs(),
-                "{key}: its allowance (quota) is spent; paused until it resets in {} min, \
+                "{key}: its allowance (quota) is spent; paused until it resets in {}, \
                  its works deferred to a later run; the learned rate is left as it was",
-                pause.as_secs().div_ceil(60)
+                in_words(pause)
             );
         }
-        if paused.get(key).is_none_or(|t| *t < until) {
-            paused.insert(key.clone(), until);
+        if paused.get(key).is_none_or(|p| p.until < until) {
+            // (the pauses that have passed go, so the map holds only the providers paused now)
+            let now = Instant::now();
+            paused.retain(|_, p| p.until > now);
+            let resets_at = SystemTime::now() + pause;
+            paused.insert(key.clone(), QuotaPause { until, resets_at });
         }
     }
 
     /// When `key`'s spent allowance resets, if it is paused for that now.
     pub fn quota_paused_until(&self, key: &PartitionKey) -> Option<Instant> {
-        let paused = self.shared.quota_paused.lock().unwrap_or_else(|e| e.into_inner());
-        paused.get(key).copied().filter(|t| *t > Instant::now())
+        self.quota_pause(key).map(|p| p.until)
+    }
+
+    /// `key`'s pause for a spent allowance, if it is paused now.
+    pub fn quota_pause(&self, key: &PartitionKey) -> Option<QuotaPause> {
+        self.quotas().get(key).copied().filter(|p| p.until > Instant::now())
+    }
+
+    /// A [`QuotaSpent`](crate::error::QuotaSpent) for a call to `key` when its allowance is
+    /// spent now (`sent`: whether that call's request went out), for the callers that stop
+    /// there instead of waiting for the reset.
+    pub fn quota_spent(&self, key: &PartitionKey, sent: bool) -> Option<crate::error::QuotaSpent> {
+        let pause = self.quota_pause(key)?;
+        Some(crate::error::QuotaSpent {
+            partition: key.clone(),
+            until: pause.until,
+            resets_at: pause.resets_at,
+            sent,
+        })
+    }
+
+    /// Every partition paused now for a spent allowance, sorted by partition.
+    pub fn quota_pauses(&self) -> Vec<(PartitionKey, QuotaPause)> {
+        let now = Instant::now();
+        let mut all: Vec<(PartitionKey, QuotaPause)> = self
+            .quotas()
+            .iter()
+            .filter(|(_, p)| p.until > now)
+            .map(|(k, p)| (k.clone(), *p))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Records a throttling response for `key` (what [`observe`](Self::observe) does for
@@ -375,8 +444,20 @@ impl Learner {
         let Some(path) = self.shared.path.as_deref() else {
             return Ok(());
         };
-        let snapshot = persist::snapshot(&self.states(), &self.shared.policy, SystemTime::now());
+        let pauses: Vec<(PartitionKey, SystemTime)> =
+            self.quota_pauses().into_iter().map(|(k, p)| (k, p.resets_at)).collect();
+        let snapshot = persist::snapshot(&self.states(), &pauses, &self.shared.policy, SystemTime::now());
         let _guard = self.shared.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         persist::write_atomic(path, &snapshot)
+    }
+}
+
+/// `3 h`, `2 h 5 min`, `45 min`: how long until a reset, for the user.
+pub fn in_words(d: Duration) -> String {
+    let mins = d.as_secs().div_ceil(60);
+    match (mins / 60, mins % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
     }
 }

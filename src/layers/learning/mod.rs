@@ -94,7 +94,7 @@ pub use self::layer::ProviderLearningLayer;
 /// requests per second, after this response (for telemetry's `contentdownload.learning.rate`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LearnedRate(pub f64);
-pub use self::learner::{InspectError, Learner};
+pub use self::learner::{in_words, InspectError, Learner, QuotaPause};
 pub use self::persist::{LearningFileError, PersistError, PersistTask, FORMAT_VERSION};
 pub use self::policy::{
     progressive_step, AdaptiveConfig, LearningConfigError, LearningPolicy, PROGRESSIVE_MAX_REDUCTION,

@@ -29,7 +29,22 @@ pub(super) struct LearningFile {
     policy: String,
     saved_at_unix: u64,
     partitions: Vec<PartitionRecord>,
+    /// Partitions whose allowance is spent, until their reset (Unix seconds): a later run,
+    /// or `status`, knows it without asking the provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quota_spent: Vec<QuotaRecord>,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+struct QuotaRecord {
+    provider: String,
+    host: String,
+    resets_at_unix: u64,
+}
+
+/// What a learning file holds: each partition's state, and the spent allowances with their
+/// reset.
+pub(super) type Loaded = (PartitionMap<PartitionState>, Vec<(PartitionKey, SystemTime)>);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PartitionRecord {
@@ -73,6 +88,7 @@ fn unix(now: SystemTime) -> u64 {
 
 pub(super) fn snapshot(
     states: &PartitionMap<PartitionState>,
+    pauses: &[(PartitionKey, SystemTime)],
     policy: &LearningPolicy,
     now: SystemTime,
 ) -> LearningFile {
@@ -98,6 +114,14 @@ pub(super) fn snapshot(
         policy: policy.name().to_owned(),
         saved_at_unix: unix(now),
         partitions,
+        quota_spent: pauses
+            .iter()
+            .map(|(key, at)| QuotaRecord {
+                provider: key.provider().as_str().to_owned(),
+                host: key.host().to_owned(),
+                resets_at_unix: unix(*at),
+            })
+            .collect(),
     }
 }
 
@@ -142,10 +166,10 @@ pub struct LearningFileError {
 
 /// Reads the file into per-partition states without touching it: a missing file is an
 /// empty state, a bad one an error.
-pub(super) fn read(path: &Path, limiter: &RateLimiter) -> Result<PartitionMap<PartitionState>, LearningFileError> {
+pub(super) fn read(path: &Path, limiter: &RateLimiter) -> Result<Loaded, LearningFileError> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PartitionMap::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(e) => {
             return Err(LearningFileError {
                 path: path.to_owned(),
@@ -159,21 +183,29 @@ pub(super) fn read(path: &Path, limiter: &RateLimiter) -> Result<PartitionMap<Pa
         reason,
         corrupt: true,
     })?;
-    Ok(states_of(file, limiter))
+    let pauses = file
+        .quota_spent
+        .iter()
+        .map(|q| {
+            let key = PartitionKey::new(q.provider.clone(), q.host.clone());
+            (key, UNIX_EPOCH + Duration::from_secs(q.resets_at_unix))
+        })
+        .collect();
+    Ok((states_of(file, limiter), pauses))
 }
 
 /// Reads the file into per-partition states; see the module docs for what happens to a
 /// bad file.
-pub(super) fn load(path: &Path, limiter: &RateLimiter, now: SystemTime) -> PartitionMap<PartitionState> {
+pub(super) fn load(path: &Path, limiter: &RateLimiter, now: SystemTime) -> Loaded {
     match read(path, limiter) {
-        Ok(states) => states,
+        Ok(loaded) => loaded,
         Err(e) if e.corrupt => {
             set_aside(path, &e.reason, now);
-            PartitionMap::default()
+            Loaded::default()
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e.reason, "cannot read the provider learning file; learning starts fresh");
-            PartitionMap::default()
+            Loaded::default()
         }
     }
 }
