@@ -5,7 +5,7 @@
 //! - `"attempt"`: one HTTP attempt (the telemetry layer's attempt record);
 //! - `"work"`: the outcome of one work ([`WorkRecord`]);
 //! - `"rate"`: a provider's learned rate when it changed ([`RateRecord`]; the runner
-//!   samples it once a second, for `contentdownload report`);
+//!   samples it once a second, and last before the summary, for `contentdownload report`);
 //! - `"summary"`: the totals of a run, last ([`SummaryRecord`]).
 //!
 //! # Example

@@ -23,6 +23,7 @@ mod error;
 mod fallback;
 mod finish;
 mod frontier;
+mod rate_log;
 mod run;
 mod second_pass;
 mod sibling;

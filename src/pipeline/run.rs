@@ -18,6 +18,7 @@ use super::config::PipelineConfig;
 use super::error::{DurabilityError, PipelineError};
 use super::frontier::{Dispatch, Slot};
 use super::lock;
+use super::rate_log::{RateLog, RATE_LOG_EVERY};
 use super::second_pass::{second_attempt_at, SourceHints};
 use super::work::{cancelled, Core, Later, Processed};
 use crate::input::Skip;
@@ -226,6 +227,14 @@ impl Pipeline {
         // for SQLite's write lock would stop the claims that hold it from progressing.
         let (stop_heartbeat, heartbeat) = self.core.spawn_heartbeat();
         let (stop_syncing, syncing) = self.core.spawn_manifest_sync();
+        let rates = self.core.learner().map(|learner| {
+            RateLog::spawn(
+                learner.clone(),
+                self.core.manifest.clone(),
+                self.core.config.run_id.clone(),
+                RATE_LOG_EVERY,
+            )
+        });
         let first = self.first_pass(works, &mut books, &mut stop).await?;
         if !stop.interrupted && !first.later.is_empty() {
             let (leased, rest): (Vec<Later>, Vec<Later>) = first
@@ -251,6 +260,10 @@ impl Pipeline {
         summary.interrupted = stop.interrupted;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
         summary.add_resolver_counts(&self.core.fallback.take_resolver_counts());
+        // the rates as they end, before the summary (the manifest's last line of a run)
+        if let Some(rates) = rates {
+            rates.stop().await;
+        }
         if let Some(records) = &self.records {
             if let Err(e) = records.flush().await {
                 tracing::warn!("attempt records were not all written: {e}");

@@ -130,6 +130,11 @@ impl Core {
         (self.config.lease_ttl / 3).max(Duration::from_millis(100))
     }
 
+    /// The stack's learner, if provider learning is on.
+    pub(super) fn learner(&self) -> Option<&crate::layers::learning::Learner> {
+        self.resolve.learner.as_ref()
+    }
+
     pub(super) fn spawn_heartbeat(&self) -> (watch::Sender<bool>, JoinHandle<()>) {
         let Some(ledger) = self.ledger.clone() else {
             return spawn_every(None, || async {});

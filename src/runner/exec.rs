@@ -13,7 +13,6 @@ use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 
 use super::args::{FetchArgs, RateSpec, ReportArgs, StatusArgs};
-use super::rate_log::{RateLog, RATE_LOG_EVERY};
 use super::rates::{print_rates, rate_rows, show_quota};
 use super::settings::{RunSettings, Source};
 use crate::context::{OperationType, Provider};
@@ -261,9 +260,6 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
     })
     .map_err(RunError::Settings)?;
     let persist = stack.learner().map(|l| l.spawn_persist_task(Duration::from_secs(30)));
-    let rate_log = stack
-        .learner()
-        .map(|l| RateLog::spawn(l.clone(), manifest.clone(), settings.run_id.clone(), RATE_LOG_EVERY));
 
     let resolvers = ResolverConfig {
         mailto: settings.mailto.clone(),
@@ -317,18 +313,8 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
     let result = pipeline.run(works, |p| reporter.update(p), shutdown).await;
     reporter.finish();
 
-    // whatever happened: the last rates and records flushed, learning saved, ledger closed
-    if let Some(log) = rate_log {
-        log.stop().await;
-    }
+    // whatever happened: records flushed, learning saved, ledger closed
     let _ = records.close().await;
-    if let Err(e) = manifest
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .flush()
-    {
-        tracing::warn!("could not flush the manifest: {e}");
-    }
     if let Some(task) = persist {
         if let Err(e) = task.shutdown().await {
             tracing::warn!("could not save the learned provider state: {e}");

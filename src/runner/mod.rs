@@ -3,7 +3,6 @@
 
 pub mod args;
 pub mod exec;
-mod rate_log;
 mod rates;
 pub mod settings;
 

@@ -1,5 +1,6 @@
-//! The learned rates over a run: a task reads the learner once a second and writes a
-//! `rate` line ([`RateRecord`]) to the manifest for each partition whose rate moved, so that
+//! The learned rates over a run: while a pipeline runs, a task reads the stack's learner
+//! once a second and writes a `rate` line ([`RateRecord`]) to the manifest for each
+//! partition whose rate moved, and once more before the summary line, so that
 //! `contentdownload report` can draw each provider's learned rate over time.
 
 use std::collections::HashMap;
