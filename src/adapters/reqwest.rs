@@ -195,13 +195,16 @@ impl ContentDownloadMiddleware {
 /// parsing the URL again (reqwest's `TryFrom<http::Request>` formats the URI and parses it:
 /// thousands of instructions per attempt); a redirect hop has another URI, and is parsed.
 /// (One extension rather than two: the retry and redirect layers copy every extension.)
+/// The URL is also the one the caller's response carries when the last reply came from
+/// it: it is moved there at the end rather than copied from each reply.
 #[derive(Clone, Default)]
 struct AttemptChannel(Arc<Shared>);
 
 #[derive(Default)]
 struct Shared {
     exchange: Mutex<Exchange>,
-    caller: Option<(http::Uri, reqwest::Url)>,
+    /// The caller's URI (its URL is in the exchange, to be moved out at the end).
+    caller: Option<http::Uri>,
 }
 
 type Reply = reqwest_middleware::Result<reqwest::Response>;
@@ -215,6 +218,8 @@ struct Exchange {
     waiting: Option<(u64, Waker)>,
     /// The task waiting for an attempt, when it registered (`poll_attempt`).
     consumer: Option<Waker>,
+    /// The caller's URL, until [`AttemptChannel::take_caller_url`].
+    caller_url: Option<reqwest::Url>,
 }
 
 impl AttemptChannel {
@@ -225,17 +230,34 @@ impl AttemptChannel {
 
     fn for_caller(uri: http::Uri, url: reqwest::Url) -> Self {
         AttemptChannel(Arc::new(Shared {
-            exchange: Mutex::default(),
-            caller: Some((uri, url)),
+            exchange: Mutex::new(Exchange {
+                caller_url: Some(url),
+                ..Exchange::default()
+            }),
+            caller: Some(uri),
         }))
     }
 
     /// The caller's URL when `uri` is the caller's URI (not a redirect hop's).
     fn caller_url(&self, uri: &http::Uri) -> Option<reqwest::Url> {
         match &self.0.caller {
-            Some((caller, url)) if same_uri(caller, uri) => Some(url.clone()),
+            Some(caller) if same_uri(caller, uri) => self.lock().caller_url.clone(),
             _ => None,
         }
+    }
+
+    /// Whether `url` is the caller's URL (then a reply from it needs no [`ReplyUrl`]).
+    fn is_caller_url(&self, url: &reqwest::Url) -> bool {
+        self.lock()
+            .caller_url
+            .as_ref()
+            .is_some_and(|c| c.as_str() == url.as_str())
+    }
+
+    /// The caller's URL, moved out: for the response handed to the caller when the last
+    /// reply came from it.
+    fn take_caller_url(&self) -> Option<reqwest::Url> {
+        self.lock().caller_url.take()
     }
 
     /// Leaves an attempt for the middleware; `None` if one is there already (the stack
@@ -352,7 +374,8 @@ fn same_uri(a: &http::Uri, b: &http::Uri) -> bool {
 }
 
 /// The URL of the reply to an attempt (reqwest's `Response::url`), carried back through
-/// the stack to the `reqwest::Response` handed to the caller.
+/// the stack to the `reqwest::Response` handed to the caller; absent when it is the
+/// caller's URL (nearly always), which the channel holds.
 #[derive(Clone)]
 struct ReplyUrl(reqwest::Url);
 
@@ -397,7 +420,7 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
             }
         };
         match result {
-            Ok(response) => Ok(from_http(response)),
+            Ok(response) => Ok(from_http(response, &channel)),
             Err(e) => Err(from_box(e)),
         }
     }
@@ -436,14 +459,24 @@ fn to_http(
     Ok((http_req, channel))
 }
 
-fn from_http(response: Response<PipelineBody>) -> reqwest::Response {
+fn from_http(response: Response<PipelineBody>, channel: &AttemptChannel) -> reqwest::Response {
     let (mut parts, body) = response.into_parts();
-    if let Some(ReplyUrl(url)) = parts.extensions.remove::<ReplyUrl>() {
+    let url = match parts.extensions.remove::<ReplyUrl>() {
+        Some(ReplyUrl(url)) => Some(url),
+        None => channel.take_caller_url(),
+    };
+    if let Some(url) = url {
         // reqwest reads a response's URL from an extension of its own, which only its
-        // response builder can set (without it, it parses a placeholder URL)
+        // response builder can set (without it, it parses a placeholder URL). The builder
+        // is lent the response's extensions, so the URL goes straight into them.
         use reqwest::ResponseBuilderExt;
-        if let Some(ext) = Response::builder().url(url).extensions_mut() {
-            parts.extensions.extend(std::mem::take(ext));
+        let mut builder = Response::builder();
+        if let Some(ext) = builder.extensions_mut() {
+            *ext = std::mem::take(&mut parts.extensions);
+        }
+        let mut builder = builder.url(url);
+        if let Some(ext) = builder.extensions_mut() {
+            parts.extensions = std::mem::take(ext);
         }
     }
     let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
@@ -549,23 +582,27 @@ impl Future for NextFuture {
     type Output = Result<Response<PipelineBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let reply = match self.state.as_ref() {
-            Some(Ok((channel, id))) => std::task::ready!(channel.poll_reply(*id, cx)),
-            _ => {
-                return Poll::Ready(Err(match self.state.take() {
-                    Some(Err(e)) => e,
-                    _ => "NextFuture polled after completion".into(),
-                }))
+        let (channel, id) = match self.state.take() {
+            Some(Ok(waiting)) => waiting,
+            Some(Err(e)) => return Poll::Ready(Err(e)),
+            None => return Poll::Ready(Err("NextFuture polled after completion".into())),
+        };
+        let reply = match channel.poll_reply(id, cx) {
+            Poll::Ready(reply) => reply,
+            Poll::Pending => {
+                self.state = Some(Ok((channel, id)));
+                return Poll::Pending;
             }
         };
-        self.state = None;
         Poll::Ready(match reply {
             Err(e) => Err(unwrap_reqwest(e)),
             Ok(response) => {
-                let url = ReplyUrl(response.url().clone());
+                let url = (!channel.is_caller_url(response.url())).then(|| ReplyUrl(response.url().clone()));
                 let response: Response<reqwest::Body> = response.into();
                 let mut response = response.map(|b| b.map_err(Into::into).boxed_unsync());
-                response.extensions_mut().insert(url);
+                if let Some(url) = url {
+                    response.extensions_mut().insert(url);
+                }
                 Ok(response)
             }
         })
