@@ -427,7 +427,7 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
 }
 
 fn to_http(
-    req: reqwest::Request,
+    mut req: reqwest::Request,
     body: Bytes,
     extensions: &Extensions,
 ) -> reqwest_middleware::Result<(Request<Full<Bytes>>, AttemptChannel)> {
@@ -437,10 +437,11 @@ fn to_http(
         .parse()
         .map_err(reqwest_middleware::Error::middleware)?;
     let mut http_req = Request::new(Full::new(body));
-    *http_req.method_mut() = req.method().clone();
+    // (moved, not copied: `req` is not sent as it is, each attempt is made from `http_req`)
+    *http_req.method_mut() = std::mem::take(req.method_mut());
     *http_req.uri_mut() = uri.clone();
     *http_req.version_mut() = req.version();
-    *http_req.headers_mut() = req.headers().clone();
+    *http_req.headers_mut() = std::mem::take(req.headers_mut());
     let channel = AttemptChannel::for_caller(uri, req.url().clone());
     let ext = http_req.extensions_mut();
     ext.insert(channel.clone());
