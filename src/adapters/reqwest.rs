@@ -51,6 +51,7 @@
 //!
 //! [`from_stack`]: ContentDownloadMiddleware::from_stack
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -176,8 +177,8 @@ impl ContentDownloadMiddleware {
 }
 
 /// Where the innermost service leaves each attempt for the middleware's `next`, and where
-/// the middleware leaves the reply; carried in the request's extensions (cloned with the
-/// request on every retry).
+/// the middleware leaves the reply. The innermost service finds it in [`POLLING`] (or, for
+/// a request built by hand, in the request's extensions).
 ///
 /// A shared slot rather than channels: the stack and the middleware run in one task, and a
 /// channel's wake-up of its own task made tokio hand the task to another worker thread on
@@ -208,6 +209,43 @@ struct Shared {
 }
 
 type Reply = reqwest_middleware::Result<reqwest::Response>;
+
+thread_local! {
+    /// The channel of the request whose stack future this thread is polling: every attempt
+    /// reaches [`NextService::call`] inside that poll (the stack's layers call the service
+    /// below from their futures, never from a task of their own).
+    ///
+    /// Rather than an extension of the request: the retry layer's spare copy and the redirect
+    /// layer's copy of the extensions each boxed a clone of it, and the innermost service
+    /// removed it again, about 800 instructions per request (`overhead_bench` row (e)).
+    static POLLING: Cell<Option<AttemptChannel>> = const { Cell::new(None) };
+}
+
+/// While alive, [`POLLING`] names a channel (the previous one is put back on drop, so a
+/// middleware inside a stack inside a middleware works too).
+struct Polling(Option<AttemptChannel>);
+
+impl Polling {
+    fn enter(channel: &AttemptChannel) -> Polling {
+        Polling(POLLING.with(|p| p.replace(Some(channel.clone()))))
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        POLLING.with(|p| p.set(previous));
+    }
+}
+
+/// The channel [`POLLING`] names, if any.
+fn polling_channel() -> Option<AttemptChannel> {
+    POLLING.with(|p| {
+        let channel = p.take();
+        p.set(channel.clone());
+        channel
+    })
+}
 
 #[derive(Default)]
 struct Exchange {
@@ -404,10 +442,16 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
         let own = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let result = loop {
             // Ready(Some): the stack is done; Ready(None): it left an attempt for `next`.
-            let step = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Some(result)),
-                Poll::Pending if channel.has_attempt() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+            let step = std::future::poll_fn(|cx| {
+                let polled = {
+                    let _polling = Polling::enter(&channel);
+                    call.as_mut().poll(cx)
+                };
+                match polled {
+                    Poll::Ready(result) => Poll::Ready(Some(result)),
+                    Poll::Pending if channel.has_attempt() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
             })
             .await;
             if let Some(result) = step {
@@ -444,7 +488,6 @@ fn to_http(
     *http_req.headers_mut() = std::mem::take(req.headers_mut());
     let channel = AttemptChannel::for_caller(uri, req.url().clone());
     let ext = http_req.extensions_mut();
-    ext.insert(channel.clone());
     if let Some(v) = extensions.get::<OperationType>() {
         ext.insert(*v);
     }
@@ -525,7 +568,7 @@ impl tower::Service<Request<Full<Bytes>>> for NextService {
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> NextFuture {
         let (mut parts, body) = req.into_parts();
-        let Some(channel) = parts.extensions.remove::<AttemptChannel>() else {
+        let Some(channel) = parts.extensions.remove::<AttemptChannel>().or_else(polling_channel) else {
             return NextFuture::failed("the request did not come through ContentDownloadMiddleware");
         };
         // `Full` of one chunk: taking its bytes does not copy.
@@ -633,6 +676,29 @@ mod tests {
             .unwrap();
         req.extensions_mut().insert(channel.clone());
         req
+    }
+
+    #[tokio::test]
+    async fn the_innermost_service_finds_the_channel_being_polled_and_fails_without_one() {
+        let request = || Request::get("http://example.org/x").body(Full::default()).unwrap();
+        // outside any middleware: a clear error, not a hang
+        let err = NextService.call(request()).await.err().expect("no channel");
+        assert!(err.to_string().contains("did not come through"), "{err}");
+        // inside the middleware's poll: the attempt reaches its channel
+        let channel = AttemptChannel::default();
+        let future = {
+            let _polling = Polling::enter(&channel);
+            let inner = AttemptChannel::default();
+            {
+                // a nested scope puts the outer channel back when it ends
+                let _nested = Polling::enter(&inner);
+            }
+            NextService.call(request())
+        };
+        assert!(polling_channel().is_none(), "the scope ended");
+        assert!(channel.has_attempt());
+        drop(future);
+        assert!(!channel.has_attempt(), "a dropped attempt is abandoned");
     }
 
     #[test]
