@@ -682,7 +682,7 @@ mod tests {
     async fn the_innermost_service_finds_the_channel_being_polled_and_fails_without_one() {
         let request = || Request::get("http://example.org/x").body(Full::default()).unwrap();
         // outside any middleware: a clear error, not a hang
-        let err = NextService.call(request()).await.err().expect("no channel");
+        let err = NextService.call(request()).await.expect_err("no channel");
         assert!(err.to_string().contains("did not come through"), "{err}");
         // inside the middleware's poll: the attempt reaches its channel
         let channel = AttemptChannel::default();
