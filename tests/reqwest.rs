@@ -219,3 +219,35 @@ async fn every_attempt_goes_through_the_rest_of_the_chain() {
     assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert_eq!(sim.count("/f.pdf"), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_redirected_response_names_the_url_it_came_from() {
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/old", [Reply::redirect(301, "/new")]);
+    sim.on("/new", [Reply::ok().body("moved")]);
+    install_crypto_provider();
+    // reqwest following the redirect itself, and the stack's redirect layer following it
+    // (reqwest told not to): either way the caller sees the last reply's URL
+    let by_reqwest = reqwest::Client::new();
+    let by_stack = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for inner in [by_reqwest, by_stack] {
+        let client = ClientBuilder::new(inner)
+            .with(ContentDownloadMiddleware::new(&StackConfig::default()).unwrap())
+            .build();
+        let res = get(&client, &sim.url("/old"), OperationType::Download, "pub")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.url().as_str(), sim.url("/new"));
+        assert_eq!(res.text().await.unwrap(), "moved");
+        // and a request that was not redirected names its own
+        let res = get(&client, &sim.url("/new"), OperationType::Download, "pub")
+            .await
+            .unwrap();
+        assert_eq!(res.url().as_str(), sim.url("/new"));
+    }
+    assert_eq!(sim.count("/old"), 2);
+}

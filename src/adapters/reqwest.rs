@@ -51,6 +51,7 @@
 //!
 //! [`from_stack`]: ContentDownloadMiddleware::from_stack
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -176,8 +177,8 @@ impl ContentDownloadMiddleware {
 }
 
 /// Where the innermost service leaves each attempt for the middleware's `next`, and where
-/// the middleware leaves the reply; carried in the request's extensions (cloned with the
-/// request on every retry).
+/// the middleware leaves the reply. The innermost service finds it in [`POLLING`] (or, for
+/// a request built by hand, in the request's extensions).
 ///
 /// A shared slot rather than channels: the stack and the middleware run in one task, and a
 /// channel's wake-up of its own task made tokio hand the task to another worker thread on
@@ -195,16 +196,56 @@ impl ContentDownloadMiddleware {
 /// parsing the URL again (reqwest's `TryFrom<http::Request>` formats the URI and parses it:
 /// thousands of instructions per attempt); a redirect hop has another URI, and is parsed.
 /// (One extension rather than two: the retry and redirect layers copy every extension.)
+/// The URL is also the one the caller's response carries when the last reply came from
+/// it: it is moved there at the end rather than copied from each reply.
 #[derive(Clone, Default)]
 struct AttemptChannel(Arc<Shared>);
 
 #[derive(Default)]
 struct Shared {
     exchange: Mutex<Exchange>,
-    caller: Option<(http::Uri, reqwest::Url)>,
+    /// The caller's URI (its URL is in the exchange, to be moved out at the end).
+    caller: Option<http::Uri>,
 }
 
 type Reply = reqwest_middleware::Result<reqwest::Response>;
+
+thread_local! {
+    /// The channel of the request whose stack future this thread is polling: every attempt
+    /// reaches [`NextService::call`] inside that poll (the stack's layers call the service
+    /// below from their futures, never from a task of their own).
+    ///
+    /// Rather than an extension of the request: the retry layer's spare copy and the redirect
+    /// layer's copy of the extensions each boxed a clone of it, and the innermost service
+    /// removed it again, about 800 instructions per request (`overhead_bench` row (e)).
+    static POLLING: Cell<Option<AttemptChannel>> = const { Cell::new(None) };
+}
+
+/// While alive, [`POLLING`] names a channel (the previous one is put back on drop, so a
+/// middleware inside a stack inside a middleware works too).
+struct Polling(Option<AttemptChannel>);
+
+impl Polling {
+    fn enter(channel: &AttemptChannel) -> Polling {
+        Polling(POLLING.with(|p| p.replace(Some(channel.clone()))))
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        POLLING.with(|p| p.set(previous));
+    }
+}
+
+/// The channel [`POLLING`] names, if any.
+fn polling_channel() -> Option<AttemptChannel> {
+    POLLING.with(|p| {
+        let channel = p.take();
+        p.set(channel.clone());
+        channel
+    })
+}
 
 #[derive(Default)]
 struct Exchange {
@@ -215,6 +256,8 @@ struct Exchange {
     waiting: Option<(u64, Waker)>,
     /// The task waiting for an attempt, when it registered (`poll_attempt`).
     consumer: Option<Waker>,
+    /// The caller's URL, until [`AttemptChannel::take_caller_url`].
+    caller_url: Option<reqwest::Url>,
 }
 
 impl AttemptChannel {
@@ -225,17 +268,34 @@ impl AttemptChannel {
 
     fn for_caller(uri: http::Uri, url: reqwest::Url) -> Self {
         AttemptChannel(Arc::new(Shared {
-            exchange: Mutex::default(),
-            caller: Some((uri, url)),
+            exchange: Mutex::new(Exchange {
+                caller_url: Some(url),
+                ..Exchange::default()
+            }),
+            caller: Some(uri),
         }))
     }
 
     /// The caller's URL when `uri` is the caller's URI (not a redirect hop's).
     fn caller_url(&self, uri: &http::Uri) -> Option<reqwest::Url> {
         match &self.0.caller {
-            Some((caller, url)) if caller == uri => Some(url.clone()),
+            Some(caller) if same_uri(caller, uri) => self.lock().caller_url.clone(),
             _ => None,
         }
+    }
+
+    /// Whether `url` is the caller's URL (then a reply from it needs no [`ReplyUrl`]).
+    fn is_caller_url(&self, url: &reqwest::Url) -> bool {
+        self.lock()
+            .caller_url
+            .as_ref()
+            .is_some_and(|c| c.as_str() == url.as_str())
+    }
+
+    /// The caller's URL, moved out: for the response handed to the caller when the last
+    /// reply came from it.
+    fn take_caller_url(&self) -> Option<reqwest::Url> {
+        self.lock().caller_url.take()
     }
 
     /// Leaves an attempt for the middleware; `None` if one is there already (the stack
@@ -330,8 +390,30 @@ impl AttemptChannel {
     }
 }
 
+/// `a == b`, answered without comparing the strings when both are clones of one URI (the
+/// attempts of a request that was not redirected share the caller's URI's bytes): `Uri`'s
+/// `==` compares scheme, authority and path part by part, a few hundred instructions per
+/// attempt (`overhead_bench` under callgrind).
+fn same_uri(a: &http::Uri, b: &http::Uri) -> bool {
+    fn same_str(a: Option<&str>, b: Option<&str>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    let shared = a.scheme() == b.scheme()
+        && same_str(a.authority().map(|x| x.as_str()), b.authority().map(|x| x.as_str()))
+        && same_str(
+            a.path_and_query().map(|x| x.as_str()),
+            b.path_and_query().map(|x| x.as_str()),
+        );
+    shared || a == b
+}
+
 /// The URL of the reply to an attempt (reqwest's `Response::url`), carried back through
-/// the stack to the `reqwest::Response` handed to the caller.
+/// the stack to the `reqwest::Response` handed to the caller; absent when it is the
+/// caller's URL (nearly always), which the channel holds.
 #[derive(Clone)]
 struct ReplyUrl(reqwest::Url);
 
@@ -360,10 +442,16 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
         let own = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let result = loop {
             // Ready(Some): the stack is done; Ready(None): it left an attempt for `next`.
-            let step = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Some(result)),
-                Poll::Pending if channel.has_attempt() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+            let step = std::future::poll_fn(|cx| {
+                let polled = {
+                    let _polling = Polling::enter(&channel);
+                    call.as_mut().poll(cx)
+                };
+                match polled {
+                    Poll::Ready(result) => Poll::Ready(Some(result)),
+                    Poll::Pending if channel.has_attempt() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
             })
             .await;
             if let Some(result) = step {
@@ -376,14 +464,14 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
             }
         };
         match result {
-            Ok(response) => Ok(from_http(response)),
+            Ok(response) => Ok(from_http(response, &channel)),
             Err(e) => Err(from_box(e)),
         }
     }
 }
 
 fn to_http(
-    req: reqwest::Request,
+    mut req: reqwest::Request,
     body: Bytes,
     extensions: &Extensions,
 ) -> reqwest_middleware::Result<(Request<Full<Bytes>>, AttemptChannel)> {
@@ -393,13 +481,13 @@ fn to_http(
         .parse()
         .map_err(reqwest_middleware::Error::middleware)?;
     let mut http_req = Request::new(Full::new(body));
-    *http_req.method_mut() = req.method().clone();
+    // (moved, not copied: `req` is not sent as it is, each attempt is made from `http_req`)
+    *http_req.method_mut() = std::mem::take(req.method_mut());
     *http_req.uri_mut() = uri.clone();
     *http_req.version_mut() = req.version();
-    *http_req.headers_mut() = req.headers().clone();
+    *http_req.headers_mut() = std::mem::take(req.headers_mut());
     let channel = AttemptChannel::for_caller(uri, req.url().clone());
     let ext = http_req.extensions_mut();
-    ext.insert(channel.clone());
     if let Some(v) = extensions.get::<OperationType>() {
         ext.insert(*v);
     }
@@ -415,14 +503,24 @@ fn to_http(
     Ok((http_req, channel))
 }
 
-fn from_http(response: Response<PipelineBody>) -> reqwest::Response {
+fn from_http(response: Response<PipelineBody>, channel: &AttemptChannel) -> reqwest::Response {
     let (mut parts, body) = response.into_parts();
-    if let Some(ReplyUrl(url)) = parts.extensions.remove::<ReplyUrl>() {
+    let url = match parts.extensions.remove::<ReplyUrl>() {
+        Some(ReplyUrl(url)) => Some(url),
+        None => channel.take_caller_url(),
+    };
+    if let Some(url) = url {
         // reqwest reads a response's URL from an extension of its own, which only its
-        // response builder can set (without it, it parses a placeholder URL)
+        // response builder can set (without it, it parses a placeholder URL). The builder
+        // is lent the response's extensions, so the URL goes straight into them.
         use reqwest::ResponseBuilderExt;
-        if let Some(ext) = Response::builder().url(url).extensions_mut() {
-            parts.extensions.extend(std::mem::take(ext));
+        let mut builder = Response::builder();
+        if let Some(ext) = builder.extensions_mut() {
+            *ext = std::mem::take(&mut parts.extensions);
+        }
+        let mut builder = builder.url(url);
+        if let Some(ext) = builder.extensions_mut() {
+            parts.extensions = std::mem::take(ext);
         }
     }
     let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
@@ -470,7 +568,7 @@ impl tower::Service<Request<Full<Bytes>>> for NextService {
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> NextFuture {
         let (mut parts, body) = req.into_parts();
-        let Some(channel) = parts.extensions.remove::<AttemptChannel>() else {
+        let Some(channel) = parts.extensions.remove::<AttemptChannel>().or_else(polling_channel) else {
             return NextFuture::failed("the request did not come through ContentDownloadMiddleware");
         };
         // `Full` of one chunk: taking its bytes does not copy.
@@ -528,23 +626,27 @@ impl Future for NextFuture {
     type Output = Result<Response<PipelineBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let reply = match self.state.as_ref() {
-            Some(Ok((channel, id))) => std::task::ready!(channel.poll_reply(*id, cx)),
-            _ => {
-                return Poll::Ready(Err(match self.state.take() {
-                    Some(Err(e)) => e,
-                    _ => "NextFuture polled after completion".into(),
-                }))
+        let (channel, id) = match self.state.take() {
+            Some(Ok(waiting)) => waiting,
+            Some(Err(e)) => return Poll::Ready(Err(e)),
+            None => return Poll::Ready(Err("NextFuture polled after completion".into())),
+        };
+        let reply = match channel.poll_reply(id, cx) {
+            Poll::Ready(reply) => reply,
+            Poll::Pending => {
+                self.state = Some(Ok((channel, id)));
+                return Poll::Pending;
             }
         };
-        self.state = None;
         Poll::Ready(match reply {
             Err(e) => Err(unwrap_reqwest(e)),
             Ok(response) => {
-                let url = ReplyUrl(response.url().clone());
+                let url = (!channel.is_caller_url(response.url())).then(|| ReplyUrl(response.url().clone()));
                 let response: Response<reqwest::Body> = response.into();
                 let mut response = response.map(|b| b.map_err(Into::into).boxed_unsync());
-                response.extensions_mut().insert(url);
+                if let Some(url) = url {
+                    response.extensions_mut().insert(url);
+                }
                 Ok(response)
             }
         })
@@ -574,6 +676,50 @@ mod tests {
             .unwrap();
         req.extensions_mut().insert(channel.clone());
         req
+    }
+
+    #[tokio::test]
+    async fn the_innermost_service_finds_the_channel_being_polled_and_fails_without_one() {
+        let request = || Request::get("http://example.org/x").body(Full::default()).unwrap();
+        // outside any middleware: a clear error, not a hang
+        let err = NextService.call(request()).await.expect_err("no channel");
+        assert!(err.to_string().contains("did not come through"), "{err}");
+        // inside the middleware's poll: the attempt reaches its channel
+        let channel = AttemptChannel::default();
+        let future = {
+            let _polling = Polling::enter(&channel);
+            let inner = AttemptChannel::default();
+            {
+                // a nested scope puts the outer channel back when it ends
+                let _nested = Polling::enter(&inner);
+            }
+            NextService.call(request())
+        };
+        assert!(polling_channel().is_none(), "the scope ended");
+        assert!(channel.has_attempt());
+        drop(future);
+        assert!(!channel.has_attempt(), "a dropped attempt is abandoned");
+    }
+
+    #[test]
+    fn same_uri_is_uri_equality() {
+        let uri: http::Uri = "https://api.crossref.org/works?mailto=a%40b.org".parse().unwrap();
+        let parsed_again: http::Uri = uri.to_string().parse().unwrap();
+        assert!(same_uri(&uri, &uri.clone()));
+        assert!(same_uri(&uri, &parsed_again));
+        for other in [
+            "http://api.crossref.org/works?mailto=a%40b.org",
+            "https://api.crossref.org:8443/works?mailto=a%40b.org",
+            "https://api.crossref.org/works",
+            "https://doi.org/works?mailto=a%40b.org",
+            "/works?mailto=a%40b.org",
+        ] {
+            let other: http::Uri = other.parse().unwrap();
+            assert!(!same_uri(&uri, &other), "{other}");
+            assert!(!same_uri(&other, &uri), "{other}");
+        }
+        let relative: http::Uri = "/works".parse().unwrap();
+        assert!(same_uri(&relative, &relative.clone()));
     }
 
     /// The attempt's future and the side that answers it run in two tasks: each must be

@@ -114,8 +114,9 @@ where
             None
         };
         req.extensions_mut().insert(AttemptNumber(1));
+        let started = Instant::now();
         let budget = if may_retry && self.budgets.enabled() {
-            self.budgets.get(&PartitionKey::of(&mut req))
+            self.budgets.get_at(&PartitionKey::of(&mut req), started)
         } else {
             None
         };
@@ -134,7 +135,7 @@ where
         let plan = Plan {
             config: self.config.clone(),
             operation,
-            started: Instant::now(),
+            started,
             has_key,
             resendable,
             budget,
