@@ -1,11 +1,12 @@
-//! SQLite group commit for the two writes every work makes: claims and finishes.
+//! Group commit for the two writes every work makes: claims and finishes.
 //!
 //! Every SQLite write of a ledger handle goes through one connection (see
 //! [`SqlitePools`](super::connect::SqlitePools)), one statement at a time, each a round trip
-//! to that connection's thread and a commit. Under load, claims and finishes pile up
-//! behind each other; a task of the handle's own takes whatever has piled up and runs it as
-//! one multi-row statement (all claims, then all finishes): one round trip and one commit
-//! for the lot, so the more that wait, the cheaper each gets.
+//! to that connection's thread and a commit. A PostgreSQL pool writes side by side, but
+//! each statement is still a round trip and a commit (a WAL flush) of its own. Under load,
+//! claims and finishes pile up; a task of the handle's own takes whatever has piled up and
+//! runs it as one multi-row statement (all claims, then all finishes): one round trip and
+//! one commit for the lot, so the more that wait, the cheaper each gets.
 //!
 //! Semantics are those of the one-at-a-time statements, in arrival order except that
 //! claims go ahead of finishes still waiting (see `run`): each row carries
@@ -13,11 +14,24 @@
 //! back only after the commit. What the batch does not settle (a claim refused, a finish
 //! whose condition failed, a job twice in one batch, a failed statement) is answered
 //! `None`, and the caller runs the one-at-a-time statement, which says why.
-//! PostgreSQL does not use this: its pool writes side by side.
+//!
+//! On PostgreSQL the rows of a batch are sent in key (claims) or id (finishes) order, so
+//! that two processes' batches over the same works take their row locks in the same order
+//! and cannot deadlock; should one fail anyway, its requests fall back to one at a time.
 
 use std::collections::{HashSet, VecDeque};
 
 use sqlx::{Pool, Sqlite};
+
+/// The pool a [`Batcher`] writes through.
+#[derive(Clone, Debug)]
+pub(crate) enum BatchPool {
+    /// SQLite's single writer connection.
+    Sqlite(Pool<Sqlite>),
+    /// A PostgreSQL pool.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+}
 use tokio::sync::{mpsc, oneshot};
 
 use super::row::{self, job_columns};
@@ -56,7 +70,7 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     /// Starts the batching task on the current runtime, writing through `pool`.
-    pub(crate) fn spawn(pool: Pool<Sqlite>) -> Batcher {
+    pub(crate) fn spawn(pool: BatchPool) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, rx));
         Batcher { tx }
@@ -104,7 +118,7 @@ impl Batcher {
 /// 2,419 and 2,224 files/s with claims first, 2,168 and 1,030 without; suggestive, not
 /// conclusive.) Reordering a claim before a finish is safe within one handle: a work is
 /// claimed again in a run only after its own finish returned.
-async fn run(pool: Pool<Sqlite>, mut rx: mpsc::UnboundedReceiver<Request>) {
+async fn run(pool: BatchPool, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut pending = Vec::with_capacity(MAX_BATCH);
     let mut finishes: VecDeque<Request> = VecDeque::new();
     loop {
@@ -123,11 +137,21 @@ async fn run(pool: Pool<Sqlite>, mut rx: mpsc::UnboundedReceiver<Request>) {
         }
         while !claims.is_empty() {
             let rest = claims.split_off(claims.len().min(MAX_BATCH));
-            claim_batch(&pool, std::mem::replace(&mut claims, rest)).await;
+            let batch = std::mem::replace(&mut claims, rest);
+            match &pool {
+                BatchPool::Sqlite(pool) => claim_batch(pool, batch).await,
+                #[cfg(feature = "postgres")]
+                BatchPool::Postgres(pool) => super::pg_batch::claim_batch(pool, batch).await,
+            }
         }
         if !finishes.is_empty() {
             let take = finishes.len().min(MAX_BATCH);
-            finish_batch(&pool, finishes.drain(..take).collect()).await;
+            let batch = finishes.drain(..take).collect();
+            match &pool {
+                BatchPool::Sqlite(pool) => finish_batch(pool, batch).await,
+                #[cfg(feature = "postgres")]
+                BatchPool::Postgres(pool) => super::pg_batch::finish_batch(pool, batch).await,
+            }
         }
     }
 }

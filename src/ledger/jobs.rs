@@ -215,7 +215,7 @@ impl Ledger {
         // leased if it may be; a round trip instead of four (BEGIN, plan, lease, COMMIT) on
         // the ledger's busiest path. Only when nothing comes back is the job read to say
         // why; should it have become claimable in between (released, expired), ask again.
-        // SQLite: claims that arrive together go in one statement (see `batch`).
+        // Claims that arrive together go in one statement (see `batch`).
         if let Some(batch) = &self.inner.batch {
             if let Some(leased) = batch.claim(job, owner, now, now.saturating_add(ms(ttl))).await {
                 return Ok(Claim::Leased(leased));
@@ -293,7 +293,7 @@ impl Ledger {
     /// it and [`LedgerError::IllegalTransition`] if it is not LEASED or `to` is not final.
     pub async fn finish(&self, job: JobId, owner: &str, to: JobState, result: &JobResult) -> Result<(), LedgerError> {
         let now = self.now();
-        // SQLite: finishes that arrive together go in one statement (see `batch`); what it
+        // Finishes that arrive together go in one statement (see `batch`); what it
         // does not settle is finished below, one at a time, to say why.
         if let Some(batch) = &self.inner.batch {
             if to.is_finish_target() && batch.finish(job, owner, to, result, now).await {

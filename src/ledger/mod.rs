@@ -139,7 +139,7 @@ pub struct Ledger {
 #[derive(Debug)]
 struct Inner {
     backend: Backend,
-    /// SQLite: group commit of claims and finishes.
+    /// Group commit of claims and finishes (both backends; see `batch`).
     batch: Option<batch::Batcher>,
     clock: LedgerClock,
     lease_ttl: Duration,
@@ -164,9 +164,9 @@ impl Ledger {
             connect::open_sqlite(&config).await?
         };
         let batch = match &backend {
-            Backend::Sqlite(pools) => Some(batch::Batcher::spawn(pools.write.clone())),
+            Backend::Sqlite(pools) => Some(batch::Batcher::spawn(batch::BatchPool::Sqlite(pools.write.clone()))),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(_) => None,
+            Backend::Postgres(pool) => Some(batch::Batcher::spawn(batch::BatchPool::Postgres(pool.clone()))),
         };
         let ledger = Ledger {
             inner: Arc::new(Inner {

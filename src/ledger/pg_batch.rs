@@ -1,13 +1,15 @@
 //! PostgreSQL batches: many jobs in one statement with `UNNEST` over array parameters,
-//! instead of one round trip per job (SQLite has no round trips to save).
+//! instead of one round trip and one commit per job: planning many, finishing many, and the
+//! claims and finishes that pile up in the [`Batcher`](super::batch::Batcher).
 
 use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Row};
 
+use super::batch::Request;
 use super::error::LedgerError;
-use super::row;
-use super::types::{JobId, JobResult, JobState, NewJob};
+use super::row::{self, job_columns};
+use super::types::{Job, JobId, JobResult, JobState, NewJob};
 
 /// Plans `jobs` in one `INSERT ... SELECT FROM UNNEST`; ids in input order.
 pub(crate) async fn plan_many(pool: &PgPool, jobs: &[NewJob], now: i64) -> Result<Vec<JobId>, LedgerError> {
@@ -109,4 +111,178 @@ pub(crate) async fn finish_many(
         }));
     }
     Ok(out)
+}
+
+/// The claims of one [`Batcher`](super::batch::Batcher) turn in one `INSERT ... SELECT FROM
+/// UNNEST ... ON CONFLICT DO UPDATE`, with the conditions of the single claim and each row's
+/// own owner and times, in key order (two processes' batches lock shared rows in the same
+/// order). A key twice in the batch, a claim refused, or a failed statement: `None`, and
+/// the caller claims alone.
+pub(crate) async fn claim_batch(pool: &PgPool, claims: Vec<Request>) {
+    // one row per key: ON CONFLICT DO UPDATE may not touch a row twice in one statement
+    let mut seen = HashSet::with_capacity(claims.len());
+    let (mut batch, again): (Vec<Request>, Vec<Request>) = claims
+        .into_iter()
+        .partition(|c| matches!(c, Request::Claim { job, .. } if seen.insert(job.key.as_str().to_owned())));
+    for c in again {
+        if let Request::Claim { reply, .. } = c {
+            let _ = reply.send(None);
+        }
+    }
+    batch.sort_by(|a, b| claim_key(a).cmp(claim_key(b)));
+    let n = batch.len();
+    let (mut runs, mut works, mut keys, mut urls) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut owners, mut expiry, mut times) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for c in &batch {
+        if let Request::Claim {
+            job,
+            owner,
+            now,
+            expires,
+            ..
+        } = c
+        {
+            runs.push(job.run_id.as_str());
+            works.push(job.work_id.as_str());
+            keys.push(job.key.as_str());
+            urls.push(job.canonical_url.as_str());
+            owners.push(owner.as_str());
+            expiry.push(*expires);
+            times.push(*now);
+        }
+    }
+    let rows = sqlx::query(concat!(
+        "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
+         attempts, created_at, updated_at) \
+         SELECT r, w, k, u, 'LEASED', o, e, 1, n, n \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[]) \
+         AS t(r, w, k, u, o, e, n) ORDER BY k \
+         ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = excluded.lease_owner, \
+         lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at, \
+         attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = excluded.lease_owner \
+         THEN jobs.attempts ELSE jobs.attempts + 1 END \
+         WHERE jobs.state IN ('PLANNED', 'FAILED', 'DEFERRED') OR (jobs.state = 'LEASED' AND \
+         (jobs.lease_owner = excluded.lease_owner OR jobs.lease_expires_at < excluded.updated_at)) RETURNING ",
+        job_columns!()
+    ))
+    .bind(runs)
+    .bind(works)
+    .bind(keys)
+    .bind(urls)
+    .bind(owners)
+    .bind(expiry)
+    .bind(times)
+    .fetch_all(pool)
+    .await;
+    let mut leased: HashMap<String, Job> = match rows {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| row::job(r).ok())
+            .map(|j| (j.key.as_str().to_owned(), j))
+            .collect(),
+        Err(e) => {
+            tracing::debug!("a batch of claims failed, each is claimed alone: {e}");
+            HashMap::new()
+        }
+    };
+    for c in batch {
+        if let Request::Claim { job, owner, reply, .. } = c {
+            let mine = leased
+                .remove(job.key.as_str())
+                .filter(|j| j.lease_owner.as_deref() == Some(owner.as_str()));
+            let _ = reply.send(mine);
+        }
+    }
+}
+
+fn claim_key(c: &Request) -> &str {
+    match c {
+        Request::Claim { job, .. } => job.key.as_str(),
+        Request::Finish { .. } => "",
+    }
+}
+
+/// The finishes of one [`Batcher`](super::batch::Batcher) turn in one `UPDATE ... FROM
+/// UNNEST`, each row with its own owner, target and time, in id order. A job twice in the
+/// batch, a condition that failed, or a failed statement: `false`, and the caller finishes
+/// alone (which says why).
+pub(crate) async fn finish_batch(pool: &PgPool, finishes: Vec<Request>) {
+    let mut seen = HashSet::with_capacity(finishes.len());
+    let (mut batch, again): (Vec<Request>, Vec<Request>) = finishes
+        .into_iter()
+        .partition(|f| matches!(f, Request::Finish { job, .. } if seen.insert(*job)));
+    for f in again {
+        if let Request::Finish { reply, .. } = f {
+            let _ = reply.send(false);
+        }
+    }
+    batch.sort_by_key(|f| match f {
+        Request::Finish { job, .. } => job.0,
+        Request::Claim { .. } => 0,
+    });
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut owners = Vec::with_capacity(batch.len());
+    let mut states = Vec::with_capacity(batch.len());
+    let mut times = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut paths = Vec::with_capacity(batch.len());
+    let mut hashes = Vec::with_capacity(batch.len());
+    let mut sizes = Vec::with_capacity(batch.len());
+    let mut reasons = Vec::with_capacity(batch.len());
+    for f in &batch {
+        if let Request::Finish {
+            job,
+            owner,
+            to,
+            result,
+            now,
+            ..
+        } = f
+        {
+            ids.push(job.0);
+            owners.push(owner.as_str());
+            states.push(to.as_str());
+            times.push(*now);
+            outcomes.push(result.outcome.as_deref());
+            paths.push(result.path.as_deref());
+            hashes.push(result.sha256.as_deref());
+            sizes.push(result.bytes);
+            reasons.push(result.reason.as_deref());
+        }
+    }
+    let rows = sqlx::query(
+        "UPDATE jobs SET state = t.st, lease_owner = NULL, lease_expires_at = NULL, updated_at = t.n, \
+         outcome = t.o, path = t.p, sha256 = t.h, bytes = t.b, reason = t.r \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
+         $8::bigint[], $9::text[]) AS t(id, ow, st, n, o, p, h, b, r) \
+         WHERE jobs.id = t.id AND jobs.state = 'LEASED' AND jobs.lease_owner = t.ow RETURNING jobs.id",
+    )
+    .bind(ids)
+    .bind(owners)
+    .bind(states)
+    .bind(times)
+    .bind(outcomes)
+    .bind(paths)
+    .bind(hashes)
+    .bind(sizes)
+    .bind(reasons)
+    .fetch_all(pool)
+    .await;
+    let done: HashSet<i64> = match rows {
+        Ok(rows) => rows.iter().filter_map(|r| r.try_get::<i64, _>(0).ok()).collect(),
+        Err(e) => {
+            tracing::debug!("a batch of finishes failed, each is finished alone: {e}");
+            HashSet::new()
+        }
+    };
+    for f in batch {
+        if let Request::Finish { job, reply, .. } = f {
+            let _ = reply.send(done.contains(&job.0));
+        }
+    }
 }
