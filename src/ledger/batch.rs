@@ -15,24 +15,25 @@
 //! whose condition failed, a job twice in one batch, a failed statement) is answered
 //! `None`, and the caller runs the one-at-a-time statement, which says why.
 //!
-//! On PostgreSQL the rows of a batch are sent in key (claims) or id (finishes) order, so
-//! that two processes' batches over the same works take their row locks in the same order
-//! and cannot deadlock; should one fail anyway, its requests fall back to one at a time.
+//! On PostgreSQL only the claims of new keys are batched (see
+//! [`pg_batch::claim_batch`](super::pg_batch::claim_batch)): batches that locked existing
+//! rows met other processes' finishes and heartbeats, which lock the same rows in other
+//! orders, in deadlocks. Finishes there go one at a time (one row, one lock).
 
 use std::collections::{HashSet, VecDeque};
 
 use sqlx::{Pool, Sqlite};
+use tokio::sync::{mpsc, oneshot};
 
 /// The pool a [`Batcher`] writes through.
 #[derive(Clone, Debug)]
 pub(crate) enum BatchPool {
-    /// SQLite's single writer connection.
+    /// SQLite's single writer connection: claims and finishes.
     Sqlite(Pool<Sqlite>),
-    /// A PostgreSQL pool.
+    /// A PostgreSQL pool: the claims of new keys only.
     #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
 }
-use tokio::sync::{mpsc, oneshot};
 
 use super::row::{self, job_columns};
 use super::types::{Job, JobId, JobResult, JobState, NewJob};
@@ -66,14 +67,22 @@ pub(crate) enum Request {
 #[derive(Debug)]
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Request>,
+    /// Whether finishes go through it (SQLite) or alone (PostgreSQL).
+    finishes: bool,
 }
 
 impl Batcher {
     /// Starts the batching task on the current runtime, writing through `pool`.
     pub(crate) fn spawn(pool: BatchPool) -> Batcher {
+        let finishes = matches!(pool, BatchPool::Sqlite(_));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, rx));
-        Batcher { tx }
+        Batcher { tx, finishes }
+    }
+
+    /// Whether [`finish`](Batcher::finish) batches anything; when not, finish alone.
+    pub(crate) fn batches_finishes(&self) -> bool {
+        self.finishes
     }
 
     /// Claims `job` for `owner` in the next batch; `None` when the batch did not lease it
@@ -149,8 +158,15 @@ async fn run(pool: BatchPool, mut rx: mpsc::UnboundedReceiver<Request>) {
             let batch = finishes.drain(..take).collect();
             match &pool {
                 BatchPool::Sqlite(pool) => finish_batch(pool, batch).await,
+                // not sent here (`batches_finishes`); should one come, it is finished alone
                 #[cfg(feature = "postgres")]
-                BatchPool::Postgres(pool) => super::pg_batch::finish_batch(pool, batch).await,
+                BatchPool::Postgres(_) => {
+                    for f in batch {
+                        if let Request::Finish { reply, .. } = f {
+                            let _ = reply.send(false);
+                        }
+                    }
+                }
             }
         }
     }

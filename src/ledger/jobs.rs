@@ -293,10 +293,10 @@ impl Ledger {
     /// it and [`LedgerError::IllegalTransition`] if it is not LEASED or `to` is not final.
     pub async fn finish(&self, job: JobId, owner: &str, to: JobState, result: &JobResult) -> Result<(), LedgerError> {
         let now = self.now();
-        // Finishes that arrive together go in one statement (see `batch`); what it
+        // SQLite: finishes that arrive together go in one statement (see `batch`); what it
         // does not settle is finished below, one at a time, to say why.
         if let Some(batch) = &self.inner.batch {
-            if to.is_finish_target() && batch.finish(job, owner, to, result, now).await {
+            if batch.batches_finishes() && to.is_finish_target() && batch.finish(job, owner, to, result, now).await {
                 return Ok(());
             }
         }

@@ -139,7 +139,7 @@ pub struct Ledger {
 #[derive(Debug)]
 struct Inner {
     backend: Backend,
-    /// Group commit of claims and finishes (both backends; see `batch`).
+    /// Group commit: claims and finishes on SQLite, the claims of new keys on PostgreSQL.
     batch: Option<batch::Batcher>,
     clock: LedgerClock,
     lease_ttl: Duration,

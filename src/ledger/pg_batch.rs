@@ -113,13 +113,15 @@ pub(crate) async fn finish_many(
     Ok(out)
 }
 
-/// The claims of one [`Batcher`](super::batch::Batcher) turn in one `INSERT ... SELECT FROM
-/// UNNEST ... ON CONFLICT DO UPDATE`, with the conditions of the single claim and each row's
-/// own owner and times, in key order (two processes' batches lock shared rows in the same
-/// order). A key twice in the batch, a claim refused, or a failed statement: `None`, and
-/// the caller claims alone.
+/// The claims of one [`Batcher`](super::batch::Batcher) turn that plan a new key, in one
+/// `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO NOTHING`, in key order: what a first
+/// run over a large input mostly does. A key already in the ledger is left to the single
+/// claim (`None`), which locks that one row: a batch that took the locks of existing rows,
+/// which other processes' finishes and heartbeats hold in other orders, met them in
+/// deadlocks (four processes on one input, every few seconds). New rows are locked by no
+/// one else, and two batches inserting the same keys wait for each other in key order.
 pub(crate) async fn claim_batch(pool: &PgPool, claims: Vec<Request>) {
-    // one row per key: ON CONFLICT DO UPDATE may not touch a row twice in one statement
+    // one row per key; a repeated key is claimed alone
     let mut seen = HashSet::with_capacity(claims.len());
     let (mut batch, again): (Vec<Request>, Vec<Request>) = claims
         .into_iter()
@@ -162,12 +164,7 @@ pub(crate) async fn claim_batch(pool: &PgPool, claims: Vec<Request>) {
          SELECT r, w, k, u, 'LEASED', o, e, 1, n, n \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[]) \
          AS t(r, w, k, u, o, e, n) ORDER BY k \
-         ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = excluded.lease_owner, \
-         lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at, \
-         attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = excluded.lease_owner \
-         THEN jobs.attempts ELSE jobs.attempts + 1 END \
-         WHERE jobs.state IN ('PLANNED', 'FAILED', 'DEFERRED') OR (jobs.state = 'LEASED' AND \
-         (jobs.lease_owner = excluded.lease_owner OR jobs.lease_expires_at < excluded.updated_at)) RETURNING ",
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
         job_columns!()
     ))
     .bind(runs)
@@ -204,85 +201,5 @@ fn claim_key(c: &Request) -> &str {
     match c {
         Request::Claim { job, .. } => job.key.as_str(),
         Request::Finish { .. } => "",
-    }
-}
-
-/// The finishes of one [`Batcher`](super::batch::Batcher) turn in one `UPDATE ... FROM
-/// UNNEST`, each row with its own owner, target and time, in id order. A job twice in the
-/// batch, a condition that failed, or a failed statement: `false`, and the caller finishes
-/// alone (which says why).
-pub(crate) async fn finish_batch(pool: &PgPool, finishes: Vec<Request>) {
-    let mut seen = HashSet::with_capacity(finishes.len());
-    let (mut batch, again): (Vec<Request>, Vec<Request>) = finishes
-        .into_iter()
-        .partition(|f| matches!(f, Request::Finish { job, .. } if seen.insert(*job)));
-    for f in again {
-        if let Request::Finish { reply, .. } = f {
-            let _ = reply.send(false);
-        }
-    }
-    batch.sort_by_key(|f| match f {
-        Request::Finish { job, .. } => job.0,
-        Request::Claim { .. } => 0,
-    });
-    let mut ids = Vec::with_capacity(batch.len());
-    let mut owners = Vec::with_capacity(batch.len());
-    let mut states = Vec::with_capacity(batch.len());
-    let mut times = Vec::with_capacity(batch.len());
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut paths = Vec::with_capacity(batch.len());
-    let mut hashes = Vec::with_capacity(batch.len());
-    let mut sizes = Vec::with_capacity(batch.len());
-    let mut reasons = Vec::with_capacity(batch.len());
-    for f in &batch {
-        if let Request::Finish {
-            job,
-            owner,
-            to,
-            result,
-            now,
-            ..
-        } = f
-        {
-            ids.push(job.0);
-            owners.push(owner.as_str());
-            states.push(to.as_str());
-            times.push(*now);
-            outcomes.push(result.outcome.as_deref());
-            paths.push(result.path.as_deref());
-            hashes.push(result.sha256.as_deref());
-            sizes.push(result.bytes);
-            reasons.push(result.reason.as_deref());
-        }
-    }
-    let rows = sqlx::query(
-        "UPDATE jobs SET state = t.st, lease_owner = NULL, lease_expires_at = NULL, updated_at = t.n, \
-         outcome = t.o, path = t.p, sha256 = t.h, bytes = t.b, reason = t.r \
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
-         $8::bigint[], $9::text[]) AS t(id, ow, st, n, o, p, h, b, r) \
-         WHERE jobs.id = t.id AND jobs.state = 'LEASED' AND jobs.lease_owner = t.ow RETURNING jobs.id",
-    )
-    .bind(ids)
-    .bind(owners)
-    .bind(states)
-    .bind(times)
-    .bind(outcomes)
-    .bind(paths)
-    .bind(hashes)
-    .bind(sizes)
-    .bind(reasons)
-    .fetch_all(pool)
-    .await;
-    let done: HashSet<i64> = match rows {
-        Ok(rows) => rows.iter().filter_map(|r| r.try_get::<i64, _>(0).ok()).collect(),
-        Err(e) => {
-            tracing::debug!("a batch of finishes failed, each is finished alone: {e}");
-            HashSet::new()
-        }
-    };
-    for f in batch {
-        if let Request::Finish { job, reply, .. } = f {
-            let _ = reply.send(done.contains(&job.0));
-        }
     }
 }

@@ -100,6 +100,8 @@ mod tests {
     async fn a_full_batch_is_read_by_the_key_index() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::connect(LedgerConfig::in_dir(dir.path())).await.unwrap();
+        // (without the `postgres` feature SQLite is the only backend)
+        #[allow(irrefutable_let_patterns)]
         let super::super::connect::Backend::Sqlite(pools) = &ledger.inner.backend else {
             unreachable!("a folder's ledger is SQLite")
         };
