@@ -102,7 +102,8 @@ mod tests {
         let ledger = Ledger::connect(LedgerConfig::in_dir(dir.path())).await.unwrap();
         // (without the `postgres` feature SQLite is the only backend)
         #[allow(irrefutable_let_patterns)]
-        let super::super::connect::Backend::Sqlite(pools) = &ledger.inner.backend else {
+        let super::super::connect::Backend::Sqlite(pools) = &ledger.inner.backend
+        else {
             unreachable!("a folder's ledger is SQLite")
         };
         let sql = format!("EXPLAIN QUERY PLAN {}", statement(SETTLED_BATCH, true));
