@@ -87,9 +87,12 @@ pub use self::answers::{ResolverAnswer, ResolverTotals};
 pub use self::connect::{redact_url, LedgerClock, LedgerConfig, DEFAULT_CONNECT_TIMEOUT, SQLITE_FILE_NAME};
 pub use self::error::LedgerError;
 pub use self::jobs::Claim;
+// Used by the runner's modules only.
+#[cfg(feature = "runner")]
 pub(crate) use self::owner::liveness_of;
 pub use self::owner::{LeaseOwner, Liveness};
 pub use self::settled::SETTLED_BATCH;
+#[cfg(feature = "runner")]
 pub(crate) use self::types::hex;
 pub use self::types::{Job, JobId, JobResult, JobState, NewJob, Op, OpKey, OpStart, OpStatus, Reconciled, StateCounts};
 
