@@ -694,3 +694,51 @@ async fn status_reports_a_corrupt_learning_file_and_leaves_it() {
     assert_eq!(before, after, "status changed nothing in the folder");
     assert_eq!(std::fs::read(&learning).unwrap(), b"{not json");
 }
+
+/// `status` reads a ledger as it is: one from before the resolver answers (schema 1) is
+/// reported, not migrated, so an older runner can still use it.
+#[tokio::test]
+async fn status_leaves_an_older_ledger_schema_alone() {
+    use contentdownload::ledger::{Ledger, LedgerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pdfs");
+    std::fs::create_dir(&out).unwrap();
+    // a ledger made by this version, then taken back to schema 1
+    let ledger = Ledger::connect(LedgerConfig::in_dir(&out)).await.unwrap();
+    assert_eq!(ledger.schema_version().await.unwrap(), 2);
+    ledger.close().await;
+    let url = format!("sqlite://{}", out.join("ledger.sqlite").display());
+    let schema = |sql: &'static str| {
+        let url = url.clone();
+        async move {
+            use sqlx::{Connection, Row};
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let rows = sqlx::query(sql).fetch_all(&mut db).await.unwrap();
+            db.close().await.unwrap();
+            rows.iter().map(|r| r.get::<i64, _>(0)).collect::<Vec<i64>>()
+        }
+    };
+    schema("DROP TABLE resolver_answers").await;
+    schema("DELETE FROM _sqlx_migrations WHERE version = 2").await;
+    let tables = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'resolver_answers'";
+    for json in [false, true] {
+        let mut args = vec!["status", "--out", out.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let done = contentdownload(&args, &[]).await;
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(0), "{stderr}");
+        assert!(String::from_utf8_lossy(&done.stdout).contains('0'), "{stderr}");
+    }
+    assert_eq!(
+        schema(tables).await,
+        vec![0],
+        "status created the resolver answers table"
+    );
+    assert_eq!(
+        schema("SELECT MAX(version) FROM _sqlx_migrations").await,
+        vec![1],
+        "status migrated the ledger"
+    );
+}

@@ -42,6 +42,12 @@ pub struct LedgerConfig {
     /// the pool waits for a connection afterwards; past it the error says which ledger could
     /// not be reached ([`LedgerError::Unreachable`]). Default 10 s.
     pub connect_timeout: Duration,
+    /// Apply the schema migrations (and, on PostgreSQL, create `pg_schema`) when opening.
+    /// Default on. Off for read commands such as `contentdownload status`, which must
+    /// leave an older ledger as it is: the schema is then used as found, and what an older
+    /// schema lacks reads as empty where the caller checks
+    /// [`schema_version`](super::Ledger::schema_version).
+    pub migrate: bool,
 }
 
 /// The default [`LedgerConfig::connect_timeout`].
@@ -59,6 +65,7 @@ impl LedgerConfig {
             reconcile_on_open: true,
             max_op_result_bytes: 4096,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            migrate: true,
         }
     }
 
@@ -375,7 +382,7 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
     // the loser of the race sees the version already taken and simply tries again (the
     // migration itself is idempotent).
     let mut tries = 0;
-    loop {
+    while cfg.migrate {
         match m.run(&pool).await {
             Ok(()) => break,
             Err(_) if tries < 5 => tries += 1,
@@ -433,10 +440,12 @@ pub(crate) async fn open_postgres(cfg: &LedgerConfig) -> Result<Backend, LedgerE
     };
     if let Some(schema) = &cfg.pg_schema {
         // validated above: only [a-z0-9_], so quoting is safe
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-            .execute(&mut conn)
-            .await
-            .map_err(LedgerError::db("create the ledger schema"))?;
+        if cfg.migrate {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .execute(&mut conn)
+                .await
+                .map_err(LedgerError::db("create the ledger schema"))?;
+        }
         opts = opts.options([("search_path", schema.as_str())]);
     }
     conn.close().await.map_err(LedgerError::db("connect to PostgreSQL"))?;
@@ -450,20 +459,22 @@ pub(crate) async fn open_postgres(cfg: &LedgerConfig) -> Result<Backend, LedgerE
             e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_)) => unreachable(e.to_string()),
             e => LedgerError::db("connect to PostgreSQL")(e),
         })?;
-    migrator(&[
-        (
-            1,
-            "jobs and ops",
-            include_str!("../../migrations/postgres/0001_jobs_and_ops.sql"),
-        ),
-        (
-            2,
-            "resolver answers",
-            include_str!("../../migrations/postgres/0002_resolver_answers.sql"),
-        ),
-    ])
-    .run(&pool)
-    .await?;
+    if cfg.migrate {
+        migrator(&[
+            (
+                1,
+                "jobs and ops",
+                include_str!("../../migrations/postgres/0001_jobs_and_ops.sql"),
+            ),
+            (
+                2,
+                "resolver answers",
+                include_str!("../../migrations/postgres/0002_resolver_answers.sql"),
+            ),
+        ])
+        .run(&pool)
+        .await?;
+    }
     Ok(Backend::Postgres(pool))
 }
 

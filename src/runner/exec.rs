@@ -768,6 +768,7 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
         .unwrap_or_else(|| format!("sqlite://{}", args.out.join("ledger.sqlite").display()));
     let ledger_config = LedgerConfig {
         reconcile_on_open: false,
+        migrate: false,
         ..LedgerConfig::new(ledger_url.clone())
     };
     let sqlite_file = ledger_config
@@ -782,7 +783,12 @@ pub async fn status(args: &StatusArgs) -> Result<Exit, RunError> {
             .await
             .map_err(RunError::ledger(&ledger_url))?;
         let counts = ledger.counts(None).await.map_err(RunError::failed)?;
-        let answers = ledger.resolver_totals().await.map_err(RunError::failed)?;
+        // The ledger is read as it is: one from before the resolver answers (schema 2) has none.
+        let answers = if ledger.schema_version().await.map_err(RunError::failed)? >= 2 {
+            ledger.resolver_totals().await.map_err(RunError::failed)?
+        } else {
+            Vec::new()
+        };
         let deferred = ledger
             .reasons(crate::ledger::JobState::Deferred)
             .await
