@@ -381,12 +381,14 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
     // Several processes may open a fresh file at once; SQLite has no migration lock, so
     // the loser of the race sees the version already taken and simply tries again (the
     // migration itself is idempotent).
-    let mut tries = 0;
-    while cfg.migrate {
-        match m.run(&pool).await {
-            Ok(()) => break,
-            Err(_) if tries < 5 => tries += 1,
-            Err(e) => return Err(e.into()),
+    if cfg.migrate {
+        let mut tries = 0;
+        loop {
+            match m.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if tries < 5 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(Backend::Sqlite(SqlitePools { read, write: pool }))
