@@ -299,7 +299,10 @@ async fn recovers_within_30_s_when_the_limit_triples() {
         model.episodes
     );
     let reached = reached.expect("never reached 0.9× the tripled rate");
-    assert!(reached - after <= 30, "took {} s", reached - after);
+    // the issue asks for 30 s; the probe doubles once past 1.5× the old ceiling and takes
+    // its ceiling from what was accepted when it overshoots, so it takes 17 s here (21 s
+    // along the cubic alone, 27 s doubling without the measured ceiling)
+    assert!(reached - after <= 20, "took {} s", reached - after);
     let (goodput, throttled) = model.score(after + 32, after + 40, 60.0);
     assert!(
         goodput >= 0.85 && throttled <= 0.05,
@@ -335,13 +338,39 @@ fn converges(hidden: f64, burst: u32) -> (f64, f64) {
 
 // Below ~5/s each probe's single 429 is already a few percent of all requests: the
 // share of 429s is bounded by the probe spacing (20 s at most), not by the policy.
+//
+// The seed is fixed: the same 24 cases in every run, so CI does not pass or fail by the
+// draw (with a random seed, hidden 9/s burst 1 came up now and then and failed at 0.862,
+// before a raise that met the limit went back to the plateau that held).
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(12))]
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_1ea2),
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn converges_for_any_hidden_rate_and_burst(hidden in 5.0f64..200.0, burst in 0u32..10) {
         let (goodput, throttled) = converges(hidden, burst);
         prop_assert!(goodput >= 0.88, "hidden {hidden:.1}/s burst {burst}: goodput {goodput:.3}");
         prop_assert!(throttled <= 0.03, "hidden {hidden:.1}/s burst {burst}: {throttled:.3} throttled");
+    }
+}
+
+/// The cases random draws found hard (proptest's regression file is not read for an
+/// integration test, so they are spelled out): precise limiters (burst 0 or 1), and the
+/// lowest rate, where a second's count is coarse.
+#[test]
+fn converges_in_the_cases_found_hard() {
+    for (hidden, burst) in [(196.03, 0), (53.5, 0), (113.64, 1), (9.0, 1), (5.0, 0), (5.0, 3)] {
+        let (goodput, throttled) = converges(hidden, burst);
+        assert!(
+            goodput >= 0.88,
+            "hidden {hidden:.1}/s burst {burst}: goodput {goodput:.3}"
+        );
+        assert!(
+            throttled <= 0.03,
+            "hidden {hidden:.1}/s burst {burst}: {throttled:.3} throttled"
+        );
     }
 }
 
@@ -434,10 +463,13 @@ async fn sixty_seconds_against_a_window_that_counts_refusals() {
     assert!(throttled <= 0.01, "{:.2}% of requests throttled", throttled * 100.0);
 }
 
-/// Tripling the window limiter's rate at 30, 40 or 50 s: 0.9× the new rate within 30 s.
+/// Tripling the window limiter's rate at any of 26 moments from 25 to 75 s (so on the
+/// plateau, during a probe and right after one): 0.9× the new rate within 30 s. The
+/// worst case is the longest hold (16 s) plus the probe's climb past 1.5× the old ceiling
+/// (4.6 s) and its doubling from there.
 #[tokio::test(start_paused = true)]
 async fn a_window_limit_that_triples_is_found_within_30_s() {
-    for at in [30u64, 40, 50] {
+    for at in (25u64..=75).step_by(2) {
         let mut model = Model::haproxy(20.0, 100.0);
         let change = model.start + Duration::from_secs(at);
         model.run_until(change).await;

@@ -13,7 +13,8 @@
 //!   partition in the limiter, the requests already queued there included. On success it climbs back along a cubic curve that flattens at 0.97× that
 //!   ceiling and stays there; it probes above only after a hold that doubles each time the
 //!   same ceiling is confirmed (8 s, 16 s, at most 16 s), and climbs on when a probe meets
-//!   no 429 (the limit rose). Never below a floor (0.5 req/s by default).
+//!   no 429 (the limit rose), doubling each second once past 1.5× the old ceiling. Never
+//!   below a floor (0.5 req/s by default).
 //! - [`LearningPolicy::Progressive`]: the seed design's table (see its docs).
 //!
 //! The ceiling is the configured rate, or the provider's advertised one

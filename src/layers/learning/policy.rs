@@ -58,7 +58,11 @@ impl LearningPolicy {
 /// multiplicative drop) and the next probe waits twice as long. A throttle after the rate
 /// sat on the plateau for a while lowers the ceiling to that rate (a 5% step down, no
 /// drop). A probe that climbs past `1.5 × W` without a throttle forgets the ceiling (the
-/// limit rose) and keeps accelerating.
+/// limit rose) and doubles each second from there (as slow start does); a throttle of a
+/// rate that has run for a second then takes the ceiling from the requests the provider
+/// accepted in that second, not from the overshooting rate. A plateau raised by a probe
+/// that is throttled before it settles goes back to the ceiling whose plateau held, and
+/// the confirmations stand.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdaptiveConfig {
@@ -147,15 +151,30 @@ impl AdaptiveConfig {
         } else if t < k + hold {
             plateau
         } else {
-            plateau * (1.0 + PROBE_GAIN * (t - k - hold).powi(3))
+            // Past `FORGET_ABOVE × w` without a throttle the limit has risen, and the probe
+            // doubles each second from there (as slow start does) instead of following the
+            // cubic, so a raised limit is found within seconds.
+            let tau = t - k - hold;
+            let cubic = plateau * (1.0 + PROBE_GAIN * tau.powi(3));
+            let forget = FORGET_ABOVE * w;
+            if cubic <= forget || forget <= plateau {
+                cubic
+            } else {
+                let tau_forget = ((forget / plateau - 1.0) / PROBE_GAIN).cbrt();
+                forget * 2f64.powf((tau - tau_forget).min(30.0))
+            }
         }
     }
 }
 
+/// A probe that climbs past this multiple of the remembered ceiling without a throttle
+/// forgets it: the limit rose.
+pub(super) const FORGET_ABOVE: f64 = 1.5;
+
 /// How fast a probe climbs above the plateau, relative to it, per s³: +4% after 2 s,
-/// +63% after 5 s, three times the plateau after 7.4 s. Slow at first, because a limiter
-/// with a burst answers 429 only once the burst is spent, and a fast probe would be far
-/// above the limit by then.
+/// +50% (past which the ceiling is forgotten, see [`FORGET_ABOVE`]) after 4.8 s; from
+/// there it doubles each second. Slow at first, because a limiter with a burst answers
+/// 429 only once the burst is spent, and a fast probe would be far above the limit by then.
 pub(super) const PROBE_GAIN: f64 = 0.005;
 
 /// Largest total reduction [`LearningPolicy::Progressive`] applies: 80% of the ceiling.
@@ -217,6 +236,27 @@ mod tests {
             (cfg.hold(1), cfg.hold(2), cfg.hold(3), cfg.hold(40)),
             (8.0, 16.0, 16.0, 16.0)
         );
+    }
+
+    #[test]
+    fn past_the_forgotten_ceiling_the_probe_doubles_each_second() {
+        let cfg = AdaptiveConfig::default();
+        let (w, hold) = (20.0, cfg.hold(1));
+        let plateau = cfg.plateau * w;
+        // at the plateau from the start: k = 0, so the probe starts after `hold`
+        let at = |tau: f64| cfg.curve(plateau, w, hold, hold + tau);
+        let forget = ((FORGET_ABOVE / cfg.plateau - 1.0) / PROBE_GAIN).cbrt();
+        assert!(at(forget - 0.5) < FORGET_ABOVE * w);
+        assert!(
+            (at(forget) - FORGET_ABOVE * w).abs() < 1e-6,
+            "continuous where it forgets"
+        );
+        for tau in [forget + 0.3, forget + 1.0, forget + 2.5] {
+            assert!((at(tau + 1.0) / at(tau) - 2.0).abs() < 1e-9, "doubles from {tau:.2} s");
+        }
+        // past 3× the old ceiling 1.1 s after forgetting it, where the cubic alone is at 2×
+        assert!(at(forget + 1.1) > 3.0 * w);
+        assert!(plateau * (1.0 + PROBE_GAIN * (forget + 1.1).powi(3)) < 2.1 * w);
     }
 
     #[test]

@@ -8,16 +8,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::policy::{
-    progressive_step, AdaptiveConfig, LearningPolicy, PROGRESSIVE_MAX_REDUCTION, PROGRESSIVE_MIN_RATE,
+    progressive_step, AdaptiveConfig, LearningPolicy, FORGET_ABOVE, PROGRESSIVE_MAX_REDUCTION, PROGRESSIVE_MIN_RATE,
 };
 use crate::context::PartitionKey;
 
 /// How many recovery times a partition keeps (the oldest go first).
 pub const MAX_RECOVERY_TIMES: usize = 50;
-
-/// A probe that climbs past this multiple of the remembered ceiling without a throttle
-/// forgets it: the limit rose.
-const FORGET_ABOVE: f64 = 1.5;
 
 /// A throttle more than this long after the rate reached its plateau means the plateau
 /// is a little too high (not that the rate is still far above the limit).
@@ -143,6 +139,9 @@ pub(super) struct PartitionState {
     /// Adaptive: the last plateau that was throttled after it had settled: the limit is
     /// just under it (forgotten with the ceiling when a probe shows the limit rose).
     pub(super) too_high: Option<f64>,
+    /// Adaptive: the ceiling before the last probe raised it (its plateau held); a throttle
+    /// of the raised plateau before it settles goes back to it.
+    pub(super) raised_from: Option<f64>,
     /// Adaptive: when the rate was last decreased; `None` at the ceiling.
     pub(super) last_decrease: Option<Instant>,
     /// Adaptive: when the current curve's clock started: the first success of a request
@@ -175,6 +174,7 @@ impl PartitionState {
             w_max: configured,
             confirmations: 0,
             too_high: None,
+            raised_from: None,
             last_decrease: None,
             curve_from: None,
             quiet_until: None,
@@ -246,6 +246,7 @@ impl PartitionState {
                     .iter()
                     .filter(|&&t| t <= sent_at && t + Duration::from_secs(1) > sent_at)
                     .count() as f64;
+                let raised_back = if probing || settled { None } else { self.raised_from };
                 if probing {
                     // A probe above the plateau met the limit: the same ceiling again. Its
                     // 429 comes once the server's burst is spent, above the limit, so the
@@ -259,9 +260,22 @@ impl PartitionState {
                     } else {
                         sent_rate
                     };
+                    let before = self.w_max;
                     self.w_max = self.too_high.map_or(w, |h| w.min(h));
+                    self.raised_from = (self.w_max > before).then_some(before);
                     self.r0 = cfg.plateau * self.w_max;
+                } else if let Some(before) = raised_back {
+                    self.raised_from = None;
+                    // The plateau raised after the last probe met the limit before it
+                    // settled: the raise was too much. Back to the ceiling whose plateau
+                    // held, the raised plateau remembered as too high; the confirmations
+                    // stand (the ceiling was confirmed again), so the next probe waits as
+                    // long as it would have.
+                    self.too_high = Some(sent_rate.min(self.too_high.unwrap_or(f64::INFINITY)));
+                    self.w_max = before;
+                    self.r0 = cfg.plateau * before;
                 } else if settled {
+                    self.raised_from = None;
                     // The plateau held for a while, then met the limit: it is a little
                     // too high. Step down below it, no multiplicative drop. In the second
                     // before, the provider accepted `recent` requests: against a leaky
@@ -298,10 +312,17 @@ impl PartitionState {
                     // plus what its burst still held). Fast convergence never remembers
                     // less than that measurement (nor more than the plateau under the
                     // throttled rate).
+                    self.raised_from = None;
                     let lower = self.confirmations > 0 && sent_rate < self.w_max;
                     self.confirmations = 1;
+                    // The rate ran for a full second since its curve started: `recent` is
+                    // what the provider accepts, a better ceiling than the rate sent when the
+                    // climb overshot (a probe that forgot the ceiling, or a fast recovery).
+                    let ran = self.curve_from.is_some_and(|c| sent_at >= c + Duration::from_secs(1));
                     self.w_max = if early {
                         sent_rate * cfg.beta
+                    } else if ran && !lower && recent > 0.0 {
+                        (recent * ACCEPTED_MARGIN).clamp(sent_rate * cfg.beta, sent_rate)
                     } else if lower {
                         (sent_rate * FAST_CONVERGENCE).max(recent.min(sent_rate * cfg.plateau))
                     } else {
@@ -312,18 +333,15 @@ impl PartitionState {
                 self.r0 = self.r0.max(cfg.min_rate.min(ceiling)).min(ceiling);
                 self.rate = self.r0;
                 self.hold = cfg.hold(self.confirmations);
-                if early && !probing && !settled {
+                let gentle = probing || settled || raised_back.is_some();
+                if early && !gentle {
                     self.hold *= GUESSED_HOLD;
                 }
                 self.last_decrease = Some(now);
                 // A gentle step (probe or settled plateau) keeps the rate near the limit, and
                 // the requests queued before it answer 429 for the whole Retry-After period;
                 // after a multiplicative drop, the next quarter second can say more.
-                let quiet = if probing || settled {
-                    MAX_GENTLE_QUIET
-                } else {
-                    MAX_QUIET
-                };
+                let quiet = if gentle { MAX_GENTLE_QUIET } else { MAX_QUIET };
                 self.quiet_until = asked_wait.map(|w| now + w.min(quiet));
                 self.curve_from = None;
             }
@@ -382,6 +400,7 @@ impl PartitionState {
             // Probed well past the remembered ceiling without a throttle: the limit rose.
             self.confirmations = 0;
             self.too_high = None;
+            self.raised_from = None;
         }
         if self.rate >= ceiling {
             self.last_decrease = None;
