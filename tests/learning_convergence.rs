@@ -433,8 +433,10 @@ async fn one_decrease_per_retry_after_period() {
 /// The politeness bench's scoring (60 s, the client told 5× the hidden rate, from the
 /// sixth second on), for both limiters. The goal is goodput ≥ 0.95× and ≤ 2% 429s;
 /// the model (whose numbers matched the real nginx and HAProxy runs within 0.01) reaches
-/// 0.959 and 0.915 (0.925 and 0.885 before the descent aimed low and fast convergence
-/// measured the provider's acceptance), so these guard against losing that: each probe or
+/// 0.959 and 0.926 (0.925 and 0.885 before the descent aimed low and fast convergence
+/// measured the provider's acceptance; HAProxy 0.915 before a probe that met the limit
+/// within 5% of the plateau that held stopped raising the ceiling), so these guard
+/// against losing that: each probe or
 /// step that meets the limit costs the whole second its `Retry-After` asks, and the first
 /// seconds go to the descent from 5×.
 async fn sixty_seconds(mut model: Model, hidden: f64) -> (f64, f64) {
@@ -459,7 +461,7 @@ async fn sixty_seconds_against_a_leaky_bucket() {
 #[tokio::test(start_paused = true)]
 async fn sixty_seconds_against_a_window_that_counts_refusals() {
     let (goodput, throttled) = sixty_seconds(Model::haproxy(20.0, 100.0), 20.0).await;
-    assert!(goodput >= 0.91, "goodput {goodput:.3}× the hidden rate");
+    assert!(goodput >= 0.92, "goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.01, "{:.2}% of requests throttled", throttled * 100.0);
 }
 

@@ -23,6 +23,11 @@ const SETTLE_SECS: f64 = 2.0;
 /// fraction of the rate the throttled request was sent at.
 const FAST_CONVERGENCE: f64 = 0.9;
 
+/// A probe that meets the limit below this multiple of the plateau that held leaves the
+/// ceiling where it is: raising it by a few percent gains less than the pause a plateau
+/// a little too high soon costs.
+const RAISE_ABOVE: f64 = 1.05;
+
 /// A settled plateau that meets the limit is remembered as at most this multiple of the
 /// requests the provider accepted in the second before (a little more than them: a count
 /// over one second is coarse at low rates).
@@ -255,8 +260,11 @@ impl PartitionState {
                     // precise). Back to the plateau, no multiplicative drop; the next probe
                     // waits longer.
                     self.confirmations = self.confirmations.saturating_add(1);
-                    let w = if sent_rate > self.w_max {
+                    let held = cfg.plateau * self.w_max;
+                    let w = if sent_rate > held * RAISE_ABOVE && sent_rate > self.w_max {
                         (self.w_max + sent_rate) / 2.0
+                    } else if sent_rate > self.w_max {
+                        self.w_max
                     } else {
                         sent_rate
                     };
