@@ -66,6 +66,10 @@ pub enum ReasonCode {
     IoError,
     /// Another worker holds the work's lease.
     LeasedElsewhere,
+    /// Another worker (a sibling process on the same input) tried the work since this run
+    /// started, and it failed there (its reason is in the detail): skipped here, tried
+    /// again by a later run. The worker that tried it counts the failure.
+    FailedElsewhere,
     /// The run was interrupted (Ctrl-C) before the work finished.
     Cancelled,
     /// Anything else.
@@ -102,6 +106,7 @@ impl ReasonCode {
             ReasonCode::RobotsDisallowed => "robots_disallowed",
             ReasonCode::IoError => "io_error",
             ReasonCode::LeasedElsewhere => "leased_elsewhere",
+            ReasonCode::FailedElsewhere => "failed_elsewhere",
             ReasonCode::Cancelled => "cancelled",
             ReasonCode::Other => "other",
         }
@@ -149,7 +154,7 @@ impl ReasonCode {
             AllCandidatesFailed => 15,
             NoCandidates => 10,
             FailedOver => 5,
-            AlreadyDownloaded | LeasedElsewhere | Cancelled => 0,
+            AlreadyDownloaded | LeasedElsewhere | FailedElsewhere | Cancelled => 0,
         }
     }
 
@@ -169,7 +174,9 @@ impl ReasonCode {
             IoError | Truncated | Timeout | ConnectError | Deferred | CoolingDown | RateLimited | QuotaSpent
             | Throttled | BudgetExhausted | ResolverError | FailedOver | LeasedElsewhere | Cancelled | Other => true,
             AlreadyDownloaded | NoCandidates | AllCandidatesFailed | NotPdf | HtmlLandingPage | TooSmall
-            | MissingEof | HtmlTail | TooLarge | InvalidUrl | RedirectRefused | RobotsDisallowed => false,
+            | MissingEof | HtmlTail | TooLarge | InvalidUrl | RedirectRefused | RobotsDisallowed
+            // the worker that tried it speaks for it (its own exit status)
+            | FailedElsewhere => false,
         }
     }
 }

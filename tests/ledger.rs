@@ -346,6 +346,50 @@ async fn claims_lease_settle_or_refuse() {
     }
 }
 
+/// Several workers of one run: a job another worker FAILED after this run started is
+/// reported, not leased; one that failed before it (an earlier run) is leased again. Both
+/// paths: the batched claim and the single one after it.
+#[tokio::test]
+async fn a_failure_since_the_run_started_is_not_claimed_again() {
+    for t in backends("a_failure_since_the_run_started_is_not_claimed_again").await {
+        let l = &t.ledger;
+        let j = job("r", 0);
+        let earlier = job("r", 1);
+        for j in [&j, &earlier] {
+            let Claim::Leased(a) = l.claim(j, "A", TTL).await.unwrap() else {
+                panic!("new key is leased")
+            };
+            l.finish(a.id, "A", JobState::Failed, &JobResult::reason("http_status"))
+                .await
+                .unwrap();
+        }
+        let failed_at = l.clock().now_ms();
+        // a run that started before those failures leaves them to the next run
+        let since = Some(failed_at - 1_000);
+        for _ in 0..2 {
+            match l.claim_unless_failed_since(&j, "B", TTL, since).await.unwrap() {
+                Claim::Settled(s) => {
+                    assert_eq!(s.state, JobState::Failed, "{}", t.name);
+                    assert_eq!(s.result.reason.as_deref(), Some("http_status"));
+                    assert_eq!(s.attempts, 1, "{}: no attempt counted", t.name);
+                }
+                other => panic!("{}: expected the sibling's failure, got {other:?}", t.name),
+            }
+        }
+        // a run that started after them tries again, as does a plain claim
+        l.clock().advance(Duration::from_secs(1));
+        let later = Some(l.clock().now_ms());
+        let Claim::Leased(b) = l.claim_unless_failed_since(&j, "B", TTL, later).await.unwrap() else {
+            panic!("{}: a failure from before the run is tried again", t.name)
+        };
+        assert_eq!(b.attempts, 2);
+        let Claim::Leased(c) = l.claim(&earlier, "C", TTL).await.unwrap() else {
+            panic!("{}: a plain claim takes a failed job", t.name)
+        };
+        assert_eq!(c.attempts, 2);
+    }
+}
+
 #[tokio::test]
 async fn op_results_are_capped_and_migrations_are_idempotent() {
     for t in backends_with("op_results_are_capped", |c| c.max_op_result_bytes = 16).await {

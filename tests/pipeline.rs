@@ -654,6 +654,106 @@ async fn works_leased_by_a_live_worker_are_waited_for_not_slept_on() {
     assert_eq!(ledger.counts(None).await.unwrap().finalized, 5);
 }
 
+/// Another worker of the same run FAILS a work while this run waits for its lease: this
+/// run reports the failure and does not fetch the work again (several processes on one
+/// input try a failing work once between them); a later run tries it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_another_worker_failed_during_the_run_is_not_tried_again() {
+    use contentdownload::context::{OperationType, WorkId};
+    use contentdownload::layers::idempotency::derive_key;
+    use contentdownload::ledger::{Claim, JobResult, NewJob};
+    use contentdownload::manifest::Outcome;
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(4096)]);
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
+    let all = works(&sim, 4);
+    let job_of = |w: &Work| NewJob {
+        run_id: "run-1".into(),
+        work_id: WorkId::new(w.id.as_str()),
+        key: derive_key(
+            OperationType::Download,
+            Some(&WorkId::new(w.id.as_str())),
+            &format!("work:{}", w.id),
+        ),
+        canonical_url: format!("work:{}", w.id),
+    };
+    let ttl = Duration::from_secs(600);
+    let held = match ledger.claim(&job_of(&all[0]), "sibling", ttl).await.unwrap() {
+        Claim::Leased(j) => j.id,
+        other => panic!("{other:?}"),
+    };
+    // once the first pass is over (3 done, W1000 waiting), the sibling fails W1000
+    let first_pass_over = Arc::new(tokio::sync::Notify::new());
+    let sibling = {
+        let (ledger, go) = (ledger.clone(), first_pass_over.clone());
+        tokio::spawn(async move {
+            go.notified().await;
+            let result = JobResult {
+                outcome: Some("failed".into()),
+                reason: Some("http_status".into()),
+                ..JobResult::default()
+            };
+            ledger.finish(held, "sibling", JobState::Failed, &result).await.unwrap();
+        })
+    };
+    let mut cfg = config(&sim, out.path(), "w1");
+    cfg.lease_ttl = ttl;
+    let pipeline = Pipeline::new(cfg, &stack(), Some(ledger.clone()), manifest(out.path())).unwrap();
+    let go = first_pass_over.clone();
+    let progress = move |p: &Progress| {
+        if (p.done, p.deferred) == (3, 1) {
+            go.notify_one();
+        }
+    };
+    let summary = tokio::time::timeout(
+        Duration::from_secs(30),
+        pipeline.run(input(all.clone()), progress, std::future::pending()),
+    )
+    .await
+    .expect("no lease TTL slept")
+    .unwrap();
+    sibling.await.unwrap();
+    assert_eq!(
+        (summary.downloaded, summary.skipped, summary.failed, summary.retry_later),
+        (3, 1, 0, 0),
+        "{summary:?}"
+    );
+    assert_eq!(sim.count("/pdf/0.pdf"), 0, "W1000 was the sibling's to try");
+    let (lines, _) = read_manifest(&out.path().join(MANIFEST_FILE)).unwrap();
+    let w1000 = lines
+        .iter()
+        .find_map(|l| match &l.record {
+            ManifestRecord::Work(w) if w.work_id == "W1000" => Some(w.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (w1000.outcome, w1000.reason),
+        (Some(Outcome::Skipped), Some(ReasonCode::FailedElsewhere))
+    );
+    let detail = w1000.detail.as_deref().unwrap_or("");
+    assert!(
+        detail.contains("another worker") && detail.contains("http_status"),
+        "{w1000:?}"
+    );
+    // a later run tries it again
+    let pipeline = Pipeline::new(
+        config(&sim, out.path(), "w2"),
+        &stack(),
+        Some(ledger.clone()),
+        manifest(out.path()),
+    )
+    .unwrap();
+    let summary = pipeline
+        .run(input(all), |_: &Progress| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(sim.count("/pdf/0.pdf"), 1, "{summary:?}");
+    assert_eq!(ledger.counts(None).await.unwrap().finalized, 4);
+}
+
 /// A ledger failure stops the run with an error, and the run gives back every lease it
 /// held (the failed work's and those of the works in flight), so that a re-run anywhere
 /// need not wait for them.

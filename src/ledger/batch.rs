@@ -49,6 +49,8 @@ pub(crate) enum Request {
         owner: String,
         now: i64,
         expires: i64,
+        /// A FAILED job updated at or after this is not leased (`i64::MAX`: any is).
+        failed_before: i64,
         /// `Some(job)`: leased to `owner`; `None`: not settled here.
         reply: oneshot::Sender<Option<Job>>,
     },
@@ -87,13 +89,21 @@ impl Batcher {
 
     /// Claims `job` for `owner` in the next batch; `None` when the batch did not lease it
     /// (or the task is gone, its runtime shut down): ask again one at a time.
-    pub(crate) async fn claim(&self, job: &NewJob, owner: &str, now: i64, expires: i64) -> Option<Job> {
+    pub(crate) async fn claim(
+        &self,
+        job: &NewJob,
+        owner: &str,
+        now: i64,
+        expires: i64,
+        failed_before: i64,
+    ) -> Option<Job> {
         let (reply, answer) = oneshot::channel();
         let request = Request::Claim {
             job: job.clone(),
             owner: owner.to_owned(),
             now,
             expires,
+            failed_before,
             reply,
         };
         self.tx.send(request).ok()?;
@@ -172,7 +182,25 @@ async fn run(pool: BatchPool, mut rx: mpsc::UnboundedReceiver<Request>) {
     }
 }
 
-async fn claim_batch(pool: &Pool<Sqlite>, claims: Vec<Request>) {
+async fn claim_batch(pool: &Pool<Sqlite>, mut claims: Vec<Request>) {
+    // one statement per `failed_before` (a handle's claims normally share one)
+    while !claims.is_empty() {
+        let first = failed_before_of(&claims[0]);
+        let (group, rest): (Vec<Request>, Vec<Request>) =
+            claims.into_iter().partition(|c| failed_before_of(c) == first);
+        claims = rest;
+        claim_group(pool, group, first).await;
+    }
+}
+
+fn failed_before_of(request: &Request) -> i64 {
+    match request {
+        Request::Claim { failed_before, .. } => *failed_before,
+        Request::Finish { .. } => i64::MAX,
+    }
+}
+
+async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i64) {
     let mut sql = String::from(
         "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
          attempts, created_at, updated_at) VALUES ",
@@ -187,7 +215,8 @@ async fn claim_batch(pool: &Pool<Sqlite>, claims: Vec<Request>) {
          lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at, \
          attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = excluded.lease_owner \
          THEN jobs.attempts ELSE jobs.attempts + 1 END \
-         WHERE jobs.state IN ('PLANNED', 'FAILED', 'DEFERRED') OR (jobs.state = 'LEASED' AND \
+         WHERE jobs.state IN ('PLANNED', 'DEFERRED') OR (jobs.state = 'FAILED' AND jobs.updated_at < ?) \
+         OR (jobs.state = 'LEASED' AND \
          (jobs.lease_owner = excluded.lease_owner OR jobs.lease_expires_at < excluded.updated_at)) RETURNING ",
         job_columns!()
     ));
@@ -212,6 +241,8 @@ async fn claim_batch(pool: &Pool<Sqlite>, claims: Vec<Request>) {
                 .bind(*now);
         }
     }
+    // the last parameter: the one in the conflict's condition
+    let q = q.bind(failed_before);
     // a failed statement changed nothing: everyone asks again alone
     let leased: Vec<Job> = match q.fetch_all(pool).await {
         Ok(rows) => rows.iter().filter_map(|r| row::job(r).ok()).collect(),

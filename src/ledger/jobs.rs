@@ -15,6 +15,8 @@ pub enum Claim {
     /// DEFERRED, its old lease had expired, or the caller already held it).
     Leased(Job),
     /// The job is FINALIZED or SKIPPED: here is what was recorded; do not run it again.
+    /// From [`claim_unless_failed_since`](Ledger::claim_unless_failed_since), also a job
+    /// that FAILED at or after the moment given: another worker has just tried it.
     Settled(Job),
     /// Another worker holds a live lease on the job: do not run it.
     Busy(Job),
@@ -71,7 +73,7 @@ const CLAIM: &str = concat!(
      ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = $1, lease_expires_at = $2, \
      updated_at = $3, \
      attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = $1 THEN jobs.attempts ELSE jobs.attempts + 1 END \
-     WHERE jobs.state IN ('PLANNED', 'FAILED', 'DEFERRED') \
+     WHERE jobs.state IN ('PLANNED', 'DEFERRED') OR (jobs.state = 'FAILED' AND jobs.updated_at < $8) \
      OR (jobs.state = 'LEASED' AND (jobs.lease_owner = $1 OR jobs.lease_expires_at < $3)) RETURNING ",
     job_columns!()
 );
@@ -210,6 +212,23 @@ impl Ledger {
     /// leased by another live worker; one atomic statement. This is what the idempotency
     /// layer does per request.
     pub async fn claim(&self, job: &NewJob, owner: &str, ttl: Duration) -> Result<Claim, LedgerError> {
+        self.claim_unless_failed_since(job, owner, ttl, None).await
+    }
+
+    /// As [`claim`](Ledger::claim), except that a FAILED job last updated at or after
+    /// `failed_since` (milliseconds of the ledger's clock) is not leased but returned as
+    /// [`Claim::Settled`]: another worker has tried it since then. The runner passes the
+    /// moment its run started, so several processes on one input try a failing work once
+    /// between them, and a later run tries it again. (Across machines the rows carry each
+    /// writer's clock: a skew moves the boundary by as much.)
+    pub async fn claim_unless_failed_since(
+        &self,
+        job: &NewJob,
+        owner: &str,
+        ttl: Duration,
+        failed_since: Option<i64>,
+    ) -> Result<Claim, LedgerError> {
+        let failed_before = failed_since.unwrap_or(i64::MAX);
         let now = self.now();
         // One statement, atomic on its own: a new job is inserted already leased, a known one
         // leased if it may be; a round trip instead of four (BEGIN, plan, lease, COMMIT) on
@@ -217,7 +236,10 @@ impl Ledger {
         // why; should it have become claimable in between (released, expired), ask again.
         // Claims that arrive together go in one statement (see `batch`).
         if let Some(batch) = &self.inner.batch {
-            if let Some(leased) = batch.claim(job, owner, now, now.saturating_add(ms(ttl))).await {
+            if let Some(leased) = batch
+                .claim(job, owner, now, now.saturating_add(ms(ttl)), failed_before)
+                .await
+            {
                 return Ok(Claim::Leased(leased));
             }
         }
@@ -232,6 +254,7 @@ impl Ledger {
                     .bind(&job.run_id)
                     .bind(job.work_id.as_str())
                     .bind(&job.canonical_url)
+                    .bind(failed_before)
                     .fetch_optional(pool)
                     .await
                     .map_err(LedgerError::db("lease a job by key"))?;
@@ -245,7 +268,8 @@ impl Ledger {
                     .map_err(LedgerError::db("read a job"))?;
                 let found = row::job(&r)?;
                 let claimable = match found.state {
-                    JobState::Planned | JobState::Failed | JobState::Deferred => true,
+                    JobState::Planned | JobState::Deferred => true,
+                    JobState::Failed => found.updated_at < failed_before,
                     JobState::Leased => {
                         found.lease_owner.as_deref() == Some(owner)
                             || found.lease_expires_at.is_some_and(|t| t < now)
@@ -257,7 +281,8 @@ impl Ledger {
                 if claimable && tries < 3 {
                     continue;
                 }
-                return Ok(if found.state.is_terminal() { Claim::Settled(found) } else { Claim::Busy(found) });
+                let settled = found.state.is_terminal() || found.state == JobState::Failed && !claimable;
+                return Ok(if settled { Claim::Settled(found) } else { Claim::Busy(found) });
             }
         })
     }

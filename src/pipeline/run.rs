@@ -209,6 +209,12 @@ impl Pipeline {
         F: Future<Output = ()>,
     {
         let started = Instant::now();
+        if let Some(ledger) = &self.core.ledger {
+            let now = ledger.clock().now_ms();
+            self.core
+                .run_started_ms
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+        }
         self.core.finisher.start();
         self.reconcile().await?;
         let (cancel_tx, cancel) = watch::channel(false);

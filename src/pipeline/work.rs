@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,9 @@ pub(super) struct Core {
     pub(super) frontier: Arc<Frontier>,
     /// Makes downloaded works durable and FINALIZED, in groups, off the works' path.
     pub(super) finisher: Finisher,
+    /// When the current run started, in ledger-clock milliseconds (`i64::MAX` before the
+    /// first): a work another worker FAILED since then is not tried again in this run.
+    pub(super) run_started_ms: AtomicI64,
 }
 
 pub(super) enum Processed {
@@ -122,6 +126,7 @@ impl Core {
                 stack.cooldowns().clone(),
                 config.workers,
             )),
+            run_started_ms: AtomicI64::new(i64::MAX),
             config,
         })
     }
@@ -303,6 +308,9 @@ impl Core {
         };
         let (claim, replanned) = self.claim_in(ledger, work).await?;
         let job = match claim {
+            Claim::Settled(job) if job.state == JobState::Failed => {
+                return Ok(Claimed::Settled(Processed::Done(failed_elsewhere(work, &job))))
+            }
             Claim::Settled(job) => return Ok(Claimed::Settled(Processed::Done(already_done(work, job)))),
             Claim::Busy(job) => {
                 let owner = job.lease_owner.unwrap_or_default();
@@ -371,7 +379,9 @@ impl Core {
     async fn claim_in(&self, ledger: &Ledger, work: &Work) -> Result<(Claim, bool), LedgerError> {
         let new_job = self.job_for(work);
         let (owner, ttl) = (&self.config.worker_id, self.config.lease_ttl);
-        let claim = ledger.claim(&new_job, owner, ttl).await?;
+        // several processes on one input try a failing work once between them
+        let since = Some(self.run_started_ms.load(Ordering::Relaxed)).filter(|&t| t != i64::MAX);
+        let claim = ledger.claim_unless_failed_since(&new_job, owner, ttl, since).await?;
         let Claim::Settled(job) = &claim else {
             return Ok((claim, false));
         };
@@ -650,6 +660,20 @@ fn definite_failure(work: &Work, job: &Job) -> Option<WorkRecord> {
         )),
         ..WorkRecord::new(work.id.as_str(), Outcome::Failed)
     })
+}
+
+/// The record of a work that another worker FAILED since this run started: skipped here
+/// (the worker that tried it counts the failure, as the one that downloads a work counts
+/// the download), with the ledger's reason in the detail; a later run tries it again.
+fn failed_elsewhere(work: &Work, job: &Job) -> WorkRecord {
+    let reason = job.result.reason.as_deref().unwrap_or("no reason recorded");
+    WorkRecord {
+        reason: Some(ReasonCode::FailedElsewhere),
+        detail: Some(format!(
+            "failed in another worker since this run started ({reason}): not tried again until a later run"
+        )),
+        ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
+    }
 }
 
 /// The record of a work the ledger has settled: skipped, as already downloaded.
