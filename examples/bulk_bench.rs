@@ -386,14 +386,14 @@ async fn run_tool(args: &Args, setup: &Setup, tool: &str, round: usize) -> Resul
     };
     let (wall, user_s, sys_s, peak_rss_kib) = timed(&program, &argv, &out, stdin, &setup.tmp).await?;
     let (files, bytes) = landed(&out, args.size);
-    // Untimed: what a tool left in the page cache is written back now, so that it does not
-    // land during the next tool's run (a runner's `syncfs` would wait for another tool's
-    // gigabyte). A few large files are deleted at once (the disk space is per byte; the
-    // cost of deleting, below, is per file).
-    sync_file_system(&out)?;
+    // Untimed: a few large files are deleted at once (the disk space is per byte; the cost
+    // of deleting, below, is per file), then what the tool left in the page cache (and the
+    // deletion's metadata) is written back now, so that it does not land during the next
+    // tool's run (a runner's sync would wait for another tool's gigabyte).
     if args.files <= FEW {
         std::fs::remove_dir_all(&out).map_err(|e| format!("removing {}: {e}", out.display()))?;
     }
+    sync_file_system(&setup.tmp)?;
     // Kept until the end: ext4 skips inodes deleted in the last minute when it makes new
     // files (`recently_deleted`), so deleting 10,000 files before the next tool's run would
     // make that tool pay for a scan of them.
