@@ -21,13 +21,19 @@
 //! one round. nginx (`/usr/sbin/nginx`, one worker, `sendfile`, no access log) serves a
 //! temporary docroot; the bench starts it with a temporary configuration and kills it at
 //! the end (`apt-get install nginx`). Each round runs, one after the other: `xargs -P C
-//! -n 50 curl --remote-name-all` (issue 14's baseline), `curl --parallel --parallel-max C`
+//! -n 50 curl --remote-name-all` (issue 14's baseline), the same followed by GNU `sync --
+//! *.pdf .` (`curl + fsync`: an fsync of each file and of the folder, the like-for-like
+//! baseline for the runner's durable modes, whose files are on disk before the ledger says
+//! FINALIZED; plain curl leaves them in the page cache), `curl --parallel --parallel-max C`
 //! (one curl process), then the runner with each durability; rounds alternate so that the
 //! machine's other load falls on all sides alike. Every tool writes into a fresh folder,
 //! and nothing is deleted before the end (on ext4, making files soon after deleting many
 //! costs the next tool a scan of the deleted inodes), so the bench needs the disk space of
-//! `files x size x tools x rounds` (5 GB a round with the defaults). Nothing is dropped
-//! from the page cache between runs: all sides read the same warm docroot.
+//! `files x size x tools x rounds` (6 GB a round with the defaults); with at most 10 files,
+//! each tool's output is deleted once measured. After each tool, untimed, its file system
+//! is synced, so what one tool left in the page cache is not written back during the
+//! next one's run. Nothing is dropped from the page cache between runs: all sides read the
+//! same warm docroot.
 //!
 //! The runner is the `contentdownload` binary next to the example's folder
 //! (`target/release/contentdownload` for a release example) or `--bin PATH`; it runs with
@@ -128,6 +134,9 @@ impl Row {
     }
 }
 
+/// Up to this many files, a tool's output is deleted once measured.
+const FEW: usize = 10;
+
 fn work_id(i: usize) -> String {
     format!("W{}", 1_000_000 + i)
 }
@@ -191,6 +200,20 @@ fn landed(dir: &Path, size: u64) -> (usize, u64) {
         }
     }
     (count, bytes)
+}
+
+/// Writes back the dirty data of `dir`'s file system (GNU `sync -f`), untimed.
+fn sync_file_system(dir: &Path) -> Result<(), String> {
+    let status = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(dir)
+        .status()
+        .map_err(|e| format!("could not run sync: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("sync -f {} ended with {status}", dir.display()))
+    }
 }
 
 /// The runner binary: `--bin`, or `contentdownload` in the folder above the example's.
@@ -287,7 +310,19 @@ async fn run_tool(args: &Args, setup: &Setup, tool: &str, round: usize) -> Resul
             .collect::<String>()
             .into_bytes()
     };
+    let curl_args = "--silent --show-error --fail --remote-name-all";
     let (program, argv, stdin): (PathBuf, Vec<String>, Option<Vec<u8>>) = match tool {
+        // the like-for-like baseline for a durable download: the same curls, then an fsync
+        // of every file and of the folder (GNU `sync FILE...`), as `--durability file` does
+        // and before which `batch` records nothing as FINALIZED
+        "curl + fsync" => (
+            PathBuf::from("sh"),
+            vec![
+                "-c".into(),
+                format!("xargs -P {c} -n 50 curl {curl_args} && sync -- *.pdf ."),
+            ],
+            Some(urls()),
+        ),
         "xargs curl" => (
             PathBuf::from("xargs"),
             [
@@ -351,6 +386,14 @@ async fn run_tool(args: &Args, setup: &Setup, tool: &str, round: usize) -> Resul
     };
     let (wall, user_s, sys_s, peak_rss_kib) = timed(&program, &argv, &out, stdin, &setup.tmp).await?;
     let (files, bytes) = landed(&out, args.size);
+    // Untimed: a few large files are deleted at once (the disk space is per byte; the cost
+    // of deleting, below, is per file), then what the tool left in the page cache (and the
+    // deletion's metadata) is written back now, so that it does not land during the next
+    // tool's run (a runner's sync would wait for another tool's gigabyte).
+    if args.files <= FEW {
+        std::fs::remove_dir_all(&out).map_err(|e| format!("removing {}: {e}", out.display()))?;
+    }
+    sync_file_system(&setup.tmp)?;
     // Kept until the end: ext4 skips inodes deleted in the last minute when it makes new
     // files (`recently_deleted`), so deleting 10,000 files before the next tool's run would
     // make that tool pay for a scan of them.
@@ -368,14 +411,17 @@ async fn run_tool(args: &Args, setup: &Setup, tool: &str, round: usize) -> Resul
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| tool | round | files | MB | wall s | files/s | ratio to xargs curl | CPU user s | CPU sys s | CPU ms/file | CPU ratio to xargs curl | peak RSS MiB |"
+        "| tool | round | files | MB | wall s | files/s | ratio to xargs curl | ratio to curl + fsync | CPU user s | CPU sys s | CPU ms/file | CPU ratio to xargs curl | peak RSS MiB |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
-        let curl = rows.iter().find(|r| r.round == row.round && r.tool == "xargs curl");
-        let ratio = |f: fn(&Row) -> f64| curl.map_or_else(|| "n/a".to_owned(), |c| format!("{:.2}", f(row) / f(c)));
+        let base = |tool: &str| rows.iter().find(|r| r.round == row.round && r.tool == tool);
+        let ratio_to = |base: Option<&Row>, f: fn(&Row) -> f64| {
+            base.map_or_else(|| "n/a".to_owned(), |c| format!("{:.2}", f(row) / f(c)))
+        };
+        let (curl, synced) = (base("xargs curl"), base("curl + fsync"));
         println!(
-            "| {} | {} | {} | {:.1} | {:.2} | {} | {} | {:.2} | {:.2} | {:.3} | {} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {} | {} | {} | {:.2} | {:.2} | {:.3} | {} | {:.1} |",
             row.tool,
             row.round,
             row.files,
@@ -386,11 +432,12 @@ fn print_table(rows: &[Row]) {
             } else {
                 format!("{:.0}", row.files_per_sec())
             },
-            ratio(Row::files_per_sec),
+            ratio_to(curl, Row::files_per_sec),
+            ratio_to(synced, Row::files_per_sec),
             row.user_s,
             row.sys_s,
             row.cpu_ms_per_file(),
-            ratio(Row::cpu_ms_per_file),
+            ratio_to(curl, Row::cpu_ms_per_file),
             row.peak_rss_kib as f64 / 1024.0
         );
     }
@@ -405,11 +452,17 @@ async fn bench(args: Args) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let www = tmp.path().join("www");
     write_docroot(&www, args.files, args.size).map_err(|e| format!("writing the docroot: {e}"))?;
+    sync_file_system(&www)?;
     let mut nginx = Nginx::start(tmp.path(), &www, 1)?;
     let works = tmp.path().join("works.jsonl");
     write_works(&works, nginx.port, args.files).map_err(|e| format!("writing {}: {e}", works.display()))?;
-    let tools_per_round = 2 + args.durability.len();
-    let need = args.files as u64 * args.size * (tools_per_round * args.rounds + 1) as u64;
+    let tools_per_round = 3 + args.durability.len();
+    let kept = if args.files <= FEW {
+        1
+    } else {
+        tools_per_round * args.rounds
+    };
+    let need = args.files as u64 * args.size * (kept + 1) as u64;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "bulk_bench: {} files of {} bytes, concurrency {}, {} CPU(s), nginx on 127.0.0.1:{}, load average {}, \
@@ -429,7 +482,7 @@ async fn bench(args: Args) -> Result<(), String> {
         port: nginx.port,
         bin,
     };
-    let mut tools: Vec<String> = vec!["xargs curl".into(), "curl --parallel".into()];
+    let mut tools: Vec<String> = vec!["xargs curl".into(), "curl + fsync".into(), "curl --parallel".into()];
     tools.extend(args.durability.iter().map(|d| format!("runner {d}")));
     let mut rows = Vec::new();
     for round in 1..=args.rounds {

@@ -67,8 +67,9 @@ fn check_finalized(out: &Path, jobs: &[Job]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_batch_run_never_finalizes_before_the_file_and_a_rerun_finishes() {
     let sim = Simulator::start().await.unwrap();
-    // slow enough for the kill to come mid-run: 300 works, 8 at a time, 20 ms each
-    sim.on_fn("/pdf/*", |_| Reply::pdf(20_000).delay(Duration::from_millis(20)));
+    // slow enough for the kill to come mid-run: 300 works, 8 at a time, 50 ms each (about
+    // 2 s; at 20 ms each, a run on a loaded machine once ended before 20 rows were seen)
+    sim.on_fn("/pdf/*", |_| Reply::pdf(20_000).delay(Duration::from_millis(50)));
     let dir = tempfile::tempdir().unwrap();
     let (works, out) = (dir.path().join("works.jsonl"), dir.path().join("pdfs"));
     std::fs::create_dir_all(&out).unwrap();

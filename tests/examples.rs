@@ -149,9 +149,9 @@ async fn learning_demo_learns_the_hidden_rate_and_recovers() {
 fn table_row(out: &str, tool: &str) -> Option<Vec<f64>> {
     let line = out.lines().find(|l| l.starts_with(&format!("| {tool}")))?;
     let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-    // tool, round, files, MB, wall s, files/s, ratio, CPU user s, CPU sys s, CPU ms/file,
-    // CPU ratio, peak RSS MiB
-    assert_eq!(cells.len(), 12, "twelve columns: {line}");
+    // tool, round, files, MB, wall s, files/s, ratio, ratio to curl + fsync, CPU user s,
+    // CPU sys s, CPU ms/file, CPU ratio, peak RSS MiB
+    assert_eq!(cells.len(), 13, "thirteen columns: {line}");
     Some(
         cells[1..6]
             .iter()
@@ -172,11 +172,12 @@ async fn bulk_bench_lands_every_file_with_every_tool() {
     )
     .await;
     assert!(
-        out.contains("| tool | round | files | MB | wall s | files/s | ratio to xargs curl | CPU user s | CPU sys s | CPU ms/file | CPU ratio to xargs curl | peak RSS MiB |"),
+        out.contains("| tool | round | files | MB | wall s | files/s | ratio to xargs curl | ratio to curl + fsync | CPU user s | CPU sys s | CPU ms/file | CPU ratio to xargs curl | peak RSS MiB |"),
         "{out}"
     );
     for tool in [
         "xargs curl",
+        "curl + fsync",
         "curl --parallel",
         "runner batch",
         "runner file",

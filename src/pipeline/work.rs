@@ -255,9 +255,7 @@ impl Core {
     /// checks.
     async fn file_in_place(&self, stem: &str) -> Option<(String, u64)> {
         let path = safe_join(&self.config.out_dir, stem, "pdf")?;
-        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return None;
-        }
+        // one trip to the blocking pool: a missing file is found by the open
         let checked = tokio::task::spawn_blocking(move || check_file(&path)).await.ok()?;
         match checked {
             Ok(found) => found,
@@ -698,11 +696,16 @@ fn job_result(record: &WorkRecord) -> JobResult {
     }
 }
 
-/// A file's SHA-256 and size when it passes the payload checks, read in 64 KiB pieces.
+/// A file's SHA-256 and size when it is there and passes the payload checks, read in
+/// 64 KiB pieces.
 fn check_file(path: &std::path::Path) -> std::io::Result<Option<(String, u64)>> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let mut hasher = Sha256::new();
     let mut check = crate::download::PayloadCheck::new();
     let mut buf = vec![0u8; 64 * 1024];

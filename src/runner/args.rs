@@ -408,7 +408,8 @@ pub struct RunArgs {
     /// When downloaded PDFs are forced to disk, against a power loss (a crash of the
     /// runner alone never leaves a half file under a final name): `file` syncs each PDF
     /// before its ledger row says FINALIZED; `batch` syncs a group of PDFs at once (one
-    /// `syncfs` on Linux) before the group's ledger rows say FINALIZED, so FINALIZED still
+    /// `syncfs` on Linux, or an `fsync` each for a group of up to 16) before the group's
+    /// ledger rows say FINALIZED, so FINALIZED still
     /// means on disk, for a fraction of the cost; `none` never syncs, for throwaway corpora
     /// (after a power loss, works recorded as downloaded may have lost their files; a rerun
     /// downloads those whose file is missing or short) [default: batch].
