@@ -224,7 +224,10 @@ impl Stack {
         if op == OperationType::Download {
             self.compose(op, self.client.direct())
         } else {
-            self.compose(op, tower::Layer::layer(&DecompressionLayer::new(), self.client.direct()))
+            self.compose(
+                op,
+                tower::Layer::layer(&DecompressionLayer::new(), self.client.direct()),
+            )
         }
     }
 
