@@ -132,6 +132,37 @@ async fn metadata_operations_ask_for_compression_and_downloads_do_not() {
     assert_eq!(seen[1].header("accept-encoding"), None);
 }
 
+/// The download service and the metadata services are built over different bottoms (the
+/// metadata ones decompress): one stack hands out both, each with its own body.
+#[tokio::test]
+async fn a_gzipped_answer_is_decompressed_for_metadata_and_left_as_sent_for_downloads() {
+    use http_body_util::BodyExt;
+    // `{"doi":"10.1/x"}`, gzipped
+    const GZIPPED: [u8; 36] = [
+        31, 139, 8, 0, 0, 0, 0, 0, 2, 3, 171, 86, 74, 201, 207, 84, 178, 82, 50, 52, 208, 51, 212, 175, 80, 170, 5, 0,
+        28, 69, 60, 38, 16, 0, 0, 0,
+    ];
+    let sim = Simulator::start().await.unwrap();
+    sim.on(
+        "/g",
+        [Reply::ok().header("content-encoding", "gzip").body(GZIPPED.to_vec())],
+    );
+    let s = stack(StackConfig::default());
+    let body = |op| {
+        let svc = s.service(op);
+        let req = get(&sim.url("/g"), "x");
+        async move {
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            res.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    assert_eq!(body(OperationType::Resolve).await, r#"{"doi":"10.1/x"}"#);
+    assert_eq!(body(OperationType::Download).await, GZIPPED.as_slice());
+    assert_eq!(body(OperationType::Extract).await, r#"{"doi":"10.1/x"}"#);
+    assert_eq!(sim.count("/g"), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn attempts_are_recorded_and_an_empty_budget_is_reported() {
     use contentdownload::layers::retry::{BudgetConfig, RetryConfig};

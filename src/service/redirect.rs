@@ -33,7 +33,9 @@ use crate::error::BoxError;
 pub struct RedirectPolicy {
     remaining: usize,
     max: usize,
-    credentials: FilterCredentials,
+    /// Made at the first hop: the policy is cloned for every request, and nearly none is
+    /// redirected.
+    credentials: Option<FilterCredentials>,
     /// The first request's provider extension and authority; `None` before the first
     /// request. (The authority, not its host: the host is needed only when a hop happens,
     /// and computing it for every request was a measurable part of the stack's cost.)
@@ -46,9 +48,7 @@ impl RedirectPolicy {
         RedirectPolicy {
             remaining: max,
             max,
-            // Extensions are the request's context, not credentials: they follow every hop
-            // (the provider is handled in `on_request`).
-            credentials: FilterCredentials::new().keep_all_extensions(),
+            credentials: None,
             origin: None,
         }
     }
@@ -77,7 +77,12 @@ where
             return Err(Box::new(TooManyRedirects { max: self.max }));
         }
         self.remaining -= 1;
-        Policy::<B, BoxError>::redirect(&mut self.credentials, attempt)
+        // Extensions are the request's context, not credentials: they follow every hop (the
+        // provider is handled in `on_request`).
+        let credentials = self
+            .credentials
+            .get_or_insert_with(|| FilterCredentials::new().keep_all_extensions());
+        Policy::<B, BoxError>::redirect(credentials, attempt)
     }
 
     fn on_request(&mut self, request: &mut Request<B>) {
@@ -91,7 +96,10 @@ where
             Some((provider, origin)) => {
                 // A hop: the credentials filter first (a cross-origin hop loses the origin's
                 // Authorization), then the Location's own userinfo, which is meant for it.
-                Policy::<B, BoxError>::on_request(&mut self.credentials, request);
+                // (`redirect` made the filter before this hop)
+                if let Some(credentials) = self.credentials.as_mut() {
+                    Policy::<B, BoxError>::on_request(credentials, request);
+                }
                 if request.uri().authority() != origin.as_ref() {
                     // API keys in headers of their own are credentials too
                     for name in API_KEY_HEADERS {

@@ -253,12 +253,17 @@ impl Learner {
         let hint = response.extensions().get::<RetryAfterHint>();
         let signal = advertised::classify(response.status(), headers, hint);
         // How long the provider asked us to wait: no second decrease inside that period.
-        let asked_wait = hint.map(|h| h.delay).or_else(|| {
-            headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()))
-        });
+        // (Read for a throttle only, the one signal that uses it: a header lookup per
+        // response otherwise.)
+        let asked_wait = match signal {
+            Signal::Throttled => hint.map(|h| h.delay).or_else(|| {
+                headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            }),
+            _ => None,
+        };
         let advertised = advertised::parse(headers, SystemTime::now());
         let now = Instant::now();
         // A 429 that says the allowance is spent until a reset hours away: no rate fixes it,

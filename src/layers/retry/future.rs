@@ -44,7 +44,10 @@ pin_project! {
         // the service's shared unready copy, and the clone of it a resend goes through
         service: Arc<S>,
         resending: Option<Box<S>>,
-        spare: Option<Request<B>>,
+        // boxed: the copy is needed only for a resend, and inline it made every request's
+        // future (and each future around it) ~250 bytes larger to build and to move, and the
+        // stack's whole boxed future too large for the allocator's fast path
+        spare: Option<Box<Request<B>>>,
         attempt: u32,
         plan: Plan,
     }
@@ -61,7 +64,7 @@ pin_project! {
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(crate) fn new(future: F, service: Arc<S>, spare: Option<Request<B>>, plan: Plan) -> Self {
+    pub(crate) fn new(future: F, service: Arc<S>, spare: Option<Box<Request<B>>>, plan: Plan) -> Self {
         ResponseFuture {
             state: State::Called { future },
             service,
@@ -185,13 +188,14 @@ where
                 StateProj::Ready => {
                     let resending = this.resending.get_or_insert_with(|| Box::new(S::clone(this.service)));
                     ready!(resending.poll_ready(cx)).map_err(Into::into)?;
-                    let Some(mut req) = this.spare.take() else {
+                    let Some(req) = this.spare.take() else {
                         // unreachable: a Retry is only decided with a spare request in hand
                         return Poll::Ready(Err("retry: no copy of the request left to resend".into()));
                     };
+                    let mut req = *req;
                     *this.attempt += 1;
                     if *this.attempt < policy.max_attempts {
-                        *this.spare = clone_request(&req);
+                        *this.spare = clone_request(&req).map(Box::new);
                     }
                     req.extensions_mut().insert(AttemptNumber(*this.attempt));
                     let future = resending.call(req);

@@ -105,7 +105,7 @@ where
         // compute its partition again. Fewer extensions make the copy, and dropping it
         // unused (nearly every time), cheaper.
         let spare = if may_retry && resendable == Resendable::Yes {
-            let spare = clone_request(&req);
+            let spare = clone_request(&req).map(Box::new);
             if spare.is_none() {
                 resendable = Resendable::No(NotResendable::BodyNotCloneable);
             }

@@ -81,6 +81,15 @@ static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 fn exhausted(headers: &HeaderMap) -> bool {
+    // Most responses carry neither field: one pass over the few names a response has is
+    // cheaper than two lookups, each hashing a name that is not a standard header (~330
+    // instructions per response in `overhead_bench` (b) under callgrind).
+    if !headers.keys().any(|name| {
+        let name = name.as_str().as_bytes();
+        name.starts_with(b"ratelimit") || name.starts_with(b"x-ratelimit")
+    }) {
+        return false;
+    }
     let field = headers
         .get(&RATELIMIT)
         .and_then(as_str)
