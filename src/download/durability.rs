@@ -79,7 +79,16 @@ impl std::str::FromStr for Durability {
 /// gets an `fsync` of each file then of each distinct folder: for one large file that is
 /// the wait for its own data only (one 1 GiB download on a machine where other programs
 /// were writing, two bulk_bench rounds: 3.41 and 3.21 s with `batch`'s `syncfs`, 1.76 and
-/// 1.85 s with `file`'s `fsync`; issue 14).
+/// 1.85 s with `file`'s `fsync`; issue 14). A file of the group that is gone is an error.
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let file = dir.path().join("a.pdf");
+/// std::fs::write(&file, b"%PDF-1.7 ...")?;
+/// contentdownload::download::sync_batch(&[file])?;
+/// # Ok(()) }
+/// ```
 pub fn sync_batch(files: &[PathBuf]) -> std::io::Result<()> {
     let mut folders: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
     folders.sort_unstable();
