@@ -554,14 +554,28 @@ async fn the_manifest_is_complete_when_the_run_returns() {
     ledger.close().await;
 }
 
+/// The ledger job the pipeline claims for `w`, as another worker of `run` would claim it.
+fn sibling_job(run: &str, w: &Work) -> contentdownload::ledger::NewJob {
+    use contentdownload::context::WorkId;
+    use contentdownload::layers::idempotency::derive_key;
+    contentdownload::ledger::NewJob {
+        run_id: run.into(),
+        work_id: WorkId::new(w.id.as_str()),
+        key: derive_key(
+            OperationType::Download,
+            Some(&WorkId::new(w.id.as_str())),
+            &format!("work:{}", w.id),
+        ),
+        canonical_url: format!("work:{}", w.id),
+    }
+}
+
 /// Two works are leased by another live worker when the run meets them: the run waits for
 /// those leases by polling the ledger (not for a lease TTL), then takes the other worker's
 /// outcome for the one it finished and does the one it gave back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_leased_by_a_live_worker_are_waited_for_not_slept_on() {
-    use contentdownload::context::{OperationType, WorkId};
-    use contentdownload::layers::idempotency::derive_key;
-    use contentdownload::ledger::{Claim, JobResult, NewJob};
+    use contentdownload::ledger::{Claim, JobResult};
     use contentdownload::manifest::Outcome;
 
     let sim = Simulator::start().await.unwrap();
@@ -573,17 +587,7 @@ async fn works_leased_by_a_live_worker_are_waited_for_not_slept_on() {
     let ttl = Duration::from_secs(600);
     let mut held = Vec::new();
     for w in &all[..2] {
-        let job = NewJob {
-            run_id: "run-0".into(),
-            work_id: WorkId::new(w.id.as_str()),
-            key: derive_key(
-                OperationType::Download,
-                Some(&WorkId::new(w.id.as_str())),
-                &format!("work:{}", w.id),
-            ),
-            canonical_url: format!("work:{}", w.id),
-        };
-        match ledger.claim(&job, "sibling", ttl).await.unwrap() {
+        match ledger.claim(&sibling_job("run-0", w), "sibling", ttl).await.unwrap() {
             Claim::Leased(j) => held.push(j.id),
             other => panic!("{other:?}"),
         }
@@ -659,9 +663,7 @@ async fn works_leased_by_a_live_worker_are_waited_for_not_slept_on() {
 /// input try a failing work once between them); a later run tries it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_work_another_worker_failed_during_the_run_is_not_tried_again() {
-    use contentdownload::context::{OperationType, WorkId};
-    use contentdownload::layers::idempotency::derive_key;
-    use contentdownload::ledger::{Claim, JobResult, NewJob};
+    use contentdownload::ledger::{Claim, JobResult};
     use contentdownload::manifest::Outcome;
 
     let sim = Simulator::start().await.unwrap();
@@ -669,18 +671,12 @@ async fn a_work_another_worker_failed_during_the_run_is_not_tried_again() {
     let out = tempfile::tempdir().unwrap();
     let ledger = Ledger::connect(LedgerConfig::in_dir(out.path())).await.unwrap();
     let all = works(&sim, 4);
-    let job_of = |w: &Work| NewJob {
-        run_id: "run-1".into(),
-        work_id: WorkId::new(w.id.as_str()),
-        key: derive_key(
-            OperationType::Download,
-            Some(&WorkId::new(w.id.as_str())),
-            &format!("work:{}", w.id),
-        ),
-        canonical_url: format!("work:{}", w.id),
-    };
     let ttl = Duration::from_secs(600);
-    let held = match ledger.claim(&job_of(&all[0]), "sibling", ttl).await.unwrap() {
+    let held = match ledger
+        .claim(&sibling_job("run-1", &all[0]), "sibling", ttl)
+        .await
+        .unwrap()
+    {
         Claim::Leased(j) => j.id,
         other => panic!("{other:?}"),
     };

@@ -330,7 +330,7 @@ impl PartitionState {
                     self.w_max = if early {
                         sent_rate * cfg.beta
                     } else if ran && !lower && recent > 0.0 {
-                        (recent * ACCEPTED_MARGIN).clamp(sent_rate * cfg.beta, sent_rate)
+                        (recent * ACCEPTED_MARGIN).max(sent_rate * cfg.beta).min(sent_rate)
                     } else if lower {
                         (sent_rate * FAST_CONVERGENCE).max(recent.min(sent_rate * cfg.plateau))
                     } else {
