@@ -359,3 +359,113 @@ async fn the_per_host_cap_holds_a_third_request_while_another_host_proceeds() {
     }
     assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 0);
 }
+
+/// With `host_slot_with_response` (the runner's setting), a download counts against the
+/// per-host cap until its body is read, not only until its head came: a response carries
+/// its host's slot (`HostPermit`) until it is dropped. A
+/// loopback server sends each head and a first chunk at once and the rest when released.
+#[tokio::test]
+async fn a_streaming_body_keeps_its_host_slot_until_the_response_is_dropped() {
+    use std::sync::Arc;
+
+    use contentdownload::layers::rate_limit::HostPermit;
+    use http_body_util::BodyExt;
+    use tokio::sync::{mpsc, Semaphore};
+
+    let bound = Duration::from_secs(10);
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut arrivals) = mpsc::unbounded_channel();
+    let app = {
+        let gate = gate.clone();
+        axum::Router::new().fallback(move || {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                let _ = tx.send(());
+                let chunks = futures_util::stream::unfold(0u8, move |i| {
+                    let gate = gate.clone();
+                    async move {
+                        match i {
+                            0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first")), 1)),
+                            1 => {
+                                gate.acquire().await.ok()?.forget();
+                                Some((Ok(bytes::Bytes::from_static(b"rest")), 2))
+                            }
+                            _ => None,
+                        }
+                    }
+                });
+                axum::body::Body::from_stream(chunks)
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let fast = Simulator::start().await.unwrap();
+    fast.on("/ok", [Reply::ok()]);
+
+    let s = stack(StackConfig {
+        rate_limit: RateLimitConfig {
+            default: Quota::new(1000.0, 100),
+            max_per_host: Some(2),
+            host_slot_with_response: true,
+            ..RateLimitConfig::default()
+        },
+        ..StackConfig::default()
+    });
+    let svc = s.service(OperationType::Download);
+    // two downloads whose heads and first chunks are in, their bodies still streaming
+    let mut streaming = Vec::new();
+    for i in 0..2 {
+        let mut res = tokio::time::timeout(bound, svc.clone().oneshot(get(&format!("http://{slow}/{i}"), "slow")))
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert!(res.extensions().get::<HostPermit>().is_some());
+        let frame = tokio::time::timeout(bound, res.body_mut().frame())
+            .await
+            .expect("bounded");
+        assert!(frame.is_some());
+        streaming.push(res);
+    }
+    let third = tokio::spawn(svc.clone().oneshot(get(&format!("http://{slow}/2"), "slow")));
+    for _ in 0..2 {
+        tokio::time::timeout(bound, arrivals.recv())
+            .await
+            .expect("two reach the host");
+    }
+    // the third waits for the host while both bodies stream; another host proceeds
+    let status = tokio::time::timeout(bound, send(&svc, get(&fast.url("/ok"), "fast")))
+        .await
+        .expect("another host is not held up")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        arrivals.try_recv().is_err(),
+        "a third request reached the host during two bodies"
+    );
+    assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 2);
+    // the first body ends and its response goes: the third is sent
+    gate.add_permits(1);
+    let first = streaming.remove(0);
+    let rest = tokio::time::timeout(bound, first.into_body().collect())
+        .await
+        .expect("bounded")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"rest");
+    tokio::time::timeout(bound, arrivals.recv())
+        .await
+        .expect("the third is sent once a body is done");
+    gate.add_permits(2);
+    let res = tokio::time::timeout(bound, third)
+        .await
+        .expect("bounded")
+        .unwrap()
+        .unwrap();
+    let _ = tokio::time::timeout(bound, res.into_body().collect())
+        .await
+        .expect("bounded");
+    drop(streaming);
+    assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 0);
+}

@@ -358,8 +358,13 @@ where
         creating: abandoned.clone(),
     };
     let sink = Sink::new(partial_dir, partial_path, abandoned, options.durability);
-    let body = std::pin::pin!(response.into_body());
-    let (sha256, bytes) = stream_to(body, sink, status, options).await?;
+    // The response's parts live until the body is read: they carry the host's slot under
+    // `--max-per-host` (`HostPermit`), so a download counts until its last byte.
+    let (parts, body) = response.into_parts();
+    let body = std::pin::pin!(body);
+    let streamed = stream_to(body, sink, status, options).await;
+    drop(parts);
+    let (sha256, bytes) = streamed?;
     Ok(Staged {
         guard,
         durability: options.durability,

@@ -88,6 +88,10 @@ fn rate_config(settings: &RunSettings) -> RateLimitConfig {
     let mut cfg = rate_table(&settings.rates, settings.default_rate);
     cfg.max_in_flight = Some(settings.workers * settings.fallback.max_concurrent.max(1) + 8);
     cfg.max_per_host = Some(settings.max_per_host);
+    // a download counts against --max-per-host until its body is read (the download keeps
+    // the response's parts while it streams; every other body is read before the next
+    // request to its host)
+    cfg.host_slot_with_response = true;
     cfg
 }
 

@@ -82,10 +82,19 @@ pub struct RateLimitConfig {
     /// Default: none.
     pub max_in_flight: Option<usize>,
     /// A cap on requests in flight to one host (the partition's `host[:port]`, whatever the
-    /// provider), counted from the end of the token wait to the response head. A request
-    /// over the cap waits, before taking a token, holding nothing. Default: none (the
-    /// runner's `--max-per-host` sets 4).
+    /// provider), counted from the end of the token wait to the response head (or, with
+    /// [`host_slot_with_response`](Self::host_slot_with_response), until the response is
+    /// dropped). A request over the cap waits, before taking a token, holding nothing.
+    /// Default: none (the runner's `--max-per-host` sets 4).
     pub max_per_host: Option<usize>,
+    /// With [`max_per_host`](Self::max_per_host): a response keeps its host's slot until
+    /// it is dropped (its [`HostPermit`](super::HostPermit) extension), so a download counts
+    /// until its body is read, not only until its head. Read each body before holding more
+    /// responses to one host than the cap: responses collected first and read later (a
+    /// `join_all` of more requests to one host than the cap) would wait for each other
+    /// forever. Default: off (the slot is free at the head, as with tower's
+    /// `ConcurrencyLimit`); the runner turns it on.
+    pub host_slot_with_response: bool,
 }
 
 impl Default for RateLimitConfig {
@@ -97,6 +106,7 @@ impl Default for RateLimitConfig {
             idle_timeout: Duration::from_secs(300),
             max_in_flight: None,
             max_per_host: None,
+            host_slot_with_response: false,
         }
     }
 }

@@ -18,6 +18,25 @@ use crate::error::{BoxError, RateLimitTimeout};
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
+/// A response's place under the per-host cap, with
+/// [`RateLimitConfig::host_slot_with_response`]: the host's slot stays taken while this
+/// extension (or a clone of it) lives, so a download counts against
+/// [`max_per_host`] until its body is read, not only until
+/// its head came. A caller that streams the body keeps the response's parts (or this
+/// extension) until the body is done, as the runner's download does.
+///
+/// [`RateLimitConfig::host_slot_with_response`]: super::RateLimitConfig::host_slot_with_response
+/// [`max_per_host`]: super::RateLimitConfig::max_per_host
+#[derive(Clone, Debug)]
+pub struct HostPermit(#[allow(dead_code, reason = "held for its drop")] Arc<OwnedSemaphorePermit>);
+
+/// Puts the host's slot in the response when it is to keep it; otherwise frees it.
+fn hand_over<B>(response: &mut Response<B>, permit: Option<OwnedSemaphorePermit>, with_response: bool) {
+    if let (Some(permit), true) = (permit, with_response) {
+        response.extensions_mut().insert(HostPermit(Arc::new(permit)));
+    }
+}
+
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit): waits for a per-host slot (when
     /// the host is at its cap), then for the reserved token slot, then polls its own clone
@@ -43,8 +62,10 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            // the per-host slot, freed once the head is in (or the call failed)
+            // the per-host slot, freed once the head is in (or the call failed), or handed
+            // to the response when `with_response`
             host_permit: Option<OwnedSemaphorePermit>,
+            with_response: bool,
         },
         Slow { slow: Pin<Box<Slow<S, Req, F>>> },
         Failed { error: Option<BoxError> },
@@ -59,6 +80,8 @@ pin_project! {
         pending: Option<(S, Req)>,
         gate: Option<Gate>,
         host_permit: Option<OwnedSemaphorePermit>,
+        // the response keeps the host's slot
+        with_response: bool,
         // when the wait began (none when there was no wait)
         called_at: Option<Instant>,
         // the time held for the host and the token (not for the inner service's readiness)
@@ -135,6 +158,7 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
         gate: Gate,
         host_permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
+        let with_response = gate.limiter.host_slot_with_response();
         let state = if wait.is_zero() {
             State::Ready
         } else {
@@ -148,6 +172,7 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
             pending: Some((service, request)),
             gate: Some(gate),
             host_permit,
+            with_response,
             wait: Duration::ZERO,
         })
     }
@@ -160,6 +185,7 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
                 acquire: Box::pin(semaphore.acquire_owned()),
             },
             pending: Some((service, request)),
+            with_response: gate.limiter.host_slot_with_response(),
             gate: Some(gate),
             host_permit: None,
             wait: Duration::ZERO,
@@ -173,9 +199,13 @@ impl<S, Req, F> ResponseFuture<S, Req, F> {
     }
 
     /// A token was there and the service was ready: it was called at once.
-    pub(super) fn called(future: F, host_permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub(super) fn called(future: F, host_permit: Option<OwnedSemaphorePermit>, with_response: bool) -> Self {
         ResponseFuture {
-            kind: Kind::Called { future, host_permit },
+            kind: Kind::Called {
+                future,
+                host_permit,
+                with_response,
+            },
         }
     }
 
@@ -200,12 +230,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Called { future, host_permit } => {
+            KindProj::Called {
+                future,
+                host_permit,
+                with_response,
+            } => {
                 let result = ready!(future.poll(cx));
-                // the per-host slot is free again once the head is in (or the call failed)
-                host_permit.take();
+                // the per-host slot is free again once the head is in (or the call failed),
+                // unless the response is to keep it
+                let permit = host_permit.take();
                 let mut response = result.map_err(Into::into)?;
                 response.extensions_mut().insert(RateLimitWait(Duration::ZERO));
+                hand_over(&mut response, permit, *with_response);
                 Poll::Ready(Ok(response))
             }
             KindProj::Slow { slow } => slow.as_mut().poll(cx),
@@ -289,10 +325,12 @@ where
                 }
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
-                    // the per-host slot is free again once the head is in (or the call failed)
-                    this.host_permit.take();
+                    // the per-host slot is free again once the head is in (or the call
+                    // failed), unless the response is to keep it
+                    let permit = this.host_permit.take();
                     let mut response = result.map_err(Into::into)?;
                     response.extensions_mut().insert(RateLimitWait(*this.wait));
+                    hand_over(&mut response, permit, *this.with_response);
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Failed { error } => {

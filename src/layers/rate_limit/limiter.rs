@@ -418,6 +418,11 @@ impl RateLimiter {
         self.with_bucket(key, |b, now| b.hold(now, until));
     }
 
+    /// Whether a response keeps its host's slot ([`RateLimitConfig::host_slot_with_response`]).
+    pub(crate) fn host_slot_with_response(&self) -> bool {
+        self.shared.config.host_slot_with_response
+    }
+
     /// The partition's place under the per-host cap ([`RateLimitConfig::max_per_host`]),
     /// keyed by the partition's host (`host[:port]`), whatever its provider.
     pub(crate) fn host_slot(&self, key: &PartitionKey) -> HostSlot {

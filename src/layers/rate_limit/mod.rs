@@ -17,7 +17,10 @@
 //! service below and polls it for readiness only after its wait, so it takes the global
 //! permit when it is about to be sent, not while it sleeps for a slow partition.
 //! [`RateLimitConfig::max_per_host`] caps the requests in flight to one host; a request
-//! over it waits (before reserving a token) holding nothing either.
+//! over it waits (before reserving a token) holding nothing either. With
+//! [`RateLimitConfig::host_slot_with_response`], a response holds its host's slot while its
+//! [`HostPermit`] extension lives: keep the response's parts while streaming its body, and
+//! the whole download counts.
 //!
 //! # Example
 //!
@@ -65,6 +68,7 @@ mod usage;
 
 pub use self::bucket::Ticket;
 pub use self::config::{Quota, RateLimitConfig, RateLimitConfigError, MIN_RATE};
+pub use self::future::HostPermit;
 pub use self::keys::{normalize_rate_key, KeyMatch, RateKeys, RateMatch};
 pub use self::layer::RateLimitLayer;
 pub use self::limiter::RateLimiter;

@@ -97,7 +97,10 @@ where
             // (A waker that does nothing is enough: a service that is not ready goes into the
             // future, which polls it again with the task's own.)
             match self.inner.poll_ready(&mut Context::from_waker(Waker::noop())) {
-                Poll::Ready(Ok(())) => return ResponseFuture::called(self.inner.call(req), permit),
+                Poll::Ready(Ok(())) => {
+                    let with_response = self.limiter.host_slot_with_response();
+                    return ResponseFuture::called(self.inner.call(req), permit, with_response);
+                }
                 Poll::Ready(Err(e)) => return ResponseFuture::failed(e.into()),
                 Poll::Pending => {}
             }
