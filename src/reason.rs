@@ -67,8 +67,9 @@ pub enum ReasonCode {
     /// Another worker holds the work's lease.
     LeasedElsewhere,
     /// Another worker (a sibling process on the same input) tried the work since this run
-    /// started, and it failed there (its reason is in the detail): skipped here, tried
-    /// again by a later run. The worker that tried it counts the failure.
+    /// started, and it failed there (its reason is in the detail), or the work came up
+    /// again in this run after failing: skipped here, tried again by a later run. The
+    /// attempt that failed counts the failure.
     FailedElsewhere,
     /// The run was interrupted (Ctrl-C) before the work finished.
     Cancelled,

@@ -668,7 +668,8 @@ fn failed_elsewhere(work: &Work, job: &Job) -> WorkRecord {
     WorkRecord {
         reason: Some(ReasonCode::FailedElsewhere),
         detail: Some(format!(
-            "failed in another worker since this run started ({reason}): not tried again until a later run"
+            "already failed since this run started, in another worker or earlier in this run ({reason}): \
+             not tried again until a later run"
         )),
         ..WorkRecord::new(work.id.as_str(), Outcome::Skipped)
     }
