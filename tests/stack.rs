@@ -292,6 +292,31 @@ async fn a_redirect_hop_is_its_own_partition_and_a_429_there_cools_that_host() {
     assert!(records[0].work_id.is_none() && records.iter().all(|r| r.operation == OperationType::Download));
 }
 
+/// For the per-host cap tests (a cap of 2 on `slow`): two requests reach `slow`, and while
+/// a third waits for it, a request to `fast` goes through; the third has not arrived.
+async fn two_in_and_a_third_waits(
+    s: &Stack,
+    svc: &HttpService,
+    arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    slow: std::net::SocketAddr,
+    fast: &Simulator,
+    third_arrived: &str,
+) {
+    let bound = Duration::from_secs(10);
+    for _ in 0..2 {
+        tokio::time::timeout(bound, arrivals.recv())
+            .await
+            .expect("two reach the host");
+    }
+    let status = tokio::time::timeout(bound, send(svc, get(&fast.url("/ok"), "fast")))
+        .await
+        .expect("another host is not held up")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(arrivals.try_recv().is_err(), "{third_arrived}");
+    assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 2);
+}
+
 /// A request over the per-host cap waits (holding no global permit) while another host
 /// proceeds; a loopback server holds the first host's responses until released.
 #[tokio::test]
@@ -333,19 +358,16 @@ async fn the_per_host_cap_holds_a_third_request_while_another_host_proceeds() {
     let held: Vec<_> = (0..3)
         .map(|i| tokio::spawn(svc.clone().oneshot(get(&format!("http://{slow}/{i}"), "slow"))))
         .collect();
-    for _ in 0..2 {
-        tokio::time::timeout(bound, arrivals.recv())
-            .await
-            .expect("two reach the host");
-    }
     // the third waits for the host, and holds no global permit: the other host proceeds
-    let status = tokio::time::timeout(bound, send(&svc, get(&fast.url("/ok"), "fast")))
-        .await
-        .expect("another host is not held up")
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert!(arrivals.try_recv().is_err(), "a third request reached the capped host");
-    assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 2);
+    two_in_and_a_third_waits(
+        &s,
+        &svc,
+        &mut arrivals,
+        slow,
+        &fast,
+        "a third request reached the capped host",
+    )
+    .await;
     assert!(held.iter().all(|h| !h.is_finished()));
 
     gate.add_permits(1);
@@ -429,22 +451,16 @@ async fn a_streaming_body_keeps_its_host_slot_until_the_response_is_dropped() {
         streaming.push(res);
     }
     let third = tokio::spawn(svc.clone().oneshot(get(&format!("http://{slow}/2"), "slow")));
-    for _ in 0..2 {
-        tokio::time::timeout(bound, arrivals.recv())
-            .await
-            .expect("two reach the host");
-    }
     // the third waits for the host while both bodies stream; another host proceeds
-    let status = tokio::time::timeout(bound, send(&svc, get(&fast.url("/ok"), "fast")))
-        .await
-        .expect("another host is not held up")
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert!(
-        arrivals.try_recv().is_err(),
-        "a third request reached the host during two bodies"
-    );
-    assert_eq!(s.limiter().in_flight_to(&slow.to_string()), 2);
+    two_in_and_a_third_waits(
+        &s,
+        &svc,
+        &mut arrivals,
+        slow,
+        &fast,
+        "a third request reached the host during two bodies",
+    )
+    .await;
     // the first body ends and its response goes: the third is sent
     gate.add_permits(1);
     let first = streaming.remove(0);
