@@ -74,6 +74,9 @@ struct Args {
     secs: u64,
     triple_at: u64,
     triple_secs: u64,
+    /// `--fixed R`: learning off, the client told exactly `R`/s with a burst of one — what a
+    /// client that already knew the limit would get (no probe ever meets it)
+    fixed: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -83,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         secs: 20,
         triple_at: 10,
         triple_secs: 40,
+        fixed: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,9 +109,17 @@ fn parse_args() -> Result<Args, String> {
             "--secs" => args.secs = number()?,
             "--triple-at" => args.triple_at = number()?,
             "--triple-secs" => args.triple_secs = number()?,
+            "--fixed" => {
+                let r = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite() && *r > 0.0)
+                    .ok_or_else(|| format!("--fixed takes a positive rate, got {value:?}"))?;
+                args.fixed = Some(r);
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}: use --limiter nginx|haproxy|both --rate R --secs S --triple-at T --triple-secs S"
+                    "unknown argument {other:?}: use --limiter nginx|haproxy|both --rate R --secs S --triple-at T --triple-secs S [--fixed R]"
                 ))
             }
         }
@@ -377,6 +389,7 @@ async fn run_once(
     rate: u32,
     secs: u64,
     triple_at: Option<u64>,
+    fixed: Option<f64>,
     tmp: &Path,
 ) -> Result<Outcome, String> {
     let dir = tmp.join(format!(
@@ -404,12 +417,18 @@ async fn run_once(
         "--workers",
         &WORKERS.to_string(),
         "--rate",
-        &format!("127.0.0.1:{}={}", servers.port, rate * 5),
+        &match fixed {
+            Some(r) => format!("127.0.0.1:{}={r}:1", servers.port),
+            None => format!("127.0.0.1:{}={}", servers.port, rate * 5),
+        },
         "--quiet",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if fixed.is_some() {
+        argv.push("--disable-provider-learning".into());
+    }
     for name in RESOLVER_NAMES {
         argv.push("--resolver-base".into());
         argv.push(format!("{name}=http://127.0.0.1:{}/{name}", servers.backend_port));
@@ -420,14 +439,18 @@ async fn run_once(
     };
     let settings = RunSettings::resolve(&run_args, exec::generated_run_id)?;
 
-    let label = match triple_at {
-        Some(t) => format!("{rate}/s, tripled at {t}s"),
-        None => format!("{rate}/s steady"),
+    let label = match (triple_at, fixed) {
+        (Some(t), _) => format!("{rate}/s, tripled at {t}s"),
+        (None, Some(r)) => format!("{rate}/s steady, fixed {r}/s"),
+        (None, None) => format!("{rate}/s steady"),
+    };
+    let told = match fixed {
+        Some(r) => format!("{r}/s (burst 1, learning off)"),
+        None => format!("{}/s", rate * 5),
     };
     println!(
-        "\n## {} — {label}, client told {}/s, {WORKERS} workers, {secs} s",
-        limiter.name(),
-        rate * 5
+        "\n## {} — {label}, client told {told}, {WORKERS} workers, {secs} s",
+        limiter.name()
     );
     let start_ms = now_ms();
     let (tripled_tx, tripled_rx) = tokio::sync::oneshot::channel::<()>();
@@ -519,9 +542,19 @@ async fn bench(args: Args) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let mut outcomes = Vec::new();
     for &limiter in &args.limiters {
-        outcomes.push(run_once(limiter, args.rate, args.secs, None, tmp.path()).await?);
-        if args.triple_secs > 0 {
-            outcomes.push(run_once(limiter, args.rate, args.triple_secs, Some(args.triple_at), tmp.path()).await?);
+        outcomes.push(run_once(limiter, args.rate, args.secs, None, args.fixed, tmp.path()).await?);
+        if args.triple_secs > 0 && args.fixed.is_none() {
+            outcomes.push(
+                run_once(
+                    limiter,
+                    args.rate,
+                    args.triple_secs,
+                    Some(args.triple_at),
+                    None,
+                    tmp.path(),
+                )
+                .await?,
+            );
         }
     }
     println!(
