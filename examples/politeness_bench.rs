@@ -21,16 +21,19 @@
 //! cargo run --release --example politeness_bench -- --limiter nginx --rate 20 --secs 60 --triple-at 30 --triple-secs 60
 //! ```
 //!
-//! Measured (2026-11-27, release build, 2 CPUs shared with three other helpers compiling,
-//! load average 4.6–8.6, `--rate 20 --secs 60`), goodput / hidden rate and 429s after the
-//! first 5 s. With the low descent and measured acceptance (two runs): nginx 0.933 / 0.936,
-//! 0.4%; HAProxy 0.911 / 0.881, 0.4–0.5%; one run without the settled-plateau measurement:
-//! nginx 0.957, HAProxy 0.858. Tripled at 30 s: 0.9× the new rate after 16–27 s. Before
-//! (three runs): nginx 0.913–0.929 and 0.5–0.6%; HAProxy 0.803–0.887 and 0.4–0.7%; 26 s
-//! to the tripled rate on both. The goal of 0.95× is met by one nginx run only: each
-//! probe or step that meets the limit costs the whole second its `Retry-After` asks, and
-//! with probes at most 16 s apart (to find a tripled limit within 30 s) three or four of
-//! those seconds fall into the 55 scored ones.
+//! `--fixed R` runs one steady run per limiter with learning off and the client told
+//! exactly `R`/s (burst 1): what a client that already knew the limit would get.
+//!
+//! Measured (2026-11-28, release build, 2 CPUs, `--rate 20 --secs 60`), goodput / hidden
+//! rate and 429s after the first 5 s. Learning: nginx 0.958 (three runs), 0.3%; HAProxy
+//! 0.900–0.908 (six runs), 0.4%; tripled at 20 s, 0.9× the new rate after 17 s (nginx)
+//! and 8 s (HAProxy). Fixed rate against HAProxy: 19/s 0.950, 19.5/s 0.975, 20/s 1.000
+//! (twice), all without a 429; 20.5/s 0.681 with 2.4% 429s. So a client can sit right at
+//! HAProxy's limit once it knows it, and falls off a cliff just above it. What the learning
+//! runs lose against HAProxy is the seconds of `Retry-After` pauses: each probe above
+//! the plateau meets the limit and costs a whole second (HAProxy counts its refusals and has
+//! no burst, so the second cannot be made up), and finding a tripled limit within 30 s
+//! needs a probe at least every ~21 s, so two of those seconds fall into the 55 scored.
 //!
 //! Needs `nginx` (and `haproxy` for that limiter) on the PATH or in /usr/sbin
 //! (`apt-get install nginx haproxy`). Every server is stopped when the benchmark ends, on

@@ -561,3 +561,74 @@ async fn sixty_seconds_with_a_real_client_s_jitter() {
     assert!(goodput >= 0.95, "nginx: goodput {goodput:.3}× the hidden rate");
     assert!(throttled <= 0.01, "nginx: {:.2}% throttled", throttled * 100.0);
 }
+
+/// A debugging aid for tuning the policy: the bench's 60 s against both limiters over
+/// eight jitter draws, with and without jitter, and grids of hidden rates, as means and
+/// minima (run with `--ignored --nocapture`). Nothing is asserted: the tests above guard
+/// the levels; this shows what a change to the policy does to all of them at once.
+#[test]
+#[ignore = "a tuning aid: cargo test --test learning_convergence scoreboard -- --ignored --nocapture"]
+fn scoreboard() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // each model is made inside the runtime, on its paused clock
+    let run = |make: &dyn Fn() -> Model, hidden: f64, secs: u64| {
+        rt.block_on(async {
+            let mut model = make();
+            let end = model.start + Duration::from_secs(secs);
+            model.run_until(end).await;
+            model.score_quiet(5, secs as usize, hidden)
+        })
+    };
+    let summary = |name: &str, scores: &[(f64, f64)]| {
+        let mean = scores.iter().map(|s| s.0).sum::<f64>() / scores.len() as f64;
+        let min = scores.iter().map(|s| s.0).fold(f64::INFINITY, f64::min);
+        let worst_429 = scores.iter().map(|s| s.1).fold(0.0, f64::max);
+        println!(
+            "{name:<28} mean {mean:.4} min {min:.4} worst 429s {:.2}%",
+            worst_429 * 100.0
+        );
+    };
+    for (name, haproxy) in [("nginx 20/s burst 5", false), ("haproxy 20/s", true)] {
+        let make = |seed: u64, jitter: u64| {
+            let mut m = if haproxy {
+                Model::haproxy(20.0, 100.0)
+            } else {
+                Model::new(20.0, 5, 100.0)
+            };
+            m.jitter = Duration::from_millis(jitter);
+            m.rng = fastrand::Rng::with_seed(seed);
+            m
+        };
+        let plain = run(&|| make(0, 0), 20.0, 60);
+        summary(&format!("{name}, no jitter"), &[plain]);
+        let jittered: Vec<_> = (1..=8).map(|seed| run(&|| make(seed, 5), 20.0, 60)).collect();
+        summary(&format!("{name}, jitter ×8"), &jittered);
+    }
+    let window: Vec<_> = [6.0, 10.0, 15.0, 20.0, 35.0, 50.0, 80.0, 150.0]
+        .iter()
+        .map(|&r| {
+            let make = || {
+                let mut m = Model::haproxy(r, r * 5.0);
+                m.jitter = Duration::from_millis(5);
+                m
+            };
+            run(&make, r, 90)
+        })
+        .collect();
+    summary("haproxy grid ×8, jitter", &window);
+    let mut leaky = Vec::new();
+    for r in [7.0, 20.0, 53.5, 113.64, 196.03, 9.0] {
+        for b in [0, 1, 5] {
+            let s = run(&|| Model::new(r, b, r * 5.0), r, 90);
+            if std::env::var_os("SCOREBOARD_CASES").is_some() {
+                println!("  leaky {r}/s burst {b}: {:.4}", s.0);
+            }
+            leaky.push(s);
+        }
+    }
+    summary("leaky grid ×18", &leaky);
+}
