@@ -69,6 +69,12 @@ fn main() -> ExitCode {
         Ok(code) => exit(code),
         Err(e) => {
             eprintln!("error: {e}");
+            if e.disk_full() {
+                eprintln!(
+                    "the disk is full: make room and run the same command again; what this run \
+                     downloaded and recorded is kept, and the next run goes on from there"
+                );
+            }
             exit(e.exit())
         }
     }

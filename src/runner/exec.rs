@@ -161,12 +161,41 @@ pub enum RunError {
 
 impl RunError {
     /// The process's exit status for this failure: [`Exit::Usage`] for what the command
-    /// line or its settings got wrong, [`Exit::Fatal`] for the rest.
+    /// line or its settings got wrong, [`Exit::RetryLater`] for a full disk (see
+    /// [`disk_full`](Self::disk_full)), [`Exit::Fatal`] for the rest.
     pub fn exit(&self) -> Exit {
         match self {
             RunError::Usage(_) | RunError::Settings(_) | RunError::Config(_) => Exit::Usage,
+            _ if self.disk_full() => Exit::RetryLater,
             RunError::Ledger { .. } | RunError::Io { .. } | RunError::Pipeline(_) | RunError::Failed(_) => Exit::Fatal,
         }
+    }
+
+    /// Whether a full disk (or a spent disk quota) caused this: of the output folder, the
+    /// ledger's (SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`) or the state folder's.
+    /// Nothing recorded is lost to it, and the same command run again once there is room
+    /// goes on where this run stopped, so it is a reason to run again later, not a fatal
+    /// error.
+    pub fn disk_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) {
+                    return true;
+                }
+            }
+            if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+                // SQLite's primary result code 13 is SQLITE_FULL; SQLSTATE 53100 is disk_full
+                if matches!(db.code().as_deref(), Some("13" | "53100")) {
+                    return true;
+                }
+            }
+            cause = e.source();
+        }
+        false
     }
 
     fn io(what: String) -> impl FnOnce(std::io::Error) -> RunError {
@@ -1024,6 +1053,21 @@ mod tests {
             ),
             (PipelineError::Manifest(io()).into(), Exit::Fatal),
             (RunError::failed("the server answered 404 Not Found"), Exit::Fatal),
+            // a full disk (ENOSPC, a quota) anywhere down the chain: run again once there is room
+            (
+                PipelineError::Manifest(std::io::Error::from_raw_os_error(28)).into(),
+                Exit::RetryLater,
+            ),
+            (
+                RunError::io("cannot write o/x.pdf".into())(std::io::ErrorKind::QuotaExceeded.into()),
+                Exit::RetryLater,
+            ),
+            (
+                RunError::failed(Box::new(RunError::io("saving".into())(
+                    std::io::ErrorKind::StorageFull.into(),
+                ))),
+                Exit::RetryLater,
+            ),
         ];
         for (e, exit) in cases {
             assert_eq!(e.exit(), exit, "{e}");

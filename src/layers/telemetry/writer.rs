@@ -77,9 +77,11 @@ impl RecordWriter {
         let (tx, rx) = mpsc::channel(capacity);
         let write_errors = Arc::new(AtomicU64::new(0));
         let errors = Arc::clone(&write_errors);
+        // the thread logs to the caller's subscriber (a thread-local default included)
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         let spawned = std::thread::Builder::new()
             .name("contentdownload-records".into())
-            .spawn(move || run(sink, rx, &errors));
+            .spawn(move || tracing::dispatcher::with_default(&dispatch, || run(sink, rx, &errors)));
         if let Err(e) = spawned {
             // The receiver went down with the closure: every record will count as dropped.
             tracing::warn!(error = %e, "could not start the attempt-record writer thread; records will be dropped");
@@ -154,6 +156,9 @@ fn closed() -> io::Error {
 }
 
 fn run<S: RecordSink>(mut sink: S, mut rx: mpsc::Receiver<Msg>, errors: &AtomicU64) {
+    // A full disk fails every write-out, after almost every record: warned about on the
+    // 1st, 2nd, 4th, 8th... failure, as drops are, not once per record.
+    let mut write_out_failures: u64 = 0;
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Record(record) => {
@@ -165,7 +170,14 @@ fn run<S: RecordSink>(mut sink: S, mut rx: mpsc::Receiver<Msg>, errors: &AtomicU
                 }
                 if rx.is_empty() {
                     if let Err(e) = sink.write_out() {
-                        tracing::warn!(error = %e, "could not flush attempt records; check the output file");
+                        write_out_failures += 1;
+                        if write_out_failures.is_power_of_two() {
+                            tracing::warn!(
+                                error = %e,
+                                failures = write_out_failures,
+                                "could not flush attempt records; check the output file"
+                            );
+                        }
                     }
                 }
             }
@@ -255,6 +267,56 @@ mod tests {
         assert!(!writer.try_write(sample(11)));
         assert_eq!(writer.dropped(), u64::from(11 - accepted));
         assert!(writer.flush().await.is_err());
+    }
+
+    /// A sink whose every write-out fails, as on a full disk; each says so on `tried`.
+    struct Full {
+        tried: std_mpsc::Sender<()>,
+    }
+
+    impl RecordSink for Full {
+        fn write(&mut self, _: &AttemptRecord) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_out(&mut self) -> io::Result<()> {
+            let _ = self.tried.send(());
+            Err(io::ErrorKind::StorageFull.into())
+        }
+    }
+
+    /// Counts the warnings logged.
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<AtomicU64>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_keeps_failing_is_warned_about_sparingly() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let warnings = Warnings::default();
+        let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+        // the writer thread logs to this (thread-local) subscriber too
+        let (tried, write_outs) = std_mpsc::channel();
+        let writer = RecordWriter::spawn(Full { tried }, 8);
+        for i in 1..=64 {
+            assert!(writer.try_write(sample(i)));
+            // the queue runs empty after each record: one write-out each, failing
+            write_outs
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the writer wrote the record out");
+        }
+        writer.close().await.unwrap();
+        // on the 1st, 2nd, 4th, ... 64th failure
+        assert_eq!(warnings.0.load(Ordering::Relaxed), 7);
     }
 
     #[tokio::test]
