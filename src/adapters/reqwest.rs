@@ -60,8 +60,9 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Extensions, Request, Response};
-use http_body_util::{BodyDataStream, BodyExt, Full};
+use http_body_util::Full;
 use reqwest_middleware::Next;
+use sync_wrapper::SyncWrapper;
 use tower::ServiceExt;
 
 use crate::context::{IdempotencyKey, OperationType, Provider, WorkId};
@@ -523,8 +524,39 @@ fn from_http(response: Response<PipelineBody>, channel: &AttemptChannel) -> reqw
             parts.extensions = std::mem::take(ext);
         }
     }
-    let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
+    let body = reqwest::Body::wrap(SyncBody {
+        inner: SyncWrapper::new(body),
+    });
     reqwest::Response::from(Response::from_parts(parts, body))
+}
+
+pin_project_lite::pin_project! {
+    /// The stack's response body made `Sync` for `reqwest::Body::wrap`: the body is only
+    /// ever polled through `&mut`, which `SyncWrapper` makes safe to share. (Rather than
+    /// `reqwest::Body::wrap_stream` over a stream of the body's data: that added four layers
+    /// of polling to every frame, dropped trailers, and rebuilt each frame.)
+    struct SyncBody {
+        #[pin]
+        inner: SyncWrapper<PipelineBody>,
+    }
+}
+
+impl http_body::Body for SyncBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.project().inner.get_pin_mut().poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // `SyncWrapper` lends its value only through `&mut`: no hint (reqwest reads the
+        // length from the headers)
+        http_body::SizeHint::default()
+    }
 }
 
 fn from_box(e: BoxError) -> reqwest_middleware::Error {
@@ -558,7 +590,8 @@ fn typed(e: BoxError) -> anyhow::Error {
 struct NextService;
 
 impl tower::Service<Request<Full<Bytes>>> for NextService {
-    type Response = Response<PipelineBody>;
+    // reqwest's body as it is: the stack type-erases it once, at the top
+    type Response = Response<reqwest::Body>;
     type Error = BoxError;
     type Future = NextFuture;
 
@@ -571,10 +604,12 @@ impl tower::Service<Request<Full<Bytes>>> for NextService {
         let Some(channel) = parts.extensions.remove::<AttemptChannel>().or_else(polling_channel) else {
             return NextFuture::failed("the request did not come through ContentDownloadMiddleware");
         };
-        // `Full` of one chunk: taking its bytes does not copy.
-        let bytes = match futures_util::FutureExt::now_or_never(body.collect()) {
-            Some(Ok(collected)) => collected.to_bytes(),
-            // `Full` is always ready and cannot fail.
+        // `Full` of one chunk, always ready: its one frame is the bytes, not copied (and,
+        // unlike `collect`, nothing is allocated to gather them).
+        let mut body = body;
+        let bytes = match http_body::Body::poll_frame(Pin::new(&mut body), &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            // no frame: an empty body (`Full` cannot fail)
             _ => Bytes::new(),
         };
         let url = match channel.caller_url(&parts.uri) {
@@ -623,7 +658,7 @@ impl Drop for NextFuture {
 }
 
 impl Future for NextFuture {
-    type Output = Result<Response<PipelineBody>, BoxError>;
+    type Output = Result<Response<reqwest::Body>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (channel, id) = match self.state.take() {
@@ -642,8 +677,7 @@ impl Future for NextFuture {
             Err(e) => Err(unwrap_reqwest(e)),
             Ok(response) => {
                 let url = (!channel.is_caller_url(response.url())).then(|| ReplyUrl(response.url().clone()));
-                let response: Response<reqwest::Body> = response.into();
-                let mut response = response.map(|b| b.map_err(Into::into).boxed_unsync());
+                let mut response: Response<reqwest::Body> = response.into();
                 if let Some(url) = url {
                     response.extensions_mut().insert(url);
                 }
@@ -666,6 +700,7 @@ fn unwrap_reqwest(e: reqwest_middleware::Error) -> BoxError {
 mod tests {
     use std::time::Duration;
 
+    use http_body_util::BodyExt;
     use tower::Service;
 
     use super::*;
