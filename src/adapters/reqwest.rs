@@ -211,6 +211,9 @@ struct Shared {
 
 type Reply = reqwest_middleware::Result<reqwest::Response>;
 
+/// What `Next::run` returns.
+type ReplyFuture<'a> = Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
+
 thread_local! {
     /// The channel of the request whose stack future this thread is polling: every attempt
     /// reaches [`NextService::call`] inside that poll (the stack's layers call the service
@@ -430,7 +433,7 @@ impl reqwest_middleware::Middleware for ContentDownloadMiddleware {
         req: reqwest::Request,
         extensions: &'life1 mut Extensions,
         next: Next<'life2>,
-    ) -> Pin<Box<dyn Future<Output = reqwest_middleware::Result<reqwest::Response>> + Send + 'async_trait>>
+    ) -> ReplyFuture<'async_trait>
     where
         'life0: 'async_trait,
         'life1: 'async_trait,
@@ -504,7 +507,7 @@ fn send_attempt<'a>(
     next: &Next<'a>,
     timeout: Option<std::time::Duration>,
     extensions: &'a mut Extensions,
-) -> Option<(u64, Pin<Box<dyn Future<Output = Reply> + Send + 'a>>)> {
+) -> Option<(u64, ReplyFuture<'a>)> {
     let (id, mut attempt) = channel.take_attempt()?;
     *attempt.timeout_mut() = timeout;
     Some((id, next.clone().run(attempt, extensions)))
