@@ -566,9 +566,7 @@ fn from_http(response: Response<PipelineBody>, channel: &AttemptChannel) -> reqw
             parts.extensions = std::mem::take(ext);
         }
     }
-    let body = reqwest::Body::wrap(SyncBody {
-        inner: SyncWrapper::new(body),
-    });
+    let body = reqwest::Body::wrap(SyncBody::new(body));
     reqwest::Response::from(Response::from_parts(parts, body))
 }
 
@@ -576,10 +574,22 @@ pin_project_lite::pin_project! {
     /// The stack's response body made `Sync` for `reqwest::Body::wrap`: the body is only
     /// ever polled through `&mut`, which `SyncWrapper` makes safe to share. (Rather than
     /// `reqwest::Body::wrap_stream` over a stream of the body's data: that added four layers
-    /// of polling to every frame, dropped trailers, and rebuilt each frame.)
+    /// of polling to every frame, dropped trailers, rebuilt each frame, and lost the size.)
     struct SyncBody {
         #[pin]
         inner: SyncWrapper<PipelineBody>,
+        // The body's size hint, read before it was wrapped (`SyncWrapper` lends it only
+        // through `&mut`), less the data seen since: `Response::content_length` reads it.
+        remaining: http_body::SizeHint,
+    }
+}
+
+impl SyncBody {
+    fn new(body: PipelineBody) -> Self {
+        SyncBody {
+            remaining: http_body::Body::size_hint(&body),
+            inner: SyncWrapper::new(body),
+        }
     }
 }
 
@@ -591,13 +601,29 @@ impl http_body::Body for SyncBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.project().inner.get_pin_mut().poll_frame(cx)
+        let this = self.project();
+        let polled = std::task::ready!(this.inner.get_pin_mut().poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let seen = data.len() as u64;
+                    let mut left = http_body::SizeHint::new();
+                    left.set_lower(this.remaining.lower().saturating_sub(seen));
+                    if let Some(upper) = this.remaining.upper() {
+                        // (upper ≥ lower before, so after too: `set_upper` cannot panic)
+                        left.set_upper(upper.saturating_sub(seen));
+                    }
+                    *this.remaining = left;
+                }
+            }
+            None => *this.remaining = http_body::SizeHint::with_exact(0),
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(polled)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        // `SyncWrapper` lends its value only through `&mut`: no hint (reqwest reads the
-        // length from the headers)
-        http_body::SizeHint::default()
+        self.remaining
     }
 }
 
