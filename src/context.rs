@@ -183,7 +183,8 @@ shared_str! {
 }
 
 /// Which attempt of one logical operation a request is: 1 for the first send, 2 for the
-/// first resend, and so on. The retry layer sets it on every attempt; absent means 1.
+/// first resend, and so on. Absent means 1: the retry layer sets it on every resend and
+/// leaves it out of the first attempt (read it with [`AttemptNumber::of`]).
 ///
 /// OpenTelemetry's `http.request.resend_count` is `AttemptNumber - 1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -50,6 +50,7 @@ async fn a_429_then_200_is_retried_and_the_body_streams_through() {
         sim.url("/f.pdf"),
         "the response names the URL it came from"
     );
+    assert_eq!(res.content_length(), Some(7), "the body's size comes through the stack");
     assert_eq!(res.text().await.unwrap(), "payload");
     assert_eq!(sim.count("/f.pdf"), 2);
 }

@@ -270,17 +270,18 @@ async fn connect_errors_are_retried_until_attempts_run_out() {
 async fn every_attempt_carries_its_number() {
     let sim = Simulator::start().await.unwrap();
     sim.on("/n", [Reply::status(500), Reply::status(502), Reply::ok()]);
-    // a layer below the retry layer sees the AttemptNumber extension
+    // a layer below the retry layer sees the AttemptNumber extension on each resend (the
+    // first attempt carries none: absent means 1)
     let client = HttpClient::new(&HttpConfig::default()).unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = seen.clone();
     let svc = ServiceBuilder::new()
         .layer(no_jitter())
         .map_request(move |r: Request<Full<Bytes>>| {
-            record
-                .lock()
-                .unwrap()
-                .push(r.extensions().get::<AttemptNumber>().map(|a| a.0));
+            record.lock().unwrap().push((
+                r.extensions().get::<AttemptNumber>().map(|a| a.0),
+                AttemptNumber::of(&r),
+            ));
             r
         })
         .service(client);
@@ -289,7 +290,7 @@ async fn every_attempt_carries_its_number() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(*seen.lock().unwrap(), [Some(1), Some(2), Some(3)]);
+    assert_eq!(*seen.lock().unwrap(), [(None, 1), (Some(2), 2), (Some(3), 3)]);
 }
 
 #[tokio::test(start_paused = true)]

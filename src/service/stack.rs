@@ -236,15 +236,19 @@ impl Stack {
     /// through another client while sharing this stack's limiter, learner, cool-downs and
     /// budgets. `inner` gets no decompression. The stack's redirect layer follows the
     /// redirects `inner` hands back, each hop through the partition layers; an `inner` that
-    /// follows redirects itself hides its hops from them.
-    pub fn service_with<S>(&self, op: OperationType, inner: S) -> HttpService
+    /// follows redirects itself hides its hops from them. `inner`'s response body may be
+    /// any body of `Bytes`: it is type-erased once, at the top of the stack (an `inner` that
+    /// boxed it first would add a box and a layer of polling to every frame).
+    pub fn service_with<S, B>(&self, op: OperationType, inner: S) -> HttpService
     where
-        S: tower::Service<Request<Full<Bytes>>, Response = Response<PipelineBody>, Error = BoxError>
+        S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>
             + Clone
             + Send
             + Sync
             + 'static,
         S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         self.compose(op, inner)
     }

@@ -63,7 +63,7 @@ where
         let Some((req, send)) = handle.next_request().await else {
             break;
         };
-        attempts.push(req.extensions().get::<AttemptNumber>().map_or(0, |a| a.0));
+        attempts.push(AttemptNumber::of(&req));
         match answer {
             Answer::Status(code) => send.send_response(Response::builder().status(code).body("").unwrap()),
             Answer::Hinted(code) => send.send_response(
