@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use contentdownload::adapters::reqwest::{install_crypto_provider, ContentDownloadMiddleware};
+use contentdownload::adapters::reqwest::{client_builder, install_crypto_provider, ContentDownloadMiddleware};
 use contentdownload::context::{OperationType, Provider};
 use contentdownload::error::{Deferred, FailedOver};
 use contentdownload::layers::rate_limit::{Quota, RateLimitConfig};
@@ -219,6 +219,44 @@ async fn every_attempt_goes_through_the_rest_of_the_chain() {
     assert_eq!(res.status(), 200);
     assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert_eq!(sim.count("/f.pdf"), 3);
+}
+
+/// The one-line client's reqwest leaves redirects to the stack: a 429 from the host a
+/// redirect leads to is that host's (its partition throttled and cooled, not the origin's).
+#[tokio::test(start_paused = true)]
+async fn the_one_line_client_follows_redirects_hop_by_hop() {
+    let origin = Simulator::start().await.unwrap();
+    let cdn = Simulator::start().await.unwrap();
+    origin.on("/doi", [Reply::redirect(302, &cdn.url("/f.pdf"))]);
+    cdn.on(
+        "/f.pdf",
+        [Reply::status(429).retry_after_secs(1), Reply::ok().body("payload")],
+    );
+    let config = StackConfig::default();
+    // what `client(&config)` builds, keeping a handle on the middleware's state
+    let middleware = ContentDownloadMiddleware::new(&config).unwrap();
+    let client = ClientBuilder::new(client_builder(&config.http).build().unwrap())
+        .with(middleware.clone())
+        .build();
+    let res = get(&client, &origin.url("/doi"), OperationType::Download, "pub")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.url().as_str(), cdn.url("/f.pdf"));
+    assert_eq!(res.text().await.unwrap(), "payload");
+    assert_eq!(cdn.count("/f.pdf"), 2, "the CDN's 429 was retried");
+    let learner = middleware.stack().learner().unwrap();
+    let origin_key = origin.addr().to_string();
+    let cdn_key = cdn.addr().to_string();
+    let origin_status = learner.status("pub", &origin_key).expect("the origin was asked");
+    assert_eq!(
+        origin_status.throttles, 0,
+        "the CDN's 429 was put on the origin: {origin_status:?}"
+    );
+    let cdn_status = learner
+        .status(&cdn_key, &cdn_key)
+        .expect("the CDN hop is its own partition");
+    assert_eq!(cdn_status.throttles, 1, "{cdn_status:?}");
 }
 
 #[tokio::test(start_paused = true)]

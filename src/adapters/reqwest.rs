@@ -67,7 +67,7 @@ use tower::ServiceExt;
 
 use crate::context::{IdempotencyKey, OperationType, Provider, WorkId};
 use crate::error::{BoxError, CoolingDown, Deferred, FailedOver, RateLimitTimeout};
-use crate::service::{HttpService, PipelineBody, Stack, StackConfig};
+use crate::service::{HttpConfig, HttpService, PipelineBody, Stack, StackConfig};
 
 /// Installs rustls' ring crypto provider as the process default, unless one is installed
 /// already. reqwest (built with `rustls-no-provider`) needs a default provider before a
@@ -80,9 +80,12 @@ pub fn install_crypto_provider() {
 }
 
 /// The one-line adoption: a reqwest client configured from `config.http` (the polite
-/// User-Agent, the connect and idle-read timeouts, the pool's idle timeout, the redirect
-/// limit, TLS verification — off only with `danger_accept_invalid_certs`), wrapped in a
-/// [`ContentDownloadMiddleware`] with its own state. Installs the ring crypto provider
+/// User-Agent, the connect and idle-read timeouts, the pool's idle timeout, TLS
+/// verification — off only with `danger_accept_invalid_certs`), wrapped in a
+/// [`ContentDownloadMiddleware`] with its own state. Redirects are followed by the
+/// middleware's stack, not by reqwest (whose policy is `none`): each hop is its own attempt
+/// to its own host's partition (rate limit, learning, cool-down, retry), at most
+/// `http.max_redirects` of them, with no credentials across origins. Installs the ring crypto provider
 /// first ([`install_crypto_provider`]). Errors name the setting that is wrong.
 ///
 /// ```no_run
@@ -103,23 +106,46 @@ pub fn install_crypto_provider() {
 /// # drop(response); Ok(()) }
 /// ```
 pub fn client(config: &StackConfig) -> Result<reqwest_middleware::ClientWithMiddleware, BoxError> {
+    let reqwest_client = client_builder(&config.http).build()?;
+    Ok(reqwest_middleware::ClientBuilder::new(reqwest_client)
+        .with(ContentDownloadMiddleware::new(config)?)
+        .build())
+}
+
+/// The reqwest client builder that [`client`] uses, configured from `http` (and the ring
+/// crypto provider installed), for a caller who adds settings of their own before wrapping
+/// the client in a [`ContentDownloadMiddleware`]. Its redirect policy is `none`: the
+/// middleware's stack follows redirects hop by hop; a client that follows them itself hides
+/// the hops from the stack's partition layers.
+///
+/// ```
+/// use contentdownload::adapters::reqwest::{client_builder, ContentDownloadMiddleware};
+/// use contentdownload::service::StackConfig;
+///
+/// # fn demo() -> Result<(), contentdownload::error::BoxError> {
+/// let config = StackConfig::default();
+/// let inner = client_builder(&config.http).gzip(true).build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(inner)
+///     .with(ContentDownloadMiddleware::new(&config)?)
+///     .build();
+/// # drop(client); Ok(()) }
+/// ```
+pub fn client_builder(http: &HttpConfig) -> reqwest::ClientBuilder {
     install_crypto_provider();
-    let http = &config.http;
     let mut builder = reqwest::Client::builder()
         .user_agent(http.user_agent())
         .connect_timeout(http.connect_timeout())
         .read_timeout(http.read_timeout())
         .pool_idle_timeout(http.pool_idle_timeout())
         .pool_max_idle_per_host(http.pool_max_idle_per_host)
-        .redirect(reqwest::redirect::Policy::limited(http.max_redirects));
+        // the stack follows redirects hop by hop (reqwest following them would hide the hops
+        // from the partition layers: a CDN's 429 would cool down and retry the origin)
+        .redirect(reqwest::redirect::Policy::none());
     if http.danger_accept_invalid_certs {
         tracing::warn!("TLS certificate verification is OFF for the reqwest client (danger_accept_invalid_certs)");
         builder = builder.danger_accept_invalid_certs(true);
     }
-    let reqwest_client = builder.build()?;
-    Ok(reqwest_middleware::ClientBuilder::new(reqwest_client)
-        .with(ContentDownloadMiddleware::new(config)?)
-        .build())
+    builder
 }
 
 /// A `reqwest_middleware::Middleware` that applies the stack's policies: partitioned rate
