@@ -124,7 +124,7 @@ pub fn client(config: &StackConfig) -> Result<reqwest_middleware::ClientWithMidd
 ///
 /// # fn demo() -> Result<(), contentdownload::error::BoxError> {
 /// let config = StackConfig::default();
-/// let inner = client_builder(&config.http).gzip(true).build()?;
+/// let inner = client_builder(&config.http).tcp_nodelay(true).build()?;
 /// let client = reqwest_middleware::ClientBuilder::new(inner)
 ///     .with(ContentDownloadMiddleware::new(&config)?)
 ///     .build();
