@@ -81,6 +81,13 @@ impl Ledger {
             return Ok(());
         }
         let now = self.now();
+        // SQLite: answers that arrive together are written in one statement (see `batch`);
+        // what it does not write is written below, alone, to say why
+        if let Some(batch) = &self.inner.batch {
+            if batch.remember(work_id, answers, now).await {
+                return Ok(());
+            }
+        }
         let mut sql = String::from(
             "INSERT INTO resolver_answers (work_id, resolver, answer, candidates, found_pdf, answered_at) VALUES ",
         );
