@@ -6,8 +6,9 @@
 //! [`FallbackConfig::resolver_cache_ttl_secs`](super::FallbackConfig::resolver_cache_ttl_secs)
 //! a rerun, or the second pass, takes the answer from there instead of asking the provider
 //! again. Only answers are kept: an error (throttled, 5xx, unreachable) is asked again next
-//! time. The answers of one work are read in one query before the first tier that has a
-//! resolver whose answers are kept, and written when its fetch ends, together with those of
+//! time. The answers of the next works of the input are read in one query
+//! ([`Answers::read_ahead`]), taken before the first tier that has a resolver whose answers
+//! are kept, and written when its fetch ends, together with those of
 //! the next works ([`REMEMBER_GROUP`] at a time, and all that wait when the run flushes).
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +49,8 @@ pub(super) struct Answers {
     /// Answers given and not yet written, by work: written [`REMEMBER_GROUP`] works at a
     /// time (and by [`flush`](Answers::flush)).
     pending: Mutex<Vec<(String, Vec<ResolverAnswer>)>>,
+    /// Answers read ahead ([`read_ahead`](Answers::read_ahead)), by work, until recalled.
+    read_ahead: Mutex<HashMap<String, Vec<ResolverAnswer>>>,
 }
 
 /// How many works' answers are written together. One write per work was a write
@@ -63,6 +66,7 @@ impl Answers {
             ttl,
             counts: Mutex::default(),
             pending: Mutex::default(),
+            read_ahead: Mutex::default(),
         }
     }
 
@@ -81,12 +85,16 @@ impl Answers {
         let Some(ledger) = self.remembers() else {
             return HashMap::new();
         };
-        let rows = match ledger.resolver_answers(work.id.as_str(), self.ttl).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(work = %work.id, "could not read remembered resolver answers, asking again: {e}");
-                return HashMap::new();
-            }
+        let read_ahead = self.lock_read_ahead().remove(work.id.as_str());
+        let rows = match read_ahead {
+            Some(rows) => rows,
+            None => match ledger.resolver_answers(work.id.as_str(), self.ttl).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(work = %work.id, "could not read remembered resolver answers, asking again: {e}");
+                    return HashMap::new();
+                }
+            },
         };
         rows.into_iter()
             .filter_map(|row| {
@@ -100,6 +108,31 @@ impl Answers {
                 ))
             })
             .collect()
+    }
+
+    /// Reads the remembered answers of `works` (the next ones of the input) in one query,
+    /// for their [`recall`](Answers::recall): a read per work was a round trip to the
+    /// ledger's reader thread and a WAL read lock each. A failed read leaves each work to
+    /// read its own.
+    pub(super) async fn read_ahead(&self, works: &[Work]) {
+        let Some(ledger) = self.remembers() else {
+            return;
+        };
+        let ids: Vec<&str> = works.iter().map(|w| w.id.as_str()).collect();
+        match ledger.resolver_answers_of(&ids, self.ttl).await {
+            Ok(known) => self.lock_read_ahead().extend(known),
+            Err(e) => tracing::debug!("could not read remembered resolver answers ahead, reading each: {e}"),
+        }
+    }
+
+    /// Drops what was read ahead for `work` and not recalled (its tiers asked no one whose
+    /// answers are kept).
+    pub(super) fn forget(&self, work: &Work) {
+        self.lock_read_ahead().remove(work.id.as_str());
+    }
+
+    fn lock_read_ahead(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ResolverAnswer>>> {
+        self.read_ahead.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts one answer of `resolver` (from memory or asked).

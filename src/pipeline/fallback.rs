@@ -242,6 +242,23 @@ impl Fallback {
         self
     }
 
+    /// Reads ahead the remembered answers of `works`, the next of the input, in one query
+    /// (none when no tier has a resolver whose answers are kept).
+    pub(super) async fn read_answers_ahead(&self, works: &[Work]) {
+        let keeps = self
+            .tiers
+            .iter()
+            .any(|t| t.resolvers.iter().any(|r| Answers::kept_for(r.name())));
+        if keeps && !works.is_empty() {
+            self.answers.read_ahead(works).await;
+        }
+    }
+
+    /// Drops the answers read ahead for `work`, which will not be fetched in this pass.
+    pub(super) fn forget_answers(&self, work: &Work) {
+        self.answers.forget(work);
+    }
+
     /// Writes the resolver answers still waiting to be remembered (they are written in
     /// groups): before a second pass, which reads them, and at the end of a run.
     pub(super) async fn flush_answers(&self) {
@@ -265,6 +282,9 @@ impl Fallback {
             Ok(Some((_, candidate))) => Some(candidate.resolver.as_str()),
             _ => None,
         };
+        if recalled.is_none() {
+            self.answers.forget(work);
+        }
         self.answers
             .remember(work, std::mem::take(&mut tally.given), winner)
             .await;

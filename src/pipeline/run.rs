@@ -360,6 +360,7 @@ impl Pipeline {
                     async move {
                         let mut records = Vec::new();
                         let keep = core.skip_settled(chunk, &mut records).await;
+                        core.fallback.read_answers_ahead(&keep).await;
                         if !records.is_empty() {
                             let _ = done.send(records);
                         }

@@ -283,7 +283,11 @@ impl Core {
     ) -> Result<Processed, LedgerError> {
         let started = Instant::now();
         let job = match self.claim(&work).await? {
-            Claimed::Settled(processed) => return Ok(processed),
+            Claimed::Settled(processed) => {
+                // not fetched here: what was read ahead for it is not needed
+                self.fallback.forget_answers(&work);
+                return Ok(processed);
+            }
             Claimed::Fetch(job) => job,
         };
         let Some(result) = self.fetch(&work, slot, cancel, job).await? else {
