@@ -469,7 +469,10 @@ async fn a_shutdown_stops_the_run_and_releases_leases() {
     assert!(summary.interrupted);
     assert!(summary.works < 200, "{summary:?}");
     let counts = ledger.counts(None).await.unwrap();
-    assert_eq!(counts.leased, 0, "in-flight leases were released: {counts:?}");
+    assert_eq!(
+        counts.leased, 0,
+        "in-flight leases and those claimed ahead were released: {counts:?}"
+    );
     assert_eq!(counts.finalized, summary.downloaded);
     assert_eq!(
         std::fs::read_dir(out.path().join(".partial")).map_or(0, |d| d.count()),
