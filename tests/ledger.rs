@@ -447,6 +447,19 @@ async fn a_group_claim_leases_what_a_single_claim_would() {
         );
         assert!(matches!(l.claim(&job("g", 4), "B", TTL).await.unwrap(), Claim::Leased(j) if j.attempts == 1));
 
+        // a claim given back unused takes its attempt back, by its holder only
+        assert!(
+            matches!(l.unclaim(new.id, "A").await, Err(LedgerError::LeaseNotHeld { .. })),
+            "{n}"
+        );
+        l.unclaim(new.id, "B").await.unwrap();
+        let back = l.get(new.id).await.unwrap().unwrap();
+        assert_eq!(
+            (back.state, back.attempts, back.lease_owner),
+            (JobState::Planned, 0, None),
+            "{n}"
+        );
+
         // two handles, as two processes: every key to exactly one of them
         let other = Ledger::connect(t.config.clone()).await.unwrap();
         let keys: Vec<NewJob> = (100..400).map(|i| job("g", i)).collect();

@@ -437,6 +437,25 @@ impl Ledger {
         })
     }
 
+    /// Gives back a job claimed ahead ([`claim_group`](Ledger::claim_group)) whose work
+    /// was never started (LEASED by `owner` → PLANNED), taking back the attempt its claim
+    /// counted: nothing was tried.
+    pub async fn unclaim(&self, job: JobId, owner: &str) -> Result<(), LedgerError> {
+        let now = self.now();
+        with_write_pool!(self, pool => {
+            let mut conn = pool.acquire().await.map_err(LedgerError::db("give back a claim"))?;
+            let q = sqlx::query(
+                "UPDATE jobs SET state = 'PLANNED', lease_owner = NULL, lease_expires_at = NULL, updated_at = $1, \
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+                 WHERE id = $2 AND state = 'LEASED' AND lease_owner = $3",
+            )
+            .bind(now)
+            .bind(job.0)
+            .bind(owner);
+            conditional!(conn, q, "give back a claim", job, owner, JobState::Planned, true)
+        })
+    }
+
     /// Gives a leased job back (LEASED by `owner` → PLANNED); its attempt stays counted.
     pub async fn release(&self, job: JobId, owner: &str) -> Result<(), LedgerError> {
         let now = self.now();

@@ -322,7 +322,7 @@ impl Core {
     }
 
     /// Gives back the leases claimed ahead for works the run did not come to (a shutdown,
-    /// a fatal error); returns how many.
+    /// a fatal error), with the attempt their claim counted; returns how many.
     pub(super) async fn release_claimed_ahead(&self) -> Result<usize, LedgerError> {
         let unused: Vec<Job> = lock(&self.claimed_ahead).drain().map(|(_, j)| j).collect();
         let Some(ledger) = &self.ledger else {
@@ -330,7 +330,7 @@ impl Core {
         };
         let mut first_error = None;
         for job in &unused {
-            let released = ledger.release(job.id, &self.config.worker_id).await;
+            let released = ledger.unclaim(job.id, &self.config.worker_id).await;
             lock(&self.held).remove(&job.id);
             if let Err(e) = released {
                 first_error.get_or_insert(e);
