@@ -390,6 +390,114 @@ async fn a_failure_since_the_run_started_is_not_claimed_again() {
     }
 }
 
+/// A group claim (the runner claims the next works of its input together) leases what
+/// the single claim would and nothing else: not a job another worker holds, nor one that
+/// is settled or FAILED since the run started; what it leaves is explained by the single
+/// claim. Two handles (two processes) claiming the same new keys in groups at the same
+/// time share them out, each job to one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_claim_leases_what_a_single_claim_would() {
+    for t in backends("a_group_claim_leases_what_a_single_claim_would").await {
+        let l = &t.ledger;
+        let n = t.name;
+        let Claim::Leased(_) = l.claim(&job("g", 0), "A", TTL).await.unwrap() else {
+            panic!("{n}: new key")
+        };
+        for (i, to) in [(1, JobState::Failed), (2, JobState::Finalized)] {
+            let Claim::Leased(j) = l.claim(&job("g", i), "A", TTL).await.unwrap() else {
+                panic!("{n}: new key")
+            };
+            l.finish(j.id, "A", to, &JobResult::reason("x")).await.unwrap();
+        }
+        l.plan(&job("g", 4)).await.unwrap();
+        let since = Some(l.clock().now_ms() - 1_000);
+        let group: Vec<NewJob> = [0, 1, 2, 3, 4, 3].into_iter().map(|i| job("g", i)).collect();
+        let got = l.claim_group(&group, "B", TTL, since).await;
+        assert_eq!(got.len(), 6, "{n}");
+        assert!(got[0].is_none() && got[1].is_none() && got[2].is_none(), "{n}: {got:?}");
+        let new = got[3].as_ref().unwrap_or_else(|| panic!("{n}: a new key is leased"));
+        assert_eq!(
+            (new.lease_owner.as_deref(), new.attempts, new.state),
+            (Some("B"), 1, JobState::Leased)
+        );
+        // a key twice in a group is leased once; the second is claimed alone, by its holder
+        if let Some(again) = &got[5] {
+            assert_eq!((again.id, again.attempts), (new.id, 1), "{n}");
+        }
+        // PostgreSQL leaves existing keys to the single claim; SQLite leases a planned one
+        if let Some(planned) = &got[4] {
+            assert_eq!(
+                (planned.lease_owner.as_deref(), planned.attempts),
+                (Some("B"), 1),
+                "{n}"
+            );
+        }
+        // what the group left is explained one at a time, as before
+        assert!(matches!(
+            l.claim_unless_failed_since(&job("g", 0), "B", TTL, since)
+                .await
+                .unwrap(),
+            Claim::Busy(_)
+        ));
+        assert!(
+            matches!(l.claim_unless_failed_since(&job("g", 1), "B", TTL, since).await.unwrap(), Claim::Settled(j) if j.state == JobState::Failed)
+        );
+        assert!(
+            matches!(l.claim_unless_failed_since(&job("g", 2), "B", TTL, since).await.unwrap(), Claim::Settled(j) if j.state == JobState::Finalized)
+        );
+        assert!(matches!(l.claim(&job("g", 4), "B", TTL).await.unwrap(), Claim::Leased(j) if j.attempts == 1));
+
+        // a claim given back unused takes its attempt back, by its holder only
+        assert!(
+            matches!(l.unclaim(new.id, "A").await, Err(LedgerError::LeaseNotHeld { .. })),
+            "{n}"
+        );
+        l.unclaim(new.id, "B").await.unwrap();
+        let back = l.get(new.id).await.unwrap().unwrap();
+        assert_eq!(
+            (back.state, back.attempts, back.lease_owner),
+            (JobState::Planned, 0, None),
+            "{n}"
+        );
+
+        // two handles, as two processes: every key to exactly one of them
+        let other = Ledger::connect(t.config.clone()).await.unwrap();
+        let keys: Vec<NewJob> = (100..400).map(|i| job("g", i)).collect();
+        let claim_all = |ledger: Ledger, owner: &'static str, keys: Vec<NewJob>| {
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for group in keys.chunks(32) {
+                    mine.extend(ledger.claim_group(group, owner, TTL, None).await.into_iter().flatten());
+                }
+                // what the groups left, alone (the runner's path)
+                for k in &keys {
+                    if !mine.iter().any(|j| j.key.as_str() == k.key.as_str()) {
+                        if let Claim::Leased(j) = ledger.claim(k, owner, TTL).await.unwrap() {
+                            mine.push(j);
+                        }
+                    }
+                }
+                mine
+            })
+        };
+        let mut reversed = keys.clone();
+        reversed.reverse();
+        let (a, b) = (claim_all(l.clone(), "P", keys.clone()), claim_all(other, "Q", reversed));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let mut ids: Vec<i64> = a.iter().chain(&b).map(|j| j.id.0).collect();
+        ids.sort_unstable();
+        let total = ids.len();
+        ids.dedup();
+        assert_eq!(
+            (ids.len(), total),
+            (keys.len(), keys.len()),
+            "{n}: each key leased once, by one owner"
+        );
+        assert!(a.iter().all(|j| j.lease_owner.as_deref() == Some("P")), "{n}");
+        assert!(b.iter().all(|j| j.lease_owner.as_deref() == Some("Q")), "{n}");
+    }
+}
+
 #[tokio::test]
 async fn op_results_are_capped_and_migrations_are_idempotent() {
     for t in backends_with("op_results_are_capped", |c| c.max_op_result_bytes = 16).await {

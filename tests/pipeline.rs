@@ -2,7 +2,7 @@
 //! resumed run, deferral, and the ledger gate switched off.
 #![cfg(feature = "simulator")]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -469,7 +469,29 @@ async fn a_shutdown_stops_the_run_and_releases_leases() {
     assert!(summary.interrupted);
     assert!(summary.works < 200, "{summary:?}");
     let counts = ledger.counts(None).await.unwrap();
-    assert_eq!(counts.leased, 0, "in-flight leases were released: {counts:?}");
+    assert_eq!(
+        counts.leased, 0,
+        "in-flight leases and those claimed ahead were released: {counts:?}"
+    );
+    // a work claimed ahead and never started has no attempt counted (one started and
+    // cancelled before its request keeps its attempt, as any released work)
+    let requested: HashSet<String> = sim.requests_to("/pdf/*").iter().map(|r| r.path().to_owned()).collect();
+    let jobs = ledger.jobs(None).await.unwrap();
+    let untried: Vec<_> = jobs
+        .iter()
+        .filter(|j| {
+            let n = j.work_id.as_str().trim_start_matches('W').parse::<usize>().unwrap() - 1000;
+            !requested.contains(&format!("/pdf/{n}.pdf"))
+        })
+        .collect();
+    assert!(
+        untried.iter().all(|j| j.state == JobState::Planned && j.attempts <= 1),
+        "{untried:?}"
+    );
+    assert!(
+        untried.iter().any(|j| j.attempts == 0),
+        "works claimed ahead and never started were given back uncounted: {untried:?}"
+    );
     assert_eq!(counts.finalized, summary.downloaded);
     assert_eq!(
         std::fs::read_dir(out.path().join(".partial")).map_or(0, |d| d.count()),

@@ -75,12 +75,23 @@ fn config(sim: &Simulator, out: &Path, run: &str, ttl: Duration) -> PipelineConf
 }
 
 async fn run(sim: &Simulator, out: &Path, ledger: &Ledger, run: &str, ttl: Duration) -> SummaryRecord {
+    run_works(sim, out, ledger, run, ttl, works()).await
+}
+
+async fn run_works(
+    sim: &Simulator,
+    out: &Path,
+    ledger: &Ledger,
+    run: &str,
+    ttl: Duration,
+    works: Vec<Work>,
+) -> SummaryRecord {
     let mut stack_cfg = StackConfig::default();
     stack_cfg.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);
     let stack = Stack::new(&stack_cfg).unwrap();
     let manifest = Arc::new(Mutex::new(ManifestWriter::open(out).unwrap()));
     let pipeline = Pipeline::new(config(sim, out, run, ttl), &stack, Some(ledger.clone()), manifest).unwrap();
-    let input = stream::iter(works().into_iter().map(Ok));
+    let input = stream::iter(works.into_iter().map(Ok));
     tokio::time::timeout(
         Duration::from_secs(60),
         pipeline.run(input, |_| {}, std::future::pending()),
@@ -170,6 +181,34 @@ async fn a_zero_age_remembers_nothing() {
         assert_eq!(sim.count("/crossref/*"), 4, "{}", t.name);
         assert_eq!(again.resolvers["crossref"], counts(4, 0, 0), "{}", t.name);
         assert!(t.ledger.resolver_totals().await.unwrap().is_empty(), "{}", t.name);
+    }
+}
+
+/// Answers are written to the ledger in groups, and what is left waiting when the input
+/// ends is written before the run returns: 150 works (two full groups and a part) all
+/// have their answers remembered, and a rerun asks no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_written_in_groups_are_all_remembered() {
+    for t in ledger_support::backends("answers_written_in_groups").await {
+        let sim = Simulator::start().await.unwrap();
+        sim.on_fn("/unpaywall/*", |_| {
+            Reply::json(&json!({"best_oa_location": null, "oa_locations": []}))
+        });
+        sim.on_fn("/crossref/*", |_| Reply::json(&json!({"message": {"link": []}})));
+        let out = tempfile::tempdir().unwrap();
+        let many = || {
+            (0..150)
+                .map(|i| Work::from_doi(&format!("10.1234/g{i}")).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let first = run_works(&sim, out.path(), &t.ledger, "run-1", TTL, many()).await;
+        assert_eq!(first.failed, 150, "{}: {first:?}", t.name);
+        let totals = t.ledger.resolver_totals().await.unwrap();
+        let works: Vec<(&str, u64)> = totals.iter().map(|r| (r.resolver.as_str(), r.works)).collect();
+        assert_eq!(works, [("crossref", 150), ("unpaywall", 150)], "{}", t.name);
+        sim.clear_requests();
+        run_works(&sim, out.path(), &t.ledger, "run-2", TTL, many()).await;
+        assert_eq!(sim.count("/unpaywall/*") + sim.count("/crossref/*"), 0, "{}", t.name);
     }
 }
 

@@ -2,6 +2,7 @@
 //! JSON, or `[]` for "nothing"), with the time it was given, so that a rerun or the second
 //! pass within the cache's age asks no provider twice for the same work.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::error::LedgerError;
@@ -57,21 +58,76 @@ impl Ledger {
             .fetch_all(pool)
             .await
             .map_err(LedgerError::db("read resolver answers"))?;
-            rows.iter().map(|r| {
-                use sqlx::Row;
-                let err = || LedgerError::db("read resolver answers");
-                let candidates: i64 = r.try_get(2).map_err(err())?;
-                let found: i64 = r.try_get(3).map_err(err())?;
-                Ok(ResolverAnswer {
-                    resolver: r.try_get(0).map_err(err())?,
-                    answer: r.try_get(1).map_err(err())?,
-                    candidates: u32::try_from(candidates).unwrap_or(0),
-                    found_pdf: found != 0,
-                    answered_at: Some(r.try_get(4).map_err(err())?),
-                })
-            })
-            .collect()
+            rows.iter().map(|r| answer_of(r, 0)).collect()
         })
+    }
+
+    /// [`resolver_answers`](Ledger::resolver_answers) for many works in one query (up to
+    /// 500 a query): every work of `work_ids` is a key of the map, with no answer when none
+    /// is remembered within `max_age`. A zero `max_age` makes no query.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use contentdownload::ledger::{Ledger, LedgerConfig, ResolverAnswer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let ledger = Ledger::connect(LedgerConfig::in_dir(dir.path())).await?;
+    /// let nothing = ResolverAnswer {
+    ///     resolver: "unpaywall".into(),
+    ///     answer: "[]".into(),
+    ///     candidates: 0,
+    ///     found_pdf: false,
+    ///     answered_at: None,
+    /// };
+    /// ledger.remember_answers("W1", &[nothing]).await?;
+    /// let day = Duration::from_secs(86_400);
+    /// let known = ledger.resolver_answers_of(&["W1", "W2"], day).await?;
+    /// assert_eq!((known["W1"].len(), known["W2"].len()), (1, 0));
+    /// # Ok(()) }
+    /// ```
+    pub async fn resolver_answers_of(
+        &self,
+        work_ids: &[&str],
+        max_age: Duration,
+    ) -> Result<HashMap<String, Vec<ResolverAnswer>>, LedgerError> {
+        let mut out: HashMap<String, Vec<ResolverAnswer>> =
+            work_ids.iter().map(|w| ((*w).to_owned(), Vec::new())).collect();
+        if max_age.is_zero() {
+            return Ok(out);
+        }
+        let since = self
+            .now()
+            .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        for ids in work_ids.chunks(ANSWERS_OF_BATCH) {
+            let mut sql = String::from(
+                "SELECT work_id, resolver, answer, candidates, found_pdf, answered_at FROM resolver_answers \
+                 WHERE answered_at >= $1 AND work_id IN (",
+            );
+            for i in 0..ids.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i + 2));
+            }
+            sql.push_str(") ORDER BY work_id, resolver");
+            with_pool!(self, pool => {
+                let mut q = sqlx::query(&sql).bind(since);
+                for id in ids {
+                    q = q.bind(*id);
+                }
+                let rows = q.fetch_all(pool).await.map_err(LedgerError::db("read resolver answers"))?;
+                for r in &rows {
+                    use sqlx::Row;
+                    let err = || LedgerError::db("read resolver answers");
+                    let work: String = r.try_get(0).map_err(err())?;
+                    let answer = answer_of(r, 1)?;
+                    out.entry(work).or_default().push(answer);
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Remembers `answers` for `work_id` in one statement, replacing what was kept for the
@@ -81,6 +137,13 @@ impl Ledger {
             return Ok(());
         }
         let now = self.now();
+        // SQLite: answers that arrive together are written in one statement (see `batch`);
+        // what it does not write is written below, alone, to say why
+        if let Some(batch) = &self.inner.batch {
+            if batch.remember(work_id, answers, now).await {
+                return Ok(());
+            }
+        }
         let mut sql = String::from(
             "INSERT INTO resolver_answers (work_id, resolver, answer, candidates, found_pdf, answered_at) VALUES ",
         );
@@ -150,4 +213,28 @@ impl Ledger {
             .collect()
         })
     }
+}
+
+/// The most works in one [`Ledger::resolver_answers_of`] query.
+const ANSWERS_OF_BATCH: usize = 500;
+
+/// The answer in `r`'s columns from `at` on: resolver, answer, candidates, found_pdf,
+/// answered_at.
+fn answer_of<R>(r: &R, at: usize) -> Result<ResolverAnswer, LedgerError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let err = || LedgerError::db("read resolver answers");
+    let candidates: i64 = r.try_get(at + 2).map_err(err())?;
+    let found: i64 = r.try_get(at + 3).map_err(err())?;
+    Ok(ResolverAnswer {
+        resolver: r.try_get(at).map_err(err())?,
+        answer: r.try_get(at + 1).map_err(err())?,
+        candidates: u32::try_from(candidates).unwrap_or(0),
+        found_pdf: found != 0,
+        answered_at: Some(r.try_get(at + 4).map_err(err())?),
+    })
 }

@@ -337,6 +337,14 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
             }
         }
     }
+    // `synchronous = NORMAL` under WAL: a commit is appended to the WAL without an fsync
+    // (the WAL is synced at each checkpoint). A process crash or SIGKILL loses nothing that
+    // was committed; a power loss may lose the last commits, never the file's consistency.
+    // That keeps FINALIZED honest: a PDF is synced (`file`, `batch`) before the commit that
+    // finalizes it is even written, so a FINALIZED row that survives a power loss names a
+    // durable file; a lost one leaves the job LEASED by a process that is gone, taken back
+    // at the next start and its file adopted in place (checked and hashed), not fetched
+    // again. `FULL` would add an fsync per commit and buy only those last rows.
     let opts = opts
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)

@@ -287,6 +287,60 @@ impl Ledger {
         })
     }
 
+    /// Claims a group of jobs ahead of their use, as
+    /// [`claim_unless_failed_since`](Ledger::claim_unless_failed_since) would claim each, in
+    /// as few statements as fit (a SQLite ledger: one multi-row statement and one commit per
+    /// 128; PostgreSQL: the new keys in one statement, see the module docs). One answer per
+    /// job, in order: `Some(job)` is leased to `owner`; `None` was not leased here (settled,
+    /// held by another live worker, a key the group leaves to the single claim, or a failed
+    /// statement): claim it alone, which says why.
+    ///
+    /// Per job the conditions are the single claim's, so a job still goes to one worker
+    /// only; what a group costs is that its leases are taken before their works start.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use contentdownload::context::{IdempotencyKey, WorkId};
+    /// use contentdownload::ledger::{Claim, Ledger, LedgerConfig, NewJob};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let ledger = Ledger::connect(LedgerConfig::in_dir(dir.path())).await?;
+    /// let job = |k: &str| NewJob {
+    ///     run_id: "run-1".into(),
+    ///     work_id: WorkId::new(k),
+    ///     key: IdempotencyKey::new(k),
+    ///     canonical_url: format!("https://example.org/{k}.pdf"),
+    /// };
+    /// let ttl = Duration::from_secs(60);
+    /// // another worker holds `b`
+    /// assert!(matches!(ledger.claim(&job("b"), "worker-b", ttl).await?, Claim::Leased(_)));
+    /// let got = ledger.claim_group(&[job("a"), job("b"), job("c")], "worker-a", ttl, None).await;
+    /// assert!(got[0].is_some() && got[1].is_none() && got[2].is_some());
+    /// // the one not leased, claimed alone, says why
+    /// assert!(matches!(ledger.claim(&job("b"), "worker-a", ttl).await?, Claim::Busy(_)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn claim_group(
+        &self,
+        jobs: &[NewJob],
+        owner: &str,
+        ttl: Duration,
+        failed_since: Option<i64>,
+    ) -> Vec<Option<Job>> {
+        let failed_before = failed_since.unwrap_or(i64::MAX);
+        let now = self.now();
+        match &self.inner.batch {
+            Some(batch) => {
+                batch
+                    .claim_many(jobs, owner, now, now.saturating_add(ms(ttl)), failed_before)
+                    .await
+            }
+            None => vec![None; jobs.len()],
+        }
+    }
+
     /// Extends `owner`'s leases on `jobs` to now + `ttl`; returns how many were still held
     /// (a job missing from the count was lost: stop working on it).
     pub async fn heartbeat(&self, owner: &str, jobs: &[JobId], ttl: Duration) -> Result<u64, LedgerError> {
@@ -380,6 +434,25 @@ impl Ledger {
             }
             tx.commit().await.map_err(LedgerError::db("commit finished jobs"))?;
             Ok(out)
+        })
+    }
+
+    /// Gives back a job claimed ahead ([`claim_group`](Ledger::claim_group)) whose work
+    /// was never started (LEASED by `owner` → PLANNED), taking back the attempt its claim
+    /// counted: nothing was tried.
+    pub async fn unclaim(&self, job: JobId, owner: &str) -> Result<(), LedgerError> {
+        let now = self.now();
+        with_write_pool!(self, pool => {
+            let mut conn = pool.acquire().await.map_err(LedgerError::db("give back a claim"))?;
+            let q = sqlx::query(
+                "UPDATE jobs SET state = 'PLANNED', lease_owner = NULL, lease_expires_at = NULL, updated_at = $1, \
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+                 WHERE id = $2 AND state = 'LEASED' AND lease_owner = $3",
+            )
+            .bind(now)
+            .bind(job.0)
+            .bind(owner);
+            conditional!(conn, q, "give back a claim", job, owner, JobState::Planned, true)
         })
     }
 

@@ -200,6 +200,6 @@ pub(crate) async fn claim_batch(pool: &PgPool, claims: Vec<Request>) {
 fn claim_key(c: &Request) -> &str {
     match c {
         Request::Claim { job, .. } => job.key.as_str(),
-        Request::Finish { .. } => "",
+        Request::Finish { .. } | Request::Remember { .. } => "",
     }
 }

@@ -6,8 +6,10 @@
 //! [`FallbackConfig::resolver_cache_ttl_secs`](super::FallbackConfig::resolver_cache_ttl_secs)
 //! a rerun, or the second pass, takes the answer from there instead of asking the provider
 //! again. Only answers are kept: an error (throttled, 5xx, unreachable) is asked again next
-//! time. The answers of one work are read in one query before its first tier and written in
-//! one statement when its fetch ends.
+//! time. The answers of the next works of the input are read in one query
+//! ([`Answers::read_ahead`]), taken before the first tier that has a resolver whose answers
+//! are kept, and written when its fetch ends, together with those of
+//! the next works ([`REMEMBER_GROUP`] at a time, and all that wait when the run flushes).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -44,7 +46,18 @@ pub(super) struct Answers {
     ledger: Option<Ledger>,
     ttl: Duration,
     counts: Mutex<BTreeMap<String, ResolverCounts>>,
+    /// Answers given and not yet written, by work: written [`REMEMBER_GROUP`] works at a
+    /// time (and by [`flush`](Answers::flush)).
+    pending: Mutex<Vec<(String, Vec<ResolverAnswer>)>>,
+    /// Answers read ahead ([`read_ahead`](Answers::read_ahead)), by work, until recalled.
+    read_ahead: Mutex<HashMap<String, Vec<ResolverAnswer>>>,
 }
+
+/// How many works' answers are written together. One write per work was a write
+/// transaction each, the largest per-work ledger cost of a bulk run (`strace`, 500 works:
+/// 500 answer statements, 9 claim statements); a process that stops loses at most this
+/// many works' answers, which a rerun asks again (a cache, not a record).
+const REMEMBER_GROUP: usize = 64;
 
 impl Answers {
     pub(super) fn new(ledger: Option<Ledger>, ttl: Duration) -> Answers {
@@ -52,7 +65,14 @@ impl Answers {
             ledger,
             ttl,
             counts: Mutex::default(),
+            pending: Mutex::default(),
+            read_ahead: Mutex::default(),
         }
+    }
+
+    /// Whether `resolver`'s answers are remembered (and so worth reading before it is asked).
+    pub(super) fn kept_for(resolver: &str) -> bool {
+        !ASKS_NO_ONE.contains(&resolver)
     }
 
     fn remembers(&self) -> Option<&Ledger> {
@@ -65,12 +85,16 @@ impl Answers {
         let Some(ledger) = self.remembers() else {
             return HashMap::new();
         };
-        let rows = match ledger.resolver_answers(work.id.as_str(), self.ttl).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(work = %work.id, "could not read remembered resolver answers, asking again: {e}");
-                return HashMap::new();
-            }
+        let read_ahead = self.lock_read_ahead().remove(work.id.as_str());
+        let rows = match read_ahead {
+            Some(rows) => rows,
+            None => match ledger.resolver_answers(work.id.as_str(), self.ttl).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(work = %work.id, "could not read remembered resolver answers, asking again: {e}");
+                    return HashMap::new();
+                }
+            },
         };
         rows.into_iter()
             .filter_map(|row| {
@@ -84,6 +108,31 @@ impl Answers {
                 ))
             })
             .collect()
+    }
+
+    /// Reads the remembered answers of `works` (the next ones of the input) in one query,
+    /// for their [`recall`](Answers::recall): a read per work was a round trip to the
+    /// ledger's reader thread and a WAL read lock each. A failed read leaves each work to
+    /// read its own.
+    pub(super) async fn read_ahead(&self, works: &[Work]) {
+        let Some(ledger) = self.remembers() else {
+            return;
+        };
+        let ids: Vec<&str> = works.iter().map(|w| w.id.as_str()).collect();
+        match ledger.resolver_answers_of(&ids, self.ttl).await {
+            Ok(known) => self.lock_read_ahead().extend(known),
+            Err(e) => tracing::debug!("could not read remembered resolver answers ahead, reading each: {e}"),
+        }
+    }
+
+    /// Drops what was read ahead for `work` and not recalled (its tiers asked no one whose
+    /// answers are kept).
+    pub(super) fn forget(&self, work: &Work) {
+        self.lock_read_ahead().remove(work.id.as_str());
+    }
+
+    fn lock_read_ahead(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ResolverAnswer>>> {
+        self.read_ahead.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts one answer of `resolver` (from memory or asked).
@@ -111,7 +160,7 @@ impl Answers {
         };
         let rows: Vec<ResolverAnswer> = given
             .into_iter()
-            .filter(|g| !ASKS_NO_ONE.contains(&g.resolver))
+            .filter(|g| Answers::kept_for(g.resolver))
             .filter(|g| g.recalled_at.is_none() || winner == Some(g.resolver))
             .filter_map(|g| {
                 Some(ResolverAnswer {
@@ -123,8 +172,48 @@ impl Answers {
                 })
             })
             .collect();
-        if let Err(e) = ledger.remember_answers(work.id.as_str(), &rows).await {
-            tracing::warn!(work = %work.id, "could not remember resolver answers: {e}");
+        if rows.is_empty() {
+            return;
+        }
+        // given their time now, not when they are written
+        let now = ledger.clock().now_ms();
+        let rows = rows
+            .into_iter()
+            .map(|r| ResolverAnswer {
+                answered_at: Some(r.answered_at.unwrap_or(now)),
+                ..r
+            })
+            .collect();
+        let full = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.push((work.id.as_str().to_owned(), rows));
+            (pending.len() >= REMEMBER_GROUP).then(|| std::mem::take(&mut *pending))
+        };
+        if let Some(group) = full {
+            write_answers(ledger, group).await;
         }
     }
+
+    /// Writes the answers still waiting in this handle's group (the run calls it before
+    /// its second pass, which reads them, and before it ends).
+    pub(super) async fn flush(&self) {
+        let Some(ledger) = self.remembers() else {
+            return;
+        };
+        let group = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if !group.is_empty() {
+            write_answers(ledger, group).await;
+        }
+    }
+}
+
+/// The answers of many works, sent to the ledger at once: on SQLite its batcher writes
+/// what arrives together in one statement, on PostgreSQL each work's go alone.
+async fn write_answers(ledger: &Ledger, group: Vec<(String, Vec<ResolverAnswer>)>) {
+    let writes = group.iter().map(|(work, rows)| async move {
+        if let Err(e) = ledger.remember_answers(work, rows).await {
+            tracing::warn!(work = %work, "could not remember resolver answers: {e}");
+        }
+    });
+    futures_util::future::join_all(writes).await;
 }

@@ -242,6 +242,29 @@ impl Fallback {
         self
     }
 
+    /// Reads ahead the remembered answers of `works`, the next of the input, in one query
+    /// (none when no tier has a resolver whose answers are kept).
+    pub(super) async fn read_answers_ahead(&self, works: &[Work]) {
+        let keeps = self
+            .tiers
+            .iter()
+            .any(|t| t.resolvers.iter().any(|r| Answers::kept_for(r.name())));
+        if keeps && !works.is_empty() {
+            self.answers.read_ahead(works).await;
+        }
+    }
+
+    /// Drops the answers read ahead for `work`, which will not be fetched in this pass.
+    pub(super) fn forget_answers(&self, work: &Work) {
+        self.answers.forget(work);
+    }
+
+    /// Writes the resolver answers still waiting to be remembered (they are written in
+    /// groups): before a second pass, which reads them, and at the end of a run.
+    pub(super) async fn flush_answers(&self) {
+        self.answers.flush().await;
+    }
+
     /// Per resolver, the works asked about and the answers taken from memory since the last
     /// call (the PDFs are counted from the works' records by the summary), leaving zero.
     pub fn take_resolver_counts(&self) -> BTreeMap<String, ResolverCounts> {
@@ -252,12 +275,16 @@ impl Fallback {
     pub async fn fetch(&self, work: &Work, env: FetchEnv<'_>) -> FetchResult {
         let deadline = Instant::now() + Duration::from_millis(self.config.total_timeout_ms);
         let mut tally = Tally::default();
-        let mut recalled = self.answers.recall(work).await;
+        // read when the first tier that asks someone comes up (see `run_tiers`)
+        let mut recalled = None;
         let outcome = tokio::time::timeout_at(deadline, self.run_tiers(work, env, &mut tally, &mut recalled)).await;
         let winner = match &outcome {
             Ok(Some((_, candidate))) => Some(candidate.resolver.as_str()),
             _ => None,
         };
+        if recalled.is_none() {
+            self.answers.forget(work);
+        }
         self.answers
             .remember(work, std::mem::take(&mut tally.given), winner)
             .await;
@@ -332,17 +359,25 @@ impl Fallback {
         work: &Work,
         env: FetchEnv<'_>,
         tally: &mut Tally,
-        recalled: &mut HashMap<String, Recalled>,
+        recalled: &mut Option<HashMap<String, Recalled>>,
     ) -> Option<(Downloaded, Candidate)> {
         let stem = file_stem(work);
         let final_path = env.out_dir.join(format!("{stem}.pdf"));
         for tier in &self.tiers {
+            // the work's remembered answers, read once, before the first resolver whose
+            // answers are kept: a tier of record readers only (the bulk case, whose PDF the
+            // first tier finds) reads nothing
+            if recalled.is_none() && tier.resolvers.iter().any(|r| Answers::kept_for(r.name())) {
+                *recalled = Some(self.answers.recall(work).await);
+            }
+            let mut nothing = HashMap::new();
+            let known = recalled.as_mut().unwrap_or(&mut nothing);
             // the (lazy) futures made up front: a closure in the stream's type would trip the
             // compiler's proof that the fetch is `Send` (rust-lang/rust#102211)
             let asks: Vec<_> = tier
                 .resolvers
                 .iter()
-                .map(|r| resolve_with(r.clone(), work, env.resolve, recalled.remove(r.name())))
+                .map(|r| resolve_with(r.clone(), work, env.resolve, known.remove(r.name())))
                 .collect();
             let mut resolving = futures_util::stream::iter(asks).buffer_unordered(tier.parallel);
             let mut resolving_done = false;

@@ -37,6 +37,15 @@ const FATAL_DRAIN: Duration = Duration::from_secs(10);
 /// the input is read on: one at a time left the input waiting on each answer.
 const SETTLED_READS_AHEAD: usize = 3;
 
+/// How many works are claimed in one group ahead of their start: twice the workers, 8 to
+/// 128 (the ledger's batch). Each claim alone was a write transaction of its own, several
+/// WAL frames; a group shares one. At most two groups are claimed and not yet started, so
+/// another process on the same input meets at most that many leases of ours beyond the
+/// works in flight.
+fn claim_group(workers: usize) -> usize {
+    workers.saturating_mul(2).clamp(8, 128)
+}
+
 /// How often a run waiting for other workers' leases says how long it may still wait.
 const COUNTDOWN_EVERY: Duration = Duration::from_secs(10);
 
@@ -178,6 +187,8 @@ impl Pipeline {
         F: Future<Output = ()>,
     {
         let result = self.run_inner(works, progress, shutdown).await;
+        // the resolver answers still waiting (a run that failed keeps what it learned)
+        self.core.fallback.flush_answers().await;
         let result = match result {
             // what was downloaded before the error is still recorded, before the leases go back
             Err(e) => {
@@ -241,7 +252,10 @@ impl Pipeline {
                 RATE_LOG_EVERY,
             )
         });
-        let first = self.first_pass(works, &mut books, &mut stop).await?;
+        let first = self.first_pass(works, &mut books, &mut stop).await;
+        // the answers given so far, for the second pass to read (and kept after a failure)
+        self.core.fallback.flush_answers().await;
+        let first = first?;
         if !stop.interrupted && !first.later.is_empty() {
             let (leased, rest): (Vec<Later>, Vec<Later>) = first
                 .later
@@ -253,6 +267,7 @@ impl Pipeline {
             let plan = self.plan(rest, &first.hints);
             self.second_pass(plan, &mut books, &mut stop).await?;
         }
+        self.core.fallback.flush_answers().await;
         // every download recorded (durable first) before the leases stop being renewed
         let finished = self.core.finisher.flush().await;
         let _ = stop_heartbeat.send(true);
@@ -345,6 +360,7 @@ impl Pipeline {
                     async move {
                         let mut records = Vec::new();
                         let keep = core.skip_settled(chunk, &mut records).await;
+                        core.fallback.read_answers_ahead(&keep).await;
                         if !records.is_empty() {
                             let _ = done.send(records);
                         }
@@ -354,6 +370,17 @@ impl Pipeline {
                 // a few batches read at once, in order: the input is parsed while the
                 // ledger answers (on the read pool's connections)
                 .buffered(SETTLED_READS_AHEAD)
+                .flatten()
+                // claimed a group at a time, one group ahead of the works being started
+                .ready_chunks(claim_group(self.core.config.workers))
+                .map(|group| {
+                    let core = self.core.clone();
+                    async move {
+                        core.claim_ahead(&group).await;
+                        stream::iter(group)
+                    }
+                })
+                .buffered(2)
                 .flatten()
                 .take_until(cancelled(stop.cancel.clone()));
             let cancel = stop.cancel.clone();
@@ -405,6 +432,15 @@ impl Pipeline {
                     drain.as_mut().reset(Instant::now() + FATAL_DRAIN);
                 }
             }
+        }
+        // leases claimed ahead for works a shutdown or a failure left unstarted
+        match self.core.release_claimed_ahead().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(leases = n, "gave back the leases claimed ahead for works not started"),
+            Err(e) => tracing::warn!(
+                "could not give back the leases claimed ahead for works not started ({e}); \
+                 a re-run on this host takes them back at once, elsewhere after their TTL"
+            ),
         }
         // the settled works of the last batches, read before the input ended
         while let (None, Ok(records)) = (&fatal, done_rx.try_recv()) {

@@ -6,7 +6,7 @@
 //! here ([`Core::claim`]) and nowhere else (the stack's idempotency layer runs without a
 //! ledger of its own).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +55,9 @@ pub(super) struct Core {
     /// When the current run started, in ledger-clock milliseconds (`i64::MAX` before the
     /// first): a work another worker FAILED since then is not tried again in this run.
     pub(super) run_started_ms: AtomicI64,
+    /// Jobs claimed ahead (see [`claim_ahead`](Core::claim_ahead)) whose works have not
+    /// come to their claim yet, by idempotency key.
+    claimed_ahead: Mutex<HashMap<String, Job>>,
 }
 
 pub(super) enum Processed {
@@ -127,6 +130,7 @@ impl Core {
                 config.workers,
             )),
             run_started_ms: AtomicI64::new(i64::MAX),
+            claimed_ahead: Mutex::default(),
             config,
         })
     }
@@ -279,7 +283,11 @@ impl Core {
     ) -> Result<Processed, LedgerError> {
         let started = Instant::now();
         let job = match self.claim(&work).await? {
-            Claimed::Settled(processed) => return Ok(processed),
+            Claimed::Settled(processed) => {
+                // not fetched here: what was read ahead for it is not needed
+                self.fallback.forget_answers(&work);
+                return Ok(processed);
+            }
             Claimed::Fetch(job) => job,
         };
         let Some(result) = self.fetch(&work, slot, cancel, job).await? else {
@@ -287,6 +295,48 @@ impl Core {
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         self.settle(work, result, job, second_pass, elapsed_ms).await
+    }
+
+    /// Claims `works` (the next ones of the input) in one group, so that each one's claim
+    /// in [`process`](Core::process) is a lookup instead of a statement (SQLite: a write
+    /// transaction and its WAL frames, the largest per-work cost of a bulk run). Each job
+    /// leased here joins the held set at once (the heartbeat renews it until its work
+    /// comes); one the group did not lease is claimed alone when its work comes, which says
+    /// why (settled, busy elsewhere). What a run does not come to is given back by
+    /// [`release_claimed_ahead`](Core::release_claimed_ahead). Without a ledger, nothing.
+    pub(super) async fn claim_ahead(&self, works: &[Work]) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let jobs: Vec<NewJob> = works.iter().map(|w| self.job_for(w)).collect();
+        let since = Some(self.run_started_ms.load(Ordering::Relaxed)).filter(|&t| t != i64::MAX);
+        let leased = ledger
+            .claim_group(&jobs, &self.config.worker_id, self.config.lease_ttl, since)
+            .await;
+        let leased: Vec<Job> = leased.into_iter().flatten().collect();
+        if leased.is_empty() {
+            return;
+        }
+        lock(&self.held).extend(leased.iter().map(|j| j.id));
+        lock(&self.claimed_ahead).extend(leased.into_iter().map(|j| (j.key.as_str().to_owned(), j)));
+    }
+
+    /// Gives back the leases claimed ahead for works the run did not come to (a shutdown,
+    /// a fatal error), with the attempt their claim counted; returns how many.
+    pub(super) async fn release_claimed_ahead(&self) -> Result<usize, LedgerError> {
+        let unused: Vec<Job> = lock(&self.claimed_ahead).drain().map(|(_, j)| j).collect();
+        let Some(ledger) = &self.ledger else {
+            return Ok(0);
+        };
+        let mut first_error = None;
+        for job in &unused {
+            let released = ledger.unclaim(job.id, &self.config.worker_id).await;
+            lock(&self.held).remove(&job.id);
+            if let Err(e) = released {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(unused.len()), Err)
     }
 
     /// Claims `work` in the ledger (when there is one), or, without a ledger, looks for its
@@ -304,7 +354,11 @@ impl Core {
             }
             return Ok(Claimed::Fetch(None));
         };
-        let (claim, replanned) = self.claim_in(ledger, work).await?;
+        let ahead = lock(&self.claimed_ahead).remove(self.job_for(work).key.as_str());
+        let (claim, replanned) = match ahead {
+            Some(job) => (Claim::Leased(job), false),
+            None => self.claim_in(ledger, work).await?,
+        };
         let job = match claim {
             Claim::Settled(job) if job.state == JobState::Failed => {
                 return Ok(Claimed::Settled(Processed::Done(failed_elsewhere(work, &job))))
