@@ -483,7 +483,7 @@ impl crate::layers::telemetry::RecordSink for ManifestSink {
 
     /// Writes the manifest's buffer out to the operating system once it holds
     /// [`WRITE_OUT_AT`] bytes; no sync. A running pipeline writes out and syncs the rest
-    /// once a second, and everything at its end (`flush` does too).
+    /// once a second, and everything at its end ([`flush`](RecordSink::flush) does too).
     fn write_out(&mut self) -> io::Result<()> {
         self.manifest
             .lock()
