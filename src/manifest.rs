@@ -327,9 +327,8 @@ pub const MANIFEST_SYNC_EVERY: Duration = Duration::from_secs(1);
 /// the lines survive the process dying); [`flush`](ManifestWriter::flush) also syncs the
 /// file to disk (they survive the machine dying). A run writes out often, syncs once a
 /// second ([`MANIFEST_SYNC_EVERY`], through [`sync_handle`](ManifestWriter::sync_handle), off
-/// the lock) and flushes at its end, Ctrl-C included. The attempt records' writer
-/// ([`ManifestSink`]) writes out every [`WRITE_OUT_AT`] bytes, so a process killed
-/// (SIGKILL) may lose up to the last second of lines, as does a power loss or kernel crash; the ledger, which commits every outcome, is the
+/// the lock) and flushes at its end, Ctrl-C included. After a power loss or kernel crash the
+/// last second of lines may be missing; the ledger, which commits every outcome, is the
 /// source of truth then, and a re-run skips what it recorded as done.
 ///
 /// Several processes may share the folder and so the manifest: lines are buffered whole and
@@ -357,9 +356,6 @@ impl ManifestSync {
 
 /// Lines buffered beyond this are written out at once, whatever the run's rhythm.
 const MAX_BUFFERED: usize = 1 << 20;
-
-/// The attempt-record writer's write-outs wait for this many bytes (a few hundred lines).
-pub const WRITE_OUT_AT: usize = 64 << 10;
 
 impl ManifestWriter {
     /// Opens (or creates) `<dir>/manifest.jsonl` for appending.
@@ -418,18 +414,6 @@ impl ManifestWriter {
         Ok(())
     }
 
-    /// Writes out (as [`write_out`](ManifestWriter::write_out)) once at least
-    /// [`WRITE_OUT_AT`] bytes are buffered; less waits for the next call, the run's sync
-    /// (once a second) or its flush. For the attempt-record writer, which writes out
-    /// whenever its queue runs empty: in a bulk run that was after nearly every download,
-    /// a locked append (`flock`, `write`, `flock`) per work.
-    fn write_out_batched(&mut self) -> io::Result<()> {
-        if self.out.pending() >= WRITE_OUT_AT {
-            self.write_out()?;
-        }
-        Ok(())
-    }
-
     /// Writes the buffered lines out and, if anything was written out since the last sync,
     /// returns the sync to run once the writer is released (`None`: nothing to sync).
     pub fn sync_handle(&mut self) -> io::Result<Option<ManifestSync>> {
@@ -481,14 +465,10 @@ impl crate::layers::telemetry::RecordSink for ManifestSink {
         sync.map_or(Ok(()), ManifestSync::sync)
     }
 
-    /// Writes the manifest's buffer out to the operating system once it holds
-    /// [`WRITE_OUT_AT`] bytes; no sync. A running pipeline writes out and syncs the rest
-    /// once a second, and everything at its end ([`flush`](RecordSink::flush) does too).
+    /// Writes the manifest's buffer out to the operating system; no sync (a running
+    /// pipeline syncs once a second, and at its end).
     fn write_out(&mut self) -> io::Result<()> {
-        self.manifest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_out_batched()
+        self.manifest.lock().unwrap_or_else(|e| e.into_inner()).write_out()
     }
 }
 
@@ -519,34 +499,6 @@ mod tests {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
             assert_eq!(format!("{o:?}").to_ascii_lowercase(), o.as_str());
         }
-    }
-
-    /// The attempt records' write-outs wait for [`WRITE_OUT_AT`] bytes: a locked append
-    /// per few hundred lines, not per line; a write-out or flush takes the rest.
-    #[test]
-    fn attempt_write_outs_wait_for_a_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut m = ManifestWriter::open(dir.path()).unwrap();
-        let line = |i: usize| ManifestLine::summary(&format!("run-{i}"), SummaryRecord::default());
-        let on_disk = || {
-            std::fs::read_to_string(dir.path().join(MANIFEST_FILE))
-                .unwrap()
-                .lines()
-                .count()
-        };
-        m.write(&line(0)).unwrap();
-        m.write_out_batched().unwrap();
-        assert_eq!(on_disk(), 0, "one line waits");
-        let mut n = 1;
-        while m.out.pending() < WRITE_OUT_AT {
-            m.write(&line(n)).unwrap();
-            n += 1;
-        }
-        m.write_out_batched().unwrap();
-        assert_eq!(on_disk(), n, "a batch goes at once");
-        m.write(&line(n)).unwrap();
-        m.write_out().unwrap();
-        assert_eq!(on_disk(), n + 1, "a plain write-out takes the rest");
     }
 
     /// A summary line written before the per-resolver counts reads, with none.
@@ -672,13 +624,9 @@ mod tests {
             .unwrap()
             .write(&ManifestLine::work("r", WorkRecord::new("W1", Outcome::Downloaded)))
             .unwrap();
-        // buffered: not in the file yet; the sink's write-out waits for a batch
-        // (`attempt_write_outs_wait_for_a_batch`); written out: there for readers, without
-        // a sync
+        // buffered: not in the file yet; written out: there for readers, without a sync
         assert_eq!(read_manifest(&path).unwrap().0.len(), 0);
         sink.write_out().unwrap();
-        assert_eq!(read_manifest(&path).unwrap().0.len(), 0);
-        shared.lock().unwrap().write_out().unwrap();
         assert_eq!(read_manifest(&path).unwrap().0.len(), 1);
         // the lines written out are synced once, then there is nothing left to sync
         let sync = shared.lock().unwrap().sync_handle().unwrap();
