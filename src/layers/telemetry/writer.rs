@@ -77,11 +77,16 @@ impl RecordWriter {
         let (tx, rx) = mpsc::channel(capacity);
         let write_errors = Arc::new(AtomicU64::new(0));
         let errors = Arc::clone(&write_errors);
-        // the thread logs to the caller's subscriber (a thread-local default included)
-        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        // The thread logs to the caller's subscriber, a thread-local default included. With
+        // none at all, it is left to the global default, which may be set later.
+        let dispatch =
+            tracing::dispatcher::get_default(|d| (!d.is::<tracing::subscriber::NoSubscriber>()).then(|| d.clone()));
         let spawned = std::thread::Builder::new()
             .name("contentdownload-records".into())
-            .spawn(move || tracing::dispatcher::with_default(&dispatch, || run(sink, rx, &errors)));
+            .spawn(move || match dispatch {
+                Some(dispatch) => tracing::dispatcher::with_default(&dispatch, || run(sink, rx, &errors)),
+                None => run(sink, rx, &errors),
+            });
         if let Err(e) = spawned {
             // The receiver went down with the closure: every record will count as dropped.
             tracing::warn!(error = %e, "could not start the attempt-record writer thread; records will be dropped");
