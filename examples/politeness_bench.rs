@@ -25,8 +25,8 @@
 //! exactly `R`/s (burst 1): what a client that already knew the limit would get.
 //!
 //! Measured (2026-11-28, release build, 2 CPUs, `--rate 20 --secs 60`), goodput / hidden
-//! rate and 429s after the first 5 s. Learning: nginx 0.958 (three runs), 0.3%; HAProxy
-//! 0.901–0.908 (six steady runs), 0.4%; tripled at 20 s, 0.9× the new rate after 17 s (nginx)
+//! rate and 429s after the first 5 s. Learning: nginx 0.958 (four runs), 0.3%; HAProxy
+//! 0.901–0.908 (seven steady runs), 0.4%; tripled at 20 s, 0.9× the new rate after 17 s (nginx)
 //! and 8 s (HAProxy). Fixed rate against HAProxy: 19/s 0.950, 19.5/s 0.975, 20/s 1.000
 //! (twice), all without a 429; 20.5/s 0.681 with 2.4% 429s. So a client can sit right at
 //! HAProxy's limit once it knows it, and falls off a cliff just above it. What the learning

@@ -11,19 +11,9 @@ use serde_json::json;
 mod bin_support;
 use bin_support::{contentdownload, BIN};
 
+/// The works `bin_support::write_works` writes, with their PDFs at `/pdf/{i}.pdf` on `sim`.
 fn write_works(sim: &Simulator, path: &Path, n: usize) {
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            json!({
-                "id": format!("https://openalex.org/W{}", 5000 + i),
-                "doi": format!("https://doi.org/10.5555/w{i}"),
-                "title": format!("Work {i}"),
-                "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{i}.pdf"))}
-            })
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    bin_support::write_works(path, n, |i| sim.url(&format!("/pdf/{i}.pdf")));
 }
 
 /// `base` is `unpaywall=<simulator URL>`, `rate` is `<simulator host:port>=1000:100`.

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use contentdownload::simulator::{Reply, Simulator};
-use serde_json::json;
 
 mod bin_support;
 use bin_support::contentdownload;
@@ -61,20 +60,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn write_works(sim: &Simulator, path: &Path) {
-    let lines: Vec<String> = (0..WORKS)
-        .map(|i| {
-            json!({
-                "id": format!("https://openalex.org/W{}", 7000 + i),
-                "title": format!("Work {i}"),
-                "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{i}.pdf"))}
-            })
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
 /// `(name, size)` of the PDFs in `dir`.
 fn pdfs(dir: &Path) -> Vec<(String, u64)> {
     let mut found: Vec<(String, u64)> = std::fs::read_dir(dir)
@@ -106,7 +91,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
     let sim = Simulator::start().await.unwrap();
     sim.on("/pdf/*", [Reply::pdf(PDF_BYTES)]);
     let input = dir.path().join("works.jsonl");
-    write_works(&sim, &input);
+    bin_support::write_works(&input, WORKS, |i| sim.url(&format!("/pdf/{i}.pdf")));
     let rate = format!("{}=1000:100", sim.addr());
     let args = [
         "run",

@@ -112,17 +112,10 @@ impl Batcher {
         expires: i64,
         failed_before: i64,
     ) -> Option<Job> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Claim {
-            job: job.clone(),
-            owner: owner.to_owned(),
-            now,
-            expires,
-            failed_before,
-            reply,
-        };
-        self.tx.send(request).ok()?;
-        answer.await.ok().flatten()
+        self.claim_many(std::slice::from_ref(job), owner, now, expires, failed_before)
+            .await
+            .pop()
+            .flatten()
     }
 
     /// Claims every job of `jobs` for `owner` in as few batches as they fit in (all sent

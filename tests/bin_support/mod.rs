@@ -2,6 +2,7 @@
 //! that exercise it end to end.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -63,4 +64,21 @@ pub fn files_under(dir: &std::path::Path) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Writes `n` OpenAlex-shaped works to `path`, one JSON line each: `W5000`, `W5001`, …, each
+/// with a DOI (`10.5555/w{i}`), a title and `best_oa_location.pdf_url` = `pdf_url(i)`.
+pub fn write_works(path: &Path, n: usize, pdf_url: impl Fn(usize) -> String) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("https://openalex.org/W{}", 5000 + i),
+                "doi": format!("https://doi.org/10.5555/w{i}"),
+                "title": format!("Work {i}"),
+                "best_oa_location": {"pdf_url": pdf_url(i)}
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
