@@ -292,3 +292,65 @@ async fn the_summary_and_status_count_per_resolver() {
         ])
     );
 }
+
+/// A resolver is not asked about a work that gives it nothing to go on: a work with only a
+/// PDF link (a bulk input's) has no DOI for Unpaywall or Crossref, so neither is counted as
+/// asked nor leaves an empty answer in the ledger; a work with a DOI still asks both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_without_an_identifier_to_go_on_is_not_asked() {
+    for t in ledger_support::backends("a_resolver_without_an_identifier").await {
+        let sim = Simulator::start().await.unwrap();
+        sim.on_fn("/unpaywall/*", |_| {
+            Reply::json(&json!({"best_oa_location": null, "oa_locations": []}))
+        });
+        sim.on_fn("/crossref/*", |_| Reply::json(&json!({"message": {"link": []}})));
+        sim.on_fn("/pdf/*", |_| Reply::pdf(4096));
+        let out = tempfile::tempdir().unwrap();
+        let pdf_only = |i: usize| {
+            Work::from_openalex(&json!({
+                "id": format!("https://openalex.org/W{i}"),
+                "best_oa_location": {"pdf_url": sim.url(&format!("/pdf/{i}.pdf"))},
+            }))
+            .unwrap()
+        };
+        let mut works: Vec<Work> = (1..=5).map(pdf_only).collect();
+        works.push(Work::from_doi("10.1234/with-doi").unwrap());
+        let tiers = vec![
+            FallbackConfig::parse_tier("a=openalex,unpaywall").unwrap(),
+            FallbackConfig::parse_tier("b=crossref").unwrap(),
+        ];
+        let summary = run_with_tiers(&sim, out.path(), &t.ledger, tiers, works).await;
+        assert_eq!((summary.downloaded, summary.failed), (5, 1), "{}: {summary:?}", t.name);
+        assert_eq!(summary.resolvers["openalex"], counts(5, 0, 5), "{}", t.name);
+        assert_eq!(summary.resolvers["unpaywall"], counts(1, 0, 0), "{}", t.name);
+        assert_eq!(summary.resolvers["crossref"], counts(1, 0, 0), "{}", t.name);
+        assert_eq!(sim.count("/unpaywall/*") + sim.count("/crossref/*"), 2, "{}", t.name);
+        let totals = t.ledger.resolver_totals().await.unwrap();
+        let works: Vec<(&str, u64)> = totals.iter().map(|r| (r.resolver.as_str(), r.works)).collect();
+        assert_eq!(works, [("crossref", 1), ("unpaywall", 1)], "{}", t.name);
+    }
+}
+
+async fn run_with_tiers(
+    sim: &Simulator,
+    out: &Path,
+    ledger: &Ledger,
+    tiers: Vec<contentdownload::pipeline::TierConfig>,
+    works: Vec<Work>,
+) -> SummaryRecord {
+    let mut stack_cfg = StackConfig::default();
+    stack_cfg.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);
+    let stack = Stack::new(&stack_cfg).unwrap();
+    let manifest = Arc::new(Mutex::new(ManifestWriter::open(out).unwrap()));
+    let mut config = config(sim, out, "run-1", TTL);
+    config.fallback.tiers = tiers;
+    let pipeline = Pipeline::new(config, &stack, Some(ledger.clone()), manifest).unwrap();
+    let input = stream::iter(works.into_iter().map(Ok));
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        pipeline.run(input, |_| {}, std::future::pending()),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap()
+}

@@ -110,16 +110,15 @@ impl Answers {
             .collect()
     }
 
-    /// Reads the remembered answers of `works` (the next ones of the input) in one query,
+    /// Reads the remembered answers of the works `ids` (the next ones of the input) in one query,
     /// for their [`recall`](Answers::recall): a read per work was a round trip to the
     /// ledger's reader thread and a WAL read lock each. A failed read leaves each work to
     /// read its own.
-    pub(super) async fn read_ahead(&self, works: &[Work]) {
+    pub(super) async fn read_ahead(&self, ids: &[&str]) {
         let Some(ledger) = self.remembers() else {
             return;
         };
-        let ids: Vec<&str> = works.iter().map(|w| w.id.as_str()).collect();
-        match ledger.resolver_answers_of(&ids, self.ttl).await {
+        match ledger.resolver_answers_of(ids, self.ttl).await {
             Ok(known) => self.lock_read_ahead().extend(known),
             Err(e) => tracing::debug!("could not read remembered resolver answers ahead, reading each: {e}"),
         }

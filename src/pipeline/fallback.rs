@@ -245,12 +245,20 @@ impl Fallback {
     /// Reads ahead the remembered answers of `works`, the next of the input, in one query
     /// (none when no tier has a resolver whose answers are kept).
     pub(super) async fn read_answers_ahead(&self, works: &[Work]) {
-        let keeps = self
-            .tiers
+        // only the works that some resolver whose answers are kept applies to
+        let asked: Vec<&str> = works
             .iter()
-            .any(|t| t.resolvers.iter().any(|r| Answers::kept_for(r.name())));
-        if keeps && !works.is_empty() {
-            self.answers.read_ahead(works).await;
+            .filter(|w| {
+                self.tiers.iter().any(|t| {
+                    t.resolvers
+                        .iter()
+                        .any(|r| Answers::kept_for(r.name()) && r.applies_to(w))
+                })
+            })
+            .map(|w| w.id.as_str())
+            .collect();
+        if !asked.is_empty() {
+            self.answers.read_ahead(&asked).await;
         }
     }
 
@@ -364,24 +372,29 @@ impl Fallback {
         let stem = file_stem(work);
         let final_path = env.out_dir.join(format!("{stem}.pdf"));
         for tier in &self.tiers {
+            // only the resolvers the work gives something to go on (a DOI, ...): the others
+            // are not asked, counted or remembered
+            let resolvers: Vec<&Arc<dyn Resolver>> = tier.resolvers.iter().filter(|r| r.applies_to(work)).collect();
+            if resolvers.is_empty() {
+                continue;
+            }
             // the work's remembered answers, read once, before the first resolver whose
             // answers are kept: a tier of record readers only (the bulk case, whose PDF the
             // first tier finds) reads nothing
-            if recalled.is_none() && tier.resolvers.iter().any(|r| Answers::kept_for(r.name())) {
+            if recalled.is_none() && resolvers.iter().any(|r| Answers::kept_for(r.name())) {
                 *recalled = Some(self.answers.recall(work).await);
             }
             let mut nothing = HashMap::new();
             let known = recalled.as_mut().unwrap_or(&mut nothing);
             // the (lazy) futures made up front: a closure in the stream's type would trip the
             // compiler's proof that the fetch is `Send` (rust-lang/rust#102211)
-            let asks: Vec<_> = tier
-                .resolvers
+            let asks: Vec<_> = resolvers
                 .iter()
-                .map(|r| resolve_with(r.clone(), work, env.resolve, known.remove(r.name())))
+                .map(|r| resolve_with((*r).clone(), work, env.resolve, known.remove(r.name())))
                 .collect();
             let mut resolving = futures_util::stream::iter(asks).buffer_unordered(tier.parallel);
             let mut resolving_done = false;
-            let mut choice = Choice::new(tier.resolvers.iter().map(|r| r.name()).collect());
+            let mut choice = Choice::new(resolvers.iter().map(|r| r.name()).collect());
             let mut downloads = FuturesUnordered::new();
             // when the PDF in hand stops waiting for better-ranked candidates
             let mut patience: Option<Instant> = None;

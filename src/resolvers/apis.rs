@@ -15,6 +15,10 @@ use crate::works::{lenient_list, normalize_doi, null_as_default, Candidate, Work
 pub struct OpenAlex;
 
 impl Resolver for OpenAlex {
+    fn applies_to(&self, work: &Work) -> bool {
+        !work.candidates.is_empty()
+    }
+
     fn name(&self) -> &'static str {
         "openalex"
     }
@@ -48,6 +52,10 @@ struct UnpaywallLocation {
 }
 
 impl Resolver for Unpaywall {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "unpaywall"
     }
@@ -107,6 +115,10 @@ struct CrossrefLink {
 }
 
 impl Resolver for Crossref {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "crossref"
     }
@@ -153,6 +165,10 @@ impl Resolver for Crossref {
 pub struct Arxiv;
 
 impl Resolver for Arxiv {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.arxiv_id.as_deref().is_some_and(is_arxiv_id)
+    }
+
     fn name(&self) -> &'static str {
         "arxiv"
     }
@@ -227,6 +243,10 @@ struct EpmcUrl {
 }
 
 impl Resolver for EuropePmc {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "europe_pmc"
     }
@@ -306,6 +326,10 @@ struct IdConvRecord {
 }
 
 impl Resolver for Pmc {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.pmcid.is_some() || work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "pmc"
     }
@@ -396,6 +420,10 @@ pub(crate) fn raw_snapshot_url(url: &str) -> String {
 }
 
 impl Resolver for Wayback {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some() || work.candidates.iter().any(|c| c.is_pdf)
+    }
+
     fn name(&self) -> &'static str {
         "wayback"
     }

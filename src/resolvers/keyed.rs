@@ -21,6 +21,10 @@ use crate::works::{Candidate, Work};
 pub struct Core;
 
 impl Resolver for Core {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "core"
     }
@@ -88,6 +92,10 @@ impl Resolver for Core {
 pub struct SemanticScholar;
 
 impl Resolver for SemanticScholar {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "semantic_scholar"
     }

@@ -25,6 +25,10 @@ use crate::works::{Candidate, Work};
 pub struct Landing;
 
 impl Resolver for Landing {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "landing"
     }

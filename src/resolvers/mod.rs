@@ -172,6 +172,31 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     fn required_key(&self) -> Option<&'static str> {
         None
     }
+
+    /// Whether `work` gives this resolver something to go on: the identifier its API is
+    /// asked by (most need a DOI), or the record field it reads. A run does not ask a
+    /// resolver about a work it does not apply to: it is not counted as asked, and no
+    /// empty answer is remembered for it (one row per resolver and work in the ledger,
+    /// for works such as a bulk input's, which have only a PDF link). `resolve` on such a
+    /// work still answers `Ok(vec![])`. The default is `true`.
+    ///
+    /// ```
+    /// use contentdownload::resolvers::resolver_by_name;
+    /// use contentdownload::works::Work;
+    ///
+    /// let unpaywall = resolver_by_name("unpaywall").unwrap();
+    /// let record = serde_json::json!({
+    ///     "id": "https://openalex.org/W1",
+    ///     "best_oa_location": {"pdf_url": "https://example.org/w1.pdf"},
+    /// });
+    /// let pdf_only = Work::from_openalex(&record).unwrap();
+    /// assert!(!unpaywall.applies_to(&pdf_only), "Unpaywall is asked by DOI");
+    /// assert!(unpaywall.applies_to(&Work::from_doi("10.1234/abc").unwrap()));
+    /// ```
+    fn applies_to(&self, work: &Work) -> bool {
+        let _ = work;
+        true
+    }
 }
 
 /// A resolver API answered with a status that is neither success nor a miss.

@@ -28,6 +28,10 @@ const QUERY_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
 pub struct Doaj;
 
 impl Resolver for Doaj {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "doaj"
     }
@@ -75,6 +79,10 @@ impl Resolver for Doaj {
 pub struct Zenodo;
 
 impl Resolver for Zenodo {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "zenodo"
     }
@@ -129,6 +137,10 @@ impl Resolver for Zenodo {
 pub struct Figshare;
 
 impl Resolver for Figshare {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "figshare"
     }
@@ -196,6 +208,10 @@ impl Resolver for Figshare {
 pub struct Hal;
 
 impl Resolver for Hal {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "hal"
     }
@@ -254,6 +270,10 @@ fn osf_file_id(preprint: &Value) -> Option<&str> {
 }
 
 impl Resolver for Osf {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "osf"
     }
@@ -339,6 +359,10 @@ fn openaire_pdfs<'a>(result: &'a Value, out: &mut Vec<&'a str>) {
 }
 
 impl Resolver for OpenAire {
+    fn applies_to(&self, work: &Work) -> bool {
+        work.doi.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "openaire"
     }
