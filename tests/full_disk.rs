@@ -4,6 +4,10 @@
 //! without a flood of warnings; once there is room, the same command finishes every work,
 //! and every PDF on disk is whole.
 //!
+//! The same with a PostgreSQL ledger whose tables live in a tablespace on a small tmpfs
+//! (the server's own disk filling up): PostgreSQL answers `disk_full` (SQLSTATE 53100),
+//! and the runner must say so and exit 3 just the same.
+//!
 //! Mounting a tmpfs needs root (CI runs as root); where it cannot be mounted the test prints
 //! a `SKIPPED-TMPFS` line and passes.
 #![cfg(feature = "simulator")]
@@ -14,6 +18,8 @@ use std::process::Command;
 use contentdownload::simulator::{Reply, Simulator};
 
 mod bin_support;
+#[cfg(feature = "postgres")]
+mod ledger_support;
 use bin_support::contentdownload;
 
 const WORKS: usize = 40;
@@ -159,4 +165,114 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
     );
     assert_eq!(sim.count("/pdf/*"), fetched_before, "the third run fetched PDFs again");
     drop(disk);
+}
+
+/// A ledger on a PostgreSQL server whose disk fills up: the server is on this machine (as
+/// in CI), the ledger's database gets its tables in a tablespace on a small tmpfs
+/// (`options[default_tablespace]` in the `--ledger` URL, so the database and the rest of
+/// the server are untouched), and the run must stop with exit code 3 and the full-disk
+/// line; once the tmpfs has room, the same command finishes every work, fetching only the
+/// PDFs not already whole on disk.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_postgres_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
+    use sqlx::{Connection, Executor};
+    use std::os::unix::fs::MetadataExt;
+
+    const TEST: &str = "a_full_postgres_disk_stops_the_run_cleanly";
+    let Some(url) = ledger_support::pg_url(TEST) else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("the test server answers");
+    let dir = tempfile::tempdir().unwrap();
+    let space_dir = dir.path().join("tablespace");
+    let space = match Tmpfs::mount(&space_dir, 256) {
+        Ok(d) => d,
+        Err(why) => {
+            println!("SKIPPED-TMPFS {TEST}: {why}");
+            return;
+        }
+    };
+    // the tablespace's folder belongs to the server's user, as its data folder does
+    let data_dir: (String,) = sqlx::query_as("SELECT current_setting('data_directory')")
+        .fetch_one(&mut admin)
+        .await
+        .expect("the test user is a superuser (it creates tablespaces)");
+    let owner = std::fs::metadata(&data_dir.0).expect("the server runs on this machine");
+    std::os::unix::fs::chown(&space_dir, Some(owner.uid()), Some(owner.gid())).unwrap();
+    let name = ledger_support::unique_schema("full_disk");
+    admin
+        .execute(format!("CREATE TABLESPACE {name} LOCATION '{}'", space_dir.display()).as_str())
+        .await
+        .unwrap();
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    let base = url.split('?').next().unwrap_or(&url);
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    let ledger = format!("{server}/{name}?options[default_tablespace]={name}");
+
+    let sim = Simulator::start().await.unwrap();
+    sim.on("/pdf/*", [Reply::pdf(2048)]);
+    let input = dir.path().join("works.jsonl");
+    const MANY: usize = 1500;
+    bin_support::write_works(&input, MANY, |i| sim.url(&format!("/pdf/{i}.pdf")));
+    let out = dir.path().join("out");
+    let rate = format!("{}=100000:1000", sim.addr());
+    let args = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--ledger",
+        &ledger,
+        "--quiet",
+        "--mailto",
+        "ci@example.org",
+        "--fallback-tier",
+        "direct=openalex",
+        "--rate",
+        &rate,
+        "--workers",
+        "16",
+    ];
+
+    // the ledger's rows for 1,500 works do not fit in 256 KiB
+    let first = contentdownload(&args, &[]).await;
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "a full disk on the ledger's server is a reason to run again later:\n{stderr}"
+    );
+    assert!(stderr.contains("the disk is full"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let whole_after_first = pdfs(&out);
+    assert!(whole_after_first.len() < MANY, "everything fit");
+    for (name, size) in &whole_after_first {
+        assert_eq!(*size, 2048, "{name} is cut short");
+    }
+
+    // room again: the same command finishes the rest, each PDF fetched once in all
+    space.resize(64 * 1024);
+    let fetched_before = sim.count("/pdf/*");
+    let second = contentdownload(&args, &[]).await;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(0), "{stderr}");
+    assert_eq!(pdfs(&out).len(), MANY);
+    let refetched = sim.count("/pdf/*") - fetched_before;
+    assert_eq!(
+        refetched,
+        MANY - whole_after_first.len(),
+        "the rerun fetched {refetched} PDFs; {} were whole on disk",
+        whole_after_first.len()
+    );
+
+    admin
+        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    admin.execute(format!("DROP TABLESPACE {name}").as_str()).await.unwrap();
+    drop(space);
 }
