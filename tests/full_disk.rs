@@ -123,6 +123,10 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
         "a full disk is a reason to run again later:\n{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.matches("stopping the run").count() <= 1,
+        "what stopped the run is told once:\n{stderr}"
+    );
     let warnings = stderr.lines().filter(|l| l.contains(" WARN ")).count();
     assert!(
         warnings <= 12,
@@ -248,6 +252,11 @@ async fn a_full_postgres_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() 
     );
     assert!(stderr.contains("the disk is full"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        stderr.matches("stopping the run").count(),
+        1,
+        "what stopped the run is told once:\n{stderr}"
+    );
     let whole_after_first = pdfs(&out);
     assert!(whole_after_first.len() < MANY, "everything fit");
     for (name, size) in &whole_after_first {

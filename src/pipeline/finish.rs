@@ -221,8 +221,9 @@ async fn run(
         // after a failure nothing more is recorded; the run gives those leases back
         if !group.is_empty() && !*failed.borrow() {
             last_sync = Some(tokio::time::Instant::now());
+            // not logged here: the run logs it, as what stopped it or as what else failed
+            // while it stopped (once, not twice)
             if let Err(e) = finish_group(&mut group, ledger.as_ref(), &owner, durability, &held).await {
-                tracing::error!("stopping the run: {e}");
                 *lock(&error) = Some(e);
                 failed.send_replace(true);
             }

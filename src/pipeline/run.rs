@@ -404,7 +404,8 @@ impl Pipeline {
                     () = self.core.finisher.failed(), if fatal.is_none() => Some(match self.core.finisher.flush().await {
                         Err(e) => e,
                         Ok(()) => DurabilityError::FinisherStopped.into(),
-                    }),
+                    })
+                    .inspect(|e| tracing::error!("stopping the run: {e}")),
                     next = processing.next() => match next {
                         None => break,
                         Some(_) if fatal.is_some() => None,
@@ -425,7 +426,6 @@ impl Pipeline {
                             .inspect(|e| tracing::error!("stopping the run: {e}")),
                     },
                 };
-                // (the finisher logs its own failure)
                 if let Some(e) = failed {
                     fatal = Some(e);
                     stop.cancel();
