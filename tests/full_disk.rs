@@ -83,6 +83,13 @@ fn pdfs(dir: &Path) -> Vec<(String, u64)> {
     found
 }
 
+/// Every PDF in `found` has its whole `size`: none was left cut short.
+fn all_whole(found: &[(String, u64)], size: u64) {
+    for (name, len) in found {
+        assert_eq!(*len, size, "{name} is cut short");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,9 +141,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
     );
     let whole_after_first = pdfs(&out);
     assert!(whole_after_first.len() < WORKS, "everything fit: {whole_after_first:?}");
-    for (name, size) in &whole_after_first {
-        assert_eq!(*size, PDF_BYTES, "{name} is cut short");
-    }
+    all_whole(&whole_after_first, PDF_BYTES);
 
     // room again: the same command finishes the rest, and each work is fetched once
     disk.resize(64 * 1024);
@@ -146,9 +151,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
     assert_eq!(second.status.code(), Some(0), "{stderr}");
     let landed = pdfs(&out);
     assert_eq!(landed.len(), WORKS, "{landed:?}");
-    for (name, size) in &landed {
-        assert_eq!(*size, PDF_BYTES, "{name}");
-    }
+    all_whole(&landed, PDF_BYTES);
     // a PDF the first run left whole is taken as it is, not fetched again
     let refetched = sim.count("/pdf/*") - fetched_before;
     assert_eq!(
@@ -259,9 +262,7 @@ async fn a_full_postgres_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() 
     );
     let whole_after_first = pdfs(&out);
     assert!(whole_after_first.len() < MANY, "everything fit");
-    for (name, size) in &whole_after_first {
-        assert_eq!(*size, 2048, "{name} is cut short");
-    }
+    all_whole(&whole_after_first, 2048);
 
     // room again: the same command finishes the rest, each PDF fetched once in all
     space.resize(64 * 1024);

@@ -86,11 +86,16 @@ async fn run_works(
     ttl: Duration,
     works: Vec<Work>,
 ) -> SummaryRecord {
+    run_config(out, ledger, config(sim, out, run, ttl), works).await
+}
+
+/// One run of the pipeline over `works` with `config`.
+async fn run_config(out: &Path, ledger: &Ledger, config: PipelineConfig, works: Vec<Work>) -> SummaryRecord {
     let mut stack_cfg = StackConfig::default();
     stack_cfg.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);
     let stack = Stack::new(&stack_cfg).unwrap();
     let manifest = Arc::new(Mutex::new(ManifestWriter::open(out).unwrap()));
-    let pipeline = Pipeline::new(config(sim, out, run, ttl), &stack, Some(ledger.clone()), manifest).unwrap();
+    let pipeline = Pipeline::new(config, &stack, Some(ledger.clone()), manifest).unwrap();
     let input = stream::iter(works.into_iter().map(Ok));
     tokio::time::timeout(
         Duration::from_secs(60),
@@ -315,11 +320,12 @@ async fn a_resolver_without_an_identifier_to_go_on_is_not_asked() {
         };
         let mut works: Vec<Work> = (1..=5).map(pdf_only).collect();
         works.push(Work::from_doi("10.1234/with-doi").unwrap());
-        let tiers = vec![
+        let mut config = config(&sim, out.path(), "run-1", TTL);
+        config.fallback.tiers = vec![
             FallbackConfig::parse_tier("a=openalex,unpaywall").unwrap(),
             FallbackConfig::parse_tier("b=crossref").unwrap(),
         ];
-        let summary = run_with_tiers(&sim, out.path(), &t.ledger, tiers, works).await;
+        let summary = run_config(out.path(), &t.ledger, config, works).await;
         assert_eq!((summary.downloaded, summary.failed), (5, 1), "{}: {summary:?}", t.name);
         assert_eq!(summary.resolvers["openalex"], counts(5, 0, 5), "{}", t.name);
         assert_eq!(summary.resolvers["unpaywall"], counts(1, 0, 0), "{}", t.name);
@@ -329,28 +335,4 @@ async fn a_resolver_without_an_identifier_to_go_on_is_not_asked() {
         let works: Vec<(&str, u64)> = totals.iter().map(|r| (r.resolver.as_str(), r.works)).collect();
         assert_eq!(works, [("crossref", 1), ("unpaywall", 1)], "{}", t.name);
     }
-}
-
-async fn run_with_tiers(
-    sim: &Simulator,
-    out: &Path,
-    ledger: &Ledger,
-    tiers: Vec<contentdownload::pipeline::TierConfig>,
-    works: Vec<Work>,
-) -> SummaryRecord {
-    let mut stack_cfg = StackConfig::default();
-    stack_cfg.rate_limit.default = contentdownload::layers::rate_limit::Quota::new(10_000.0, 1000);
-    let stack = Stack::new(&stack_cfg).unwrap();
-    let manifest = Arc::new(Mutex::new(ManifestWriter::open(out).unwrap()));
-    let mut config = config(sim, out, "run-1", TTL);
-    config.fallback.tiers = tiers;
-    let pipeline = Pipeline::new(config, &stack, Some(ledger.clone()), manifest).unwrap();
-    let input = stream::iter(works.into_iter().map(Ok));
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        pipeline.run(input, |_| {}, std::future::pending()),
-    )
-    .await
-    .expect("the run ends")
-    .unwrap()
 }
