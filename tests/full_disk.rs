@@ -183,6 +183,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_postgres_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() {
+    use futures_util::FutureExt;
     use sqlx::{Connection, Executor};
     use std::os::unix::fs::MetadataExt;
 
@@ -219,70 +220,90 @@ async fn a_full_postgres_disk_stops_the_run_cleanly_and_the_rerun_finishes_it() 
     let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
     let ledger = format!("{server}/{name}?options[default_tablespace]={name}");
 
-    let sim = Simulator::start().await.unwrap();
-    sim.on("/pdf/*", [Reply::pdf(2048)]);
-    let input = dir.path().join("works.jsonl");
-    const MANY: usize = 1500;
-    bin_support::write_works(&input, MANY, |i| sim.url(&format!("/pdf/{i}.pdf")));
-    let out = dir.path().join("out");
-    let rate = format!("{}=100000:1000", sim.addr());
-    let args = [
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--ledger",
-        &ledger,
-        "--quiet",
-        "--mailto",
-        "ci@example.org",
-        "--fallback-tier",
-        "direct=openalex",
-        "--rate",
-        &rate,
-        "--workers",
-        "16",
-    ];
+    // the checks, caught so that the database and its tablespace are dropped whatever
+    // happens: a tmpfs unmounted under a tablespace the server still holds would leave its
+    // checkpoints failing for every later test
+    let checked = std::panic::AssertUnwindSafe(async {
+        let sim = Simulator::start().await.unwrap();
+        sim.on("/pdf/*", [Reply::pdf(2048)]);
+        let input = dir.path().join("works.jsonl");
+        const MANY: usize = 1500;
+        bin_support::write_works(&input, MANY, |i| sim.url(&format!("/pdf/{i}.pdf")));
+        let out = dir.path().join("out");
+        let rate = format!("{}=100000:1000", sim.addr());
+        let args = [
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--ledger",
+            &ledger,
+            "--quiet",
+            "--mailto",
+            "ci@example.org",
+            "--fallback-tier",
+            "direct=openalex",
+            "--rate",
+            &rate,
+            "--workers",
+            "16",
+        ];
 
-    // the ledger's rows for 1,500 works do not fit in 256 KiB
-    let first = contentdownload(&args, &[]).await;
-    let stderr = String::from_utf8_lossy(&first.stderr);
-    assert_eq!(
-        first.status.code(),
-        Some(3),
-        "a full disk on the ledger's server is a reason to run again later:\n{stderr}"
-    );
-    assert!(stderr.contains("the disk is full"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(
-        stderr.matches("stopping the run").count(),
-        1,
-        "what stopped the run is told once:\n{stderr}"
-    );
-    let whole_after_first = pdfs(&out);
-    assert!(whole_after_first.len() < MANY, "everything fit");
-    all_whole(&whole_after_first, 2048);
+        // the ledger's rows for 1,500 works do not fit in 256 KiB
+        let first = contentdownload(&args, &[]).await;
+        let stderr = String::from_utf8_lossy(&first.stderr);
+        assert_eq!(
+            first.status.code(),
+            Some(3),
+            "a full disk on the ledger's server is a reason to run again later:\n{stderr}"
+        );
+        assert!(stderr.contains("the disk is full"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(
+            stderr.matches("stopping the run").count(),
+            1,
+            "what stopped the run is told once:\n{stderr}"
+        );
+        let whole_after_first = pdfs(&out);
+        assert!(whole_after_first.len() < MANY, "everything fit");
+        all_whole(&whole_after_first, 2048);
 
-    // room again: the same command finishes the rest, each PDF fetched once in all
+        // room again: the same command finishes the rest, each PDF fetched once in all
+        space.resize(64 * 1024);
+        let fetched_before = sim.count("/pdf/*");
+        let second = contentdownload(&args, &[]).await;
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(0), "{stderr}");
+        assert_eq!(pdfs(&out).len(), MANY);
+        let refetched = sim.count("/pdf/*") - fetched_before;
+        assert_eq!(
+            refetched,
+            MANY - whole_after_first.len(),
+            "the rerun fetched {refetched} PDFs; {} were whole on disk",
+            whole_after_first.len()
+        );
+    })
+    .catch_unwind()
+    .await;
+
     space.resize(64 * 1024);
-    let fetched_before = sim.count("/pdf/*");
-    let second = contentdownload(&args, &[]).await;
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert_eq!(second.status.code(), Some(0), "{stderr}");
-    assert_eq!(pdfs(&out).len(), MANY);
-    let refetched = sim.count("/pdf/*") - fetched_before;
-    assert_eq!(
-        refetched,
-        MANY - whole_after_first.len(),
-        "the rerun fetched {refetched} PDFs; {} were whole on disk",
-        whole_after_first.len()
-    );
-
-    admin
-        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    admin.execute(format!("DROP TABLESPACE {name}").as_str()).await.unwrap();
-    drop(space);
+    let dropped = async {
+        admin
+            .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+            .await?;
+        admin.execute(format!("DROP TABLESPACE {name}").as_str()).await
+    }
+    .await;
+    match dropped {
+        Ok(_) => drop(space),
+        Err(e) => {
+            // left mounted rather than pulled from under the server
+            eprintln!("{TEST}: could not drop the test database and tablespace {name}: {e}");
+            std::mem::forget(space);
+        }
+    }
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
 }
