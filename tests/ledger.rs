@@ -770,3 +770,47 @@ async fn settled_reads_finalized_and_skipped_jobs_by_key_in_batches() {
         );
     }
 }
+
+/// Finishes sent together (SQLite writes them in one statement, padded to a power of two
+/// with rows that match no job): each is told whether it took, those of another owner or
+/// of a job not leased are refused, and no other job changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishes_sent_together_each_get_their_own_answer() {
+    for t in backends("finishes_sent_together_each_get_their_own_answer").await {
+        let l = &t.ledger;
+        let n = t.name;
+        let group: Vec<NewJob> = (0..7).map(|i| job("f", i)).collect();
+        let leased: Vec<_> = l
+            .claim_group(&group, "A", TTL, None)
+            .await
+            .into_iter()
+            .map(|j| j.unwrap_or_else(|| panic!("{n}: new keys are leased")))
+            .collect();
+        // job 6 stays leased, untouched; 0..=4 are finished by their owner, 5 by another
+        let ok = JobResult::reason("ok");
+        let finishes = leased[..6].iter().enumerate().map(|(i, j)| {
+            let owner = if i == 5 { "B" } else { "A" };
+            l.finish(j.id, owner, JobState::Finalized, &ok)
+        });
+        let results = futures_util::future::join_all(finishes).await;
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), i < 5, "{n}: finish {i}: {r:?}");
+        }
+        let jobs = l.jobs(Some("f")).await.unwrap();
+        let state = |i: usize| {
+            let key = group[i].key.as_str();
+            let job = jobs.iter().find(|j| j.key.as_str() == key).unwrap();
+            (job.state, job.lease_owner.clone())
+        };
+        for i in 0..5 {
+            assert_eq!(state(i), (JobState::Finalized, None), "{n}: job {i}");
+        }
+        assert_eq!(state(5), (JobState::Leased, Some("A".into())), "{n}: job 5 stays A's");
+        assert_eq!(
+            state(6),
+            (JobState::Leased, Some("A".into())),
+            "{n}: job 6 is untouched"
+        );
+        assert_eq!(jobs.len(), 7, "{n}");
+    }
+}

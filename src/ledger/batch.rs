@@ -417,12 +417,19 @@ async fn finish_batch(pool: &Pool<Sqlite>, finishes: Vec<Request>) {
     if batch.is_empty() {
         return;
     }
+    // The statement has a row per finish, padded to the next power of two with rows that
+    // match no job (id -1: AUTOINCREMENT ids start at 1), so that its text is one of eight
+    // and stays in the connection's statement cache. Group sizes vary with timing, and
+    // each new size was a statement parsed and planned anew: about a third of the ledger's
+    // instructions per file of a bulk run (callgrind: 25k of 74k), for a row that costs a
+    // missed rowid lookup.
+    let rows = batch.len().next_power_of_two();
     let mut sql = String::from(
         "UPDATE jobs SET state = v.column3, lease_owner = NULL, lease_expires_at = NULL, updated_at = v.column4, \
          outcome = v.column5, path = v.column6, sha256 = v.column7, bytes = v.column8, reason = v.column9 \
          FROM (VALUES ",
     );
-    for i in 0..batch.len() {
+    for i in 0..rows {
         sql.push_str(if i == 0 { "" } else { ", " });
         sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
     }
@@ -451,6 +458,19 @@ async fn finish_batch(pool: &Pool<Sqlite>, finishes: Vec<Request>) {
                 .bind(result.bytes)
                 .bind(result.reason.as_deref());
         }
+    }
+    for _ in batch.len()..rows {
+        let none: Option<&str> = None;
+        q = q
+            .bind(-1_i64)
+            .bind(none)
+            .bind(none)
+            .bind(0_i64)
+            .bind(none)
+            .bind(none)
+            .bind(none)
+            .bind(None::<i64>)
+            .bind(none);
     }
     let done: HashSet<i64> = match q.fetch_all(pool).await {
         Ok(rows) => rows
