@@ -9,6 +9,7 @@
 //! cargo run --release --example bulk_bench --features simulator
 //! cargo run --release --example bulk_bench --features simulator -- \
 //!     --files 10000 --size 102400 --concurrency 16 --durability batch,file,none --rounds 3
+//! sudo target/release/examples/bulk_bench --drop-caches --rounds 3   # steadier, see below
 //! ```
 //!
 //! One large PDF (issue 14's 1 GiB case, peak RSS included):
@@ -44,7 +45,9 @@
 //! Every tool runs under `/usr/bin/time` (GNU time): wall time is measured here, user and
 //! system CPU time are the process's and its waited-for children's, and peak RSS is the
 //! largest single process's (for `xargs` + curl, one curl's). `BULK_BENCH_KEEP=1` keeps
-//! the temporary folder and prints where it is.
+//! the temporary folder and prints where it is. `--drop-caches` (root) starts every tool
+//! from the same memory: dirty pages written back, the page cache dropped, the docroot read
+//! back in (see `drop_caches`); the steadiest numbers on a small machine.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,6 +67,7 @@ struct Args {
     durability: Vec<Durability>,
     rounds: usize,
     bin: Option<PathBuf>,
+    drop_caches: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -74,9 +78,14 @@ fn parse_args() -> Result<Args, String> {
         durability: vec![Durability::Batch, Durability::File, Durability::None],
         rounds: 1,
         bin: None,
+        drop_caches: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--drop-caches" {
+            args.drop_caches = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = |what: &str| {
             value
@@ -95,7 +104,7 @@ fn parse_args() -> Result<Args, String> {
             other => {
                 return Err(format!(
                     "unknown argument {other:?}: use --files N --size BYTES --concurrency C \
-                     --durability batch,file,none --rounds R --bin PATH"
+                     --durability batch,file,none --rounds R --bin PATH --drop-caches"
                 ))
             }
         }
@@ -214,6 +223,31 @@ fn sync_file_system(dir: &Path) -> Result<(), String> {
     } else {
         Err(format!("sync -f {} ended with {status}", dir.display()))
     }
+}
+
+/// `--drop-caches`, before each tool (untimed): writes back every dirty page, drops the
+/// page cache (`/proc/sys/vm/drop_caches`, root only), then reads the docroot back in, so
+/// that every tool starts with the same memory: the docroot cached, nothing of an earlier
+/// tool's output left to write back or to reclaim. Without it, the kernel's reclaim of the
+/// gigabytes earlier tools wrote lands on whichever tool runs when memory runs short (on
+/// this 2-core VM the same tool's system time varied 2-3x between rounds).
+fn drop_caches(www: &Path) -> Result<(), String> {
+    std::process::Command::new("sync")
+        .status()
+        .map_err(|e| format!("could not run sync: {e}"))?;
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .map_err(|e| format!("--drop-caches: cannot write /proc/sys/vm/drop_caches (needs root): {e}"))?;
+    let mut warmed = 0u64;
+    for entry in std::fs::read_dir(www.join("pdf")).map_err(|e| format!("reading the docroot: {e}"))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        warmed += std::fs::read(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?
+            .len() as u64;
+    }
+    if warmed == 0 {
+        return Err("--drop-caches: the docroot is empty".into());
+    }
+    Ok(())
 }
 
 /// The runner binary: `--bin`, or `contentdownload` in the folder above the example's.
@@ -488,6 +522,9 @@ async fn bench(args: Args) -> Result<(), String> {
     for round in 1..=args.rounds {
         for tool in &tools {
             nginx.server().check_alive()?;
+            if args.drop_caches {
+                drop_caches(&www)?;
+            }
             rows.push(run_tool(&args, &setup, tool, round).await?);
         }
     }
