@@ -16,7 +16,7 @@ use super::config::RetryConfig;
 use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp, NotResendable, Resendable};
 use crate::context::{AttemptNumber, OperationType};
 use crate::error::{BoxError, Deferred, FailedOver};
-use crate::layers::telemetry::RetryBudgetExhausted;
+use crate::layers::telemetry::{tracing_is_silent, RetryBudgetExhausted};
 
 /// The span field the decision is recorded on (declared by the telemetry layer's
 /// operation span; recording on a span without it does nothing).
@@ -120,7 +120,11 @@ where
                         (decision, gave_up) = policy.budget_refused();
                         budget_refused = true;
                     }
-                    tracing::Span::current().record(DECISION_FIELD, decision.as_str());
+                    // (no span to record on when nobody listens: `Span::current` asks the
+                    // dispatcher every time, ~120 instructions per request)
+                    if !tracing_is_silent() {
+                        tracing::Span::current().record(DECISION_FIELD, decision.as_str());
+                    }
                     let status = result.as_ref().ok().map(Response::status);
                     match decision {
                         Decision::Retry(wait) => {
