@@ -21,6 +21,7 @@ use tower_service::Service;
 use super::error::{TooManyRedirects, UnsupportedRedirectScheme};
 use crate::context::{host_of, host_of_authority, PartitionKey, Provider};
 use crate::error::BoxError;
+use crate::layers::retry::ResendSlot;
 
 /// Follows at most `max` redirects, only to http and https, and drops credentials
 /// (`Authorization`, `Cookie`, `Proxy-Authorization`, and the API key headers `x-api-key`
@@ -251,7 +252,7 @@ impl<S, B, ResB> Service<Request<B>> for Redirects<S>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: Body + Clone + Default,
+    B: Body + Clone + Default + Send + 'static,
 {
     type Response = Response<ResB>;
     type Error = BoxError;
@@ -265,6 +266,10 @@ where
         // What `RedirectPolicy` does to the first request, before the copy is taken (the
         // policy does it again to the copy, which then has no userinfo left).
         super::credentials::move_userinfo(&mut req);
+        // A retry layer directly above that resends from this layer's copy (see
+        // `layers::retry::ResendSlot`): taken out of the request, so that neither the
+        // request sent nor the copy holds the slot that will hold the copy.
+        let slot = req.extensions_mut().remove::<ResendSlot<B>>();
         let copy = copy_request(&req);
         let service = match &self.spare {
             Some(service) => Arc::clone(service),
@@ -279,6 +284,7 @@ where
                 future: self.inner.call(req),
             },
             copy: Some(copy),
+            slot,
             service,
             max: self.max,
         }
@@ -327,6 +333,7 @@ pin_project! {
         #[pin]
         state: Hop<S, B, ResB>,
         copy: Option<Request<B>>,
+        slot: Option<ResendSlot<B>>,
         service: Arc<S>,
         max: usize,
     }
@@ -372,13 +379,23 @@ where
         loop {
             match this.state.as_mut().project() {
                 HopProj::First { future } => {
-                    let res = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if !is_followed(res.status()) || !res.headers().contains_key(LOCATION) {
-                        return Poll::Ready(Ok(res));
-                    }
+                    let res = match ready!(future.poll(cx)).map_err(Into::into) {
+                        Ok(res) if is_followed(res.status()) && res.headers().contains_key(LOCATION) => res,
+                        other => {
+                            // the retry layer above resends from this copy, if it asked for it
+                            if let (Some(slot), Some(copy)) = (this.slot.take(), this.copy.take()) {
+                                slot.put(copy);
+                            }
+                            return Poll::Ready(other);
+                        }
+                    };
                     let Some(copy) = this.copy.take() else {
                         return Poll::Ready(Err("redirect: polled after completion".into()));
                     };
+                    if let Some(slot) = this.slot.take() {
+                        // a resend starts from the first request again, and follows the hops anew
+                        slot.put(copy_request(&copy));
+                    }
                     let replay = Replay {
                         first: Arc::new(Mutex::new(Some(res))),
                         inner: S::clone(this.service),
@@ -540,13 +557,15 @@ mod tests {
         seen
     }
 
+    type Log = Arc<Mutex<Vec<(http::Method, String, bytes::Bytes)>>>;
+
     /// A service that answers each path by `routes` (status, Location) and 200 otherwise,
     /// and records each request's method, path and body.
     fn routed(
         routes: &'static [(&'static str, u16, &'static str)],
     ) -> (
         impl Service<Request<Full<bytes::Bytes>>, Response = Response<()>, Error = BoxError, Future = impl Send> + Clone,
-        Arc<Mutex<Vec<(http::Method, String, bytes::Bytes)>>>,
+        Log,
     ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
@@ -697,5 +716,117 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen[1].0, "http://b.example/");
         assert!(seen[1].1.contains_key(AUTHORIZATION));
+    }
+
+    /// Live copies of [`Counted`] bodies (only the test below makes them).
+    static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+    /// An empty body that counts its live copies.
+    struct Counted {
+        _counted: (),
+    }
+
+    impl Counted {
+        fn new() -> Self {
+            LIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Counted { _counted: () }
+        }
+    }
+
+    impl Default for Counted {
+        fn default() -> Self {
+            Counted::new()
+        }
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            Counted::new()
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Body for Counted {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+            std::task::Poll::Ready(None)
+        }
+    }
+
+    impl crate::layers::retry::CloneBody for Counted {
+        fn try_clone_body(&self) -> Option<Self> {
+            Some(self.clone())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_layer_above_resends_from_this_layers_copy_and_nothing_leaks() {
+        use crate::context::AttemptNumber;
+        use crate::layers::retry::ContextualRetryLayer;
+        let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: Request<Counted>| {
+            let log = log.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let attempt = AttemptNumber::of(&req);
+                assert!(
+                    req.extensions().get::<ResendSlot<Counted>>().is_none(),
+                    "the slot stays above"
+                );
+                log.lock().unwrap().push((path.clone(), attempt));
+                let res = match (path.as_str(), attempt) {
+                    ("/a", _) => Response::builder().status(302).header(LOCATION, "/b"),
+                    ("/b", 1) | ("/c", 1 | 2) => Response::builder().status(503),
+                    _ => Response::builder().status(200),
+                };
+                Ok::<_, BoxError>(res.body(())?)
+            }
+        });
+        let svc = tower::ServiceBuilder::new()
+            .layer(ContextualRetryLayer::default().with_copy_from_below())
+            .layer(RedirectLayer::new(5))
+            .service(svc);
+        for path in ["/a", "/c"] {
+            let req = Request::get(format!("http://a.example{path}"))
+                .extension(Provider::new("p"))
+                .body(Counted::new())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), 200, "{path}");
+        }
+        let seen = seen.lock().unwrap().clone();
+        let want: Vec<(String, u32)> = [
+            ("/a", 1),
+            ("/b", 1),
+            ("/a", 2),
+            ("/b", 2),
+            ("/c", 1),
+            ("/c", 2),
+            ("/c", 3),
+        ]
+        .into_iter()
+        .map(|(p, n)| (p.to_owned(), n))
+        .collect();
+        assert_eq!(
+            seen, want,
+            "a resend starts from the first request and follows the hops anew"
+        );
+        drop(svc);
+        assert_eq!(
+            LIVE.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "every copy of the request was dropped (no copy holds its own slot)"
+        );
     }
 }

@@ -14,6 +14,7 @@ use super::budget::PartitionBudget;
 use super::classify::{classify_error, classify_response, Class};
 use super::config::RetryConfig;
 use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp, NotResendable, Resendable};
+use super::slot::ResendSlot;
 use crate::context::{AttemptNumber, OperationType};
 use crate::error::{BoxError, Deferred, FailedOver};
 use crate::layers::telemetry::{tracing_is_silent, RetryBudgetExhausted};
@@ -33,6 +34,33 @@ pub(crate) struct Plan {
     pub(crate) budget: Option<PartitionBudget>,
 }
 
+/// Where a resend's request comes from.
+#[derive(Debug)]
+pub(crate) enum Spare<B> {
+    /// A copy of this layer's own. Boxed: the copy is needed only for a resend, and inline it
+    /// made every request's future (and each future around it) ~250 bytes larger to build
+    /// and to move, and the stack's whole boxed future too large for the allocator's fast path.
+    Own(Option<Box<Request<B>>>),
+    /// The copy the redirect layer below leaves when its attempt ends.
+    Below(ResendSlot<B>),
+}
+
+impl<B> Spare<B> {
+    fn in_hand(&self) -> bool {
+        match self {
+            Spare::Own(copy) => copy.is_some(),
+            Spare::Below(slot) => slot.is_filled(),
+        }
+    }
+
+    fn take(&mut self) -> Option<Request<B>> {
+        match self {
+            Spare::Own(copy) => copy.take().map(|copy| *copy),
+            Spare::Below(slot) => slot.take(),
+        }
+    }
+}
+
 pin_project! {
     /// Response future of [`ContextualRetry`](super::ContextualRetry): an attempt in
     /// flight, a backoff, or a wait for the inner service's readiness, in a loop until the
@@ -44,10 +72,7 @@ pin_project! {
         // the service's shared unready copy, and the clone of it a resend goes through
         service: Arc<S>,
         resending: Option<Box<S>>,
-        // boxed: the copy is needed only for a resend, and inline it made every request's
-        // future (and each future around it) ~250 bytes larger to build and to move, and the
-        // stack's whole boxed future too large for the allocator's fast path
-        spare: Option<Box<Request<B>>>,
+        spare: Spare<B>,
         attempt: u32,
         plan: Plan,
     }
@@ -64,7 +89,7 @@ pin_project! {
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(crate) fn new(future: F, service: Arc<S>, spare: Option<Box<Request<B>>>, plan: Plan) -> Self {
+    pub(crate) fn new(future: F, service: Arc<S>, spare: Spare<B>, plan: Plan) -> Self {
         ResponseFuture {
             state: State::Called { future },
             service,
@@ -81,7 +106,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F> + Clone,
     F: Future<Output = Result<Response<ResB>, E>>,
     E: Into<BoxError>,
-    B: CloneBody,
+    B: CloneBody + Send + 'static,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -108,10 +133,10 @@ where
                         has_key: plan.has_key,
                         // no copy in hand when the body could not be cloned (or, harmlessly, when
                         // no attempt is left, which `decide` checks first)
-                        resendable: match (&*this.spare, plan.resendable) {
-                            (Some(_), _) => Resendable::Yes,
-                            (None, Resendable::No(why)) => Resendable::No(why),
-                            (None, Resendable::Yes) => Resendable::No(NotResendable::NoCopyLeft),
+                        resendable: match (this.spare.in_hand(), plan.resendable) {
+                            (true, _) => Resendable::Yes,
+                            (false, Resendable::No(why)) => Resendable::No(why),
+                            (false, Resendable::Yes) => Resendable::No(NotResendable::NoCopyLeft),
                         },
                     };
                     let (mut decision, mut gave_up) = policy.decide(class, hint, attempt);
@@ -192,16 +217,20 @@ where
                 StateProj::Ready => {
                     let resending = this.resending.get_or_insert_with(|| Box::new(S::clone(this.service)));
                     ready!(resending.poll_ready(cx)).map_err(Into::into)?;
-                    let Some(req) = this.spare.take() else {
+                    let Some(mut req) = this.spare.take() else {
                         // unreachable: a Retry is only decided with a spare request in hand
                         return Poll::Ready(Err("retry: no copy of the request left to resend".into()));
                     };
-                    let mut req = *req;
                     *this.attempt += 1;
-                    if *this.attempt < policy.max_attempts {
-                        *this.spare = clone_request(&req).map(Box::new);
+                    // (a copy from below is left there again by the resend's own attempt)
+                    if *this.attempt < policy.max_attempts && matches!(this.spare, Spare::Own(_)) {
+                        *this.spare = Spare::Own(clone_request(&req).map(Box::new));
                     }
                     req.extensions_mut().insert(AttemptNumber(*this.attempt));
+                    if let Spare::Below(slot) = &*this.spare {
+                        // (the layer below took it out of the request, and the copy has none)
+                        req.extensions_mut().insert(slot.clone());
+                    }
                     let future = resending.call(req);
                     this.state.set(State::Called { future });
                 }
