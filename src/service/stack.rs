@@ -270,7 +270,7 @@ impl Stack {
             .option_layer(self.idempotency.clone())
             // (the retry layer resends from the copy the redirect layer directly below keeps)
             .layer(self.retry.clone().with_copy_from_below())
-            .layer(self.redirects)
+            .layer(self.redirects.with_copy_handed_up())
             .layer(self.attempt_telemetry.clone())
             .layer(self.retry_after.clone())
             .option_layer(self.learner.clone().map(ProviderLearningLayer::new))

@@ -14,7 +14,7 @@ use super::budget::PartitionBudget;
 use super::classify::{classify_error, classify_response, Class};
 use super::config::RetryConfig;
 use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp, NotResendable, Resendable};
-use super::slot::ResendSlot;
+use super::slot::take_handed_up;
 use crate::context::{AttemptNumber, OperationType};
 use crate::error::{BoxError, Deferred, FailedOver};
 use crate::layers::telemetry::{tracing_is_silent, RetryBudgetExhausted};
@@ -41,22 +41,15 @@ pub(crate) enum Spare<B> {
     /// made every request's future (and each future around it) ~250 bytes larger to build
     /// and to move, and the stack's whole boxed future too large for the allocator's fast path.
     Own(Option<Box<Request<B>>>),
-    /// The copy the redirect layer below leaves when its attempt ends.
-    Below(ResendSlot<B>),
+    /// The copy the redirect layer below hands up when its attempt ends (`slot.rs`), kept
+    /// only when a resend is decided.
+    Below(Option<Box<Request<B>>>),
 }
 
 impl<B> Spare<B> {
-    fn in_hand(&self) -> bool {
-        match self {
-            Spare::Own(copy) => copy.is_some(),
-            Spare::Below(slot) => slot.is_filled(),
-        }
-    }
-
     fn take(&mut self) -> Option<Request<B>> {
         match self {
-            Spare::Own(copy) => copy.take().map(|copy| *copy),
-            Spare::Below(slot) => slot.take(),
+            Spare::Own(copy) | Spare::Below(copy) => copy.take().map(|copy| *copy),
         }
     }
 }
@@ -106,7 +99,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F> + Clone,
     F: Future<Output = Result<Response<ResB>, E>>,
     E: Into<BoxError>,
-    B: CloneBody + Send + 'static,
+    B: CloneBody + 'static,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -118,6 +111,11 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
+                    // (taken at once, whatever is decided: nothing may be left behind)
+                    let handed_up = match this.spare {
+                        Spare::Below(_) => take_handed_up::<B>(),
+                        Spare::Own(_) => None,
+                    };
                     let (class, hint) = match &result {
                         Ok(res) => classify_response(policy, res),
                         Err(err) => classify_error(&**err),
@@ -133,7 +131,10 @@ where
                         has_key: plan.has_key,
                         // no copy in hand when the body could not be cloned (or, harmlessly, when
                         // no attempt is left, which `decide` checks first)
-                        resendable: match (this.spare.in_hand(), plan.resendable) {
+                        resendable: match (
+                            matches!(this.spare, Spare::Own(Some(_))) || handed_up.is_some(),
+                            plan.resendable,
+                        ) {
                             (true, _) => Resendable::Yes,
                             (false, Resendable::No(why)) => Resendable::No(why),
                             (false, Resendable::Yes) => Resendable::No(NotResendable::NoCopyLeft),
@@ -162,6 +163,9 @@ where
                                 "retrying"
                             );
                             drop(result);
+                            if let Some(copy) = handed_up {
+                                *this.spare = Spare::Below(Some(Box::new(copy)));
+                            }
                             if wait.is_zero() {
                                 this.state.set(State::Ready);
                             } else {
@@ -227,10 +231,6 @@ where
                         *this.spare = Spare::Own(clone_request(&req).map(Box::new));
                     }
                     req.extensions_mut().insert(AttemptNumber(*this.attempt));
-                    if let Spare::Below(slot) = &*this.spare {
-                        // (the layer below took it out of the request, and the copy has none)
-                        req.extensions_mut().insert(slot.clone());
-                    }
                     let future = resending.call(req);
                     this.state.set(State::Called { future });
                 }

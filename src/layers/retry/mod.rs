@@ -105,4 +105,6 @@ pub use self::future::DECISION_FIELD;
 pub use self::layer::ContextualRetryLayer;
 pub use self::policy::{CloneBody, Decision, Reaction};
 pub use self::service::ContextualRetry;
-pub(crate) use self::slot::ResendSlot;
+pub(crate) use self::slot::hand_up;
+#[cfg(test)]
+pub(crate) use self::slot::nothing_handed_up;

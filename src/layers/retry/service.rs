@@ -10,7 +10,7 @@ use super::budget::Budgets;
 use super::config::RetryConfig;
 use super::future::{Plan, ResponseFuture, Spare};
 use super::policy::{clone_request, CloneBody, NotResendable, Resendable};
-use super::slot::ResendSlot;
+use super::slot::can_hand_up;
 use crate::context::{AttemptNumber, IdempotencyKey, OperationType, PartitionKey};
 use crate::error::BoxError;
 
@@ -83,7 +83,7 @@ impl<S, B, ResB> Service<Request<B>> for ContextualRetry<S>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: CloneBody + Send + 'static,
+    B: CloneBody + 'static,
 {
     type Response = Response<ResB>;
     type Error = BoxError;
@@ -110,11 +110,9 @@ where
         // unused (nearly every time), cheaper.
         let spare = if !(may_retry && resendable == Resendable::Yes) {
             Spare::Own(None)
-        } else if self.copy_from_below {
-            // the redirect layer below leaves its copy in the slot when the attempt ends
-            let slot = ResendSlot::new();
-            req.extensions_mut().insert(slot.clone());
-            Spare::Below(slot)
+        } else if self.copy_from_below && can_hand_up::<B>() {
+            // the redirect layer below hands its copy up when the attempt ends (`slot.rs`)
+            Spare::Below(None)
         } else {
             let spare = clone_request(&req).map(Box::new);
             if spare.is_none() {
