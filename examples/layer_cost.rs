@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `layer_cost [ROW] [REQUESTS]`: `ROW` is one of `bare`, `operation_telemetry`,
-//! `attempt_telemetry`, `idempotency`, `retry`, `retry_after`, `learning`, `rate_limit`,
+//! `attempt_telemetry`, `idempotency`, `retry`, `redirect` (the stack's redirect step),
+//! `retry_after`, `learning`, `rate_limit`,
 //! `stack` (the default), or `all` (each in turn); `REQUESTS` (default 1000, at most
 //! 1,000,000) bounds the loop. Each row is type-erased the way the stack's service is (a
 //! `BoxCloneSyncService` and one boxed body), so that `bare` is the baseline of every other
@@ -35,7 +36,7 @@ use contentdownload::layers::rate_limit::{Quota, RateLimitConfig, RateLimitLayer
 use contentdownload::layers::retry::ContextualRetryLayer;
 use contentdownload::layers::retry_after::RetryAfterLayer;
 use contentdownload::layers::telemetry::TelemetryLayer;
-use contentdownload::service::{HttpService, PipelineBody, Stack, StackConfig};
+use contentdownload::service::{HttpService, PipelineBody, RedirectLayer, Stack, StackConfig};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
@@ -115,6 +116,7 @@ fn service(row: &str) -> Result<HttpService, BoxError> {
         "attempt_telemetry" => alone(TelemetryLayer::attempt()),
         "idempotency" => alone(IdempotencyLayer::new()),
         "retry" => alone(ContextualRetryLayer::default()),
+        "redirect" => alone(RedirectLayer::new(10)),
         "retry_after" => alone(RetryAfterLayer::new()),
         "learning" => alone(ProviderLearningLayer::new(Learner::new(
             limiter(),
@@ -133,12 +135,13 @@ fn service(row: &str) -> Result<HttpService, BoxError> {
     })
 }
 
-const ROWS: [&str; 9] = [
+const ROWS: [&str; 10] = [
     "bare",
     "operation_telemetry",
     "attempt_telemetry",
     "idempotency",
     "retry",
+    "redirect",
     "retry_after",
     "learning",
     "rate_limit",

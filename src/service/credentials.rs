@@ -15,7 +15,12 @@ use percent_encoding::percent_decode_str;
 /// the URI either way. A request without userinfo is left as it is, at the cost of one scan
 /// of the authority for `@`.
 pub(crate) fn move_userinfo<B>(req: &mut Request<B>) {
-    let Some((userinfo, host)) = req.uri().authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+    // (a byte scan first: nearly no URL has a userinfo, and `rsplit_once` on a `char` costs
+    // ~50 instructions per call, on every request, twice in the stack)
+    let Some(authority) = req.uri().authority().filter(|a| a.as_str().as_bytes().contains(&b'@')) else {
+        return;
+    };
+    let Some((userinfo, host)) = authority.as_str().rsplit_once('@') else {
         return;
     };
     let Ok(host) = Authority::from_str(host) else {

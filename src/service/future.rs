@@ -16,6 +16,8 @@ use super::error::{ReadTimeout, UnsupportedRedirectScheme};
 use super::redirect::is_web_scheme;
 use crate::error::BoxError;
 
+pub use super::redirect::RedirectFuture;
+
 pin_project! {
     /// Response future of [`HttpClient`](super::HttpClient): waits for the response head
     /// within the read timeout, then hands back the body wrapped in its idle timeout.

@@ -34,5 +34,5 @@ pub use self::config::HttpConfig;
 pub use self::error::{
     BodyTooLarge, ConfigError, ConnectCause, ConnectFailed, ReadTimeout, TooManyRedirects, UnsupportedRedirectScheme,
 };
-pub use self::redirect::RedirectPolicy;
+pub use self::redirect::{RedirectLayer, RedirectPolicy, Redirects};
 pub use self::stack::{HttpService, PipelineBody, Stack, StackConfig};

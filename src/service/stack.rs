@@ -10,9 +10,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceBuilder;
 use tower_http::decompression::DecompressionLayer;
-use tower_http::follow_redirect::FollowRedirectLayer;
 
-use super::{HttpClient, HttpConfig, RedirectPolicy};
+use super::{HttpClient, HttpConfig, RedirectLayer};
 use crate::context::OperationType;
 use crate::error::BoxError;
 use crate::layers::idempotency::IdempotencyLayer;
@@ -86,13 +85,13 @@ impl Default for StackConfig {
 /// per-host cap) → global in-flight cap → (decompression, for metadata operations) → the
 /// shared client (User-Agent, timeouts).
 ///
-/// Redirects are followed above the partition layers (tower-http's `FollowRedirect` with
-/// [`RedirectPolicy`]: at most `http.max_redirects` hops, http/https only, no credentials
+/// Redirects are followed above the partition layers ([`RedirectLayer`], which follows them
+/// the way tower-http's `FollowRedirect` with [`RedirectPolicy`](super::RedirectPolicy) does: at most `http.max_redirects` hops, http/https only, no credentials
 /// across origins), so each hop is its own attempt to its own partition: a chain
 /// `doi.org → publisher → CDN` takes a token of each host, a 429 from the CDN cools the
 /// CDN, not doi.org, and the attempt records show every hop. A [`Provider`] extension names
 /// the first request's host only; a hop to another host is partitioned by its host (see
-/// [`RedirectPolicy`]). The stack's client itself hands redirects back.
+/// [`RedirectPolicy`](super::RedirectPolicy)). The stack's client itself hands redirects back.
 ///
 /// Waiting holds nothing: a request waiting for its partition's cool-down, token or
 /// per-host slot carries an unready clone of the service below, which takes its global
@@ -125,7 +124,7 @@ pub struct Stack {
     learner: Option<Learner>,
     retry: ContextualRetryLayer,
     retry_after: RetryAfterLayer,
-    redirects: FollowRedirectLayer<RedirectPolicy>,
+    redirects: RedirectLayer,
     idempotency: Option<IdempotencyLayer>,
     operation_telemetry: TelemetryLayer,
     attempt_telemetry: TelemetryLayer,
@@ -164,7 +163,7 @@ impl Stack {
     /// Builds the client and the shared state. Errors name the setting that is wrong.
     pub fn new(config: &StackConfig) -> Result<Stack, BoxError> {
         let client = HttpClient::without_redirects(&config.http)?;
-        let redirects = FollowRedirectLayer::with_policy(RedirectPolicy::new(config.http.max_redirects));
+        let redirects = RedirectLayer::new(config.http.max_redirects);
         let limiter = RateLimiter::new(config.rate_limit.clone())?;
         let learner = match (config.provider_learning, &config.learning_path) {
             (false, _) => None,
@@ -269,8 +268,9 @@ impl Stack {
             .map_request(set_operation(op))
             .layer(self.operation_telemetry.clone())
             .option_layer(self.idempotency.clone())
-            .layer(self.retry.clone())
-            .layer(self.redirects.clone())
+            // (the retry layer resends from the copy the redirect layer directly below keeps)
+            .layer(self.retry.clone().with_copy_from_below())
+            .layer(self.redirects.with_copy_handed_up())
             .layer(self.attempt_telemetry.clone())
             .layer(self.retry_after.clone())
             .option_layer(self.learner.clone().map(ProviderLearningLayer::new))

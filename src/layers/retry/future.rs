@@ -14,9 +14,10 @@ use super::budget::PartitionBudget;
 use super::classify::{classify_error, classify_response, Class};
 use super::config::RetryConfig;
 use super::policy::{clone_request, Attempt, CloneBody, Decision, GaveUp, NotResendable, Resendable};
+use super::slot::take_handed_up;
 use crate::context::{AttemptNumber, OperationType};
 use crate::error::{BoxError, Deferred, FailedOver};
-use crate::layers::telemetry::RetryBudgetExhausted;
+use crate::layers::telemetry::{tracing_is_silent, RetryBudgetExhausted};
 
 /// The span field the decision is recorded on (declared by the telemetry layer's
 /// operation span; recording on a span without it does nothing).
@@ -33,6 +34,26 @@ pub(crate) struct Plan {
     pub(crate) budget: Option<PartitionBudget>,
 }
 
+/// Where a resend's request comes from.
+#[derive(Debug)]
+pub(crate) enum Spare<B> {
+    /// A copy of this layer's own. Boxed: the copy is needed only for a resend, and inline it
+    /// made every request's future (and each future around it) ~250 bytes larger to build
+    /// and to move, and the stack's whole boxed future too large for the allocator's fast path.
+    Own(Option<Box<Request<B>>>),
+    /// The copy the redirect layer below hands up when its attempt ends (`slot.rs`), kept
+    /// only when a resend is decided.
+    Below(Option<Box<Request<B>>>),
+}
+
+impl<B> Spare<B> {
+    fn take(&mut self) -> Option<Request<B>> {
+        match self {
+            Spare::Own(copy) | Spare::Below(copy) => copy.take().map(|copy| *copy),
+        }
+    }
+}
+
 pin_project! {
     /// Response future of [`ContextualRetry`](super::ContextualRetry): an attempt in
     /// flight, a backoff, or a wait for the inner service's readiness, in a loop until the
@@ -44,10 +65,7 @@ pin_project! {
         // the service's shared unready copy, and the clone of it a resend goes through
         service: Arc<S>,
         resending: Option<Box<S>>,
-        // boxed: the copy is needed only for a resend, and inline it made every request's
-        // future (and each future around it) ~250 bytes larger to build and to move, and the
-        // stack's whole boxed future too large for the allocator's fast path
-        spare: Option<Box<Request<B>>>,
+        spare: Spare<B>,
         attempt: u32,
         plan: Plan,
     }
@@ -64,7 +82,7 @@ pin_project! {
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(crate) fn new(future: F, service: Arc<S>, spare: Option<Box<Request<B>>>, plan: Plan) -> Self {
+    pub(crate) fn new(future: F, service: Arc<S>, spare: Spare<B>, plan: Plan) -> Self {
         ResponseFuture {
             state: State::Called { future },
             service,
@@ -81,7 +99,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>, Error = E, Future = F> + Clone,
     F: Future<Output = Result<Response<ResB>, E>>,
     E: Into<BoxError>,
-    B: CloneBody,
+    B: CloneBody + 'static,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -93,6 +111,11 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
+                    // (taken at once, whatever is decided: nothing may be left behind)
+                    let handed_up = match this.spare {
+                        Spare::Below(_) => take_handed_up::<B>(),
+                        Spare::Own(_) => None,
+                    };
                     let (class, hint) = match &result {
                         Ok(res) => classify_response(policy, res),
                         Err(err) => classify_error(&**err),
@@ -108,10 +131,13 @@ where
                         has_key: plan.has_key,
                         // no copy in hand when the body could not be cloned (or, harmlessly, when
                         // no attempt is left, which `decide` checks first)
-                        resendable: match (&*this.spare, plan.resendable) {
-                            (Some(_), _) => Resendable::Yes,
-                            (None, Resendable::No(why)) => Resendable::No(why),
-                            (None, Resendable::Yes) => Resendable::No(NotResendable::NoCopyLeft),
+                        resendable: match (
+                            matches!(this.spare, Spare::Own(Some(_))) || handed_up.is_some(),
+                            plan.resendable,
+                        ) {
+                            (true, _) => Resendable::Yes,
+                            (false, Resendable::No(why)) => Resendable::No(why),
+                            (false, Resendable::Yes) => Resendable::No(NotResendable::NoCopyLeft),
                         },
                     };
                     let (mut decision, mut gave_up) = policy.decide(class, hint, attempt);
@@ -120,7 +146,11 @@ where
                         (decision, gave_up) = policy.budget_refused();
                         budget_refused = true;
                     }
-                    tracing::Span::current().record(DECISION_FIELD, decision.as_str());
+                    // (no span to record on when nobody listens: `Span::current` asks the
+                    // dispatcher every time, ~120 instructions per request)
+                    if !tracing_is_silent() {
+                        tracing::Span::current().record(DECISION_FIELD, decision.as_str());
+                    }
                     let status = result.as_ref().ok().map(Response::status);
                     match decision {
                         Decision::Retry(wait) => {
@@ -133,6 +163,9 @@ where
                                 "retrying"
                             );
                             drop(result);
+                            if let Some(copy) = handed_up {
+                                *this.spare = Spare::Below(Some(Box::new(copy)));
+                            }
                             if wait.is_zero() {
                                 this.state.set(State::Ready);
                             } else {
@@ -188,14 +221,14 @@ where
                 StateProj::Ready => {
                     let resending = this.resending.get_or_insert_with(|| Box::new(S::clone(this.service)));
                     ready!(resending.poll_ready(cx)).map_err(Into::into)?;
-                    let Some(req) = this.spare.take() else {
+                    let Some(mut req) = this.spare.take() else {
                         // unreachable: a Retry is only decided with a spare request in hand
                         return Poll::Ready(Err("retry: no copy of the request left to resend".into()));
                     };
-                    let mut req = *req;
                     *this.attempt += 1;
-                    if *this.attempt < policy.max_attempts {
-                        *this.spare = clone_request(&req).map(Box::new);
+                    // (a copy from below is left there again by the resend's own attempt)
+                    if *this.attempt < policy.max_attempts && matches!(this.spare, Spare::Own(_)) {
+                        *this.spare = Spare::Own(clone_request(&req).map(Box::new));
                     }
                     req.extensions_mut().insert(AttemptNumber(*this.attempt));
                     let future = resending.call(req);

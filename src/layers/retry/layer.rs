@@ -15,6 +15,8 @@ use super::service::ContextualRetry;
 pub struct ContextualRetryLayer {
     config: Arc<RetryConfig>,
     budgets: Budgets,
+    /// Resend from the copy the redirect layer directly below keeps (see `slot.rs`).
+    copy_from_below: bool,
 }
 
 impl ContextualRetryLayer {
@@ -26,6 +28,7 @@ impl ContextualRetryLayer {
         Ok(ContextualRetryLayer {
             config: Arc::new(config),
             budgets,
+            copy_from_below: false,
         })
     }
 
@@ -44,12 +47,22 @@ impl ContextualRetryLayer {
         ContextualRetryLayer {
             config: Arc::new(config),
             budgets,
+            copy_from_below: false,
         }
     }
 
     /// Shares these budgets (for example with the layers of the other operation stacks).
     pub fn with_budgets(mut self, budgets: Budgets) -> Self {
         self.budgets = budgets;
+        self
+    }
+
+    /// Resends from the copy of the request that the stack's
+    /// [`RedirectLayer`](crate::service::RedirectLayer) keeps, instead of keeping one of its
+    /// own. Only for a redirect layer *directly* below (what the
+    /// [`Stack`](crate::service::Stack) builds): without one, nothing is resent.
+    pub(crate) fn with_copy_from_below(mut self) -> Self {
+        self.copy_from_below = true;
         self
     }
 
@@ -74,6 +87,8 @@ impl<S: Clone> Layer<S> for ContextualRetryLayer {
     type Service = ContextualRetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ContextualRetry::new(inner, self.config.clone(), self.budgets.clone())
+        let mut service = ContextualRetry::new(inner, self.config.clone(), self.budgets.clone());
+        service.copy_from_below = self.copy_from_below;
+        service
     }
 }

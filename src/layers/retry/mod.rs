@@ -93,6 +93,7 @@ pub mod future;
 mod layer;
 mod policy;
 mod service;
+mod slot;
 #[cfg(test)]
 mod tests;
 
@@ -104,3 +105,6 @@ pub use self::future::DECISION_FIELD;
 pub use self::layer::ContextualRetryLayer;
 pub use self::policy::{CloneBody, Decision, Reaction};
 pub use self::service::ContextualRetry;
+pub(crate) use self::slot::hand_up;
+#[cfg(test)]
+pub(crate) use self::slot::nothing_handed_up;

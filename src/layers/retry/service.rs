@@ -8,8 +8,9 @@ use tower_service::Service;
 
 use super::budget::Budgets;
 use super::config::RetryConfig;
-use super::future::{Plan, ResponseFuture};
+use super::future::{Plan, ResponseFuture, Spare};
 use super::policy::{clone_request, CloneBody, NotResendable, Resendable};
+use super::slot::can_hand_up;
 use crate::context::{AttemptNumber, IdempotencyKey, OperationType, PartitionKey};
 use crate::error::BoxError;
 
@@ -37,6 +38,8 @@ pub struct ContextualRetry<S> {
     spare_service: Option<Arc<S>>,
     config: Arc<RetryConfig>,
     budgets: Budgets,
+    /// Resend from the copy the redirect layer below keeps (`ContextualRetryLayer::with_copy_from_below`).
+    pub(super) copy_from_below: bool,
 }
 
 impl<S: Clone> ContextualRetry<S> {
@@ -48,6 +51,7 @@ impl<S: Clone> ContextualRetry<S> {
             inner,
             config,
             budgets,
+            copy_from_below: false,
         }
     }
 }
@@ -79,7 +83,7 @@ impl<S, B, ResB> Service<Request<B>> for ContextualRetry<S>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: CloneBody,
+    B: CloneBody + 'static,
 {
     type Response = Response<ResB>;
     type Error = BoxError;
@@ -104,14 +108,17 @@ where
         // and the cached partition): a resend sets its own number, and the layers below
         // compute its partition again. Fewer extensions make the copy, and dropping it
         // unused (nearly every time), cheaper.
-        let spare = if may_retry && resendable == Resendable::Yes {
+        let spare = if !(may_retry && resendable == Resendable::Yes) {
+            Spare::Own(None)
+        } else if self.copy_from_below && can_hand_up::<B>() {
+            // the redirect layer below hands its copy up when the attempt ends (`slot.rs`)
+            Spare::Below(None)
+        } else {
             let spare = clone_request(&req).map(Box::new);
             if spare.is_none() {
                 resendable = Resendable::No(NotResendable::BodyNotCloneable);
             }
-            spare
-        } else {
-            None
+            Spare::Own(spare)
         };
         // The first attempt carries no number (absent means 1, `AttemptNumber::of`): a caller's
         // is removed rather than a 1 inserted, which saved an allocation per request here and

@@ -25,7 +25,9 @@ pin_project! {
 impl<B: Body> TelemetryBody<B> {
     pub(crate) fn new(inner: B, tracker: Option<Box<Tracker>>) -> Self {
         let mut guard = Guard::new(tracker);
-        if inner.is_end_stream() {
+        // (asked only when something is tracked: the body below is often boxed, and the
+        // question is a dynamic call through every layer of it)
+        if guard.get().is_some() && inner.is_end_stream() {
             // An empty body (HEAD, 204): nobody needs to poll it for it to be complete.
             if let Some(t) = guard.take() {
                 t.finish(End::Complete);
@@ -64,7 +66,7 @@ where
                         t.on_data(data.remaining());
                     }
                 }
-                if this.inner.is_end_stream() {
+                if this.guard.get().is_some() && this.inner.is_end_stream() {
                     if let Some(t) = this.guard.take() {
                         t.finish(End::Complete);
                     }

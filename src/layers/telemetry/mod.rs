@@ -95,6 +95,7 @@ mod record;
 mod redact;
 mod service;
 mod state;
+pub(crate) use self::state::tracing_is_silent;
 #[cfg(test)]
 mod tests;
 mod writer;

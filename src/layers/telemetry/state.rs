@@ -24,7 +24,7 @@ use crate::error::{BoxError, CoolingDown, Deferred, FailedOver};
 /// (sqlx) switches on tracing's `log` feature, and with it tracing evaluates every field of
 /// a span as long as no subscriber was ever set, to hand them to `log`; checking first keeps
 /// the layer free when nobody listens.
-fn tracing_is_silent() -> bool {
+pub(crate) fn tracing_is_silent() -> bool {
     !tracing::dispatcher::has_been_set() && log::max_level() == log::LevelFilter::Off
 }
 
