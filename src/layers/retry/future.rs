@@ -111,11 +111,10 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    // (taken at once, whatever is decided: nothing may be left behind)
-                    let handed_up = match this.spare {
-                        Spare::Below(_) => take_handed_up::<B>(),
-                        Spare::Own(_) => None,
-                    };
+                    // (taken at once, whatever is decided and whoever keeps the spare: a
+                    // copy left behind would hold the request, credentials included, until
+                    // the thread's next hand-off)
+                    let handed_up = take_handed_up::<B>().filter(|_| matches!(this.spare, Spare::Below(_)));
                     let (class, hint) = match &result {
                         Ok(res) => classify_response(policy, res),
                         Err(err) => classify_error(&**err),
