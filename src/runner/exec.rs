@@ -304,6 +304,9 @@ pub async fn run(settings: RunSettings, shutdown: impl std::future::Future<Outpu
     for note in &settings.notes {
         tracing::warn!("{note}");
     }
+    for note in &settings.info {
+        tracing::info!("{note}");
+    }
     if settings.ignore_robots {
         tracing::warn!("--ignore-robots: landing pages are fetched whatever their site's robots.txt says");
     }

@@ -193,8 +193,12 @@ pub struct RunSettings {
     pub resolver_bases: BTreeMap<String, String>,
     /// Provider API keys (redacted in `Debug`).
     pub api_keys: ApiKeys,
-    /// Lines to tell the user at start (a resolver left out for want of its key).
+    /// Warnings to tell the user at start: a resolver of tiers the user chose
+    /// (`--fallback-tier` or the config file) left out for want of its key.
     pub notes: Vec<String>,
+    /// The same, for the default tiers: logged at INFO, since the user did not ask for
+    /// those resolvers by name (CORE without `CORE_API_KEY` on every plain run).
+    pub info: Vec<String>,
     /// The shared client's settings.
     pub http: HttpConfig,
     /// Log format.
@@ -389,10 +393,15 @@ impl RunSettings {
         }
 
         let api_keys = api_keys(args, &file.api_keys)?;
+        let default_tiers = fallback.tiers == FallbackConfig::default().tiers;
         let notes = leave_out_keyless(&mut fallback, &api_keys);
         if fallback.tiers.is_empty() {
             return Err(format!("{}; no resolver is left to ask", notes.join("; ")));
         }
+        let (notes, info) = match default_tiers {
+            true => (Vec::new(), notes),
+            false => (notes, Vec::new()),
+        };
 
         let mailto = args.mailto.clone().or(file.mailto).filter(|m| !m.trim().is_empty());
         let mut http = file.http.unwrap_or_default();
@@ -480,6 +489,7 @@ impl RunSettings {
             resolver_bases,
             api_keys,
             notes,
+            info,
             http,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             quiet: args.quiet || file.quiet.unwrap_or(false),
@@ -541,12 +551,19 @@ mod tests {
         let mut without_core = FallbackConfig::default();
         without_core.tiers[1].resolvers.retain(|r| r != "core");
         assert_eq!(s.fallback, without_core, "core needs a key, and none was given");
-        assert_eq!(s.notes.len(), 1);
+        // the default tiers: told at INFO, not as a warning
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        assert_eq!(s.info.len(), 1);
         assert!(
-            s.notes[0].contains("core") && s.notes[0].contains("CORE_API_KEY"),
+            s.info[0].contains("core") && s.info[0].contains("CORE_API_KEY"),
             "{:?}",
-            s.notes
+            s.info
         );
+        // tiers the user chose: a warning
+        let s = resolve(&["--input", "w", "--fallback-tier", "open=unpaywall,core"]).unwrap();
+        assert!(s.info.is_empty(), "{:?}", s.info);
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(s.notes[0].contains("resolver core skipped"), "{:?}", s.notes);
         assert_eq!(s.workers, 8);
         assert_eq!(s.second_pass_max_wait, DEFAULT_SECOND_PASS_MAX_WAIT);
         assert_eq!(s.ledger_connect_timeout, Duration::from_secs(10));
