@@ -44,6 +44,35 @@ pub(crate) fn move_userinfo<B>(req: &mut Request<B>) {
     }
 }
 
+/// Strips a userinfo (`user:pass@`) from `uri`, if it has one: for tower-http's
+/// `RequestUri` on a redirected response, which holds the last `Location` as written. The
+/// request itself lost that userinfo (it became an `Authorization` header, see
+/// [`move_userinfo`]); a response extension that a caller may log or record keeps none.
+pub(crate) fn strip_userinfo(uri: &mut Uri) {
+    let Some(authority) = uri.authority().filter(|a| a.as_str().as_bytes().contains(&b'@')) else {
+        return;
+    };
+    let Some(host) = authority
+        .as_str()
+        .rsplit_once('@')
+        .and_then(|(_, h)| Authority::from_str(h).ok())
+    else {
+        return;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(host);
+    if let Ok(stripped) = Uri::from_parts(parts) {
+        *uri = stripped;
+    }
+}
+
+/// Strips a userinfo from the response's `RequestUri` (see [`strip_userinfo`]).
+pub(crate) fn strip_request_uri<B>(res: &mut http::Response<B>) {
+    if let Some(tower_http::follow_redirect::RequestUri(uri)) = res.extensions_mut().get_mut() {
+        strip_userinfo(uri);
+    }
+}
+
 /// Standard base64 with padding (RFC 4648 §4), for the one header that needs it.
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -59,6 +88,20 @@ mod tests {
         move_userinfo(&mut req);
         let auth = req.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
         (req.uri().to_string(), auth)
+    }
+
+    #[test]
+    fn a_userinfo_is_stripped_from_a_uri() {
+        for (before, after) in [
+            ("http://u:p@h.example/a?b", "http://h.example/a?b"),
+            ("https://u@h.example:8443/", "https://h.example:8443/"),
+            ("http://h.example/a@b", "http://h.example/a@b"),
+            ("/relative", "/relative"),
+        ] {
+            let mut uri: Uri = before.parse().unwrap();
+            strip_userinfo(&mut uri);
+            assert_eq!(uri.to_string(), after);
+        }
     }
 
     #[test]

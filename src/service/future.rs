@@ -46,7 +46,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match ready!(this.inner.poll(cx)) {
+        let mut response = match ready!(this.inner.poll(cx)) {
             Err(_elapsed) => {
                 return Poll::Ready(Err(Box::new(ReadTimeout {
                     after: *this.read_timeout,
@@ -54,6 +54,8 @@ where
             }
             Ok(result) => result?,
         };
+        // tower-http's RequestUri holds the last Location as written, userinfo included
+        super::credentials::strip_request_uri(&mut response);
         // FollowRedirect (the client's own, or the stack's above it) hands back a redirect
         // it could not parse (`file:///...` is not a valid http URI): refuse those the same
         // way as the ones the policy saw.

@@ -160,8 +160,9 @@ where
 /// inner service.
 ///
 /// The response of a request that was redirected carries tower-http's
-/// [`RequestUri`](tower_http::follow_redirect::RequestUri) (the URI of the last hop); a
-/// response that was not redirected carries none: its URI is the request's.
+/// [`RequestUri`](tower_http::follow_redirect::RequestUri) (the URI of the last hop, without
+/// the userinfo a `Location` may have carried); a response that was not redirected carries
+/// none: its URI is the request's.
 ///
 /// The request body must be cloneable (`Full<Bytes>`, `String`, ...), since a 307/308 hop
 /// resends it.
@@ -414,7 +415,11 @@ where
                     });
                 }
                 HopProj::Following { hops } => {
-                    let result = ready!(hops.as_mut().poll(cx));
+                    let mut result = ready!(hops.as_mut().poll(cx));
+                    // tower-http's RequestUri holds the last Location as written
+                    if let Ok(res) = &mut result {
+                        super::credentials::strip_request_uri(res);
+                    }
                     if let (true, Some(copy)) = (*this.hand_up, this.copy.take()) {
                         crate::layers::retry::hand_up(copy);
                     }
@@ -563,9 +568,13 @@ mod tests {
         assert_eq!(res.status(), 200);
         let last = seen.lock().unwrap().last().map(|(u, _, _)| u.clone()).unwrap();
         let request_uri = res.extensions().get::<RequestUri>().map(|u| u.0.clone());
-        // (as the Location wrote it: tower-http keeps a userinfo there)
         // (a response that was not redirected carries none: `the_layer_rewrites_methods_...`)
-        let written: Uri = chain.last().unwrap().parse().unwrap();
+        let mut written: Uri = chain.last().unwrap().parse().unwrap();
+        if by_layer {
+            // the layer strips the userinfo that tower-http keeps from the Location
+            super::super::credentials::strip_userinfo(&mut written);
+            assert!(!request_uri.as_ref().unwrap().to_string().contains('@'));
+        }
         assert_eq!(request_uri, Some(written), "the last hop's URI");
         assert_eq!(last.path(), request_uri.as_ref().unwrap().path());
         seen
