@@ -343,17 +343,26 @@ fn failed_before_of(request: &Request) -> i64 {
 }
 
 async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i64) {
+    // As the finishes (see `finish_batch`): a row per claim, padded to the next power of
+    // two with rows of NULLs that the `WHERE` leaves out, so the statement is one of eight
+    // and stays in the connection's statement cache (claims come in groups of every size:
+    // each new size was parsed and planned anew). `INSERT … SELECT … WHERE` rather than
+    // `INSERT … VALUES`: a `VALUES` row cannot be skipped. (The `WHERE` is also what lets
+    // SQLite's parser tell the upsert's `ON CONFLICT` from a join's `ON`.)
+    let rows = claims.len().next_power_of_two();
     let mut sql = String::from(
         "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
-         attempts, created_at, updated_at) VALUES ",
+         attempts, created_at, updated_at) SELECT v.column1, v.column2, v.column3, v.column4, 'LEASED', v.column5, \
+         v.column6, 1, v.column7, v.column8 FROM (VALUES ",
     );
-    for i in 0..claims.len() {
+    for i in 0..rows {
         sql.push_str(if i == 0 { "" } else { ", " });
-        sql.push_str("(?, ?, ?, ?, 'LEASED', ?, ?, 1, ?, ?)");
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
     }
     // the same conditions as the single claim, with each row's own owner and times
     sql.push_str(concat!(
-        " ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = excluded.lease_owner, \
+        ") AS v WHERE v.column3 IS NOT NULL \
+         ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = excluded.lease_owner, \
          lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at, \
          attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = excluded.lease_owner \
          THEN jobs.attempts ELSE jobs.attempts + 1 END \
@@ -382,6 +391,18 @@ async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i
                 .bind(*now)
                 .bind(*now);
         }
+    }
+    for _ in claims.len()..rows {
+        let none: Option<&str> = None;
+        q = q
+            .bind(none)
+            .bind(none)
+            .bind(none)
+            .bind(none)
+            .bind(none)
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64);
     }
     // the last parameter: the one in the conflict's condition
     let q = q.bind(failed_before);
