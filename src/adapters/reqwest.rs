@@ -535,7 +535,12 @@ fn send_attempt<'a>(
     extensions: &'a mut Extensions,
 ) -> Option<(u64, ReplyFuture<'a>)> {
     let (id, mut attempt) = channel.take_attempt()?;
-    *attempt.timeout_mut() = timeout;
+    // Only when there is one: reqwest keeps the timeout in the request's extensions, and
+    // `timeout_mut` allocates them (a map and a box, about 500 instructions per attempt
+    // with the drop) even to store `None`.
+    if timeout.is_some() {
+        *attempt.timeout_mut() = timeout;
+    }
     Some((id, next.clone().run(attempt, extensions)))
 }
 
@@ -556,10 +561,9 @@ fn to_http(
     *http_req.version_mut() = req.version();
     *http_req.headers_mut() = std::mem::take(req.headers_mut());
     let channel = AttemptChannel::for_caller(uri, req.url().clone());
+    // (not the `OperationType`: the service chosen by it inserts it, except `Download`,
+    // which is what its absence means)
     let ext = http_req.extensions_mut();
-    if let Some(v) = extensions.get::<OperationType>() {
-        ext.insert(*v);
-    }
     if let Some(v) = extensions.get::<Provider>() {
         ext.insert(v.clone());
     }
