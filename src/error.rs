@@ -224,6 +224,16 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
     let mut current = Some(err);
     for _ in 0..MAX_CHAIN {
         let Some(e) = current else { break };
+        // reqwest's own timeouts (per request, `Client::timeout`, `read_timeout`) carry a
+        // private marker error: only `is_timeout` tells them (the reqwest adapter's attempts)
+        #[cfg(feature = "reqwest")]
+        if let Some(r) = e.downcast_ref::<reqwest::Error>().filter(|r| r.is_timeout()) {
+            return if r.is_connect() {
+                Kind::ConnectTimeout
+            } else {
+                Kind::Timeout
+            };
+        }
         let kind = if e.is::<Deferred>() {
             Some(Kind::Deferred)
         } else if e.is::<FailedOver>() {

@@ -290,3 +290,43 @@ async fn a_redirected_response_names_the_url_it_came_from() {
     }
     assert_eq!(sim.count("/old"), 2);
 }
+
+/// The first attempt is the caller's own `reqwest::Request`, the resends new ones: each
+/// carries the method, the body, the caller's headers and reqwest's per-request timeout.
+#[tokio::test(start_paused = true)]
+async fn every_attempt_carries_the_method_body_headers_and_timeout_of_the_request() {
+    use contentdownload::context::IdempotencyKey;
+    let sim = Simulator::start().await.unwrap();
+    sim.on(
+        "/q",
+        [
+            // the caller's request: answered too late for its timeout (a timeout, retried)
+            Reply::ok().body("first").delay(Duration::from_secs(60)),
+            // a resend: too late again (so resends carry the timeout as well)
+            Reply::ok().body("second").delay(Duration::from_secs(60)),
+            Reply::ok().body("third"),
+        ],
+    );
+    let (client, _) = client(StackConfig::default());
+    let res = client
+        .post(sim.url("/q"))
+        .header("x-caller", "kept")
+        .body("query=1")
+        .timeout(Duration::from_secs(5))
+        .with_extension(OperationType::Resolve)
+        .with_extension(Provider::new("p"))
+        .with_extension(IdempotencyKey::new("k-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.url().as_str(), sim.url("/q"));
+    assert_eq!(res.text().await.unwrap(), "third", "the slow replies were timed out");
+    let seen = sim.requests_to("/q");
+    assert_eq!(seen.len(), 3);
+    for (i, request) in seen.iter().enumerate() {
+        assert_eq!(request.method, http::Method::POST, "attempt {i}");
+        assert_eq!(request.body, "query=1", "attempt {i}");
+        assert_eq!(request.header("x-caller"), Some("kept"), "attempt {i}");
+    }
+}

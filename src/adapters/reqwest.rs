@@ -224,7 +224,11 @@ impl ContentDownloadMiddleware {
 /// thousands of instructions per attempt); a redirect hop has another URI, and is parsed.
 /// (One extension rather than two: the retry and redirect layers copy every extension.)
 /// The URL is also the one the caller's response carries when the last reply came from
-/// it: it is moved there at the end rather than copied from each reply.
+/// it: it is moved there at the end rather than copied from each reply. And it keeps the
+/// caller's own `reqwest::Request` (without its method and headers, which went into the
+/// stack's request) for the first attempt to the caller's URI: nearly every request is
+/// sent once, and then it is sent as reqwest built it, with no new request, no copy of the
+/// URL, and reqwest's settings (the timeout) already in it.
 #[derive(Clone, Default)]
 struct AttemptChannel(Arc<Shared>);
 
@@ -288,6 +292,8 @@ struct Exchange {
     consumer: Option<Waker>,
     /// The caller's URL, until [`AttemptChannel::take_caller_url`].
     caller_url: Option<reqwest::Url>,
+    /// The caller's request, until the first attempt to its URI takes it.
+    spare: Option<reqwest::Request>,
 }
 
 impl AttemptChannel {
@@ -296,20 +302,28 @@ impl AttemptChannel {
         self.0.exchange.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn for_caller(uri: http::Uri, url: reqwest::Url) -> Self {
+    fn for_caller(uri: http::Uri, url: reqwest::Url, spare: reqwest::Request) -> Self {
         AttemptChannel(Arc::new(Shared {
             exchange: Mutex::new(Exchange {
                 caller_url: Some(url),
+                spare: Some(spare),
                 ..Exchange::default()
             }),
             caller: Some(uri),
         }))
     }
 
-    /// The caller's URL when `uri` is the caller's URI (not a redirect hop's).
-    fn caller_url(&self, uri: &http::Uri) -> Option<reqwest::Url> {
+    /// A request to the caller's URL when `uri` is the caller's URI (not a redirect hop's):
+    /// the caller's own for the first attempt, then new ones with a copy of its URL.
+    fn caller_request(&self, uri: &http::Uri) -> Option<reqwest::Request> {
         match &self.0.caller {
-            Some(caller) if same_uri(caller, uri) => self.lock().caller_url.clone(),
+            Some(caller) if same_uri(caller, uri) => {
+                let mut exchange = self.lock();
+                exchange.spare.take().or_else(|| {
+                    let url = exchange.caller_url.clone()?;
+                    Some(reqwest::Request::new(http::Method::GET, url))
+                })
+            }
             _ => None,
         }
     }
@@ -535,7 +549,12 @@ fn send_attempt<'a>(
     extensions: &'a mut Extensions,
 ) -> Option<(u64, ReplyFuture<'a>)> {
     let (id, mut attempt) = channel.take_attempt()?;
-    *attempt.timeout_mut() = timeout;
+    // Only when there is one: reqwest keeps the timeout in the request's extensions, and
+    // `timeout_mut` allocates them (a map and a box, about 500 instructions per attempt
+    // with the drop) even to store `None`.
+    if timeout.is_some() {
+        *attempt.timeout_mut() = timeout;
+    }
     Some((id, next.clone().run(attempt, extensions)))
 }
 
@@ -550,16 +569,17 @@ fn to_http(
         .parse()
         .map_err(reqwest_middleware::Error::middleware)?;
     let mut http_req = Request::new(Full::new(body));
-    // (moved, not copied: `req` is not sent as it is, each attempt is made from `http_req`)
+    // (moved, not copied: each attempt takes its method and headers from the stack's
+    // request; `req` keeps the rest for the first attempt, see `AttemptChannel`)
     *http_req.method_mut() = std::mem::take(req.method_mut());
     *http_req.uri_mut() = uri.clone();
     *http_req.version_mut() = req.version();
     *http_req.headers_mut() = std::mem::take(req.headers_mut());
-    let channel = AttemptChannel::for_caller(uri, req.url().clone());
+    let url = req.url().clone();
+    let channel = AttemptChannel::for_caller(uri, url, req);
+    // (not the `OperationType`: the service chosen by it inserts it, except `Download`,
+    // which is what its absence means)
     let ext = http_req.extensions_mut();
-    if let Some(v) = extensions.get::<OperationType>() {
-        ext.insert(*v);
-    }
     if let Some(v) = extensions.get::<Provider>() {
         ext.insert(v.clone());
     }
@@ -706,14 +726,16 @@ impl tower::Service<Request<Full<Bytes>>> for NextService {
             // no frame: an empty body (`Full` cannot fail)
             _ => Bytes::new(),
         };
-        let url = match channel.caller_url(&parts.uri) {
-            Some(url) => url,
+        let mut attempt = match channel.caller_request(&parts.uri) {
+            Some(request) => request,
             None => match reqwest::Url::parse(&parts.uri.to_string()) {
-                Ok(url) => url,
+                Ok(url) => reqwest::Request::new(http::Method::GET, url),
                 Err(e) => return NextFuture::failed_with(Box::new(e)),
             },
         };
-        let mut attempt = reqwest::Request::new(parts.method, url);
+        // (every part the stack may have changed is the stack's: a 303 hop's method, the
+        // headers it added or removed)
+        *attempt.method_mut() = parts.method;
         *attempt.headers_mut() = parts.headers;
         *attempt.version_mut() = parts.version;
         *attempt.body_mut() = Some(bytes.into());
