@@ -256,7 +256,13 @@ impl From<PartitionKey> for PartitionParts {
 
 impl PartialEq for PartitionKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.provider == other.provider && self.host == other.host
+        // Pointers first: `Arc<str>`'s own `==` compares the bytes even when both are the
+        // same allocation, as a map's key and a request's key (both clones of the key
+        // remembered per thread) nearly always are: two `memcmp` calls per map lookup.
+        fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
+        self.hash == other.hash && same(&self.provider.0, &other.provider.0) && same(&self.host, &other.host)
     }
 }
 

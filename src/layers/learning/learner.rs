@@ -264,7 +264,7 @@ impl Learner {
             }),
             _ => None,
         };
-        let advertised = advertised::parse(headers, SystemTime::now());
+        let advertised = advertised::parse_with(headers, SystemTime::now);
         let now = Instant::now();
         // A 429 that says the allowance is spent until a reset hours away: no rate fixes it,
         // so the rate is left as it is and the partition pauses until the reset.
