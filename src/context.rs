@@ -218,15 +218,19 @@ pub struct CooldownWait(pub std::time::Duration);
 /// Retry-After cool-down and the retry budget.
 ///
 /// The host is lower-cased and carries the port when the URI names one explicitly
-/// (`127.0.0.1:8080`), so two local servers are two partitions. Cloning is cheap (two
-/// reference counts).
+/// (`127.0.0.1:8080`), so two local servers are two partitions. Cloning is cheap (one
+/// reference count).
 ///
 /// The key hashes its parts once, when it is made: every layer looks it up in a map of its
 /// own (buckets, learned state, cool-downs, budgets), and hashing two strings in each of
-/// them on every request was a measurable part of the stack's cost.
+/// them on every request was a measurable part of the stack's cost. Its parts sit behind
+/// one `Arc`, so that a key is one pointer in the futures that hold it (the retry-after and
+/// learning layers' futures, moved by every layer above them) and one count to clone.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(from = "PartitionParts", into = "PartitionParts")]
-pub struct PartitionKey {
+pub struct PartitionKey(Arc<KeyParts>);
+
+struct KeyParts {
     provider: Provider,
     host: Arc<str>,
     hash: u64,
@@ -248,21 +252,23 @@ impl From<PartitionParts> for PartitionKey {
 impl From<PartitionKey> for PartitionParts {
     fn from(key: PartitionKey) -> Self {
         PartitionParts {
-            provider: key.provider,
-            host: key.host,
+            provider: key.0.provider.clone(),
+            host: key.0.host.clone(),
         }
     }
 }
 
 impl PartialEq for PartitionKey {
     fn eq(&self, other: &Self) -> bool {
-        // Pointers first: `Arc<str>`'s own `==` compares the bytes even when both are the
-        // same allocation, as a map's key and a request's key (both clones of the key
-        // remembered per thread) nearly always are: two `memcmp` calls per map lookup.
+        // Pointers first: a map's key and a request's key are nearly always clones of the
+        // key remembered per thread; and `Arc<str>`'s own `==` compares the bytes even when
+        // both are the same allocation (two `memcmp` calls per map lookup).
         fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
             Arc::ptr_eq(a, b) || a == b
         }
-        self.hash == other.hash && same(&self.provider.0, &other.provider.0) && same(&self.host, &other.host)
+        let (a, b) = (&*self.0, &*other.0);
+        Arc::ptr_eq(&self.0, &other.0)
+            || (a.hash == b.hash && same(&a.provider.0, &b.provider.0) && same(&a.host, &b.host))
     }
 }
 
@@ -270,7 +276,7 @@ impl Eq for PartitionKey {}
 
 impl Hash for PartitionKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+        state.write_u64(self.0.hash);
     }
 }
 
@@ -282,7 +288,7 @@ impl PartialOrd for PartitionKey {
 
 impl Ord for PartitionKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (&self.provider, &self.host).cmp(&(&other.provider, &other.host))
+        (&self.0.provider, &self.0.host).cmp(&(&other.0.provider, &other.0.host))
     }
 }
 
@@ -301,22 +307,22 @@ impl PartitionKey {
         let hash = SEED
             .get_or_init(foldhash::fast::RandomState::default)
             .hash_one((provider.as_str(), &*host));
-        PartitionKey { provider, host, hash }
+        PartitionKey(Arc::new(KeyParts { provider, host, hash }))
     }
 
     /// The hash computed when the key was made (seeded per process).
     pub(crate) fn prehash(&self) -> u64 {
-        self.hash
+        self.0.hash
     }
 
     /// The provider.
     pub fn provider(&self) -> &Provider {
-        &self.provider
+        &self.0.provider
     }
 
     /// The host (with `:port` when the URI gave one).
     pub fn host(&self) -> &str {
-        &self.host
+        &self.0.host
     }
 
     /// The partition of a request, computed without caching it: the [`Provider`] extension
@@ -337,7 +343,7 @@ impl PartitionKey {
         let host = host_arc_of(written);
         let provider = provider.cloned().unwrap_or_else(|| Provider(host.clone()));
         let key = PartitionKey::from_parts(provider, host);
-        if *key.host == *written {
+        if *key.0.host == *written {
             // (a host written with upper-case letters is not remembered: its key's host is
             // not the host as written, which is what a lookup compares)
             recent::remember(&key);
@@ -359,13 +365,13 @@ impl PartitionKey {
 
 impl fmt::Debug for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PartitionKey({}@{})", self.provider, self.host)
+        write!(f, "PartitionKey({}@{})", self.0.provider, self.0.host)
     }
 }
 
 impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.provider, self.host)
+        write!(f, "{}@{}", self.0.provider, self.0.host)
     }
 }
 
@@ -496,7 +502,7 @@ mod recent {
                     .keys
                     .iter()
                     .flatten()
-                    .find(|key| *key.host == *host && key.provider.as_str() == provider)
+                    .find(|key| *key.0.host == *host && key.0.provider.as_str() == provider)
                     .cloned()
             })
             .ok()
@@ -522,7 +528,7 @@ mod recent {
                 .keys
                 .iter()
                 .flatten()
-                .any(|k| std::sync::Arc::ptr_eq(&k.host, &key.host))
+                .any(|k| std::sync::Arc::ptr_eq(&k.0, &key.0))
         })
     }
 }
@@ -620,7 +626,7 @@ mod tests {
         assert!(recent::holds(&first));
         let again = PartitionKey::compute(&req("https://u:pw@api.crossref.org/b?q=1", Some("crossref")));
         assert_eq!(again, first);
-        assert!(Arc::ptr_eq(&again.host, &first.host), "the remembered key, not a new one");
+        assert!(Arc::ptr_eq(&again.0, &first.0), "the remembered key, not a new one");
         // another provider, another port, no provider: other keys
         let cases = [
             ("https://api.crossref.org/a", Some("other"), ("other", "api.crossref.org")),
