@@ -346,7 +346,9 @@ impl PartitionKey {
         if *key.0.host == *written {
             // (a host written with upper-case letters is not remembered: its key's host is
             // not the host as written, which is what a lookup compares)
+            let key = recent::shared(key);
             recent::remember(&key);
+            return key;
         }
         key
     }
@@ -469,12 +471,45 @@ fn host_arc_of(host: &str) -> Arc<str> {
 /// equality, replaced in turn, with no lock and no eviction policy to tune; a key is a pure
 /// function of (provider, host), so a stale slot cannot give a wrong answer, only a miss.
 /// Only the provider and the host are kept (never userinfo, a path or a query).
+///
+/// A key new to a thread is first looked up among the keys the other threads remembered
+/// ([`shared`]), so that every thread's key of a partition is a clone of one: the maps
+/// keyed by partitions (shared by all threads) then compare keys by pointer, not by their
+/// strings (two `memcmp` calls per lookup on a multi-threaded runtime otherwise,
+/// `overhead_bench` row b under callgrind).
 mod recent {
     use std::cell::RefCell;
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
 
-    use super::{PartitionKey, Provider};
+    use super::{BuildPartitionHasher, PartitionKey, Provider};
 
     const SLOTS: usize = 8;
+
+    /// Shards of the keys shared between threads, and the most each holds: past that it is
+    /// emptied (a key made again after that is merely a second copy, equal to the first).
+    const SHARDS: usize = 16;
+    const SHARD_CAP: usize = 1024;
+
+    type Shard = Mutex<HashSet<PartitionKey, BuildPartitionHasher>>;
+
+    static SHARED: LazyLock<[Shard; SHARDS]> =
+        LazyLock::new(|| std::array::from_fn(|_| Mutex::new(HashSet::with_hasher(BuildPartitionHasher))));
+
+    /// The key equal to `key` that the threads share, `key` itself if it is the first.
+    pub(super) fn shared(key: PartitionKey) -> PartitionKey {
+        let shard = &SHARED[(key.0.hash >> 40) as usize % SHARDS];
+        // a poisoned lock still holds valid keys
+        let mut set = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = set.get(&key) {
+            return known.clone();
+        }
+        if set.len() >= SHARD_CAP {
+            set.clear();
+        }
+        set.insert(key.clone());
+        key
+    }
 
     struct Recent {
         keys: [Option<PartitionKey>; SLOTS],
@@ -649,6 +684,20 @@ mod tests {
             assert_eq!(key, PartitionKey::new("p", format!("h{i}.example.org")));
         }
         assert_eq!(PartitionKey::compute(&req("https://api.crossref.org/c", Some("crossref"))), first);
+    }
+
+    #[test]
+    fn threads_share_one_key_per_partition() {
+        let make = || {
+            let req = Request::get("https://shared.example.org/x")
+                .extension(Provider::new("shared"))
+                .body(())
+                .unwrap();
+            PartitionKey::compute(&req)
+        };
+        let here = make();
+        let there = std::thread::spawn(make).join().unwrap();
+        assert!(Arc::ptr_eq(&here.0, &there.0));
     }
 
     #[test]
