@@ -664,10 +664,26 @@ mod tests {
         assert!(Arc::ptr_eq(&again.0, &first.0), "the remembered key, not a new one");
         // another provider, another port, no provider: other keys
         let cases = [
-            ("https://api.crossref.org/a", Some("other"), ("other", "api.crossref.org")),
-            ("https://api.crossref.org:8443/a", Some("crossref"), ("crossref", "api.crossref.org:8443")),
-            ("https://api.crossref.org/a", None, ("api.crossref.org", "api.crossref.org")),
-            ("https://API.Crossref.org/a", Some("crossref"), ("crossref", "api.crossref.org")),
+            (
+                "https://api.crossref.org/a",
+                Some("other"),
+                ("other", "api.crossref.org"),
+            ),
+            (
+                "https://api.crossref.org:8443/a",
+                Some("crossref"),
+                ("crossref", "api.crossref.org:8443"),
+            ),
+            (
+                "https://api.crossref.org/a",
+                None,
+                ("api.crossref.org", "api.crossref.org"),
+            ),
+            (
+                "https://API.Crossref.org/a",
+                Some("crossref"),
+                ("crossref", "api.crossref.org"),
+            ),
             ("/relative", Some("crossref"), ("crossref", "")),
         ];
         for _ in 0..2 {
@@ -683,7 +699,10 @@ mod tests {
             let key = PartitionKey::compute(&req(&uri, Some("p")));
             assert_eq!(key, PartitionKey::new("p", format!("h{i}.example.org")));
         }
-        assert_eq!(PartitionKey::compute(&req("https://api.crossref.org/c", Some("crossref"))), first);
+        assert_eq!(
+            PartitionKey::compute(&req("https://api.crossref.org/c", Some("crossref"))),
+            first
+        );
     }
 
     #[test]

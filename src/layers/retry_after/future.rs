@@ -66,12 +66,7 @@ struct Parked<S, Req> {
 impl<F, S, Req> ResponseFuture<F, S, Req> {
     /// No cool-down, but `service` was not ready at `call`: it is polled for readiness
     /// again, then called.
-    pub(crate) fn ready(
-        service: S,
-        request: Req,
-        partition: PartitionKey,
-        cooldowns: Cooldowns,
-    ) -> Self {
+    pub(crate) fn ready(service: S, request: Req, partition: PartitionKey, cooldowns: Cooldowns) -> Self {
         ResponseFuture {
             state: State::Ready {
                 parked: Some(Box::new(Parked { service, request })),

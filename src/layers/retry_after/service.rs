@@ -96,9 +96,7 @@ where
         // (A waker that does nothing is enough: a service that is not ready goes into the
         // future, which polls it again with the task's own.)
         match self.inner.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => {
-                ResponseFuture::called(self.inner.call(req), partition, self.cooldowns.clone())
-            }
+            Poll::Ready(Ok(())) => ResponseFuture::called(self.inner.call(req), partition, self.cooldowns.clone()),
             Poll::Ready(Err(e)) => ResponseFuture::error(e.into(), partition),
             Poll::Pending => {
                 // The service, with its readiness under way, goes into the future; this
