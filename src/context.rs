@@ -245,7 +245,9 @@ struct PartitionParts {
 
 impl From<PartitionParts> for PartitionKey {
     fn from(parts: PartitionParts) -> Self {
-        PartitionKey::from_parts(parts.provider, parts.host)
+        // a key read back (the learner's saved state) is shared with the keys the
+        // requests make, so that the maps it goes into compare them by pointer
+        recent::shared(PartitionKey::from_parts(parts.provider, parts.host))
     }
 }
 
@@ -717,6 +719,21 @@ mod tests {
         let here = make();
         let there = std::thread::spawn(make).join().unwrap();
         assert!(Arc::ptr_eq(&here.0, &there.0));
+    }
+
+    #[test]
+    fn a_key_read_back_is_the_one_requests_make() {
+        let read: PartitionKey = serde_json::from_str(r#"{"provider":"saved","host":"saved.example.org"}"#).unwrap();
+        let req = Request::get("https://saved.example.org/x")
+            .extension(Provider::new("saved"))
+            .body(())
+            .unwrap();
+        let made = PartitionKey::compute(&req);
+        assert!(Arc::ptr_eq(&read.0, &made.0));
+        assert_eq!(
+            serde_json::to_string(&made).unwrap(),
+            r#"{"provider":"saved","host":"saved.example.org"}"#
+        );
     }
 
     #[test]
