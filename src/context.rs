@@ -337,6 +337,11 @@ impl PartitionKey {
         if let Some(key) = req.extensions().get::<PartitionKey>() {
             return key.clone();
         }
+        PartitionKey::made_for(req)
+    }
+
+    /// [`compute`](Self::compute) for a request known to carry no key.
+    fn made_for<B>(req: &Request<B>) -> PartitionKey {
         let written = host_port(req.uri()).unwrap_or_default();
         let provider = req.extensions().get::<Provider>();
         if let Some(key) = recent::find(provider, written) {
@@ -361,7 +366,7 @@ impl PartitionKey {
         if let Some(key) = req.extensions().get::<PartitionKey>() {
             return key.clone();
         }
-        let key = PartitionKey::compute(req);
+        let key = PartitionKey::made_for(req);
         req.extensions_mut().insert(key.clone());
         key
     }
