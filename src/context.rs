@@ -218,15 +218,19 @@ pub struct CooldownWait(pub std::time::Duration);
 /// Retry-After cool-down and the retry budget.
 ///
 /// The host is lower-cased and carries the port when the URI names one explicitly
-/// (`127.0.0.1:8080`), so two local servers are two partitions. Cloning is cheap (two
-/// reference counts).
+/// (`127.0.0.1:8080`), so two local servers are two partitions. Cloning is cheap (one
+/// reference count).
 ///
 /// The key hashes its parts once, when it is made: every layer looks it up in a map of its
 /// own (buckets, learned state, cool-downs, budgets), and hashing two strings in each of
-/// them on every request was a measurable part of the stack's cost.
+/// them on every request was a measurable part of the stack's cost. Its parts sit behind
+/// one `Arc`, so that a key is one pointer in the futures that hold it (the retry-after and
+/// learning layers' futures, moved by every layer above them) and one count to clone.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(from = "PartitionParts", into = "PartitionParts")]
-pub struct PartitionKey {
+pub struct PartitionKey(Arc<KeyParts>);
+
+struct KeyParts {
     provider: Provider,
     host: Arc<str>,
     hash: u64,
@@ -241,22 +245,32 @@ struct PartitionParts {
 
 impl From<PartitionParts> for PartitionKey {
     fn from(parts: PartitionParts) -> Self {
-        PartitionKey::from_parts(parts.provider, parts.host)
+        // a key read back (the learner's saved state) is shared with the keys the
+        // requests make, so that the maps it goes into compare them by pointer
+        recent::shared(PartitionKey::from_parts(parts.provider, parts.host))
     }
 }
 
 impl From<PartitionKey> for PartitionParts {
     fn from(key: PartitionKey) -> Self {
         PartitionParts {
-            provider: key.provider,
-            host: key.host,
+            provider: key.0.provider.clone(),
+            host: key.0.host.clone(),
         }
     }
 }
 
 impl PartialEq for PartitionKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.provider == other.provider && self.host == other.host
+        // Pointers first: a map's key and a request's key are nearly always clones of the
+        // key remembered per thread; and `Arc<str>`'s own `==` compares the bytes even when
+        // both are the same allocation (two `memcmp` calls per map lookup).
+        fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
+        let (a, b) = (&*self.0, &*other.0);
+        Arc::ptr_eq(&self.0, &other.0)
+            || (a.hash == b.hash && same(&a.provider.0, &b.provider.0) && same(&a.host, &b.host))
     }
 }
 
@@ -264,7 +278,7 @@ impl Eq for PartitionKey {}
 
 impl Hash for PartitionKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+        state.write_u64(self.0.hash);
     }
 }
 
@@ -276,7 +290,7 @@ impl PartialOrd for PartitionKey {
 
 impl Ord for PartitionKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (&self.provider, &self.host).cmp(&(&other.provider, &other.host))
+        (&self.0.provider, &self.0.host).cmp(&(&other.0.provider, &other.0.host))
     }
 }
 
@@ -295,38 +309,55 @@ impl PartitionKey {
         let hash = SEED
             .get_or_init(foldhash::fast::RandomState::default)
             .hash_one((provider.as_str(), &*host));
-        PartitionKey { provider, host, hash }
+        PartitionKey(Arc::new(KeyParts { provider, host, hash }))
     }
 
     /// The hash computed when the key was made (seeded per process).
     pub(crate) fn prehash(&self) -> u64 {
-        self.hash
+        self.0.hash
     }
 
     /// The provider.
     pub fn provider(&self) -> &Provider {
-        &self.provider
+        &self.0.provider
     }
 
     /// The host (with `:port` when the URI gave one).
     pub fn host(&self) -> &str {
-        &self.host
+        &self.0.host
     }
 
     /// The partition of a request, computed without caching it: the [`Provider`] extension
     /// (or the host) and the URI's host. A request with no host (a relative URI) gets the
     /// host `""`.
+    ///
+    /// The keys last made on each thread are remembered (a few per thread), so that a
+    /// request to a partition seen recently gets its key without allocating or hashing.
     pub fn compute<B>(req: &Request<B>) -> PartitionKey {
         if let Some(key) = req.extensions().get::<PartitionKey>() {
             return key.clone();
         }
-        let host = host_arc(req.uri());
-        let provider = req
-            .extensions()
-            .get::<Provider>()
-            .cloned()
-            .unwrap_or_else(|| Provider(host.clone()));
-        PartitionKey::from_parts(provider, host)
+        PartitionKey::made_for(req)
+    }
+
+    /// [`compute`](Self::compute) for a request known to carry no key.
+    fn made_for<B>(req: &Request<B>) -> PartitionKey {
+        let written = host_port(req.uri()).unwrap_or_default();
+        let provider = req.extensions().get::<Provider>();
+        if let Some(key) = recent::find(provider, written) {
+            return key;
+        }
+        let host = host_arc_of(written);
+        let provider = provider.cloned().unwrap_or_else(|| Provider(host.clone()));
+        let key = PartitionKey::from_parts(provider, host);
+        if *key.0.host == *written {
+            // (a host written with upper-case letters is not remembered: its key's host is
+            // not the host as written, which is what a lookup compares)
+            let key = recent::shared(key);
+            recent::remember(&key);
+            return key;
+        }
+        key
     }
 
     /// The partition of a request, cached in its extensions so that the layers below
@@ -335,7 +366,7 @@ impl PartitionKey {
         if let Some(key) = req.extensions().get::<PartitionKey>() {
             return key.clone();
         }
-        let key = PartitionKey::compute(req);
+        let key = PartitionKey::made_for(req);
         req.extensions_mut().insert(key.clone());
         key
     }
@@ -343,13 +374,13 @@ impl PartitionKey {
 
 impl fmt::Debug for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PartitionKey({}@{})", self.provider, self.host)
+        write!(f, "PartitionKey({}@{})", self.0.provider, self.0.host)
     }
 }
 
 impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.provider, self.host)
+        write!(f, "{}@{}", self.0.provider, self.0.host)
     }
 }
 
@@ -399,13 +430,13 @@ fn host_port(uri: &Uri) -> Option<&str> {
 fn authority_host_port(authority: &Authority) -> &str {
     // (on bytes: `rsplit_once('@')` and `Uri::host` cost a few hundred instructions per
     // request, and every request of the stack asks once)
+    // (`memrchr` rather than a byte loop: ~150 instructions per request less)
     let a = authority.as_str();
-    let hp = match a.bytes().rposition(|b| b == b'@') {
+    let hp = match memchr::memrchr(b'@', a.as_bytes()) {
         Some(at) => &a[at + 1..],
         None => a,
     };
-    let end = hp.bytes().rposition(|b| b != b':').map_or(0, |i| i + 1);
-    &hp[..end]
+    hp.trim_end_matches(':')
 }
 
 /// The partition's host: lower-cased, with the port when the URI wrote one.
@@ -422,12 +453,125 @@ pub(crate) fn host_of_authority(authority: Option<&Authority>) -> String {
 }
 
 /// [`host_of`] as an `Arc<str>`, in one allocation when the host is lower-case already.
+#[cfg(test)]
 fn host_arc(uri: &Uri) -> Arc<str> {
-    let host = host_port(uri).unwrap_or_default();
+    host_arc_of(host_port(uri).unwrap_or_default())
+}
+
+/// A host as written (`host[:port]`), lower-cased into an `Arc<str>`: one allocation when it
+/// is lower-case already.
+fn host_arc_of(host: &str) -> Arc<str> {
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Arc::from(host.to_ascii_lowercase())
     } else {
         Arc::from(host)
+    }
+}
+
+/// The partition keys last made on this thread, so that [`PartitionKey::compute`] finds the
+/// key of a recent partition by comparing two short strings instead of allocating the host,
+/// hashing both parts, and freeing them again when the request is done (about 600
+/// instructions of the ~14k the stack spent per request, `layer_cost stack` under
+/// callgrind).
+///
+/// Hand-written rather than a caching crate: it is eight slots per thread, looked up by
+/// equality, replaced in turn, with no lock and no eviction policy to tune; a key is a pure
+/// function of (provider, host), so a stale slot cannot give a wrong answer, only a miss.
+/// Only the provider and the host are kept (never userinfo, a path or a query).
+///
+/// A key new to a thread is first looked up among the keys the other threads remembered
+/// ([`shared`]), so that every thread's key of a partition is a clone of one: the maps
+/// keyed by partitions (shared by all threads) then compare keys by pointer, not by their
+/// strings (two `memcmp` calls per lookup on a multi-threaded runtime otherwise,
+/// `overhead_bench` row b under callgrind).
+mod recent {
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
+
+    use super::{BuildPartitionHasher, PartitionKey, Provider};
+
+    const SLOTS: usize = 8;
+
+    /// Shards of the keys shared between threads, and the most each holds: past that it is
+    /// emptied (a key made again after that is merely a second copy, equal to the first).
+    const SHARDS: usize = 16;
+    const SHARD_CAP: usize = 1024;
+
+    type Shard = Mutex<HashSet<PartitionKey, BuildPartitionHasher>>;
+
+    static SHARED: LazyLock<[Shard; SHARDS]> =
+        LazyLock::new(|| std::array::from_fn(|_| Mutex::new(HashSet::with_hasher(BuildPartitionHasher))));
+
+    /// The key equal to `key` that the threads share, `key` itself if it is the first.
+    pub(super) fn shared(key: PartitionKey) -> PartitionKey {
+        let shard = &SHARED[(key.0.hash >> 40) as usize % SHARDS];
+        // a poisoned lock still holds valid keys
+        let mut set = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = set.get(&key) {
+            return known.clone();
+        }
+        if set.len() >= SHARD_CAP {
+            set.clear();
+        }
+        set.insert(key.clone());
+        key
+    }
+
+    struct Recent {
+        keys: [Option<PartitionKey>; SLOTS],
+        /// The slot the next new key replaces.
+        next: usize,
+    }
+
+    thread_local! {
+        static RECENT: RefCell<Recent> = const {
+            RefCell::new(Recent {
+                keys: [const { None }; SLOTS],
+                next: 0,
+            })
+        };
+    }
+
+    /// The remembered key of `provider` (or, without one, of the host itself) at the host
+    /// `host` as written (lower-case).
+    pub(super) fn find(provider: Option<&Provider>, host: &str) -> Option<PartitionKey> {
+        let provider = provider.map_or(host, Provider::as_str);
+        RECENT
+            .try_with(|recent| {
+                let recent = recent.try_borrow().ok()?;
+                recent
+                    .keys
+                    .iter()
+                    .flatten()
+                    .find(|key| *key.0.host == *host && key.0.provider.as_str() == provider)
+                    .cloned()
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Remembers `key` in the next slot, in turn.
+    pub(super) fn remember(key: &PartitionKey) {
+        let _ = RECENT.try_with(|recent| {
+            if let Ok(mut recent) = recent.try_borrow_mut() {
+                let slot = recent.next;
+                recent.keys[slot] = Some(key.clone());
+                recent.next = (slot + 1) % SLOTS;
+            }
+        });
+    }
+
+    #[cfg(test)]
+    pub(super) fn holds(key: &PartitionKey) -> bool {
+        RECENT.with(|recent| {
+            recent
+                .borrow()
+                .keys
+                .iter()
+                .flatten()
+                .any(|k| std::sync::Arc::ptr_eq(&k.0, &key.0))
+        })
     }
 }
 
@@ -509,6 +653,92 @@ mod tests {
             let uri: Uri = uri.parse().unwrap();
             assert_eq!(&*host_arc(&uri), host_of(&uri));
         }
+    }
+
+    #[test]
+    fn recent_partitions_are_reused_and_never_confused() {
+        let req = |uri: &str, provider: Option<&str>| {
+            let mut b = Request::get(uri);
+            if let Some(p) = provider {
+                b = b.extension(Provider::new(p));
+            }
+            b.body(()).unwrap()
+        };
+        let first = PartitionKey::compute(&req("https://api.crossref.org/a", Some("crossref")));
+        assert!(recent::holds(&first));
+        let again = PartitionKey::compute(&req("https://u:pw@api.crossref.org/b?q=1", Some("crossref")));
+        assert_eq!(again, first);
+        assert!(Arc::ptr_eq(&again.0, &first.0), "the remembered key, not a new one");
+        // another provider, another port, no provider: other keys
+        let cases = [
+            (
+                "https://api.crossref.org/a",
+                Some("other"),
+                ("other", "api.crossref.org"),
+            ),
+            (
+                "https://api.crossref.org:8443/a",
+                Some("crossref"),
+                ("crossref", "api.crossref.org:8443"),
+            ),
+            (
+                "https://api.crossref.org/a",
+                None,
+                ("api.crossref.org", "api.crossref.org"),
+            ),
+            (
+                "https://API.Crossref.org/a",
+                Some("crossref"),
+                ("crossref", "api.crossref.org"),
+            ),
+            ("/relative", Some("crossref"), ("crossref", "")),
+        ];
+        for _ in 0..2 {
+            for (uri, provider, (p, h)) in cases {
+                let key = PartitionKey::compute(&req(uri, provider));
+                assert_eq!((key.provider().as_str(), key.host()), (p, h), "{uri} {provider:?}");
+                assert_eq!(key, PartitionKey::new(p, h));
+            }
+        }
+        // more partitions than slots: the old ones are made again, equal
+        for i in 0..20 {
+            let uri = format!("http://h{i}.example.org/");
+            let key = PartitionKey::compute(&req(&uri, Some("p")));
+            assert_eq!(key, PartitionKey::new("p", format!("h{i}.example.org")));
+        }
+        assert_eq!(
+            PartitionKey::compute(&req("https://api.crossref.org/c", Some("crossref"))),
+            first
+        );
+    }
+
+    #[test]
+    fn threads_share_one_key_per_partition() {
+        let make = || {
+            let req = Request::get("https://shared.example.org/x")
+                .extension(Provider::new("shared"))
+                .body(())
+                .unwrap();
+            PartitionKey::compute(&req)
+        };
+        let here = make();
+        let there = std::thread::spawn(make).join().unwrap();
+        assert!(Arc::ptr_eq(&here.0, &there.0));
+    }
+
+    #[test]
+    fn a_key_read_back_is_the_one_requests_make() {
+        let read: PartitionKey = serde_json::from_str(r#"{"provider":"saved","host":"saved.example.org"}"#).unwrap();
+        let req = Request::get("https://saved.example.org/x")
+            .extension(Provider::new("saved"))
+            .body(())
+            .unwrap();
+        let made = PartitionKey::compute(&req);
+        assert!(Arc::ptr_eq(&read.0, &made.0));
+        assert_eq!(
+            serde_json::to_string(&made).unwrap(),
+            r#"{"provider":"saved","host":"saved.example.org"}"#
+        );
     }
 
     #[test]

@@ -120,11 +120,18 @@ fn is_rate_header(name: &HeaderName) -> bool {
     name.starts_with(b"ratelimit") || name.starts_with(b"x-rate")
 }
 
+#[cfg(test)]
 pub(super) fn parse(headers: &HeaderMap, now: SystemTime) -> Advertised {
+    parse_with(headers, || now)
+}
+
+/// [`parse`], reading the wall clock (`now`) only when a header is there to read.
+pub(super) fn parse_with(headers: &HeaderMap, now: impl FnOnce() -> SystemTime) -> Advertised {
     // most responses advertise nothing: one pass over the names instead of a dozen lookups
     if !headers.keys().any(is_rate_header) {
         return Advertised::default();
     }
+    let now = now();
     let mut ceiling = crossref(headers);
     if let Some(policy) = headers
         .get_all(&RATELIMIT_POLICY)

@@ -250,8 +250,14 @@ impl Learner {
                 .get::<RateLimitWait>()
                 .map_or(Duration::ZERO, |w| w.0);
         let headers = response.headers();
-        let hint = response.extensions().get::<RetryAfterHint>();
-        let signal = advertised::classify(response.status(), headers, hint);
+        let status = response.status();
+        // (the hint counts only for a 429 or a 503: a lookup saved on every other response)
+        let hint = if status == http::StatusCode::TOO_MANY_REQUESTS || status == http::StatusCode::SERVICE_UNAVAILABLE {
+            response.extensions().get::<RetryAfterHint>()
+        } else {
+            None
+        };
+        let signal = advertised::classify(status, headers, hint);
         // How long the provider asked us to wait: no second decrease inside that period.
         // (Read for a throttle only, the one signal that uses it: a header lookup per
         // response otherwise.)
@@ -264,7 +270,7 @@ impl Learner {
             }),
             _ => None,
         };
-        let advertised = advertised::parse(headers, SystemTime::now());
+        let advertised = advertised::parse_with(headers, SystemTime::now);
         let now = Instant::now();
         // A 429 that says the allowance is spent until a reset hours away: no rate fixes it,
         // so the rate is left as it is and the partition pauses until the reset.

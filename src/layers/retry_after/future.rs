@@ -25,24 +25,34 @@ pin_project! {
         #[pin]
         state: State<F, S, Req>,
         partition: PartitionKey,
-        max_wait: Duration,
         cooldowns: Cooldowns,
-        waited_since: Option<Instant>,
+        // how long the cool-down held the request, once it is over
         waited: Option<Duration>,
     }
 }
 
 pin_project! {
-    // The service and the request wait in a box (as does the timer): a request sent from
-    // `call` (nearly every one) needs neither, and they would make every request's future,
-    // and every future around it, a few hundred bytes larger to move.
+    // The service and the request wait in a box (as do the timer and what the wait needs):
+    // a request sent from `call` (nearly every one) needs none of it, and it would make
+    // every request's future, and every future around it, larger to move.
     #[project = StateProj]
     #[derive(Debug)]
     enum State<F, S, Req> {
-        Waiting { sleep: Pin<Box<Sleep>>, parked: Option<Box<Parked<S, Req>>> },
+        Waiting { wait: Pin<Box<Wait>>, parked: Option<Box<Parked<S, Req>>> },
         Ready { parked: Option<Box<Parked<S, Req>>> },
         Called { #[pin] future: F },
         Failed { error: Option<BoxError> },
+    }
+}
+
+pin_project! {
+    /// A cool-down being waited out.
+    #[derive(Debug)]
+    struct Wait {
+        #[pin]
+        sleep: Sleep,
+        since: Instant,
+        max_wait: Duration,
     }
 }
 
@@ -56,21 +66,13 @@ struct Parked<S, Req> {
 impl<F, S, Req> ResponseFuture<F, S, Req> {
     /// No cool-down, but `service` was not ready at `call`: it is polled for readiness
     /// again, then called.
-    pub(crate) fn ready(
-        service: S,
-        request: Req,
-        partition: PartitionKey,
-        max_wait: Duration,
-        cooldowns: Cooldowns,
-    ) -> Self {
+    pub(crate) fn ready(service: S, request: Req, partition: PartitionKey, cooldowns: Cooldowns) -> Self {
         ResponseFuture {
             state: State::Ready {
                 parked: Some(Box::new(Parked { service, request })),
             },
             partition,
-            max_wait,
             cooldowns,
-            waited_since: None,
             waited: None,
         }
     }
@@ -85,25 +87,25 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                sleep: Box::pin(tokio::time::sleep_until(until)),
+                wait: Box::pin(Wait {
+                    sleep: tokio::time::sleep_until(until),
+                    since: Instant::now(),
+                    max_wait,
+                }),
                 parked: Some(Box::new(Parked { service, request })),
             },
             partition,
-            max_wait,
             cooldowns,
-            waited_since: Some(Instant::now()),
             waited: None,
         }
     }
 
     /// The service was ready at `call` and is called: `future` is its response.
-    pub(crate) fn called(future: F, partition: PartitionKey, max_wait: Duration, cooldowns: Cooldowns) -> Self {
+    pub(crate) fn called(future: F, partition: PartitionKey, cooldowns: Cooldowns) -> Self {
         ResponseFuture {
             state: State::Called { future },
             partition,
-            max_wait,
             cooldowns,
-            waited_since: None,
             waited: None,
         }
     }
@@ -117,9 +119,7 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         ResponseFuture {
             partition,
             state: State::Failed { error: Some(error) },
-            max_wait: Duration::ZERO,
             cooldowns: Cooldowns::new(),
-            waited_since: None,
             waited: None,
         }
     }
@@ -143,12 +143,12 @@ where
                         None => "retry_after::ResponseFuture polled after completion".into(),
                     }))
                 }
-                StateProj::Waiting { sleep, parked } => {
-                    ready!(sleep.as_mut().poll(cx));
+                StateProj::Waiting { wait, parked } => {
+                    let mut wait = wait.as_mut().project();
+                    ready!(wait.sleep.as_mut().poll(cx));
                     // Another 429 may have pushed the cool-down further while we slept.
                     if let Some(until) = this.cooldowns.until(this.partition) {
-                        let started = this.waited_since.unwrap_or_else(Instant::now);
-                        if until.saturating_duration_since(started) > *this.max_wait {
+                        if until.saturating_duration_since(*wait.since) > *wait.max_wait {
                             let error = CoolingDown {
                                 partition: this.partition.clone(),
                                 until,
@@ -157,11 +157,11 @@ where
                                 error: Some(Box::new(error)),
                             });
                         } else {
-                            sleep.as_mut().reset(until);
+                            wait.sleep.as_mut().reset(until);
                         }
                         continue;
                     }
-                    *this.waited = this.waited_since.map(|since| since.elapsed());
+                    *this.waited = Some(wait.since.elapsed());
                     let parked = parked.take();
                     this.state.set(State::Ready { parked });
                 }

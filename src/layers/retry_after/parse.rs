@@ -80,14 +80,17 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
+/// Whether a header of that name is one of the rate-limit fields read here.
+fn is_rate_field(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    name.starts_with(b"ratelimit") || name.starts_with(b"x-ratelimit")
+}
+
 fn exhausted(headers: &HeaderMap) -> bool {
     // Most responses carry neither field: one pass over the few names a response has is
     // cheaper than two lookups, each hashing a name that is not a standard header (~330
     // instructions per response in `overhead_bench` (b) under callgrind).
-    if !headers.keys().any(|name| {
-        let name = name.as_str().as_bytes();
-        name.starts_with(b"ratelimit") || name.starts_with(b"x-ratelimit")
-    }) {
+    if !headers.keys().any(is_rate_field) {
         return false;
     }
     let field = headers
@@ -128,6 +131,14 @@ pub(crate) fn hint_from_headers_at(
     headers: &HeaderMap,
     now: impl Fn() -> SystemTime,
 ) -> Option<Duration> {
+    // Nearly no response carries a field read here: one pass over its few names settles it,
+    // instead of a `Retry-After` lookup and then that pass (in `exhausted`) anyway.
+    if !headers
+        .keys()
+        .any(|name| name == http::header::RETRY_AFTER || is_rate_field(name))
+    {
+        return None;
+    }
     if let Some(hint) = headers
         .get(http::header::RETRY_AFTER)
         .and_then(as_str)

@@ -96,16 +96,14 @@ where
         // (A waker that does nothing is enough: a service that is not ready goes into the
         // future, which polls it again with the task's own.)
         match self.inner.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => {
-                ResponseFuture::called(self.inner.call(req), partition, self.max_wait, self.cooldowns.clone())
-            }
+            Poll::Ready(Ok(())) => ResponseFuture::called(self.inner.call(req), partition, self.cooldowns.clone()),
             Poll::Ready(Err(e)) => ResponseFuture::error(e.into(), partition),
             Poll::Pending => {
                 // The service, with its readiness under way, goes into the future; this
                 // layer keeps a fresh clone for the next request.
                 let fresh = self.inner.clone();
                 let pending = std::mem::replace(&mut self.inner, fresh);
-                ResponseFuture::ready(pending, req, partition, self.max_wait, self.cooldowns.clone())
+                ResponseFuture::ready(pending, req, partition, self.cooldowns.clone())
             }
         }
     }
