@@ -15,16 +15,7 @@ use percent_encoding::percent_decode_str;
 /// the URI either way. A request without userinfo is left as it is, at the cost of one scan
 /// of the authority for `@`.
 pub(crate) fn move_userinfo<B>(req: &mut Request<B>) {
-    // (a byte scan first: nearly no URL has a userinfo, and `rsplit_once` on a `char` costs
-    // ~50 instructions per call, on every request, twice in the stack)
-    let Some(authority) = req.uri().authority().filter(|a| a.as_str().as_bytes().contains(&b'@')) else {
-        return;
-    };
-    let Some((userinfo, host)) = authority.as_str().rsplit_once('@') else {
-        return;
-    };
-    let Ok(host) = Authority::from_str(host) else {
-        // cannot happen for a URI that parsed; left alone rather than guessed at
+    let Some((userinfo, host)) = split_userinfo(req.uri()) else {
         return;
     };
     if !req.headers().contains_key(AUTHORIZATION) {
@@ -37,10 +28,24 @@ pub(crate) fn move_userinfo<B>(req: &mut Request<B>) {
             req.headers_mut().insert(AUTHORIZATION, value);
         }
     }
-    let mut parts = req.uri().clone().into_parts();
+    replace_authority(req.uri_mut(), host);
+}
+
+/// The userinfo of `uri` and its authority without it; `None` when it has none.
+fn split_userinfo(uri: &Uri) -> Option<(&str, Authority)> {
+    // (a byte scan first: nearly no URL has a userinfo, and `rsplit_once` on a `char` costs
+    // ~50 instructions per call, on every request, twice in the stack)
+    let authority = uri.authority().filter(|a| a.as_str().as_bytes().contains(&b'@'))?;
+    let (userinfo, host) = authority.as_str().rsplit_once('@')?;
+    // (cannot fail for a URI that parsed; left alone rather than guessed at)
+    Some((userinfo, Authority::from_str(host).ok()?))
+}
+
+fn replace_authority(uri: &mut Uri, host: Authority) {
+    let mut parts = uri.clone().into_parts();
     parts.authority = Some(host);
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
+    if let Ok(replaced) = Uri::from_parts(parts) {
+        *uri = replaced;
     }
 }
 
@@ -49,20 +54,8 @@ pub(crate) fn move_userinfo<B>(req: &mut Request<B>) {
 /// request itself lost that userinfo (it became an `Authorization` header, see
 /// [`move_userinfo`]); a response extension that a caller may log or record keeps none.
 pub(crate) fn strip_userinfo(uri: &mut Uri) {
-    let Some(authority) = uri.authority().filter(|a| a.as_str().as_bytes().contains(&b'@')) else {
-        return;
-    };
-    let Some(host) = authority
-        .as_str()
-        .rsplit_once('@')
-        .and_then(|(_, h)| Authority::from_str(h).ok())
-    else {
-        return;
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.authority = Some(host);
-    if let Ok(stripped) = Uri::from_parts(parts) {
-        *uri = stripped;
+    if let Some((_, host)) = split_userinfo(uri) {
+        replace_authority(uri, host);
     }
 }
 
