@@ -43,13 +43,17 @@ fn main() -> ExitCode {
             Err(e) => Err(RunError::Usage(e)),
             Ok(settings) => {
                 init_logging(settings.log_format);
-                runtime.block_on(exec::run(settings, async {
+                let run = runtime.spawn(exec::run(settings, async {
                     // Ctrl-C: stop taking works, abandon the ones in flight cleanly
                     if tokio::signal::ctrl_c().await.is_err() {
                         std::future::pending::<()>().await;
                     }
                     eprintln!("Ctrl-C: stopping; finished works are kept, the rest is released for the next run");
-                }))
+                }));
+                match runtime.block_on(run) {
+                    Ok(result) => result,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
             }
         },
         Command::Status(args) => {

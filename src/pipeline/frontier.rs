@@ -275,13 +275,17 @@ impl Service<Request<Full<Bytes>>> for Gated {
     }
 }
 
-type Intake<'a> = Pin<Box<dyn Stream<Item = (Work, Option<OwnedSemaphorePermit>)> + 'a>>;
-
 /// The works of a run, each started (by `start`) once a worker slot is free, with up to
 /// [`lookahead`] more in flight than there are workers (the parked ones); yields their
 /// results as they finish.
-pub(super) struct Dispatch<'a, F, Fut> {
-    intake: Intake<'a>,
+///
+/// `I` is the intake (the works, each with its slot's permit), left as its own type rather
+/// than boxed as a `dyn Stream`: a trait object would have to name `Send` to keep it, and
+/// the run is `Send` only if every part of it is (the runner spawns it on the runtime, so
+/// that a work's end wakes a worker thread that is already awake rather than the main
+/// thread).
+pub(super) struct Dispatch<I, F, Fut> {
+    intake: Pin<Box<I>>,
     intake_done: bool,
     frontier: Arc<Frontier>,
     start: F,
@@ -289,34 +293,38 @@ pub(super) struct Dispatch<'a, F, Fut> {
     cap: usize,
 }
 
-impl<'a, F, Fut> Dispatch<'a, F, Fut>
+/// A [`Dispatch`] of `works`: each work takes a worker slot of `frontier`, then `start`
+/// starts it.
+pub(super) fn dispatch<S, F, Fut>(
+    works: S,
+    frontier: Arc<Frontier>,
+    workers: usize,
+    start: F,
+) -> Dispatch<impl Stream<Item = (Work, Option<OwnedSemaphorePermit>)>, F, Fut>
 where
+    S: Stream<Item = Work>,
     F: FnMut(Work, Arc<Slot>) -> Fut,
     Fut: Future,
 {
-    pub(super) fn new<S>(works: S, frontier: Arc<Frontier>, workers: usize, start: F) -> Self
-    where
-        S: Stream<Item = Work> + 'a,
-    {
-        use futures_util::StreamExt;
-        let slots = frontier.clone();
-        let intake = works.then(move |work| {
-            let slots = slots.clone();
-            async move { (work, slots.slot().await) }
-        });
-        Dispatch {
-            intake: Box::pin(intake),
-            intake_done: false,
-            frontier,
-            start,
-            running: FuturesUnordered::new(),
-            cap: workers.saturating_add(lookahead(workers)),
-        }
+    use futures_util::StreamExt;
+    let slots = frontier.clone();
+    let intake = works.then(move |work| {
+        let slots = slots.clone();
+        async move { (work, slots.slot().await) }
+    });
+    Dispatch {
+        intake: Box::pin(intake),
+        intake_done: false,
+        frontier,
+        start,
+        running: FuturesUnordered::new(),
+        cap: workers.saturating_add(lookahead(workers)),
     }
 }
 
-impl<F, Fut> Stream for Dispatch<'_, F, Fut>
+impl<I, F, Fut> Stream for Dispatch<I, F, Fut>
 where
+    I: Stream<Item = (Work, Option<OwnedSemaphorePermit>)>,
     F: FnMut(Work, Arc<Slot>) -> Fut + Unpin,
     Fut: Future,
 {

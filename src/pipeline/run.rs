@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::config::PipelineConfig;
 use super::error::{DurabilityError, PipelineError};
-use super::frontier::{Dispatch, Slot};
+use super::frontier::{dispatch, Slot};
 use super::lock;
 use super::rate_log::{RateLog, RATE_LOG_EVERY};
 use super::second_pass::{second_attempt_at, SourceHints};
@@ -386,7 +386,7 @@ impl Pipeline {
             let cancel = stop.cancel.clone();
             let start = |w: Work, slot: Arc<Slot>| self.start(w, slot, cancel.clone());
             let workers = self.core.config.workers;
-            let mut processing = std::pin::pin!(Dispatch::new(works, self.core.frontier.clone(), workers, start));
+            let mut processing = std::pin::pin!(dispatch(works, self.core.frontier.clone(), workers, start));
             let drain = tokio::time::sleep(Duration::ZERO);
             let mut drain = std::pin::pin!(drain);
             loop {
