@@ -511,10 +511,10 @@ async fn op_results_are_capped_and_migrations_are_idempotent() {
         let stored = l.ops(j.id).await.unwrap().remove(0).result.unwrap();
         assert!(stored.len() <= 16 && stored.ends_with('…'), "{}: {stored:?}", t.name);
         // opening the same database again re-runs the migrator: nothing to do, data kept
-        assert_eq!(l.schema_version().await.unwrap(), 2);
+        assert_eq!(l.schema_version().await.unwrap(), 3);
         let again = Ledger::connect(t.config.clone()).await.unwrap();
         assert_eq!(again.get(j.id).await.unwrap().unwrap().key, j.key);
-        assert_eq!(again.schema_version().await.unwrap(), 2);
+        assert_eq!(again.schema_version().await.unwrap(), 3);
         if t.name == "sqlite" {
             let wal = format!("{}-wal", t.config.url);
             assert!(std::path::Path::new(&wal).exists(), "SQLite runs in WAL mode: {wal}");
@@ -813,4 +813,110 @@ async fn finishes_sent_together_each_get_their_own_answer() {
         );
         assert_eq!(jobs.len(), 7, "{n}");
     }
+}
+
+/// A ledger made before migration 3 (the state check as an `IN` list, the full
+/// `(state, lease_expires_at)` index) is migrated when opened: the checks become chains of
+/// `=` that still refuse an unknown state, the lease index becomes the two partial ones,
+/// and its rows go on as before (an expired lease taken back, planned jobs leased and
+/// finished). Opening it again changes nothing more.
+#[tokio::test]
+async fn an_older_ledger_gets_the_cheaper_checks_and_lease_indexes() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig::in_dir(dir.path());
+    let ledger = Ledger::connect(config.clone()).await.unwrap();
+    assert_eq!(ledger.schema_version().await.unwrap(), 3);
+    ledger.close().await;
+    let url = format!("sqlite://{}", dir.path().join("ledger.sqlite").display());
+    let old_check = "CHECK (state IN ('PLANNED', 'LEASED', 'FINALIZED', 'FAILED', 'DEFERRED', 'SKIPPED'))";
+    let new_check = "CHECK (state = 'LEASED' OR state = 'FINALIZED' OR state = 'FAILED' OR state = 'PLANNED' \
+                     OR state = 'DEFERRED' OR state = 'SKIPPED')";
+    let schema = |url: String| async move {
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let rows =
+            sqlx::query("SELECT name, sql FROM sqlite_master WHERE name LIKE 'jobs%' OR name = 'ops' ORDER BY name")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        db.close().await.unwrap();
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.get::<String, _>(0),
+                    r.get::<Option<String>, _>(1).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // back to schema 2, as version 2 of the runner left it, with jobs in several states
+    {
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let back = format!(
+            "PRAGMA writable_schema = ON; \
+             UPDATE sqlite_master SET sql = replace(replace(sql, \"{new_check}\", \"{old_check}\"), \
+             \"CHECK (status = 'STARTED' OR status = 'FINISHED' OR status = 'ABANDONED')\", \
+             \"CHECK (status IN ('STARTED', 'FINISHED', 'ABANDONED'))\") WHERE name IN ('jobs', 'ops'); \
+             PRAGMA writable_schema = RESET; \
+             DROP INDEX jobs_leased; DROP INDEX jobs_planned; \
+             CREATE INDEX jobs_state_lease ON jobs (state, lease_expires_at); \
+             DELETE FROM _sqlx_migrations WHERE version = 3; \
+             INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
+             attempts, created_at, updated_at) VALUES \
+             ('old', 'W1', 'old-1', 'https://example.org/1.pdf', 'PLANNED', NULL, NULL, 0, 1, 1), \
+             ('old', 'W2', 'old-2', 'https://example.org/2.pdf', 'LEASED', 'gone', 2, 1, 1, 1), \
+             ('old', 'W3', 'old-3', 'https://example.org/3.pdf', 'FINALIZED', NULL, NULL, 1, 1, 1)"
+        );
+        sqlx::raw_sql(&back).execute(&mut db).await.unwrap();
+        db.close().await.unwrap();
+    }
+    let old = schema(url.clone()).await;
+    assert!(
+        old.contains(old_check) && old.contains("jobs_state_lease") && !old.contains("jobs_leased"),
+        "{old}"
+    );
+
+    let ledger = Ledger::connect(config.clone()).await.unwrap();
+    assert_eq!(ledger.schema_version().await.unwrap(), 3);
+    let new = schema(url.clone()).await;
+    assert!(new.contains(new_check) && !new.contains("IN ("), "{new}");
+    assert!(
+        new.contains("jobs_leased: CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE state = 'LEASED'")
+            && new.contains("jobs_planned: CREATE INDEX jobs_planned ON jobs (id) WHERE state = 'PLANNED'")
+            && !new.contains("jobs_state_lease"),
+        "{new}"
+    );
+    // the expired lease was taken back at opening; both planned jobs lease and finish
+    let leased = ledger.lease(Some("old"), "w", 10, TTL).await.unwrap();
+    assert_eq!(leased.len(), 2, "{leased:?}");
+    for j in &leased {
+        ledger
+            .finish(j.id, "w", JobState::Finalized, &JobResult::outcome("pdf"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(ledger.counts(Some("old")).await.unwrap().finalized, 3);
+    ledger.close().await;
+
+    // the rewritten check still refuses a state the ledger does not know
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let bogus = sqlx::query("UPDATE jobs SET state = 'BOGUS' WHERE idempotency_key = 'old-1'")
+        .execute(&mut db)
+        .await
+        .unwrap_err();
+    assert!(bogus.to_string().contains("CHECK"), "{bogus}");
+    let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(ok, "ok");
+    db.close().await.unwrap();
+
+    // opened again: nothing more to do
+    let ledger = Ledger::connect(config).await.unwrap();
+    assert_eq!(ledger.schema_version().await.unwrap(), 3);
+    ledger.close().await;
+    assert_eq!(schema(url).await, new);
 }
