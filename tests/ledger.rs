@@ -420,6 +420,12 @@ async fn a_group_claim_leases_what_a_single_claim_would() {
             (new.lease_owner.as_deref(), new.attempts, new.state),
             (Some("B"), 1, JobState::Leased)
         );
+        // what the group says of a job is what the ledger holds, field for field (the
+        // new key's row is the one of its second claim, when there was one)
+        let latest = if got[5].is_some() { [4, 5] } else { [3, 4] };
+        for leased in latest.iter().filter_map(|&i| got[i].as_ref()) {
+            assert_eq!(l.get(leased.id).await.unwrap().as_ref(), Some(leased), "{n}");
+        }
         // a key twice in a group is leased once; the second is claimed alone, by its holder
         if let Some(again) = &got[5] {
             assert_eq!((again.id, again.attempts), (new.id, 1), "{n}");
