@@ -926,3 +926,36 @@ async fn an_older_ledger_gets_the_cheaper_checks_and_lease_indexes() {
     ledger.close().await;
     assert_eq!(schema(url).await, new);
 }
+
+/// Answers read many works at a time come back whole whatever the group's size (each
+/// statement is padded to a power of two; the padding matches no work).
+#[tokio::test]
+async fn resolver_answers_read_in_groups_of_any_size() {
+    use contentdownload::ledger::ResolverAnswer;
+    for t in backends("resolver_answers_read_in_groups").await {
+        let l = &t.ledger;
+        let n = t.name;
+        for w in ["W1", "W2", "W3"] {
+            let answer = ResolverAnswer {
+                resolver: "unpaywall".into(),
+                answer: format!("[\"https://example.org/{w}.pdf\"]"),
+                candidates: 1,
+                found_pdf: false,
+                answered_at: None,
+            };
+            l.remember_answers(w, &[answer]).await.unwrap();
+        }
+        let day = Duration::from_secs(86_400);
+        for ids in [&["W1"][..], &["W2", "W9"], &["W9", "W1", "W2", "W3", "W8"]] {
+            let got = l.resolver_answers_of(ids, day).await.unwrap();
+            assert_eq!(got.len(), ids.len(), "{n}: {got:?}");
+            for id in ids {
+                let want = usize::from(*id != "W8" && *id != "W9");
+                assert_eq!(got[*id].len(), want, "{n}: {id}");
+                if want == 1 {
+                    assert!(got[*id][0].answer.contains(id), "{n}: {:?}", got[*id]);
+                }
+            }
+        }
+    }
+}
