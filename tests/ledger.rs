@@ -959,3 +959,39 @@ async fn resolver_answers_read_in_groups_of_any_size() {
         }
     }
 }
+
+/// A job that failed before comes back from a group claim with its last result as stored,
+/// field for field (the batched claim returns the result packed in one column).
+#[tokio::test]
+async fn a_group_claim_returns_a_failed_jobs_last_result() {
+    for t in backends("a_group_claim_returns_a_failed_jobs_last_result").await {
+        let l = &t.ledger;
+        let n = t.name;
+        let Claim::Leased(j) = l.claim(&job("f", 0), "A", TTL).await.unwrap() else {
+            panic!("{n}: new key")
+        };
+        let result = JobResult {
+            outcome: Some("http_503".into()),
+            path: Some("pdfs/a \"b\" \u{e9}.pdf".into()),
+            sha256: Some("ab".repeat(32)),
+            bytes: Some(i64::MAX),
+            reason: Some("line\nbreak, \\ and \u{1F4C4}".into()),
+        };
+        l.finish(j.id, "A", JobState::Failed, &result).await.unwrap();
+        let got = l.claim_group(&[job("f", 0), job("f", 1)], "B", TTL, None).await;
+        let new = got[1].as_ref().unwrap_or_else(|| panic!("{n}: a new key is leased"));
+        assert_eq!(new.result, JobResult::default(), "{n}");
+        assert_eq!(l.get(new.id).await.unwrap().as_ref(), Some(new), "{n}");
+        // PostgreSQL leaves existing keys to the single claim; SQLite batches them
+        assert!(got[0].is_some() || n != "sqlite", "{n}: {got:?}");
+        let again = match &got[0] {
+            Some(again) => again.clone(),
+            None => match l.claim(&job("f", 0), "B", TTL).await.unwrap() {
+                Claim::Leased(again) => again,
+                other => panic!("{n}: {other:?}"),
+            },
+        };
+        assert_eq!((again.id, again.attempts, &again.result), (j.id, 2, &result), "{n}");
+        assert_eq!(l.get(j.id).await.unwrap(), Some(again), "{n}");
+    }
+}

@@ -346,18 +346,35 @@ fn failed_before_of(request: &Request) -> i64 {
 /// for a job that was already there its run, work, URL, attempts, creation and last
 /// result), plus the key to tell the rows apart. The rest of a [`Job`] it does know: a row
 /// comes back only when this claim leased it, so its state is LEASED, its owner, lease
-/// end and update time the claim's own. Each column returned is a copy made by sqlx
-/// (about 900 instructions apiece, half again for a string's allocation); returning all
-/// sixteen was about 14k instructions per claimed job on the ledger's thread (callgrind,
-/// bulk_bench 2,000 files).
-const CLAIMED_COLUMNS: &str =
-    "id, run_id, work_id, idempotency_key, canonical_url, attempts, created_at, outcome, path, sha256, bytes, reason";
+/// end and update time the claim's own. The last result (outcome, path, SHA-256, bytes,
+/// reason) comes as one JSON array, and only when there is one (a job failed or deferred
+/// before): NULL for a new job. Each column returned is a copy made by sqlx and freed
+/// again (about 1,200 instructions apiece, more for a string); returning all sixteen
+/// was about 14k instructions per claimed job on the ledger's thread and 3k on the
+/// runtime's (callgrind, bulk_bench 2,000 files).
+const CLAIMED_COLUMNS: &str = "id, run_id, work_id, idempotency_key, canonical_url, attempts, created_at, \
+     CASE WHEN COALESCE(outcome, path, sha256, bytes, reason) IS NULL THEN NULL \
+     ELSE json_array(outcome, path, sha256, bytes, reason) END";
 
 /// A job leased by a batched claim from a row of [`CLAIMED_COLUMNS`], with the claim's
 /// owner and times.
 fn claimed_job(r: &sqlx::sqlite::SqliteRow, owner: &str, now: i64, expires: i64) -> Result<Job, sqlx::Error> {
     use crate::context::{IdempotencyKey, WorkId};
     use sqlx::Row;
+    let result = match r.try_get::<Option<String>, _>(7)? {
+        None => JobResult::default(),
+        Some(json) => {
+            let (outcome, path, sha256, bytes, reason) = serde_json::from_str(&json)
+                .map_err(|e| sqlx::Error::Decode(format!("a job's last result {json:?}: {e}").into()))?;
+            JobResult {
+                outcome,
+                path,
+                sha256,
+                bytes,
+                reason,
+            }
+        }
+    };
     Ok(Job {
         id: JobId(r.try_get(0)?),
         run_id: r.try_get(1)?,
@@ -370,13 +387,7 @@ fn claimed_job(r: &sqlx::sqlite::SqliteRow, owner: &str, now: i64, expires: i64)
         attempts: r.try_get(5)?,
         created_at: r.try_get(6)?,
         updated_at: now,
-        result: JobResult {
-            outcome: r.try_get(7)?,
-            path: r.try_get(8)?,
-            sha256: r.try_get(9)?,
-            bytes: r.try_get(10)?,
-            reason: r.try_get(11)?,
-        },
+        result,
     })
 }
 
