@@ -357,14 +357,21 @@ const CLAIMED_COLUMNS: &str = "id, run_id, work_id, idempotency_key, canonical_u
      ELSE json_array(outcome, path, sha256, bytes, reason) END";
 
 /// A job leased by a batched claim from a row of [`CLAIMED_COLUMNS`], with the claim's
-/// owner and times.
-fn claimed_job(r: &sqlx::sqlite::SqliteRow, owner: &str, now: i64, expires: i64) -> Result<Job, sqlx::Error> {
-    use crate::context::{IdempotencyKey, WorkId};
+/// job, owner and times. The claim's own strings are used where the row has the same
+/// (always, for a new job): each string read from a row is another copy.
+fn claimed_job(
+    r: &sqlx::sqlite::SqliteRow,
+    job: NewJob,
+    owner: String,
+    now: i64,
+    expires: i64,
+) -> Result<Job, sqlx::Error> {
+    use crate::context::WorkId;
     use sqlx::Row;
-    let result = match r.try_get::<Option<String>, _>(7)? {
+    let result = match r.try_get::<Option<&str>, _>(7)? {
         None => JobResult::default(),
         Some(json) => {
-            let (outcome, path, sha256, bytes, reason) = serde_json::from_str(&json)
+            let (outcome, path, sha256, bytes, reason) = serde_json::from_str(json)
                 .map_err(|e| sqlx::Error::Decode(format!("a job's last result {json:?}: {e}").into()))?;
             JobResult {
                 outcome,
@@ -375,14 +382,30 @@ fn claimed_job(r: &sqlx::sqlite::SqliteRow, owner: &str, now: i64, expires: i64)
             }
         }
     };
+    let run_id: &str = r.try_get(1)?;
+    let work_id: &str = r.try_get(2)?;
+    let canonical_url: &str = r.try_get(4)?;
     Ok(Job {
         id: JobId(r.try_get(0)?),
-        run_id: r.try_get(1)?,
-        work_id: WorkId::new(r.try_get::<String, _>(2)?),
-        key: IdempotencyKey::new(r.try_get::<String, _>(3)?),
-        canonical_url: r.try_get(4)?,
+        run_id: if run_id == job.run_id {
+            job.run_id
+        } else {
+            run_id.to_owned()
+        },
+        work_id: if work_id == job.work_id.as_str() {
+            job.work_id
+        } else {
+            WorkId::new(work_id)
+        },
+        // rows are matched to claims by key
+        key: job.key,
+        canonical_url: if canonical_url == job.canonical_url {
+            job.canonical_url
+        } else {
+            canonical_url.to_owned()
+        },
         state: JobState::Leased,
-        lease_owner: Some(owner.to_owned()),
+        lease_owner: Some(owner),
         lease_expires_at: Some(expires),
         attempts: r.try_get(5)?,
         created_at: r.try_get(6)?,
@@ -395,10 +418,26 @@ async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i
     // A key twice in one statement is leased (at most) once, by whichever row comes first:
     // the later claims of a key go alone, so that a returned row belongs to the one claim
     // of its key, whose owner and times it has.
-    let mut seen = HashSet::new();
-    let (claims, alone): (Vec<Request>, Vec<Request>) = claims
+    let repeated: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(claims.len());
+        claims
+            .iter()
+            .map(|c| matches!(c, Request::Claim { job, .. } if !seen.insert(job.key.as_str())))
+            .collect()
+    };
+    let mut alone = Vec::new();
+    let claims: Vec<Request> = claims
         .into_iter()
-        .partition(|c| matches!(c, Request::Claim { job, .. } if seen.insert(job.key.as_str().to_owned())));
+        .zip(repeated)
+        .filter_map(|(c, repeated)| {
+            if repeated {
+                alone.push(c);
+                None
+            } else {
+                Some(c)
+            }
+        })
+        .collect();
     for c in alone {
         if let Request::Claim { reply, .. } = c {
             let _ = reply.send(None);
@@ -466,9 +505,9 @@ async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i
     }
     // a failed statement changed nothing: everyone asks again alone
     let leased: Vec<sqlx::sqlite::SqliteRow> = q.fetch_all(pool).await.unwrap_or_default();
-    let mut by_key: HashMap<String, &sqlx::sqlite::SqliteRow> = HashMap::with_capacity(leased.len());
+    let mut by_key: HashMap<&str, &sqlx::sqlite::SqliteRow> = HashMap::with_capacity(leased.len());
     for r in &leased {
-        if let Ok(key) = sqlx::Row::try_get::<String, _>(r, 3) {
+        if let Ok(key) = sqlx::Row::try_get::<&str, _>(r, 3) {
             by_key.insert(key, r);
         }
     }
@@ -484,7 +523,7 @@ async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i
         {
             let mine = by_key
                 .get(job.key.as_str())
-                .and_then(|r| claimed_job(r, &owner, now, expires).ok());
+                .and_then(|r| claimed_job(r, job, owner, now, expires).ok());
             let _ = reply.send(mine);
         }
     }
