@@ -866,7 +866,7 @@ async fn an_older_ledger_gets_the_cheaper_checks_and_lease_indexes() {
              \"CHECK (status = 'STARTED' OR status = 'FINISHED' OR status = 'ABANDONED')\", \
              \"CHECK (status IN ('STARTED', 'FINISHED', 'ABANDONED'))\") WHERE name IN ('jobs', 'ops'); \
              PRAGMA writable_schema = RESET; \
-             DROP INDEX jobs_leased; DROP INDEX jobs_planned; \
+             DROP INDEX jobs_leased; DROP INDEX jobs_planned; DROP INDEX jobs_deferred; \
              CREATE INDEX jobs_state_lease ON jobs (state, lease_expires_at); \
              DELETE FROM _sqlx_migrations WHERE version = 3; \
              INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
@@ -891,6 +891,7 @@ async fn an_older_ledger_gets_the_cheaper_checks_and_lease_indexes() {
     assert!(
         new.contains("jobs_leased: CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE state = 'LEASED'")
             && new.contains("jobs_planned: CREATE INDEX jobs_planned ON jobs (id) WHERE state = 'PLANNED'")
+            && new.contains("jobs_deferred: CREATE INDEX jobs_deferred ON jobs (reason) WHERE state = 'DEFERRED'")
             && !new.contains("jobs_state_lease"),
         "{new}"
     );
@@ -913,6 +914,20 @@ async fn an_older_ledger_gets_the_cheaper_checks_and_lease_indexes() {
         .await
         .unwrap_err();
     assert!(bogus.to_string().contains("CHECK"), "{bogus}");
+    // `status`'s count of deferred works by reason (`Ledger::reasons`, whose statement names
+    // the state) reads the partial index of DEFERRED jobs, not the whole table
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT reason, COUNT(*) FROM jobs WHERE state = 'DEFERRED' GROUP BY reason \
+         ORDER BY COUNT(*) DESC, COALESCE(reason, '')",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap()
+    .iter()
+    // (a plan row's text is its fourth column, `detail`)
+    .map(|r| sqlx::Row::get::<String, _>(r, 3))
+    .collect();
+    assert!(plan.iter().any(|l| l.contains("jobs_deferred")), "{plan:?}");
     let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
         .fetch_one(&mut db)
         .await
