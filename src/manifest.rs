@@ -495,6 +495,41 @@ impl<'a> AttemptLine<'a> {
     }
 }
 
+impl AttemptLine<'_> {
+    /// The line as `serde_json::to_writer` writes it, byte for byte, with the field names
+    /// written as they are: serde_json escapes each name as it would any string, which was
+    /// about half of the line's cost (callgrind, bulk_bench 2,000 files: the names are 230
+    /// of the line's ~400 bytes). The values still go through serde_json (escaping,
+    /// numbers). `the_attempt_line_is_the_generic_one` checks the bytes.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &[u8], value: &T) -> serde_json::Result<()> {
+            out.extend_from_slice(name);
+            serde_json::to_writer(&mut *out, value)
+        }
+        field(out, b"{\"schema_version\":", &self.schema_version)?;
+        field(out, b",\"run_id\":", self.run_id)?;
+        field(out, b",\"record_type\":", self.record_type)?;
+        field(out, b",\"attempt\":", &self.attempt)?;
+        field(out, b",\"bytes\":", &self.bytes)?;
+        field(out, b",\"cooldown_wait_us\":", &self.cooldown_wait_us)?;
+        field(out, b",\"elapsed_us\":", &self.elapsed_us)?;
+        field(out, b",\"head_us\":", &self.head_us)?;
+        field(out, b",\"method\":", self.method)?;
+        field(out, b",\"operation\":", &self.operation)?;
+        field(out, b",\"provider\":", self.provider)?;
+        field(out, b",\"ratelimit_wait_us\":", &self.ratelimit_wait_us)?;
+        field(out, b",\"reason\":", &self.reason)?;
+        field(out, b",\"retry_after_us\":", &self.retry_after_us)?;
+        field(out, b",\"status\":", &self.status)?;
+        field(out, b",\"timestamp_ms\":", &self.timestamp_ms)?;
+        field(out, b",\"ttfb_us\":", &self.ttfb_us)?;
+        field(out, b",\"url\":", self.url)?;
+        field(out, b",\"work_id\":", &self.work_id)?;
+        out.push(b'}');
+        Ok(())
+    }
+}
+
 /// A telemetry [`RecordSink`](crate::layers::telemetry::RecordSink) that writes each attempt
 /// record to the manifest as an `attempt` line.
 #[derive(Debug)]
@@ -516,7 +551,8 @@ impl ManifestSink {
 impl crate::layers::telemetry::RecordSink for ManifestSink {
     fn write(&mut self, record: &crate::layers::telemetry::AttemptRecord) -> io::Result<()> {
         // serialised before the lock is taken: the pipeline's own lines wait on it
-        let mut line = serde_json::to_vec(&AttemptLine::of(&self.run_id, record))?;
+        let mut line = Vec::with_capacity(512);
+        AttemptLine::of(&self.run_id, record).write_json(&mut line)?;
         line.push(b'\n');
         let mut m = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
         m.write_bytes(&line)
@@ -713,6 +749,12 @@ mod tests {
             ..full.clone()
         };
         for record in [full, empty] {
+            let mut written = Vec::new();
+            AttemptLine::of("r", &record).write_json(&mut written).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&AttemptLine::of("r", &record)).unwrap()
+            );
             let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let mut generic = ManifestWriter::open(a.path()).unwrap();
             generic.write_attempt("r", &record).unwrap();

@@ -420,6 +420,12 @@ async fn a_group_claim_leases_what_a_single_claim_would() {
             (new.lease_owner.as_deref(), new.attempts, new.state),
             (Some("B"), 1, JobState::Leased)
         );
+        // what the group says of a job is what the ledger holds, field for field (the
+        // new key's row is the one of its second claim, when there was one)
+        let latest = if got[5].is_some() { [4, 5] } else { [3, 4] };
+        for leased in latest.iter().filter_map(|&i| got[i].as_ref()) {
+            assert_eq!(l.get(leased.id).await.unwrap().as_ref(), Some(leased), "{n}");
+        }
         // a key twice in a group is leased once; the second is claimed alone, by its holder
         if let Some(again) = &got[5] {
             assert_eq!((again.id, again.attempts), (new.id, 1), "{n}");
@@ -511,10 +517,10 @@ async fn op_results_are_capped_and_migrations_are_idempotent() {
         let stored = l.ops(j.id).await.unwrap().remove(0).result.unwrap();
         assert!(stored.len() <= 16 && stored.ends_with('…'), "{}: {stored:?}", t.name);
         // opening the same database again re-runs the migrator: nothing to do, data kept
-        assert_eq!(l.schema_version().await.unwrap(), 2);
+        assert_eq!(l.schema_version().await.unwrap(), 3);
         let again = Ledger::connect(t.config.clone()).await.unwrap();
         assert_eq!(again.get(j.id).await.unwrap().unwrap().key, j.key);
-        assert_eq!(again.schema_version().await.unwrap(), 2);
+        assert_eq!(again.schema_version().await.unwrap(), 3);
         if t.name == "sqlite" {
             let wal = format!("{}-wal", t.config.url);
             assert!(std::path::Path::new(&wal).exists(), "SQLite runs in WAL mode: {wal}");
@@ -812,5 +818,195 @@ async fn finishes_sent_together_each_get_their_own_answer() {
             "{n}: job 6 is untouched"
         );
         assert_eq!(jobs.len(), 7, "{n}");
+    }
+}
+
+/// A ledger made before migration 3 (the state check as an `IN` list, the full
+/// `(state, lease_expires_at)` index) is migrated when opened: the checks become chains of
+/// `=` that still refuse an unknown state, the lease index becomes the two partial ones,
+/// and its rows go on as before (an expired lease taken back, planned jobs leased and
+/// finished). Opening it again changes nothing more.
+#[tokio::test]
+async fn an_older_ledger_gets_the_cheaper_checks_and_lease_indexes() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig::in_dir(dir.path());
+    let ledger = Ledger::connect(config.clone()).await.unwrap();
+    assert_eq!(ledger.schema_version().await.unwrap(), 3);
+    ledger.close().await;
+    let url = format!("sqlite://{}", dir.path().join("ledger.sqlite").display());
+    let old_check = "CHECK (state IN ('PLANNED', 'LEASED', 'FINALIZED', 'FAILED', 'DEFERRED', 'SKIPPED'))";
+    let new_check = "CHECK (state = 'LEASED' OR state = 'FINALIZED' OR state = 'FAILED' OR state = 'PLANNED' \
+                     OR state = 'DEFERRED' OR state = 'SKIPPED')";
+    let schema = |url: String| async move {
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let rows =
+            sqlx::query("SELECT name, sql FROM sqlite_master WHERE name LIKE 'jobs%' OR name = 'ops' ORDER BY name")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        db.close().await.unwrap();
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.get::<String, _>(0),
+                    r.get::<Option<String>, _>(1).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // back to schema 2, as version 2 of the runner left it, with jobs in several states
+    {
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let back = format!(
+            "PRAGMA writable_schema = ON; \
+             UPDATE sqlite_master SET sql = replace(replace(sql, \"{new_check}\", \"{old_check}\"), \
+             \"CHECK (status = 'STARTED' OR status = 'FINISHED' OR status = 'ABANDONED')\", \
+             \"CHECK (status IN ('STARTED', 'FINISHED', 'ABANDONED'))\") WHERE name IN ('jobs', 'ops'); \
+             PRAGMA writable_schema = RESET; \
+             DROP INDEX jobs_leased; DROP INDEX jobs_planned; DROP INDEX jobs_deferred; \
+             CREATE INDEX jobs_state_lease ON jobs (state, lease_expires_at); \
+             DELETE FROM _sqlx_migrations WHERE version = 3; \
+             INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
+             attempts, created_at, updated_at) VALUES \
+             ('old', 'W1', 'old-1', 'https://example.org/1.pdf', 'PLANNED', NULL, NULL, 0, 1, 1), \
+             ('old', 'W2', 'old-2', 'https://example.org/2.pdf', 'LEASED', 'gone', 2, 1, 1, 1), \
+             ('old', 'W3', 'old-3', 'https://example.org/3.pdf', 'FINALIZED', NULL, NULL, 1, 1, 1)"
+        );
+        sqlx::raw_sql(&back).execute(&mut db).await.unwrap();
+        db.close().await.unwrap();
+    }
+    let old = schema(url.clone()).await;
+    assert!(
+        old.contains(old_check) && old.contains("jobs_state_lease") && !old.contains("jobs_leased"),
+        "{old}"
+    );
+
+    let ledger = Ledger::connect(config.clone()).await.unwrap();
+    assert_eq!(ledger.schema_version().await.unwrap(), 3);
+    let new = schema(url.clone()).await;
+    assert!(new.contains(new_check) && !new.contains("IN ("), "{new}");
+    assert!(
+        new.contains("jobs_leased: CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE state = 'LEASED'")
+            && new.contains("jobs_planned: CREATE INDEX jobs_planned ON jobs (id) WHERE state = 'PLANNED'")
+            && new.contains("jobs_deferred: CREATE INDEX jobs_deferred ON jobs (reason) WHERE state = 'DEFERRED'")
+            && !new.contains("jobs_state_lease"),
+        "{new}"
+    );
+    // the expired lease was taken back at opening; both planned jobs lease and finish
+    let leased = ledger.lease(Some("old"), "w", 10, TTL).await.unwrap();
+    assert_eq!(leased.len(), 2, "{leased:?}");
+    for j in &leased {
+        ledger
+            .finish(j.id, "w", JobState::Finalized, &JobResult::outcome("pdf"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(ledger.counts(Some("old")).await.unwrap().finalized, 3);
+    ledger.close().await;
+
+    // the rewritten check still refuses a state the ledger does not know
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let bogus = sqlx::query("UPDATE jobs SET state = 'BOGUS' WHERE idempotency_key = 'old-1'")
+        .execute(&mut db)
+        .await
+        .unwrap_err();
+    assert!(bogus.to_string().contains("CHECK"), "{bogus}");
+    // `status`'s count of deferred works by reason (`Ledger::reasons`, whose statement names
+    // the state) reads the partial index of DEFERRED jobs, not the whole table
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT reason, COUNT(*) FROM jobs WHERE state = 'DEFERRED' GROUP BY reason \
+         ORDER BY COUNT(*) DESC, COALESCE(reason, '')",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap()
+    .iter()
+    // (a plan row's text is its fourth column, `detail`)
+    .map(|r| sqlx::Row::get::<String, _>(r, 3))
+    .collect();
+    assert!(plan.iter().any(|l| l.contains("jobs_deferred")), "{plan:?}");
+    let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(ok, "ok");
+    db.close().await.unwrap();
+
+    // opened again: nothing more to do
+    let ledger = Ledger::connect(config).await.unwrap();
+    assert_eq!(ledger.schema_version().await.unwrap(), 3);
+    ledger.close().await;
+    assert_eq!(schema(url).await, new);
+}
+
+/// Answers read many works at a time come back whole whatever the group's size (each
+/// statement is padded to a power of two; the padding matches no work).
+#[tokio::test]
+async fn resolver_answers_read_in_groups_of_any_size() {
+    use contentdownload::ledger::ResolverAnswer;
+    for t in backends("resolver_answers_read_in_groups").await {
+        let l = &t.ledger;
+        let n = t.name;
+        for w in ["W1", "W2", "W3"] {
+            let answer = ResolverAnswer {
+                resolver: "unpaywall".into(),
+                answer: format!("[\"https://example.org/{w}.pdf\"]"),
+                candidates: 1,
+                found_pdf: false,
+                answered_at: None,
+            };
+            l.remember_answers(w, &[answer]).await.unwrap();
+        }
+        let day = Duration::from_secs(86_400);
+        for ids in [&["W1"][..], &["W2", "W9"], &["W9", "W1", "W2", "W3", "W8"]] {
+            let got = l.resolver_answers_of(ids, day).await.unwrap();
+            assert_eq!(got.len(), ids.len(), "{n}: {got:?}");
+            for id in ids {
+                let want = usize::from(*id != "W8" && *id != "W9");
+                assert_eq!(got[*id].len(), want, "{n}: {id}");
+                if want == 1 {
+                    assert!(got[*id][0].answer.contains(id), "{n}: {:?}", got[*id]);
+                }
+            }
+        }
+    }
+}
+
+/// A job that failed before comes back from a group claim with its last result as stored,
+/// field for field (the batched claim returns the result packed in one column).
+#[tokio::test]
+async fn a_group_claim_returns_a_failed_jobs_last_result() {
+    for t in backends("a_group_claim_returns_a_failed_jobs_last_result").await {
+        let l = &t.ledger;
+        let n = t.name;
+        let Claim::Leased(j) = l.claim(&job("f", 0), "A", TTL).await.unwrap() else {
+            panic!("{n}: new key")
+        };
+        let result = JobResult {
+            outcome: Some("http_503".into()),
+            path: Some("pdfs/a \"b\" \u{e9}.pdf".into()),
+            sha256: Some("ab".repeat(32)),
+            bytes: Some(i64::MAX),
+            reason: Some("line\nbreak, \\ and \u{1F4C4}".into()),
+        };
+        l.finish(j.id, "A", JobState::Failed, &result).await.unwrap();
+        let got = l.claim_group(&[job("f", 0), job("f", 1)], "B", TTL, None).await;
+        let new = got[1].as_ref().unwrap_or_else(|| panic!("{n}: a new key is leased"));
+        assert_eq!(new.result, JobResult::default(), "{n}");
+        assert_eq!(l.get(new.id).await.unwrap().as_ref(), Some(new), "{n}");
+        // PostgreSQL leaves existing keys to the single claim; SQLite batches them
+        assert!(got[0].is_some() || n != "sqlite", "{n}: {got:?}");
+        let again = match &got[0] {
+            Some(again) => again.clone(),
+            None => match l.claim(&job("f", 0), "B", TTL).await.unwrap() {
+                Claim::Leased(again) => again,
+                other => panic!("{n}: {other:?}"),
+            },
+        };
+        assert_eq!((again.id, again.attempts, &again.result), (j.id, 2, &result), "{n}");
+        assert_eq!(l.get(j.id).await.unwrap(), Some(again), "{n}");
     }
 }

@@ -100,22 +100,38 @@ impl Ledger {
         let since = self
             .now()
             .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let sqlite = self.backend_name() == "sqlite";
         for ids in work_ids.chunks(ANSWERS_OF_BATCH) {
+            // padded as the settled reads are (see `settled::padded_len`), and on SQLite with
+            // anonymous parameters (for numbered ones sqlx asks SQLite each one's name, a
+            // walk through the statement's list of names); the padding is NULL
+            let n = super::settled::padded_len(ids.len(), ANSWERS_OF_BATCH);
             let mut sql = String::from(
                 "SELECT work_id, resolver, answer, candidates, found_pdf, answered_at FROM resolver_answers \
-                 WHERE answered_at >= $1 AND work_id IN (",
+                 WHERE answered_at >= ",
             );
-            for i in 0..ids.len() {
+            sql.push_str(if sqlite { "?" } else { "$1" });
+            sql.push_str(" AND work_id IN (");
+            for i in 0..n {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("${}", i + 2));
+                if sqlite {
+                    sql.push('?');
+                } else {
+                    sql.push_str(&format!("${}", i + 2));
+                }
             }
             sql.push_str(") ORDER BY work_id, resolver");
             with_pool!(self, pool => {
                 let mut q = sqlx::query(&sql).bind(since);
                 for id in ids {
                     q = q.bind(*id);
+                }
+                if !sqlite {
+                    for _ in ids.len()..n {
+                        q = q.bind(None::<&str>);
+                    }
                 }
                 let rows = q.fetch_all(pool).await.map_err(LedgerError::db("read resolver answers"))?;
                 for r in &rows {

@@ -26,7 +26,8 @@
 //! answer statements against 9 claim statements); they are written last in each turn, all
 //! that wait in one upsert, since no download waits for them to start.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 
 use sqlx::{Pool, Sqlite};
 use tokio::sync::{mpsc, oneshot};
@@ -42,7 +43,6 @@ pub(crate) enum BatchPool {
 }
 
 use super::answers::ResolverAnswer;
-use super::row::{self, job_columns};
 use super::types::{Job, JobId, JobResult, JobState, NewJob};
 
 /// The most requests in one statement (claims bind 8 parameters a row, finishes 9; SQLite
@@ -342,13 +342,123 @@ fn failed_before_of(request: &Request) -> i64 {
     }
 }
 
+/// The columns a batched claim returns: what the claim cannot know beforehand (the id, and
+/// for a job that was already there its run, work, URL, attempts, creation and last
+/// result), plus the key to tell the rows apart. The rest of a [`Job`] it does know: a row
+/// comes back only when this claim leased it, so its state is LEASED, its owner, lease
+/// end and update time the claim's own. The last result (outcome, path, SHA-256, bytes,
+/// reason) comes as one JSON array, and only when there is one (a job failed or deferred
+/// before): NULL for a new job. Each column returned is a copy made by sqlx and freed
+/// again (about 1,200 instructions apiece, more for a string); returning all sixteen
+/// was about 14k instructions per claimed job on the ledger's thread and 3k on the
+/// runtime's (callgrind, bulk_bench 2,000 files).
+const CLAIMED_COLUMNS: &str = "id, run_id, work_id, idempotency_key, canonical_url, attempts, created_at, \
+     CASE WHEN COALESCE(outcome, path, sha256, bytes, reason) IS NULL THEN NULL \
+     ELSE json_array(outcome, path, sha256, bytes, reason) END";
+
+/// A job leased by a batched claim from a row of [`CLAIMED_COLUMNS`], with the claim's
+/// job, owner and times. The claim's own strings are used where the row has the same
+/// (always, for a new job): each string read from a row is another copy.
+fn claimed_job(
+    r: &sqlx::sqlite::SqliteRow,
+    job: NewJob,
+    owner: String,
+    now: i64,
+    expires: i64,
+) -> Result<Job, sqlx::Error> {
+    use crate::context::WorkId;
+    use sqlx::Row;
+    let result = match r.try_get::<Option<&str>, _>(7)? {
+        None => JobResult::default(),
+        Some(json) => {
+            let (outcome, path, sha256, bytes, reason) = serde_json::from_str(json)
+                .map_err(|e| sqlx::Error::Decode(format!("a job's last result {json:?}: {e}").into()))?;
+            JobResult {
+                outcome,
+                path,
+                sha256,
+                bytes,
+                reason,
+            }
+        }
+    };
+    let run_id: &str = r.try_get(1)?;
+    let work_id: &str = r.try_get(2)?;
+    let canonical_url: &str = r.try_get(4)?;
+    Ok(Job {
+        id: JobId(r.try_get(0)?),
+        run_id: if run_id == job.run_id {
+            job.run_id
+        } else {
+            run_id.to_owned()
+        },
+        work_id: if work_id == job.work_id.as_str() {
+            job.work_id
+        } else {
+            WorkId::new(work_id)
+        },
+        // rows are matched to claims by key
+        key: job.key,
+        canonical_url: if canonical_url == job.canonical_url {
+            job.canonical_url
+        } else {
+            canonical_url.to_owned()
+        },
+        state: JobState::Leased,
+        lease_owner: Some(owner),
+        lease_expires_at: Some(expires),
+        attempts: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        updated_at: now,
+        result,
+    })
+}
+
 async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i64) {
+    // A key twice in one statement is leased (at most) once, by whichever row comes first:
+    // the later claims of a key go alone, so that a returned row belongs to the one claim
+    // of its key, whose owner and times it has.
+    let repeated: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(claims.len());
+        claims
+            .iter()
+            .map(|c| matches!(c, Request::Claim { job, .. } if !seen.insert(job.key.as_str())))
+            .collect()
+    };
+    let mut alone = Vec::new();
+    let claims: Vec<Request> = claims
+        .into_iter()
+        .zip(repeated)
+        .filter_map(|(c, repeated)| {
+            if repeated {
+                alone.push(c);
+                None
+            } else {
+                Some(c)
+            }
+        })
+        .collect();
+    for c in alone {
+        if let Request::Claim { reply, .. } = c {
+            let _ = reply.send(None);
+        }
+    }
+    if claims.is_empty() {
+        return;
+    }
     // As the finishes (see `finish_batch`): a row per claim, padded to the next power of
-    // two with rows of NULLs that the `WHERE` leaves out, so the statement is one of eight
-    // and stays in the connection's statement cache (claims come in groups of every size:
-    // each new size was parsed and planned anew). `INSERT … SELECT … WHERE` rather than
-    // `INSERT … VALUES`: a `VALUES` row cannot be skipped. (The `WHERE` is also what lets
-    // SQLite's parser tell the upsert's `ON CONFLICT` from a join's `ON`.)
+    // two with rows that the `WHERE` leaves out, so the statement is one of eight and stays
+    // in the connection's statement cache (claims come in groups of every size: each new
+    // size was parsed and planned anew). The padding is left unbound: SQLite reads an
+    // unbound parameter as NULL, and sqlx binds the values it was given and stops (binding
+    // a NULL per padding parameter cost as much as a real row's). So the rows' parameters
+    // are the statement's only ones, and `failed_before`, the same for the whole group, is
+    // written into its text as a number (an `i64`, nothing to escape); a run has one, so
+    // the statements stay eight. (Numbered parameters, `?1` first, cost more than the
+    // padding: sqlx asks SQLite each one's name, a walk through the list of names.)
+    // `INSERT … SELECT … WHERE` rather than `INSERT … VALUES`: a `VALUES` row cannot be
+    // skipped. (The `WHERE` is also what lets SQLite's parser tell the upsert's
+    // `ON CONFLICT` from a join's `ON`.)
     let rows = claims.len().next_power_of_two();
     let mut sql = String::from(
         "INSERT INTO jobs (run_id, work_id, idempotency_key, canonical_url, state, lease_owner, lease_expires_at, \
@@ -360,17 +470,18 @@ async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i
         sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
     }
     // the same conditions as the single claim, with each row's own owner and times
-    sql.push_str(concat!(
+    let _ = write!(
+        sql,
         ") AS v WHERE v.column3 IS NOT NULL \
          ON CONFLICT (idempotency_key) DO UPDATE SET state = 'LEASED', lease_owner = excluded.lease_owner, \
          lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at, \
          attempts = CASE WHEN jobs.state = 'LEASED' AND jobs.lease_owner = excluded.lease_owner \
          THEN jobs.attempts ELSE jobs.attempts + 1 END \
-         WHERE jobs.state IN ('PLANNED', 'DEFERRED') OR (jobs.state = 'FAILED' AND jobs.updated_at < ?) \
+         WHERE jobs.state IN ('PLANNED', 'DEFERRED') OR (jobs.state = 'FAILED' AND jobs.updated_at < {failed_before}) \
          OR (jobs.state = 'LEASED' AND \
-         (jobs.lease_owner = excluded.lease_owner OR jobs.lease_expires_at < excluded.updated_at)) RETURNING ",
-        job_columns!()
-    ));
+         (jobs.lease_owner = excluded.lease_owner OR jobs.lease_expires_at < excluded.updated_at)) RETURNING "
+    );
+    sql.push_str(CLAIMED_COLUMNS);
     let mut q = sqlx::query(&sql);
     for c in &claims {
         if let Request::Claim {
@@ -392,33 +503,27 @@ async fn claim_group(pool: &Pool<Sqlite>, claims: Vec<Request>, failed_before: i
                 .bind(*now);
         }
     }
-    for _ in claims.len()..rows {
-        let none: Option<&str> = None;
-        q = q
-            .bind(none)
-            .bind(none)
-            .bind(none)
-            .bind(none)
-            .bind(none)
-            .bind(0_i64)
-            .bind(0_i64)
-            .bind(0_i64);
-    }
-    // the last parameter: the one in the conflict's condition
-    let q = q.bind(failed_before);
     // a failed statement changed nothing: everyone asks again alone
-    let leased: Vec<Job> = match q.fetch_all(pool).await {
-        Ok(rows) => rows.iter().filter_map(|r| row::job(r).ok()).collect(),
-        Err(_) => Vec::new(),
-    };
+    let leased: Vec<sqlx::sqlite::SqliteRow> = q.fetch_all(pool).await.unwrap_or_default();
+    let mut by_key: HashMap<&str, &sqlx::sqlite::SqliteRow> = HashMap::with_capacity(leased.len());
+    for r in &leased {
+        if let Ok(key) = sqlx::Row::try_get::<&str, _>(r, 3) {
+            by_key.insert(key, r);
+        }
+    }
     for c in claims {
-        if let Request::Claim { job, owner, reply, .. } = c {
-            // the last row for this key and owner (a key twice in the batch returns twice)
-            let mine = leased
-                .iter()
-                .rev()
-                .find(|j| j.key.as_str() == job.key.as_str() && j.lease_owner.as_deref() == Some(owner.as_str()))
-                .cloned();
+        if let Request::Claim {
+            job,
+            owner,
+            now,
+            expires,
+            reply,
+            ..
+        } = c
+        {
+            let mine = by_key
+                .get(job.key.as_str())
+                .and_then(|r| claimed_job(r, job, owner, now, expires).ok());
             let _ = reply.send(mine);
         }
     }
@@ -439,8 +544,8 @@ async fn finish_batch(pool: &Pool<Sqlite>, finishes: Vec<Request>) {
         return;
     }
     // The statement has a row per finish, padded to the next power of two with rows that
-    // match no job (id -1: AUTOINCREMENT ids start at 1), so that its text is one of eight
-    // and stays in the connection's statement cache. Group sizes vary with timing, and
+    // match no job (left unbound, so NULL, as the claims' padding), so that its text is one
+    // of eight and stays in the connection's statement cache. Group sizes vary with timing, and
     // each new size was a statement parsed and planned anew: about a third of the ledger's
     // instructions per file of a bulk run (callgrind: 25k of 74k), for a row that costs a
     // missed rowid lookup.
@@ -479,19 +584,6 @@ async fn finish_batch(pool: &Pool<Sqlite>, finishes: Vec<Request>) {
                 .bind(result.bytes)
                 .bind(result.reason.as_deref());
         }
-    }
-    for _ in batch.len()..rows {
-        let none: Option<&str> = None;
-        q = q
-            .bind(-1_i64)
-            .bind(none)
-            .bind(none)
-            .bind(0_i64)
-            .bind(none)
-            .bind(none)
-            .bind(none)
-            .bind(None::<i64>)
-            .bind(none);
     }
     let done: HashSet<i64> = match q.fetch_all(pool).await {
         Ok(rows) => rows

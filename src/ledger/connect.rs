@@ -385,6 +385,11 @@ pub(crate) async fn open_sqlite(cfg: &LedgerConfig) -> Result<Backend, LedgerErr
             "resolver answers",
             include_str!("../../migrations/sqlite/0002_resolver_answers.sql"),
         ),
+        (
+            3,
+            "cheaper checks and lease indexes",
+            include_str!("../../migrations/sqlite/0003_cheaper_checks_and_lease_indexes.sql"),
+        ),
     ]);
     // Several processes may open a fresh file at once; SQLite has no migration lock, so
     // the loser of the race sees the version already taken and simply tries again (the
@@ -480,6 +485,11 @@ pub(crate) async fn open_postgres(cfg: &LedgerConfig) -> Result<Backend, LedgerE
                 2,
                 "resolver answers",
                 include_str!("../../migrations/postgres/0002_resolver_answers.sql"),
+            ),
+            (
+                3,
+                "lease indexes",
+                include_str!("../../migrations/postgres/0003_lease_indexes.sql"),
             ),
         ])
         .run(&pool)

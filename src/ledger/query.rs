@@ -110,8 +110,14 @@ impl Ledger {
     /// recorded), most first: what `status` says of the deferred works.
     pub async fn reasons(&self, state: super::types::JobState) -> Result<Vec<(Option<String>, u64)>, LedgerError> {
         with_pool!(self, pool => {
-            let rows = sqlx::query("SELECT reason, COUNT(*) FROM jobs WHERE state = $1 GROUP BY reason ORDER BY COUNT(*) DESC, COALESCE(reason, '')")
-                .bind(state.as_str())
+            // The state is written into the statement (one of the fixed names), not bound:
+            // a planner can use the partial index of DEFERRED jobs (`jobs_deferred`) only
+            // for a literal `state = 'DEFERRED'`.
+            let sql = format!(
+                "SELECT reason, COUNT(*) FROM jobs WHERE state = '{}' GROUP BY reason ORDER BY COUNT(*) DESC, COALESCE(reason, '')",
+                state.as_str()
+            );
+            let rows = sqlx::query(&sql)
                 .fetch_all(pool)
                 .await
                 .map_err(LedgerError::db("count jobs by reason"))?;

@@ -68,8 +68,8 @@ pub trait RecordSink: Send + 'static {
     fn write(&mut self, record: &AttemptRecord) -> io::Result<()>;
     /// Makes everything written so far durable (or at least visible to readers).
     fn flush(&mut self) -> io::Result<()>;
-    /// Called whenever the writer's queue runs empty, which in a busy run is after almost
-    /// every record: hands what is buffered to the operating system (visible to readers,
+    /// Called when the writer's queue has run empty (in a busy run, every 20 ms; see
+    /// [`RecordWriter`](super::RecordWriter)): hands what is buffered to the operating system (visible to readers,
     /// kept if the process dies) without waiting for the disk. The default is
     /// [`flush`](RecordSink::flush); a sink whose `flush` syncs to disk should override it
     /// and leave syncing to `flush` (see [`ManifestSink`](crate::manifest::ManifestSink)).
