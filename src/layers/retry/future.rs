@@ -32,6 +32,8 @@ pub(crate) struct Plan {
     pub(crate) has_key: bool,
     pub(crate) resendable: Resendable,
     pub(crate) budget: Option<PartitionBudget>,
+    /// The policy lists no status below 400: a response below 400 is a success.
+    pub(crate) plain_success: bool,
 }
 
 /// Where a resend's request comes from.
@@ -116,6 +118,7 @@ where
                     // the thread's next hand-off)
                     let handed_up = take_handed_up::<B>().filter(|_| matches!(this.spare, Spare::Below(_)));
                     let (class, hint) = match &result {
+                        Ok(res) if plan.plain_success && res.status().as_u16() < 400 => (Class::Success, None),
                         Ok(res) => classify_response(policy, res),
                         Err(err) => classify_error(&**err),
                     };

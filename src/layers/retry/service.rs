@@ -40,18 +40,29 @@ pub struct ContextualRetry<S> {
     budgets: Budgets,
     /// Resend from the copy the redirect layer below keeps (`ContextualRetryLayer::with_copy_from_below`).
     pub(super) copy_from_below: bool,
+    /// Per operation type (`OperationType::ALL`'s order): whether its policy lists no status
+    /// below 400, so that a response below 400 is a success without searching the lists
+    /// (~90 instructions per request, `layer_cost stack` under callgrind).
+    plain_success: [bool; 5],
 }
 
 impl<S: Clone> ContextualRetry<S> {
     /// Wraps `inner`. The configuration should be validated
     /// ([`RetryConfig::validate`]); [`ContextualRetryLayer::new`](super::ContextualRetryLayer::new) does.
     pub fn new(inner: S, config: Arc<RetryConfig>, budgets: Budgets) -> Self {
+        let plain_success = OperationType::ALL.map(|op| {
+            let p = config.policy(op);
+            [&p.throttle_statuses, &p.timeout_statuses, &p.server_error_statuses]
+                .iter()
+                .all(|list| list.iter().all(|&s| s >= 400))
+        });
         ContextualRetry {
             spare_service: Some(Arc::new(inner.clone())),
             inner,
             config,
             budgets,
             copy_from_below: false,
+            plain_success,
         }
     }
 }
@@ -150,6 +161,7 @@ where
             has_key,
             resendable,
             budget,
+            plain_success: self.plain_success[operation as usize],
         };
         ResponseFuture::new(future, service, spare, plan)
     }
