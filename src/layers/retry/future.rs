@@ -166,7 +166,7 @@ where
                             );
                             drop(result);
                             if let Some(copy) = handed_up {
-                                *this.spare = Spare::Below(Some(Box::new(copy)));
+                                *this.spare = Spare::Below(Some(copy));
                             }
                             if wait.is_zero() {
                                 this.state.set(State::Ready);
