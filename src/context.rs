@@ -575,6 +575,45 @@ mod recent {
     }
 }
 
+/// One clock read shared by the layers of one call: the retry layer reads the time as it
+/// is called, and the layers it calls in turn (synchronously, before its `call` returns)
+/// take that time instead of reading the clock again; anywhere else, and in a layer used
+/// alone, [`now`](clock::now) reads the clock. (Two or three clock reads per request fewer,
+/// each ~100 instructions: `layer_cost stack` under callgrind.)
+///
+/// The shared time is what the clock said a few microseconds earlier, at the start of the
+/// same call: no layer waits or yields inside `call`. It is shared only while the retry
+/// layer's `call` runs (a guard restores what was there before, also on unwinding), never
+/// while a future is polled: a resend, a redirect hop or a wait read the clock anew.
+pub(crate) mod clock {
+    use std::cell::Cell;
+
+    use tokio::time::Instant;
+
+    thread_local! {
+        static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+
+    /// The time shared by the call under way on this thread, or the clock.
+    pub(crate) fn now() -> Instant {
+        NOW.try_with(Cell::get).ok().flatten().unwrap_or_else(Instant::now)
+    }
+
+    /// Shares `now` with the layers called on this thread until the guard is dropped.
+    pub(crate) fn share(now: Instant) -> Shared {
+        Shared(NOW.try_with(|c| c.replace(Some(now))).ok().flatten())
+    }
+
+    /// Restores what was shared before (the time of an enclosing call, or nothing).
+    pub(crate) struct Shared(Option<Instant>);
+
+    impl Drop for Shared {
+        fn drop(&mut self) {
+            let _ = NOW.try_with(|c| c.set(self.0));
+        }
+    }
+}
+
 /// Reading and setting the request context on an [`http::Request`].
 pub trait RequestContextExt {
     /// The operation type (default [`OperationType::Download`]).
@@ -746,6 +785,30 @@ mod tests {
         let mut req = Request::get("https://a.org/x").body(()).unwrap();
         req.extensions_mut().insert(PartitionKey::new("p", "cached.org"));
         assert_eq!(PartitionKey::of(&mut req), PartitionKey::new("p", "cached.org"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_clock_is_shared_only_while_its_guard_lives() {
+        let start = tokio::time::Instant::now();
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert_eq!(clock::now(), start + std::time::Duration::from_secs(5));
+        {
+            let _outer = clock::share(start);
+            assert_eq!(clock::now(), start);
+            {
+                let _inner = clock::share(start + std::time::Duration::from_secs(1));
+                assert_eq!(clock::now(), start + std::time::Duration::from_secs(1));
+            }
+            assert_eq!(clock::now(), start, "the enclosing call's time again");
+        }
+        assert_eq!(clock::now(), start + std::time::Duration::from_secs(5));
+        // a panic inside the call does not leave its time behind
+        let caught = std::panic::catch_unwind(|| {
+            let _guard = clock::share(start);
+            panic!("inside a call");
+        });
+        assert!(caught.is_err());
+        assert_eq!(clock::now(), start + std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -62,7 +61,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let key = PartitionKey::of(&mut req);
-        let sent_at = Instant::now();
+        let sent_at = crate::context::clock::now();
         ResponseFuture::new(self.inner.call(req), self.learner.clone(), key, sent_at)
     }
 }

@@ -153,7 +153,11 @@ where
                 service
             }
         };
-        let future = self.inner.call(req);
+        // the layers below take the time just read instead of reading the clock again
+        let future = {
+            let _clock = crate::context::clock::share(started);
+            self.inner.call(req)
+        };
         let plan = Plan {
             config: self.config.clone(),
             operation,

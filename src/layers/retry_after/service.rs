@@ -2,7 +2,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -80,7 +79,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let partition = PartitionKey::of(&mut req);
         if let Some(until) = self.cooldowns.until(&partition) {
-            let now = Instant::now();
+            let now = crate::context::clock::now();
             if until > now {
                 if until - now > self.max_wait {
                     return ResponseFuture::failed(CoolingDown { partition, until });

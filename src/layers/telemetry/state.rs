@@ -121,7 +121,7 @@ impl Tracker {
         });
         Some(Box::new(Tracker {
             span,
-            start: Instant::now(),
+            start: crate::context::clock::now(),
             placement,
             attempt,
             head: None,
