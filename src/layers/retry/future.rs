@@ -117,8 +117,16 @@ where
                     // copy left behind would hold the request, credentials included, until
                     // the thread's next hand-off)
                     let handed_up = take_handed_up::<B>().filter(|_| matches!(this.spare, Spare::Below(_)));
+                    if matches!(&result, Ok(res) if plan.plain_success && res.status().as_u16() < 400) {
+                        // A success (nearly every response): `decide` says `Done` without
+                        // looking at the attempt, and nothing is logged.
+                        drop(handed_up);
+                        if !tracing_is_silent() {
+                            tracing::Span::current().record(DECISION_FIELD, Decision::Done.as_str());
+                        }
+                        return Poll::Ready(result);
+                    }
                     let (class, hint) = match &result {
-                        Ok(res) if plan.plain_success && res.status().as_u16() < 400 => (Class::Success, None),
                         Ok(res) => classify_response(policy, res),
                         Err(err) => classify_error(&**err),
                     };
