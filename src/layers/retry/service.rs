@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use super::budget::Budgets;
 use super::config::RetryConfig;
-use super::future::{Plan, ResponseFuture, Spare};
+use super::future::{Plan, ResponseFuture, Shared, Spare};
 use super::policy::{clone_request, CloneBody, NotResendable, Resendable};
 use super::slot::can_hand_up;
 use crate::context::{AttemptNumber, IdempotencyKey, OperationType, PartitionKey};
@@ -35,7 +35,7 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub struct ContextualRetry<S> {
     inner: S,
     /// An unready copy of `inner` for resends; `None` after `get_mut` until the next call.
-    spare_service: Option<Arc<S>>,
+    spare_service: Option<Arc<Shared<S>>>,
     config: Arc<RetryConfig>,
     budgets: Budgets,
     /// Resend from the copy the redirect layer below keeps (`ContextualRetryLayer::with_copy_from_below`).
@@ -57,7 +57,10 @@ impl<S: Clone> ContextualRetry<S> {
                 .all(|list| list.iter().all(|&s| s >= 400))
         });
         ContextualRetry {
-            spare_service: Some(Arc::new(inner.clone())),
+            spare_service: Some(Arc::new(Shared {
+                service: inner.clone(),
+                config: config.clone(),
+            })),
             inner,
             config,
             budgets,
@@ -148,7 +151,10 @@ where
         let service = match &self.spare_service {
             Some(service) => Arc::clone(service),
             None => {
-                let service = Arc::new(self.inner.clone());
+                let service = Arc::new(Shared {
+                    service: self.inner.clone(),
+                    config: self.config.clone(),
+                });
                 self.spare_service = Some(Arc::clone(&service));
                 service
             }
@@ -159,7 +165,6 @@ where
             self.inner.call(req)
         };
         let plan = Plan {
-            config: self.config.clone(),
             operation,
             started,
             has_key,
