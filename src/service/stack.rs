@@ -316,12 +316,18 @@ impl Stack {
             .layer(self.operation_telemetry.clone())
             .option_layer(self.idempotency.clone())
             // (the retry layer resends from the copy the redirect layer directly below keeps)
-            .layer(self.retry.clone().with_copy_from_below())
+            // (the retry layer shares each request's partition key with the three partition
+            // layers below, which take it: `context::clock`)
+            .layer(self.retry.clone().with_copy_from_below().with_key_shared())
             .layer(self.redirects.with_copy_handed_up())
             .layer(self.attempt_telemetry.clone())
-            .layer(self.retry_after.clone())
-            .option_layer(self.learner.clone().map(ProviderLearningLayer::new))
-            .layer(RateLimitLayer::new(self.limiter.clone()))
+            .layer(self.retry_after.clone().with_call_key())
+            .option_layer(
+                self.learner
+                    .clone()
+                    .map(|learner| ProviderLearningLayer::new(learner).with_call_key()),
+            )
+            .layer(RateLimitLayer::new(self.limiter.clone()).with_call_key())
             .option_layer(self.limiter.global_concurrency_layer())
             .service(bottom);
         HttpService::new(Top { inner: svc, op })

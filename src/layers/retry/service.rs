@@ -40,6 +40,8 @@ pub struct ContextualRetry<S> {
     budgets: Budgets,
     /// Resend from the copy the redirect layer below keeps (`ContextualRetryLayer::with_copy_from_below`).
     pub(super) copy_from_below: bool,
+    /// Share the partition key with the layers called (`ContextualRetryLayer::with_key_shared`).
+    pub(super) share_key: bool,
     /// Per operation type (`OperationType::ALL`'s order): whether its policy lists no status
     /// below 400, so that a response below 400 is a success without searching the lists
     /// (~90 instructions per request, `layer_cost stack` under callgrind).
@@ -65,6 +67,7 @@ impl<S: Clone> ContextualRetry<S> {
             config,
             budgets,
             copy_from_below: false,
+            share_key: false,
             plain_success,
         }
     }
@@ -140,8 +143,14 @@ where
         // `layer_cost stack` under callgrind).
         req.extensions_mut().remove::<AttemptNumber>();
         let started = Instant::now();
+        // (shared with the stack's layers below rather than cached in the request: the copy
+        // the redirect layer keeps for a resend then has one extension less to clone and drop)
+        let key = self.share_key.then(|| PartitionKey::compute(&req));
         let budget = if may_retry && self.budgets.enabled() {
-            self.budgets.get_at(&PartitionKey::of(&mut req), started)
+            match &key {
+                Some(key) => self.budgets.get_at(key, started),
+                None => self.budgets.get_at(&PartitionKey::of(&mut req), started),
+            }
         } else {
             None
         };
@@ -161,7 +170,7 @@ where
         };
         // the layers below take the time just read instead of reading the clock again
         let future = {
-            let _clock = crate::context::clock::share(started);
+            let _clock = crate::context::clock::share_with_key(started, key);
             self.inner.call(req)
         };
         let plan = Plan {

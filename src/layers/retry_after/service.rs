@@ -27,6 +27,8 @@ pub struct RetryAfter<S> {
     inner: S,
     max_wait: Duration,
     cooldowns: Cooldowns,
+    /// Take the key the stack's retry layer shares (`RetryAfterLayer::with_call_key`).
+    pub(super) call_key: bool,
 }
 
 impl<S> RetryAfter<S> {
@@ -36,6 +38,7 @@ impl<S> RetryAfter<S> {
             inner,
             max_wait,
             cooldowns,
+            call_key: false,
         }
     }
 
@@ -77,7 +80,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let partition = PartitionKey::of(&mut req);
+        let partition = PartitionKey::of_call(&mut req, self.call_key);
         if let Some(until) = self.cooldowns.until(&partition) {
             let now = crate::context::clock::now();
             if until > now {
