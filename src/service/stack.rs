@@ -286,7 +286,10 @@ impl Stack {
     /// redirects `inner` hands back, each hop through the partition layers; an `inner` that
     /// follows redirects itself hides its hops from them. `inner`'s response body may be
     /// any body of `Bytes`: it is type-erased once, at the top of the stack (an `inner` that
-    /// boxed it first would add a box and a layer of polling to every frame).
+    /// boxed it first would add a box and a layer of polling to every frame). The requests
+    /// `inner` gets carry no [`PartitionKey`](crate::context::PartitionKey) extension on a
+    /// first attempt (the stack's layers share it while they call down instead); compute it
+    /// with [`PartitionKey::compute`](crate::context::PartitionKey::compute) if needed.
     pub fn service_with<S, B>(&self, op: OperationType, inner: S) -> HttpService
     where
         S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>
