@@ -278,7 +278,9 @@ where
         // What `RedirectPolicy` does to the first request, before the copy is taken (the
         // policy does it again to the copy, which then has no userinfo left).
         super::credentials::move_userinfo(&mut req);
-        let copy = copy_request(&req);
+        // (boxed: inline, the copy made this future, and every future around it, 256 bytes
+        // larger to build and to move; the retry layer above keeps it as it is handed up)
+        let copy = Box::new(copy_request(&req));
         let service = match &self.spare {
             Some(service) => Arc::clone(service),
             None => {
@@ -340,7 +342,7 @@ pin_project! {
     {
         #[pin]
         state: Hop<S, B, ResB>,
-        copy: Option<Request<B>>,
+        copy: Option<Box<Request<B>>>,
         // hand the copy (of the first request) up when done (`with_copy_handed_up`)
         hand_up: bool,
         service: Arc<S>,
@@ -403,7 +405,7 @@ where
                     };
                     if *this.hand_up {
                         // a resend starts from the first request again, and follows the hops anew
-                        *this.copy = Some(copy_request(&copy));
+                        *this.copy = Some(Box::new(copy_request(&copy)));
                     }
                     let replay = Replay {
                         first: Arc::new(Mutex::new(Some(res))),
@@ -411,7 +413,7 @@ where
                     };
                     let follow = FollowRedirect::with_policy(replay, RedirectPolicy::new(*this.max));
                     this.state.set(Hop::Following {
-                        hops: Box::pin(follow.oneshot(copy)),
+                        hops: Box::pin(follow.oneshot(*copy)),
                     });
                 }
                 HopProj::Following { hops } => {

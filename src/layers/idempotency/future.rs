@@ -46,19 +46,26 @@ pin_project! {
         // Waiting for the ledger to plan and lease the key.
         Claiming {
             fut: StoreFuture<Claimed>,
-            svc: Option<S>,
-            req: Option<Request<B>>,
+            parked: Option<Box<Parked<S, B>>>,
             key: Option<IdempotencyKey>,
             gate: Arc<Gate>,
         },
         // Leased: waiting for the inner service to be ready again.
-        Ready { svc: Option<S>, req: Option<Request<B>>, lease: Option<Lease> },
+        Ready { parked: Option<Box<Parked<S, B>>>, lease: Option<Lease> },
         // The request is in flight (with a lease, or with no ledger at all).
         Calling { #[pin] fut: S::Future, lease: Option<Lease> },
         // Writing the outcome to the ledger before handing it over.
         Recording { fut: StoreFuture<()>, out: Option<Result<S::Response, BoxError>> },
         Done,
     }
+}
+
+/// The service and the request of a claim, boxed: only a request with a ledger to claim in
+/// needs them, and inline they made every request's future (and every future around it,
+/// moved as the layers above build theirs) the size of a service and a request larger.
+struct Parked<S, B> {
+    svc: S,
+    req: Request<B>,
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -87,8 +94,7 @@ where
         ResponseFuture {
             state: State::Claiming {
                 fut,
-                svc: Some(svc),
-                req: Some(req),
+                parked: Some(Box::new(Parked { svc, req })),
                 key: Some(key),
                 gate,
             },
@@ -125,13 +131,7 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Err(e));
                 }
-                StateProj::Claiming {
-                    fut,
-                    svc,
-                    req,
-                    key,
-                    gate,
-                } => {
+                StateProj::Claiming { fut, parked, key, gate } => {
                     let claim = ready!(fut.as_mut().poll(cx));
                     let key = key.take().ok_or_else(polled_after_completion)?;
                     let err: BoxError = match claim {
@@ -141,10 +141,9 @@ where
                                 key,
                                 gate: gate.clone(),
                             };
-                            let (svc, req) = (svc.take(), req.take());
+                            let parked = parked.take();
                             this.state.set(State::Ready {
-                                svc,
-                                req,
+                                parked,
                                 lease: Some(lease),
                             });
                             continue;
@@ -170,13 +169,13 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Err(err));
                 }
-                StateProj::Ready { svc, req, lease } => {
-                    let s = svc.as_mut().ok_or_else(polled_after_completion)?;
-                    let ready = ready!(s.poll_ready(cx)).map_err(Into::into);
+                StateProj::Ready { parked, lease } => {
+                    let p = parked.as_mut().ok_or_else(polled_after_completion)?;
+                    let ready = ready!(p.svc.poll_ready(cx)).map_err(Into::into);
                     match ready {
                         Ok(()) => {
-                            let req = req.take().ok_or_else(polled_after_completion)?;
-                            let fut = s.call(req);
+                            let Parked { mut svc, req } = *parked.take().ok_or_else(polled_after_completion)?;
+                            let fut = svc.call(req);
                             let lease = lease.take();
                             this.state.set(State::Calling { fut, lease });
                         }

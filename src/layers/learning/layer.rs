@@ -12,12 +12,24 @@ use super::{Learner, ProviderLearning};
 #[derive(Debug, Clone)]
 pub struct ProviderLearningLayer {
     learner: Learner,
+    call_key: bool,
 }
 
 impl ProviderLearningLayer {
     /// A layer feeding `learner`.
     pub fn new(learner: Learner) -> Self {
-        ProviderLearningLayer { learner }
+        ProviderLearningLayer {
+            learner,
+            call_key: false,
+        }
+    }
+
+    /// Takes the partition key the stack's retry layer shares for the call under way
+    /// (`context::clock`), when there is one, instead of caching it in the request: only
+    /// for the [`Stack`](crate::service::Stack).
+    pub(crate) fn with_call_key(mut self) -> Self {
+        self.call_key = true;
+        self
     }
 
     /// The learner.
@@ -30,6 +42,8 @@ impl<S> Layer<S> for ProviderLearningLayer {
     type Service = ProviderLearning<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ProviderLearning::new(inner, self.learner.clone())
+        let mut service = ProviderLearning::new(inner, self.learner.clone());
+        service.call_key = self.call_key;
+        service
     }
 }

@@ -3,7 +3,6 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -19,12 +18,18 @@ use crate::context::PartitionKey;
 pub struct ProviderLearning<S> {
     inner: S,
     learner: Learner,
+    /// Take the key the stack's retry layer shares (`ProviderLearningLayer::with_call_key`).
+    pub(super) call_key: bool,
 }
 
 impl<S> ProviderLearning<S> {
     /// Wraps `inner`, feeding `learner`.
     pub fn new(inner: S, learner: Learner) -> Self {
-        ProviderLearning { inner, learner }
+        ProviderLearning {
+            inner,
+            learner,
+            call_key: false,
+        }
     }
 
     /// The learner.
@@ -61,8 +66,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let key = PartitionKey::of(&mut req);
-        let sent_at = Instant::now();
+        let key = PartitionKey::of_call(&mut req, self.call_key);
+        let sent_at = crate::context::clock::now();
         ResponseFuture::new(self.inner.call(req), self.learner.clone(), key, sent_at)
     }
 }

@@ -110,7 +110,7 @@ impl Gate {
             limiter,
             key,
             index: 0,
-            reserved_at: Instant::now(),
+            reserved_at: crate::context::clock::now(),
         }
     }
 }

@@ -254,9 +254,10 @@ impl RateLimiter {
         self.set_rate(key, self.rate(key));
     }
 
-    /// Seconds since the limiter's epoch, on tokio's clock.
+    /// Seconds since the limiter's epoch, on tokio's clock (the time shared by the call under
+    /// way, when there is one: `context::clock`).
     fn now(&self) -> f64 {
-        Instant::now()
+        crate::context::clock::now()
             .saturating_duration_since(self.shared.epoch)
             .as_secs_f64()
     }

@@ -33,12 +33,18 @@ use crate::error::BoxError;
 pub struct RateLimit<S> {
     inner: S,
     limiter: RateLimiter,
+    /// Take the key the stack's retry layer shares (`RateLimitLayer::with_call_key`).
+    pub(super) call_key: bool,
 }
 
 impl<S> RateLimit<S> {
     /// Wraps `inner`, taking tokens from `limiter`.
     pub fn new(inner: S, limiter: RateLimiter) -> Self {
-        RateLimit { inner, limiter }
+        RateLimit {
+            inner,
+            limiter,
+            call_key: false,
+        }
     }
 
     /// The limiter.
@@ -78,7 +84,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let key = PartitionKey::of(&mut req);
+        let key = PartitionKey::of_call(&mut req, self.call_key);
         let permit = match self.limiter.host_slot(&key) {
             HostSlot::Unlimited => None,
             HostSlot::Taken(permit) => Some(permit),

@@ -1,6 +1,8 @@
 //! [`Budgets`]: a retry budget per partition, shared across clones.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,9 +31,34 @@ pub struct Budgets {
 }
 
 struct Shared {
+    /// Tells this set of budgets apart in the per-thread [`LAST`] (never reused, unlike an
+    /// address).
+    id: u64,
     config: BudgetConfig,
     map: Mutex<PartitionMap<Entry>>,
 }
+
+/// The budget each thread found last, so that a thread sending to one partition over and
+/// over finds it without the shared lock and map lookup (and the write of `last_used`) on
+/// every request: the lock is a write to memory every worker thread shares, the costliest
+/// part of a request's budget on a multi-threaded runtime. Hand-written, like the per-thread
+/// keys of `context::recent`: one slot, compared by identity, with no eviction to tune.
+///
+/// A slot is trusted for half the budgets' window after the lookup that filled it, and that lookup set the entry's `last_used`: an entry is swept only when idle for
+/// longer than the window, so a slot never outlives its entry in the map.
+struct Last {
+    id: u64,
+    key: PartitionKey,
+    budget: Arc<TpsBudget>,
+    /// When the lookup that filled the slot was made, plus half the window.
+    trusted_until: Instant,
+}
+
+thread_local! {
+    static LAST: RefCell<Option<Last>> = const { RefCell::new(None) };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 struct Entry {
     budget: Arc<TpsBudget>,
@@ -61,6 +88,7 @@ impl Budgets {
     pub fn new(config: BudgetConfig) -> Self {
         Budgets {
             inner: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 config,
                 map: Mutex::new(PartitionMap::default()),
             }),
@@ -88,23 +116,49 @@ impl Budgets {
         if !self.enabled() {
             return None;
         }
-        let mut map = self.lock();
-        if let Some(entry) = map.get_mut(partition) {
-            entry.last_used = now;
-            return Some(PartitionBudget(entry.budget.clone()));
+        let id = self.inner.id;
+        let known = LAST
+            .try_with(|last| {
+                let last = last.try_borrow().ok()?;
+                let last = last.as_ref()?;
+                (last.id == id && now < last.trusted_until && last.key == *partition).then(|| last.budget.clone())
+            })
+            .ok()
+            .flatten();
+        if let Some(budget) = known {
+            return Some(PartitionBudget(budget));
         }
         let ttl = self.ttl();
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, e| now.saturating_duration_since(e.last_used) <= ttl);
-        }
-        let budget = Arc::new(self.build());
-        map.insert(
-            partition.clone(),
-            Entry {
-                budget: budget.clone(),
-                last_used: now,
-            },
-        );
+        let budget = {
+            let mut map = self.lock();
+            if let Some(entry) = map.get_mut(partition) {
+                entry.last_used = now;
+                entry.budget.clone()
+            } else {
+                if map.len() >= SWEEP_AT {
+                    map.retain(|_, e| now.saturating_duration_since(e.last_used) <= ttl);
+                }
+                let budget = Arc::new(self.build());
+                map.insert(
+                    partition.clone(),
+                    Entry {
+                        budget: budget.clone(),
+                        last_used: now,
+                    },
+                );
+                budget
+            }
+        };
+        let _ = LAST.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some(Last {
+                    id,
+                    key: partition.clone(),
+                    budget: budget.clone(),
+                    trusted_until: now + ttl / 2,
+                });
+            }
+        });
         Some(PartitionBudget(budget))
     }
 
@@ -167,6 +221,30 @@ mod tests {
         // the same partition gets the same budget
         assert!(!budgets.get(&PartitionKey::new("a", "a")).unwrap().withdraw());
         assert_eq!(budgets.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thread_finds_its_last_budget_again_and_no_other_sets() {
+        let config = BudgetConfig {
+            enabled: true,
+            ttl_secs: 10,
+            min_retries_per_sec: 0,
+            retry_ratio: 0.5,
+        };
+        let one = Budgets::new(config.clone());
+        let two = Budgets::new(config);
+        let key = PartitionKey::new("a", "a");
+        for _ in 0..4 {
+            one.get(&key).unwrap().deposit();
+        }
+        // the same partition in another set of budgets is a budget of its own
+        assert!(!two.get(&key).unwrap().withdraw());
+        assert!(one.get(&key).unwrap().withdraw(), "50% of 4 first attempts");
+        // past the slot's trust (half the window) the map is asked again: the same budget
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(one.get(&key).unwrap().withdraw());
+        assert!(!one.get(&key).unwrap().withdraw());
+        assert_eq!((one.len(), two.len()), (1, 1));
     }
 
     #[test]

@@ -26,12 +26,21 @@ pub const DECISION_FIELD: &str = "contentdownload.retry.decision";
 /// What a [`ResponseFuture`] needs to know about its operation, fixed at `call`.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    pub(crate) config: Arc<RetryConfig>,
     pub(crate) operation: OperationType,
     pub(crate) started: Instant,
     pub(crate) has_key: bool,
     pub(crate) resendable: Resendable,
     pub(crate) budget: Option<PartitionBudget>,
+    /// The policy lists no status below 400: a response below 400 is a success.
+    pub(crate) plain_success: bool,
+}
+
+/// The service's unready copy for resends, with the configuration: one `Arc` for a future
+/// to clone rather than two (each clone and drop a write to memory every worker thread shares).
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
+    pub(crate) service: S,
+    pub(crate) config: Arc<RetryConfig>,
 }
 
 /// Where a resend's request comes from.
@@ -62,8 +71,9 @@ pin_project! {
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F>,
-        // the service's shared unready copy, and the clone of it a resend goes through
-        service: Arc<S>,
+        // the service's shared unready copy (and the configuration), and the clone of it a
+        // resend goes through
+        shared: Arc<Shared<S>>,
         resending: Option<Box<S>>,
         spare: Spare<B>,
         attempt: u32,
@@ -82,10 +92,10 @@ pin_project! {
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(crate) fn new(future: F, service: Arc<S>, spare: Spare<B>, plan: Plan) -> Self {
+    pub(crate) fn new(future: F, shared: Arc<Shared<S>>, spare: Spare<B>, plan: Plan) -> Self {
         ResponseFuture {
             state: State::Called { future },
-            service,
+            shared,
             resending: None,
             spare,
             attempt: 1,
@@ -106,7 +116,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let plan = &*this.plan;
-        let policy = plan.config.policy(plan.operation);
+        let policy = this.shared.config.policy(plan.operation);
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
@@ -115,6 +125,15 @@ where
                     // copy left behind would hold the request, credentials included, until
                     // the thread's next hand-off)
                     let handed_up = take_handed_up::<B>().filter(|_| matches!(this.spare, Spare::Below(_)));
+                    if matches!(&result, Ok(res) if plan.plain_success && res.status().as_u16() < 400) {
+                        // A success (nearly every response): `decide` says `Done` without
+                        // looking at the attempt, and nothing is logged.
+                        drop(handed_up);
+                        if !tracing_is_silent() {
+                            tracing::Span::current().record(DECISION_FIELD, Decision::Done.as_str());
+                        }
+                        return Poll::Ready(result);
+                    }
                     let (class, hint) = match &result {
                         Ok(res) => classify_response(policy, res),
                         Err(err) => classify_error(&**err),
@@ -163,7 +182,7 @@ where
                             );
                             drop(result);
                             if let Some(copy) = handed_up {
-                                *this.spare = Spare::Below(Some(Box::new(copy)));
+                                *this.spare = Spare::Below(Some(copy));
                             }
                             if wait.is_zero() {
                                 this.state.set(State::Ready);
@@ -218,7 +237,9 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
-                    let resending = this.resending.get_or_insert_with(|| Box::new(S::clone(this.service)));
+                    let resending = this
+                        .resending
+                        .get_or_insert_with(|| Box::new(S::clone(&this.shared.service)));
                     ready!(resending.poll_ready(cx)).map_err(Into::into)?;
                     let Some(mut req) = this.spare.take() else {
                         // unreachable: a Retry is only decided with a spare request in hand

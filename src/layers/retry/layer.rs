@@ -17,6 +17,7 @@ pub struct ContextualRetryLayer {
     budgets: Budgets,
     /// Resend from the copy the redirect layer directly below keeps (see `slot.rs`).
     copy_from_below: bool,
+    share_key: bool,
 }
 
 impl ContextualRetryLayer {
@@ -29,6 +30,7 @@ impl ContextualRetryLayer {
             config: Arc::new(config),
             budgets,
             copy_from_below: false,
+            share_key: false,
         })
     }
 
@@ -48,6 +50,7 @@ impl ContextualRetryLayer {
             config: Arc::new(config),
             budgets,
             copy_from_below: false,
+            share_key: false,
         }
     }
 
@@ -63,6 +66,14 @@ impl ContextualRetryLayer {
     /// [`Stack`](crate::service::Stack) builds): without one, nothing is resent.
     pub(crate) fn with_copy_from_below(mut self) -> Self {
         self.copy_from_below = true;
+        self
+    }
+
+    /// Shares each request's partition key with the layers it calls instead of caching it
+    /// in the request (`context::clock`): only for the [`Stack`](crate::service::Stack),
+    /// whose partition layers below are built to take it.
+    pub(crate) fn with_key_shared(mut self) -> Self {
+        self.share_key = true;
         self
     }
 
@@ -89,6 +100,7 @@ impl<S: Clone> Layer<S> for ContextualRetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let mut service = ContextualRetry::new(inner, self.config.clone(), self.budgets.clone());
         service.copy_from_below = self.copy_from_below;
+        service.share_key = self.share_key;
         service
     }
 }

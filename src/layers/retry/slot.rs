@@ -29,7 +29,7 @@ use http_body_util::Full;
 type Handed = Request<Full<Bytes>>;
 
 thread_local! {
-    static HANDED_UP: Cell<Option<Handed>> = const { Cell::new(None) };
+    static HANDED_UP: Cell<Option<Box<Handed>>> = const { Cell::new(None) };
 }
 
 /// Whether a request with a body of type `B` can be handed up.
@@ -38,18 +38,18 @@ pub(crate) fn can_hand_up<B: 'static>() -> bool {
 }
 
 /// Leaves `copy` for the retry layer above (replacing, and dropping, one left before).
-pub(crate) fn hand_up<B: 'static>(copy: Request<B>) {
+pub(crate) fn hand_up<B: 'static>(copy: Box<Request<B>>) {
     let mut copy = Some(copy);
-    if let Some(copy) = (&mut copy as &mut dyn Any).downcast_mut::<Option<Handed>>() {
+    if let Some(copy) = (&mut copy as &mut dyn Any).downcast_mut::<Option<Box<Handed>>>() {
         HANDED_UP.with(|slot| slot.set(copy.take()));
     }
 }
 
 /// Takes the copy the layer below left, if any.
-pub(crate) fn take_handed_up<B: 'static>() -> Option<Request<B>> {
+pub(crate) fn take_handed_up<B: 'static>() -> Option<Box<Request<B>>> {
     let mut taken = HANDED_UP.with(Cell::take);
     (&mut taken as &mut dyn Any)
-        .downcast_mut::<Option<Request<B>>>()
+        .downcast_mut::<Option<Box<Request<B>>>>()
         .and_then(Option::take)
 }
 

@@ -167,6 +167,22 @@ async fn the_whole_decision_table() {
     }
 }
 
+/// A status below 400 listed by a policy is retried like any listed status (a response below
+/// 400 skips the lists only when none of them names such a status).
+#[tokio::test(start_paused = true)]
+async fn a_listed_status_below_400_is_retried() {
+    let mut config = no_jitter(RetryConfig::default());
+    config.resolve.server_error_statuses.push(203);
+    let layer = ContextualRetryLayer::new(config).unwrap();
+    let run = run(&layer, get(OperationType::Resolve, false), Answer::Status(203)).await;
+    assert_eq!(run.outcome, Outcome::FailedOver);
+    assert_eq!(run.attempts, vec![1, 2, 3]);
+    // the other operations' policies list none: a 203 is their success
+    let run = super::tests::run(&layer, get(OperationType::Download, false), Answer::Status(203)).await;
+    assert_eq!(run.outcome, Outcome::Status(203));
+    assert_eq!(run.attempts, vec![1]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn backoff_doubles_from_200ms() {
     let layer = ContextualRetryLayer::new(no_jitter(RetryConfig::default())).unwrap();

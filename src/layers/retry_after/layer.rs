@@ -18,6 +18,7 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
 pub struct RetryAfterLayer {
     max_wait: Duration,
     cooldowns: Cooldowns,
+    call_key: bool,
 }
 
 impl RetryAfterLayer {
@@ -26,7 +27,16 @@ impl RetryAfterLayer {
         RetryAfterLayer {
             max_wait: DEFAULT_MAX_WAIT,
             cooldowns: Cooldowns::new(),
+            call_key: false,
         }
+    }
+
+    /// Takes the partition key the stack's retry layer shares for the call under way
+    /// (`context::clock`), when there is one, instead of caching it in the request: only
+    /// for the [`Stack`](crate::service::Stack).
+    pub(crate) fn with_call_key(mut self) -> Self {
+        self.call_key = true;
+        self
     }
 
     /// Sets the longest cool-down a request waits out; a longer one fails at once with
@@ -58,6 +68,8 @@ impl<S> Layer<S> for RetryAfterLayer {
     type Service = RetryAfter<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RetryAfter::new(inner, self.max_wait, self.cooldowns.clone())
+        let mut service = RetryAfter::new(inner, self.max_wait, self.cooldowns.clone());
+        service.call_key = self.call_key;
+        service
     }
 }

@@ -2,7 +2,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -28,6 +27,8 @@ pub struct RetryAfter<S> {
     inner: S,
     max_wait: Duration,
     cooldowns: Cooldowns,
+    /// Take the key the stack's retry layer shares (`RetryAfterLayer::with_call_key`).
+    pub(super) call_key: bool,
 }
 
 impl<S> RetryAfter<S> {
@@ -37,6 +38,7 @@ impl<S> RetryAfter<S> {
             inner,
             max_wait,
             cooldowns,
+            call_key: false,
         }
     }
 
@@ -78,9 +80,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let partition = PartitionKey::of(&mut req);
+        let partition = PartitionKey::of_call(&mut req, self.call_key);
         if let Some(until) = self.cooldowns.until(&partition) {
-            let now = Instant::now();
+            let now = crate::context::clock::now();
             if until > now {
                 if until - now > self.max_wait {
                     return ResponseFuture::failed(CoolingDown { partition, until });

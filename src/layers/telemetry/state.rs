@@ -87,12 +87,16 @@ impl Tracker {
     /// no metrics, no records), so an unobserved request costs no allocation and no clock read.
     pub(crate) fn start<B>(req: &Request<B>, config: &Arc<Config>) -> Option<Box<Tracker>> {
         let placement = config.placement;
+        let reporting = config.metrics.is_some() || config.records.is_some();
+        if !reporting && tracing_is_silent() {
+            // (before any span is made: a disabled span still costs its making and its drop)
+            return None;
+        }
         let span = if tracing_is_silent() {
             Span::none()
         } else {
             make_span(placement, req, config)
         };
-        let reporting = config.metrics.is_some() || config.records.is_some();
         if span.is_disabled() && !reporting {
             return None;
         }
@@ -121,7 +125,7 @@ impl Tracker {
         });
         Some(Box::new(Tracker {
             span,
-            start: Instant::now(),
+            start: crate::context::clock::now(),
             placement,
             attempt,
             head: None,
