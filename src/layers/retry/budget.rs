@@ -44,8 +44,9 @@ struct Shared {
 /// part of a request's budget on a multi-threaded runtime. Hand-written, like the per-thread
 /// keys of `context::recent`: one slot, compared by identity, with no eviction to tune.
 ///
-/// A slot is trusted for half the budgets' window after the lookup that filled it, and that lookup set the entry's `last_used`: an entry is swept only when idle for
-/// longer than the window, so a slot never outlives its entry in the map.
+/// A slot is trusted for half the budgets' window after the lookup that filled it, and
+/// that lookup set the entry's `last_used`: an entry is swept only when idle for longer
+/// than the window, so a slot never outlives its entry in the map.
 struct Last {
     id: u64,
     key: PartitionKey,

@@ -69,10 +69,11 @@ pub trait RecordSink: Send + 'static {
     /// Makes everything written so far durable (or at least visible to readers).
     fn flush(&mut self) -> io::Result<()>;
     /// Called when the writer's queue has run empty (in a busy run, every 20 ms; see
-    /// [`RecordWriter`](super::RecordWriter)): hands what is buffered to the operating system (visible to readers,
-    /// kept if the process dies) without waiting for the disk. The default is
-    /// [`flush`](RecordSink::flush); a sink whose `flush` syncs to disk should override it
-    /// and leave syncing to `flush` (see [`ManifestSink`](crate::manifest::ManifestSink)).
+    /// [`RecordWriter`](super::RecordWriter)): hands what is buffered to the operating
+    /// system (visible to readers, kept if the process dies) without waiting for the disk.
+    /// The default is [`flush`](RecordSink::flush); a sink whose `flush` syncs to disk
+    /// should override it and leave syncing to `flush` (see
+    /// [`ManifestSink`](crate::manifest::ManifestSink)).
     fn write_out(&mut self) -> io::Result<()> {
         self.flush()
     }
