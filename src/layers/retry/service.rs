@@ -44,7 +44,8 @@ pub struct ContextualRetry<S> {
     pub(super) share_key: bool,
     /// Per operation type (`OperationType::ALL`'s order): whether its policy lists no status
     /// below 400, so that a response below 400 is a success without searching the lists
-    /// (~90 instructions per request, `layer_cost stack` under callgrind).
+    /// (under callgrind, instructions per request: `layer_cost stack` 13,105 → 13,046,
+    /// `layer_cost retry` 7,731 → 7,558).
     plain_success: [bool; 5],
 }
 
