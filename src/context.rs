@@ -207,12 +207,44 @@ pub struct RetryAfterHint {
 }
 
 /// Response extension: how long the rate limiter held this attempt before sending it.
+/// Present only when it held it: absent means no wait (read it with [`RateLimitWait::of`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateLimitWait(pub std::time::Duration);
 
+impl RateLimitWait {
+    /// How long the rate limiter held the attempt of `response` (zero when it did not).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use contentdownload::context::RateLimitWait;
+    ///
+    /// let mut response = http::Response::new(());
+    /// assert_eq!(RateLimitWait::of(&response), Duration::ZERO);
+    /// response.extensions_mut().insert(RateLimitWait(Duration::from_millis(250)));
+    /// assert_eq!(RateLimitWait::of(&response), Duration::from_millis(250));
+    /// ```
+    pub fn of<B>(response: &http::Response<B>) -> std::time::Duration {
+        response
+            .extensions()
+            .get::<RateLimitWait>()
+            .map_or(std::time::Duration::ZERO, |w| w.0)
+    }
+}
+
 /// Response extension: how long a partition's cool-down held this attempt before sending it.
+/// Present only when it held it: absent means no wait (read it with [`CooldownWait::of`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CooldownWait(pub std::time::Duration);
+
+impl CooldownWait {
+    /// How long a cool-down held the attempt of `response` (zero when it did not).
+    pub fn of<B>(response: &http::Response<B>) -> std::time::Duration {
+        response
+            .extensions()
+            .get::<CooldownWait>()
+            .map_or(std::time::Duration::ZERO, |w| w.0)
+    }
+}
 
 /// The partition `(provider, host)` shared by the rate limiter, the learner, the
 /// Retry-After cool-down and the retry budget.

@@ -270,7 +270,7 @@ async fn advertised_limits_set_the_ceiling_and_a_spent_quota_holds() {
     tokio::time::advance(Duration::from_secs(1)).await;
     get(&stack, &sim.url("/spent")).await;
     let res = get(&stack, &sim.url("/spent")).await;
-    let waited = res.extensions().get::<RateLimitWait>().unwrap().0;
+    let waited = RateLimitWait::of(&res);
     assert!(
         waited >= Duration::from_millis(2900) && waited <= Duration::from_secs(3),
         "waited {waited:?}"

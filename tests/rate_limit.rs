@@ -90,7 +90,7 @@ async fn burst_goes_at_once_then_the_rate_spaces_requests() {
     let mut waits = Vec::new();
     let calls: Vec<_> = (0..8).map(|_| svc.clone().oneshot(req("p"))).collect();
     for res in futures_util::future::join_all(calls).await {
-        waits.push(res.unwrap().extensions().get::<RateLimitWait>().copied().unwrap().0);
+        waits.push(RateLimitWait::of(&res.unwrap()));
     }
     let offsets: Vec<u128> = times.lock().unwrap().iter().map(|t| (*t - start).as_millis()).collect();
     assert_eq!(offsets, vec![0, 0, 0, 0, 0, 100, 200, 300]);
@@ -165,7 +165,7 @@ async fn a_hot_task_does_not_starve_another() {
     // no longer
     let asked = Instant::now();
     let res = svc.clone().oneshot(req("p")).await.unwrap();
-    let waited = res.extensions().get::<RateLimitWait>().unwrap().0;
+    let waited = RateLimitWait::of(&res);
     assert_eq!(Instant::now() - asked, waited);
     assert!(
         waited <= Duration::from_millis(2950 + 100),
@@ -267,7 +267,7 @@ async fn against_the_simulator_the_server_sees_the_configured_rate() {
             for _ in 0..10 {
                 let req = Request::get(url.as_str()).body(Full::<Bytes>::default()).unwrap();
                 let res = svc.clone().oneshot(req).await.unwrap();
-                waited += res.extensions().get::<RateLimitWait>().unwrap().0;
+                waited += RateLimitWait::of(&res);
             }
             waited
         }));
@@ -315,15 +315,7 @@ async fn lowering_the_rate_respaces_requests_already_waiting() {
     assert_eq!(offsets, vec![0, 500, 1000, 1500, 2000]);
     let waits: Vec<u128> = results
         .iter()
-        .map(|r| {
-            r.as_ref()
-                .unwrap()
-                .extensions()
-                .get::<RateLimitWait>()
-                .unwrap()
-                .0
-                .as_millis()
-        })
+        .map(|r| RateLimitWait::of(r.as_ref().unwrap()).as_millis())
         .collect();
     assert_eq!(waits, offsets, "the wait reported is the time actually waited");
 

@@ -240,7 +240,10 @@ where
                 // unless the response is to keep it
                 let permit = host_permit.take();
                 let mut response = result.map_err(Into::into)?;
-                response.extensions_mut().insert(RateLimitWait(Duration::ZERO));
+                // (no `RateLimitWait`: absent means the attempt did not wait; leaving it out
+                // saves a boxed extension, and often the response's extension map, per
+                // request: `layer_cost` under callgrind, `rate_limit` 6,742 → 6,008 and
+                // `stack` 11,924 → 11,573 instructions)
                 hand_over(&mut response, permit, *with_response);
                 Poll::Ready(Ok(response))
             }
@@ -329,7 +332,9 @@ where
                     // failed), unless the response is to keep it
                     let permit = this.host_permit.take();
                     let mut response = result.map_err(Into::into)?;
-                    response.extensions_mut().insert(RateLimitWait(*this.wait));
+                    if !this.wait.is_zero() {
+                        response.extensions_mut().insert(RateLimitWait(*this.wait));
+                    }
                     hand_over(&mut response, permit, *this.with_response);
                     return Poll::Ready(Ok(response));
                 }

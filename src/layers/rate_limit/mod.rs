@@ -46,7 +46,9 @@
 //!
 //! let req = http::Request::get("https://api.crossref.org/works").extension(Provider::new("crossref")).body(())?;
 //! let response = stack.oneshot(req).await?;
-//! assert_eq!(response.extensions().get::<RateLimitWait>(), Some(&RateLimitWait::default()));
+//! // a token was there: the attempt did not wait, and carries no `RateLimitWait`
+//! assert_eq!(RateLimitWait::of(&response), std::time::Duration::ZERO);
+//! assert_eq!(response.extensions().get::<RateLimitWait>(), None);
 //! # Ok(()) }
 //! ```
 //!

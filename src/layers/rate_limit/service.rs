@@ -18,8 +18,9 @@ use crate::error::BoxError;
 /// the wait happens in the response future on a tokio timer, in the order the requests
 /// were called; a waiter whose slot moved later meanwhile (the rate was lowered) sleeps
 /// again until the new slot. A wait over the limiter's maximum fails with
-/// [`RateLimitTimeout`](crate::error::RateLimitTimeout). The time waited is attached to the
-/// response as [`RateLimitWait`](crate::context::RateLimitWait).
+/// [`RateLimitTimeout`](crate::error::RateLimitTimeout). A time waited is attached to the
+/// response as [`RateLimitWait`](crate::context::RateLimitWait) (absent when the attempt did
+/// not wait: [`RateLimitWait::of`](crate::context::RateLimitWait::of) reads it as zero).
 ///
 /// Waiting holds nothing: each request carries an *unready* clone of the inner service and
 /// polls it for readiness only once its wait is over, so a global in-flight cap below
@@ -165,10 +166,7 @@ mod tests {
         let (_, send) = handle.next_request().await.unwrap();
         send.send_response(Response::new(()));
         let res = assert_ready_ok!(first.poll());
-        assert_eq!(
-            res.extensions().get::<RateLimitWait>(),
-            Some(&RateLimitWait(Duration::ZERO))
-        );
+        assert_eq!(res.extensions().get::<RateLimitWait>(), None, "no wait, no extension");
 
         assert_pending!(second.poll());
         assert_pending!(handle.poll_request(), "not sent before its slot");

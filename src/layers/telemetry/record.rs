@@ -53,9 +53,11 @@ pub struct AttemptRecord {
     pub ttfb_us: Option<u64>,
     /// Body bytes streamed to the caller.
     pub bytes: u64,
-    /// How long the rate limiter held the attempt ([`RateLimitWait`](crate::context::RateLimitWait)).
+    /// How long the rate limiter held the attempt ([`RateLimitWait`](crate::context::RateLimitWait));
+    /// `None` when it did not hold it.
     pub ratelimit_wait_us: Option<u64>,
-    /// How long a cool-down held the attempt ([`CooldownWait`](crate::context::CooldownWait)).
+    /// How long a cool-down held the attempt ([`CooldownWait`](crate::context::CooldownWait));
+    /// `None` when none held it.
     pub cooldown_wait_us: Option<u64>,
     /// How long the provider asked us to wait ([`RetryAfterHint`](crate::context::RetryAfterHint)).
     pub retry_after_us: Option<u64>,
