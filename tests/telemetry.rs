@@ -315,6 +315,65 @@ async fn spans_carry_semantic_convention_attributes_redaction_and_the_resend_cou
     assert_eq!(int_attr(op, "http.request.resend_count"), None);
 }
 
+/// The learning layer below the attempt layer records the partition's rate after each
+/// response on the attempt span; its `LearnedRate` extension is on the response that
+/// changed the rate only.
+#[tokio::test]
+async fn the_attempt_span_carries_the_learned_rate_and_the_changing_response_the_extension() {
+    use contentdownload::layers::learning::{LearnedRate, Learner, LearningPolicy, ProviderLearningLayer};
+    use contentdownload::layers::rate_limit::{Quota, RateLimitConfig, RateLimiter};
+
+    span_exporter();
+    let sim = Simulator::start().await.unwrap();
+    sim.on(
+        "/learned-rate-on-the-span",
+        [Reply::status(429), Reply::ok().body("ok")],
+    );
+    let limiter = RateLimiter::new(RateLimitConfig {
+        default: Quota::new(10.0, 10),
+        ..RateLimitConfig::default()
+    })
+    .unwrap();
+    let learner = Learner::new(limiter, LearningPolicy::default()).unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(TelemetryLayer::attempt())
+        .layer(ProviderLearningLayer::new(learner.clone()))
+        .service(HttpClient::new(&HttpConfig::default()).unwrap());
+    let url = sim.url("/learned-rate-on-the-span");
+
+    let throttled = stack
+        .clone()
+        .oneshot(request(&url, OperationType::Download))
+        .await
+        .unwrap();
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    let lowered = throttled
+        .extensions()
+        .get::<LearnedRate>()
+        .copied()
+        .expect("the 429 lowered the rate");
+    assert!(lowered.0 < 10.0, "{lowered:?}");
+    drain(throttled).await;
+    let ok = stack.oneshot(request(&url, OperationType::Download)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(
+        ok.extensions().get::<LearnedRate>(),
+        None,
+        "one success changes no rate"
+    );
+    drain(ok).await;
+
+    let mut spans = finished_spans(&url);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    spans.sort_by_key(|s| s.start_time);
+    for span in &spans {
+        match last_attr(span, "contentdownload.learning.rate") {
+            Some(Value::F64(rate)) => assert_eq!(*rate, lowered.0, "{span:#?}"),
+            other => panic!("contentdownload.learning.rate should be the rate, is {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_error_sets_error_type_and_span_status() {
     span_exporter();

@@ -14,7 +14,7 @@ use crate::context::PartitionKey;
 pin_project! {
     /// Response future of [`ProviderLearning`](super::ProviderLearning): passes the inner
     /// result through after showing a response to the learner (and attaching the
-    /// partition's [`LearnedRate`] to it).
+    /// partition's [`LearnedRate`] to it when the response changed it).
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -46,8 +46,19 @@ where
         let this = self.project();
         let mut result = ready!(this.inner.poll(cx));
         if let Ok(response) = &mut result {
-            let rate = this.learner.observe(this.key, *this.sent_at, response);
-            response.extensions_mut().insert(LearnedRate(rate));
+            let (rate, changed) = this.learner.observe_change(this.key, *this.sent_at, response);
+            // Only when it changed: attached to every response, it cost a boxed extension
+            // (and often the response's extension map) per request for a rate that nearly
+            // always stays (`layer_cost` under callgrind, release: `learning` 5,875 → 5,227
+            // and `stack` 10,420 → 9,769 instructions per request).
+            if changed {
+                response.extensions_mut().insert(LearnedRate(rate));
+            }
+            // The attempt span (telemetry's attempt layer above polls this future inside
+            // it) gets the rate after every response, when anything listens.
+            if !crate::layers::telemetry::tracing_is_silent() {
+                tracing::Span::current().record("contentdownload.learning.rate", rate);
+            }
         }
         Poll::Ready(result)
     }

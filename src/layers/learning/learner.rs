@@ -244,6 +244,19 @@ impl Learner {
     /// learned rate next changes. (A second learner of the same limiter is not its source,
     /// and sets the rate on every call.)
     pub fn observe<B>(&self, key: &PartitionKey, sent_at: Instant, response: &Response<B>) -> f64 {
+        self.observe_change(key, sent_at, response).0
+    }
+
+    /// [`observe`](Self::observe), and whether this response changed the partition's rate
+    /// (for the learning layer, which attaches [`LearnedRate`](super::LearnedRate) only then).
+    pub(crate) fn observe_change<B>(
+        &self,
+        key: &PartitionKey,
+        sent_at: Instant,
+        response: &Response<B>,
+    ) -> (f64, bool) {
+        // the partition's rate as this response found it (its initial rate if it is new)
+        let mut found = f64::NAN;
         let sent_at = sent_at
             + response
                 .extensions()
@@ -280,6 +293,7 @@ impl Learner {
         };
         let mut throttled = None;
         let (before, rate) = self.update(key, |state, policy| {
+            found = state.rate;
             if let Some(ceiling) = advertised.ceiling {
                 state.set_advertised(ceiling);
             }
@@ -326,7 +340,7 @@ impl Learner {
         if let Some(pause) = quota_spent {
             self.tell_quota_spent(key, now + pause, pause);
         }
-        rate
+        (rate, found != rate)
     }
 
     /// Tells the user, once per pause, that `key`'s allowance is spent until `until`.

@@ -91,8 +91,11 @@ mod state;
 
 pub use self::layer::ProviderLearningLayer;
 
-/// Response extension set by [`ProviderLearning`]: the partition's learned rate, in
-/// requests per second, after this response (for telemetry's `contentdownload.learning.rate`).
+/// Response extension set by [`ProviderLearning`] when a response changed its partition's
+/// learned rate (a 429 lowered it, a recovery step raised it): the rate afterwards, in
+/// requests per second. Absent when the rate stayed as it was; the current rate of any
+/// partition is [`Learner::rate`], and the attempt span's `contentdownload.learning.rate`
+/// carries it after every response.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LearnedRate(pub f64);
 pub use self::learner::{in_words, InspectError, Learner, QuotaPause};

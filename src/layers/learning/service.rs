@@ -119,6 +119,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_success_that_changes_no_rate_carries_no_learned_rate() {
+        let learner = learner();
+        let (mut svc, mut handle) =
+            mock::spawn_layer::<Request<&str>, Response<()>, _>(ProviderLearningLayer::new(learner.clone()));
+        assert_ready_ok!(svc.poll_ready());
+        let fut = tokio_test::task::spawn(svc.call(req()));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(()));
+        let res = fut.await.unwrap();
+        assert_eq!(res.extensions().get::<LearnedRate>(), None);
+        assert_eq!(learner.rate(&PartitionKey::new("crossref", "api.crossref.org")), 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn errors_pass_through_and_teach_nothing() {
         let learner = learner();
         let (mut svc, mut handle) =
