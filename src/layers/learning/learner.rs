@@ -257,11 +257,12 @@ impl Learner {
     ) -> (f64, bool) {
         // the partition's rate as this response found it (its initial rate if it is new)
         let mut found = f64::NAN;
-        let sent_at = sent_at
-            + response
-                .extensions()
-                .get::<RateLimitWait>()
-                .map_or(Duration::ZERO, |w| w.0);
+        // (no addition for a response that did not wait, the usual case: it carries no
+        // `RateLimitWait`)
+        let sent_at = match response.extensions().get::<RateLimitWait>() {
+            Some(wait) => sent_at + wait.0,
+            None => sent_at,
+        };
         let headers = response.headers();
         let status = response.status();
         // (the hint counts only for a 429 or a 503: a lookup saved on every other response)

@@ -375,10 +375,11 @@ impl PartitionState {
         let LearningPolicy::Adaptive(cfg) = policy else {
             return;
         };
-        while self
-            .delivered
-            .front()
-            .is_some_and(|&t| t + Duration::from_secs(1) <= sent_at)
+        // (`t <= sent_at - 1 s` rather than `t + 1 s <= sent_at`, the same in whole
+        // nanoseconds: one subtraction per success instead of an addition per time looked
+        // at; an instant less than a second after the clock's origin has none before it)
+        let horizon = sent_at.checked_sub(Duration::from_secs(1));
+        while self.delivered.front().is_some_and(|&t| horizon.is_some_and(|h| t <= h))
             || self.delivered.len() >= MAX_DELIVERED
         {
             self.delivered.pop_front();
@@ -476,5 +477,31 @@ impl PartitionState {
             successes: self.successes,
             recovery_times: self.recovery_times.iter().copied().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_counts_as_delivered_for_exactly_one_second() {
+        let policy = LearningPolicy::default();
+        let mut state = PartitionState::new(10.0);
+        let t0 = Instant::now();
+        state.on_success(&policy, t0, t0);
+        let just_before = t0 + Duration::from_secs(1) - Duration::from_nanos(1);
+        state.on_success(&policy, just_before, just_before);
+        assert_eq!(state.delivered, [t0, just_before], "sent less than a second apart");
+        let one_second = t0 + Duration::from_secs(1);
+        state.on_success(&policy, one_second, one_second);
+        assert_eq!(
+            state.delivered,
+            [just_before, one_second],
+            "a second after: no longer counted"
+        );
+        // a response to a request sent earlier than the last one drops nothing newer
+        state.on_success(&policy, one_second, t0);
+        assert_eq!(state.delivered, [just_before, one_second, t0]);
     }
 }
