@@ -49,7 +49,7 @@ where
             let (rate, changed) = this.learner.observe_change(this.key, *this.sent_at, response);
             // Only when it changed: attached to every response, it cost a boxed extension
             // (and often the response's extension map) per request for a rate that nearly
-            // always stays (`layer_cost` under callgrind, release: `learning` 5,875 → 5,227
+            // always stays (`layer_cost` under callgrind, release with LTO: `learning` 5,875 → 5,227
             // and `stack` 10,420 → 9,769 instructions per request).
             if changed {
                 response.extensions_mut().insert(LearnedRate(rate));
