@@ -10,6 +10,11 @@
 //! 8000; a quarter of that at concurrency 1). Every count is bounded. `OVERHEAD_ROWS=ab`
 //! runs only the rows whose letters are given (for profiling one client at a time);
 //! `OVERHEAD_ROUNDS=<n>` (default 5) sets how many interleaved rounds are measured.
+//!
+//! Each ratio is the median of the rounds' ratios; the column beside it gives their lowest
+//! and highest. When that range is wider than the gap being judged (as on a shared VM,
+//! where one round's ratio can move by 10%), the wall times cannot settle it: count
+//! instructions instead (`valgrind --tool=callgrind`, as the `layer_cost` example shows).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +39,9 @@ struct Row {
     concurrency: usize,
     rps: f64,
     tput_ratio: f64,
+    /// The lowest and highest of the rounds' throughput ratios: how far one round can be
+    /// trusted on this machine.
+    tput_range: (f64, f64),
     p50: f64,
     p99: f64,
     p50_ratio: f64,
@@ -231,11 +239,16 @@ async fn main() -> Result<(), BoxError> {
         for (i, (_, name, _)) in clients.iter().enumerate() {
             let ratio =
                 |f: fn(&Sample) -> f64| median((0..rounds).map(|r| f(&samples[i][r]) / f(&samples[0][r])).collect());
+            let per_round: Vec<f64> = (0..rounds).map(|r| samples[i][r].rps / samples[0][r].rps).collect();
             rows.push(Row {
                 name,
                 concurrency,
                 rps: median(samples[i].iter().map(|s| s.rps).collect()),
                 tput_ratio: ratio(|s| s.rps),
+                tput_range: (
+                    per_round.iter().copied().fold(f64::INFINITY, f64::min),
+                    per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                ),
                 p50: median(samples[i].iter().map(|s| s.p50.as_secs_f64()).collect()),
                 p99: median(samples[i].iter().map(|s| s.p99.as_secs_f64()).collect()),
                 p50_ratio: ratio(|s| s.p50.as_secs_f64()),
@@ -250,16 +263,17 @@ async fn main() -> Result<(), BoxError> {
         total / 4
     );
     println!(
-        "{:<28} {:>5} {:>10} {:>9} {:>10} {:>10} {:>9}",
-        "client", "conc", "req/s", "tput/(a)", "p50 µs", "p99 µs", "p50/(a)"
+        "{:<28} {:>5} {:>10} {:>9} {:>13} {:>10} {:>10} {:>9}",
+        "client", "conc", "req/s", "tput/(a)", "rounds' range", "p50 µs", "p99 µs", "p50/(a)"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>5} {:>10.0} {:>9.3} {:>10.1} {:>10.1} {:>9.3}",
+            "{:<28} {:>5} {:>10.0} {:>9.3} {:>13} {:>10.1} {:>10.1} {:>9.3}",
             r.name,
             r.concurrency,
             r.rps,
             r.tput_ratio,
+            format!("{:.3}–{:.3}", r.tput_range.0, r.tput_range.1),
             r.p50 * 1e6,
             r.p99 * 1e6,
             r.p50_ratio
