@@ -22,8 +22,9 @@
 //! `LAYER_COST_SUBSCRIBER=runner` installs the runner's log subscriber first (`fmt` to
 //! standard error with the runner's default filter, which leaves the telemetry layer's spans
 //! out, or `RUST_LOG`); by default none listens. With
-//! `RUST_LOG=warn,contentdownload=info` the spans are logged: about 80,000 instructions per
-//! request for `stack` instead of about 17,000.
+//! `RUST_LOG=warn,contentdownload=info` the spans are logged: about 68,000 instructions per
+//! request for `stack` instead of about 10,000 (release build with LTO; 9,800 with no
+//! subscriber).
 
 use std::time::Instant;
 
