@@ -23,10 +23,10 @@
 //! `OVERHEAD_CONCURRENCY=1 OVERHEAD_ROUNDS=1` at `OVERHEAD_REQUESTS` 8000 and 16000, the
 //! difference over 2000 requests), row (b) ran 6.1k instructions per request more than row
 //! (a), and with them about 490 more instruction-cache misses, 340 more data-cache misses
-//! and 110 more mispredicted branches. On a first-generation EPYC that cost about 11 µs of
-//! user CPU per request (GNU `time`, each row alone, 50,000 requests at concurrency 1),
-//! where those instructions at the bare client's own pace (44.6k in 27 µs) would take
-//! about 3.7 µs.
+//! and 110 more mispredicted branches. On a first-generation EPYC that cost about 7 µs of
+//! user CPU per request (GNU `time`, each row alone, 50,000 requests at concurrency 1: the
+//! median of eight alternating pairs, which ranged from -2 to 12 µs), where those
+//! instructions at the bare client's own pace (44.6k in 31 µs) would take about 4 µs.
 
 use std::future::Future;
 use std::sync::Arc;
